@@ -1,0 +1,188 @@
+//! The command line (DESIGN §2): parse, load config, dispatch to one file per
+//! command group. The only code that prints to stdout.
+//!
+//! Every error becomes a [`CliError`], whose exit code (2 usage/config, 1
+//! runtime) and message are chosen here; messages never contain a secret.
+
+mod client;
+mod key;
+mod serve;
+mod vault;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, Sources};
+use crate::secret::Secret;
+use crate::vault::{Kek, MasterKeySources, Vault, VaultError};
+
+/// keygate: an authenticating reverse proxy for LLM APIs.
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (default: config/keygate.toml when present, else the embedded defaults).
+    #[arg(long, global = true, env = "KEYGATE_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (client listener + admin listener).
+    Serve,
+    /// Create or re-key the encrypted vault.
+    #[command(subcommand)]
+    Vault(vault::VaultCommand),
+    /// Manage upstream API keys (secrets are read from stdin).
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Issue, list and revoke client keys.
+    #[command(subcommand)]
+    Client(client::ClientCommand),
+}
+
+/// A failed command: what went wrong and which exit code it means.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Config file missing or invalid (exit 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The command was used wrongly (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// Vault could not be read or written (exit 1).
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// Anything else at run time (exit 1).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl CliError {
+    /// 2 for usage and config errors, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) | CliError::Usage(_) => 2,
+            CliError::Vault(_) | CliError::Runtime(_) => 1,
+        }
+    }
+}
+
+/// Everything a command needs from its surroundings.
+pub struct Context {
+    /// Validated configuration.
+    pub config: Config,
+    /// Where the master key may come from.
+    pub master: MasterKeySources,
+}
+
+impl Context {
+    /// The vault named by the config.
+    pub fn vault(&self) -> Vault {
+        Vault::new(&self.config.vault.path)
+    }
+
+    /// The master key, or an error saying how to provide one.
+    pub fn kek(&self) -> Result<Kek, CliError> {
+        self.master.resolve()?.ok_or_else(|| {
+            CliError::Runtime(format!(
+                "no master key: {} does not exist and neither KEYGATE_MASTER_KEY nor \
+                 KEYGATE_PASSPHRASE is set; run `keygate vault init` first",
+                self.master.file.display()
+            ))
+        })
+    }
+
+    /// Checks that `provider` is configured.
+    pub fn provider(&self, provider: &str) -> Result<(), CliError> {
+        if self.config.providers.contains_key(provider) {
+            return Ok(());
+        }
+        Err(CliError::Usage(format!(
+            "unknown provider `{provider}`: configured providers are {} (add a [providers.{provider}] table to the config)",
+            self.config.providers.keys().cloned().collect::<Vec<_>>().join(", ")
+        )))
+    }
+}
+
+/// Parses `args`, runs the command. `env` is the process environment, passed in
+/// so that nothing below reads it directly.
+pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
+    let lookup = |name: &str| {
+        env.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| Secret::new(v.clone()))
+            .filter(|s| !s.is_blank())
+    };
+    let sources = Sources {
+        explicit_file: cli.config.clone(),
+        default_file: Some(crate::config::default_path().to_path_buf()),
+        env: env.clone(),
+    };
+    let config = Config::load(&sources)?;
+    let master = MasterKeySources {
+        env_master_key: lookup("KEYGATE_MASTER_KEY"),
+        env_passphrase: lookup("KEYGATE_PASSPHRASE"),
+        file: config.vault.master_key_file.clone(),
+    };
+    init_logging(&env);
+    let context = Context { config, master };
+    match cli.command {
+        Command::Serve => serve::run(context),
+        Command::Vault(command) => vault::run(&context, command),
+        Command::Key(command) => key::run(&context, command),
+        Command::Client(command) => client::run(&context, command),
+    }
+}
+
+/// Reads a secret from stdin, telling a human at a terminal what to do.
+pub(crate) fn read_secret_from_stdin(what: &str) -> Result<Secret, CliError> {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("Paste the {what}, then press Enter and Ctrl-D (it is not echoed to any log):");
+    }
+    let secret = Secret::read_from(stdin.lock())
+        .map_err(|e| CliError::Runtime(format!("cannot read the {what} from stdin: {e}")))?;
+    if secret.is_blank() {
+        return Err(CliError::Usage(format!(
+            "no {what} on stdin: pipe it in, e.g. `printf '%s' \"$KEY\" | keygate …`"
+        )));
+    }
+    Ok(secret)
+}
+
+/// `2026-11-24 10:00` in UTC, for tables.
+pub(crate) fn format_time(unix: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    let text = humantime::format_rfc3339_seconds(time).to_string();
+    text.replace('T', " ").trim_end_matches('Z').get(..16).unwrap_or(&text).to_owned()
+}
+
+/// `3d`, `5h`, `12m` since `unix`.
+pub(crate) fn format_age(unix: u64) -> String {
+    let secs = crate::unix_now().saturating_sub(unix);
+    match secs {
+        s if s >= 86_400 => format!("{}d", s / 86_400),
+        s if s >= 3_600 => format!("{}h", s / 3_600),
+        s if s >= 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging(env: &[(String, String)]) {
+    let directives = env
+        .iter()
+        .find(|(k, _)| k == "RUST_LOG")
+        .map_or("info", |(_, v)| v.as_str());
+    let filter = tracing_subscriber::EnvFilter::try_new(directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}

@@ -1,0 +1,154 @@
+//! `keygate client add | list | revoke`.
+
+use clap::Subcommand;
+
+use super::{format_time, CliError, Context};
+use crate::clients;
+use crate::vault::document::ClientRecord;
+
+/// Client commands.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Issue a client key; it is printed once, only its SHA-256 is stored.
+    Add {
+        /// Client name (letters, digits, `-`, `_`, `.`), shown in logs and metrics.
+        name: String,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// Total token budget.
+        #[arg(long)]
+        budget_tokens: Option<u64>,
+    },
+    /// List clients (never their keys).
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a client's key; a running server refuses it within a second.
+    Revoke {
+        /// Client name.
+        name: String,
+    },
+}
+
+pub(super) fn run(context: &Context, command: ClientCommand) -> Result<(), CliError> {
+    match command {
+        ClientCommand::Add {
+            name,
+            rpm,
+            tpm,
+            budget_tokens,
+        } => add(context, name, rpm, tpm, budget_tokens),
+        ClientCommand::List { json } => list(context, json),
+        ClientCommand::Revoke { name } => revoke(context, &name),
+    }
+}
+
+fn add(
+    context: &Context,
+    name: String,
+    rpm: Option<u32>,
+    tpm: Option<u64>,
+    budget_tokens: Option<u64>,
+) -> Result<(), CliError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return Err(CliError::Usage(format!(
+            "client name `{name}` is not valid: use 1–64 letters, digits, `-`, `_` or `.`"
+        )));
+    }
+    let (key, digest) = clients::generate()
+        .map_err(|e| CliError::Runtime(format!("the OS random number generator failed: {e}")))?;
+    let kek = context.kek()?;
+    context.vault().update(&kek, |document| {
+        if document
+            .clients
+            .iter()
+            .any(|c| c.name == name && c.revoked.is_none())
+        {
+            return Err(CliError::Usage(format!(
+                "client `{name}` already exists; revoke it first or pick another name"
+            )));
+        }
+        document.clients.push(ClientRecord {
+            name: name.clone(),
+            key_sha256: digest.to_hex(),
+            rpm,
+            tpm,
+            budget_tokens,
+            created: crate::unix_now(),
+            revoked: None,
+        });
+        Ok(())
+    })?;
+    println!("keygate: client `{name}` created. Its key is shown only this once; store it now:");
+    println!("{}", key.expose());
+    Ok(())
+}
+
+fn list(context: &Context, json: bool) -> Result<(), CliError> {
+    let loaded = context.vault().load(&context.kek()?)?;
+    let clients = &loaded.document.clients;
+    if json {
+        let rows: Vec<serde_json::Value> = clients
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name,
+                    "created": c.created,
+                    "revoked": c.revoked,
+                    "rpm": c.rpm,
+                    "tpm": c.tpm,
+                    "budget_tokens": c.budget_tokens,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14}",
+        "NAME", "CREATED", "STATUS", "RPM", "TPM", "BUDGET"
+    );
+    let limit = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    for c in clients {
+        println!(
+            "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14}",
+            c.name,
+            format_time(c.created),
+            if c.revoked.is_some() { "revoked" } else { "active" },
+            limit(c.rpm.map(|v| v.to_string())),
+            limit(c.tpm.map(|v| v.to_string())),
+            limit(c.budget_tokens.map(|v| v.to_string())),
+        );
+    }
+    Ok(())
+}
+
+fn revoke(context: &Context, name: &str) -> Result<(), CliError> {
+    let kek = context.kek()?;
+    context.vault().update(&kek, |document| {
+        let client = document
+            .clients
+            .iter_mut()
+            .find(|c| c.name == name && c.revoked.is_none())
+            .ok_or_else(|| {
+                CliError::Runtime(format!(
+                    "no active client named `{name}` (see `keygate client list`)"
+                ))
+            })?;
+        client.revoked = Some(crate::unix_now());
+        Ok::<(), CliError>(())
+    })?;
+    println!("keygate: client `{name}` revoked; a running server refuses its key within a second");
+    Ok(())
+}

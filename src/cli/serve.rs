@@ -1,0 +1,92 @@
+//! `keygate serve`: first-start setup, then the server until SIGTERM/SIGINT.
+
+use std::sync::Arc;
+
+
+use super::{vault::ensure_master_key, CliError, Context};
+use crate::reload::{self, VaultWatch};
+use crate::state::Shared;
+use crate::vault::document::Document;
+use crate::vault::MasterKeySources;
+
+pub(super) fn run(context: Context) -> Result<(), CliError> {
+    let vault = context.vault();
+    let kek = if vault.exists() {
+        context.kek()?
+    } else {
+        let (kek, created_key) = ensure_master_key(&context.master)?;
+        vault.create(&kek, &Document::default())?;
+        println!(
+            "keygate: first start: created an empty vault at {}",
+            vault.path().display()
+        );
+        if created_key {
+            println!(
+                "keygate: created a new master key file at {} (mode 0600) — back it up",
+                context.master.file.display()
+            );
+        }
+        kek
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))?;
+    let Context { config, master } = context;
+    let master = MasterKeySources {
+        env_master_key: master.env_master_key,
+        env_passphrase: master.env_passphrase,
+        file: master.file,
+    };
+    let result = runtime.block_on(async move {
+        let config = Arc::new(config);
+        let shared = Arc::new(
+            Shared::new(config.clone()).map_err(|e| CliError::Runtime(e.to_string()))?,
+        );
+        let mut vault_watch = VaultWatch::new(vault, master, kek);
+        vault_watch.reload(&shared).map_err(|e| match e {
+            reload::ReloadError::Vault(v) => CliError::Vault(v),
+            other => CliError::Runtime(other.to_string()),
+        })?;
+        let bound = crate::server::bind(&config.server)
+            .await
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        println!("keygate: client listener on {}", bound.client_addr);
+        println!("keygate: admin listener on {}", bound.admin_addr);
+        tracing::info!(
+            client = %bound.client_addr,
+            admin = %bound.admin_addr,
+            config = %config.source_name,
+            "keygate serving"
+        );
+
+        let (stop, stopped) = crate::shutdown::channel();
+        let reloader = tokio::spawn(reload::run(shared.clone(), vault_watch, stopped.clone()));
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested: no new connections, draining in-flight requests");
+            stop.stop();
+        });
+        crate::server::run(bound, shared, stopped)
+            .await
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        let _ = reloader.await;
+        tracing::info!("keygate stopped");
+        Ok(())
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers the process still stops on SIGTERM's default action.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

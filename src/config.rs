@@ -1,0 +1,533 @@
+//! Configuration: figment layers → [`RawConfig`] (serde, unknown keys refused) → [`Config`].
+//!
+//! Layers, later wins: the embedded `config/keygate.toml`, the config file, then
+//! `KEYGATE_SECTION__KEY` environment variables. Sources are passed in (the
+//! environment as a list of pairs), so tests feed strings and never touch the
+//! process environment. Config names where secrets live, never a secret.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Deserializer};
+
+/// The embedded default configuration (the documented `config/keygate.toml`).
+pub const DEFAULT_TOML: &str = include_str!("../config/keygate.toml");
+
+/// Where the configuration came from and why it is unusable. Exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named by `--config` / `KEYGATE_CONFIG` does not exist.
+    #[error("config file {0} not found: pass --config PATH to an existing file, or omit it to use the defaults")]
+    NotFound(PathBuf),
+    /// Parse or type error reported by figment (names the key and the source).
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// A value parsed but makes no sense.
+    #[error("invalid configuration in {source_name}: {message}")]
+    Semantic {
+        /// Which file (or "defaults").
+        source_name: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration ({e}); write e.g. \"30s\", \"10m\", \"24h\""
+        ))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match SizeValue::deserialize(d)? {
+        SizeValue::Bytes(n) => Ok(n),
+        SizeValue::Text(text) => text
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a size ({e}); write bytes or e.g. \"8MiB\""
+                ))
+            }),
+    }
+}
+
+fn opt_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from))
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Client-facing listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// PEM certificate chain for inbound TLS.
+    #[serde(default, deserialize_with = "opt_path")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for inbound TLS.
+    #[serde(default, deserialize_with = "opt_path")]
+    pub tls_key: Option<PathBuf>,
+    /// Larger request bodies get 413.
+    #[serde(deserialize_with = "size")]
+    pub max_request_body: u64,
+    /// Bodies up to this size are kept in memory so a 401 can be retried.
+    #[serde(deserialize_with = "size")]
+    pub retry_buffer: u64,
+    /// Deadline for a client's request headers.
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// Longest pause allowed inside a request body.
+    #[serde(deserialize_with = "duration")]
+    pub body_idle_timeout: Duration,
+    /// Concurrent client connections; the surplus is refused.
+    pub max_connections: usize,
+    /// TCP connect timeout to an upstream.
+    #[serde(deserialize_with = "duration")]
+    pub upstream_connect_timeout: Duration,
+    /// No response headers from the upstream by then: 504.
+    #[serde(deserialize_with = "duration")]
+    pub upstream_first_byte_timeout: Duration,
+    /// No upstream bytes for this long mid-stream: the stream is cut.
+    #[serde(deserialize_with = "duration")]
+    pub stream_idle_timeout: Duration,
+    /// How long SIGTERM waits for in-flight requests.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+/// `[vault]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// The vault file.
+    pub path: PathBuf,
+    /// The master key file (used when no master key env var is set).
+    pub master_key_file: PathBuf,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Name of the environment variable holding the admin token.
+    pub token_env: String,
+}
+
+/// `[keys]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Keys older than this are due for rotation.
+    #[serde(deserialize_with = "duration")]
+    pub rotate_after: Duration,
+    /// First cooldown of a rejected key.
+    #[serde(deserialize_with = "duration")]
+    pub suspect_cooldown: Duration,
+    /// Default grace of `previous` after a rotation.
+    #[serde(deserialize_with = "duration")]
+    pub default_grace: Duration,
+}
+
+/// `[clients]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientsConfig {
+    /// Requests without a client key run as client `anonymous`.
+    pub allow_anonymous: bool,
+}
+
+/// How a provider expects its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthStyle {
+    /// `Authorization: Bearer <key>` (OpenAI, xAI, most compatibles).
+    Bearer,
+    /// `x-api-key: <key>` (Anthropic style).
+    XApiKey,
+    /// `api-key: <key>` (Azure OpenAI).
+    ApiKey,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    base_url: Option<String>,
+    #[serde(default = "default_auth")]
+    auth: AuthStyle,
+    prefix: Option<String>,
+}
+
+fn default_auth() -> AuthStyle {
+    AuthStyle::Bearer
+}
+
+/// One upstream provider.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// Table name (`openai`).
+    pub name: String,
+    /// `scheme://authority`, no trailing slash.
+    pub origin: http::uri::Uri,
+    /// Path the upstream lives under (`""` or e.g. `/openai`), no trailing slash.
+    pub base_path: String,
+    /// Header style for the key.
+    pub auth: AuthStyle,
+    /// Client path prefix (`/openai`), no trailing slash.
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    default: String,
+    #[serde(default)]
+    models: BTreeMap<String, String>,
+}
+
+/// `[routing]`, checked against the providers.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    /// Provider for plain `/v1/…`.
+    pub default: String,
+    /// `(model prefix, provider)`, longest prefix first.
+    pub models: Vec<(String, String)>,
+}
+
+/// `[metering]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeteringConfig {
+    /// The usage ledger (SQLite).
+    pub db: PathBuf,
+    /// How often counters are flushed to the ledger.
+    #[serde(deserialize_with = "duration")]
+    pub flush_interval: Duration,
+    /// Ask upstreams for the final usage chunk on every stream.
+    pub stream_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: ServerConfig,
+    vault: VaultConfig,
+    admin: AdminConfig,
+    keys: KeysConfig,
+    clients: ClientsConfig,
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+    routing: RawRouting,
+    metering: MeteringConfig,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Human name of the file it came from (for messages).
+    pub source_name: String,
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[vault]`.
+    pub vault: VaultConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
+    /// `[keys]`.
+    pub keys: KeysConfig,
+    /// `[clients]`.
+    pub clients: ClientsConfig,
+    /// Providers by name.
+    pub providers: BTreeMap<String, Provider>,
+    /// `[routing]`.
+    pub routing: Routing,
+    /// `[metering]`.
+    pub metering: MeteringConfig,
+}
+
+/// Where to read configuration from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Explicit file (`--config` or `KEYGATE_CONFIG`): must exist.
+    pub explicit_file: Option<PathBuf>,
+    /// Fallback file used only when present (`config/keygate.toml`).
+    pub default_file: Option<PathBuf>,
+    /// Environment pairs; only `KEYGATE_*__*` ones are config overrides.
+    pub env: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Loads and validates configuration from `sources`.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        let mut source_name = "the embedded defaults".to_owned();
+        let file = match (&sources.explicit_file, &sources.default_file) {
+            (Some(path), _) if !path.is_file() => return Err(ConfigError::NotFound(path.clone())),
+            (Some(path), _) => Some(path.as_path()),
+            (None, Some(path)) if path.is_file() => Some(path.as_path()),
+            _ => None,
+        };
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+            source_name = path.display().to_string();
+        }
+        figment = figment.merge(env_overrides(&sources.env)?);
+        let raw: RawConfig = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        Config::validate(raw, source_name)
+    }
+
+    /// Loads from a TOML string layered over the defaults (tests, examples).
+    pub fn from_toml(toml: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string(toml))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        Config::validate(raw, "inline TOML".to_owned())
+    }
+
+    fn validate(raw: RawConfig, source_name: String) -> Result<Config, ConfigError> {
+        let semantic = |message: String| ConfigError::Semantic {
+            source_name: source_name.clone(),
+            message,
+        };
+        let mut providers = BTreeMap::new();
+        for (name, p) in raw.providers {
+            let base_url = p.base_url.ok_or_else(|| {
+                semantic(format!(
+                    "providers.{name}.base_url is missing: every provider needs the upstream's URL, e.g. \"https://api.openai.com\""
+                ))
+            })?;
+            let uri: http::Uri = base_url.parse().map_err(|_| {
+                semantic(format!("providers.{name}.base_url `{base_url}` is not a URL"))
+            })?;
+            let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+                return Err(semantic(format!(
+                    "providers.{name}.base_url `{base_url}` needs a scheme and host, e.g. \"https://api.openai.com\""
+                )));
+            };
+            if scheme != &http::uri::Scheme::HTTP && scheme != &http::uri::Scheme::HTTPS {
+                return Err(semantic(format!(
+                    "providers.{name}.base_url `{base_url}` must be http:// or https://"
+                )));
+            }
+            let origin = http::Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query("/")
+                .build()
+                .map_err(|_| semantic(format!("providers.{name}.base_url `{base_url}` is not a URL")))?;
+            let base_path = uri.path().trim_end_matches('/').to_owned();
+            let prefix = p.prefix.unwrap_or_else(|| format!("/{name}"));
+            let prefix = prefix.trim_end_matches('/').to_owned();
+            if !prefix.starts_with('/') || prefix.len() < 2 || prefix == "/v1" {
+                return Err(semantic(format!(
+                    "providers.{name}.prefix `{prefix}` must start with `/`, be non-empty and not be `/v1`"
+                )));
+            }
+            providers.insert(
+                name.clone(),
+                Provider {
+                    name,
+                    origin,
+                    base_path,
+                    auth: p.auth,
+                    prefix,
+                },
+            );
+        }
+        if !providers.contains_key(&raw.routing.default) {
+            return Err(semantic(format!(
+                "routing.default names provider `{}`, which is not configured (configured: {})",
+                raw.routing.default,
+                providers.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let mut models = Vec::new();
+        for (prefix, provider) in raw.routing.models {
+            if !providers.contains_key(&provider) {
+                return Err(semantic(format!(
+                    "routing.models maps `{prefix}` to provider `{provider}`, which is not configured"
+                )));
+            }
+            models.push((prefix, provider));
+        }
+        models.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        if raw.server.retry_buffer > raw.server.max_request_body {
+            return Err(semantic(
+                "server.retry_buffer is larger than server.max_request_body".to_owned(),
+            ));
+        }
+        if raw.server.max_connections == 0 {
+            return Err(semantic("server.max_connections must be at least 1".to_owned()));
+        }
+        if raw.server.tls_cert.is_some() != raw.server.tls_key.is_some() {
+            return Err(semantic(
+                "server.tls_cert and server.tls_key must be set together".to_owned(),
+            ));
+        }
+        Ok(Config {
+            source_name,
+            server: raw.server,
+            vault: raw.vault,
+            admin: raw.admin,
+            keys: raw.keys,
+            clients: raw.clients,
+            providers,
+            routing: Routing {
+                default: raw.routing.default,
+                models,
+            },
+            metering: raw.metering,
+        })
+    }
+}
+
+/// `KEYGATE_SERVER__LISTEN=…` → `server.listen`. Only names with `__` are config
+/// keys: `KEYGATE_MASTER_KEY`, `KEYGATE_PASSPHRASE`, `KEYGATE_CONFIG` are not.
+/// Values are parsed as TOML values when they parse, else taken as strings.
+fn env_overrides(env: &[(String, String)]) -> Result<Serialized<serde_json::Value>, ConfigError> {
+    let mut root = serde_json::Map::new();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("KEYGATE_") else {
+            continue;
+        };
+        if !rest.contains("__") {
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        let parsed = toml_value(value);
+        let mut node = &mut root;
+        for (i, part) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                node.insert(part.clone(), parsed.clone());
+            } else {
+                let entry = node
+                    .entry(part.clone())
+                    .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+                match entry {
+                    serde_json::Value::Object(map) => node = map,
+                    _ => {
+                        return Err(ConfigError::Invalid(format!(
+                            "environment variable {name} nests under a key that is not a table"
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    Ok(Serialized::defaults(serde_json::Value::Object(root)))
+}
+
+fn toml_value(text: &str) -> serde_json::Value {
+    match text.parse::<i64>() {
+        Ok(n) => serde_json::Value::from(n),
+        Err(_) => match text {
+            "true" => serde_json::Value::Bool(true),
+            "false" => serde_json::Value::Bool(false),
+            _ => serde_json::Value::String(text.to_owned()),
+        },
+    }
+}
+
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The default config path when none is given.
+pub fn default_path() -> &'static Path {
+    Path::new("config/keygate.toml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_load() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.server.listen.port(), 8080);
+        assert_eq!(config.server.retry_buffer, 8 * 1024 * 1024);
+        assert_eq!(config.routing.default, "openai");
+        assert_eq!(config.providers["xai"].prefix, "/xai");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[server]\nlisen = \"1\"").unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let err = Config::from_toml("[server]\nheader_timeout = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("header_timeout"), "{err}");
+    }
+
+    #[test]
+    fn provider_without_base_url_is_named() {
+        let err = Config::from_toml("[providers.groq]\nauth = \"bearer\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("providers.groq.base_url"), "{err}");
+    }
+
+    #[test]
+    fn routing_default_must_exist() {
+        let err = Config::from_toml("[routing]\ndefault = \"nope\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_nest_and_skip_secrets() {
+        let sources = Sources {
+            env: vec![
+                ("KEYGATE_SERVER__LISTEN".into(), "0.0.0.0:9000".into()),
+                ("KEYGATE_SERVER__MAX_CONNECTIONS".into(), "7".into()),
+                ("KEYGATE_MASTER_KEY".into(), "not-a-config-key".into()),
+            ],
+            ..Sources::default()
+        };
+        let config = Config::load(&sources).unwrap();
+        assert_eq!(config.server.listen.port(), 9000);
+        assert_eq!(config.server.max_connections, 7);
+    }
+
+    #[test]
+    fn base_url_path_is_kept() {
+        let config = Config::from_toml(
+            "[providers.azure]\nbase_url = \"https://x.example.com/openai/\"\nauth = \"api-key\"",
+        )
+        .unwrap();
+        let azure = &config.providers["azure"];
+        assert_eq!(azure.base_path, "/openai");
+        assert_eq!(azure.prefix, "/azure");
+        assert_eq!(azure.auth, AuthStyle::ApiKey);
+    }
+}

@@ -1,0 +1,304 @@
+//! The outbound leg: the pooled upstream client, the outbound request (client
+//! credentials and hop-by-hop headers out, the provider's key in), and the
+//! response on its way back (hop-by-hop and auth headers out, body streamed
+//! frame by frame with an idle timeout).
+//!
+//! Redirects are never followed (the hyper client does not follow them). The
+//! key's header value is prebuilt and sensitive; nothing here logs a header.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Sleep;
+
+use crate::body::OutboundBody;
+use crate::config::{Provider, ServerConfig};
+use crate::keys::RingKey;
+use crate::metrics::ActiveGuard;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TLS setup failed.
+    #[error("cannot set up TLS for upstream connections: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// The process's one pooled upstream client (HTTP/1.1 and HTTP/2 by ALPN).
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<Connector, OutboundBody>,
+}
+
+impl Upstream {
+    /// Builds the client: rustls with the webpki roots, keep-alive, connect timeout, TCP_NODELAY.
+    pub fn new(server: &ServerConfig) -> Result<Upstream, UpstreamError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(server.upstream_connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Ok(Upstream { client })
+    }
+
+    /// Sends one attempt.
+    pub async fn send(
+        &self,
+        request: Request<OutboundBody>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        self.client.request(request).await
+    }
+}
+
+/// Client credential headers: never forwarded, never returned.
+const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
+
+/// Hop-by-hop and framing headers keygate never passes through (RFC 9110 §7.6.1;
+/// framing is redone by keygate itself).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+            | "host"
+            | "expect"
+            | "http2-settings"
+    ) || name.as_str().starts_with("proxy-")
+}
+
+/// Copies `from` into a new map without hop-by-hop headers, headers named in
+/// `Connection`, and credential headers.
+fn copy_end_to_end(from: &HeaderMap, also_drop: &[&str]) -> HeaderMap {
+    let named_by_connection: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    let mut out = HeaderMap::with_capacity(from.len());
+    for (name, value) in from {
+        if is_hop_by_hop(name)
+            || CREDENTIAL_HEADERS.contains(&name.as_str())
+            || also_drop.contains(&name.as_str())
+            || named_by_connection.iter().any(|n| n == name.as_str())
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// The upstream URI: the provider's fixed origin and base path, then the
+/// client's `/v1/…` path and query. Nothing the client sent picks the host.
+pub fn upstream_uri(provider: &Provider, path: &str, query: Option<&str>) -> Option<Uri> {
+    let mut path_and_query =
+        String::with_capacity(provider.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    path_and_query.push_str(&provider.base_path);
+    path_and_query.push_str(path);
+    if let Some(query) = query {
+        path_and_query.push('?');
+        path_and_query.push_str(query);
+    }
+    let origin = provider.origin.clone().into_parts();
+    Uri::builder()
+        .scheme(origin.scheme?)
+        .authority(origin.authority?)
+        .path_and_query(path_and_query)
+        .build()
+        .ok()
+}
+
+/// The outbound request for one attempt with `key`.
+pub fn outbound_request(
+    method: &http::Method,
+    uri: Uri,
+    client_headers: &HeaderMap,
+    key: &RingKey,
+    body: OutboundBody,
+) -> Request<OutboundBody> {
+    let mut headers = copy_end_to_end(client_headers, &["x-forwarded-host", "forwarded"]);
+    headers.insert(key.header_name.clone(), key.header_value.clone());
+    let mut request = Request::new(body);
+    *request.method_mut() = method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    request
+}
+
+/// The client's response: upstream status and end-to-end headers, body streamed.
+pub fn client_response(
+    upstream: Response<Incoming>,
+    stream_idle_timeout: Duration,
+    active: ActiveGuard,
+) -> Response<ResponseBody> {
+    let (parts, incoming) = upstream.into_parts();
+    let headers = copy_end_to_end(&parts.headers, &[]);
+    let mut response = Response::new(ResponseBody::upstream(incoming, stream_idle_timeout, active));
+    *response.status_mut() = parts.status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Why a response stream was cut.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseStreamError {
+    /// No upstream bytes for `stream_idle_timeout`.
+    #[error("upstream stream idle for longer than {0:?}")]
+    Idle(Duration),
+    /// The upstream connection failed mid-body.
+    #[error("upstream stream failed: {0}")]
+    Upstream(#[from] hyper::Error),
+}
+
+/// The body of every response on the client listener.
+pub enum ResponseBody {
+    /// keygate's own answer (errors, admin).
+    Full(Option<Bytes>),
+    /// The upstream's body, frame by frame.
+    Upstream(Box<UpstreamStream>),
+}
+
+/// An upstream body in flight; counted in `keygate_active_requests` until dropped.
+pub struct UpstreamStream {
+    incoming: Incoming,
+    idle: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    _active: ActiveGuard,
+}
+
+impl ResponseBody {
+    /// A complete body.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ResponseBody::Full(Some(bytes.into()))
+    }
+
+    /// Streams `incoming`; `active` keeps the request counted as in flight
+    /// until the stream ends or the client goes away.
+    fn upstream(incoming: Incoming, idle: Duration, active: ActiveGuard) -> Self {
+        ResponseBody::Upstream(Box::new(UpstreamStream {
+            incoming,
+            idle,
+            idle_timer: Box::pin(tokio::time::sleep(idle)),
+            _active: active,
+        }))
+    }
+}
+
+impl From<Bytes> for ResponseBody {
+    fn from(bytes: Bytes) -> Self {
+        ResponseBody::Full(Some(bytes))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = ResponseStreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Upstream(stream) => {
+                let stream = &mut **stream;
+                match Pin::new(&mut stream.incoming).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        let deadline = tokio::time::Instant::now() + stream.idle;
+                        stream.idle_timer.as_mut().reset(deadline);
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                    Poll::Ready(None) => Poll::Ready(None),
+                    Poll::Pending => match stream.idle_timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            Poll::Ready(Some(Err(ResponseStreamError::Idle(stream.idle))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    },
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(bytes) => bytes.as_ref().is_none_or(|b| b.is_empty()),
+            ResponseBody::Upstream(stream) => stream.incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ResponseBody::Upstream(stream) => stream.incoming.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_and_hop_by_hop_headers_are_dropped() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("authorization", "Bearer kg_x"),
+            ("x-api-key", "kg_x"),
+            ("api-key", "kg_x"),
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic x"),
+            ("host", "evil.example"),
+            ("content-type", "application/json"),
+        ] {
+            headers.append(HeaderName::from_static(name), value.parse().unwrap());
+        }
+        let out = copy_end_to_end(&headers, &[]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out.contains_key("content-type"));
+    }
+}

@@ -1,0 +1,55 @@
+//! keygate — an authenticating reverse proxy for LLM APIs.
+//!
+//! ```text
+//! client ──► server ──► auth ──► route ──► body ──► keys (pick) ──► forward ──► upstream
+//!  (SDK)     (hyper     (kg_ key  (prefix   (limit,  (ArcSwap ring)   (pooled
+//!            h1/h2,     → client) or model) retry            hyper client,
+//!            TLS)                           buffer)          rustls)
+//!      ◄── response streamed back unbuffered (401: retry with the next key first) ◄──┘
+//! ```
+//!
+//! The request path is conducted top to bottom by [`proxy`]; it only *reads* the
+//! [`state::Snapshot`] that the control plane ([`reload`]) publishes whole.
+//!
+//! Map of the rooms:
+//! - [`config`]: figment layers (embedded defaults → file → `KEYGATE_*`) → typed [`config::Config`]
+//! - [`secret`]: the secret type (zeroized, fingerprint-only `Debug`)
+//! - [`vault`]: the encrypted file (format, crypto, atomic writes, master key sources)
+//! - [`clients`]: `kg_…` client keys: generate, parse, digest
+//! - [`keys`]: upstream key rings built from the vault, and key selection
+//! - [`server`]: listeners, connections, TLS, timeouts, graceful drain
+//! - [`proxy`]: the conductor of one request
+//! - [`auth`], [`route`], [`body`], [`forward`]: the stages it calls in order
+//! - [`error`]: `ProxyError`, the one place a failure becomes an HTTP answer
+//! - [`metrics`]: every metric name, on a registry the process owns
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`
+//! - [`state`], [`reload`]: the shared snapshot and its single writer
+//! - [`shutdown`]: the stop signal every task is handed
+//! - [`cli`]: the commands; the only code that prints to stdout
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod cli;
+pub mod clients;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod keys;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod route;
+pub mod secret;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod vault;
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

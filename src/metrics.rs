@@ -1,0 +1,120 @@
+//! Every metric name keygate exports (DESIGN §8), declared once, on a registry
+//! the process owns (two keygates in one test process never collide).
+//!
+//! Labels are client names, provider names, key ids and status codes: never a
+//! secret.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::config::Config;
+
+/// The metrics of one keygate process.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `keygate_requests_total{client,provider,status}`.
+    pub requests_total: IntCounterVec,
+    /// `keygate_request_duration_seconds{provider}`: client-seen time to response headers.
+    pub request_duration: HistogramVec,
+    /// `keygate_upstream_duration_seconds{provider}`: upstream time to response headers.
+    pub upstream_duration: HistogramVec,
+    /// `keygate_active_requests{provider}`: requests (and streams) in flight.
+    pub active_requests: IntGaugeVec,
+    /// `keygate_vault_reloads_total{result}`.
+    pub vault_reloads: IntCounterVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+
+impl Metrics {
+    /// Registers every metric; provider series start at zero so dashboards see them.
+    pub fn new(config: &Config) -> Metrics {
+        let registry = Registry::new();
+        let requests_total = IntCounterVec::new(
+            Opts::new("keygate_requests_total", "Client requests answered, by status."),
+            &["client", "provider", "status"],
+        );
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "keygate_request_duration_seconds",
+                "Time from request received to response headers sent.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider"],
+        );
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "keygate_upstream_duration_seconds",
+                "Time from request sent upstream to upstream response headers.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider"],
+        );
+        let active_requests = IntGaugeVec::new(
+            Opts::new("keygate_active_requests", "Requests and streams in flight."),
+            &["provider"],
+        );
+        let vault_reloads = IntCounterVec::new(
+            Opts::new("keygate_vault_reloads_total", "Vault reloads by result."),
+            &["result"],
+        );
+        // Names and label sets are constants: construction cannot fail at run time.
+        #[allow(clippy::expect_used)]
+        let metrics = Metrics {
+            requests_total: requests_total.expect("static metric"),
+            request_duration: request_duration.expect("static metric"),
+            upstream_duration: upstream_duration.expect("static metric"),
+            active_requests: active_requests.expect("static metric"),
+            vault_reloads: vault_reloads.expect("static metric"),
+            registry,
+        };
+        for collector in [
+            Box::new(metrics.requests_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.request_duration.clone()),
+            Box::new(metrics.upstream_duration.clone()),
+            Box::new(metrics.active_requests.clone()),
+            Box::new(metrics.vault_reloads.clone()),
+        ] {
+            // Registering distinct names on a fresh registry cannot collide.
+            let _ = metrics.registry.register(collector);
+        }
+        for provider in config.providers.keys() {
+            metrics.active_requests.with_label_values(&[provider]).set(0);
+        }
+        for result in ["ok", "error"] {
+            metrics.vault_reloads.with_label_values(&[result]).reset();
+        }
+        metrics
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding to a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Counts one request in `keygate_active_requests` from creation to drop, so a
+/// request is counted until its response stream ends or the client leaves.
+pub struct ActiveGuard(prometheus::IntGauge);
+
+impl ActiveGuard {
+    /// Increments `gauge` until the guard is dropped.
+    pub fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        ActiveGuard(gauge)
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,149 @@
+//! The single writer of the snapshot: loads the vault, builds a [`Snapshot`],
+//! publishes it in one store — at start, whenever the vault or master key file
+//! changes (polled every 250 ms: one `stat` each, and it sees a Kubernetes
+//! `..data` symlink swap because `stat` follows the link), and on SIGHUP.
+//!
+//! Prepare, then publish: a reload that fails (tampered, truncated, wrong key,
+//! older generation) publishes nothing, so the last good snapshot keeps serving.
+//! Logs key ids and generations, never a secret.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::shutdown::Shutdown;
+
+use crate::state::{Shared, Snapshot};
+use crate::vault::{Kek, MasterKeySources, Vault, VaultError};
+
+/// Why a reload published nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The vault could not be read or decrypted.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// The file on disk is older than what is served (a replayed or restored copy).
+    #[error("vault on disk has generation {found}, older than the generation {serving} being served; refusing to go back (restore the newer file, or restart keygate to accept it)")]
+    Regressed {
+        /// Generation found on disk.
+        found: u64,
+        /// Generation being served.
+        serving: u64,
+    },
+}
+
+/// Identity of a file's current content, cheap to compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Option<(SystemTime, u64, u64)>);
+
+fn stamp(path: &std::path::Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    Stamp(
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), m.ino())),
+    )
+}
+
+/// Watches the vault and reloads it.
+pub struct VaultWatch {
+    vault: Vault,
+    master: MasterKeySources,
+    kek: Kek,
+    seen: (Stamp, Stamp),
+    generation: u64,
+}
+
+impl VaultWatch {
+    /// A watch over `vault`, decrypting with `kek` (re-read from `master` when a
+    /// rekey makes it stale).
+    pub fn new(vault: Vault, master: MasterKeySources, kek: Kek) -> Self {
+        VaultWatch {
+            vault,
+            master,
+            kek,
+            seen: (Stamp(None), Stamp(None)),
+            generation: 0,
+        }
+    }
+
+    /// The generation being served.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn changed(&self) -> bool {
+        (stamp(self.vault.path()), stamp(&self.master.file)) != self.seen
+    }
+
+    /// Loads the vault and publishes it if it is newer than what is served.
+    /// Returns whether a new generation was published.
+    pub fn reload(&mut self, shared: &Shared) -> Result<bool, ReloadError> {
+        self.seen = (stamp(self.vault.path()), stamp(&self.master.file));
+        let loaded = match self.vault.load(&self.kek) {
+            Err(VaultError::WrongMasterKey { .. }) => {
+                // Re-keyed under a master key we do not hold yet: re-read its source.
+                let Some(kek) = self.master.resolve()? else {
+                    return Err(self.vault.load(&self.kek).err().map_or(
+                        ReloadError::Regressed { found: 0, serving: self.generation },
+                        ReloadError::Vault,
+                    ));
+                };
+                let loaded = self.vault.load(&kek)?;
+                self.kek = kek;
+                loaded
+            }
+            other => other?,
+        };
+        if loaded.generation < self.generation {
+            return Err(ReloadError::Regressed {
+                found: loaded.generation,
+                serving: self.generation,
+            });
+        }
+        if loaded.generation == self.generation {
+            return Ok(false);
+        }
+        let snapshot = Snapshot::build(&shared.config, &loaded.document, loaded.generation);
+        let usable: usize = snapshot.rings.values().map(|r| r.len()).sum();
+        tracing::info!(
+            generation = loaded.generation,
+            clients = snapshot.clients.len(),
+            usable_keys = usable,
+            read_only = loaded.read_only,
+            "vault loaded"
+        );
+        shared.publish(snapshot);
+        self.generation = loaded.generation;
+        Ok(true)
+    }
+}
+
+/// Runs until `shutdown`: polls for changes, reloads on change and on SIGHUP.
+pub async fn run(shared: Arc<Shared>, mut watch: VaultWatch, mut shutdown: Shutdown) {
+    let mut hangup =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            _ = async { match hangup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => true,
+            _ = shutdown.requested() => return,
+        };
+        if !forced && !watch.changed() {
+            continue;
+        }
+        let result = tokio::task::block_in_place(|| watch.reload(&shared));
+        match result {
+            Ok(true) => shared.metrics.vault_reloads.with_label_values(&["ok"]).inc(),
+            Ok(false) => {}
+            Err(error) => {
+                shared.metrics.vault_reloads.with_label_values(&["error"]).inc();
+                tracing::warn!(
+                    serving_generation = watch.generation(),
+                    "vault reload failed, still serving the last good keys: {error}"
+                );
+            }
+        }
+    }
+}

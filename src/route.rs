@@ -1,0 +1,123 @@
+//! Routing: which provider a request goes to, and the upstream path.
+//!
+//! Looks only at the raw path and, for plain `/v1/…`, the body's `model`.
+//! Never at `Host`, `X-Forwarded-Host`, an absolute-form URL's authority or any
+//! body field naming a URL: the upstream is fixed by config.
+
+use serde::Deserialize;
+
+use crate::config::{Config, Provider};
+use crate::error::ProxyError;
+
+/// How the path was matched.
+#[derive(Debug, Clone, Copy)]
+pub enum PathMatch<'a> {
+    /// `/{prefix}/v1/…`: this provider, whatever the model.
+    Prefixed(&'a Provider, &'a str),
+    /// Plain `/v1/…`: the default provider unless the model says otherwise.
+    Plain(&'a str),
+}
+
+/// Matches the path (without query). `rest` always starts with `/v1`.
+pub fn by_path<'a>(config: &'a Config, path: &'a str) -> Result<PathMatch<'a>, ProxyError> {
+    if has_dot_segment(path) {
+        return Err(ProxyError::UnknownRoute(path.to_owned()));
+    }
+    if is_v1(path) {
+        return Ok(PathMatch::Plain(path));
+    }
+    for provider in config.providers.values() {
+        if let Some(rest) = path.strip_prefix(provider.prefix.as_str()) {
+            if is_v1(rest) {
+                return Ok(PathMatch::Prefixed(provider, rest));
+            }
+        }
+    }
+    Err(ProxyError::UnknownRoute(path.to_owned()))
+}
+
+fn is_v1(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// `.`/`..` segments, raw or percent-encoded, could climb out of the upstream's
+/// base path on a server that normalises late: refuse them outright.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    }) || path.to_ascii_lowercase().contains("%2f")
+}
+
+#[derive(Deserialize)]
+struct ModelField<'a> {
+    #[serde(borrow)]
+    model: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The provider for a plain `/v1/…` request: the first `routing.models` prefix
+/// (longest first) that the JSON body's `model` starts with, else the default.
+pub fn by_model<'a>(config: &'a Config, body: Option<&[u8]>) -> &'a Provider {
+    let model = body
+        .filter(|b| b.first() == Some(&b'{'))
+        .and_then(|b| serde_json::from_slice::<ModelField>(b).ok())
+        .and_then(|m| m.model);
+    let chosen = model.and_then(|model| {
+        config
+            .routing
+            .models
+            .iter()
+            .find(|(prefix, _)| model.starts_with(prefix.as_str()))
+            .map(|(_, provider)| provider.as_str())
+    });
+    let name = chosen.unwrap_or(config.routing.default.as_str());
+    // validate() guarantees every routed name is a configured provider.
+    config
+        .providers
+        .get(name)
+        .or_else(|| config.providers.values().next())
+        .unwrap_or_else(|| unreachable_provider())
+}
+
+#[cold]
+fn unreachable_provider() -> &'static Provider {
+    // Config::validate refuses a config whose routing.default is not a provider,
+    // so there is always at least one provider; this keeps the signature total.
+    static FALLBACK: std::sync::OnceLock<Provider> = std::sync::OnceLock::new();
+    FALLBACK.get_or_init(|| Provider {
+        name: "none".into(),
+        origin: http::Uri::from_static("http://127.0.0.1:9/"),
+        base_path: String::new(),
+        auth: crate::config::AuthStyle::Bearer,
+        prefix: "/none".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_and_model_routing() {
+        let config = Config::from_toml("").unwrap();
+        match by_path(&config, "/xai/v1/chat/completions").unwrap() {
+            PathMatch::Prefixed(p, rest) => {
+                assert_eq!(p.name, "xai");
+                assert_eq!(rest, "/v1/chat/completions");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(by_path(&config, "/v1/models"), Ok(PathMatch::Plain(_))));
+        assert_eq!(by_model(&config, Some(br#"{"model":"grok-3"}"#)).name, "xai");
+        assert_eq!(by_model(&config, Some(br#"{"model":"gpt-4o"}"#)).name, "openai");
+        assert_eq!(by_model(&config, None).name, "openai");
+    }
+
+    #[test]
+    fn unknown_and_climbing_paths_are_refused() {
+        let config = Config::from_toml("").unwrap();
+        for path in ["/nope", "/v2/x", "/v1/../admin", "/v1/%2e%2e/x", "/xaiv1/x", "/v1%2f..%2fx"] {
+            assert!(by_path(&config, path).is_err(), "{path}");
+        }
+    }
+}

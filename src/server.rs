@@ -1,0 +1,242 @@
+//! The listeners: bind (port 0 allowed; the real address is reported), accept,
+//! HTTP/1.1 + HTTP/2 (h2c, or h2 by ALPN over rustls), connection limit, header
+//! timeout, and the graceful drain on shutdown.
+//!
+//! Connections hand each request to [`crate::proxy::handle`] (client listener)
+//! or [`crate::admin::handle`] (admin listener); nothing here looks inside one.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::shutdown::Shutdown;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ServerConfig;
+use crate::forward::ResponseBody;
+use crate::state::Shared;
+
+/// Why the listeners could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Bind failed.
+    #[error("cannot listen on {addr}: {source} (is another process using it? change [server] {key})")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which config key.
+        key: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Certificate or key unreadable or invalid.
+    #[error("cannot load TLS {what} from {path}: {detail}")]
+    Tls {
+        /// "certificate" or "private key".
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// Both listeners, bound.
+pub struct Bound {
+    client: TcpListener,
+    admin: TcpListener,
+    /// Real client listener address.
+    pub client_addr: SocketAddr,
+    /// Real admin listener address.
+    pub admin_addr: SocketAddr,
+}
+
+/// Binds both listeners.
+pub async fn bind(config: &ServerConfig) -> Result<Bound, ServerError> {
+    let bind = |addr: SocketAddr, key: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, key, source })
+    };
+    let client = bind(config.listen, "listen").await?;
+    let admin = bind(config.admin_listen, "admin_listen").await?;
+    let local = |l: &TcpListener, addr: SocketAddr, key| {
+        l.local_addr()
+            .map_err(|source| ServerError::Bind { addr, key, source })
+    };
+    Ok(Bound {
+        client_addr: local(&client, config.listen, "listen")?,
+        admin_addr: local(&admin, config.admin_listen, "admin_listen")?,
+        client,
+        admin,
+    })
+}
+
+/// Serves until `shutdown` turns true, then drains for up to `shutdown_grace`.
+pub async fn run(
+    bound: Bound,
+    shared: Arc<Shared>,
+    shutdown: Shutdown,
+) -> Result<(), ServerError> {
+    let server = shared.config.server.clone();
+    let tls = tls_acceptor(&server)?;
+    let connections = Arc::new(Semaphore::new(server.max_connections));
+
+    let client_shared = shared.clone();
+    let client_loop = accept_loop(
+        bound.client,
+        tls,
+        connections.clone(),
+        server.clone(),
+        shutdown.clone(),
+        move |request| crate::proxy::handle(client_shared.clone(), request),
+    );
+    let admin_shared = shared.clone();
+    let admin_loop = accept_loop(
+        bound.admin,
+        None,
+        Arc::new(Semaphore::new(256)),
+        server.clone(),
+        shutdown.clone(),
+        move |request| crate::admin::handle(admin_shared.clone(), request),
+    );
+    tokio::join!(client_loop, admin_loop);
+
+    // Accepting stopped; connections were told to finish. Wait for them.
+    let all = u32::try_from(server.max_connections).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(server.shutdown_grace, connections.acquire_many(all)).await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace = ?server.shutdown_grace,
+            "shutdown grace elapsed with requests still in flight; cutting them"
+        );
+    }
+    Ok(())
+}
+
+async fn accept_loop<S, F>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    connections: Arc<Semaphore>,
+    server: ServerConfig,
+    mut shutdown: Shutdown,
+    service: S,
+) where
+    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> + Send + 'static,
+{
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.requested() => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection refused: max_connections reached");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let tls = tls.clone();
+        let server = server.clone();
+        let shutdown = shutdown.clone();
+        let service = service.clone();
+        tokio::spawn(async move {
+            match tls {
+                None => serve_connection(stream, &server, shutdown, service).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(server.header_timeout, acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(tls_stream)) => {
+                            serve_connection(tls_stream, &server, shutdown, service).await
+                        }
+                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection<I, S, F>(
+    io: I,
+    server: &ServerConfig,
+    mut shutdown: Shutdown,
+    service: S,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> + Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let connection = builder.serve_connection(TokioIo::new(io), service_fn(service));
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        }
+        _ = shutdown.requested() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
+}
+
+fn tls_acceptor(server: &ServerConfig) -> Result<Option<TlsAcceptor>, ServerError> {
+    let (Some(cert_path), Some(key_path)) = (&server.tls_cert, &server.tls_key) else {
+        return Ok(None);
+    };
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let tls_error = |what, path: &Path, detail: String| ServerError::Tls {
+        what,
+        path: path.display().to_string(),
+        detail,
+    };
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| tls_error("certificate", cert_path, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| tls_error("private key", key_path, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| tls_error("certificate", cert_path, e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
+}

@@ -1,0 +1,112 @@
+//! What every request reads: the [`Snapshot`] (clients and key rings of one
+//! vault generation) behind `ArcSwap`, plus the process-wide pieces in [`Shared`].
+//!
+//! The request path only loads the snapshot (once per request, `load_full`);
+//! only `reload` stores a new one, built whole.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::clients::ClientKeyDigest;
+use crate::config::Config;
+use crate::forward::Upstream;
+use crate::keys::KeyRing;
+use crate::metrics::Metrics;
+use crate::vault::document::Document;
+
+/// A client allowed to call the proxy.
+#[derive(Debug)]
+pub struct ClientInfo {
+    /// Name, used in logs and metric labels.
+    pub name: Arc<str>,
+    /// Digest of its key (for the constant-time confirm after the map lookup).
+    pub digest: ClientKeyDigest,
+    /// Spreads clients over a provider's key pool, stable per client.
+    pub sticky: u64,
+}
+
+/// One vault generation, ready for the hot path.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Vault generation it was built from (0: no vault yet).
+    pub generation: u64,
+    /// Active clients by key digest.
+    pub clients: HashMap<ClientKeyDigest, Arc<ClientInfo>>,
+    /// Key ring per provider name.
+    pub rings: HashMap<String, Arc<KeyRing>>,
+}
+
+impl Snapshot {
+    /// Builds the snapshot of `document` for the configured providers.
+    pub fn build(config: &Config, document: &Document, generation: u64) -> Snapshot {
+        let clients = document
+            .clients
+            .iter()
+            .filter(|c| c.revoked.is_none())
+            .filter_map(|c| {
+                let digest = ClientKeyDigest::from_hex(&c.key_sha256)?;
+                let sticky = u64::from_le_bytes(digest.0[..8].try_into().ok()?);
+                Some((
+                    digest,
+                    Arc::new(ClientInfo {
+                        name: Arc::from(c.name.as_str()),
+                        digest,
+                        sticky,
+                    }),
+                ))
+            })
+            .collect();
+        let rings = config
+            .providers
+            .values()
+            .map(|p| (p.name.clone(), Arc::new(KeyRing::build(p, document))))
+            .collect();
+        Snapshot {
+            generation,
+            clients,
+            rings,
+        }
+    }
+}
+
+/// Process-wide state shared by the listeners, the request path and the control plane.
+pub struct Shared {
+    /// The validated configuration (fixed for the process).
+    pub config: Arc<Config>,
+    /// The current snapshot; replaced whole by `reload`.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Metrics on the process's own registry.
+    pub metrics: Metrics,
+    /// The pooled upstream client.
+    pub upstream: Upstream,
+    /// Set once a vault generation has been loaded.
+    pub vault_loaded: AtomicBool,
+}
+
+impl Shared {
+    /// Shared state with an empty snapshot.
+    pub fn new(config: Arc<Config>) -> Result<Shared, crate::forward::UpstreamError> {
+        let upstream = Upstream::new(&config.server)?;
+        Ok(Shared {
+            metrics: Metrics::new(&config),
+            config,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            upstream,
+            vault_loaded: AtomicBool::new(false),
+        })
+    }
+
+    /// Publishes a new snapshot.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
+        self.vault_loaded.store(true, Ordering::Release);
+    }
+
+    /// Whether a vault generation was loaded.
+    pub fn is_vault_loaded(&self) -> bool {
+        self.vault_loaded.load(Ordering::Acquire)
+    }
+}

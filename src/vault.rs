@@ -1,0 +1,491 @@
+//! The vault: one encrypted file holding every upstream key and client record.
+//!
+//! This room opens, creates, updates and rekeys that file (DESIGN §6): envelope
+//! encryption ([`crypto`]) over a byte layout ([`format`]), written only whole
+//! and atomically under an advisory lock ([`file`]). The master key's sources
+//! live in [`master`].
+//!
+//! It must never modify the file when reading (a wrong key or a tampered file
+//! leaves it byte-for-byte untouched), never lose a concurrent writer's change
+//! (every write re-reads under the lock), and never put a key, a passphrase or
+//! document contents into an error or a log line.
+
+pub mod document;
+
+mod crypto;
+mod file;
+mod format;
+pub mod master;
+
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+pub use format::Header;
+pub use master::{Kek, MasterKey, MasterKeySources};
+
+/// A vault file on disk. Holds the path only; every call reads the file fresh.
+#[derive(Debug, Clone)]
+pub struct Vault {
+    path: PathBuf,
+}
+
+/// A decrypted vault, as returned by [`Vault::load`].
+#[derive(Debug)]
+pub struct Loaded {
+    /// The decrypted document.
+    pub document: document::Document,
+    /// The file's generation; a server never goes back to a lower one.
+    pub generation: u64,
+    /// Names the master key the file is written under.
+    pub kek_id: [u8; 8],
+    /// The file or its directory is not writable (e.g. a read-only Kubernetes
+    /// Secret mount): serve it, but do not try to change it.
+    pub read_only: bool,
+}
+
+/// Why a vault or master key operation failed. `Display` says what was wrong
+/// and what to do next, and never contains a secret or document contents.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// A file system call failed.
+    #[error("cannot {action} {what} {path}: {source}; check the path and that keygate's user may access it", path = .path.display())]
+    Io {
+        action: &'static str,
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// There is no vault file.
+    #[error("no vault at {path}; create one with `keygate vault init` (or let `keygate serve` create it on first start), or fix vault.path in the config", path = .path.display())]
+    NotFound { path: PathBuf },
+    /// Creating a file that already exists.
+    #[error("{what} {path} already exists; keygate never overwrites it — move it away first if you really mean to start over", path = .path.display())]
+    AlreadyExists { what: &'static str, path: PathBuf },
+    /// The file is readable by group or others.
+    #[error("{what} {path} has mode {mode:04o}, so group or others can read it; keygate refuses to use it. Fix: chmod 600 {path} (on Kubernetes, set the Secret volume's defaultMode: 0400)", path = .path.display())]
+    InsecureMode {
+        what: &'static str,
+        path: PathBuf,
+        mode: u32,
+    },
+    /// A write was attempted on a vault that cannot be written.
+    #[error("vault is read-only at {path}; it can be served but not changed here — make the file and its directory writable by keygate's user, or change the vault where it is writable (on Kubernetes, update the Secret)", path = .path.display())]
+    ReadOnly { path: PathBuf },
+    /// The key given is not the one the vault was written under.
+    #[error("cannot decrypt vault: wrong master key for {path} (it was written with {}); check KEYGATE_MASTER_KEY, the master key file and KEYGATE_PASSPHRASE. The vault file was left untouched", if *.written_with_passphrase { "a passphrase, KEYGATE_PASSPHRASE" } else { "a raw master key, KEYGATE_MASTER_KEY or the master key file" }, path = .path.display())]
+    WrongMasterKey {
+        path: PathBuf,
+        written_with_passphrase: bool,
+    },
+    /// The key is right but the file fails authentication, or is malformed.
+    #[error("vault file modified or corrupted: {path}: {detail}; the file was left untouched — restore it from a backup", path = .path.display())]
+    Corrupted { path: PathBuf, detail: String },
+    /// A vault from a newer keygate.
+    #[error("vault {path} uses format version {version}, but this keygate only reads version 1: this keygate is too old — upgrade it", path = .path.display())]
+    UnsupportedVersion { path: PathBuf, version: u16 },
+    /// The document decrypted but does not parse; `detail` holds no contents.
+    #[error("vault {path} decrypted, but this keygate cannot read its document ({detail}); it may have been written by a newer keygate — upgrade keygate. The file was left untouched", path = .path.display())]
+    Document { path: PathBuf, detail: String },
+    /// A master key value (named by `origin`, never shown) is unusable.
+    #[error("{origin} is not a usable master key: {detail}")]
+    InvalidMasterKey { origin: String, detail: String },
+    /// Both environment sources are set.
+    #[error("both KEYGATE_MASTER_KEY and KEYGATE_PASSPHRASE are set, but exactly one master key source is allowed; unset one of them")]
+    ConflictingMasterKeySources,
+    /// The OS RNG failed.
+    #[error("the operating system's random number generator failed ({cause}); nothing was written — retry, and check the system's entropy source")]
+    Random { cause: getrandom::Error },
+    /// A cipher or KDF call failed (not an authentication failure).
+    #[error("vault encryption failed: {detail}; nothing was written")]
+    Crypto { detail: &'static str },
+}
+
+impl VaultError {
+    /// Names where an invalid master key came from (an env var, a file path).
+    pub(crate) fn with_origin(self, origin: &str) -> Self {
+        match self {
+            VaultError::InvalidMasterKey { detail, .. } => VaultError::InvalidMasterKey {
+                origin: origin.to_owned(),
+                detail,
+            },
+            other => other,
+        }
+    }
+}
+
+impl Vault {
+    /// A vault at `path` (nothing is read yet).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Vault { path: path.into() }
+    }
+
+    /// The vault file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when the vault file exists.
+    pub fn exists(&self) -> bool {
+        self.path.exists()
+    }
+
+    /// Creates a new vault (generation 1) holding `doc`, creating missing parent
+    /// directories with mode 0700. Never overwrites: `AlreadyExists` if present.
+    pub fn create(&self, kek: &Kek, doc: &document::Document) -> Result<(), VaultError> {
+        file::create_private_dirs(&self.path)?;
+        let _lock = file::lock(&self.path)?;
+        // symlink_metadata: a dangling symlink is something we must not replace either.
+        if self.path.symlink_metadata().is_ok() {
+            return Err(VaultError::AlreadyExists {
+                what: "vault",
+                path: self.path.clone(),
+            });
+        }
+        let source = crypto::fresh_source(kek)?;
+        let derived = crypto::derive(kek, source)?.ok_or(VaultError::Crypto {
+            detail: "key kind does not match its source",
+        })?;
+        let dek = crypto::Dek::generate()?;
+        let bytes = crypto::seal(1, &derived, &dek, &self.serialise(doc)?)?;
+        file::write_atomic(&self.path, &bytes)
+    }
+
+    /// Reads the file, checks its mode, and decrypts it.
+    pub fn load(&self, kek: &Kek) -> Result<Loaded, VaultError> {
+        let bytes = self.read()?;
+        let opened = crypto::open(&self.path, &bytes, kek)?;
+        Ok(Loaded {
+            document: self.parse(&opened.plaintext)?,
+            generation: opened.header.generation,
+            kek_id: opened.header.kek_id,
+            read_only: file::is_read_only(&self.path),
+        })
+    }
+
+    /// Reads only the header (no key needed), so a reloading server can see
+    /// that the file was rekeyed under a master key it does not hold.
+    pub fn peek(&self) -> Result<Header, VaultError> {
+        crypto::peek(&self.path, &self.read()?)
+    }
+
+    /// Read-modify-write under the lock: re-reads and decrypts the current
+    /// file, calls `f`, and if `f` succeeds writes the result as generation + 1.
+    /// If `f` fails nothing is written. Returns `f`'s value.
+    pub fn update<T, E: From<VaultError>>(
+        &self,
+        kek: &Kek,
+        f: impl FnOnce(&mut document::Document) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.ensure_writable()?;
+        let _lock = file::lock(&self.path)?;
+        let opened = crypto::open(&self.path, &self.read()?, kek)?;
+        let mut doc = self.parse(&opened.plaintext)?;
+        let value = f(&mut doc)?;
+        // Same KEK (the salt is kept) and same DEK; fresh nonces inside seal.
+        let next = self.next_generation(opened.header.generation)?;
+        let bytes = crypto::seal(next, &opened.kek, &opened.dek, &self.serialise(&doc)?)?;
+        file::write_atomic(&self.path, &bytes)?;
+        Ok(value)
+    }
+
+    /// Re-wraps the data key under `new` (a fresh salt for a passphrase) and
+    /// bumps the generation, under the lock. The DEK is unchanged; the body is
+    /// re-sealed with a fresh nonce only because its AAD covers the header.
+    pub fn rekey(&self, old: &Kek, new: &Kek) -> Result<(), VaultError> {
+        self.ensure_writable()?;
+        let _lock = file::lock(&self.path)?;
+        let opened = crypto::open(&self.path, &self.read()?, old)?;
+        let derived = crypto::derive(new, crypto::fresh_source(new)?)?.ok_or(VaultError::Crypto {
+            detail: "key kind does not match its source",
+        })?;
+        let next = self.next_generation(opened.header.generation)?;
+        let bytes = crypto::seal(next, &derived, &opened.dek, &opened.plaintext)?;
+        file::write_atomic(&self.path, &bytes)
+    }
+
+    fn read(&self) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        file::read_private(&self.path, "vault file")?.ok_or_else(|| VaultError::NotFound {
+            path: self.path.clone(),
+        })
+    }
+
+    fn ensure_writable(&self) -> Result<(), VaultError> {
+        if file::is_read_only(&self.path) {
+            return Err(VaultError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn next_generation(&self, generation: u64) -> Result<u64, VaultError> {
+        generation.checked_add(1).ok_or_else(|| VaultError::Corrupted {
+            path: self.path.clone(),
+            detail: "the generation counter is at its maximum".to_owned(),
+        })
+    }
+
+    fn parse(&self, plaintext: &[u8]) -> Result<document::Document, VaultError> {
+        // serde_json's messages can quote values (secrets); keep only the position.
+        serde_json::from_slice(plaintext).map_err(|e| VaultError::Document {
+            path: self.path.clone(),
+            detail: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()),
+        })
+    }
+
+    fn serialise(&self, doc: &document::Document) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+        serde_json::to_vec(doc).map(Zeroizing::new).map_err(|e| VaultError::Document {
+            path: self.path.clone(),
+            detail: format!("cannot serialise it: {:?} error", e.classify()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::document::{ClientRecord, Document};
+    use super::*;
+    use crate::secret::Secret;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn client(name: &str) -> ClientRecord {
+        ClientRecord {
+            name: name.to_owned(),
+            key_sha256: "00".repeat(32),
+            rpm: None,
+            tpm: None,
+            budget_tokens: None,
+            created: 1,
+            revoked: None,
+        }
+    }
+
+    fn raw() -> Kek {
+        Kek::Raw(MasterKey::generate())
+    }
+
+    fn passphrase(text: &str) -> Kek {
+        Kek::Passphrase(Secret::new(text.to_owned()))
+    }
+
+    fn new_vault(dir: &tempfile::TempDir, kek: &Kek) -> Vault {
+        let vault = Vault::new(dir.path().join("data/keygate.vault"));
+        let doc = Document {
+            clients: vec![client("first")],
+            ..Document::default()
+        };
+        vault.create(kek, &doc).unwrap();
+        vault
+    }
+
+    fn add(vault: &Vault, kek: &Kek, name: &str) {
+        vault
+            .update(kek, |doc| {
+                doc.clients.push(client(name));
+                Ok::<_, VaultError>(())
+            })
+            .unwrap();
+    }
+
+    fn assert_round_trip(kek: &Kek) {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = new_vault(&dir, kek);
+        let first = vault.load(kek).unwrap();
+        assert_eq!(first.generation, 1);
+        assert!(!first.read_only);
+        assert_eq!(first.document.clients[0].name, "first");
+        add(&vault, kek, "second");
+        let second = vault.load(kek).unwrap();
+        assert_eq!(second.generation, 2);
+        assert_eq!(second.kek_id, first.kek_id, "update keeps the KEK");
+        let names: Vec<_> = second.document.clients.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["first", "second"]);
+        assert_eq!(vault.peek().unwrap(), Header { generation: 2, kek_id: first.kek_id });
+    }
+
+    #[test]
+    fn round_trip_with_a_raw_key() {
+        assert_round_trip(&raw());
+    }
+
+    #[test]
+    fn round_trip_with_a_passphrase() {
+        assert_round_trip(&passphrase("correct horse battery staple"));
+    }
+
+    #[test]
+    fn wrong_master_key_is_named_and_leaves_the_file_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = raw();
+        let vault = new_vault(&dir, &kek);
+        let before = std::fs::read(vault.path()).unwrap();
+        for wrong in [raw(), passphrase("some passphrase")] {
+            let err = vault.load(&wrong).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, VaultError::WrongMasterKey { .. }), "{text}");
+            assert!(text.contains("cannot decrypt vault: wrong master key"), "{text}");
+            assert!(text.contains("KEYGATE_MASTER_KEY") && text.contains("KEYGATE_PASSPHRASE"));
+            assert!(vault.update(&wrong, |_| Ok::<_, VaultError>(())).is_err());
+            assert!(vault.rekey(&wrong, &raw()).is_err());
+        }
+        assert_eq!(std::fs::read(vault.path()).unwrap(), before);
+    }
+
+    #[test]
+    fn tampered_or_truncated_files_are_reported_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = raw();
+        let vault = new_vault(&dir, &kek);
+        let good = std::fs::read(vault.path()).unwrap();
+        let flip = |at: usize| {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            bad
+        };
+        let cases = [
+            ("body", flip(good.len() - 20)),
+            ("body tag", flip(good.len() - 1)),
+            ("wrapped DEK", flip(format::DEK_AAD_LEN + format::NONCE_LEN + 3)),
+            ("DEK nonce", flip(format::DEK_AAD_LEN)),
+            ("generation", flip(19)),
+            ("magic", flip(0)),
+            ("truncated", good[..good.len() - 1].to_vec()),
+            ("truncated header", good[..40].to_vec()),
+            ("empty", Vec::new()),
+        ];
+        for (what, bytes) in cases {
+            std::fs::write(vault.path(), &bytes).unwrap();
+            let err = vault.load(&kek).unwrap_err();
+            let text = err.to_string();
+            assert!(matches!(err, VaultError::Corrupted { .. }), "{what}: {text}");
+            assert!(text.contains("vault file modified or corrupted"), "{what}: {text}");
+            assert!(text.contains(&vault.path().display().to_string()), "{text}");
+            assert!(vault.update(&kek, |_| Ok::<_, VaultError>(())).is_err(), "{what}");
+            assert_eq!(std::fs::read(vault.path()).unwrap(), bytes, "{what}: file changed");
+        }
+    }
+
+    #[test]
+    fn vault_is_0600_and_a_0644_vault_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = raw();
+        let vault = new_vault(&dir, &kek);
+        let mode = std::fs::metadata(vault.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let parent = std::fs::metadata(vault.path().parent().unwrap()).unwrap();
+        assert_eq!(parent.permissions().mode() & 0o777, 0o700);
+        add(&vault, &kek, "x");
+        let mode = std::fs::metadata(vault.path()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "update keeps 0600");
+
+        std::fs::set_permissions(vault.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+        for err in [vault.load(&kek).unwrap_err(), vault.peek().unwrap_err()] {
+            let text = err.to_string();
+            assert!(text.contains("0644"), "{text}");
+            assert!(text.contains(&format!("chmod 600 {}", vault.path().display())), "{text}");
+        }
+    }
+
+    #[test]
+    fn create_never_overwrites_and_a_missing_vault_says_how_to_create_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = raw();
+        let vault = Vault::new(dir.path().join("v"));
+        assert!(!vault.exists());
+        assert!(matches!(vault.load(&kek), Err(VaultError::NotFound { .. })));
+        vault.create(&kek, &Document::default()).unwrap();
+        assert!(vault.exists());
+        let before = std::fs::read(vault.path()).unwrap();
+        let err = vault.create(&raw(), &Document::default()).unwrap_err();
+        assert!(matches!(err, VaultError::AlreadyExists { .. }), "{err}");
+        assert_eq!(std::fs::read(vault.path()).unwrap(), before);
+    }
+
+    #[test]
+    fn failing_update_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = raw();
+        let vault = new_vault(&dir, &kek);
+        let before = std::fs::read(vault.path()).unwrap();
+        let result: Result<(), VaultError> = vault.update(&kek, |doc| {
+            doc.clients.clear();
+            Err(VaultError::ConflictingMasterKeySources)
+        });
+        assert!(result.is_err());
+        assert_eq!(std::fs::read(vault.path()).unwrap(), before);
+    }
+
+    #[test]
+    fn rekey_moves_the_vault_to_the_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = raw();
+        let vault = new_vault(&dir, &old);
+        let before = vault.load(&old).unwrap();
+        for new in [passphrase("a brand new passphrase"), raw()] {
+            let current = vault.load(&old).unwrap();
+            vault.rekey(&old, &new).unwrap();
+            let err = vault.load(&old).unwrap_err();
+            assert!(matches!(err, VaultError::WrongMasterKey { .. }), "{err}");
+            let after = vault.load(&new).unwrap();
+            assert_eq!(after.generation, current.generation + 1);
+            assert_ne!(after.kek_id, current.kek_id);
+            let names: Vec<_> = after.document.clients.iter().map(|c| c.name.clone()).collect();
+            assert_eq!(names, ["first"]);
+            assert_eq!(vault.peek().unwrap().kek_id, after.kek_id);
+            vault.rekey(&new, &old).unwrap();
+        }
+        assert_eq!(vault.load(&old).unwrap().generation, before.generation + 4);
+    }
+
+    #[test]
+    fn concurrent_updates_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = raw();
+        let vault = new_vault(&dir, &kek);
+        let threads = 8;
+        std::thread::scope(|s| {
+            for i in 0..threads {
+                let (vault, kek) = (&vault, &kek);
+                s.spawn(move || add(vault, kek, &format!("client-{i}")));
+            }
+        });
+        let loaded = vault.load(&kek).unwrap();
+        assert_eq!(loaded.document.clients.len(), threads + 1);
+        assert_eq!(loaded.generation, threads as u64 + 1);
+        let leftovers: Vec<_> = std::fs::read_dir(vault.path().parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".tmp."))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_read_only_vault_is_served_but_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = raw();
+        let vault = new_vault(&dir, &kek);
+        std::fs::set_permissions(vault.path(), std::fs::Permissions::from_mode(0o400)).unwrap();
+        let loaded = vault.load(&kek).unwrap();
+        assert!(loaded.read_only);
+        let err = vault.update(&kek, |_| Ok::<_, VaultError>(())).unwrap_err();
+        assert!(err.to_string().contains("vault is read-only at"), "{err}");
+        assert!(vault.rekey(&kek, &raw()).is_err());
+    }
+
+    #[test]
+    fn errors_never_contain_the_passphrase_or_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = passphrase("hunter2hunter2hunter2");
+        let vault = new_vault(&dir, &kek);
+        let errors = [
+            vault.load(&passphrase("hunter3hunter3hunter3")).unwrap_err(),
+            vault.load(&raw()).unwrap_err(),
+        ];
+        for err in errors {
+            let text = format!("{err} {err:?}");
+            assert!(!text.contains("hunter") && !text.contains("first"), "{text}");
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The vault's and master key's files on disk: mode checks, the advisory
+//! write lock, and whole-file atomic writes.
+//!
+//! Knows nothing of keys or the format. It must never write a file in place
+//! (always temp file + fsync + rename + fsync directory), never read a file that
+//! group or others can read, and never leave a temp file behind on failure.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use super::VaultError;
+
+/// Reads a file that must not be group- or other-accessible. `Ok(None)` when
+/// it does not exist. `what` names the file in errors ("master key file").
+pub fn read_private(path: &Path, what: &'static str) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(io("open", what, path, err)),
+    };
+    // fstat the handle we read from (a Kubernetes mount's symlink is already
+    // followed), so the mode checked is the mode of the bytes read.
+    let mode = file.metadata().map_err(|e| io("inspect", what, path, e))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(VaultError::InsecureMode {
+            what,
+            path: path.to_owned(),
+            mode: mode & 0o7777,
+        });
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    file.read_to_end(&mut bytes).map_err(|e| io("read", what, path, e))?;
+    Ok(Some(bytes))
+}
+
+/// Creates the missing parent directories of `path` with mode 0700.
+pub fn create_private_dirs(path: &Path) -> Result<(), VaultError> {
+    let dir = parent(path);
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| io("create directory", "directory", &dir, e))
+}
+
+/// True when the file or its directory has no write bit at all — e.g. a
+/// Kubernetes Secret mounted with `defaultMode: 0400`. Best effort: it looks at
+/// modes only, because probing by opening for write would wake file watchers,
+/// and a read-only mount is still caught when a write takes the lock.
+pub fn is_read_only(path: &Path) -> bool {
+    let readonly = |p: &Path| fs::metadata(p).is_ok_and(|m| m.permissions().readonly());
+    readonly(path) || readonly(&parent(path))
+}
+
+/// Holds the exclusive advisory lock on `<vault>.lock` until dropped.
+#[derive(Debug)]
+pub struct WriteLock {
+    _file: File,
+}
+
+/// Takes the exclusive lock on `<vault path>.lock`, blocking until any other
+/// writer (thread or process) is done. The lock file is never deleted: removing
+/// it would let two writers lock two different inodes.
+pub fn lock(vault: &Path) -> Result<WriteLock, VaultError> {
+    let mut name = vault.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|err| match err.kind() {
+            ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => VaultError::ReadOnly {
+                path: vault.to_owned(),
+            },
+            _ => io("create", "vault lock file", &path, err),
+        })?;
+    file.lock().map_err(|e| io("lock", "vault lock file", &path, e))?;
+    Ok(WriteLock { _file: file })
+}
+
+/// Replaces `path` with `bytes` atomically: a temp file (mode 0600) in the same
+/// directory, fsync, rename over `path`, fsync the directory. A reader sees the
+/// old file or the new one, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
+    let dir = parent(path);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut suffix = [0u8; 8];
+    getrandom::getrandom(&mut suffix).map_err(|cause| VaultError::Random { cause })?;
+    let tmp = dir.join(format!(".{name}.tmp.{}", hex::encode(suffix)));
+    let result = write_new_file(&tmp, "temporary file", bytes)
+        .and_then(|()| fs::rename(&tmp, path).map_err(|e| io("rename into place", "file", path, e)));
+    if result.is_err() {
+        // Best effort: the error that matters is the one already in hand.
+        let _ = fs::remove_file(&tmp);
+        return result;
+    }
+    sync_dir(&dir)
+}
+
+/// Creates `path` (never overwriting) with mode 0600 and `bytes`, creating
+/// missing parent directories with mode 0700, and makes it durable.
+pub fn write_new(path: &Path, what: &'static str, bytes: &[u8]) -> Result<(), VaultError> {
+    create_private_dirs(path)?;
+    write_new_file(path, what, bytes)?;
+    sync_dir(&parent(path))
+}
+
+fn write_new_file(path: &Path, what: &'static str, bytes: &[u8]) -> Result<(), VaultError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|err| match err.kind() {
+            ErrorKind::AlreadyExists => VaultError::AlreadyExists {
+                what,
+                path: path.to_owned(),
+            },
+            _ => io("create", what, path, err),
+        })?;
+    let written = (|| {
+        // The umask may have taken bits off 0600; put them back (never add more).
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        file.write_all(bytes)?;
+        file.sync_all()
+    })();
+    if let Err(err) = written {
+        drop(file);
+        let _ = fs::remove_file(path);
+        return Err(io("write", what, path, err));
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), VaultError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync directory", "directory", dir, e))
+}
+
+/// The directory holding `path`; `.` for a bare file name.
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn io(action: &'static str, what: &'static str, path: &Path, source: std::io::Error) -> VaultError {
+    VaultError::Io {
+        action,
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_file_with_mode_0600_and_no_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v");
+        fs::write(&path, b"old").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        write_atomic(&path, b"new contents").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new contents");
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn failed_atomic_write_leaves_target_and_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Renaming a file over a non-empty directory fails after the temp is written.
+        let target = dir.path().join("d");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("keep"), b"x").unwrap();
+        assert!(write_atomic(&target, b"data").is_err());
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("d")]);
+    }
+
+    #[test]
+    fn read_private_refuses_group_readable_and_reports_missing_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        assert!(read_private(&path, "vault file").unwrap().is_none());
+        write_new(&path, "vault file", b"abc").unwrap();
+        assert_eq!(read_private(&path, "vault file").unwrap().unwrap().as_slice(), b"abc");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o604)).unwrap();
+        let err = read_private(&path, "vault file").unwrap_err().to_string();
+        assert!(err.contains("0604") && err.contains(&format!("chmod 600 {}", path.display())), "{err}");
+        assert!(err.contains("defaultMode: 0400"), "{err}");
+    }
+
+    #[test]
+    fn read_only_is_seen_from_file_or_directory_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        write_new(&path, "vault file", b"abc").unwrap();
+        assert!(!is_read_only(&path));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
+        assert!(is_read_only(&path));
+    }
+}
