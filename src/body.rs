@@ -218,7 +218,9 @@ impl Body for OutboundBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            OutboundBody::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            OutboundBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             OutboundBody::Streaming(send) => match send.state.declared_len {
                 Some(len) => SizeHint::with_exact(len),
                 None => SizeHint::default(),

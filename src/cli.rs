@@ -158,7 +158,11 @@ pub(crate) fn read_secret_from_stdin(what: &str) -> Result<Secret, CliError> {
 pub(crate) fn format_time(unix: u64) -> String {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
     let text = humantime::format_rfc3339_seconds(time).to_string();
-    text.replace('T', " ").trim_end_matches('Z').get(..16).unwrap_or(&text).to_owned()
+    text.replace('T', " ")
+        .trim_end_matches('Z')
+        .get(..16)
+        .unwrap_or(&text)
+        .to_owned()
 }
 
 /// `3d`, `5h`, `12m` since `unix`.

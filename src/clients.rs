@@ -133,6 +133,9 @@ mod tests {
     #[test]
     fn wrong_shapes_are_malformed() {
         assert_eq!(parse("sk-abc"), Err(ClientKeyError::Malformed));
-        assert_eq!(parse(&format!("kg_{}", "!".repeat(42))), Err(ClientKeyError::Malformed));
+        assert_eq!(
+            parse(&format!("kg_{}", "!".repeat(42))),
+            Err(ClientKeyError::Malformed)
+        );
     }
 }

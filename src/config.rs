@@ -317,7 +317,9 @@ impl Config {
                 ))
             })?;
             let uri: http::Uri = base_url.parse().map_err(|_| {
-                semantic(format!("providers.{name}.base_url `{base_url}` is not a URL"))
+                semantic(format!(
+                    "providers.{name}.base_url `{base_url}` is not a URL"
+                ))
             })?;
             let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
                 return Err(semantic(format!(
@@ -334,7 +336,11 @@ impl Config {
                 .authority(authority.clone())
                 .path_and_query("/")
                 .build()
-                .map_err(|_| semantic(format!("providers.{name}.base_url `{base_url}` is not a URL")))?;
+                .map_err(|_| {
+                    semantic(format!(
+                        "providers.{name}.base_url `{base_url}` is not a URL"
+                    ))
+                })?;
             let base_path = uri.path().trim_end_matches('/').to_owned();
             let prefix = p.prefix.unwrap_or_else(|| format!("/{name}"));
             let prefix = prefix.trim_end_matches('/').to_owned();
@@ -377,7 +383,9 @@ impl Config {
             ));
         }
         if raw.server.max_connections == 0 {
-            return Err(semantic("server.max_connections must be at least 1".to_owned()));
+            return Err(semantic(
+                "server.max_connections must be at least 1".to_owned(),
+            ));
         }
         if raw.server.tls_cert.is_some() != raw.server.tls_key.is_some() {
             return Err(semantic(
@@ -476,7 +484,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::from_toml("[server]\nlisen = \"1\"").unwrap_err().to_string();
+        let err = Config::from_toml("[server]\nlisen = \"1\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lisen"), "{err}");
     }
 

@@ -176,7 +176,10 @@ impl ProxyError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if matches!(self, ProxyError::BodyTimeout(_) | ProxyError::BadRequestBody(_)) {
+        if matches!(
+            self,
+            ProxyError::BodyTimeout(_) | ProxyError::BadRequestBody(_)
+        ) {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -23,7 +23,7 @@ use tokio::time::Sleep;
 
 use crate::body::OutboundBody;
 use crate::config::{Provider, ServerConfig};
-use crate::keys::RingKey;
+use crate::keys::{KeyRing, RingKey};
 use crate::metrics::ActiveGuard;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -129,8 +129,9 @@ fn copy_end_to_end(from: &HeaderMap, also_drop: &[&str]) -> HeaderMap {
 /// The upstream URI: the provider's fixed origin and base path, then the
 /// client's `/v1/…` path and query. Nothing the client sent picks the host.
 pub fn upstream_uri(provider: &Provider, path: &str, query: Option<&str>) -> Option<Uri> {
-    let mut path_and_query =
-        String::with_capacity(provider.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    let mut path_and_query = String::with_capacity(
+        provider.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+    );
     path_and_query.push_str(&provider.base_path);
     path_and_query.push_str(path);
     if let Some(query) = query {
@@ -163,17 +164,78 @@ pub fn outbound_request(
     request
 }
 
-/// The client's response: upstream status and end-to-end headers, body streamed.
+/// The client's response: upstream status and end-to-end headers (minus any
+/// that echo a key), body streamed.
 pub fn client_response(
     upstream: Response<Incoming>,
+    ring: &KeyRing,
     stream_idle_timeout: Duration,
     active: ActiveGuard,
 ) -> Response<ResponseBody> {
     let (parts, incoming) = upstream.into_parts();
-    let headers = copy_end_to_end(&parts.headers, &[]);
-    let mut response = Response::new(ResponseBody::upstream(incoming, stream_idle_timeout, active));
+    let headers = response_headers(&parts.headers, ring);
+    let mut response = Response::new(ResponseBody::upstream(
+        incoming,
+        stream_idle_timeout,
+        active,
+    ));
     *response.status_mut() = parts.status;
     *response.headers_mut() = headers;
+    response
+}
+
+fn response_headers(upstream: &HeaderMap, ring: &KeyRing) -> HeaderMap {
+    let mut headers = copy_end_to_end(upstream, &[]);
+    let echoing: Vec<HeaderName> = headers
+        .iter()
+        .filter(|(_, value)| ring.contains_echo(value.as_bytes()))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in echoing {
+        tracing::warn!(header = %name, "upstream response header echoed an upstream key; dropped");
+        headers.remove(name);
+    }
+    headers
+}
+
+/// Error bodies this small are read whole so key echoes can be masked.
+const SCRUB_LIMIT: usize = 64 * 1024;
+
+/// An upstream error answer (4xx/5xx) for the client, with every fragment of
+/// an upstream key masked out of its headers and body (OpenAI-style errors
+/// quote the key they refused). Bodies over 64 KiB stream unscrubbed.
+pub async fn scrubbed_error_response(
+    upstream: Response<Incoming>,
+    ring: &KeyRing,
+    idle: Duration,
+    active: ActiveGuard,
+) -> Response<ResponseBody> {
+    let declared = upstream
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > SCRUB_LIMIT) {
+        return client_response(upstream, ring, idle, active);
+    }
+    let (parts, incoming) = upstream.into_parts();
+    let limited = http_body_util::Limited::new(incoming, SCRUB_LIMIT);
+    let collected = tokio::time::timeout(idle, http_body_util::BodyExt::collect(limited)).await;
+    let mut body = match collected {
+        Ok(Ok(collected)) => collected.to_bytes().to_vec(),
+        // Unreadable or oversized: the status and headers still go through.
+        _ => b"{\"error\":{\"message\":\"upstream error body could not be read\",\"type\":\"upstream_error\",\"code\":\"upstream_unavailable\"}}".to_vec(),
+    };
+    if ring.mask_echoes(&mut body) {
+        tracing::warn!(
+            status = parts.status.as_u16(),
+            "upstream error body echoed an upstream key; masked"
+        );
+    }
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = parts.status;
+    *response.headers_mut() = response_headers(&parts.headers, ring);
+    drop(active);
     response
 }
 

@@ -6,6 +6,7 @@
 //! built once here and marked sensitive, so the hot path never formats a key and
 //! HTTP/2 never indexes it. Nothing here logs a secret: only key ids.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
@@ -13,6 +14,12 @@ use http::{HeaderName, HeaderValue};
 use crate::config::{AuthStyle, Provider};
 use crate::secret::Secret;
 use crate::vault::document::{Document, KeyState};
+
+pub mod health;
+pub mod ops;
+pub mod verify;
+
+use health::{Availability, KeyHealth};
 
 /// One usable key, ready to put on the wire.
 #[derive(Debug)]
@@ -27,80 +34,200 @@ pub struct RingKey {
     pub header_value: HeaderValue,
     /// The secret, kept for scrubbing echoes out of upstream responses.
     pub secret: Secret,
+    /// Runtime health; carried across vault reloads while the secret is unchanged.
+    pub health: Arc<KeyHealth>,
 }
 
-/// A provider's usable keys: `current` ones (a pool when several) then the
-/// `previous` fallback.
+/// A provider's usable keys: `current` ones first (a pool when several), then
+/// the `previous` fallback. At most 64 keys (a request tracks tries in a `u64`).
 #[derive(Debug, Default)]
 pub struct KeyRing {
-    /// `current` keys in vault order.
-    pub current: Vec<RingKey>,
-    /// The fallback, if any.
-    pub previous: Option<RingKey>,
+    keys: Vec<RingKey>,
+    current: usize,
+    /// Every 8-byte window of every key, to find echoes in upstream responses.
+    echo_windows: HashSet<[u8; ECHO_WINDOW]>,
+}
+
+/// Length of the key fragment that counts as an echo of a key.
+pub const ECHO_WINDOW: usize = 8;
+
+/// The key chosen for one attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Pick<'a> {
+    /// Position in the ring (bit in the request's tried-mask).
+    pub index: usize,
+    /// The key.
+    pub key: &'a RingKey,
+    /// This attempt probes a suspect key whose cooldown is over.
+    pub probe: bool,
 }
 
 impl KeyRing {
-    /// Builds `provider`'s ring from a vault document. Keys whose secret cannot be
-    /// a header value are skipped (they could never authenticate).
-    pub fn build(provider: &Provider, document: &Document) -> KeyRing {
-        let mut ring = KeyRing::default();
-        for key in document.keys.iter().filter(|k| k.provider == provider.name) {
+    /// Builds `provider`'s ring from a vault document at `now` (unix seconds),
+    /// keeping the runtime health of keys already in `previous_ring`. A
+    /// `previous` key past its grace, or a secret that cannot be a header value,
+    /// is left out.
+    pub fn build(
+        provider: &Provider,
+        document: &Document,
+        now: u64,
+        previous_ring: Option<&KeyRing>,
+    ) -> KeyRing {
+        let usable = |state: KeyState| {
+            document.keys.iter().filter(move |k| {
+                k.provider == provider.name
+                    && k.state == state
+                    && (state != KeyState::Previous || k.grace_until.is_none_or(|t| now < t))
+            })
+        };
+        let mut keys = Vec::new();
+        let mut current = 0;
+        for key in usable(KeyState::Current)
+            .chain(usable(KeyState::Previous))
+            .take(64)
+        {
             let Some(secret) = key.secret.as_ref() else {
                 continue;
             };
-            if !key.state.is_usable() {
-                continue;
-            }
             let Some((header_name, header_value)) = auth_header(provider.auth, secret) else {
                 continue;
             };
-            let ring_key = RingKey {
+            let health = previous_ring
+                .and_then(|ring| {
+                    ring.keys
+                        .iter()
+                        .find(|k| *k.id == *key.id && k.secret == *secret)
+                })
+                .map(|k| k.health.clone())
+                .unwrap_or_default();
+            current += usize::from(key.state == KeyState::Current);
+            keys.push(RingKey {
                 id: Arc::from(key.id.as_str()),
                 state: key.state,
                 header_name,
                 header_value,
                 secret: secret.clone(),
+                health,
+            });
+        }
+        let echo_windows = keys
+            .iter()
+            .flat_map(|k| k.secret.expose().as_bytes().windows(ECHO_WINDOW))
+            .filter_map(|w| <[u8; ECHO_WINDOW]>::try_from(w).ok())
+            .collect();
+        KeyRing {
+            keys,
+            current,
+            echo_windows,
+        }
+    }
+
+    /// Replaces every fragment of a key (any 8 bytes of one) in `bytes` with
+    /// `*`. Returns true when something was masked.
+    pub fn mask_echoes(&self, bytes: &mut [u8]) -> bool {
+        if bytes.len() < ECHO_WINDOW || self.echo_windows.is_empty() {
+            return false;
+        }
+        let mut masked_until = 0;
+        let mut masked = false;
+        for start in 0..=bytes.len() - ECHO_WINDOW {
+            let window = &bytes[start..start + ECHO_WINDOW];
+            if window.iter().all(|&b| b == b'*') {
+                continue;
+            }
+            let Ok(window) = <[u8; ECHO_WINDOW]>::try_from(window) else {
+                continue;
             };
-            match key.state {
-                KeyState::Current => ring.current.push(ring_key),
-                _ => ring.previous = Some(ring_key),
+            if self.echo_windows.contains(&window) {
+                masked_until = start + ECHO_WINDOW;
+                masked = true;
+            }
+            if start < masked_until && start + ECHO_WINDOW >= masked_until {
+                bytes[start..masked_until].fill(b'*');
             }
         }
-        ring
+        masked
+    }
+
+    /// True when `bytes` holds a fragment of a key.
+    pub fn contains_echo(&self, bytes: &[u8]) -> bool {
+        bytes
+            .windows(ECHO_WINDOW)
+            .filter_map(|w| <[u8; ECHO_WINDOW]>::try_from(w).ok())
+            .any(|w| self.echo_windows.contains(&w))
     }
 
     /// True when no key can be used.
     pub fn is_empty(&self) -> bool {
-        self.current.is_empty() && self.previous.is_none()
+        self.keys.is_empty()
     }
 
     /// Number of keys a request may try.
     pub fn len(&self) -> usize {
-        self.current.len() + usize::from(self.previous.is_some())
+        self.keys.len()
     }
 
-    /// The `attempt`-th key to try for a client with stickiness `sticky`:
-    /// current keys starting at the client's own (so a pool keeps each client on
-    /// one key and provider-side prompt caches keep working), then `previous`.
-    /// Each key comes up once; `None` when all were offered.
-    pub fn nth_choice(&self, sticky: u64, attempt: usize) -> Option<&RingKey> {
-        let pool = self.current.len();
-        if attempt < pool {
-            let start = (sticky % pool as u64) as usize;
-            return self.current.get((start + attempt) % pool);
+    /// Every key, current ones first.
+    pub fn keys(&self) -> &[RingKey] {
+        &self.keys
+    }
+
+    /// Preference order for a client: current keys starting at the client's own
+    /// (so a pool keeps each client on one key and provider-side prompt caches
+    /// keep working), then `previous`.
+    fn preference(&self, sticky: u64) -> impl Iterator<Item = usize> + '_ {
+        let pool = self.current.max(1);
+        let start = (sticky % pool as u64) as usize;
+        (0..self.current)
+            .map(move |n| (start + n) % pool)
+            .chain(self.current..self.keys.len())
+    }
+
+    /// The key for the next attempt: the first healthy untried key in
+    /// preference order (a suspect key whose cooldown is over counts, for one
+    /// single-flight probe); when none is, the least recently failed untried key
+    /// anyway — the upstream is the authority, and refusing to call it would
+    /// turn a passing 401 into an outage. `None` when every key was tried.
+    pub fn pick(&self, sticky: u64, tried: u64, now_ms: u64) -> Option<Pick<'_>> {
+        let untried = |i: &usize| tried & (1u64 << i) == 0;
+        for index in self.preference(sticky).filter(untried) {
+            let key = &self.keys[index];
+            match key.health.availability(now_ms) {
+                Availability::Healthy => {
+                    return Some(Pick {
+                        index,
+                        key,
+                        probe: false,
+                    });
+                }
+                Availability::ProbeDue if key.health.try_begin_probe() => {
+                    return Some(Pick {
+                        index,
+                        key,
+                        probe: true,
+                    });
+                }
+                _ => {}
+            }
         }
-        if attempt == pool {
-            return self.previous.as_ref();
-        }
-        None
+        self.preference(sticky)
+            .filter(untried)
+            .min_by_key(|&i| self.keys[i].health.last_failed())
+            .map(|index| Pick {
+                index,
+                key: &self.keys[index],
+                probe: false,
+            })
+    }
+
+    /// True when `pick` would offer another key (some key is untried).
+    pub fn pick_would_find(&self, tried: u64) -> bool {
+        (0..self.keys.len()).any(|i| tried & (1u64 << i) == 0)
     }
 
     /// Every key's secret, for scrubbing upstream responses.
     pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
-        self.current
-            .iter()
-            .chain(self.previous.as_ref())
-            .map(|k| &k.secret)
+        self.keys.iter().map(|k| &k.secret)
     }
 }
 
@@ -143,6 +270,7 @@ mod tests {
             state_changed: 0,
             last_verified: None,
             reason: None,
+            grace_until: None,
         }
     }
 
@@ -158,13 +286,78 @@ mod tests {
             ],
             clients: vec![],
         };
-        let ring = KeyRing::build(&config.providers["openai"], &document);
+        let ring = KeyRing::build(&config.providers["openai"], &document, 0, None);
         assert_eq!(ring.len(), 3);
-        let order: Vec<&str> = (0..4)
-            .filter_map(|n| ring.nth_choice(1, n))
-            .map(|k| &*k.id)
-            .collect();
+        let mut tried = 0u64;
+        let mut order = Vec::new();
+        while let Some(pick) = ring.pick(1, tried, 0) {
+            tried |= 1 << pick.index;
+            order.push(pick.key.id.to_string());
+        }
         assert_eq!(order, ["b", "a", "old"]);
-        assert!(ring.nth_choice(0, 0).unwrap().header_value.is_sensitive());
+        assert!(ring.keys()[0].header_value.is_sensitive());
+    }
+
+    #[test]
+    fn suspect_keys_are_skipped_until_nothing_else_is_left() {
+        let config = Config::from_toml("").unwrap();
+        let document = Document {
+            keys: vec![key("a", KeyState::Current), key("old", KeyState::Previous)],
+            clients: vec![],
+        };
+        let ring = KeyRing::build(&config.providers["openai"], &document, 0, None);
+        ring.keys()[0]
+            .health
+            .record_rejection(std::time::Duration::from_secs(60), 10);
+        let first = ring.pick(0, 0, 20).unwrap();
+        assert_eq!(&*first.key.id, "old");
+        // With the fallback tried too, the suspect key is used anyway.
+        let last = ring.pick(0, 1 << first.index, 20).unwrap();
+        assert_eq!(&*last.key.id, "a");
+        // Health survives a rebuild from the same secret.
+        let rebuilt = KeyRing::build(&config.providers["openai"], &document, 0, Some(&ring));
+        assert!(Arc::ptr_eq(
+            &rebuilt.keys()[0].health,
+            &ring.keys()[0].health
+        ));
+    }
+
+    #[test]
+    fn echoed_key_fragments_are_masked() {
+        let config = Config::from_toml("").unwrap();
+        let document = Document {
+            keys: vec![key("a", KeyState::Current)],
+            clients: vec![],
+        };
+        let ring = KeyRing::build(&config.providers["openai"], &document, 0, None);
+        let mut body = b"bad key sk-test-a-000000000000 and a-0000000 end".to_vec();
+        assert!(ring.mask_echoes(&mut body));
+        let text = String::from_utf8(body).unwrap();
+        assert!(!ring.contains_echo(text.as_bytes()), "{text}");
+        assert!(
+            text.starts_with("bad key *") && text.ends_with(" end"),
+            "{text}"
+        );
+        let mut clean = b"nothing to see here".to_vec();
+        assert!(!ring.mask_echoes(&mut clean));
+    }
+
+    #[test]
+    fn previous_past_its_grace_is_not_used() {
+        let config = Config::from_toml("").unwrap();
+        let mut old = key("old", KeyState::Previous);
+        old.grace_until = Some(100);
+        let document = Document {
+            keys: vec![key("a", KeyState::Current), old],
+            clients: vec![],
+        };
+        assert_eq!(
+            KeyRing::build(&config.providers["openai"], &document, 99, None).len(),
+            2
+        );
+        assert_eq!(
+            KeyRing::build(&config.providers["openai"], &document, 100, None).len(),
+            1
+        );
     }
 }

@@ -24,6 +24,16 @@ pub struct Metrics {
     pub active_requests: IntGaugeVec,
     /// `keygate_vault_reloads_total{result}`.
     pub vault_reloads: IntCounterVec,
+    /// `keygate_upstream_key_rejections_total{provider,key_id}`.
+    pub key_rejections: IntCounterVec,
+    /// `keygate_fallback_retries_total{provider,reason}`.
+    pub fallback_retries: IntCounterVec,
+    /// `keygate_key_rotations_total{provider}`.
+    pub key_rotations: IntCounterVec,
+    /// `keygate_key_age_seconds{provider,key_id,state}`.
+    pub key_age: IntGaugeVec,
+    /// `keygate_key_healthy{provider,key_id}`.
+    pub key_healthy: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -36,7 +46,10 @@ impl Metrics {
     pub fn new(config: &Config) -> Metrics {
         let registry = Registry::new();
         let requests_total = IntCounterVec::new(
-            Opts::new("keygate_requests_total", "Client requests answered, by status."),
+            Opts::new(
+                "keygate_requests_total",
+                "Client requests answered, by status.",
+            ),
             &["client", "provider", "status"],
         );
         let request_duration = HistogramVec::new(
@@ -63,6 +76,38 @@ impl Metrics {
             Opts::new("keygate_vault_reloads_total", "Vault reloads by result."),
             &["result"],
         );
+        let key_rejections = IntCounterVec::new(
+            Opts::new(
+                "keygate_upstream_key_rejections_total",
+                "Upstream 401/402/403 answers, by key.",
+            ),
+            &["provider", "key_id"],
+        );
+        let fallback_retries = IntCounterVec::new(
+            Opts::new(
+                "keygate_fallback_retries_total",
+                "Requests sent again with another key, by reason.",
+            ),
+            &["provider", "reason"],
+        );
+        let key_rotations = IntCounterVec::new(
+            Opts::new("keygate_key_rotations_total", "Keys promoted to current."),
+            &["provider"],
+        );
+        let key_age = IntGaugeVec::new(
+            Opts::new(
+                "keygate_key_age_seconds",
+                "Age of each usable or pending key.",
+            ),
+            &["provider", "key_id", "state"],
+        );
+        let key_healthy = IntGaugeVec::new(
+            Opts::new(
+                "keygate_key_healthy",
+                "1 while the key is healthy, 0 while suspect or cooling.",
+            ),
+            &["provider", "key_id"],
+        );
         // Names and label sets are constants: construction cannot fail at run time.
         #[allow(clippy::expect_used)]
         let metrics = Metrics {
@@ -71,6 +116,11 @@ impl Metrics {
             upstream_duration: upstream_duration.expect("static metric"),
             active_requests: active_requests.expect("static metric"),
             vault_reloads: vault_reloads.expect("static metric"),
+            key_rejections: key_rejections.expect("static metric"),
+            fallback_retries: fallback_retries.expect("static metric"),
+            key_rotations: key_rotations.expect("static metric"),
+            key_age: key_age.expect("static metric"),
+            key_healthy: key_healthy.expect("static metric"),
             registry,
         };
         for collector in [
@@ -79,17 +129,68 @@ impl Metrics {
             Box::new(metrics.upstream_duration.clone()),
             Box::new(metrics.active_requests.clone()),
             Box::new(metrics.vault_reloads.clone()),
+            Box::new(metrics.key_rejections.clone()),
+            Box::new(metrics.fallback_retries.clone()),
+            Box::new(metrics.key_rotations.clone()),
+            Box::new(metrics.key_age.clone()),
+            Box::new(metrics.key_healthy.clone()),
         ] {
             // Registering distinct names on a fresh registry cannot collide.
             let _ = metrics.registry.register(collector);
         }
         for provider in config.providers.keys() {
-            metrics.active_requests.with_label_values(&[provider]).set(0);
+            metrics
+                .active_requests
+                .with_label_values(&[provider])
+                .set(0);
         }
         for result in ["ok", "error"] {
             metrics.vault_reloads.with_label_values(&[result]).reset();
         }
         metrics
+    }
+
+    /// Refreshes the key gauges for a newly built snapshot and counts the
+    /// rotations it brings (a key current now that was not before).
+    pub fn observe_keys(
+        &self,
+        config: &Config,
+        document: &crate::vault::document::Document,
+        old: &crate::state::Snapshot,
+        new: &crate::state::Snapshot,
+        now: u64,
+    ) {
+        use crate::vault::document::KeyState;
+        self.key_age.reset();
+        for key in &document.keys {
+            if key.state.is_usable() || key.state == KeyState::Pending {
+                let age = now.saturating_sub(key.created);
+                self.key_age
+                    .with_label_values(&[&key.provider, &key.id, key.state.as_str()])
+                    .set(i64::try_from(age).unwrap_or(i64::MAX));
+            }
+        }
+        self.key_healthy.reset();
+        let now_ms = crate::keys::health::now_ms();
+        for provider in config.providers.keys() {
+            let Some(ring) = new.rings.get(provider) else {
+                continue;
+            };
+            let before = old.rings.get(provider);
+            for key in ring.keys() {
+                self.key_healthy
+                    .with_label_values(&[provider.as_str(), &*key.id])
+                    .set(key.health.healthy_gauge(now_ms));
+                let was_current = before.is_some_and(|r| {
+                    r.keys()
+                        .iter()
+                        .any(|k| k.id == key.id && k.state == KeyState::Current)
+                });
+                if old.generation > 0 && key.state == KeyState::Current && !was_current {
+                    self.key_rotations.with_label_values(&[provider]).inc();
+                }
+            }
+        }
     }
 
     /// Prometheus text exposition.

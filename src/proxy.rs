@@ -15,13 +15,14 @@ use std::time::Instant;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::auth;
 use crate::body::{self, BodyLimits, RequestBody};
 use crate::error::ProxyError;
 use crate::forward::{self, ResponseBody};
+use crate::keys::{health, KeyRing};
 use crate::metrics::ActiveGuard;
 use crate::route::{self, PathMatch};
 use crate::state::Shared;
-use crate::{auth, keys::KeyRing};
 
 /// What the conductor learns about a request, for the one log line and metrics.
 #[derive(Default)]
@@ -102,54 +103,138 @@ async fn conduct(
     let uri = forward::upstream_uri(provider, path, parts.uri.query())
         .ok_or_else(|| ProxyError::UnknownRoute(parts.uri.path().to_owned()))?;
 
-    let mut attempt = 0;
+    // Forward ⇄ retry: each key at most once, and only before any response
+    // byte has gone to the client.
+    let metrics = &shared.metrics;
+    let timeout = config.server.upstream_first_byte_timeout;
+    let mut tried = 0u64;
     loop {
         let rejected = || ProxyError::UpstreamKeyRejected {
             provider: provider.name.clone(),
         };
-        let key = ring.nth_choice(client.sticky, attempt).ok_or_else(rejected)?;
+        let pick = ring
+            .pick(client.sticky, tried, health::now_ms())
+            .ok_or_else(rejected)?;
+        let key = pick.key;
         let outbound_body = body.next_attempt().ok_or_else(rejected)?;
-        attempt += 1;
-        ctx.attempts = attempt as u32;
+        tried |= 1 << pick.index;
+        ctx.attempts += 1;
         ctx.key_id = Some(key.id.clone());
 
-        let outbound =
-            forward::outbound_request(&parts.method, uri.clone(), &parts.headers, key, outbound_body);
+        let outbound = forward::outbound_request(
+            &parts.method,
+            uri.clone(),
+            &parts.headers,
+            key,
+            outbound_body,
+        );
         let sent = Instant::now();
-        let timeout = config.server.upstream_first_byte_timeout;
         let upstream = match tokio::time::timeout(timeout, shared.upstream.send(outbound)).await {
-            Err(_) => {
-                return Err(ProxyError::UpstreamTimeout {
-                    provider: provider.name.clone(),
-                    after: timeout,
-                })
-            }
-            Ok(Err(error)) => return Err(send_failure(&provider.name, &body, limits.max, &error)),
             Ok(Ok(upstream)) => upstream,
+            failed => {
+                if pick.probe {
+                    key.health.end_probe();
+                }
+                return Err(match failed {
+                    Err(_) => ProxyError::UpstreamTimeout {
+                        provider: provider.name.clone(),
+                        after: timeout,
+                    },
+                    Ok(Err(error)) => send_failure(&provider.name, &body, limits.max, &error),
+                    Ok(Ok(_)) => rejected(),
+                });
+            }
         };
-        shared
-            .metrics
+        metrics
             .upstream_duration
             .with_label_values(&[&provider.name])
             .observe(sent.elapsed().as_secs_f64());
+        let status = upstream.status();
+        let another_key_left = ring.pick_would_find(tried) && body.buffered().is_some();
 
-        if is_key_rejection(upstream.status()) {
+        if is_key_rejection(status) {
+            let (cooldown, was_healthy) = key
+                .health
+                .record_rejection(config.keys.suspect_cooldown, health::now_ms());
+            metrics
+                .key_rejections
+                .with_label_values(&[provider.name.as_str(), &*key.id])
+                .inc();
+            metrics
+                .key_healthy
+                .with_label_values(&[provider.name.as_str(), &*key.id])
+                .set(0);
             tracing::warn!(
                 provider = %provider.name,
                 key_id = %key.id,
-                status = upstream.status().as_u16(),
-                "upstream rejected key {}; trying the next key of {}",
+                status = status.as_u16(),
+                probe = pick.probe,
+                first_failure = was_healthy,
+                cooldown_s = cooldown.as_secs(),
+                "UPSTREAM REJECTED KEY {} of provider {} ({}); it is suspect for {:?}{}",
                 key.id,
-                provider.name
+                provider.name,
+                status,
+                cooldown,
+                if another_key_left { ", retrying with the next key" } else { "" }
+            );
+            if !another_key_left {
+                return Err(rejected());
+            }
+            metrics
+                .fallback_retries
+                .with_label_values(&[&provider.name, "401"])
+                .inc();
+            continue;
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS && another_key_left {
+            let retry_after = retry_after(upstream.headers());
+            key.health
+                .record_rate_limited(retry_after, health::now_ms());
+            metrics
+                .fallback_retries
+                .with_label_values(&[&provider.name, "429"])
+                .inc();
+            tracing::info!(
+                provider = %provider.name,
+                key_id = %key.id,
+                cooling_s = retry_after.as_secs(),
+                "upstream rate-limited key {}; cooling it and trying the next key",
+                key.id
             );
             continue;
         }
+        if pick.probe {
+            if status.is_success() && key.health.record_success() {
+                metrics
+                    .key_healthy
+                    .with_label_values(&[provider.name.as_str(), &*key.id])
+                    .set(1);
+                tracing::info!(provider = %provider.name, key_id = %key.id, "key {} accepted again: healthy", key.id);
+            } else {
+                key.health.end_probe();
+            }
+        }
+        if status.is_client_error() || status.is_server_error() {
+            return Ok(forward::scrubbed_error_response(upstream, ring, limits.idle, active).await);
+        }
         return Ok(forward::client_response(
             upstream,
+            ring,
             config.server.stream_idle_timeout,
             active,
         ));
     }
+}
+
+/// `Retry-After` in seconds (default 1 s, at most an hour).
+fn retry_after(headers: &http::HeaderMap) -> std::time::Duration {
+    let secs = headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1);
+    std::time::Duration::from_secs(secs.clamp(1, 3600))
 }
 
 /// 401 invalid/revoked, 402 billing, 403 permission: the key, not the request.

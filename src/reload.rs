@@ -37,11 +37,13 @@ struct Stamp(Option<(SystemTime, u64, u64)>);
 
 fn stamp(path: &std::path::Path) -> Stamp {
     use std::os::unix::fs::MetadataExt;
-    Stamp(
-        std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), m.ino())),
-    )
+    Stamp(std::fs::metadata(path).ok().map(|m| {
+        (
+            m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            m.len(),
+            m.ino(),
+        )
+    }))
 }
 
 /// Watches the vault and reloads it.
@@ -84,7 +86,10 @@ impl VaultWatch {
                 // Re-keyed under a master key we do not hold yet: re-read its source.
                 let Some(kek) = self.master.resolve()? else {
                     return Err(self.vault.load(&self.kek).err().map_or(
-                        ReloadError::Regressed { found: 0, serving: self.generation },
+                        ReloadError::Regressed {
+                            found: 0,
+                            serving: self.generation,
+                        },
                         ReloadError::Vault,
                     ));
                 };
@@ -100,10 +105,22 @@ impl VaultWatch {
                 serving: self.generation,
             });
         }
-        if loaded.generation == self.generation {
+        let now = crate::unix_now();
+        let serving = shared.snapshot.load_full();
+        let expired = serving.next_expiry.is_some_and(|t| t <= now);
+        if loaded.generation == self.generation && !expired {
             return Ok(false);
         }
-        let snapshot = Snapshot::build(&shared.config, &loaded.document, loaded.generation);
+        let snapshot = Snapshot::build(
+            &shared.config,
+            &loaded.document,
+            loaded.generation,
+            now,
+            Some(&serving),
+        );
+        shared
+            .metrics
+            .observe_keys(&shared.config, &loaded.document, &serving, &snapshot, now);
         let usable: usize = snapshot.rings.values().map(|r| r.len()).sum();
         tracing::info!(
             generation = loaded.generation,
@@ -120,8 +137,7 @@ impl VaultWatch {
 
 /// Runs until `shutdown`: polls for changes, reloads on change and on SIGHUP.
 pub async fn run(shared: Arc<Shared>, mut watch: VaultWatch, mut shutdown: Shutdown) {
-    let mut hangup =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -130,15 +146,28 @@ pub async fn run(shared: Arc<Shared>, mut watch: VaultWatch, mut shutdown: Shutd
             _ = async { match hangup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => true,
             _ = shutdown.requested() => return,
         };
-        if !forced && !watch.changed() {
+        let expired = shared
+            .snapshot
+            .load()
+            .next_expiry
+            .is_some_and(|t| t <= crate::unix_now());
+        if !forced && !expired && !watch.changed() {
             continue;
         }
         let result = tokio::task::block_in_place(|| watch.reload(&shared));
         match result {
-            Ok(true) => shared.metrics.vault_reloads.with_label_values(&["ok"]).inc(),
+            Ok(true) => shared
+                .metrics
+                .vault_reloads
+                .with_label_values(&["ok"])
+                .inc(),
             Ok(false) => {}
             Err(error) => {
-                shared.metrics.vault_reloads.with_label_values(&["error"]).inc();
+                shared
+                    .metrics
+                    .vault_reloads
+                    .with_label_values(&["error"])
+                    .inc();
                 tracing::warn!(
                     serving_generation = watch.generation(),
                     "vault reload failed, still serving the last good keys: {error}"

@@ -107,16 +107,32 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(by_path(&config, "/v1/models"), Ok(PathMatch::Plain(_))));
-        assert_eq!(by_model(&config, Some(br#"{"model":"grok-3"}"#)).name, "xai");
-        assert_eq!(by_model(&config, Some(br#"{"model":"gpt-4o"}"#)).name, "openai");
+        assert!(matches!(
+            by_path(&config, "/v1/models"),
+            Ok(PathMatch::Plain(_))
+        ));
+        assert_eq!(
+            by_model(&config, Some(br#"{"model":"grok-3"}"#)).name,
+            "xai"
+        );
+        assert_eq!(
+            by_model(&config, Some(br#"{"model":"gpt-4o"}"#)).name,
+            "openai"
+        );
         assert_eq!(by_model(&config, None).name, "openai");
     }
 
     #[test]
     fn unknown_and_climbing_paths_are_refused() {
         let config = Config::from_toml("").unwrap();
-        for path in ["/nope", "/v2/x", "/v1/../admin", "/v1/%2e%2e/x", "/xaiv1/x", "/v1%2f..%2fx"] {
+        for path in [
+            "/nope",
+            "/v2/x",
+            "/v1/../admin",
+            "/v1/%2e%2e/x",
+            "/xaiv1/x",
+            "/v1%2f..%2fx",
+        ] {
             assert!(by_path(&config, path).is_err(), "{path}");
         }
     }

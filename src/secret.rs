@@ -29,8 +29,9 @@ impl Secret {
         while matches!(raw.last(), Some(b'\n' | b'\r')) {
             raw.pop();
         }
-        let text = std::str::from_utf8(&raw)
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "secret is not UTF-8"))?;
+        let text = std::str::from_utf8(&raw).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "secret is not UTF-8")
+        })?;
         Ok(Secret::new(text.to_owned()))
     }
 

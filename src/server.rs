@@ -31,7 +31,9 @@ use crate::state::Shared;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// Bind failed.
-    #[error("cannot listen on {addr}: {source} (is another process using it? change [server] {key})")]
+    #[error(
+        "cannot listen on {addr}: {source} (is another process using it? change [server] {key})"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -84,11 +86,7 @@ pub async fn bind(config: &ServerConfig) -> Result<Bound, ServerError> {
 }
 
 /// Serves until `shutdown` turns true, then drains for up to `shutdown_grace`.
-pub async fn run(
-    bound: Bound,
-    shared: Arc<Shared>,
-    shutdown: Shutdown,
-) -> Result<(), ServerError> {
+pub async fn run(bound: Bound, shared: Arc<Shared>, shutdown: Shutdown) -> Result<(), ServerError> {
     let server = shared.config.server.clone();
     let tls = tls_acceptor(&server)?;
     let connections = Arc::new(Semaphore::new(server.max_connections));
@@ -179,12 +177,8 @@ async fn accept_loop<S, F>(
     }
 }
 
-async fn serve_connection<I, S, F>(
-    io: I,
-    server: &ServerConfig,
-    mut shutdown: Shutdown,
-    service: S,
-) where
+async fn serve_connection<I, S, F>(io: I, server: &ServerConfig, mut shutdown: Shutdown, service: S)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> + Send + 'static,

@@ -37,11 +37,21 @@ pub struct Snapshot {
     pub clients: HashMap<ClientKeyDigest, Arc<ClientInfo>>,
     /// Key ring per provider name.
     pub rings: HashMap<String, Arc<KeyRing>>,
+    /// Unix seconds when a `previous` key's grace ends (the snapshot must be
+    /// rebuilt then, without it).
+    pub next_expiry: Option<u64>,
 }
 
 impl Snapshot {
-    /// Builds the snapshot of `document` for the configured providers.
-    pub fn build(config: &Config, document: &Document, generation: u64) -> Snapshot {
+    /// Builds the snapshot of `document` for the configured providers at `now`
+    /// (unix seconds), carrying key health over from `previous`.
+    pub fn build(
+        config: &Config,
+        document: &Document,
+        generation: u64,
+        now: u64,
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
         let clients = document
             .clients
             .iter()
@@ -62,12 +72,26 @@ impl Snapshot {
         let rings = config
             .providers
             .values()
-            .map(|p| (p.name.clone(), Arc::new(KeyRing::build(p, document))))
+            .map(|p| {
+                let old = previous.and_then(|s| s.rings.get(&p.name)).map(|r| &**r);
+                (
+                    p.name.clone(),
+                    Arc::new(KeyRing::build(p, document, now, old)),
+                )
+            })
             .collect();
+        let next_expiry = document
+            .keys
+            .iter()
+            .filter(|k| k.state == crate::vault::document::KeyState::Previous)
+            .filter_map(|k| k.grace_until)
+            .filter(|&t| t > now)
+            .min();
         Snapshot {
             generation,
             clients,
             rings,
+            next_expiry,
         }
     }
 }

@@ -196,9 +196,10 @@ impl Vault {
         self.ensure_writable()?;
         let _lock = file::lock(&self.path)?;
         let opened = crypto::open(&self.path, &self.read()?, old)?;
-        let derived = crypto::derive(new, crypto::fresh_source(new)?)?.ok_or(VaultError::Crypto {
-            detail: "key kind does not match its source",
-        })?;
+        let derived =
+            crypto::derive(new, crypto::fresh_source(new)?)?.ok_or(VaultError::Crypto {
+                detail: "key kind does not match its source",
+            })?;
         let next = self.next_generation(opened.header.generation)?;
         let bytes = crypto::seal(next, &derived, &opened.dek, &opened.plaintext)?;
         file::write_atomic(&self.path, &bytes)
@@ -220,29 +221,39 @@ impl Vault {
     }
 
     fn next_generation(&self, generation: u64) -> Result<u64, VaultError> {
-        generation.checked_add(1).ok_or_else(|| VaultError::Corrupted {
-            path: self.path.clone(),
-            detail: "the generation counter is at its maximum".to_owned(),
-        })
+        generation
+            .checked_add(1)
+            .ok_or_else(|| VaultError::Corrupted {
+                path: self.path.clone(),
+                detail: "the generation counter is at its maximum".to_owned(),
+            })
     }
 
     fn parse(&self, plaintext: &[u8]) -> Result<document::Document, VaultError> {
         // serde_json's messages can quote values (secrets); keep only the position.
         serde_json::from_slice(plaintext).map_err(|e| VaultError::Document {
             path: self.path.clone(),
-            detail: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()),
+            detail: format!(
+                "{:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
         })
     }
 
     fn serialise(&self, doc: &document::Document) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-        serde_json::to_vec(doc).map(Zeroizing::new).map_err(|e| VaultError::Document {
-            path: self.path.clone(),
-            detail: format!("cannot serialise it: {:?} error", e.classify()),
-        })
+        serde_json::to_vec(doc)
+            .map(Zeroizing::new)
+            .map_err(|e| VaultError::Document {
+                path: self.path.clone(),
+                detail: format!("cannot serialise it: {:?} error", e.classify()),
+            })
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::document::{ClientRecord, Document};
     use super::*;
@@ -299,9 +310,20 @@ mod tests {
         let second = vault.load(kek).unwrap();
         assert_eq!(second.generation, 2);
         assert_eq!(second.kek_id, first.kek_id, "update keeps the KEK");
-        let names: Vec<_> = second.document.clients.iter().map(|c| c.name.as_str()).collect();
+        let names: Vec<_> = second
+            .document
+            .clients
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
         assert_eq!(names, ["first", "second"]);
-        assert_eq!(vault.peek().unwrap(), Header { generation: 2, kek_id: first.kek_id });
+        assert_eq!(
+            vault.peek().unwrap(),
+            Header {
+                generation: 2,
+                kek_id: first.kek_id
+            }
+        );
     }
 
     #[test]
@@ -324,7 +346,10 @@ mod tests {
             let err = vault.load(&wrong).unwrap_err();
             let text = err.to_string();
             assert!(matches!(err, VaultError::WrongMasterKey { .. }), "{text}");
-            assert!(text.contains("cannot decrypt vault: wrong master key"), "{text}");
+            assert!(
+                text.contains("cannot decrypt vault: wrong master key"),
+                "{text}"
+            );
             assert!(text.contains("KEYGATE_MASTER_KEY") && text.contains("KEYGATE_PASSPHRASE"));
             assert!(vault.update(&wrong, |_| Ok::<_, VaultError>(())).is_err());
             assert!(vault.rekey(&wrong, &raw()).is_err());
@@ -346,7 +371,10 @@ mod tests {
         let cases = [
             ("body", flip(good.len() - 20)),
             ("body tag", flip(good.len() - 1)),
-            ("wrapped DEK", flip(format::DEK_AAD_LEN + format::NONCE_LEN + 3)),
+            (
+                "wrapped DEK",
+                flip(format::DEK_AAD_LEN + format::NONCE_LEN + 3),
+            ),
             ("DEK nonce", flip(format::DEK_AAD_LEN)),
             ("generation", flip(19)),
             ("magic", flip(0)),
@@ -358,11 +386,24 @@ mod tests {
             std::fs::write(vault.path(), &bytes).unwrap();
             let err = vault.load(&kek).unwrap_err();
             let text = err.to_string();
-            assert!(matches!(err, VaultError::Corrupted { .. }), "{what}: {text}");
-            assert!(text.contains("vault file modified or corrupted"), "{what}: {text}");
+            assert!(
+                matches!(err, VaultError::Corrupted { .. }),
+                "{what}: {text}"
+            );
+            assert!(
+                text.contains("vault file modified or corrupted"),
+                "{what}: {text}"
+            );
             assert!(text.contains(&vault.path().display().to_string()), "{text}");
-            assert!(vault.update(&kek, |_| Ok::<_, VaultError>(())).is_err(), "{what}");
-            assert_eq!(std::fs::read(vault.path()).unwrap(), bytes, "{what}: file changed");
+            assert!(
+                vault.update(&kek, |_| Ok::<_, VaultError>(())).is_err(),
+                "{what}"
+            );
+            assert_eq!(
+                std::fs::read(vault.path()).unwrap(),
+                bytes,
+                "{what}: file changed"
+            );
         }
     }
 
@@ -371,19 +412,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let kek = raw();
         let vault = new_vault(&dir, &kek);
-        let mode = std::fs::metadata(vault.path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(vault.path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let parent = std::fs::metadata(vault.path().parent().unwrap()).unwrap();
         assert_eq!(parent.permissions().mode() & 0o777, 0o700);
         add(&vault, &kek, "x");
-        let mode = std::fs::metadata(vault.path()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(vault.path())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "update keeps 0600");
 
         std::fs::set_permissions(vault.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
         for err in [vault.load(&kek).unwrap_err(), vault.peek().unwrap_err()] {
             let text = err.to_string();
             assert!(text.contains("0644"), "{text}");
-            assert!(text.contains(&format!("chmod 600 {}", vault.path().display())), "{text}");
+            assert!(
+                text.contains(&format!("chmod 600 {}", vault.path().display())),
+                "{text}"
+            );
         }
     }
 
@@ -430,7 +480,12 @@ mod tests {
             let after = vault.load(&new).unwrap();
             assert_eq!(after.generation, current.generation + 1);
             assert_ne!(after.kek_id, current.kek_id);
-            let names: Vec<_> = after.document.clients.iter().map(|c| c.name.clone()).collect();
+            let names: Vec<_> = after
+                .document
+                .clients
+                .iter()
+                .map(|c| c.name.clone())
+                .collect();
             assert_eq!(names, ["first"]);
             assert_eq!(vault.peek().unwrap().kek_id, after.kek_id);
             vault.rekey(&new, &old).unwrap();
@@ -480,12 +535,17 @@ mod tests {
         let kek = passphrase("hunter2hunter2hunter2");
         let vault = new_vault(&dir, &kek);
         let errors = [
-            vault.load(&passphrase("hunter3hunter3hunter3")).unwrap_err(),
+            vault
+                .load(&passphrase("hunter3hunter3hunter3"))
+                .unwrap_err(),
             vault.load(&raw()).unwrap_err(),
         ];
         for err in errors {
             let text = format!("{err} {err:?}");
-            assert!(!text.contains("hunter") && !text.contains("first"), "{text}");
+            assert!(
+                !text.contains("hunter") && !text.contains("first"),
+                "{text}"
+            );
         }
     }
 }

@@ -125,7 +125,11 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
             "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14}",
             c.name,
             format_time(c.created),
-            if c.revoked.is_some() { "revoked" } else { "active" },
+            if c.revoked.is_some() {
+                "revoked"
+            } else {
+                "active"
+            },
             limit(c.rpm.map(|v| v.to_string())),
             limit(c.tpm.map(|v| v.to_string())),
             limit(c.budget_tokens.map(|v| v.to_string())),

@@ -1,8 +1,12 @@
-//! `keygate key add | list` (upstream API keys; secrets only from stdin).
+//! `keygate key add | rotate | verify | promote | rollback | revoke | list`
+//! (upstream API keys; secrets only from stdin, never printed).
 
 use clap::Subcommand;
 
 use super::{format_age, format_time, read_secret_from_stdin, CliError, Context};
+use crate::forward::Upstream;
+use crate::keys::ops;
+use crate::keys::verify::{self, Verdict};
 use crate::vault::document::{KeyState, UpstreamKey};
 
 /// Upstream key commands.
@@ -18,6 +22,52 @@ pub enum KeyCommand {
         /// Add as the fallback (`previous`) instead of `current`.
         #[arg(long)]
         fallback: bool,
+    },
+    /// Zero-downtime rotation: add the new key (stdin) as pending, verify it, promote it.
+    Rotate {
+        /// Provider name.
+        provider: String,
+        /// Which current key the new one replaces (needed when the provider has a pool).
+        #[arg(long, value_name = "KEY_ID")]
+        replace: Option<String>,
+        /// A label for the new key.
+        #[arg(long)]
+        label: Option<String>,
+        /// Promote without asking the upstream first.
+        #[arg(long)]
+        no_verify: bool,
+        /// How long the old key stays usable as the fallback (default: [keys] default_grace).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
+    },
+    /// Check keys against the upstream (GET /v1/models) and explain each failure.
+    Verify {
+        /// Only this provider.
+        provider: Option<String>,
+    },
+    /// Make a pending or previous key current (the current one becomes previous).
+    Promote {
+        /// Key id.
+        key_id: String,
+        /// Which current key it replaces (pools).
+        #[arg(long, value_name = "KEY_ID")]
+        replace: Option<String>,
+        /// Grace for the demoted key (default: [keys] default_grace).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
+    },
+    /// Swap current and previous in one write.
+    Rollback {
+        /// Provider name.
+        provider: String,
+    },
+    /// Revoke a key (its secret is wiped). Refused for the last usable key without --force.
+    Revoke {
+        /// Key id.
+        key_id: String,
+        /// Revoke even the last usable key of its provider.
+        #[arg(long)]
+        force: bool,
     },
     /// List keys: id, provider, label, state, fingerprint, age — never the secret.
     List {
@@ -37,14 +87,265 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             fallback,
         } => add(context, &provider, label, fallback),
         KeyCommand::List { provider, json } => list(context, provider.as_deref(), json),
+        KeyCommand::Rotate {
+            provider,
+            replace,
+            label,
+            no_verify,
+            grace,
+        } => rotate(
+            context,
+            &provider,
+            replace.as_deref(),
+            label,
+            no_verify,
+            grace,
+        ),
+        KeyCommand::Verify { provider } => verify(context, provider.as_deref()),
+        KeyCommand::Promote {
+            key_id,
+            replace,
+            grace,
+        } => {
+            let grace_until = grace_until(context, grace);
+            let kek = context.kek()?;
+            let promotion = context.vault().update(&kek, |doc| {
+                ops::expire_grace(doc, crate::unix_now());
+                ops::promote(
+                    doc,
+                    &key_id,
+                    replace.as_deref(),
+                    grace_until,
+                    crate::unix_now(),
+                )
+                .map_err(op_error)
+            })?;
+            print_promotion(&promotion);
+            Ok(())
+        }
+        KeyCommand::Rollback { provider } => {
+            context.provider(&provider)?;
+            let grace_until = grace_until(context, None);
+            let kek = context.kek()?;
+            let (current, previous) = context.vault().update(&kek, |doc| {
+                ops::rollback(doc, &provider, grace_until, crate::unix_now()).map_err(op_error)
+            })?;
+            println!("keygate: rolled back {provider}: {current} is current again, {previous} is the fallback");
+            Ok(())
+        }
+        KeyCommand::Revoke { key_id, force } => {
+            let kek = context.kek()?;
+            context.vault().update(&kek, |doc| {
+                ops::revoke(
+                    doc,
+                    &key_id,
+                    Some("revoked by operator".to_owned()),
+                    force,
+                    crate::unix_now(),
+                )
+                .map_err(op_error)
+            })?;
+            println!("keygate: {key_id} revoked and its secret wiped; a running server stops using it within a second");
+            Ok(())
+        }
     }
 }
 
-fn new_key_id() -> Result<String, CliError> {
-    let mut bytes = [0u8; 4];
-    getrandom::getrandom(&mut bytes)
-        .map_err(|e| CliError::Runtime(format!("the OS random number generator failed: {e}")))?;
-    Ok(format!("key_{}", hex::encode(bytes)))
+fn op_error(error: ops::OpError) -> CliError {
+    match error {
+        ops::OpError::UnknownKey(_)
+        | ops::OpError::NotCurrent(_)
+        | ops::OpError::AmbiguousReplace { .. } => CliError::Usage(error.to_string()),
+        other => CliError::Runtime(other.to_string()),
+    }
+}
+
+fn grace_until(context: &Context, grace: Option<std::time::Duration>) -> u64 {
+    let grace = grace.unwrap_or(context.config.keys.default_grace);
+    crate::unix_now().saturating_add(grace.as_secs())
+}
+
+fn print_promotion(promotion: &ops::Promotion) {
+    println!("keygate: {} is now current", promotion.promoted);
+    if let Some(demoted) = &promotion.demoted {
+        println!("keygate: {demoted} is now previous (the fallback) until its grace ends");
+    }
+    if let Some(retired) = &promotion.retired {
+        println!("keygate: {retired} retired (secret wiped)");
+    }
+}
+
+/// A small runtime and upstream client for the commands that call the upstream.
+fn upstream_runtime(context: &Context) -> Result<(tokio::runtime::Runtime, Upstream), CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))?;
+    let upstream = {
+        let _guard = runtime.enter();
+        Upstream::new(&context.config.server).map_err(|e| CliError::Runtime(e.to_string()))?
+    };
+    Ok((runtime, upstream))
+}
+
+const VERIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+fn rotate(
+    context: &Context,
+    provider: &str,
+    replace: Option<&str>,
+    label: Option<String>,
+    no_verify: bool,
+    grace: Option<std::time::Duration>,
+) -> Result<(), CliError> {
+    context.provider(provider)?;
+    let secret = read_key(context)?;
+    let kek = context.kek()?;
+    let vault = context.vault();
+    let id = ops::new_key_id().map_err(|e| CliError::Runtime(e.to_string()))?;
+    // Step 1: pending (a re-run with the same key resumes an interrupted rotation).
+    let pending = vault.update(&kek, |doc| {
+        ops::expire_grace(doc, crate::unix_now());
+        ops::add(
+            doc,
+            id,
+            provider,
+            &secret,
+            label,
+            KeyState::Pending,
+            crate::unix_now(),
+        )
+        .map_err(op_error)
+    })?;
+    println!(
+        "keygate: {pending} ({}) added to {provider} as pending",
+        secret.fingerprint()
+    );
+    // Step 2: verify against the upstream.
+    if no_verify {
+        println!("keygate: --no-verify: promoting without asking the upstream");
+    } else {
+        let (runtime, upstream) = upstream_runtime(context)?;
+        let upstream_provider = &context.config.providers[provider];
+        let verdict = runtime.block_on(verify::verify(
+            &upstream,
+            upstream_provider,
+            &secret,
+            VERIFY_TIMEOUT,
+        ));
+        match verdict {
+            Verdict::Accepted => println!("keygate: {pending}: upstream accepted the key"),
+            Verdict::Rejected { explanation, .. } => {
+                vault.update(&kek, |doc| {
+                    ops::reject(doc, &pending, explanation.clone(), crate::unix_now())
+                        .map_err(op_error)
+                })?;
+                return Err(CliError::Runtime(format!(
+                    "rotation aborted: the upstream refused the new key {pending}: {explanation}. \
+                     It is marked rejected (secret wiped); the current key is unchanged"
+                )));
+            }
+            Verdict::Inconclusive { explanation } => {
+                return Err(CliError::Runtime(format!(
+                    "rotation paused: could not verify {pending}: {explanation}. It stays pending and \
+                     the current key is unchanged: run the same `keygate key rotate` again, or add --no-verify"
+                )));
+            }
+        }
+    }
+    // Step 3: promote, in one write.
+    let grace_until = grace_until(context, grace);
+    let verified = !no_verify;
+    let promotion = vault.update(&kek, |doc| {
+        let now = crate::unix_now();
+        if verified {
+            ops::mark_verified(doc, &pending, now).map_err(op_error)?;
+        }
+        ops::promote(doc, &pending, replace, grace_until, now).map_err(op_error)
+    })?;
+    print_promotion(&promotion);
+    println!("keygate: a running server switches within a second; in-flight requests finish on the old key");
+    Ok(())
+}
+
+fn verify(context: &Context, provider: Option<&str>) -> Result<(), CliError> {
+    if let Some(provider) = provider {
+        context.provider(provider)?;
+    }
+    let kek = context.kek()?;
+    let vault = context.vault();
+    let loaded = vault.load(&kek)?;
+    let (runtime, upstream) = upstream_runtime(context)?;
+    let mut failed = 0;
+    let mut accepted = Vec::new();
+    let candidates = loaded.document.keys.iter().filter(|k| {
+        provider.is_none_or(|p| k.provider == p)
+            && (k.state.is_usable() || k.state == KeyState::Pending)
+            && k.secret.is_some()
+            && context.config.providers.contains_key(&k.provider)
+    });
+    let mut checked = 0;
+    for key in candidates {
+        let Some(secret) = key.secret.as_ref() else {
+            continue;
+        };
+        checked += 1;
+        let upstream_provider = &context.config.providers[&key.provider];
+        let verdict = runtime.block_on(verify::verify(
+            &upstream,
+            upstream_provider,
+            secret,
+            VERIFY_TIMEOUT,
+        ));
+        let mark = if verdict == Verdict::Accepted {
+            "ok    "
+        } else {
+            "FAILED"
+        };
+        println!(
+            "{mark} {} {:<8} {:<9} {}: {}",
+            key.id,
+            key.provider,
+            key.state.as_str(),
+            key.fingerprint,
+            verdict.describe()
+        );
+        if verdict == Verdict::Accepted {
+            accepted.push(key.id.clone());
+        } else {
+            failed += 1;
+        }
+    }
+    if checked == 0 {
+        return Err(CliError::Runtime(
+            "no usable or pending key to verify (see `keygate key list`)".to_owned(),
+        ));
+    }
+    if !accepted.is_empty() && !loaded.read_only {
+        vault.update(&kek, |doc| {
+            let now = crate::unix_now();
+            for id in &accepted {
+                let _ = ops::mark_verified(doc, id, now);
+            }
+            Ok::<(), CliError>(())
+        })?;
+    }
+    if failed > 0 {
+        return Err(CliError::Runtime(format!(
+            "{failed} of {checked} keys failed verification"
+        )));
+    }
+    Ok(())
+}
+
+fn read_key(_context: &Context) -> Result<crate::secret::Secret, CliError> {
+    let secret = read_secret_from_stdin("upstream API key")?;
+    if secret.expose().chars().any(|c| c.is_control() || c == ' ') {
+        return Err(CliError::Usage(
+            "the key contains spaces or control characters; paste only the key itself".to_owned(),
+        ));
+    }
+    Ok(secret)
 }
 
 fn add(
@@ -54,54 +355,30 @@ fn add(
     fallback: bool,
 ) -> Result<(), CliError> {
     context.provider(provider)?;
-    let secret = read_secret_from_stdin("upstream API key")?;
-    if secret.expose().chars().any(|c| c.is_control() || c == ' ') {
-        return Err(CliError::Usage(
-            "the key contains spaces or control characters; paste only the key itself".to_owned(),
-        ));
-    }
-    let id = new_key_id()?;
-    let fingerprint = secret.fingerprint();
+    let secret = read_key(context)?;
+    let id = ops::new_key_id().map_err(|e| CliError::Runtime(e.to_string()))?;
     let state = if fallback {
         KeyState::Previous
     } else {
         KeyState::Current
     };
     let kek = context.kek()?;
-    context.vault().update(&kek, |document| {
-        let same_provider = || document.keys.iter().filter(|k| k.provider == provider);
-        if let Some(existing) = same_provider().find(|k| k.secret.as_ref() == Some(&secret)) {
-            return Err(CliError::Usage(format!(
-                "this key is already in the vault as {} ({}); nothing was changed",
-                existing.id,
-                existing.state.as_str()
-            )));
-        }
-        if fallback {
-            if let Some(previous) = same_provider().find(|k| k.state == KeyState::Previous) {
-                return Err(CliError::Usage(format!(
-                    "provider `{provider}` already has a fallback key {}; a provider has at most one",
-                    previous.id
-                )));
-            }
-        }
-        let now = crate::unix_now();
-        document.keys.push(UpstreamKey {
-            id: id.clone(),
-            provider: provider.to_owned(),
-            label: label.clone(),
-            secret: Some(secret.clone()),
-            fingerprint: fingerprint.clone(),
+    let id = context.vault().update(&kek, |document| {
+        ops::expire_grace(document, crate::unix_now());
+        ops::add(
+            document,
+            id,
+            provider,
+            &secret,
+            label,
             state,
-            created: now,
-            state_changed: now,
-            last_verified: None,
-            reason: None,
-        });
-        Ok(())
+            crate::unix_now(),
+        )
+        .map_err(op_error)
     })?;
     println!(
-        "keygate: added {id} ({fingerprint}) to {provider} as {}",
+        "keygate: added {id} ({}) to {provider} as {}",
+        secret.fingerprint(),
         state.as_str()
     );
     Ok(())
@@ -157,7 +434,8 @@ fn list(context: &Context, provider: Option<&str>, json: bool) -> Result<(), Cli
             k.fingerprint,
             format_time(k.created),
             format_age(k.created),
-            k.last_verified.map_or_else(|| "never".to_owned(), format_time),
+            k.last_verified
+                .map_or_else(|| "never".to_owned(), format_time),
             if due(k) { "  due for rotation" } else { "" },
         );
     }

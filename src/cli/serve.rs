@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-
 use super::{vault::ensure_master_key, CliError, Context};
 use crate::reload::{self, VaultWatch};
 use crate::state::Shared;
@@ -40,9 +39,8 @@ pub(super) fn run(context: Context) -> Result<(), CliError> {
     };
     let result = runtime.block_on(async move {
         let config = Arc::new(config);
-        let shared = Arc::new(
-            Shared::new(config.clone()).map_err(|e| CliError::Runtime(e.to_string()))?,
-        );
+        let shared =
+            Arc::new(Shared::new(config.clone()).map_err(|e| CliError::Runtime(e.to_string()))?);
         let mut vault_watch = VaultWatch::new(vault, master, kek);
         vault_watch.reload(&shared).map_err(|e| match e {
             reload::ReloadError::Vault(v) => CliError::Vault(v),
@@ -80,8 +78,10 @@ pub(super) fn run(context: Context) -> Result<(), CliError> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process still stops on SIGTERM's default action.
         return std::future::pending().await;
     };

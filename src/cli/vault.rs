@@ -37,7 +37,10 @@ fn init(context: &Context) -> Result<(), CliError> {
     }
     let (kek, created_key) = ensure_master_key(&context.master)?;
     vault.create(&kek, &Document::default())?;
-    println!("keygate: created an empty vault at {}", vault.path().display());
+    println!(
+        "keygate: created an empty vault at {}",
+        vault.path().display()
+    );
     if created_key {
         println!(
             "keygate: created a new master key file at {} (mode 0600) — back it up: without it the vault cannot be opened",

@@ -104,7 +104,10 @@ pub fn open(path: &Path, bytes: &[u8], kek: &Kek) -> Result<Opened, VaultError> 
     }
     let dek_bytes = Zeroizing::new(
         cipher(&derived.key)
-            .decrypt(Nonce::from_slice(parsed.dek_nonce), payload(parsed.wrapped_dek, parsed.dek_aad))
+            .decrypt(
+                Nonce::from_slice(parsed.dek_nonce),
+                payload(parsed.wrapped_dek, parsed.dek_aad),
+            )
             .map_err(|_| corrupted(path, "the data key or the header failed authentication"))?,
     );
     let mut dek = Dek(Zeroizing::new([0u8; 32]));
@@ -114,7 +117,10 @@ pub fn open(path: &Path, bytes: &[u8], kek: &Kek) -> Result<Opened, VaultError> 
     dek.0.copy_from_slice(&dek_bytes);
     let plaintext = Zeroizing::new(
         cipher(&dek.0)
-            .decrypt(Nonce::from_slice(parsed.body_nonce), payload(parsed.body, parsed.body_aad))
+            .decrypt(
+                Nonce::from_slice(parsed.body_nonce),
+                payload(parsed.body, parsed.body_aad),
+            )
             .map_err(|_| corrupted(path, "the document failed authentication"))?,
     );
     Ok(Opened {
@@ -127,7 +133,12 @@ pub fn open(path: &Path, bytes: &[u8], kek: &Kek) -> Result<Opened, VaultError> 
 
 /// Builds a complete vault file: header, DEK wrapped under `kek`, `plaintext`
 /// sealed under `dek`, each with a fresh nonce and every earlier byte as AAD.
-pub fn seal(generation: u64, kek: &DerivedKek, dek: &Dek, plaintext: &[u8]) -> Result<Vec<u8>, VaultError> {
+pub fn seal(
+    generation: u64,
+    kek: &DerivedKek,
+    dek: &Dek,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, VaultError> {
     let mut out = format::encode_header(generation, &kek.source, &kek.id);
     let wrapped = encrypt(&kek.key, dek.0.as_ref(), &mut out)?;
     debug_assert_eq!(wrapped, format::WRAPPED_DEK_LEN);
@@ -179,19 +190,26 @@ fn format_error(path: &Path, err: FormatError) -> VaultError {
                 version,
             }
         }
-        FormatError::UnsupportedVersion(version) => corrupted(path, &format!("invalid format version {version}")),
+        FormatError::UnsupportedVersion(version) => {
+            corrupted(path, &format!("invalid format version {version}"))
+        }
         FormatError::BadMagic => corrupted(path, "it is not a keygate vault (bad magic bytes)"),
-        FormatError::Truncated { len } => corrupted(path, &format!("it is truncated ({len} bytes)")),
+        FormatError::Truncated { len } => {
+            corrupted(path, &format!("it is truncated ({len} bytes)"))
+        }
         FormatError::BadField(field) => corrupted(path, &format!("invalid header: {field}")),
     }
 }
 
 /// Reads the header of a vault file without any key.
 pub fn peek(path: &Path, bytes: &[u8]) -> Result<Header, VaultError> {
-    format::parse(bytes).map(|p| p.header).map_err(|e| format_error(path, e))
+    format::parse(bytes)
+        .map(|p| p.header)
+        .map_err(|e| format_error(path, e))
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::secret::Secret;
@@ -200,9 +218,13 @@ mod tests {
     #[test]
     fn kek_id_depends_on_the_key_and_salt_only() {
         let key = MasterKey::generate();
-        let a = derive(&Kek::Raw(key.clone()), KekSource::Raw).unwrap().unwrap();
+        let a = derive(&Kek::Raw(key.clone()), KekSource::Raw)
+            .unwrap()
+            .unwrap();
         let b = derive(&Kek::Raw(key), KekSource::Raw).unwrap().unwrap();
-        let c = derive(&Kek::Raw(MasterKey::generate()), KekSource::Raw).unwrap().unwrap();
+        let c = derive(&Kek::Raw(MasterKey::generate()), KekSource::Raw)
+            .unwrap()
+            .unwrap();
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id);
 
@@ -224,8 +246,14 @@ mod tests {
         let one = seal(3, &derived, &dek, b"{\"keys\":[]}").unwrap();
         let two = seal(3, &derived, &dek, b"{\"keys\":[]}").unwrap();
         let nonce = |b: &[u8], at: usize| b[at..at + format::NONCE_LEN].to_vec();
-        assert_ne!(nonce(&one, format::DEK_AAD_LEN), nonce(&two, format::DEK_AAD_LEN));
-        assert_ne!(nonce(&one, format::BODY_AAD_LEN), nonce(&two, format::BODY_AAD_LEN));
+        assert_ne!(
+            nonce(&one, format::DEK_AAD_LEN),
+            nonce(&two, format::DEK_AAD_LEN)
+        );
+        assert_ne!(
+            nonce(&one, format::BODY_AAD_LEN),
+            nonce(&two, format::BODY_AAD_LEN)
+        );
         let opened = open(Path::new("v"), &one, &kek).unwrap();
         assert_eq!(opened.plaintext.as_slice(), b"{\"keys\":[]}");
         assert_eq!(opened.header.generation, 3);
@@ -234,13 +262,15 @@ mod tests {
 
     #[test]
     fn a_newer_format_version_asks_for_a_newer_keygate() {
-        let derived = derive(&Kek::Raw(MasterKey::generate()), KekSource::Raw)
-            .unwrap()
-            .unwrap();
+        let kek = Kek::Raw(MasterKey::generate());
+        let derived = derive(&kek, KekSource::Raw).unwrap().unwrap();
         let mut bytes = seal(1, &derived, &Dek::generate().unwrap(), b"{}").unwrap();
         bytes[9] = 2;
         let text = peek(Path::new("v"), &bytes).unwrap_err().to_string();
-        assert!(text.contains("version 2") && text.contains("too old"), "{text}");
+        assert!(
+            text.contains("version 2") && text.contains("too old"),
+            "{text}"
+        );
         bytes[9] = 0;
         let text = peek(Path::new("v"), &bytes).unwrap_err().to_string();
         assert!(text.contains("vault file modified or corrupted"), "{text}");

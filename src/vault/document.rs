@@ -84,6 +84,9 @@ pub struct UpstreamKey {
     /// Why it was rejected or revoked.
     #[serde(default)]
     pub reason: Option<String>,
+    /// For a `previous` key: unix seconds when its grace ends and it retires.
+    #[serde(default)]
+    pub grace_until: Option<u64>,
 }
 
 /// One issued client key (only its SHA-256 is kept).

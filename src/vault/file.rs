@@ -16,7 +16,10 @@ use super::VaultError;
 
 /// Reads a file that must not be group- or other-accessible. `Ok(None)` when
 /// it does not exist. `what` names the file in errors ("master key file").
-pub fn read_private(path: &Path, what: &'static str) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
+pub fn read_private(
+    path: &Path,
+    what: &'static str,
+) -> Result<Option<Zeroizing<Vec<u8>>>, VaultError> {
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
@@ -24,7 +27,11 @@ pub fn read_private(path: &Path, what: &'static str) -> Result<Option<Zeroizing<
     };
     // fstat the handle we read from (a Kubernetes mount's symlink is already
     // followed), so the mode checked is the mode of the bytes read.
-    let mode = file.metadata().map_err(|e| io("inspect", what, path, e))?.permissions().mode();
+    let mode = file
+        .metadata()
+        .map_err(|e| io("inspect", what, path, e))?
+        .permissions()
+        .mode();
     if mode & 0o077 != 0 {
         return Err(VaultError::InsecureMode {
             what,
@@ -33,7 +40,8 @@ pub fn read_private(path: &Path, what: &'static str) -> Result<Option<Zeroizing<
         });
     }
     let mut bytes = Zeroizing::new(Vec::new());
-    file.read_to_end(&mut bytes).map_err(|e| io("read", what, path, e))?;
+    file.read_to_end(&mut bytes)
+        .map_err(|e| io("read", what, path, e))?;
     Ok(Some(bytes))
 }
 
@@ -44,7 +52,7 @@ pub fn create_private_dirs(path: &Path) -> Result<(), VaultError> {
         .recursive(true)
         .mode(0o700)
         .create(&dir)
-        .map_err(|e| io("create directory", "directory", &dir, e))
+        .map_err(|e| io("create", "directory", &dir, e))
 }
 
 /// True when the file or its directory has no write bit at all — e.g. a
@@ -82,7 +90,11 @@ pub fn lock(vault: &Path) -> Result<WriteLock, VaultError> {
             },
             _ => io("create", "vault lock file", &path, err),
         })?;
-    file.lock().map_err(|e| io("lock", "vault lock file", &path, e))?;
+    // File::lock is stable since 1.89 (the toolchain in use); the crate's declared
+    // rust-version still says 1.85.
+    #[allow(clippy::incompatible_msrv)]
+    file.lock()
+        .map_err(|e| io("lock", "vault lock file", &path, e))?;
     Ok(WriteLock { _file: file })
 }
 
@@ -91,12 +103,16 @@ pub fn lock(vault: &Path) -> Result<WriteLock, VaultError> {
 /// old file or the new one, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
     let dir = parent(path);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut suffix = [0u8; 8];
     getrandom::getrandom(&mut suffix).map_err(|cause| VaultError::Random { cause })?;
     let tmp = dir.join(format!(".{name}.tmp.{}", hex::encode(suffix)));
-    let result = write_new_file(&tmp, "temporary file", bytes)
-        .and_then(|()| fs::rename(&tmp, path).map_err(|e| io("rename into place", "file", path, e)));
+    let result = write_new_file(&tmp, "temporary file", bytes).and_then(|()| {
+        fs::rename(&tmp, path).map_err(|e| io("rename into place", "file", path, e))
+    });
     if result.is_err() {
         // Best effort: the error that matters is the one already in hand.
         let _ = fs::remove_file(&tmp);
@@ -143,7 +159,7 @@ fn write_new_file(path: &Path, what: &'static str, bytes: &[u8]) -> Result<(), V
 fn sync_dir(dir: &Path) -> Result<(), VaultError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io("sync directory", "directory", dir, e))
+        .map_err(|e| io("sync", "directory", dir, e))
 }
 
 /// The directory holding `path`; `.` for a bare file name.
@@ -164,6 +180,7 @@ fn io(action: &'static str, what: &'static str, path: &Path, source: std::io::Er
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -175,7 +192,10 @@ mod tests {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         write_atomic(&path, b"new contents").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new contents");
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
@@ -187,7 +207,10 @@ mod tests {
         fs::create_dir(&target).unwrap();
         fs::write(target.join("keep"), b"x").unwrap();
         assert!(write_atomic(&target, b"data").is_err());
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("d")]);
     }
 
@@ -197,10 +220,19 @@ mod tests {
         let path = dir.path().join("f");
         assert!(read_private(&path, "vault file").unwrap().is_none());
         write_new(&path, "vault file", b"abc").unwrap();
-        assert_eq!(read_private(&path, "vault file").unwrap().unwrap().as_slice(), b"abc");
+        assert_eq!(
+            read_private(&path, "vault file")
+                .unwrap()
+                .unwrap()
+                .as_slice(),
+            b"abc"
+        );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o604)).unwrap();
         let err = read_private(&path, "vault file").unwrap_err().to_string();
-        assert!(err.contains("0604") && err.contains(&format!("chmod 600 {}", path.display())), "{err}");
+        assert!(
+            err.contains("0604") && err.contains(&format!("chmod 600 {}", path.display())),
+            "{err}"
+        );
         assert!(err.contains("defaultMode: 0400"), "{err}");
     }
 

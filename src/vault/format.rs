@@ -126,7 +126,11 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, FormatError> {
     let salt: [u8; 16] = array(&bytes[33..49]);
     let source = match bytes[20] {
         0 if m_cost == 0 && t_cost == 0 && p_cost == 0 && salt == [0; 16] => KekSource::Raw,
-        0 => return Err(FormatError::BadField("raw-key vault with Argon2 parameters")),
+        0 => {
+            return Err(FormatError::BadField(
+                "raw-key vault with Argon2 parameters",
+            ))
+        }
         1 => KekSource::Argon2id(checked_argon2(m_cost, t_cost, p_cost, salt)?),
         _ => return Err(FormatError::BadField("unknown key source")),
     };
@@ -196,6 +200,7 @@ fn array<const N: usize>(slice: &[u8]) -> [u8; N] {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -235,7 +240,10 @@ mod tests {
         let bytes = sample(KekSource::Raw);
         assert!(parse(&bytes).is_ok());
         for len in [0, 5, 11, MIN_LEN - 1] {
-            assert!(matches!(parse(&bytes[..len]), Err(FormatError::Truncated { .. })));
+            assert!(matches!(
+                parse(&bytes[..len]),
+                Err(FormatError::Truncated { .. })
+            ));
         }
         assert_eq!(parse(b"{\"keys\":[]}").unwrap_err(), FormatError::BadMagic);
     }
@@ -244,7 +252,10 @@ mod tests {
     fn unknown_version_flags_and_source_are_rejected() {
         let mut bytes = sample(KekSource::Raw);
         bytes[9] = 2;
-        assert_eq!(parse(&bytes).unwrap_err(), FormatError::UnsupportedVersion(2));
+        assert_eq!(
+            parse(&bytes).unwrap_err(),
+            FormatError::UnsupportedVersion(2)
+        );
         let mut bytes = sample(KekSource::Raw);
         bytes[11] = 1;
         assert!(matches!(parse(&bytes), Err(FormatError::BadField(_))));

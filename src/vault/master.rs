@@ -38,9 +38,12 @@ impl MasterKey {
     /// Parses standard base64 (as `openssl rand -base64 32` prints), ignoring
     /// surrounding whitespace. It must decode to exactly 32 bytes.
     pub fn from_base64(text: &str) -> Result<Self, VaultError> {
-        let invalid = |detail: String| VaultError::InvalidMasterKey {
-            origin: "the master key".to_owned(),
-            detail,
+        let invalid = |problem: String| VaultError::InvalidMasterKey {
+            origin: "the given value".to_owned(),
+            detail: format!(
+                "{problem}; a master key is standard base64 of exactly 32 bytes \
+                 (make one with `openssl rand -base64 32`)"
+            ),
         };
         // The decoder's own error names the offending character; leave it out.
         let decoded = Zeroizing::new(
@@ -128,7 +131,7 @@ impl MasterKeySources {
             (None, Some(passphrase)) if passphrase.is_blank() => {
                 Err(VaultError::InvalidMasterKey {
                     origin: "KEYGATE_PASSPHRASE".to_owned(),
-                    detail: "it is empty".to_owned(),
+                    detail: "it is empty; set it to the vault's passphrase, or unset it".to_owned(),
                 })
             }
             (None, Some(passphrase)) => Ok(Some(Kek::Passphrase(passphrase.clone()))),
@@ -136,10 +139,13 @@ impl MasterKeySources {
                 let Some(bytes) = file::read_private(&self.file, "master key file")? else {
                     return Ok(None);
                 };
-                let text = std::str::from_utf8(&bytes).map_err(|_| VaultError::InvalidMasterKey {
-                    origin: self.file.display().to_string(),
-                    detail: "it is not text".to_owned(),
-                })?;
+                let text =
+                    std::str::from_utf8(&bytes).map_err(|_| VaultError::InvalidMasterKey {
+                        origin: self.file.display().to_string(),
+                        detail:
+                            "it is not text; it should hold the base64 master key and a newline"
+                                .to_owned(),
+                    })?;
                 MasterKey::from_base64(text)
                     .map(|key| Some(Kek::Raw(key)))
                     .map_err(|err| err.with_origin(&self.file.display().to_string()))
@@ -170,6 +176,7 @@ impl MasterKeySources {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
@@ -223,7 +230,10 @@ mod tests {
         src.env_passphrase = None;
         src.env_master_key = Some(Secret::new("not base64 at all!".to_owned()));
         let err = src.resolve().unwrap_err().to_string();
-        assert!(err.contains("KEYGATE_MASTER_KEY") && err.contains("base64"), "{err}");
+        assert!(
+            err.contains("KEYGATE_MASTER_KEY") && err.contains("base64"),
+            "{err}"
+        );
         assert!(!err.contains("not base64 at all"), "{err}");
 
         src.env_master_key = None;
@@ -273,7 +283,9 @@ mod tests {
         }
         let mode = std::fs::metadata(&src.file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let leftovers = std::fs::read_dir(src.file.parent().unwrap()).unwrap().count();
+        let leftovers = std::fs::read_dir(src.file.parent().unwrap())
+            .unwrap()
+            .count();
         assert_eq!(leftovers, 1, "temp file left behind");
     }
 
@@ -286,6 +298,9 @@ mod tests {
         let err = src.resolve().unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, VaultError::InsecureMode { .. }), "{text}");
-        assert!(text.contains("0640") && text.contains("chmod 600"), "{text}");
+        assert!(
+            text.contains("0640") && text.contains("chmod 600"),
+            "{text}"
+        );
     }
 }

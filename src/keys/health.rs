@@ -1,0 +1,147 @@
+//! Runtime health of one upstream key, per process, in memory (DESIGN §5):
+//!
+//! ```text
+//! healthy ──401/402/403──► suspect (cooldown · 2^n, capped 1 h) ──► probe (single-flight) ──2xx──► healthy
+//!    ▲                                                                         └─401──► suspect (n+1)
+//!    └── Retry-After elapsed ◄── cooling ◄── 429 (only when the ring has another key)
+//! ```
+//!
+//! Atomics only: read on every request, written on the rare transition. Reset
+//! when a key's secret changes (a new `KeyHealth` is made for it).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const MAX_COOLDOWN: Duration = Duration::from_secs(3600);
+
+/// Milliseconds since this process first asked (monotonic).
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// What a request may do with a key right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// Use it.
+    Healthy,
+    /// Rejected recently; skip it unless nothing else is left.
+    Suspect,
+    /// Rejected, and its cooldown is over: one request may probe it.
+    ProbeDue,
+    /// Rate limited; skip it until `Retry-After` passes.
+    Cooling,
+}
+
+/// Health of one key.
+#[derive(Debug, Default)]
+pub struct KeyHealth {
+    failures: AtomicU32,
+    suspect_until_ms: AtomicU64,
+    cooling_until_ms: AtomicU64,
+    last_failed_ms: AtomicU64,
+    probing: AtomicBool,
+}
+
+impl KeyHealth {
+    /// Current availability.
+    pub fn availability(&self, now: u64) -> Availability {
+        if self.failures.load(Ordering::Relaxed) > 0 {
+            if now < self.suspect_until_ms.load(Ordering::Relaxed) {
+                return Availability::Suspect;
+            }
+            return Availability::ProbeDue;
+        }
+        if now < self.cooling_until_ms.load(Ordering::Relaxed) {
+            return Availability::Cooling;
+        }
+        Availability::Healthy
+    }
+
+    /// True when this caller won the right to probe (single-flight).
+    pub fn try_begin_probe(&self) -> bool {
+        self.probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Ends a probe that was neither accepted nor rejected (network error, 5xx).
+    pub fn end_probe(&self) {
+        self.probing.store(false, Ordering::Release);
+    }
+
+    /// The upstream accepted the key. Returns true when it was suspect before.
+    pub fn record_success(&self) -> bool {
+        let was_suspect = self.failures.swap(0, Ordering::AcqRel) > 0;
+        self.probing.store(false, Ordering::Release);
+        was_suspect
+    }
+
+    /// The upstream rejected the key: suspect for `base · 2^(n-1)`, capped at an
+    /// hour. Returns the cooldown and whether the key was healthy before.
+    pub fn record_rejection(&self, base: Duration, now: u64) -> (Duration, bool) {
+        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+        let factor = 1u32 << (failures - 1).min(16);
+        let cooldown = base.saturating_mul(factor).min(MAX_COOLDOWN);
+        self.suspect_until_ms
+            .store(now + cooldown.as_millis() as u64, Ordering::Relaxed);
+        self.last_failed_ms.store(now, Ordering::Relaxed);
+        self.probing.store(false, Ordering::Release);
+        (cooldown, failures == 1)
+    }
+
+    /// The upstream said 429: cool the key for `retry_after`.
+    pub fn record_rate_limited(&self, retry_after: Duration, now: u64) {
+        self.cooling_until_ms
+            .store(now + retry_after.as_millis() as u64, Ordering::Relaxed);
+        self.last_failed_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// When it last failed (ms, process clock); 0 if never.
+    pub fn last_failed(&self) -> u64 {
+        self.last_failed_ms.load(Ordering::Relaxed)
+    }
+
+    /// 1 when healthy, 0 otherwise (for `keygate_key_healthy`).
+    pub fn healthy_gauge(&self, now: u64) -> i64 {
+        i64::from(self.availability(now) == Availability::Healthy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejection_backs_off_then_allows_one_probe() {
+        let health = KeyHealth::default();
+        let base = Duration::from_millis(100);
+        assert_eq!(health.availability(0), Availability::Healthy);
+        let (cooldown, was_healthy) = health.record_rejection(base, 1_000);
+        assert!(was_healthy);
+        assert_eq!(cooldown, base);
+        assert_eq!(health.availability(1_050), Availability::Suspect);
+        assert_eq!(health.availability(1_100), Availability::ProbeDue);
+        assert!(health.try_begin_probe());
+        assert!(!health.try_begin_probe(), "single flight");
+        let (cooldown, was_healthy) = health.record_rejection(base, 1_100);
+        assert!(!was_healthy);
+        assert_eq!(cooldown, base * 2);
+        assert!(health.try_begin_probe());
+        assert!(health.record_success());
+        assert_eq!(health.availability(1_101), Availability::Healthy);
+    }
+
+    #[test]
+    fn cooldown_is_capped_at_an_hour() {
+        let health = KeyHealth::default();
+        for _ in 0..40 {
+            health.record_rejection(Duration::from_secs(60), 0);
+        }
+        assert_eq!(
+            health.record_rejection(Duration::from_secs(60), 0).0,
+            MAX_COOLDOWN
+        );
+    }
+}

@@ -1,0 +1,475 @@
+//! Key lifecycle transitions on the vault document (DESIGN §5), pure: the
+//! caller runs them inside one `Vault::update`, so each is one atomic write.
+//!
+//! ```text
+//! add/rotate ─► pending ──verify 2xx──► current ──next rotation──► previous ──grace over──► retired (secret wiped)
+//!                  └─verify 401/403─► rejected (secret wiped, reason kept)
+//! rollback: current ⇄ previous in one write      revoke: any ─► revoked (refused for the last usable key without --force)
+//! ```
+
+use crate::secret::Secret;
+use crate::vault::document::{Document, KeyState, UpstreamKey};
+
+/// A transition the document does not allow; says what to do instead.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// No key with that id.
+    #[error("no key {0} (see `keygate key list`)")]
+    UnknownKey(String),
+    /// Another rotation is half done.
+    #[error("provider {provider} already has a pending key {id} from an unfinished rotation: finish it with `keygate key promote {id}` or drop it with `keygate key revoke {id}`")]
+    PendingExists {
+        /// Provider.
+        provider: String,
+        /// The pending key.
+        id: String,
+    },
+    /// Several current keys and no `--replace`.
+    #[error("provider {provider} has several current keys ({ids}); say which one the new key replaces with --replace KEY_ID")]
+    AmbiguousReplace {
+        /// Provider.
+        provider: String,
+        /// The current ids.
+        ids: String,
+    },
+    /// `--replace` names a key that is not current.
+    #[error("--replace {0}: that key is not a current key of this provider")]
+    NotCurrent(String),
+    /// The state does not allow it.
+    #[error("key {id} is {state}; {what}")]
+    WrongState {
+        /// Key id.
+        id: String,
+        /// Its state.
+        state: &'static str,
+        /// What is allowed.
+        what: &'static str,
+    },
+    /// Rollback without a fallback.
+    #[error("provider {0} has no previous key to roll back to")]
+    NoPrevious(String),
+    /// Revoking the last usable key.
+    #[error("key {id} is the last usable key of {provider}: revoking it stops all traffic to {provider}. Add or rotate in another key first, or pass --force")]
+    LastUsableKey {
+        /// Key id.
+        id: String,
+        /// Provider.
+        provider: String,
+    },
+    /// The same secret is already stored.
+    #[error("this key is already in the vault as {id} ({state})")]
+    Duplicate {
+        /// Existing id.
+        id: String,
+        /// Its state.
+        state: &'static str,
+    },
+}
+
+/// A new, unused key id (`key_` + 8 hex digits, OS RNG).
+pub fn new_key_id() -> std::io::Result<String> {
+    let mut bytes = [0u8; 4];
+    getrandom::getrandom(&mut bytes).map_err(std::io::Error::other)?;
+    Ok(format!("key_{}", hex::encode(bytes)))
+}
+
+fn find<'a>(document: &'a mut Document, id: &str) -> Result<&'a mut UpstreamKey, OpError> {
+    document
+        .keys
+        .iter_mut()
+        .find(|k| k.id == id)
+        .ok_or_else(|| OpError::UnknownKey(id.to_owned()))
+}
+
+fn set_state(key: &mut UpstreamKey, state: KeyState, now: u64) {
+    key.state = state;
+    key.state_changed = now;
+    if matches!(
+        state,
+        KeyState::Retired | KeyState::Rejected | KeyState::Revoked
+    ) {
+        key.secret = None; // Secret zeroizes on drop.
+        key.grace_until = None;
+    }
+}
+
+/// Retires every `previous` key whose grace is over (wiping its secret).
+/// Returns the ids retired.
+pub fn expire_grace(document: &mut Document, now: u64) -> Vec<String> {
+    let mut retired = Vec::new();
+    for key in &mut document.keys {
+        if key.state == KeyState::Previous && key.grace_until.is_some_and(|t| t <= now) {
+            set_state(key, KeyState::Retired, now);
+            retired.push(key.id.clone());
+        }
+    }
+    retired
+}
+
+/// Adds `secret` to `provider` in `state` (`current`, `previous` or `pending`).
+/// A pending key with the same secret is resumed (its id returned) so an
+/// interrupted rotation can simply be run again.
+pub fn add(
+    document: &mut Document,
+    id: String,
+    provider: &str,
+    secret: &Secret,
+    label: Option<String>,
+    state: KeyState,
+    now: u64,
+) -> Result<String, OpError> {
+    let same_provider = document.keys.iter().filter(|k| k.provider == provider);
+    for existing in same_provider {
+        if existing.secret.as_ref() == Some(secret) {
+            if existing.state == KeyState::Pending && state == KeyState::Pending {
+                return Ok(existing.id.clone());
+            }
+            return Err(OpError::Duplicate {
+                id: existing.id.clone(),
+                state: existing.state.as_str(),
+            });
+        }
+        if state == KeyState::Pending && existing.state == KeyState::Pending {
+            return Err(OpError::PendingExists {
+                provider: provider.to_owned(),
+                id: existing.id.clone(),
+            });
+        }
+        if state == KeyState::Previous && existing.state == KeyState::Previous {
+            return Err(OpError::WrongState {
+                id: existing.id.clone(),
+                state: "previous",
+                what: "a provider has at most one fallback key; revoke it first",
+            });
+        }
+    }
+    document.keys.push(UpstreamKey {
+        id: id.clone(),
+        provider: provider.to_owned(),
+        label,
+        secret: Some(secret.clone()),
+        fingerprint: secret.fingerprint(),
+        state,
+        created: now,
+        state_changed: now,
+        last_verified: None,
+        reason: None,
+        grace_until: None,
+    });
+    Ok(id)
+}
+
+/// What a promotion did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promotion {
+    /// The key now current.
+    pub promoted: String,
+    /// The old current, now `previous` (the fallback), if any.
+    pub demoted: Option<String>,
+    /// The old `previous`, now retired, if any.
+    pub retired: Option<String>,
+}
+
+/// Promotes `id` (pending or previous) to current in place of `replace` (or of
+/// the only current key), which becomes `previous` until `grace_until`. One
+/// write moves every label: no reader sees two currents of one rotation, or none.
+pub fn promote(
+    document: &mut Document,
+    id: &str,
+    replace: Option<&str>,
+    grace_until: u64,
+    now: u64,
+) -> Result<Promotion, OpError> {
+    let key = find(document, id)?;
+    if !matches!(key.state, KeyState::Pending | KeyState::Previous) {
+        return Err(OpError::WrongState {
+            id: id.to_owned(),
+            state: key.state.as_str(),
+            what: "only a pending or previous key can be promoted",
+        });
+    }
+    let provider = key.provider.clone();
+    let currents: Vec<String> = document
+        .keys
+        .iter()
+        .filter(|k| k.provider == provider && k.state == KeyState::Current)
+        .map(|k| k.id.clone())
+        .collect();
+    let demote = match (replace, currents.as_slice()) {
+        (Some(r), _) if currents.iter().any(|c| c == r) => Some(r.to_owned()),
+        (Some(r), _) => return Err(OpError::NotCurrent(r.to_owned())),
+        (None, []) => None,
+        (None, [only]) => Some(only.clone()),
+        (None, many) => {
+            return Err(OpError::AmbiguousReplace {
+                provider,
+                ids: many.join(", "),
+            })
+        }
+    };
+    let mut retired = None;
+    for other in document.keys.iter_mut().filter(|k| k.provider == provider) {
+        if other.id == id {
+            set_state(other, KeyState::Current, now);
+            other.grace_until = None;
+        } else if Some(&other.id) == demote.as_ref() {
+            set_state(other, KeyState::Previous, now);
+            other.grace_until = Some(grace_until);
+        } else if other.state == KeyState::Previous && demote.is_some() {
+            set_state(other, KeyState::Retired, now);
+            retired = Some(other.id.clone());
+        }
+    }
+    Ok(Promotion {
+        promoted: id.to_owned(),
+        demoted: demote,
+        retired,
+    })
+}
+
+/// Verification refused a pending key: rejected, secret wiped, reason kept.
+pub fn reject(document: &mut Document, id: &str, reason: String, now: u64) -> Result<(), OpError> {
+    let key = find(document, id)?;
+    set_state(key, KeyState::Rejected, now);
+    key.reason = Some(reason);
+    Ok(())
+}
+
+/// Records a successful verification.
+pub fn mark_verified(document: &mut Document, id: &str, now: u64) -> Result<(), OpError> {
+    find(document, id)?.last_verified = Some(now);
+    Ok(())
+}
+
+/// Swaps the most recently promoted current key with the previous one.
+/// Returns `(now current, now previous)`.
+pub fn rollback(
+    document: &mut Document,
+    provider: &str,
+    grace_until: u64,
+    now: u64,
+) -> Result<(String, String), OpError> {
+    let previous = document
+        .keys
+        .iter()
+        .find(|k| k.provider == provider && k.state == KeyState::Previous && k.secret.is_some())
+        .map(|k| k.id.clone())
+        .ok_or_else(|| OpError::NoPrevious(provider.to_owned()))?;
+    let current = document
+        .keys
+        .iter()
+        .filter(|k| k.provider == provider && k.state == KeyState::Current)
+        .max_by_key(|k| k.state_changed)
+        .map(|k| k.id.clone());
+    for key in document.keys.iter_mut() {
+        if key.id == previous {
+            set_state(key, KeyState::Current, now);
+            key.grace_until = None;
+        } else if Some(&key.id) == current.as_ref() {
+            set_state(key, KeyState::Previous, now);
+            key.grace_until = Some(grace_until);
+        }
+    }
+    Ok((previous, current.unwrap_or_default()))
+}
+
+/// Revokes `id`. Refused for the provider's last usable key unless `force`.
+pub fn revoke(
+    document: &mut Document,
+    id: &str,
+    reason: Option<String>,
+    force: bool,
+    now: u64,
+) -> Result<(), OpError> {
+    let key = find(document, id)?;
+    if key.state == KeyState::Revoked {
+        return Err(OpError::WrongState {
+            id: id.to_owned(),
+            state: "revoked",
+            what: "nothing to do",
+        });
+    }
+    let provider = key.provider.clone();
+    let was_usable = key.state.is_usable();
+    let others_usable = document
+        .keys
+        .iter()
+        .any(|k| k.provider == provider && k.id != id && k.state.is_usable() && k.secret.is_some());
+    if was_usable && !others_usable && !force {
+        return Err(OpError::LastUsableKey {
+            id: id.to_owned(),
+            provider,
+        });
+    }
+    let key = find(document, id)?;
+    set_state(key, KeyState::Revoked, now);
+    key.reason = reason;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(n: u8) -> Secret {
+        Secret::new(format!("sk-test-{n:02}-0000000000000000"))
+    }
+
+    fn states(document: &Document) -> Vec<(String, &'static str)> {
+        document
+            .keys
+            .iter()
+            .map(|k| (k.id.clone(), k.state.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn rotation_moves_both_labels_in_one_step() {
+        let mut doc = Document::default();
+        add(
+            &mut doc,
+            "k1".into(),
+            "openai",
+            &secret(1),
+            None,
+            KeyState::Current,
+            1,
+        )
+        .unwrap();
+        let pending = add(
+            &mut doc,
+            "k2".into(),
+            "openai",
+            &secret(2),
+            None,
+            KeyState::Pending,
+            2,
+        )
+        .unwrap();
+        // Running the same rotation again resumes it.
+        assert_eq!(
+            add(
+                &mut doc,
+                "k9".into(),
+                "openai",
+                &secret(2),
+                None,
+                KeyState::Pending,
+                2
+            )
+            .unwrap(),
+            "k2"
+        );
+        // A different pending key is refused while one is pending.
+        assert!(matches!(
+            add(
+                &mut doc,
+                "k3".into(),
+                "openai",
+                &secret(3),
+                None,
+                KeyState::Pending,
+                2
+            ),
+            Err(OpError::PendingExists { .. })
+        ));
+        let promotion = promote(&mut doc, &pending, None, 100, 3).unwrap();
+        assert_eq!(promotion.demoted.as_deref(), Some("k1"));
+        assert_eq!(
+            states(&doc),
+            [("k1".into(), "previous"), ("k2".into(), "current")]
+        );
+        assert_eq!(doc.keys[0].grace_until, Some(100));
+        assert_eq!(expire_grace(&mut doc, 100), ["k1"]);
+        assert!(doc.keys[0].secret.is_none(), "retired secrets are wiped");
+    }
+
+    #[test]
+    fn rollback_swaps_current_and_previous() {
+        let mut doc = Document::default();
+        add(
+            &mut doc,
+            "k1".into(),
+            "openai",
+            &secret(1),
+            None,
+            KeyState::Current,
+            1,
+        )
+        .unwrap();
+        add(
+            &mut doc,
+            "k2".into(),
+            "openai",
+            &secret(2),
+            None,
+            KeyState::Pending,
+            2,
+        )
+        .unwrap();
+        promote(&mut doc, "k2", None, 100, 3).unwrap();
+        assert_eq!(
+            rollback(&mut doc, "openai", 200, 4).unwrap(),
+            ("k1".into(), "k2".into())
+        );
+        assert_eq!(
+            states(&doc),
+            [("k1".into(), "current"), ("k2".into(), "previous")]
+        );
+    }
+
+    #[test]
+    fn pools_need_replace_and_last_key_needs_force() {
+        let mut doc = Document::default();
+        add(
+            &mut doc,
+            "a".into(),
+            "openai",
+            &secret(1),
+            None,
+            KeyState::Current,
+            1,
+        )
+        .unwrap();
+        add(
+            &mut doc,
+            "b".into(),
+            "openai",
+            &secret(2),
+            None,
+            KeyState::Current,
+            1,
+        )
+        .unwrap();
+        add(
+            &mut doc,
+            "n".into(),
+            "openai",
+            &secret(3),
+            None,
+            KeyState::Pending,
+            1,
+        )
+        .unwrap();
+        assert!(matches!(
+            promote(&mut doc, "n", None, 9, 2),
+            Err(OpError::AmbiguousReplace { .. })
+        ));
+        promote(&mut doc, "n", Some("b"), 9, 2).unwrap();
+        assert_eq!(
+            states(&doc),
+            [
+                ("a".into(), "current"),
+                ("b".into(), "previous"),
+                ("n".into(), "current")
+            ]
+        );
+        revoke(&mut doc, "a", None, false, 3).unwrap();
+        revoke(&mut doc, "b", None, false, 3).unwrap();
+        assert!(matches!(
+            revoke(&mut doc, "n", None, false, 3),
+            Err(OpError::LastUsableKey { .. })
+        ));
+        revoke(&mut doc, "n", None, true, 3).unwrap();
+    }
+}
