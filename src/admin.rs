@@ -1,7 +1,11 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and — with
+//! `Authorization: Bearer $KEYGATE_ADMIN_TOKEN` — the admin API (DESIGN §9),
+//! with the same semantics as the CLI.
 //!
 //! Separate from the client listener so that none of these exist there. Never
-//! returns a secret: readiness names providers, metrics carry names and ids.
+//! returns a secret: keys are shown by id and fingerprint; the token is
+//! compared in constant time. Vault writes run on the blocking pool and reload
+//! the snapshot before answering, so a change is live when the call returns.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -9,8 +13,14 @@ use std::sync::Arc;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use serde::Deserialize;
+
 use crate::forward::ResponseBody;
+use crate::keys::{ops, rotate, verify};
+use crate::secret::Secret;
 use crate::state::Shared;
+use crate::vault::document::{Document, KeyState};
+use crate::vault::VaultError;
 
 /// Entry point for every request on the admin listener.
 pub async fn handle(
@@ -25,6 +35,10 @@ pub async fn handle(
             "text/plain; version=0.0.4",
             shared.metrics.render(),
         ),
+        (_, path) if path.starts_with("/admin/") => match admin_api(&shared, request).await {
+            Ok(value) => text(StatusCode::OK, "application/json", value.to_string()),
+            Err(error) => error.into_response(),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
             "application/json",
@@ -75,4 +89,360 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// An admin API failure, answered as OpenAI-style JSON.
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    #[error("the admin API is off: set the environment variable named by [admin] token_env (default KEYGATE_ADMIN_TOKEN) and restart")]
+    Off,
+    #[error("missing or wrong admin token: send Authorization: Bearer <admin token>")]
+    Unauthorized,
+    #[error("no such admin route")]
+    NotFound,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl AdminError {
+    fn into_response(self) -> Response<ResponseBody> {
+        let (status, code) = match self {
+            AdminError::Off => (StatusCode::NOT_FOUND, "admin_api_off"),
+            AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "invalid_admin_token"),
+            AdminError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AdminError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
+        };
+        let body = serde_json::json!({
+            "error": { "message": self.to_string(), "type": "admin_error", "code": code }
+        });
+        text(status, "application/json", body.to_string())
+    }
+}
+
+impl From<ops::OpError> for AdminError {
+    fn from(error: ops::OpError) -> Self {
+        match error {
+            ops::OpError::UnknownKey(_) => AdminError::BadRequest(error.to_string()),
+            other => AdminError::Conflict(other.to_string()),
+        }
+    }
+}
+
+impl From<VaultError> for AdminError {
+    fn from(error: VaultError) -> Self {
+        AdminError::Failed(error.to_string())
+    }
+}
+
+impl From<rotate::RotateError> for AdminError {
+    fn from(error: rotate::RotateError) -> Self {
+        match error {
+            rotate::RotateError::Op(op) => op.into(),
+            rotate::RotateError::Rejected { .. } | rotate::RotateError::Inconclusive { .. } => {
+                AdminError::Conflict(error.to_string())
+            }
+            other => AdminError::Failed(other.to_string()),
+        }
+    }
+}
+
+/// Body of `POST /admin/keys/{provider}` and `…/rotate`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyBody {
+    secret: String,
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    fallback: bool,
+    #[serde(default = "yes")]
+    verify: bool,
+    #[serde(default)]
+    grace: Option<String>,
+    #[serde(default)]
+    replace: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Body of `POST /admin/keys/{id}/revoke`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    #[serde(default)]
+    force: bool,
+}
+
+const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+async fn admin_api(
+    shared: &Shared,
+    request: Request<Incoming>,
+) -> Result<serde_json::Value, AdminError> {
+    let token = shared.admin_token.as_ref().ok_or(AdminError::Off)?;
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let matches: bool =
+        subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), token.expose().as_bytes()).into();
+    if !matches {
+        return Err(AdminError::Unauthorized);
+    }
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let body = read_body(request).await?;
+    let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
+    match (method, segments.as_slice()) {
+        (Method::GET, ["keys"]) => list_keys(shared),
+        (Method::GET, ["clients"]) => list_clients(shared),
+        (Method::GET, ["usage"]) => Err(AdminError::NotFound),
+        (Method::POST, ["reload"]) => {
+            tokio::task::block_in_place(|| shared.reload())
+                .map_err(|e| AdminError::Failed(e.to_string()))?;
+            Ok(serde_json::json!({ "generation": shared.snapshot.load().generation }))
+        }
+        (Method::POST, ["keys", provider]) => add_key(shared, provider, parse(&body)?),
+        (Method::POST, ["keys", provider, "rotate"]) => {
+            rotate_key(shared, provider, parse(&body)?).await
+        }
+        (Method::POST, ["keys", id, "revoke"]) => {
+            let revoke: RevokeBody = if body.is_empty() {
+                RevokeBody::default()
+            } else {
+                parse(&body)?
+            };
+            write(shared, |doc| {
+                ops::revoke(
+                    doc,
+                    id,
+                    Some("revoked via admin API".to_owned()),
+                    revoke.force,
+                    crate::unix_now(),
+                )
+            })?;
+            Ok(serde_json::json!({ "revoked": id }))
+        }
+        _ => Err(AdminError::NotFound),
+    }
+}
+
+async fn read_body(request: Request<Incoming>) -> Result<bytes::Bytes, AdminError> {
+    let limited = http_body_util::Limited::new(request.into_body(), MAX_ADMIN_BODY);
+    http_body_util::BodyExt::collect(limited)
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|_| AdminError::BadRequest("body unreadable or over 64 KiB".to_owned()))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
+    // serde_json's message names the field, never echoes a value.
+    serde_json::from_slice(body).map_err(|e| {
+        AdminError::BadRequest(format!(
+            "invalid JSON body at line {} column {} ({:?})",
+            e.line(),
+            e.column(),
+            e.classify()
+        ))
+    })
+}
+
+/// One vault write under the control lock, then a reload so it is live.
+fn write<T>(
+    shared: &Shared,
+    change: impl FnOnce(&mut Document) -> Result<T, ops::OpError>,
+) -> Result<T, AdminError> {
+    tokio::task::block_in_place(|| {
+        let result = {
+            let control = shared.control();
+            control
+                .vault()
+                .update(control.kek(), |doc| change(doc).map_err(AdminError::from))
+        };
+        shared
+            .reload()
+            .map_err(|e| AdminError::Failed(e.to_string()))?;
+        result
+    })
+}
+
+fn key_secret(body: &KeyBody) -> Result<Secret, AdminError> {
+    let secret = Secret::new(body.secret.trim().to_owned());
+    if secret.is_blank() || secret.expose().chars().any(|c| c.is_control() || c == ' ') {
+        return Err(AdminError::BadRequest(
+            "\"secret\" must be the key alone: not empty, no spaces or control characters"
+                .to_owned(),
+        ));
+    }
+    Ok(secret)
+}
+
+fn known_provider(shared: &Shared, provider: &str) -> Result<(), AdminError> {
+    if shared.config.providers.contains_key(provider) {
+        Ok(())
+    } else {
+        Err(AdminError::BadRequest(format!(
+            "unknown provider `{provider}`"
+        )))
+    }
+}
+
+fn add_key(
+    shared: &Shared,
+    provider: &str,
+    body: KeyBody,
+) -> Result<serde_json::Value, AdminError> {
+    known_provider(shared, provider)?;
+    let secret = key_secret(&body)?;
+    let state = if body.fallback {
+        KeyState::Previous
+    } else {
+        KeyState::Current
+    };
+    let id = ops::new_key_id().map_err(|e| AdminError::Failed(e.to_string()))?;
+    let id = write(shared, |doc| {
+        ops::expire_grace(doc, crate::unix_now());
+        ops::add(
+            doc,
+            id,
+            provider,
+            &secret,
+            body.label.clone(),
+            state,
+            crate::unix_now(),
+        )
+    })?;
+    Ok(
+        serde_json::json!({ "id": id, "provider": provider, "state": state.as_str(), "fingerprint": secret.fingerprint() }),
+    )
+}
+
+async fn rotate_key(
+    shared: &Shared,
+    provider: &str,
+    body: KeyBody,
+) -> Result<serde_json::Value, AdminError> {
+    known_provider(shared, provider)?;
+    let secret = key_secret(&body)?;
+    let grace = match &body.grace {
+        Some(text) => humantime::parse_duration(text)
+            .map_err(|e| AdminError::BadRequest(format!("\"grace\": {e}")))?,
+        None => shared.config.keys.default_grace,
+    };
+    let pending = tokio::task::block_in_place(|| {
+        let control = shared.control();
+        rotate::stage(
+            control.vault(),
+            control.kek(),
+            provider,
+            &secret,
+            body.label.clone(),
+        )
+    })?;
+    if body.verify {
+        let upstream_provider = &shared.config.providers[provider];
+        let verdict =
+            verify::verify(&shared.upstream, upstream_provider, &secret, VERIFY_TIMEOUT).await;
+        tokio::task::block_in_place(|| {
+            let control = shared.control();
+            rotate::settle_verdict(control.vault(), control.kek(), &pending, verdict)
+        })?;
+    }
+    let grace_until = crate::unix_now().saturating_add(grace.as_secs());
+    let promotion = tokio::task::block_in_place(|| {
+        let result = {
+            let control = shared.control();
+            rotate::promote(
+                control.vault(),
+                control.kek(),
+                &pending,
+                body.replace.as_deref(),
+                body.verify,
+                grace_until,
+            )
+        };
+        let _ = shared.reload();
+        result
+    })?;
+    Ok(serde_json::json!({
+        "promoted": promotion.promoted,
+        "previous": promotion.demoted,
+        "retired": promotion.retired,
+        "grace_until": grace_until,
+    }))
+}
+
+const VERIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+fn load_document(shared: &Shared) -> Result<Document, AdminError> {
+    tokio::task::block_in_place(|| {
+        let control = shared.control();
+        Ok(control.vault().load(control.kek())?.document)
+    })
+}
+
+fn list_keys(shared: &Shared) -> Result<serde_json::Value, AdminError> {
+    let document = load_document(shared)?;
+    let now = crate::unix_now();
+    let rotate_after = shared.config.keys.rotate_after.as_secs();
+    let snapshot = shared.snapshot.load();
+    let now_ms = crate::keys::health::now_ms();
+    Ok(serde_json::Value::Array(
+        document
+            .keys
+            .iter()
+            .map(|k| {
+                let healthy = snapshot
+                    .rings
+                    .get(&k.provider)
+                    .and_then(|r| r.keys().iter().find(|rk| *rk.id == *k.id))
+                    .map(|rk| rk.health.healthy_gauge(now_ms) == 1);
+                serde_json::json!({
+                    "id": k.id,
+                    "provider": k.provider,
+                    "label": k.label,
+                    "state": k.state.as_str(),
+                    "fingerprint": k.fingerprint,
+                    "created": k.created,
+                    "age_seconds": now.saturating_sub(k.created),
+                    "last_verified": k.last_verified,
+                    "grace_until": k.grace_until,
+                    "reason": k.reason,
+                    "healthy": healthy,
+                    "due_for_rotation": k.state.is_usable() && now.saturating_sub(k.created) > rotate_after,
+                })
+            })
+            .collect(),
+    ))
+}
+
+fn list_clients(shared: &Shared) -> Result<serde_json::Value, AdminError> {
+    let document = load_document(shared)?;
+    Ok(serde_json::Value::Array(
+        document
+            .clients
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.name,
+                    "created": c.created,
+                    "revoked": c.revoked,
+                    "rpm": c.rpm,
+                    "tpm": c.tpm,
+                    "budget_tokens": c.budget_tokens,
+                })
+            })
+            .collect(),
+    ))
 }

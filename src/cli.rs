@@ -128,9 +128,10 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         file: config.vault.master_key_file.clone(),
     };
     init_logging(&env);
+    let admin_token = lookup(&config.admin.token_env);
     let context = Context { config, master };
     match cli.command {
-        Command::Serve => serve::run(context),
+        Command::Serve => serve::run(context, admin_token),
         Command::Vault(command) => vault::run(&context, command),
         Command::Key(command) => key::run(&context, command),
         Command::Client(command) => client::run(&context, command),

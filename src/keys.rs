@@ -17,6 +17,7 @@ use crate::vault::document::{Document, KeyState};
 
 pub mod health;
 pub mod ops;
+pub mod rotate;
 pub mod verify;
 
 use health::{Availability, KeyHealth};

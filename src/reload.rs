@@ -68,12 +68,23 @@ impl VaultWatch {
         }
     }
 
+    /// The vault file.
+    pub fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
+    /// The master key currently in use.
+    pub fn kek(&self) -> &Kek {
+        &self.kek
+    }
+
     /// The generation being served.
     pub fn generation(&self) -> u64 {
         self.generation
     }
 
-    fn changed(&self) -> bool {
+    /// True when the vault or master key file changed since the last reload.
+    pub fn changed(&self) -> bool {
         (stamp(self.vault.path()), stamp(&self.master.file)) != self.seen
     }
 
@@ -136,7 +147,7 @@ impl VaultWatch {
 }
 
 /// Runs until `shutdown`: polls for changes, reloads on change and on SIGHUP.
-pub async fn run(shared: Arc<Shared>, mut watch: VaultWatch, mut shutdown: Shutdown) {
+pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -151,10 +162,10 @@ pub async fn run(shared: Arc<Shared>, mut watch: VaultWatch, mut shutdown: Shutd
             .load()
             .next_expiry
             .is_some_and(|t| t <= crate::unix_now());
-        if !forced && !expired && !watch.changed() {
+        if !forced && !expired && !shared.control().changed() {
             continue;
         }
-        let result = tokio::task::block_in_place(|| watch.reload(&shared));
+        let result = tokio::task::block_in_place(|| shared.reload());
         match result {
             Ok(true) => shared
                 .metrics
@@ -169,7 +180,7 @@ pub async fn run(shared: Arc<Shared>, mut watch: VaultWatch, mut shutdown: Shutd
                     .with_label_values(&["error"])
                     .inc();
                 tracing::warn!(
-                    serving_generation = watch.generation(),
+                    serving_generation = shared.snapshot.load().generation,
                     "vault reload failed, still serving the last good keys: {error}"
                 );
             }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 
@@ -15,6 +15,8 @@ use crate::config::Config;
 use crate::forward::Upstream;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
+use crate::reload::{ReloadError, VaultWatch};
+use crate::secret::Secret;
 use crate::vault::document::Document;
 
 /// A client allowed to call the proxy.
@@ -108,11 +110,20 @@ pub struct Shared {
     pub upstream: Upstream,
     /// Set once a vault generation has been loaded.
     pub vault_loaded: AtomicBool,
+    /// The control plane's vault access (reload loop and admin writes take
+    /// turns; never touched by the request path).
+    pub control: Mutex<VaultWatch>,
+    /// Bearer token for `/admin/*`; `None` turns the admin API off.
+    pub admin_token: Option<Secret>,
 }
 
 impl Shared {
-    /// Shared state with an empty snapshot.
-    pub fn new(config: Arc<Config>) -> Result<Shared, crate::forward::UpstreamError> {
+    /// Shared state with an empty snapshot; call [`Shared::reload`] to load the vault.
+    pub fn new(
+        config: Arc<Config>,
+        vault_watch: VaultWatch,
+        admin_token: Option<Secret>,
+    ) -> Result<Shared, crate::forward::UpstreamError> {
         let upstream = Upstream::new(&config.server)?;
         Ok(Shared {
             metrics: Metrics::new(&config),
@@ -120,7 +131,21 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             upstream,
             vault_loaded: AtomicBool::new(false),
+            control: Mutex::new(vault_watch),
+            admin_token,
         })
+    }
+
+    /// The control plane's vault access (blocking; not for the request path).
+    pub fn control(&self) -> MutexGuard<'_, VaultWatch> {
+        self.control
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reloads the vault now; publishes a newer generation.
+    pub fn reload(&self) -> Result<bool, ReloadError> {
+        self.control().reload(self)
     }
 
     /// Publishes a new snapshot.

@@ -5,8 +5,8 @@ use clap::Subcommand;
 
 use super::{format_age, format_time, read_secret_from_stdin, CliError, Context};
 use crate::forward::Upstream;
-use crate::keys::ops;
 use crate::keys::verify::{self, Verdict};
+use crate::keys::{ops, rotate};
 use crate::vault::document::{KeyState, UpstreamKey};
 
 /// Upstream key commands.
@@ -202,26 +202,11 @@ fn rotate(
     let secret = read_key(context)?;
     let kek = context.kek()?;
     let vault = context.vault();
-    let id = ops::new_key_id().map_err(|e| CliError::Runtime(e.to_string()))?;
-    // Step 1: pending (a re-run with the same key resumes an interrupted rotation).
-    let pending = vault.update(&kek, |doc| {
-        ops::expire_grace(doc, crate::unix_now());
-        ops::add(
-            doc,
-            id,
-            provider,
-            &secret,
-            label,
-            KeyState::Pending,
-            crate::unix_now(),
-        )
-        .map_err(op_error)
-    })?;
+    let pending = rotate::stage(&vault, &kek, provider, &secret, label).map_err(rotate_error)?;
     println!(
         "keygate: {pending} ({}) added to {provider} as pending",
         secret.fingerprint()
     );
-    // Step 2: verify against the upstream.
     if no_verify {
         println!("keygate: --no-verify: promoting without asking the upstream");
     } else {
@@ -233,39 +218,31 @@ fn rotate(
             &secret,
             VERIFY_TIMEOUT,
         ));
-        match verdict {
-            Verdict::Accepted => println!("keygate: {pending}: upstream accepted the key"),
-            Verdict::Rejected { explanation, .. } => {
-                vault.update(&kek, |doc| {
-                    ops::reject(doc, &pending, explanation.clone(), crate::unix_now())
-                        .map_err(op_error)
-                })?;
-                return Err(CliError::Runtime(format!(
-                    "rotation aborted: the upstream refused the new key {pending}: {explanation}. \
-                     It is marked rejected (secret wiped); the current key is unchanged"
-                )));
-            }
-            Verdict::Inconclusive { explanation } => {
-                return Err(CliError::Runtime(format!(
-                    "rotation paused: could not verify {pending}: {explanation}. It stays pending and \
-                     the current key is unchanged: run the same `keygate key rotate` again, or add --no-verify"
-                )));
-            }
-        }
+        println!("keygate: {pending}: {}", verdict.describe());
+        rotate::settle_verdict(&vault, &kek, &pending, verdict).map_err(rotate_error)?;
     }
-    // Step 3: promote, in one write.
-    let grace_until = grace_until(context, grace);
-    let verified = !no_verify;
-    let promotion = vault.update(&kek, |doc| {
-        let now = crate::unix_now();
-        if verified {
-            ops::mark_verified(doc, &pending, now).map_err(op_error)?;
-        }
-        ops::promote(doc, &pending, replace, grace_until, now).map_err(op_error)
-    })?;
+    let promotion = rotate::promote(
+        &vault,
+        &kek,
+        &pending,
+        replace,
+        !no_verify,
+        grace_until(context, grace),
+    )
+    .map_err(rotate_error)?;
     print_promotion(&promotion);
-    println!("keygate: a running server switches within a second; in-flight requests finish on the old key");
+    println!(
+        "keygate: a running server switches within a second; in-flight requests finish on the old key"
+    );
     Ok(())
+}
+
+fn rotate_error(error: rotate::RotateError) -> CliError {
+    match error {
+        rotate::RotateError::Op(op) => op_error(op),
+        rotate::RotateError::Vault(vault) => CliError::Vault(vault),
+        other => CliError::Runtime(other.to_string()),
+    }
 }
 
 fn verify(context: &Context, provider: Option<&str>) -> Result<(), CliError> {

@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use super::{vault::ensure_master_key, CliError, Context};
 use crate::reload::{self, VaultWatch};
+use crate::secret::Secret;
 use crate::state::Shared;
 use crate::vault::document::Document;
 use crate::vault::MasterKeySources;
 
-pub(super) fn run(context: Context) -> Result<(), CliError> {
+pub(super) fn run(context: Context, admin_token: Option<Secret>) -> Result<(), CliError> {
     let vault = context.vault();
     let kek = if vault.exists() {
         context.kek()?
@@ -39,10 +40,12 @@ pub(super) fn run(context: Context) -> Result<(), CliError> {
     };
     let result = runtime.block_on(async move {
         let config = Arc::new(config);
-        let shared =
-            Arc::new(Shared::new(config.clone()).map_err(|e| CliError::Runtime(e.to_string()))?);
-        let mut vault_watch = VaultWatch::new(vault, master, kek);
-        vault_watch.reload(&shared).map_err(|e| match e {
+        let vault_watch = VaultWatch::new(vault, master, kek);
+        let shared = Arc::new(
+            Shared::new(config.clone(), vault_watch, admin_token)
+                .map_err(|e| CliError::Runtime(e.to_string()))?,
+        );
+        tokio::task::block_in_place(|| shared.reload()).map_err(|e| match e {
             reload::ReloadError::Vault(v) => CliError::Vault(v),
             other => CliError::Runtime(other.to_string()),
         })?;
@@ -59,7 +62,7 @@ pub(super) fn run(context: Context) -> Result<(), CliError> {
         );
 
         let (stop, stopped) = crate::shutdown::channel();
-        let reloader = tokio::spawn(reload::run(shared.clone(), vault_watch, stopped.clone()));
+        let reloader = tokio::spawn(reload::run(shared.clone(), stopped.clone()));
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutdown requested: no new connections, draining in-flight requests");
