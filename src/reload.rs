@@ -167,18 +167,8 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
         }
         let result = tokio::task::block_in_place(|| shared.reload());
         match result {
-            Ok(true) => shared
-                .metrics
-                .vault_reloads
-                .with_label_values(&["ok"])
-                .inc(),
-            Ok(false) => {}
+            Ok(_) => {}
             Err(error) => {
-                shared
-                    .metrics
-                    .vault_reloads
-                    .with_label_values(&["error"])
-                    .inc();
                 tracing::warn!(
                     serving_generation = shared.snapshot.load().generation,
                     "vault reload failed, still serving the last good keys: {error}"

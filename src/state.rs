@@ -143,9 +143,17 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Reloads the vault now; publishes a newer generation.
+    /// Reloads the vault now; publishes a newer generation. Counts
+    /// `keygate_vault_reloads_total` by result.
     pub fn reload(&self) -> Result<bool, ReloadError> {
-        self.control().reload(self)
+        let result = self.control().reload(self);
+        let label = match &result {
+            Ok(true) => "ok",
+            Ok(false) => return result,
+            Err(_) => "error",
+        };
+        self.metrics.vault_reloads.with_label_values(&[label]).inc();
+        result
     }
 
     /// Publishes a new snapshot.
