@@ -202,12 +202,13 @@ async fn admin_api(
     }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
     let body = read_body(request).await?;
     let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     match (method, segments.as_slice()) {
         (Method::GET, ["keys"]) => list_keys(shared),
         (Method::GET, ["clients"]) => list_clients(shared),
-        (Method::GET, ["usage"]) => Err(AdminError::NotFound),
+        (Method::GET, ["usage"]) => usage(shared, &query),
         (Method::POST, ["reload"]) => {
             tokio::task::block_in_place(|| shared.reload())
                 .map_err(|e| AdminError::Failed(e.to_string()))?;
@@ -445,4 +446,33 @@ fn list_clients(shared: &Shared) -> Result<serde_json::Value, AdminError> {
             })
             .collect(),
     ))
+}
+
+/// `GET /admin/usage?client=NAME&since=7d`: the same totals as `keygate usage --json`.
+fn usage(shared: &Shared, query: &str) -> Result<serde_json::Value, AdminError> {
+    let mut client = None;
+    let mut since = std::time::Duration::from_secs(7 * 86_400);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("client", name)) => client = Some(name.to_owned()),
+            Some(("since", text)) => {
+                since = humantime::parse_duration(text)
+                    .map_err(|e| AdminError::BadRequest(format!("since: {e}")))?
+            }
+            _ => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown query parameter `{pair}`"
+                )))
+            }
+        }
+    }
+    let rows = tokio::task::block_in_place(|| {
+        let ledger = crate::meter::ledger::Ledger::open(&shared.config.metering.db)?;
+        ledger.totals(
+            client.as_deref(),
+            crate::unix_now().saturating_sub(since.as_secs()),
+        )
+    })
+    .map_err(|e| AdminError::Failed(e.to_string()))?;
+    serde_json::to_value(rows).map_err(|e| AdminError::Failed(e.to_string()))
 }

@@ -7,6 +7,7 @@
 mod client;
 mod key;
 mod serve;
+mod usage;
 mod vault;
 
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ enum Command {
     /// Issue, list and revoke client keys.
     #[command(subcommand)]
     Client(client::ClientCommand),
+    /// Per-client, per-model usage totals from the ledger.
+    Usage(usage::UsageArgs),
 }
 
 /// A failed command: what went wrong and which exit code it means.
@@ -135,6 +138,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         Command::Vault(command) => vault::run(&context, command),
         Command::Key(command) => key::run(&context, command),
         Command::Client(command) => client::run(&context, command),
+        Command::Usage(args) => usage::run(&context, args),
     }
 }
 

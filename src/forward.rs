@@ -24,6 +24,7 @@ use tokio::time::Sleep;
 use crate::body::OutboundBody;
 use crate::config::{Provider, ServerConfig};
 use crate::keys::{KeyRing, RingKey};
+use crate::meter::tap::MeterTap;
 use crate::metrics::ActiveGuard;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -171,6 +172,7 @@ pub fn client_response(
     ring: &KeyRing,
     stream_idle_timeout: Duration,
     active: ActiveGuard,
+    tap: Option<MeterTap>,
 ) -> Response<ResponseBody> {
     let (parts, incoming) = upstream.into_parts();
     let headers = response_headers(&parts.headers, ring);
@@ -178,6 +180,7 @@ pub fn client_response(
         incoming,
         stream_idle_timeout,
         active,
+        tap,
     ));
     *response.status_mut() = parts.status;
     *response.headers_mut() = headers;
@@ -216,7 +219,7 @@ pub async fn scrubbed_error_response(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > SCRUB_LIMIT) {
-        return client_response(upstream, ring, idle, active);
+        return client_response(upstream, ring, idle, active, None);
     }
     let (parts, incoming) = upstream.into_parts();
     let limited = http_body_util::Limited::new(incoming, SCRUB_LIMIT);
@@ -263,7 +266,61 @@ pub struct UpstreamStream {
     incoming: Incoming,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
+    tap: Option<MeterTap>,
     _active: ActiveGuard,
+}
+
+impl UpstreamStream {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseStreamError>>> {
+        loop {
+            match Pin::new(&mut self.incoming).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = tokio::time::Instant::now() + self.idle;
+                    self.idle_timer.as_mut().reset(deadline);
+                    let Some(tap) = self.tap.as_mut() else {
+                        return Poll::Ready(Some(Ok(frame)));
+                    };
+                    match frame.into_data() {
+                        Ok(data) => match tap.on_data(data) {
+                            Some(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                            None => continue, // part of an event held back; read on
+                        },
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    if let Some(tap) = self.tap.as_mut() {
+                        tap.finish(false);
+                    }
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(None) => {
+                    let Some(tap) = self.tap.as_mut() else {
+                        return Poll::Ready(None);
+                    };
+                    if let Some(rest) = tap.flush() {
+                        return Poll::Ready(Some(Ok(Frame::data(rest))));
+                    }
+                    tap.finish(true);
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    return match self.idle_timer.as_mut().poll(cx) {
+                        Poll::Ready(()) => {
+                            if let Some(tap) = self.tap.as_mut() {
+                                tap.finish(false);
+                            }
+                            Poll::Ready(Some(Err(ResponseStreamError::Idle(self.idle))))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl ResponseBody {
@@ -274,11 +331,17 @@ impl ResponseBody {
 
     /// Streams `incoming`; `active` keeps the request counted as in flight
     /// until the stream ends or the client goes away.
-    fn upstream(incoming: Incoming, idle: Duration, active: ActiveGuard) -> Self {
+    fn upstream(
+        incoming: Incoming,
+        idle: Duration,
+        active: ActiveGuard,
+        tap: Option<MeterTap>,
+    ) -> Self {
         ResponseBody::Upstream(Box::new(UpstreamStream {
             incoming,
             idle,
             idle_timer: Box::pin(tokio::time::sleep(idle)),
+            tap,
             _active: active,
         }))
     }
@@ -300,24 +363,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Upstream(stream) => {
-                let stream = &mut **stream;
-                match Pin::new(&mut stream.incoming).poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        let deadline = tokio::time::Instant::now() + stream.idle;
-                        stream.idle_timer.as_mut().reset(deadline);
-                        Poll::Ready(Some(Ok(frame)))
-                    }
-                    Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-                    Poll::Ready(None) => Poll::Ready(None),
-                    Poll::Pending => match stream.idle_timer.as_mut().poll(cx) {
-                        Poll::Ready(()) => {
-                            Poll::Ready(Some(Err(ResponseStreamError::Idle(stream.idle))))
-                        }
-                        Poll::Pending => Poll::Pending,
-                    },
-                }
-            }
+            ResponseBody::Upstream(stream) => stream.poll_next(cx),
         }
     }
 

@@ -21,6 +21,7 @@
 //! - [`proxy`]: the conductor of one request
 //! - [`auth`], [`route`], [`body`], [`forward`]: the stages it calls in order
 //! - [`error`]: `ProxyError`, the one place a failure becomes an HTTP answer
+//! - [`meter`]: per-client usage (SSE/JSON tap, counters, SQLite ledger)
 //! - [`metrics`]: every metric name, on a registry the process owns
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`
 //! - [`state`], [`reload`]: the shared snapshot and its single writer
@@ -36,6 +37,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod keys;
+pub mod meter;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

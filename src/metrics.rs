@@ -34,6 +34,8 @@ pub struct Metrics {
     pub key_age: IntGaugeVec,
     /// `keygate_key_healthy{provider,key_id}`.
     pub key_healthy: IntGaugeVec,
+    /// `keygate_tokens_total{client,provider,model,kind}`.
+    pub tokens_total: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -108,6 +110,13 @@ impl Metrics {
             ),
             &["provider", "key_id"],
         );
+        let tokens_total = IntCounterVec::new(
+            Opts::new(
+                "keygate_tokens_total",
+                "Tokens the upstream reported, by kind.",
+            ),
+            &["client", "provider", "model", "kind"],
+        );
         // Names and label sets are constants: construction cannot fail at run time.
         #[allow(clippy::expect_used)]
         let metrics = Metrics {
@@ -121,6 +130,7 @@ impl Metrics {
             key_rotations: key_rotations.expect("static metric"),
             key_age: key_age.expect("static metric"),
             key_healthy: key_healthy.expect("static metric"),
+            tokens_total: tokens_total.expect("static metric"),
             registry,
         };
         for collector in [
@@ -134,6 +144,7 @@ impl Metrics {
             Box::new(metrics.key_rotations.clone()),
             Box::new(metrics.key_age.clone()),
             Box::new(metrics.key_healthy.clone()),
+            Box::new(metrics.tokens_total.clone()),
         ] {
             // Registering distinct names on a fresh registry cannot collide.
             let _ = metrics.registry.register(collector);

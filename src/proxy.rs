@@ -20,6 +20,8 @@ use crate::body::{self, BodyLimits, RequestBody};
 use crate::error::ProxyError;
 use crate::forward::{self, ResponseBody};
 use crate::keys::{health, KeyRing};
+use crate::meter::tap::{MeterTap, TokenMetrics};
+use crate::meter::{Outcome, UsageCounters, UsageKey};
 use crate::metrics::ActiveGuard;
 use crate::route::{self, PathMatch};
 use crate::state::Shared;
@@ -32,6 +34,9 @@ struct RequestContext {
     key_id: Option<Arc<str>>,
     attempts: u32,
     error: Option<&'static str>,
+    /// The usage counters, until a response tap takes them over.
+    usage: Option<Arc<UsageCounters>>,
+    request_bytes: u64,
 }
 
 /// Entry point for every request on the client listener.
@@ -78,14 +83,29 @@ async fn conduct(
     };
     let mut body = body::receive(incoming, declared_len, limits).await?;
 
+    let model = route::model_of(body.buffered().map(|b| &b[..])).map(|m| Arc::<str>::from(&*m));
     let (provider, path) = match path_match {
         PathMatch::Prefixed(provider, rest) => (provider, rest),
-        PathMatch::Plain(path) => (
-            route::by_model(config, body.buffered().map(|b| &b[..])),
-            path,
-        ),
+        PathMatch::Plain(path) => (route::by_model(config, model.as_deref()), path),
     };
     ctx.provider = Some(provider.name.clone());
+    let model = model.unwrap_or_else(|| Arc::from("-"));
+    ctx.usage = Some(shared.meter.counters(UsageKey {
+        client: client.name.clone(),
+        provider: Arc::from(provider.name.as_str()),
+        model: model.clone(),
+    }));
+    ctx.request_bytes = body
+        .buffered()
+        .map_or(declared_len.unwrap_or(0), |b| b.len() as u64);
+    // Ask for the usage chunk on the client's behalf, and hide it from them.
+    let mut strip_usage_chunk = false;
+    if config.metering.stream_usage {
+        if let Some(rewritten) = body.buffered().and_then(|b| crate::meter::ask_for_usage(b)) {
+            body = RequestBody::Buffered(rewritten);
+            strip_usage_chunk = true;
+        }
+    }
     let active = ActiveGuard::new(
         shared
             .metrics
@@ -218,11 +238,36 @@ async fn conduct(
         if status.is_client_error() || status.is_server_error() {
             return Ok(forward::scrubbed_error_response(upstream, ring, limits.idle, active).await);
         }
+        let tap = ctx.usage.take().map(|counters| {
+            let labels = [&*client.name, provider.name.as_str(), &*model];
+            let tokens = |kind| {
+                metrics
+                    .tokens_total
+                    .with_label_values(&[labels[0], labels[1], labels[2], kind])
+            };
+            MeterTap::new(
+                counters,
+                TokenMetrics {
+                    prompt: tokens("prompt"),
+                    completion: tokens("completion"),
+                },
+                upstream
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok()),
+                strip_usage_chunk,
+                Outcome {
+                    request_bytes: ctx.request_bytes,
+                    ..Outcome::default()
+                },
+            )
+        });
         return Ok(forward::client_response(
             upstream,
             ring,
             config.server.stream_idle_timeout,
             active,
+            tap,
         ));
     }
 }
@@ -267,6 +312,14 @@ fn send_failure(
 }
 
 fn record(shared: &Shared, ctx: &RequestContext, status: StatusCode, started: Instant) {
+    // Answered without a tap (keygate's own error, or a scrubbed upstream error).
+    if let Some(usage) = &ctx.usage {
+        usage.record(&Outcome {
+            error: status.as_u16() >= 400,
+            request_bytes: ctx.request_bytes,
+            ..Outcome::default()
+        });
+    }
     let client = ctx.client.as_deref().unwrap_or("-");
     let provider = ctx.provider.as_deref().unwrap_or("-");
     let elapsed = started.elapsed();

@@ -55,13 +55,16 @@ struct ModelField<'a> {
     model: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// The provider for a plain `/v1/…` request: the first `routing.models` prefix
-/// (longest first) that the JSON body's `model` starts with, else the default.
-pub fn by_model<'a>(config: &'a Config, body: Option<&[u8]>) -> &'a Provider {
-    let model = body
-        .filter(|b| b.first() == Some(&b'{'))
+/// The JSON body's `model`, if the body is a JSON object that has one.
+pub fn model_of(body: Option<&[u8]>) -> Option<std::borrow::Cow<'_, str>> {
+    body.filter(|b| b.first() == Some(&b'{'))
         .and_then(|b| serde_json::from_slice::<ModelField>(b).ok())
-        .and_then(|m| m.model);
+        .and_then(|m| m.model)
+}
+
+/// The provider for a plain `/v1/…` request: the first `routing.models` prefix
+/// (longest first) that `model` starts with, else the default.
+pub fn by_model<'a>(config: &'a Config, model: Option<&str>) -> &'a Provider {
     let chosen = model.and_then(|model| {
         config
             .routing
@@ -111,14 +114,10 @@ mod tests {
             by_path(&config, "/v1/models"),
             Ok(PathMatch::Plain(_))
         ));
-        assert_eq!(
-            by_model(&config, Some(br#"{"model":"grok-3"}"#)).name,
-            "xai"
-        );
-        assert_eq!(
-            by_model(&config, Some(br#"{"model":"gpt-4o"}"#)).name,
-            "openai"
-        );
+        let grok = model_of(Some(br#"{"model":"grok-3","x":[1]}"#));
+        assert_eq!(by_model(&config, grok.as_deref()).name, "xai");
+        let gpt = model_of(Some(br#"{"model":"gpt-4o"}"#));
+        assert_eq!(by_model(&config, gpt.as_deref()).name, "openai");
         assert_eq!(by_model(&config, None).name, "openai");
     }
 

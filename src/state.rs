@@ -14,6 +14,7 @@ use crate::clients::ClientKeyDigest;
 use crate::config::Config;
 use crate::forward::Upstream;
 use crate::keys::KeyRing;
+use crate::meter::Meter;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadError, VaultWatch};
 use crate::secret::Secret;
@@ -115,6 +116,8 @@ pub struct Shared {
     pub control: Mutex<VaultWatch>,
     /// Bearer token for `/admin/*`; `None` turns the admin API off.
     pub admin_token: Option<Secret>,
+    /// Per-client usage counters, drained by the ledger task.
+    pub meter: Arc<Meter>,
 }
 
 impl Shared {
@@ -133,6 +136,7 @@ impl Shared {
             vault_loaded: AtomicBool::new(false),
             control: Mutex::new(vault_watch),
             admin_token,
+            meter: Arc::new(Meter::default()),
         })
     }
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::{vault::ensure_master_key, CliError, Context};
+use crate::meter::ledger::Ledger;
 use crate::reload::{self, VaultWatch};
 use crate::secret::Secret;
 use crate::state::Shared;
@@ -49,6 +50,8 @@ pub(super) fn run(context: Context, admin_token: Option<Secret>) -> Result<(), C
             reload::ReloadError::Vault(v) => CliError::Vault(v),
             other => CliError::Runtime(other.to_string()),
         })?;
+        let ledger =
+            Ledger::open(&config.metering.db).map_err(|e| CliError::Runtime(e.to_string()))?;
         let bound = crate::server::bind(&config.server)
             .await
             .map_err(|e| CliError::Runtime(e.to_string()))?;
@@ -63,6 +66,14 @@ pub(super) fn run(context: Context, admin_token: Option<Secret>) -> Result<(), C
 
         let (stop, stopped) = crate::shutdown::channel();
         let reloader = tokio::spawn(reload::run(shared.clone(), stopped.clone()));
+        // The ledger stops only after the drain, so its last flush sees every request.
+        let (stop_ledger, ledger_stopped) = crate::shutdown::channel();
+        let ledger_task = tokio::spawn(crate::meter::ledger::run(
+            shared.meter.clone(),
+            ledger,
+            config.metering.flush_interval,
+            ledger_stopped,
+        ));
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutdown requested: no new connections, draining in-flight requests");
@@ -72,6 +83,8 @@ pub(super) fn run(context: Context, admin_token: Option<Secret>) -> Result<(), C
             .await
             .map_err(|e| CliError::Runtime(e.to_string()))?;
         let _ = reloader.await;
+        stop_ledger.stop();
+        let _ = ledger_task.await;
         tracing::info!("keygate stopped");
         Ok(())
     });

@@ -1,0 +1,64 @@
+//! `keygate usage [--client NAME] [--since 7d] [--json]`: totals from the ledger.
+
+use clap::Args;
+
+use super::{CliError, Context};
+use crate::meter::ledger::{Ledger, UsageRow};
+
+/// Usage report options.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Only this client.
+    #[arg(long)]
+    client: Option<String>,
+    /// How far back (humantime: 1h, 7d, 30d).
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    since: std::time::Duration,
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Reads totals per client, provider and model since `since` ago.
+pub fn totals(
+    context: &Context,
+    client: Option<&str>,
+    since: std::time::Duration,
+) -> Result<Vec<UsageRow>, CliError> {
+    let ledger =
+        Ledger::open(&context.config.metering.db).map_err(|e| CliError::Runtime(e.to_string()))?;
+    let from = crate::unix_now().saturating_sub(since.as_secs());
+    ledger
+        .totals(client, from)
+        .map_err(|e| CliError::Runtime(e.to_string()))
+}
+
+pub(super) fn run(context: &Context, args: UsageArgs) -> Result<(), CliError> {
+    let rows = totals(context, args.client.as_deref(), args.since)?;
+    if args.json {
+        let text = serde_json::to_string(&rows).map_err(|e| CliError::Runtime(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<10} {:<28} {:>9} {:>7} {:>12} {:>12} {:>12}",
+        "CLIENT", "PROVIDER", "MODEL", "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL"
+    );
+    for r in &rows {
+        println!(
+            "{:<20} {:<10} {:<28} {:>9} {:>7} {:>12} {:>12} {:>12}",
+            r.client,
+            r.provider,
+            r.model,
+            r.requests,
+            r.errors,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.total_tokens
+        );
+    }
+    if rows.is_empty() {
+        println!("(no usage recorded in this period)");
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Metering: per client, provider and model — requests, errors, tokens, bytes.
+//!
+//! The request path only adds to atomics ([`UsageCounters`], found once per
+//! request in a `DashMap`); the [`tap`] reads usage out of responses as they
+//! stream past; the [`ledger`] task drains the counters to SQLite every
+//! `flush_interval` and on shutdown. Labels are names and ids, never secrets.
+
+pub mod ledger;
+pub mod sse;
+pub mod tap;
+pub mod usage;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+/// What usage is aggregated by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UsageKey {
+    /// Client name.
+    pub client: Arc<str>,
+    /// Provider name.
+    pub provider: Arc<str>,
+    /// Model from the request body (`-` when none).
+    pub model: Arc<str>,
+}
+
+/// Live counters of one [`UsageKey`], drained by the ledger.
+#[derive(Debug, Default)]
+pub struct UsageCounters {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    incomplete: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    total_tokens: AtomicU64,
+    request_bytes: AtomicU64,
+    response_bytes: AtomicU64,
+}
+
+/// A drained snapshot of [`UsageCounters`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct UsageDelta {
+    /// Requests answered.
+    pub requests: u64,
+    /// Answers with status ≥ 400, or streams cut short.
+    pub errors: u64,
+    /// Streams cut short (metered with what was seen).
+    pub incomplete: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Total tokens.
+    pub total_tokens: u64,
+    /// Request body bytes.
+    pub request_bytes: u64,
+    /// Response body bytes.
+    pub response_bytes: u64,
+}
+
+impl UsageDelta {
+    /// True when nothing happened.
+    pub fn is_empty(&self) -> bool {
+        *self == UsageDelta::default()
+    }
+}
+
+/// One finished request, as the meter records it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Outcome {
+    /// Status ≥ 400.
+    pub error: bool,
+    /// The response stream ended early.
+    pub incomplete: bool,
+    /// Tokens the upstream reported.
+    pub usage: Option<usage::Usage>,
+    /// Request body bytes.
+    pub request_bytes: u64,
+    /// Response body bytes.
+    pub response_bytes: u64,
+}
+
+impl UsageCounters {
+    /// Adds one finished request.
+    pub fn record(&self, outcome: &Outcome) {
+        let add = |counter: &AtomicU64, n: u64| {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        };
+        add(&self.requests, 1);
+        add(&self.errors, u64::from(outcome.error || outcome.incomplete));
+        add(&self.incomplete, u64::from(outcome.incomplete));
+        if let Some(usage) = outcome.usage {
+            add(&self.prompt_tokens, usage.prompt);
+            add(&self.completion_tokens, usage.completion);
+            add(&self.total_tokens, usage.total);
+        }
+        add(&self.request_bytes, outcome.request_bytes);
+        add(&self.response_bytes, outcome.response_bytes);
+    }
+
+    /// Takes everything counted so far, leaving zeros.
+    pub fn drain(&self) -> UsageDelta {
+        let take = |counter: &AtomicU64| counter.swap(0, Ordering::Relaxed);
+        UsageDelta {
+            requests: take(&self.requests),
+            errors: take(&self.errors),
+            incomplete: take(&self.incomplete),
+            prompt_tokens: take(&self.prompt_tokens),
+            completion_tokens: take(&self.completion_tokens),
+            total_tokens: take(&self.total_tokens),
+            request_bytes: take(&self.request_bytes),
+            response_bytes: take(&self.response_bytes),
+        }
+    }
+}
+
+/// The process's usage counters.
+#[derive(Debug, Default)]
+pub struct Meter {
+    counters: DashMap<UsageKey, Arc<UsageCounters>>,
+}
+
+impl Meter {
+    /// The counters of `key`, created on first use.
+    pub fn counters(&self, key: UsageKey) -> Arc<UsageCounters> {
+        if let Some(existing) = self.counters.get(&key) {
+            return existing.clone();
+        }
+        self.counters.entry(key).or_default().clone()
+    }
+
+    /// Drains every key's counters; only keys with activity are returned.
+    pub fn drain(&self) -> Vec<(UsageKey, UsageDelta)> {
+        self.counters
+            .iter()
+            .filter_map(|entry| {
+                let delta = entry.value().drain();
+                (!delta.is_empty()).then(|| (entry.key().clone(), delta))
+            })
+            .collect()
+    }
+}
+
+/// With `stream_usage = true`: a streaming request body (`"stream": true`)
+/// that does not already ask for usage, rewritten to ask for it
+/// (`stream_options.include_usage = true`). `None` when nothing changes.
+pub fn ask_for_usage(body: &[u8]) -> Option<bytes::Bytes> {
+    if body.first() != Some(&b'{') || memchr::memmem::find(body, b"\"stream\"").is_none() {
+        return None;
+    }
+    let mut json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    if json.get("stream") != Some(&serde_json::Value::Bool(true)) {
+        return None;
+    }
+    let options = json
+        .entry("stream_options")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    let options = options.as_object_mut()?;
+    if options.get("include_usage") == Some(&serde_json::Value::Bool(true)) {
+        return None;
+    }
+    options.insert("include_usage".to_owned(), serde_json::Value::Bool(true));
+    serde_json::to_vec(&json).ok().map(bytes::Bytes::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_streams_without_include_usage_are_rewritten() {
+        let rewritten = ask_for_usage(br#"{"model":"m","stream":true}"#).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
+        assert_eq!(json["stream_options"]["include_usage"], true);
+        assert!(
+            ask_for_usage(br#"{"stream":true,"stream_options":{"include_usage":true}}"#).is_none()
+        );
+        assert!(ask_for_usage(br#"{"stream":false}"#).is_none());
+        assert!(ask_for_usage(b"not json").is_none());
+    }
+
+    #[test]
+    fn counters_drain_to_zero() {
+        let meter = Meter::default();
+        let key = UsageKey {
+            client: "a".into(),
+            provider: "p".into(),
+            model: "m".into(),
+        };
+        meter.counters(key.clone()).record(&Outcome {
+            usage: Some(usage::Usage {
+                prompt: 1,
+                completion: 2,
+                total: 3,
+            }),
+            ..Outcome::default()
+        });
+        let drained = meter.drain();
+        assert_eq!(drained.len(), 1);
+        assert_eq!(drained[0].1.total_tokens, 3);
+        assert!(meter.drain().is_empty());
+    }
+}

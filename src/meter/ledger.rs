@@ -1,0 +1,219 @@
+//! The durable usage ledger: SQLite at `[metering] db`, one row per client,
+//! provider, model and hour, added to by a background task that drains the
+//! meter every `flush_interval` and once more at shutdown.
+//!
+//! Holds names, counts and hours only: never a key or a client key.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{params, Connection};
+
+use super::{Meter, UsageDelta, UsageKey};
+use crate::shutdown::Shutdown;
+
+/// Why the ledger could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// SQLite failed.
+    #[error("usage ledger {path}: {source}; check the path ([metering] db) and that keygate may write there")]
+    Sqlite {
+        /// The database file.
+        path: String,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+    /// The directory could not be created.
+    #[error("usage ledger {path}: cannot create its directory: {source}")]
+    Io {
+        /// The database file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Totals of one client, provider and model over a period.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UsageRow {
+    /// Client name.
+    pub client: String,
+    /// Provider name.
+    pub provider: String,
+    /// Model.
+    pub model: String,
+    /// Requests.
+    pub requests: u64,
+    /// Errors (status ≥ 400 or cut short).
+    pub errors: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Total tokens.
+    pub total_tokens: u64,
+}
+
+/// An open ledger.
+pub struct Ledger {
+    conn: Connection,
+    path: String,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS usage (
+    hour INTEGER NOT NULL,
+    client TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    incomplete INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    request_bytes INTEGER NOT NULL DEFAULT 0,
+    response_bytes INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, client, provider, model)
+);";
+
+impl Ledger {
+    /// Opens (creating) the ledger.
+    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        let name = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| LedgerError::Io {
+                path: name.clone(),
+                source,
+            })?;
+        }
+        let sqlite = |source| LedgerError::Sqlite {
+            path: name.clone(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sqlite)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sqlite)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sqlite)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;
+        conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        Ok(Ledger { conn, path: name })
+    }
+
+    fn error(&self, source: rusqlite::Error) -> LedgerError {
+        LedgerError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Adds drained counters to the hour `hour` (unix seconds / 3600), in one transaction.
+    pub fn add(&mut self, hour: u64, rows: &[(UsageKey, UsageDelta)]) -> Result<(), LedgerError> {
+        let tx = self.conn.transaction().map_err(|e| LedgerError::Sqlite {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO usage (hour, client, provider, model, requests, errors, incomplete,
+                        prompt_tokens, completion_tokens, total_tokens, request_bytes, response_bytes)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                     ON CONFLICT (hour, client, provider, model) DO UPDATE SET
+                        requests = requests + excluded.requests,
+                        errors = errors + excluded.errors,
+                        incomplete = incomplete + excluded.incomplete,
+                        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                        completion_tokens = completion_tokens + excluded.completion_tokens,
+                        total_tokens = total_tokens + excluded.total_tokens,
+                        request_bytes = request_bytes + excluded.request_bytes,
+                        response_bytes = response_bytes + excluded.response_bytes",
+                )
+                .map_err(|e| LedgerError::Sqlite {
+                    path: self.path.clone(),
+                    source: e,
+                })?;
+            for (key, d) in rows {
+                let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                stmt.execute(params![
+                    n(hour),
+                    &*key.client,
+                    &*key.provider,
+                    &*key.model,
+                    n(d.requests),
+                    n(d.errors),
+                    n(d.incomplete),
+                    n(d.prompt_tokens),
+                    n(d.completion_tokens),
+                    n(d.total_tokens),
+                    n(d.request_bytes),
+                    n(d.response_bytes),
+                ])
+                .map_err(|e| LedgerError::Sqlite {
+                    path: self.path.clone(),
+                    source: e,
+                })?;
+            }
+        }
+        tx.commit().map_err(|e| self.error(e))
+    }
+
+    /// Totals per client, provider and model since `since` (unix seconds).
+    pub fn totals(&self, client: Option<&str>, since: u64) -> Result<Vec<UsageRow>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT client, provider, model, SUM(requests), SUM(errors), SUM(prompt_tokens),
+                        SUM(completion_tokens), SUM(total_tokens)
+                 FROM usage WHERE hour >= ?1 AND (?2 IS NULL OR client = ?2)
+                 GROUP BY client, provider, model ORDER BY client, provider, model",
+            )
+            .map_err(|e| self.error(e))?;
+        let hour = i64::try_from(since / 3600).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![hour, client], |row| {
+                let n = |i| row.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
+                Ok(UsageRow {
+                    client: row.get(0)?,
+                    provider: row.get(1)?,
+                    model: row.get(2)?,
+                    requests: n(3)?,
+                    errors: n(4)?,
+                    prompt_tokens: n(5)?,
+                    completion_tokens: n(6)?,
+                    total_tokens: n(7)?,
+                })
+            })
+            .map_err(|e| self.error(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.error(e))
+    }
+}
+
+/// Drains `meter` into `ledger` every `interval` until `stop`, then once more.
+/// A failed write keeps the drained counts and retries them next time.
+pub async fn run(meter: Arc<Meter>, mut ledger: Ledger, interval: Duration, mut stop: Shutdown) {
+    let mut pending: Vec<(UsageKey, UsageDelta)> = Vec::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.requested() => true,
+        };
+        pending.extend(meter.drain());
+        if !pending.is_empty() {
+            let hour = crate::unix_now() / 3600;
+            let result = tokio::task::block_in_place(|| ledger.add(hour, &pending));
+            match result {
+                Ok(()) => pending.clear(),
+                Err(error) => tracing::warn!("usage ledger write failed, will retry: {error}"),
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The meter's tap on a response body: every frame is forwarded as it arrives,
+//! and usage is read from it on the way (a JSON body at its end, an SSE stream
+//! event by event).
+//!
+//! Only when keygate itself added `stream_options.include_usage` for a client
+//! that did not ask does the tap re-frame the stream on event boundaries, to
+//! drop the usage-only chunk that client never asked for; even then each event
+//! goes out as soon as its blank line arrives.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use prometheus::IntCounter;
+
+use super::sse::SseSplitter;
+use super::usage::{self, Usage};
+use super::{Outcome, UsageCounters};
+
+/// Largest JSON body kept (as refcounted chunks, not copies) to read its usage.
+const JSON_LIMIT: usize = 4 * 1024 * 1024;
+
+enum Mode {
+    Sse {
+        splitter: SseSplitter,
+        strip_usage_chunk: bool,
+        held: BytesMut,
+        ends: Vec<(usize, bool)>,
+    },
+    Json {
+        chunks: Vec<Bytes>,
+        len: usize,
+    },
+    Opaque,
+}
+
+/// Token counters in Prometheus, resolved once per request.
+pub struct TokenMetrics {
+    /// `keygate_tokens_total{…,kind="prompt"}`.
+    pub prompt: IntCounter,
+    /// `keygate_tokens_total{…,kind="completion"}`.
+    pub completion: IntCounter,
+}
+
+/// Reads usage out of one response as it streams.
+pub struct MeterTap {
+    counters: Arc<UsageCounters>,
+    metrics: TokenMetrics,
+    mode: Mode,
+    usage: Option<Usage>,
+    outcome: Outcome,
+    finished: bool,
+}
+
+impl MeterTap {
+    /// A tap for a response of `content_type`. `strip_usage_chunk`: keygate
+    /// asked for usage on the client's behalf, so the usage-only chunk is removed.
+    pub fn new(
+        counters: Arc<UsageCounters>,
+        metrics: TokenMetrics,
+        content_type: Option<&str>,
+        strip_usage_chunk: bool,
+        outcome: Outcome,
+    ) -> Self {
+        let content_type = content_type.unwrap_or("");
+        let mode = if content_type.starts_with("text/event-stream") {
+            Mode::Sse {
+                splitter: SseSplitter::default(),
+                strip_usage_chunk,
+                held: BytesMut::new(),
+                ends: Vec::new(),
+            }
+        } else if content_type.contains("json") {
+            Mode::Json {
+                chunks: Vec::new(),
+                len: 0,
+            }
+        } else {
+            Mode::Opaque
+        };
+        MeterTap {
+            counters,
+            metrics,
+            mode,
+            usage: None,
+            outcome,
+            finished: false,
+        }
+    }
+
+    /// Observes one data frame; returns what to forward now (`None`: nothing
+    /// yet, only when re-framing holds part of an event).
+    pub fn on_data(&mut self, chunk: Bytes) -> Option<Bytes> {
+        self.outcome.response_bytes += chunk.len() as u64;
+        match &mut self.mode {
+            Mode::Opaque => Some(chunk),
+            Mode::Json { chunks, len } => {
+                if *len + chunk.len() <= JSON_LIMIT {
+                    *len += chunk.len();
+                    chunks.push(chunk.clone());
+                }
+                Some(chunk)
+            }
+            Mode::Sse {
+                splitter,
+                strip_usage_chunk,
+                held,
+                ends,
+            } => {
+                let usage = &mut self.usage;
+                let strip = *strip_usage_chunk;
+                ends.clear();
+                splitter.feed(&chunk, |data, end| {
+                    let found = usage::find(data);
+                    if let Some(u) = found.usage {
+                        *usage = Some(u);
+                    }
+                    ends.push((end, strip && found.usage_only_chunk));
+                });
+                if !strip {
+                    return Some(chunk);
+                }
+                reframe(&chunk, held, ends)
+            }
+        }
+    }
+
+    /// Bytes still held when the upstream body ends (an unterminated event).
+    pub fn flush(&mut self) -> Option<Bytes> {
+        match &mut self.mode {
+            Mode::Sse { held, .. } if !held.is_empty() => Some(held.split().freeze()),
+            _ => None,
+        }
+    }
+
+    /// Records the request; `complete` is false when the stream was cut.
+    pub fn finish(&mut self, complete: bool) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if let Mode::Json { chunks, len } = &self.mode {
+            if complete && *len > 0 {
+                let mut body = Vec::with_capacity(*len);
+                chunks.iter().for_each(|c| body.extend_from_slice(c));
+                self.usage = usage::find(&body).usage;
+            }
+        }
+        self.outcome.incomplete = !complete;
+        self.outcome.usage = self.usage;
+        if let Some(usage) = self.usage {
+            self.metrics.prompt.inc_by(usage.prompt);
+            self.metrics.completion.inc_by(usage.completion);
+        }
+        self.counters.record(&self.outcome);
+    }
+}
+
+impl Drop for MeterTap {
+    fn drop(&mut self) {
+        // Dropped before the end: the client left or the stream failed.
+        self.finish(false);
+    }
+}
+
+/// Emits the complete events of `chunk` (with any bytes held from earlier
+/// chunks), minus those marked to drop; holds the unfinished tail.
+fn reframe(chunk: &Bytes, held: &mut BytesMut, ends: &[(usize, bool)]) -> Option<Bytes> {
+    let Some(&(last_end, _)) = ends.last() else {
+        held.extend_from_slice(chunk);
+        return None;
+    };
+    let out = if held.is_empty() && ends.iter().all(|&(_, drop)| !drop) {
+        chunk.slice(..last_end)
+    } else {
+        let mut out = BytesMut::with_capacity(held.len() + last_end);
+        let mut start = 0;
+        for &(end, drop) in ends {
+            if !drop {
+                out.extend_from_slice(held);
+                out.extend_from_slice(&chunk[start..end]);
+            }
+            held.clear();
+            start = end;
+        }
+        out.freeze()
+    };
+    held.extend_from_slice(&chunk[last_end..]);
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"h\xc3\xa9\"}}],\"usage\":null}\r\n\r\n: ping\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\ndata: [DONE]\n\n";
+
+    fn tap(strip: bool) -> (MeterTap, Arc<UsageCounters>) {
+        let counters = Arc::new(UsageCounters::default());
+        let metrics = TokenMetrics {
+            prompt: IntCounter::new("p", "p").unwrap(),
+            completion: IntCounter::new("c", "c").unwrap(),
+        };
+        let tap = MeterTap::new(
+            counters.clone(),
+            metrics,
+            Some("text/event-stream"),
+            strip,
+            Outcome::default(),
+        );
+        (tap, counters)
+    }
+
+    fn run(strip: bool, chunk_size: usize) -> (Vec<u8>, super::super::UsageDelta) {
+        let (mut tap, counters) = tap(strip);
+        let mut out = Vec::new();
+        for chunk in STREAM.chunks(chunk_size) {
+            if let Some(bytes) = tap.on_data(Bytes::copy_from_slice(chunk)) {
+                out.extend_from_slice(&bytes);
+            }
+        }
+        if let Some(bytes) = tap.flush() {
+            out.extend_from_slice(&bytes);
+        }
+        tap.finish(true);
+        (out, counters.drain())
+    }
+
+    #[test]
+    fn passthrough_is_byte_identical_at_any_chunking() {
+        for size in [1, 2, 3, 7, 64, STREAM.len()] {
+            let (out, delta) = run(false, size);
+            assert_eq!(out, STREAM, "chunk size {size}");
+            assert_eq!(
+                (
+                    delta.prompt_tokens,
+                    delta.completion_tokens,
+                    delta.total_tokens
+                ),
+                (3, 4, 7)
+            );
+            assert_eq!(delta.incomplete, 0);
+        }
+    }
+
+    #[test]
+    fn stripping_removes_only_the_usage_chunk() {
+        for size in [1, 5, STREAM.len()] {
+            let (out, delta) = run(true, size);
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains("prompt_tokens"), "{text}");
+            assert!(
+                text.contains("h\u{e9}") && text.ends_with("data: [DONE]\n\n"),
+                "{text}"
+            );
+            assert_eq!(delta.total_tokens, 7);
+        }
+    }
+
+    #[test]
+    fn a_dropped_tap_is_recorded_as_incomplete() {
+        let (mut tap, counters) = tap(false);
+        tap.on_data(Bytes::from_static(b"data: {\"usage\":null}\n\n"));
+        drop(tap);
+        let delta = counters.drain();
+        assert_eq!((delta.requests, delta.incomplete, delta.errors), (1, 1, 1));
+    }
+}
