@@ -54,6 +54,7 @@ fn anonymous() -> Arc<ClientInfo> {
                 name: Arc::from("anonymous"),
                 digest: ClientKeyDigest([0; 32]),
                 sticky: 0,
+                limits: crate::limits::ClientLimits::default(),
             })
         })
         .clone()

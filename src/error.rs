@@ -170,8 +170,14 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if let ProxyError::ClientRateLimited { retry_after, .. } = self {
-            let secs = retry_after.as_secs().max(1);
+        let retry_after = match self {
+            ProxyError::ClientRateLimited { retry_after, .. } => Some(retry_after.as_secs()),
+            // A spent budget does not refill by itself: ask for a long pause.
+            ProxyError::ClientBudgetExceeded { .. } => Some(3600),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            let secs = secs.max(1);
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -21,6 +21,7 @@
 //! - [`proxy`]: the conductor of one request
 //! - [`auth`], [`route`], [`body`], [`forward`]: the stages it calls in order
 //! - [`error`]: `ProxyError`, the one place a failure becomes an HTTP answer
+//! - [`limits`]: per-client rpm / tpm / token budget (reserve, then settle)
 //! - [`meter`]: per-client usage (SSE/JSON tap, counters, SQLite ledger)
 //! - [`metrics`]: every metric name, on a registry the process owns
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`
@@ -37,6 +38,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod keys;
+pub mod limits;
 pub mod meter;
 pub mod metrics;
 pub mod proxy;

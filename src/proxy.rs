@@ -20,6 +20,7 @@ use crate::body::{self, BodyLimits, RequestBody};
 use crate::error::ProxyError;
 use crate::forward::{self, ResponseBody};
 use crate::keys::{health, KeyRing};
+use crate::limits::{self, Reservation};
 use crate::meter::tap::{MeterTap, TokenMetrics};
 use crate::meter::{Outcome, UsageCounters, UsageKey};
 use crate::metrics::ActiveGuard;
@@ -37,6 +38,8 @@ struct RequestContext {
     /// The usage counters, until a response tap takes them over.
     usage: Option<Arc<UsageCounters>>,
     request_bytes: u64,
+    /// Tokens reserved against the client's limits, until settled.
+    reservation: Option<Reservation>,
 }
 
 /// Entry point for every request on the client listener.
@@ -53,7 +56,7 @@ pub async fn handle(
             error.into_response()
         }
     };
-    record(&shared, &ctx, response.status(), started);
+    record(&shared, &mut ctx, response.status(), started);
     Ok(response)
 }
 
@@ -98,6 +101,11 @@ async fn conduct(
     ctx.request_bytes = body
         .buffered()
         .map_or(declared_len.unwrap_or(0), |b| b.len() as u64);
+    let estimate = limits::estimate_tokens(body.buffered().map(|b| &b[..]), ctx.request_bytes);
+    ctx.reservation =
+        shared
+            .limits
+            .admit(&client.name, client.limits, estimate, crate::unix_now())?;
     // Ask for the usage chunk on the client's behalf, and hide it from them.
     let mut strip_usage_chunk = false;
     if config.metering.stream_usage {
@@ -260,6 +268,7 @@ async fn conduct(
                     request_bytes: ctx.request_bytes,
                     ..Outcome::default()
                 },
+                ctx.reservation.take(),
             )
         });
         return Ok(forward::client_response(
@@ -311,7 +320,11 @@ fn send_failure(
     }
 }
 
-fn record(shared: &Shared, ctx: &RequestContext, status: StatusCode, started: Instant) {
+fn record(shared: &Shared, ctx: &mut RequestContext, status: StatusCode, started: Instant) {
+    // No response body will report usage: nothing was spent upstream.
+    if let Some(reservation) = ctx.reservation.take() {
+        reservation.settle(Some(0));
+    }
     // Answered without a tap (keygate's own error, or a scrubbed upstream error).
     if let Some(usage) = &ctx.usage {
         usage.record(&Outcome {

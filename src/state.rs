@@ -14,6 +14,7 @@ use crate::clients::ClientKeyDigest;
 use crate::config::Config;
 use crate::forward::Upstream;
 use crate::keys::KeyRing;
+use crate::limits::{ClientLimits, Limits};
 use crate::meter::Meter;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadError, VaultWatch};
@@ -29,6 +30,8 @@ pub struct ClientInfo {
     pub digest: ClientKeyDigest,
     /// Spreads clients over a provider's key pool, stable per client.
     pub sticky: u64,
+    /// Its rpm / tpm / budget.
+    pub limits: ClientLimits,
 }
 
 /// One vault generation, ready for the hot path.
@@ -68,6 +71,11 @@ impl Snapshot {
                         name: Arc::from(c.name.as_str()),
                         digest,
                         sticky,
+                        limits: ClientLimits {
+                            rpm: c.rpm,
+                            tpm: c.tpm,
+                            budget_tokens: c.budget_tokens,
+                        },
                     }),
                 ))
             })
@@ -118,6 +126,8 @@ pub struct Shared {
     pub admin_token: Option<Secret>,
     /// Per-client usage counters, drained by the ledger task.
     pub meter: Arc<Meter>,
+    /// Per-client limit state.
+    pub limits: Limits,
 }
 
 impl Shared {
@@ -126,6 +136,7 @@ impl Shared {
         config: Arc<Config>,
         vault_watch: VaultWatch,
         admin_token: Option<Secret>,
+        limits: Limits,
     ) -> Result<Shared, crate::forward::UpstreamError> {
         let upstream = Upstream::new(&config.server)?;
         Ok(Shared {
@@ -137,6 +148,7 @@ impl Shared {
             control: Mutex::new(vault_watch),
             admin_token,
             meter: Arc::new(Meter::default()),
+            limits,
         })
     }
 

@@ -29,6 +29,20 @@ pub enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change an existing client's limits (`0` removes a limit); live within a second.
+    Limits {
+        /// Client name.
+        name: String,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// Total token budget.
+        #[arg(long)]
+        budget_tokens: Option<u64>,
+    },
     /// Revoke a client's key; a running server refuses it within a second.
     Revoke {
         /// Client name.
@@ -46,6 +60,12 @@ pub(super) fn run(context: &Context, command: ClientCommand) -> Result<(), CliEr
         } => add(context, name, rpm, tpm, budget_tokens),
         ClientCommand::List { json } => list(context, json),
         ClientCommand::Revoke { name } => revoke(context, &name),
+        ClientCommand::Limits {
+            name,
+            rpm,
+            tpm,
+            budget_tokens,
+        } => set_limits(context, &name, rpm, tpm, budget_tokens),
     }
 }
 
@@ -154,5 +174,46 @@ fn revoke(context: &Context, name: &str) -> Result<(), CliError> {
         Ok::<(), CliError>(())
     })?;
     println!("keygate: client `{name}` revoked; a running server refuses its key within a second");
+    Ok(())
+}
+
+fn set_limits(
+    context: &Context,
+    name: &str,
+    rpm: Option<u32>,
+    tpm: Option<u64>,
+    budget_tokens: Option<u64>,
+) -> Result<(), CliError> {
+    if rpm.is_none() && tpm.is_none() && budget_tokens.is_none() {
+        return Err(CliError::Usage(
+            "say which limit to change: --rpm, --tpm and/or --budget-tokens (0 removes one)"
+                .to_owned(),
+        ));
+    }
+    let kek = context.kek()?;
+    let record = context.vault().update(&kek, |document| {
+        let client = document
+            .clients
+            .iter_mut()
+            .find(|c| c.name == name && c.revoked.is_none())
+            .ok_or_else(|| CliError::Runtime(format!("no active client named `{name}`")))?;
+        if let Some(rpm) = rpm {
+            client.rpm = (rpm > 0).then_some(rpm);
+        }
+        if let Some(tpm) = tpm {
+            client.tpm = (tpm > 0).then_some(tpm);
+        }
+        if let Some(budget) = budget_tokens {
+            client.budget_tokens = (budget > 0).then_some(budget);
+        }
+        Ok::<_, CliError>(client.clone())
+    })?;
+    let show = |v: Option<String>| v.unwrap_or_else(|| "unlimited".to_owned());
+    println!(
+        "keygate: client `{name}`: rpm {}, tpm {}, budget {} (live within a second)",
+        show(record.rpm.map(|v| v.to_string())),
+        show(record.tpm.map(|v| v.to_string())),
+        show(record.budget_tokens.map(|v| v.to_string())),
+    );
     Ok(())
 }

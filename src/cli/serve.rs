@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::{vault::ensure_master_key, CliError, Context};
+use crate::limits::Limits;
 use crate::meter::ledger::Ledger;
 use crate::reload::{self, VaultWatch};
 use crate::secret::Secret;
@@ -41,17 +42,25 @@ pub(super) fn run(context: Context, admin_token: Option<Secret>) -> Result<(), C
     };
     let result = runtime.block_on(async move {
         let config = Arc::new(config);
+        let ledger =
+            Ledger::open(&config.metering.db).map_err(|e| CliError::Runtime(e.to_string()))?;
+        let spent = ledger
+            .client_totals()
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
         let vault_watch = VaultWatch::new(vault, master, kek);
         let shared = Arc::new(
-            Shared::new(config.clone(), vault_watch, admin_token)
-                .map_err(|e| CliError::Runtime(e.to_string()))?,
+            Shared::new(
+                config.clone(),
+                vault_watch,
+                admin_token,
+                Limits::with_spent(spent),
+            )
+            .map_err(|e| CliError::Runtime(e.to_string()))?,
         );
         tokio::task::block_in_place(|| shared.reload()).map_err(|e| match e {
             reload::ReloadError::Vault(v) => CliError::Vault(v),
             other => CliError::Runtime(other.to_string()),
         })?;
-        let ledger =
-            Ledger::open(&config.metering.db).map_err(|e| CliError::Runtime(e.to_string()))?;
         let bound = crate::server::bind(&config.server)
             .await
             .map_err(|e| CliError::Runtime(e.to_string()))?;

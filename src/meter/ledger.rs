@@ -160,6 +160,24 @@ impl Ledger {
         tx.commit().map_err(|e| self.error(e))
     }
 
+    /// All-time total tokens per client (budgets survive a restart).
+    pub fn client_totals(&self) -> Result<Vec<(String, u64)>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT client, SUM(total_tokens) FROM usage GROUP BY client")
+            .map_err(|e| self.error(e))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            })
+            .map_err(|e| self.error(e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.error(e))
+    }
+
     /// Totals per client, provider and model since `since` (unix seconds).
     pub fn totals(&self, client: Option<&str>, since: u64) -> Result<Vec<UsageRow>, LedgerError> {
         let mut stmt = self

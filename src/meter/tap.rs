@@ -15,6 +15,7 @@ use prometheus::IntCounter;
 use super::sse::SseSplitter;
 use super::usage::{self, Usage};
 use super::{Outcome, UsageCounters};
+use crate::limits::Reservation;
 
 /// Largest JSON body kept (as refcounted chunks, not copies) to read its usage.
 const JSON_LIMIT: usize = 4 * 1024 * 1024;
@@ -48,6 +49,7 @@ pub struct MeterTap {
     mode: Mode,
     usage: Option<Usage>,
     outcome: Outcome,
+    reservation: Option<Reservation>,
     finished: bool,
 }
 
@@ -60,6 +62,7 @@ impl MeterTap {
         content_type: Option<&str>,
         strip_usage_chunk: bool,
         outcome: Outcome,
+        reservation: Option<Reservation>,
     ) -> Self {
         let content_type = content_type.unwrap_or("");
         let mode = if content_type.starts_with("text/event-stream") {
@@ -83,6 +86,7 @@ impl MeterTap {
             mode,
             usage: None,
             outcome,
+            reservation,
             finished: false,
         }
     }
@@ -152,6 +156,9 @@ impl MeterTap {
             self.metrics.completion.inc_by(usage.completion);
         }
         self.counters.record(&self.outcome);
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle(self.usage.map(|u| u.total));
+        }
     }
 }
 
@@ -206,6 +213,7 @@ mod tests {
             Some("text/event-stream"),
             strip,
             Outcome::default(),
+            None,
         );
         (tap, counters)
     }

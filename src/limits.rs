@@ -1,0 +1,260 @@
+//! Per-client limits: requests per minute, tokens per minute, a total token
+//! budget (DESIGN §2 `client add --rpm --tpm --budget-tokens`).
+//!
+//! Tokens are reserved before the request is sent (an estimate from the body)
+//! and settled with the upstream's real usage when the response ends, so
+//! concurrent requests can overspend by at most what is in flight. State is
+//! atomics per client, found once per request (only for limited clients);
+//! in-memory per replica. Never sees a secret.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use crate::error::ProxyError;
+
+/// A client's configured limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Requests per minute.
+    pub rpm: Option<u32>,
+    /// Tokens per minute.
+    pub tpm: Option<u64>,
+    /// Total tokens, ever.
+    pub budget_tokens: Option<u64>,
+}
+
+impl ClientLimits {
+    /// True when any limit is set.
+    pub fn any(&self) -> bool {
+        self.rpm.is_some() || self.tpm.is_some() || self.budget_tokens.is_some()
+    }
+}
+
+/// Live counters of one client.
+#[derive(Debug, Default)]
+pub struct LimitState {
+    minute: AtomicU64,
+    requests_this_minute: AtomicU64,
+    tokens_this_minute: AtomicI64,
+    tokens_spent: AtomicI64,
+}
+
+impl LimitState {
+    fn roll(&self, minute: u64) {
+        let seen = self.minute.load(Ordering::Acquire);
+        if seen != minute
+            && self
+                .minute
+                .compare_exchange(seen, minute, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.requests_this_minute.store(0, Ordering::Release);
+            self.tokens_this_minute.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// Tokens held for one request until its real usage is known.
+#[derive(Debug)]
+pub struct Reservation {
+    state: Arc<LimitState>,
+    estimate: i64,
+    minute: u64,
+}
+
+impl Reservation {
+    /// Replaces the estimate with what the upstream reported (`None`: unknown,
+    /// the estimate stays counted).
+    pub fn settle(self, actual_tokens: Option<u64>) {
+        let Some(actual) = actual_tokens else {
+            return;
+        };
+        let correction = i64::try_from(actual).unwrap_or(i64::MAX) - self.estimate;
+        self.state
+            .tokens_spent
+            .fetch_add(correction, Ordering::AcqRel);
+        if self.state.minute.load(Ordering::Acquire) == self.minute {
+            self.state
+                .tokens_this_minute
+                .fetch_add(correction, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Every limited client's state, plus the all-time spend read from the ledger
+/// at start (so a restart does not reset a budget).
+#[derive(Debug, Default)]
+pub struct Limits {
+    clients: DashMap<Arc<str>, Arc<LimitState>>,
+    spent_before_start: DashMap<String, u64>,
+}
+
+impl Limits {
+    /// Limits starting from `spent` tokens per client (from the ledger).
+    pub fn with_spent(spent: impl IntoIterator<Item = (String, u64)>) -> Limits {
+        Limits {
+            clients: DashMap::new(),
+            spent_before_start: spent.into_iter().collect(),
+        }
+    }
+
+    fn state(&self, client: &Arc<str>) -> Arc<LimitState> {
+        if let Some(state) = self.clients.get(client) {
+            return state.clone();
+        }
+        self.clients
+            .entry(client.clone())
+            .or_insert_with(|| {
+                let spent = self.spent_before_start.get(&**client).map_or(0, |v| *v);
+                Arc::new(LimitState {
+                    tokens_spent: AtomicI64::new(i64::try_from(spent).unwrap_or(i64::MAX)),
+                    ..LimitState::default()
+                })
+            })
+            .clone()
+    }
+
+    /// Admits one request of `estimate` tokens at `now` (unix seconds), or says
+    /// why not. Nothing is counted for a refused request.
+    pub fn admit(
+        &self,
+        client: &Arc<str>,
+        limits: ClientLimits,
+        estimate: u64,
+        now: u64,
+    ) -> Result<Option<Reservation>, ProxyError> {
+        if !limits.any() {
+            return Ok(None);
+        }
+        let state = self.state(client);
+        let minute = now / 60;
+        state.roll(minute);
+        let retry_after = Duration::from_secs(60 - now % 60);
+        let limited = || ProxyError::ClientRateLimited {
+            client: client.to_string(),
+            retry_after,
+        };
+        if let Some(rpm) = limits.rpm {
+            let n = state.requests_this_minute.fetch_add(1, Ordering::AcqRel);
+            if n >= u64::from(rpm) {
+                state.requests_this_minute.fetch_sub(1, Ordering::AcqRel);
+                return Err(limited());
+            }
+        }
+        let estimate = i64::try_from(estimate).unwrap_or(i64::MAX);
+        let undo_request = || {
+            if limits.rpm.is_some() {
+                state.requests_this_minute.fetch_sub(1, Ordering::AcqRel);
+            }
+        };
+        if let Some(tpm) = limits.tpm {
+            let used = state
+                .tokens_this_minute
+                .fetch_add(estimate, Ordering::AcqRel);
+            // A request bigger than the whole allowance still runs alone in a fresh minute.
+            if used > 0 && used + estimate > i64::try_from(tpm).unwrap_or(i64::MAX) {
+                state
+                    .tokens_this_minute
+                    .fetch_sub(estimate, Ordering::AcqRel);
+                undo_request();
+                return Err(limited());
+            }
+        }
+        if let Some(budget) = limits.budget_tokens {
+            let spent = state.tokens_spent.fetch_add(estimate, Ordering::AcqRel);
+            if spent + estimate > i64::try_from(budget).unwrap_or(i64::MAX) {
+                state.tokens_spent.fetch_sub(estimate, Ordering::AcqRel);
+                if limits.tpm.is_some() {
+                    state
+                        .tokens_this_minute
+                        .fetch_sub(estimate, Ordering::AcqRel);
+                }
+                undo_request();
+                return Err(ProxyError::ClientBudgetExceeded {
+                    client: client.to_string(),
+                });
+            }
+        } else {
+            state.tokens_spent.fetch_add(estimate, Ordering::AcqRel);
+        }
+        Ok(Some(Reservation {
+            state,
+            estimate,
+            minute,
+        }))
+    }
+}
+
+/// Tokens a request may use, estimated before it is sent: about one token per
+/// four bytes of prompt, plus its `max_tokens` (or 256 when it sets none).
+pub fn estimate_tokens(body: Option<&[u8]>, declared_len: u64) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Caps {
+        #[serde(default, alias = "max_completion_tokens", alias = "max_output_tokens")]
+        max_tokens: Option<u64>,
+    }
+    let len = body.map_or(declared_len, |b| b.len() as u64);
+    let completion = body
+        .filter(|b| b.first() == Some(&b'{'))
+        .and_then(|b| serde_json::from_slice::<Caps>(b).ok())
+        .and_then(|c| c.max_tokens)
+        .unwrap_or(256);
+    len / 4 + completion
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Arc<str> {
+        Arc::from("app")
+    }
+
+    #[test]
+    fn rpm_admits_n_per_minute_then_refuses_until_the_next() {
+        let limits = Limits::default();
+        let rpm = ClientLimits {
+            rpm: Some(3),
+            ..ClientLimits::default()
+        };
+        for _ in 0..3 {
+            assert!(limits.admit(&client(), rpm, 1, 600).is_ok());
+        }
+        match limits.admit(&client(), rpm, 1, 630) {
+            Err(ProxyError::ClientRateLimited { retry_after, .. }) => {
+                assert_eq!(retry_after, Duration::from_secs(30))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(limits.admit(&client(), rpm, 1, 660).is_ok());
+    }
+
+    #[test]
+    fn budget_is_reserved_then_settled() {
+        let limits = Limits::with_spent([("app".to_owned(), 900)]);
+        let budget = ClientLimits {
+            budget_tokens: Some(1000),
+            ..ClientLimits::default()
+        };
+        let reservation = limits.admit(&client(), budget, 80, 0).unwrap().unwrap();
+        assert!(matches!(
+            limits.admit(&client(), budget, 80, 0),
+            Err(ProxyError::ClientBudgetExceeded { .. })
+        ));
+        reservation.settle(Some(10)); // spent 910
+        assert!(limits.admit(&client(), budget, 80, 0).is_ok()); // 990
+        assert!(limits.admit(&client(), budget, 20, 0).is_err());
+    }
+
+    #[test]
+    fn estimate_uses_max_tokens() {
+        assert_eq!(
+            estimate_tokens(Some(br#"{"max_tokens":10}"#), 0),
+            17 / 4 + 10
+        );
+        assert_eq!(estimate_tokens(None, 400), 100 + 256);
+    }
+}
