@@ -1,0 +1,18 @@
+//! Black-box integration tests of the `keygate` binary: every test starts real
+//! keygate processes (`vault init`, `key add`, `client add`, `serve`, ...) in a
+//! private tempdir, points them at a scriptable mock upstream, and asserts what a
+//! user would see: status codes, bodies, what the upstream received, exit codes,
+//! stderr. `support/` holds the harness; each other module is one behaviour area.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod admin;
+mod auth;
+mod config_errors;
+mod fallback;
+mod proxy;
+mod routing;
+mod secrets;
+mod streaming;
+mod vault_cli;

@@ -1,0 +1,784 @@
+//! Runs the real `keygate` binary: writes its config into a private tempdir,
+//! runs CLI commands (secrets on stdin), starts `keygate serve` and reads the
+//! two listener lines it prints, stops it (SIGTERM, or kill on drop).
+//!
+//! Every process runs with `RUST_LOG=trace` and a cleared environment; all of
+//! its stdout and stderr is captured, as is every response a test reads through
+//! [`Server`], so that [`Keygate`] can check at the end of each test that no
+//! upstream key, client key or master key (nor any 8-character window of one)
+//! ever appeared anywhere a user or a log shipper could see it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::client::{self, Req, Resp};
+use super::mock::{AuthStyle, Mock};
+use super::{blocking, find_leaks, find_token, OPENAI_KEY, XAI_KEY};
+
+/// How long one CLI command may run.
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `serve` may take to print its listener lines.
+const SERVE_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long SIGTERM may take to end `serve`.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One provider table of the config, as ordered `key = toml value` pairs.
+#[derive(Clone, Debug)]
+struct ProviderCfg {
+    name: String,
+    settings: Vec<(String, String)>,
+}
+
+/// The TOML config a test runs keygate with; see DESIGN §3.
+#[derive(Clone, Debug)]
+pub struct KeygateBuilder {
+    server: Vec<(String, String)>,
+    providers: Vec<ProviderCfg>,
+    routing: Vec<(String, String)>,
+    extra: String,
+}
+
+fn quoted(s: &str) -> String {
+    toml_string(s)
+}
+
+/// A TOML basic string.
+pub fn toml_string(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+impl Default for KeygateBuilder {
+    fn default() -> Self {
+        KeygateBuilder::new()
+    }
+}
+
+impl KeygateBuilder {
+    /// Both listeners on `127.0.0.1:0`, no providers, `routing.default = "openai"`,
+    /// `routing.models = { "grok-" = "xai" }`.
+    pub fn new() -> KeygateBuilder {
+        KeygateBuilder {
+            server: vec![
+                ("listen".into(), quoted("127.0.0.1:0")),
+                ("admin_listen".into(), quoted("127.0.0.1:0")),
+            ],
+            providers: Vec::new(),
+            routing: vec![
+                ("default".into(), quoted("openai")),
+                ("models".into(), r#"{ "grok-" = "xai" }"#.into()),
+            ],
+            extra: String::new(),
+        }
+    }
+
+    /// Add (or replace) `[providers.NAME]` with `base_url`, `auth`, `prefix = "/NAME"`.
+    pub fn provider(mut self, name: &str, base_url: &str, auth: &str) -> KeygateBuilder {
+        self.providers.retain(|p| p.name != name);
+        self.providers.push(ProviderCfg {
+            name: name.to_string(),
+            settings: vec![
+                ("base_url".into(), quoted(base_url)),
+                ("auth".into(), quoted(auth)),
+                ("prefix".into(), quoted(&format!("/{name}"))),
+            ],
+        });
+        self
+    }
+
+    /// Set one provider key to a TOML value (`provider_set("xai", "auth", "\"x-api-key\"")`).
+    pub fn provider_set(mut self, name: &str, key: &str, toml_value: &str) -> KeygateBuilder {
+        let p = self
+            .providers
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no provider {name} in the test config"));
+        set(&mut p.settings, key, toml_value);
+        self
+    }
+
+    /// Remove one provider key (to make the config invalid on purpose).
+    pub fn provider_unset(mut self, name: &str, key: &str) -> KeygateBuilder {
+        if let Some(p) = self.providers.iter_mut().find(|p| p.name == name) {
+            p.settings.retain(|(k, _)| k != key);
+        }
+        self
+    }
+
+    /// The `auth` of a provider, as configured.
+    pub fn provider_auth(&self, name: &str) -> Option<String> {
+        let p = self.providers.iter().find(|p| p.name == name)?;
+        let (_, v) = p.settings.iter().find(|(k, _)| k == "auth")?;
+        serde_json::from_str(v).ok()
+    }
+
+    /// Set one `[server]` key to a TOML value (`server("max_request_body", "\"1KiB\"")`).
+    pub fn server(mut self, key: &str, toml_value: &str) -> KeygateBuilder {
+        set(&mut self.server, key, toml_value);
+        self
+    }
+
+    /// Set one `[routing]` key to a TOML value.
+    pub fn routing(mut self, key: &str, toml_value: &str) -> KeygateBuilder {
+        set(&mut self.routing, key, toml_value);
+        self
+    }
+
+    /// Append raw TOML (new tables) at the end of the file.
+    pub fn extra(mut self, toml: &str) -> KeygateBuilder {
+        self.extra.push('\n');
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    fn render(&self, dir: &Path) -> String {
+        let mut s = String::from("[server]\n");
+        for (k, v) in &self.server {
+            s.push_str(&format!("{k} = {v}\n"));
+        }
+        let p = |name: &str| quoted(&dir.join(name).display().to_string());
+        s.push_str(&format!(
+            "\n[vault]\npath = {}\nmaster_key_file = {}\n",
+            p("keygate.vault"),
+            p("master.key")
+        ));
+        s.push_str(&format!("\n[metering]\ndb = {}\n", p("usage.sqlite")));
+        for prov in &self.providers {
+            s.push_str(&format!("\n[providers.{}]\n", prov.name));
+            for (k, v) in &prov.settings {
+                s.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        s.push_str("\n[routing]\n");
+        for (k, v) in &self.routing {
+            s.push_str(&format!("{k} = {v}\n"));
+        }
+        s.push_str(&self.extra);
+        s
+    }
+}
+
+fn set(list: &mut Vec<(String, String)>, key: &str, value: &str) {
+    match list.iter_mut().find(|(k, _)| k == key) {
+        Some(entry) => entry.1 = value.to_string(),
+        None => list.push((key.to_string(), value.to_string())),
+    }
+}
+
+/// Everything a process printed or a client read, kept for the leak check.
+struct Capture {
+    label: String,
+    text: Arc<Mutex<String>>,
+    /// A secret this capture is allowed to print on exactly one line
+    /// (the `client add` output that hands the new key to the operator).
+    exempt: Option<String>,
+}
+
+#[derive(Clone, Default)]
+struct Captures(Arc<Mutex<Vec<Capture>>>);
+
+impl Captures {
+    fn add(&self, label: &str, text: Arc<Mutex<String>>) -> usize {
+        let mut v = self.0.lock().unwrap();
+        v.push(Capture {
+            label: label.to_string(),
+            text,
+            exempt: None,
+        });
+        v.len() - 1
+    }
+
+    fn record(&self, label: &str, text: String) -> usize {
+        self.add(label, Arc::new(Mutex::new(text)))
+    }
+
+    fn exempt(&self, idx: usize, secret: &str) {
+        self.0.lock().unwrap()[idx].exempt = Some(secret.to_string());
+    }
+
+    /// (label, text) pairs with each exempt line removed once.
+    fn texts(&self) -> Vec<(String, String)> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let text = c.text.lock().unwrap().clone();
+                let text = match &c.exempt {
+                    None => text,
+                    Some(secret) => {
+                        let mut removed = false;
+                        text.lines()
+                            .filter(|l| {
+                                if !removed && l.contains(secret.as_str()) {
+                                    removed = true;
+                                    false
+                                } else {
+                                    true
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    }
+                };
+                (c.label.clone(), text)
+            })
+            .collect()
+    }
+}
+
+/// The result of one CLI command.
+#[derive(Debug)]
+pub struct Out {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    capture: usize,
+}
+
+impl Out {
+    /// Panic with the whole output unless the command exited 0.
+    pub fn assert_ok(&self, what: &str) -> &Out {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "`{what}` failed\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            tail(&self.stderr)
+        );
+        self
+    }
+
+    /// Panic with the whole output unless the command exited `code`.
+    pub fn assert_code(&self, code: i32, what: &str) -> &Out {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "`{what}`: expected exit code {code}\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            tail(&self.stderr)
+        );
+        self
+    }
+}
+
+/// The last few KiB of a log, for panic messages.
+pub fn tail(s: &str) -> &str {
+    const MAX: usize = 6000;
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut i = s.len() - MAX;
+    while !s.is_char_boundary(i) {
+        i += 1;
+    }
+    &s[i..]
+}
+
+/// One keygate installation: a private 0700 tempdir holding its config, vault,
+/// master key and ledger. Checks for leaked secrets when dropped.
+pub struct Keygate {
+    dir: TempDir,
+    config_path: PathBuf,
+    captures: Captures,
+    secrets: Arc<Mutex<Vec<String>>>,
+}
+
+impl Keygate {
+    /// Write the builder's config into a fresh tempdir (no vault yet).
+    pub fn new(builder: &KeygateBuilder) -> Keygate {
+        let dir = tempfile::Builder::new()
+            .prefix("keygate-it-")
+            .tempdir()
+            .expect("tempdir");
+        let text = builder.render(dir.path());
+        Keygate::in_dir(dir, &text)
+    }
+
+    /// Use this config text verbatim; `{dir}` is replaced by the tempdir path.
+    pub fn with_config_text(text: &str) -> Keygate {
+        let dir = tempfile::Builder::new()
+            .prefix("keygate-it-")
+            .tempdir()
+            .expect("tempdir");
+        let text = text.replace("{dir}", &dir.path().display().to_string());
+        Keygate::in_dir(dir, &text)
+    }
+
+    fn in_dir(dir: TempDir, text: &str) -> Keygate {
+        let config_path = dir.path().join("keygate.toml");
+        std::fs::write(&config_path, text).expect("write config");
+        Keygate {
+            dir,
+            config_path,
+            captures: Captures::default(),
+            secrets: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn vault_path(&self) -> PathBuf {
+        self.dir.path().join("keygate.vault")
+    }
+
+    pub fn master_key_path(&self) -> PathBuf {
+        self.dir.path().join("master.key")
+    }
+
+    /// Remember a secret that must never show up in any captured output.
+    pub fn register_secret(&self, secret: &str) {
+        self.secrets.lock().unwrap().push(secret.to_string());
+    }
+
+    /// Keep some text a user could see (a response, a metrics page) for the leak check.
+    pub fn record(&self, label: &str, text: String) {
+        self.captures.record(label, text);
+    }
+
+    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        cmd.arg("--config").arg(&self.config_path).args(args);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("RUST_LOG", "trace")
+            .env("RUST_BACKTRACE", "1")
+            .env("NO_COLOR", "1")
+            .current_dir(self.dir.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Run `keygate --config PATH ARGS...` with empty stdin.
+    pub fn run(&self, args: &[&str]) -> Out {
+        self.run_with(args, None, &[])
+    }
+
+    /// Run a CLI command with this stdin and extra environment variables, bounded.
+    pub fn run_with(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Out {
+        let label = format!("keygate {}", args.join(" "));
+        let mut cmd = self.command(args, env);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        blocking(|| {
+            let mut child = cmd.spawn().expect("spawn keygate");
+            let mut sin = child.stdin.take().expect("stdin");
+            if let Some(input) = stdin {
+                // A command that does not read stdin may have exited already.
+                let _ = sin.write_all(input.as_bytes());
+            }
+            drop(sin);
+            let out = reader(child.stdout.take().expect("stdout"));
+            let err = reader(child.stderr.take().expect("stderr"));
+            let status = wait_bounded(&mut child, CLI_TIMEOUT);
+            let stdout = out.join().unwrap_or_default();
+            let stderr = err.join().unwrap_or_default();
+            let capture = self.captures.record(
+                &label,
+                format!("--- stdout\n{stdout}\n--- stderr\n{stderr}"),
+            );
+            let Some(status) = status else {
+                panic!(
+                    "`{label}` did not finish within {CLI_TIMEOUT:?}\n--- stdout\n{stdout}\n--- stderr\n{}",
+                    tail(&stderr)
+                );
+            };
+            Out {
+                code: status.code(),
+                stdout,
+                stderr,
+                capture,
+            }
+        })
+    }
+
+    /// `keygate vault init`, which must succeed; remembers the master key as a secret.
+    pub fn vault_init(&self) {
+        self.run(&["vault", "init"]).assert_ok("vault init");
+        if let Ok(text) = std::fs::read_to_string(self.master_key_path()) {
+            let text = text.trim();
+            if text.len() >= 8 {
+                self.register_secret(text);
+            }
+        }
+    }
+
+    /// `printf SECRET | keygate key add PROVIDER`; returns the printed key id.
+    pub fn add_key(&self, provider: &str, secret: &str) -> String {
+        self.add_key_with(provider, secret, &[])
+    }
+
+    /// `key add` with extra flags (`--fallback`, `--label L`); returns the key id.
+    pub fn add_key_with(&self, provider: &str, secret: &str, flags: &[&str]) -> String {
+        self.register_secret(secret);
+        let mut args = vec!["key", "add", provider];
+        args.extend_from_slice(flags);
+        let out = self.run_with(&args, Some(secret), &[]);
+        out.assert_ok("key add");
+        find_token(&out.stdout, "key_")
+            .unwrap_or_else(|| panic!("`key add` printed no key id (key_…): {}", out.stdout))
+    }
+
+    /// `keygate client add NAME`; returns the `kg_…` key it printed.
+    pub fn add_client(&self, name: &str) -> String {
+        let out = self.run(&["client", "add", name]);
+        out.assert_ok("client add");
+        let key = find_token(&out.stdout, "kg_")
+            .unwrap_or_else(|| panic!("`client add` printed no kg_ key: {}", out.stdout));
+        self.register_secret(&key);
+        self.captures.exempt(out.capture, &key);
+        key
+    }
+
+    /// Start `keygate serve` and wait for its two listener lines.
+    pub fn serve(&self) -> Server {
+        self.serve_with(&[])
+    }
+
+    /// Start `keygate serve` with extra environment variables.
+    pub fn serve_with(&self, env: &[(&str, &str)]) -> Server {
+        let mut cmd = self.command(&["serve"], env);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        blocking(|| {
+            let mut child = cmd.spawn().expect("spawn keygate serve");
+            let stdout = Arc::new(Mutex::new(String::new()));
+            let stderr = Arc::new(Mutex::new(String::new()));
+            self.captures.add("keygate serve (stdout)", stdout.clone());
+            self.captures.add("keygate serve (stderr)", stderr.clone());
+            let (tx, rx) = mpsc::channel::<String>();
+            let mut readers = vec![line_reader(
+                child.stdout.take().expect("stdout"),
+                stdout.clone(),
+                Some(tx),
+            )];
+            readers.push(line_reader(
+                child.stderr.take().expect("stderr"),
+                stderr.clone(),
+                None,
+            ));
+            let deadline = Instant::now() + SERVE_START_TIMEOUT;
+            let (mut client_addr, mut admin_addr) = (None, None);
+            while client_addr.is_none() || admin_addr.is_none() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match rx.recv_timeout(left) {
+                    Ok(line) => {
+                        if let Some(a) = line.strip_prefix("keygate: client listener on ") {
+                            client_addr = Some(a.trim().parse().expect("client listener address"));
+                        } else if let Some(a) = line.strip_prefix("keygate: admin listener on ") {
+                            admin_addr = Some(a.trim().parse().expect("admin listener address"));
+                        }
+                    }
+                    Err(_) => {
+                        let _ = child.kill();
+                        let _ = wait_bounded(&mut child, SHUTDOWN_TIMEOUT);
+                        std::thread::sleep(Duration::from_millis(100));
+                        panic!(
+                            "`keygate serve` did not print both listener lines within {SERVE_START_TIMEOUT:?} (exit: {:?})\n--- stdout\n{}\n--- stderr\n{}",
+                            child.try_wait().ok().flatten(),
+                            stdout.lock().unwrap(),
+                            tail(&stderr.lock().unwrap())
+                        );
+                    }
+                }
+            }
+            Server {
+                child,
+                client: client_addr.expect("client addr"),
+                admin: admin_addr.expect("admin addr"),
+                stdout,
+                stderr,
+                readers,
+                captures: self.captures.clone(),
+                exited: None,
+            }
+        })
+    }
+
+    /// Panic naming every place a registered secret (or an 8-character window of
+    /// one) appeared: process output, responses, metrics pages.
+    pub fn assert_no_secret_leaks(&self) {
+        let secrets = self.secrets.lock().unwrap().clone();
+        let leaks = find_leaks(&secrets, &self.captures.texts());
+        assert!(
+            leaks.is_empty(),
+            "secret material leaked:\n{}",
+            leaks.join("\n")
+        );
+    }
+
+    /// How many captures of process output and responses the leak check covers.
+    pub fn captured_bytes(&self) -> usize {
+        self.captures.texts().iter().map(|(_, t)| t.len()).sum()
+    }
+}
+
+impl Drop for Keygate {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.assert_no_secret_leaks();
+        }
+    }
+}
+
+fn reader(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+fn line_reader(
+    r: impl Read + Send + 'static,
+    sink: Arc<Mutex<String>>,
+    lines: Option<mpsc::Sender<String>>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf).into_owned();
+                    sink.lock().unwrap().push_str(&line);
+                    if let Some(tx) = &lines {
+                        let _ = tx.send(line.trim_end().to_string());
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Wait for a child at most `limit`; `None` if it is still running.
+fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `keygate serve`. Killed (and its output kept) when dropped.
+pub struct Server {
+    child: Child,
+    /// The client listener's real address.
+    pub client: SocketAddr,
+    /// The admin listener's real address.
+    pub admin: SocketAddr,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+    captures: Captures,
+    exited: Option<ExitStatus>,
+}
+
+impl Server {
+    /// Send to the client listener over HTTP/1.1; the response is kept for the leak check.
+    pub async fn send(&self, req: Req) -> Resp {
+        let label = format!("client response to {}", req.describe());
+        let resp = client::send_h1(self.client, req).await;
+        self.captures.record(&label, resp.everything());
+        resp
+    }
+
+    /// Send to the client listener over h2c (HTTP/2 prior knowledge).
+    pub async fn send_h2(&self, req: Req) -> Resp {
+        let label = format!("client h2 response to {}", req.describe());
+        let resp = client::send_h2(self.client, req).await;
+        self.captures.record(&label, resp.everything());
+        resp
+    }
+
+    /// `GET path` on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Resp {
+        let resp = client::send_h1(self.admin, Req::get(path)).await;
+        self.captures
+            .record(&format!("admin GET {path}"), resp.everything());
+        resp
+    }
+
+    /// Keep text a client read (e.g. a stream) for the leak check.
+    pub fn record(&self, label: &str, text: String) {
+        self.captures.record(label, text);
+    }
+
+    /// Everything `serve` wrote to stderr so far (its logs).
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Everything `serve` wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Send SIGTERM and wait (bounded) for the process to exit.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        self.signal_term();
+        self.wait_exit()
+    }
+
+    /// Send SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        let pid = self.child.id().to_string();
+        blocking(|| {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        });
+    }
+
+    /// Wait (bounded) for the process to exit; kills it and returns `None` on timeout.
+    pub fn wait_exit(&mut self) -> Option<ExitStatus> {
+        let status = blocking(|| wait_bounded(&mut self.child, SHUTDOWN_TIMEOUT));
+        self.exited = status;
+        status
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        blocking(|| {
+            if self.exited.is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+            for r in self.readers.drain(..) {
+                let _ = r.join();
+            }
+        });
+    }
+}
+
+/// The usual test world: two recording mocks (openai with [`OPENAI_KEY`], xai with
+/// [`XAI_KEY`]), a keygate configured for them with both keys in its vault, one
+/// client `app`, and `keygate serve` running. Fields drop in order: the server
+/// stops first, then the leak check runs.
+pub struct Env {
+    pub server: Server,
+    pub kg: Keygate,
+    pub openai: Mock,
+    pub xai: Mock,
+    pub client_key: String,
+}
+
+type Tweak = Box<dyn FnOnce(KeygateBuilder) -> KeygateBuilder>;
+
+/// How to build an [`Env`]: config tweaks, and which providers get no key.
+#[derive(Default)]
+pub struct EnvSetup {
+    tweaks: Vec<Tweak>,
+    no_key: Vec<String>,
+    extra_keys: Vec<(String, String, Vec<String>)>,
+}
+
+impl Env {
+    /// The standard world.
+    pub async fn start() -> Env {
+        Env::setup().start().await
+    }
+
+    pub fn setup() -> EnvSetup {
+        EnvSetup::default()
+    }
+}
+
+impl EnvSetup {
+    /// Change the config after the providers point at the mocks.
+    pub fn config(mut self, f: impl FnOnce(KeygateBuilder) -> KeygateBuilder + 'static) -> Self {
+        self.tweaks.push(Box::new(f));
+        self
+    }
+
+    /// Also add this upstream key (after the standard ones) with these `key add` flags.
+    pub fn key(mut self, provider: &str, secret: &str, flags: &[&str]) -> Self {
+        self.extra_keys.push((
+            provider.to_string(),
+            secret.to_string(),
+            flags.iter().map(|f| f.to_string()).collect(),
+        ));
+        self
+    }
+
+    /// Put no key for this provider in the vault.
+    pub fn no_key(mut self, provider: &str) -> Self {
+        self.no_key.push(provider.to_string());
+        self
+    }
+
+    pub async fn start(self) -> Env {
+        let openai = Mock::start(&[OPENAI_KEY], AuthStyle::Bearer).await;
+        let xai = Mock::start(&[XAI_KEY], AuthStyle::Bearer).await;
+        let mut b = KeygateBuilder::new()
+            .provider("openai", &openai.url(), "bearer")
+            .provider("xai", &xai.url(), "bearer");
+        for t in self.tweaks {
+            b = t(b);
+        }
+        for (name, mock) in [("openai", &openai), ("xai", &xai)] {
+            if let Some(auth) = b.provider_auth(name) {
+                mock.set_auth(AuthStyle::from_config(&auth));
+            }
+        }
+        let kg = Keygate::new(&b);
+        kg.vault_init();
+        for (name, key) in [("openai", OPENAI_KEY), ("xai", XAI_KEY)] {
+            if !self.no_key.iter().any(|n| n == name) {
+                kg.add_key(name, key);
+            }
+        }
+        for (provider, secret, flags) in &self.extra_keys {
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            kg.add_key_with(provider, secret, &flags);
+        }
+        let client_key = kg.add_client("app");
+        let server = kg.serve();
+        Env {
+            server,
+            kg,
+            openai,
+            xai,
+            client_key,
+        }
+    }
+}
+
+impl Env {
+    /// A chat completion request with this model, authenticated as client `app`.
+    pub fn chat(&self, model: &str) -> Req {
+        Req::post("/v1/chat/completions")
+            .bearer(&self.client_key)
+            .json(&super::chat_body(model))
+    }
+}

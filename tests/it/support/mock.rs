@@ -1,0 +1,549 @@
+//! A scriptable, recording mock of an OpenAI-compatible upstream.
+//!
+//! It runs in the test's tokio runtime on `127.0.0.1:0`, checks the upstream key
+//! in the header style of the provider it stands for, records every request it
+//! saw (method, path+query, headers, body) and answers like OpenAI:
+//! `POST /v1/chat/completions` (JSON, or SSE with `"stream": true`),
+//! `GET /v1/models`, `POST /v1/embeddings`, and an OpenAI-style 404 elsewhere.
+//! A test can change the accepted keys while it runs, queue canned answers,
+//! pace streams, and hold a stream open after its first event.
+
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use super::ChannelBody;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Which request header carries the upstream key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthStyle {
+    /// `Authorization: Bearer <key>` (OpenAI, xAI).
+    Bearer,
+    /// `x-api-key: <key>` (Anthropic-style).
+    XApiKey,
+    /// `api-key: <key>` (Azure OpenAI).
+    ApiKey,
+}
+
+impl AuthStyle {
+    /// The style named by a provider's `auth` config value.
+    pub fn from_config(auth: &str) -> AuthStyle {
+        match auth {
+            "x-api-key" => AuthStyle::XApiKey,
+            "api-key" => AuthStyle::ApiKey,
+            _ => AuthStyle::Bearer,
+        }
+    }
+}
+
+/// One request as the upstream received it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    /// Path and query, e.g. `/v1/models?limit=2`.
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Seen {
+    /// The value of a header as text, if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+
+    /// The request body parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "upstream body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// Every header name and value and the body, as one text, for "never contains" checks.
+    pub fn everything(&self) -> String {
+        let mut s = format!("{} {}\n", self.method, self.uri);
+        for (k, v) in &self.headers {
+            s.push_str(&format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())));
+        }
+        s.push_str(&String::from_utf8_lossy(&self.body));
+        s
+    }
+}
+
+/// A canned answer the mock gives instead of its normal behaviour.
+#[derive(Clone, Debug)]
+pub struct Canned {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+struct State {
+    keys: Mutex<HashSet<String>>,
+    auth: Mutex<AuthStyle>,
+    seen: Mutex<Vec<Seen>>,
+    hits: AtomicUsize,
+    canned: Mutex<VecDeque<Canned>>,
+    stream_delay: Mutex<Duration>,
+    hold: Mutex<Option<watch::Receiver<bool>>>,
+}
+
+/// A running mock upstream; stops accepting when dropped.
+pub struct Mock {
+    addr: SocketAddr,
+    state: Arc<State>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+/// Lets held streams continue (see [`Mock::hold_streams`]).
+pub struct Release(watch::Sender<bool>);
+
+impl Release {
+    /// Let every held stream send the rest of its events.
+    pub fn release(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl Mock {
+    /// Start a mock accepting `keys` in the given header style.
+    pub async fn start(keys: &[&str], auth: AuthStyle) -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+        let addr = listener.local_addr().expect("mock addr");
+        let state = Arc::new(State {
+            keys: Mutex::new(keys.iter().map(|k| k.to_string()).collect()),
+            auth: Mutex::new(auth),
+            seen: Mutex::new(Vec::new()),
+            hits: AtomicUsize::new(0),
+            canned: Mutex::new(VecDeque::new()),
+            stream_delay: Mutex::new(Duration::ZERO),
+            hold: Mutex::new(None),
+        });
+        let st = state.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(handle(st, req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Mock {
+            addr,
+            state,
+            accept,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`, for a provider's `base_url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Replace the set of accepted upstream keys.
+    pub fn set_keys(&self, keys: &[&str]) {
+        *self.state.keys.lock().unwrap() = keys.iter().map(|k| k.to_string()).collect();
+    }
+
+    /// Check the upstream key in this header from now on.
+    pub fn set_auth(&self, style: AuthStyle) {
+        *self.state.auth.lock().unwrap() = style;
+    }
+
+    /// How many requests reached the mock.
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Every request the mock saw, oldest first.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// The most recent request; panics when there was none.
+    pub fn last(&self) -> Seen {
+        self.requests()
+            .pop()
+            .expect("the upstream saw no request at all")
+    }
+
+    /// Answer the next request with this instead of the normal behaviour.
+    pub fn push_response(&self, status: u16, headers: &[(&str, &str)], body: &str) {
+        self.state.canned.lock().unwrap().push_back(Canned {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.to_string(),
+        });
+    }
+
+    /// Pause this long between SSE events.
+    pub fn set_stream_delay(&self, delay: Duration) {
+        *self.state.stream_delay.lock().unwrap() = delay;
+    }
+
+    /// From now on, every stream sends its first event and then waits until the
+    /// returned [`Release`] is released (or dropped; at most 30 s).
+    pub fn hold_streams(&self) -> Release {
+        let (tx, rx) = watch::channel(false);
+        *self.state.hold.lock().unwrap() = Some(rx);
+        Release(tx)
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound, then closed).
+pub fn closed_port_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    format!("http://{addr}")
+}
+
+/// The non-streaming chat completion the mock answers for `model`.
+pub fn chat_completion_body(model: &str) -> String {
+    serde_json::json!({
+        "id": "chatcmpl-mock-0001",
+        "object": "chat.completion",
+        "created": 1_700_000_000u64,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello from the mock upstream.", "refusal": null},
+            "logprobs": null,
+            "finish_reason": "stop"
+        }],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+        "system_fingerprint": "fp_mock"
+    })
+    .to_string()
+}
+
+/// The content pieces of a mock stream, in order.
+pub const STREAM_PIECES: [&str; 4] = ["Hello", " from", " the", " mock."];
+
+/// The SSE events (each `data: ...\n\n`) the mock sends for a stream of `model`.
+pub fn sse_events(model: &str, include_usage: bool) -> Vec<String> {
+    let chunk = |choices: serde_json::Value| {
+        let mut v = serde_json::json!({
+            "id": "chatcmpl-mock-0001",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000u64,
+            "model": model,
+            "system_fingerprint": "fp_mock",
+            "choices": choices,
+        });
+        if include_usage {
+            v["usage"] = serde_json::Value::Null;
+        }
+        format!("data: {v}\n\n")
+    };
+    let mut out = vec![chunk(serde_json::json!([{
+        "index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null
+    }]))];
+    for p in STREAM_PIECES {
+        out.push(chunk(serde_json::json!([{
+            "index": 0, "delta": {"content": p}, "finish_reason": null
+        }])));
+    }
+    out.push(chunk(serde_json::json!([{
+        "index": 0, "delta": {}, "finish_reason": "stop"
+    }])));
+    if include_usage {
+        let v = serde_json::json!({
+            "id": "chatcmpl-mock-0001",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000u64,
+            "model": model,
+            "system_fingerprint": "fp_mock",
+            "choices": [],
+            "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15},
+        });
+        out.push(format!("data: {v}\n\n"));
+    }
+    out.push("data: [DONE]\n\n".to_string());
+    out
+}
+
+/// The embeddings answer the mock gives.
+pub fn embeddings_body() -> String {
+    serde_json::json!({
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 0.125]}],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 3, "total_tokens": 3}
+    })
+    .to_string()
+}
+
+/// The model list the mock gives.
+pub fn models_body() -> String {
+    serde_json::json!({
+        "object": "list",
+        "data": [
+            {"id": "gpt-4o", "object": "model", "created": 1_700_000_000u64, "owned_by": "mock"},
+            {"id": "grok-3", "object": "model", "created": 1_700_000_000u64, "owned_by": "mock"}
+        ]
+    })
+    .to_string()
+}
+
+fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = StatusCode::from_u16(status).expect("status");
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_str(content_type).expect("content type"),
+    );
+    r
+}
+
+fn openai_error(status: u16, message: &str, code: Option<&str>) -> Response<Body> {
+    let body = serde_json::json!({
+        "error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}
+    });
+    full(status, "application/json", body.to_string())
+}
+
+/// OpenAI's masking of a presented key: a few leading characters, stars, the last four.
+fn masked(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() <= 8 {
+        return "****".to_string();
+    }
+    let head: String = chars[..3].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat(chars.len() - 7))
+}
+
+/// `None` when the key is accepted, else the 401 to send.
+fn check_auth(st: &State, headers: &HeaderMap) -> Option<Response<Body>> {
+    let style = *st.auth.lock().unwrap();
+    let presented = match style {
+        AuthStyle::Bearer => headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.strip_prefix("Bearer ").unwrap_or("").trim().to_string()),
+        AuthStyle::XApiKey => headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        AuthStyle::ApiKey => headers
+            .get("api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+    };
+    let Some(key) = presented else {
+        return Some(openai_error(
+            401,
+            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.",
+            None,
+        ));
+    };
+    if st.keys.lock().unwrap().contains(&key) {
+        return None;
+    }
+    Some(openai_error(
+        401,
+        &format!(
+            "Incorrect API key provided: {}. You can find your API key at https://platform.openai.com/account/api-keys.",
+            masked(&key)
+        ),
+        Some("invalid_api_key"),
+    ))
+}
+
+async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body = match tokio::time::timeout(Duration::from_secs(30), body.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => Bytes::new(),
+    };
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| parts.uri.path().to_string());
+    st.seen.lock().unwrap().push(Seen {
+        method: parts.method.clone(),
+        uri: uri.clone(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    st.hits.fetch_add(1, Ordering::SeqCst);
+
+    if let Some(c) = st.canned.lock().unwrap().pop_front() {
+        let mut r = full(c.status, "application/json", c.body);
+        for (k, v) in c.headers {
+            r.headers_mut().insert(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                HeaderValue::from_str(&v).expect("header value"),
+            );
+        }
+        return r;
+    }
+    if let Some(r) = check_auth(&st, &parts.headers) {
+        return r;
+    }
+    let path = parts.uri.path();
+    match (&parts.method, path) {
+        (&Method::POST, "/v1/chat/completions") => chat(st, &body),
+        (&Method::GET, "/v1/models") => full(200, "application/json", models_body()),
+        (&Method::POST, "/v1/embeddings") => full(200, "application/json", embeddings_body()),
+        _ => openai_error(404, &format!("Invalid URL ({} {path})", parts.method), None),
+    }
+}
+
+fn chat(st: Arc<State>, body: &Bytes) -> Response<Body> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return openai_error(
+            400,
+            "We could not parse the JSON body of your request.",
+            None,
+        );
+    };
+    let Some(model) = v["model"].as_str().map(str::to_string) else {
+        return openai_error(400, "you must provide a model parameter", None);
+    };
+    if v["stream"] != serde_json::Value::Bool(true) {
+        return full(200, "application/json", chat_completion_body(&model));
+    }
+    let include_usage = v["stream_options"]["include_usage"] == serde_json::Value::Bool(true);
+    let events = sse_events(&model, include_usage);
+    let delay = *st.stream_delay.lock().unwrap();
+    let hold = st.hold.lock().unwrap().clone();
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        for (i, e) in events.into_iter().enumerate() {
+            if i == 1 {
+                if let Some(mut h) = hold.clone() {
+                    let _ = tokio::time::timeout(Duration::from_secs(30), h.wait_for(|v| *v)).await;
+                }
+            }
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if tx.send(Bytes::from(e)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut r = Response::new(ChannelBody(rx).boxed());
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert("cache-control", HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// The mock itself behaves as the tests assume (so a keygate test failure is
+/// never the mock's fault).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_behaves_like_openai() {
+    use super::client::{next_data, open_h1, send_h1, send_h2, Req};
+
+    let mock = Mock::start(&["sk-test-good"], AuthStyle::Bearer).await;
+    let addr = mock.addr;
+    let chat = |key: &str| {
+        Req::post("/v1/chat/completions")
+            .bearer(key)
+            .json(&serde_json::json!({"model": "gpt-4o", "messages": []}))
+    };
+    let r = send_h1(addr, chat("sk-test-bad-0000wxyz")).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "invalid_api_key");
+    assert!(r.text().contains("sk-*************wxyz"), "{}", r.text());
+    let r = send_h1(addr, chat("sk-test-good")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), chat_completion_body("gpt-4o"));
+    let r = send_h2(addr, chat("sk-test-good")).await;
+    assert_eq!(r.status, 200);
+    let r = send_h1(addr, Req::get("/v1/nope").bearer("sk-test-good")).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(mock.hits(), 4);
+    assert_eq!(mock.last().uri, "/v1/nope");
+
+    mock.set_auth(AuthStyle::XApiKey);
+    let r = send_h1(
+        addr,
+        Req::get("/v1/models?x=1").header("x-api-key", "sk-test-good"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(mock.last().uri, "/v1/models?x=1");
+    mock.set_auth(AuthStyle::Bearer);
+
+    mock.push_response(429, &[("retry-after", "3")], "{\"x\":1}");
+    let r = send_h1(addr, chat("sk-test-good")).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (429, "{\"x\":1}"));
+
+    let release = mock.hold_streams();
+    let stream = Req::post("/v1/chat/completions").bearer("sk-test-good").json(
+        &serde_json::json!({"model": "m", "stream": true, "stream_options": {"include_usage": true}}),
+    );
+    let resp = open_h1(addr, stream).await;
+    let mut body = resp.into_body();
+    let first = next_data(&mut body, Duration::from_secs(5)).await.unwrap();
+    let events = sse_events("m", true);
+    assert_eq!(first, Bytes::from(events[0].clone()));
+    let early = tokio::time::timeout(
+        Duration::from_millis(300),
+        next_data(&mut body, Duration::from_secs(5)),
+    )
+    .await;
+    assert!(
+        early.is_err(),
+        "a held stream sent more than its first event"
+    );
+    release.release();
+    let mut rest = String::from_utf8_lossy(&first).into_owned();
+    while let Some(c) = next_data(&mut body, Duration::from_secs(5)).await {
+        rest.push_str(&String::from_utf8_lossy(&c));
+    }
+    assert_eq!(rest, events.concat());
+    assert!(rest.contains("\"choices\":[]"));
+}

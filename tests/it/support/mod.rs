@@ -1,0 +1,193 @@
+//! The harness: [`keygate`] runs the real binary, [`mock`] is the recording
+//! upstream, [`client`] talks HTTP/1.1 and h2c to keygate. This file holds the
+//! small shared pieces: the fake keys, the leak finder, bounded polling.
+
+#![allow(dead_code)]
+
+pub mod client;
+pub mod keygate;
+pub mod mock;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::Frame;
+use tokio::sync::mpsc;
+
+pub use client::Req;
+pub use keygate::{Env, Keygate, KeygateBuilder};
+pub use mock::Mock;
+
+/// The openai upstream key the standard [`Env`] puts in the vault (obviously fake).
+pub const OPENAI_KEY: &str = "sk-test-oa1-Zq7Wm2Xv9Lr4Tp6Kd8Hs3Nj5Bc0Fg";
+/// The xai upstream key the standard [`Env`] puts in the vault (obviously fake).
+pub const XAI_KEY: &str = "xai-test-Yh4Qe8Rw1Ut6Io3Pa9Sd2Gf7Jk5Lz0Mx";
+/// A second openai key, for fallback and rotation cases.
+pub const OPENAI_KEY_2: &str = "sk-test-oa2-Cv5Bn8Mq1We4Rt7Yu0Ia3So6Dp9Fh";
+
+/// How long a change made by the CLI may take to reach a running server
+/// (DESIGN §2 says within one second).
+pub const RELOAD_WAIT: Duration = Duration::from_secs(3);
+
+/// A request body fed from a channel: one data frame per message, ends when the
+/// sender is dropped. No size hint, so HTTP/1.1 sends it chunked.
+pub struct ChannelBody(pub mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// Run blocking work (waiting on a child process) without starving the test's
+/// tokio runtime.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// The first `prefix`+alphanumerics token in `text` that starts at a word boundary.
+pub fn find_token(text: &str, prefix: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(i) = text[from..].find(prefix) {
+        let start = from + i;
+        let boundary = start == 0 || {
+            let c = bytes[start - 1];
+            !(c.is_ascii_alphanumeric() || c == b'_')
+        };
+        let rest = &text[start + prefix.len()..];
+        let len = rest
+            .bytes()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .count();
+        if boundary && len > 0 {
+            return Some(format!("{prefix}{}", &rest[..len]));
+        }
+        from = start + prefix.len();
+    }
+    None
+}
+
+/// Every 8-character window of `secret`.
+pub fn windows(secret: &str) -> Vec<&str> {
+    let idx: Vec<usize> = secret
+        .char_indices()
+        .map(|(i, _)| i)
+        .chain([secret.len()])
+        .collect();
+    if idx.len() <= 9 {
+        return vec![secret];
+    }
+    (0..idx.len() - 8)
+        .map(|i| &secret[idx[i]..idx[i + 8]])
+        .collect()
+}
+
+/// For each (label, text), every secret window found in it, as messages.
+pub fn find_leaks(secrets: &[String], captures: &[(String, String)]) -> Vec<String> {
+    let mut leaks = Vec::new();
+    for (label, text) in captures {
+        for secret in secrets {
+            if let Some(w) = windows(secret).into_iter().find(|w| text.contains(w)) {
+                let at = text.find(w).unwrap_or(0);
+                let lo = text[..at]
+                    .char_indices()
+                    .rev()
+                    .nth(80)
+                    .map_or(0, |(i, _)| i);
+                let line_end = text[at..].find('\n').map_or(text.len(), |e| at + e);
+                leaks.push(format!(
+                    "- `{w}` (from a secret ending …{}) in [{label}]: …{}",
+                    &secret[secret.len().saturating_sub(4)..],
+                    &text[lo..line_end.min(at + 200)]
+                ));
+            }
+        }
+    }
+    leaks
+}
+
+/// A minimal chat completion request body.
+pub fn chat_body(model: &str) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello."}]
+    })
+}
+
+/// Poll `f` every 50 ms until it returns `Some`, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The sum of every sample of `metric` (no `_bucket`/`_sum` suffix match) in a
+/// Prometheus text page; `None` when the metric has no sample.
+pub fn metric_sum(page: &str, metric: &str) -> Option<f64> {
+    let mut found = None;
+    for line in page.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(metric) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        let value = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("unparsable metric line: {line}"));
+        *found.get_or_insert(0.0) += value;
+    }
+    found
+}
+
+#[test]
+fn harness_finds_secret_windows() {
+    let secrets = vec![OPENAI_KEY.to_string()];
+    let clean = vec![(
+        "log".to_string(),
+        "fingerprint sk-…0Fg, id key_1".to_string(),
+    )];
+    assert!(find_leaks(&secrets, &clean).is_empty());
+    let leaked = vec![("log".to_string(), "header=Bearer Xv9Lr4Tp".to_string())];
+    assert_eq!(find_leaks(&secrets, &leaked).len(), 1);
+    assert_eq!(
+        find_token("id key_3f9a1c20, fp sk-…wxyz", "key_").as_deref(),
+        Some("key_3f9a1c20")
+    );
+    assert_eq!(
+        find_token("your key: kg_abc123XYZ\n", "kg_").as_deref(),
+        Some("kg_abc123XYZ")
+    );
+}

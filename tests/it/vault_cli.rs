@@ -1,0 +1,282 @@
+//! The vault through the CLI (DESIGN §2, §6): file modes, the two distinct
+//! decryption failures, refusal of readable files, and what `key`/`client`
+//! commands print. Every failure must leave the vault byte-for-byte untouched.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use base64::Engine;
+
+use crate::support::{find_token, Keygate, KeygateBuilder, OPENAI_KEY, OPENAI_KEY_2, XAI_KEY};
+
+const WRONG_KEY_MSG: &str = "cannot decrypt vault: wrong master key";
+const CORRUPT_MSG: &str = "vault file modified or corrupted";
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// A keygate with an initialised vault holding one openai key.
+fn keygate_with_a_key() -> Keygate {
+    let kg = Keygate::new(&KeygateBuilder::new());
+    kg.vault_init();
+    kg.add_key("openai", OPENAI_KEY);
+    kg
+}
+
+fn other_master_key_b64() -> String {
+    base64::engine::general_purpose::STANDARD.encode([0x5au8; 32])
+}
+
+#[test]
+fn vault_init_creates_vault_and_master_key_file_0600() {
+    let kg = Keygate::new(&KeygateBuilder::new());
+    let out = kg.run(&["vault", "init"]);
+    out.assert_ok("vault init");
+    assert!(
+        kg.vault_path().exists(),
+        "no vault at {}",
+        kg.vault_path().display()
+    );
+    assert!(kg.master_key_path().exists(), "no master key file");
+    assert_eq!(mode(&kg.vault_path()), 0o600, "vault mode");
+    assert_eq!(mode(&kg.master_key_path()), 0o600, "master key file mode");
+    if let Ok(text) = std::fs::read_to_string(kg.master_key_path()) {
+        kg.register_secret(text.trim());
+    }
+    // Writing keeps the mode.
+    kg.add_key("openai", OPENAI_KEY);
+    assert_eq!(mode(&kg.vault_path()), 0o600, "vault mode after a write");
+    let leftovers: Vec<String> = std::fs::read_dir(kg.dir())
+        .expect("read dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temp files left behind: {leftovers:?}"
+    );
+}
+
+#[test]
+fn wrong_master_key_in_env_is_named_and_vault_untouched() {
+    let kg = keygate_with_a_key();
+    let before = std::fs::read(kg.vault_path()).expect("read vault");
+    let wrong = other_master_key_b64();
+    let env = [("KEYGATE_MASTER_KEY", wrong.as_str())];
+
+    let out = kg.run_with(&["key", "list", "--json"], None, &env);
+    out.assert_code(1, "key list with the wrong master key");
+    assert!(out.stderr.contains(WRONG_KEY_MSG), "stderr: {}", out.stderr);
+    assert!(!out.stderr.contains(CORRUPT_MSG), "stderr: {}", out.stderr);
+
+    let out = kg.run_with(&["key", "add", "xai"], Some(XAI_KEY), &env);
+    out.assert_code(1, "key add with the wrong master key");
+    assert!(out.stderr.contains(WRONG_KEY_MSG), "stderr: {}", out.stderr);
+    kg.register_secret(XAI_KEY);
+
+    assert_eq!(
+        std::fs::read(kg.vault_path()).expect("read vault"),
+        before,
+        "the vault must be left byte-for-byte untouched"
+    );
+    // With the right key it still opens.
+    kg.run(&["key", "list", "--json"]).assert_ok("key list");
+}
+
+#[test]
+fn wrong_master_key_file_is_named_and_vault_untouched() {
+    let kg = keygate_with_a_key();
+    let before = std::fs::read(kg.vault_path()).expect("read vault");
+    let original = std::fs::read(kg.master_key_path()).expect("read master key");
+    // Another valid key, in the same encoding as the file keygate wrote.
+    let replacement = match std::str::from_utf8(&original) {
+        Ok(text) if text.trim().len() >= 40 => {
+            let newline = if text.ends_with('\n') { "\n" } else { "" };
+            format!("{}{newline}", other_master_key_b64()).into_bytes()
+        }
+        _ => vec![0x5au8; original.len()],
+    };
+    std::fs::write(kg.master_key_path(), &replacement).expect("write master key");
+
+    let out = kg.run(&["key", "list", "--json"]);
+    out.assert_code(1, "key list with the wrong master key file");
+    assert!(out.stderr.contains(WRONG_KEY_MSG), "stderr: {}", out.stderr);
+    assert_eq!(std::fs::read(kg.vault_path()).expect("read vault"), before);
+}
+
+#[test]
+fn flipped_byte_is_named_modified_or_corrupted_and_vault_untouched() {
+    let kg = keygate_with_a_key();
+    let original = std::fs::read(kg.vault_path()).expect("read vault");
+    assert!(original.len() > 100, "vault suspiciously small");
+    for at in [original.len() - 1, original.len() - 30] {
+        let mut flipped = original.clone();
+        flipped[at] ^= 0x01;
+        std::fs::write(kg.vault_path(), &flipped).expect("write vault");
+
+        let out = kg.run(&["key", "list", "--json"]);
+        out.assert_code(1, "key list on a modified vault");
+        assert!(
+            out.stderr.contains(CORRUPT_MSG),
+            "byte {at} flipped; stderr: {}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains(WRONG_KEY_MSG),
+            "a modified file is not a wrong key; stderr: {}",
+            out.stderr
+        );
+        let out = kg.run_with(&["key", "add", "xai"], Some(XAI_KEY), &[]);
+        out.assert_code(1, "key add on a modified vault");
+        kg.register_secret(XAI_KEY);
+        assert_eq!(
+            std::fs::read(kg.vault_path()).expect("read vault"),
+            flipped,
+            "a modified vault must be left as it is"
+        );
+    }
+}
+
+#[test]
+fn readable_vault_or_master_key_file_is_refused_naming_mode_and_fix() {
+    let kg = keygate_with_a_key();
+    let before = std::fs::read(kg.vault_path()).expect("read vault");
+
+    chmod(&kg.vault_path(), 0o644);
+    let out = kg.run(&["key", "list", "--json"]);
+    out.assert_code(1, "key list on a 0644 vault");
+    assert!(
+        out.stderr.contains("0644") && out.stderr.contains("chmod 600"),
+        "the refusal must name the mode and the fix; stderr: {}",
+        out.stderr
+    );
+    assert_eq!(std::fs::read(kg.vault_path()).expect("read vault"), before);
+    assert_eq!(
+        mode(&kg.vault_path()),
+        0o644,
+        "keygate must not chmod it itself"
+    );
+
+    chmod(&kg.vault_path(), 0o600);
+    chmod(&kg.master_key_path(), 0o640);
+    let out = kg.run(&["key", "list", "--json"]);
+    out.assert_code(1, "key list with a 0640 master key file");
+    assert!(
+        out.stderr.contains("0640") && out.stderr.contains("chmod 600"),
+        "stderr: {}",
+        out.stderr
+    );
+
+    chmod(&kg.master_key_path(), 0o600);
+    kg.run(&["key", "list", "--json"])
+        .assert_ok("key list after chmod 600");
+}
+
+#[test]
+fn serve_with_the_wrong_master_key_exits_1_naming_it() {
+    let kg = keygate_with_a_key();
+    let before = std::fs::read(kg.vault_path()).expect("read vault");
+    let wrong = other_master_key_b64();
+    let out = kg.run_with(&["serve"], None, &[("KEYGATE_MASTER_KEY", wrong.as_str())]);
+    out.assert_code(1, "serve with the wrong master key");
+    assert!(out.stderr.contains(WRONG_KEY_MSG), "stderr: {}", out.stderr);
+    assert_eq!(std::fs::read(kg.vault_path()).expect("read vault"), before);
+}
+
+#[test]
+fn key_add_and_key_list_show_ids_and_fingerprints_never_secrets() {
+    let kg = Keygate::new(&KeygateBuilder::new());
+    kg.vault_init();
+    let current = kg.add_key_with("openai", OPENAI_KEY, &["--label", "prod"]);
+    let previous = kg.add_key_with("openai", OPENAI_KEY_2, &["--fallback", "--label", "old"]);
+    let xai = kg.add_key("xai", XAI_KEY);
+    assert_ne!(current, previous);
+
+    let out = kg.run(&["key", "list", "--json"]);
+    out.assert_ok("key list --json");
+    let list: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("key list --json is not JSON ({e}): {}", out.stdout));
+    let keys = list.as_array().expect("key list --json must be an array");
+    assert_eq!(keys.len(), 3, "{}", out.stdout);
+    for k in keys {
+        for field in ["id", "provider", "label", "state", "fingerprint", "created"] {
+            assert!(k.get(field).is_some(), "key without `{field}`: {k}");
+        }
+    }
+    let by_id = |id: &str| {
+        keys.iter()
+            .find(|k| k["id"] == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {}", out.stdout))
+            .clone()
+    };
+    let c = by_id(&current);
+    assert_eq!(c["provider"], "openai");
+    assert_eq!(c["label"], "prod");
+    assert_eq!(c["state"], "current");
+    let p = by_id(&previous);
+    assert_eq!(p["state"], "previous");
+    assert_eq!(p["label"], "old");
+    assert_eq!(by_id(&xai)["provider"], "xai");
+    let fp = c["fingerprint"].as_str().unwrap_or_default();
+    assert!(
+        fp.ends_with(&OPENAI_KEY[OPENAI_KEY.len() - 4..]),
+        "fingerprint should end with the key's last four characters: {fp}"
+    );
+
+    let out = kg.run(&["key", "list", "xai", "--json"]);
+    out.assert_ok("key list xai --json");
+    let list: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{}", out.stdout);
+
+    // The human-readable list too (checked for secrets when `kg` drops).
+    let out = kg.run(&["key", "list"]);
+    out.assert_ok("key list");
+    assert!(out.stdout.contains(&current), "{}", out.stdout);
+}
+
+#[test]
+fn client_add_prints_a_well_formed_key_once_and_lists_never_show_it() {
+    let kg = Keygate::new(&KeygateBuilder::new());
+    kg.vault_init();
+    let a = kg.add_client("alpha");
+    let b = kg.add_client("beta");
+    for key in [&a, &b] {
+        assert_eq!(key.len(), 45, "kg_ + 36 + 6 characters: {key}");
+        assert!(key[3..].chars().all(|c| c.is_ascii_alphanumeric()), "{key}");
+    }
+    assert_ne!(a, b);
+
+    let out = kg.run(&["client", "list", "--json"]);
+    out.assert_ok("client list --json");
+    let list: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("client list --json is not JSON ({e}): {}", out.stdout));
+    let names: Vec<&str> = list
+        .as_array()
+        .expect("client list --json must be an array")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"alpha") && names.contains(&"beta"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(find_token(&out.stdout, "kg_"), None, "{}", out.stdout);
+
+    kg.run(&["client", "revoke", "alpha"])
+        .assert_ok("client revoke");
+    let out = kg.run(&["client", "list"]);
+    out.assert_ok("client list");
+    assert!(out.stdout.contains("beta"), "{}", out.stdout);
+    assert_eq!(find_token(&out.stdout, "kg_"), None, "{}", out.stdout);
+}
