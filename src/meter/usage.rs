@@ -67,7 +67,7 @@ pub struct Found {
 /// Reads usage from one JSON document (a response body or an SSE `data`).
 /// Cheap on documents without usage: they are skipped before parsing.
 pub fn find(json: &[u8]) -> Found {
-    if memchr::memmem::find(json, b"\"usage\"").is_none() {
+    if !has_usage_object(json) {
         return Found::default();
     }
     let Ok(body) = serde_json::from_slice::<Body>(json) else {
@@ -81,6 +81,21 @@ pub fn find(json: &[u8]) -> Found {
         usage,
         usage_only_chunk: usage.is_some() && body.choices.is_some_and(|c| c.is_empty()),
     }
+}
+
+/// True when some `"usage"` key is followed by an object (not `null`):
+/// streaming chunks carry `"usage":null` on every event, and parsing each of
+/// them would cost far more than the bytes themselves.
+fn has_usage_object(json: &[u8]) -> bool {
+    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
+        std::sync::OnceLock::new();
+    let finder = FINDER.get_or_init(|| memchr::memmem::Finder::new(b"\"usage\""));
+    finder.find_iter(json).any(|at| {
+        json[at + 7..]
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
+            == Some(&b'{')
+    })
 }
 
 #[cfg(test)]

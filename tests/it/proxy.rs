@@ -421,3 +421,19 @@ async fn key_added_on_a_running_server_is_used() {
         Some(format!("Bearer {XAI_KEY}").as_str())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_redirect_is_passed_back_not_followed() {
+    let env = Env::start().await;
+    let location = format!("{}/v1/chat/completions", env.xai.url());
+    env.openai
+        .push_response(307, &[("location", location.as_str())], "{}");
+    let resp = env.server.send(env.chat("gpt-4o")).await;
+    assert_eq!(resp.status, 307, "{}", resp.text());
+    assert_eq!(
+        resp.headers.get("location").and_then(|v| v.to_str().ok()),
+        Some(location.as_str())
+    );
+    assert_eq!(env.openai.hits(), 1);
+    assert_eq!(env.xai.hits(), 0, "keygate must never follow a redirect");
+}

@@ -90,3 +90,22 @@ async fn unknown_routes_are_404_and_reach_no_upstream() {
     }
     assert_eq!(env.openai.hits() + env.xai.hits(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dot_segments_cannot_climb_out_of_the_route() {
+    let env = Env::start().await;
+    for path in [
+        "/v1/../admin/keys",
+        "/xai/v1/../../openai/v1/models",
+        "/v1/%2e%2e/%2e%2e/etc",
+        "/openai/v1/%2E%2E/x",
+    ] {
+        let resp = env
+            .server
+            .send(Req::get(path).bearer(&env.client_key))
+            .await;
+        assert_eq!(resp.status, 404, "{path}: {}", resp.text());
+        resp.assert_keygate_error(404, "unknown_route");
+    }
+    assert_eq!(env.openai.hits() + env.xai.hits(), 0);
+}

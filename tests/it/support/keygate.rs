@@ -9,7 +9,6 @@
 //! ever appeared anywhere a user or a log shipper could see it.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -18,162 +17,17 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::client::{self, Req, Resp};
-use super::mock::{AuthStyle, Mock};
-use super::{blocking, find_leaks, find_token, OPENAI_KEY, XAI_KEY};
+use super::{blocking, find_leaks, find_token, KeygateBuilder, Server};
 
 /// How long one CLI command may run.
 const CLI_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `serve` may take to print its listener lines.
 const SERVE_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long SIGTERM may take to end `serve`.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// One provider table of the config, as ordered `key = toml value` pairs.
-#[derive(Clone, Debug)]
-struct ProviderCfg {
-    name: String,
-    settings: Vec<(String, String)>,
-}
-
-/// The TOML config a test runs keygate with; see DESIGN §3.
-#[derive(Clone, Debug)]
-pub struct KeygateBuilder {
-    server: Vec<(String, String)>,
-    providers: Vec<ProviderCfg>,
-    routing: Vec<(String, String)>,
-    extra: String,
-}
-
-fn quoted(s: &str) -> String {
-    toml_string(s)
-}
-
-/// A TOML basic string.
-pub fn toml_string(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
-}
-
-impl Default for KeygateBuilder {
-    fn default() -> Self {
-        KeygateBuilder::new()
-    }
-}
-
-impl KeygateBuilder {
-    /// Both listeners on `127.0.0.1:0`, no providers, `routing.default = "openai"`,
-    /// `routing.models = { "grok-" = "xai" }`.
-    pub fn new() -> KeygateBuilder {
-        KeygateBuilder {
-            server: vec![
-                ("listen".into(), quoted("127.0.0.1:0")),
-                ("admin_listen".into(), quoted("127.0.0.1:0")),
-            ],
-            providers: Vec::new(),
-            routing: vec![
-                ("default".into(), quoted("openai")),
-                ("models".into(), r#"{ "grok-" = "xai" }"#.into()),
-            ],
-            extra: String::new(),
-        }
-    }
-
-    /// Add (or replace) `[providers.NAME]` with `base_url`, `auth`, `prefix = "/NAME"`.
-    pub fn provider(mut self, name: &str, base_url: &str, auth: &str) -> KeygateBuilder {
-        self.providers.retain(|p| p.name != name);
-        self.providers.push(ProviderCfg {
-            name: name.to_string(),
-            settings: vec![
-                ("base_url".into(), quoted(base_url)),
-                ("auth".into(), quoted(auth)),
-                ("prefix".into(), quoted(&format!("/{name}"))),
-            ],
-        });
-        self
-    }
-
-    /// Set one provider key to a TOML value (`provider_set("xai", "auth", "\"x-api-key\"")`).
-    pub fn provider_set(mut self, name: &str, key: &str, toml_value: &str) -> KeygateBuilder {
-        let p = self
-            .providers
-            .iter_mut()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("no provider {name} in the test config"));
-        set(&mut p.settings, key, toml_value);
-        self
-    }
-
-    /// Remove one provider key (to make the config invalid on purpose).
-    pub fn provider_unset(mut self, name: &str, key: &str) -> KeygateBuilder {
-        if let Some(p) = self.providers.iter_mut().find(|p| p.name == name) {
-            p.settings.retain(|(k, _)| k != key);
-        }
-        self
-    }
-
-    /// The `auth` of a provider, as configured.
-    pub fn provider_auth(&self, name: &str) -> Option<String> {
-        let p = self.providers.iter().find(|p| p.name == name)?;
-        let (_, v) = p.settings.iter().find(|(k, _)| k == "auth")?;
-        serde_json::from_str(v).ok()
-    }
-
-    /// Set one `[server]` key to a TOML value (`server("max_request_body", "\"1KiB\"")`).
-    pub fn server(mut self, key: &str, toml_value: &str) -> KeygateBuilder {
-        set(&mut self.server, key, toml_value);
-        self
-    }
-
-    /// Set one `[routing]` key to a TOML value.
-    pub fn routing(mut self, key: &str, toml_value: &str) -> KeygateBuilder {
-        set(&mut self.routing, key, toml_value);
-        self
-    }
-
-    /// Append raw TOML (new tables) at the end of the file.
-    pub fn extra(mut self, toml: &str) -> KeygateBuilder {
-        self.extra.push('\n');
-        self.extra.push_str(toml);
-        self.extra.push('\n');
-        self
-    }
-
-    fn render(&self, dir: &Path) -> String {
-        let mut s = String::from("[server]\n");
-        for (k, v) in &self.server {
-            s.push_str(&format!("{k} = {v}\n"));
-        }
-        let p = |name: &str| quoted(&dir.join(name).display().to_string());
-        s.push_str(&format!(
-            "\n[vault]\npath = {}\nmaster_key_file = {}\n",
-            p("keygate.vault"),
-            p("master.key")
-        ));
-        s.push_str(&format!("\n[metering]\ndb = {}\n", p("usage.sqlite")));
-        for prov in &self.providers {
-            s.push_str(&format!("\n[providers.{}]\n", prov.name));
-            for (k, v) in &prov.settings {
-                s.push_str(&format!("{k} = {v}\n"));
-            }
-        }
-        s.push_str("\n[routing]\n");
-        for (k, v) in &self.routing {
-            s.push_str(&format!("{k} = {v}\n"));
-        }
-        s.push_str(&self.extra);
-        s
-    }
-}
-
-fn set(list: &mut Vec<(String, String)>, key: &str, value: &str) {
-    match list.iter_mut().find(|(k, _)| k == key) {
-        Some(entry) => entry.1 = value.to_string(),
-        None => list.push((key.to_string(), value.to_string())),
-    }
-}
+pub(super) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Everything a process printed or a client read, kept for the leak check.
-struct Capture {
+pub(super) struct Capture {
     label: String,
     text: Arc<Mutex<String>>,
     /// A secret this capture is allowed to print on exactly one line
@@ -182,10 +36,10 @@ struct Capture {
 }
 
 #[derive(Clone, Default)]
-struct Captures(Arc<Mutex<Vec<Capture>>>);
+pub(super) struct Captures(Arc<Mutex<Vec<Capture>>>);
 
 impl Captures {
-    fn add(&self, label: &str, text: Arc<Mutex<String>>) -> usize {
+    pub(super) fn add(&self, label: &str, text: Arc<Mutex<String>>) -> usize {
         let mut v = self.0.lock().unwrap();
         v.push(Capture {
             label: label.to_string(),
@@ -195,16 +49,16 @@ impl Captures {
         v.len() - 1
     }
 
-    fn record(&self, label: &str, text: String) -> usize {
+    pub(super) fn record(&self, label: &str, text: String) -> usize {
         self.add(label, Arc::new(Mutex::new(text)))
     }
 
-    fn exempt(&self, idx: usize, secret: &str) {
+    pub(super) fn exempt(&self, idx: usize, secret: &str) {
         self.0.lock().unwrap()[idx].exempt = Some(secret.to_string());
     }
 
     /// (label, text) pairs with each exempt line removed once.
-    fn texts(&self) -> Vec<(String, String)> {
+    pub(super) fn texts(&self) -> Vec<(String, String)> {
         self.0
             .lock()
             .unwrap()
@@ -572,7 +426,7 @@ fn line_reader(
 }
 
 /// Wait for a child at most `limit`; `None` if it is still running.
-fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+pub(super) fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -584,201 +438,5 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A running `keygate serve`. Killed (and its output kept) when dropped.
-pub struct Server {
-    child: Child,
-    /// The client listener's real address.
-    pub client: SocketAddr,
-    /// The admin listener's real address.
-    pub admin: SocketAddr,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-    readers: Vec<JoinHandle<()>>,
-    captures: Captures,
-    exited: Option<ExitStatus>,
-}
-
-impl Server {
-    /// Send to the client listener over HTTP/1.1; the response is kept for the leak check.
-    pub async fn send(&self, req: Req) -> Resp {
-        let label = format!("client response to {}", req.describe());
-        let resp = client::send_h1(self.client, req).await;
-        self.captures.record(&label, resp.everything());
-        resp
-    }
-
-    /// Send to the client listener over h2c (HTTP/2 prior knowledge).
-    pub async fn send_h2(&self, req: Req) -> Resp {
-        let label = format!("client h2 response to {}", req.describe());
-        let resp = client::send_h2(self.client, req).await;
-        self.captures.record(&label, resp.everything());
-        resp
-    }
-
-    /// `GET path` on the admin listener.
-    pub async fn admin_get(&self, path: &str) -> Resp {
-        let resp = client::send_h1(self.admin, Req::get(path)).await;
-        self.captures
-            .record(&format!("admin GET {path}"), resp.everything());
-        resp
-    }
-
-    /// Keep text a client read (e.g. a stream) for the leak check.
-    pub fn record(&self, label: &str, text: String) {
-        self.captures.record(label, text);
-    }
-
-    /// Everything `serve` wrote to stderr so far (its logs).
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Everything `serve` wrote to stdout so far.
-    pub fn stdout(&self) -> String {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    /// Send SIGTERM and wait (bounded) for the process to exit.
-    pub fn terminate(&mut self) -> Option<ExitStatus> {
-        self.signal_term();
-        self.wait_exit()
-    }
-
-    /// Send SIGTERM without waiting.
-    pub fn signal_term(&self) {
-        let pid = self.child.id().to_string();
-        blocking(|| {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        });
-    }
-
-    /// Wait (bounded) for the process to exit; kills it and returns `None` on timeout.
-    pub fn wait_exit(&mut self) -> Option<ExitStatus> {
-        let status = blocking(|| wait_bounded(&mut self.child, SHUTDOWN_TIMEOUT));
-        self.exited = status;
-        status
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        blocking(|| {
-            if self.exited.is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-            for r in self.readers.drain(..) {
-                let _ = r.join();
-            }
-        });
-    }
-}
-
-/// The usual test world: two recording mocks (openai with [`OPENAI_KEY`], xai with
-/// [`XAI_KEY`]), a keygate configured for them with both keys in its vault, one
-/// client `app`, and `keygate serve` running. Fields drop in order: the server
-/// stops first, then the leak check runs.
-pub struct Env {
-    pub server: Server,
-    pub kg: Keygate,
-    pub openai: Mock,
-    pub xai: Mock,
-    pub client_key: String,
-}
-
-type Tweak = Box<dyn FnOnce(KeygateBuilder) -> KeygateBuilder>;
-
-/// How to build an [`Env`]: config tweaks, and which providers get no key.
-#[derive(Default)]
-pub struct EnvSetup {
-    tweaks: Vec<Tweak>,
-    no_key: Vec<String>,
-    extra_keys: Vec<(String, String, Vec<String>)>,
-}
-
-impl Env {
-    /// The standard world.
-    pub async fn start() -> Env {
-        Env::setup().start().await
-    }
-
-    pub fn setup() -> EnvSetup {
-        EnvSetup::default()
-    }
-}
-
-impl EnvSetup {
-    /// Change the config after the providers point at the mocks.
-    pub fn config(mut self, f: impl FnOnce(KeygateBuilder) -> KeygateBuilder + 'static) -> Self {
-        self.tweaks.push(Box::new(f));
-        self
-    }
-
-    /// Also add this upstream key (after the standard ones) with these `key add` flags.
-    pub fn key(mut self, provider: &str, secret: &str, flags: &[&str]) -> Self {
-        self.extra_keys.push((
-            provider.to_string(),
-            secret.to_string(),
-            flags.iter().map(|f| f.to_string()).collect(),
-        ));
-        self
-    }
-
-    /// Put no key for this provider in the vault.
-    pub fn no_key(mut self, provider: &str) -> Self {
-        self.no_key.push(provider.to_string());
-        self
-    }
-
-    pub async fn start(self) -> Env {
-        let openai = Mock::start(&[OPENAI_KEY], AuthStyle::Bearer).await;
-        let xai = Mock::start(&[XAI_KEY], AuthStyle::Bearer).await;
-        let mut b = KeygateBuilder::new()
-            .provider("openai", &openai.url(), "bearer")
-            .provider("xai", &xai.url(), "bearer");
-        for t in self.tweaks {
-            b = t(b);
-        }
-        for (name, mock) in [("openai", &openai), ("xai", &xai)] {
-            if let Some(auth) = b.provider_auth(name) {
-                mock.set_auth(AuthStyle::from_config(&auth));
-            }
-        }
-        let kg = Keygate::new(&b);
-        kg.vault_init();
-        for (name, key) in [("openai", OPENAI_KEY), ("xai", XAI_KEY)] {
-            if !self.no_key.iter().any(|n| n == name) {
-                kg.add_key(name, key);
-            }
-        }
-        for (provider, secret, flags) in &self.extra_keys {
-            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-            kg.add_key_with(provider, secret, &flags);
-        }
-        let client_key = kg.add_client("app");
-        let server = kg.serve();
-        Env {
-            server,
-            kg,
-            openai,
-            xai,
-            client_key,
-        }
-    }
-}
-
-impl Env {
-    /// A chat completion request with this model, authenticated as client `app`.
-    pub fn chat(&self, model: &str) -> Req {
-        Req::post("/v1/chat/completions")
-            .bearer(&self.client_key)
-            .json(&super::chat_body(model))
     }
 }

@@ -1,12 +1,17 @@
-//! The harness: [`keygate`] runs the real binary, [`mock`] is the recording
-//! upstream, [`client`] talks HTTP/1.1 and h2c to keygate. This file holds the
-//! small shared pieces: the fake keys, the leak finder, bounded polling.
+//! The harness: [`keygate`] runs the real binary ([`config`] writes its TOML,
+//! [`server`] wraps `keygate serve`, [`env`] builds the usual world), [`mock`]
+//! is the recording upstream, [`client`] talks HTTP/1.1 and h2c to keygate.
+//! This file holds the small shared pieces: the fake keys, the leak finder,
+//! bounded polling.
 
 #![allow(dead_code)]
 
 pub mod client;
+pub mod config;
+pub mod env;
 pub mod keygate;
 pub mod mock;
+pub mod server;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,8 +24,11 @@ use hyper::body::Frame;
 use tokio::sync::mpsc;
 
 pub use client::Req;
-pub use keygate::{Env, Keygate, KeygateBuilder};
+pub use config::KeygateBuilder;
+pub use env::Env;
+pub use keygate::Keygate;
 pub use mock::Mock;
+pub use server::Server;
 
 /// The openai upstream key the standard [`Env`] puts in the vault (obviously fake).
 pub const OPENAI_KEY: &str = "sk-test-oa1-Zq7Wm2Xv9Lr4Tp6Kd8Hs3Nj5Bc0Fg";

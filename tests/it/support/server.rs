@@ -1,0 +1,109 @@
+//! A running `keygate serve`: its two real listener addresses, requests to
+//! them (every response kept for the leak check), SIGTERM, kill on drop.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use super::blocking;
+use super::client::{self, Req, Resp};
+use super::keygate::{wait_bounded, Captures, SHUTDOWN_TIMEOUT};
+
+/// A running `keygate serve`. Killed (and its output kept) when dropped.
+pub struct Server {
+    pub(super) child: Child,
+    /// The client listener's real address.
+    pub client: SocketAddr,
+    /// The admin listener's real address.
+    pub admin: SocketAddr,
+    pub(super) stdout: Arc<Mutex<String>>,
+    pub(super) stderr: Arc<Mutex<String>>,
+    pub(super) readers: Vec<JoinHandle<()>>,
+    pub(super) captures: Captures,
+    pub(super) exited: Option<ExitStatus>,
+}
+
+impl Server {
+    /// Send to the client listener over HTTP/1.1; the response is kept for the leak check.
+    pub async fn send(&self, req: Req) -> Resp {
+        let label = format!("client response to {}", req.describe());
+        let resp = client::send_h1(self.client, req).await;
+        self.captures.record(&label, resp.everything());
+        resp
+    }
+
+    /// Send to the client listener over h2c (HTTP/2 prior knowledge).
+    pub async fn send_h2(&self, req: Req) -> Resp {
+        let label = format!("client h2 response to {}", req.describe());
+        let resp = client::send_h2(self.client, req).await;
+        self.captures.record(&label, resp.everything());
+        resp
+    }
+
+    /// `GET path` on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Resp {
+        let resp = client::send_h1(self.admin, Req::get(path)).await;
+        self.captures
+            .record(&format!("admin GET {path}"), resp.everything());
+        resp
+    }
+
+    /// Keep text a client read (e.g. a stream) for the leak check.
+    pub fn record(&self, label: &str, text: String) {
+        self.captures.record(label, text);
+    }
+
+    /// Everything `serve` wrote to stderr so far (its logs).
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Everything `serve` wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Send SIGTERM and wait (bounded) for the process to exit.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        self.signal_term();
+        self.wait_exit()
+    }
+
+    /// Send SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        let pid = self.child.id().to_string();
+        blocking(|| {
+            let sent = Command::new("kill")
+                .args(["-TERM", &pid])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            assert!(
+                sent.as_ref().is_ok_and(|s| s.success()),
+                "could not send SIGTERM with `kill -TERM {pid}`: {sent:?}"
+            );
+        });
+    }
+
+    /// Wait (bounded) for the process to exit; kills it and returns `None` on timeout.
+    pub fn wait_exit(&mut self) -> Option<ExitStatus> {
+        let status = blocking(|| wait_bounded(&mut self.child, SHUTDOWN_TIMEOUT));
+        self.exited = status;
+        status
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        blocking(|| {
+            if self.exited.is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+            for r in self.readers.drain(..) {
+                let _ = r.join();
+            }
+        });
+    }
+}
