@@ -1,0 +1,511 @@
+//! What does keygate cost on the wire? Proxied vs direct to the same mock
+//! upstream, in one run, reported as ratios (machines here are noisy).
+//!
+//! Run: `cargo bench --bench proxy_overhead`
+//! (`BENCH_SECONDS=10 BENCH_CONNECTIONS=64 cargo bench --bench proxy_overhead` to change the load.)
+//!
+//! It starts the mock upstream and keygate (the release binary) as separate
+//! processes on 127.0.0.1 — the mock is this same bench binary re-executed with
+//! `KEYGATE_BENCH_ROLE=mock` — prepares a vault, a key and a client through the
+//! documented CLI, then drives a closed loop (N connections, ~1 KB chat bodies),
+//! a single-connection latency run and SSE streams (12 events), first direct
+//! to the mock, then through keygate. keygate's CPU per request comes from
+//! /proc/<pid>/stat, its RSS from /proc/<pid>/status.
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+const UPSTREAM_KEY: &str = "sk-bench-upstream-0000000000000000000000";
+
+fn main() {
+    if std::env::var("KEYGATE_BENCH_ROLE").as_deref() == Ok("mock") {
+        return run_mock();
+    }
+    // `cargo bench` passes `--bench`; ignore arguments.
+    let seconds: u64 = env_or("BENCH_SECONDS", 5);
+    let connections: usize = env_or("BENCH_CONNECTIONS", 64);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(bench(Duration::from_secs(seconds), connections));
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+// ---------------------------------------------------------------- the mock
+
+fn run_mock() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("mock listening on {}", listener.local_addr().expect("addr"));
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        hyper::service::service_fn(mock_answer),
+                    )
+                    .await;
+            });
+        }
+    });
+}
+
+async fn mock_answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let authorized = request
+        .headers()
+        .get("authorization")
+        .is_some_and(|v| v.as_bytes() == format!("Bearer {UPSTREAM_KEY}").as_bytes());
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if !authorized {
+        return Ok(Response::builder()
+            .status(401)
+            .body(Full::new(Bytes::from_static(b"{\"error\":{\"message\":\"bad key\",\"type\":\"invalid_request_error\",\"code\":\"invalid_api_key\"}}")))
+            .expect("response"));
+    }
+    if memchr::memmem::find(&body, b"\"stream\":true").is_some() {
+        let mut sse = String::new();
+        for n in 0..11 {
+            sse.push_str(&format!("data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{n} \"}}}}],\"usage\":null}}\n\n"));
+        }
+        sse.push_str("data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":11,\"total_tokens\":31}}\n\ndata: [DONE]\n\n");
+        return Ok(Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Full::new(Bytes::from(sse)))
+            .expect("response"));
+    }
+    let content = "x".repeat(700);
+    let json = format!("{{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"{content}\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":20,\"completion_tokens\":160,\"total_tokens\":180}}}}");
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json)))
+        .expect("response"))
+}
+
+// ---------------------------------------------------------------- the run
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_reading(mut command: Command, marker: &str) -> (Proc, Vec<String>) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut lines = Vec::new();
+    while lines
+        .iter()
+        .filter(|l: &&String| l.contains(marker))
+        .count()
+        < 1
+        || (marker == "listener" && lines.iter().filter(|l| l.contains(marker)).count() < 2)
+    {
+        let mut line = String::new();
+        if reader.read_line(&mut line).expect("read") == 0 {
+            panic!("process exited before printing {marker}: {lines:?}");
+        }
+        lines.push(line.trim().to_owned());
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in reader.lines() {});
+    (Proc(child), lines)
+}
+
+fn addr_after(lines: &[String], marker: &str) -> String {
+    lines
+        .iter()
+        .find(|l| l.contains(marker))
+        .and_then(|l| l.rsplit(' ').next())
+        .expect("address line")
+        .to_owned()
+}
+
+fn keygate(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("keygate");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "keygate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12) // utime + stime (fields 14, 15 of the full line)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Result_ {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+    p999: Duration,
+    single_p50: Duration,
+    single_p99: Duration,
+    ttfe_p50: Duration,
+    stream_rps: f64,
+    frames_per_stream: f64,
+    cpu_us_per_request: Option<f64>,
+    rss_mib: Option<f64>,
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client() -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .build(http)
+}
+
+fn chat_body(stream: bool) -> Bytes {
+    let prompt = "Summarise the following text in one sentence. ".repeat(16);
+    Bytes::from(format!(
+        "{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"system\",\"content\":\"You are terse.\"}},{{\"role\":\"user\",\"content\":\"{prompt}\"}}],\"temperature\":0.2,\"stream\":{stream}{}}}",
+        if stream { ",\"stream_options\":{\"include_usage\":true}" } else { "" }
+    ))
+}
+
+async fn one_request(client: &HttpClient, url: &str, key: &str, body: Bytes) -> Duration {
+    let started = Instant::now();
+    let request = Request::post(url)
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .expect("request");
+    let response = client.request(request).await.expect("response");
+    assert!(
+        response.status().is_success(),
+        "status {}",
+        response.status()
+    );
+    response.into_body().collect().await.expect("body");
+    started.elapsed()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+async fn closed_loop(
+    url: &str,
+    key: &str,
+    connections: usize,
+    run_for: Duration,
+) -> (usize, Vec<Duration>) {
+    let client = client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (client, url, key, stop) =
+            (client.clone(), url.to_owned(), key.to_owned(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                latencies.push(one_request(&client, &url, &key, chat_body(false)).await);
+            }
+            latencies
+        }));
+    }
+    tokio::time::sleep(run_for).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("task"));
+    }
+    all.sort();
+    (all.len(), all)
+}
+
+async fn streams(url: &str, key: &str, count: usize) -> (Vec<Duration>, f64, f64) {
+    let client = client();
+    let mut first_event = Vec::new();
+    let mut frames = 0usize;
+    let started = Instant::now();
+    for _ in 0..count {
+        let t = Instant::now();
+        let request = Request::post(url)
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Full::new(chat_body(true)))
+            .expect("request");
+        let mut body = client.request(request).await.expect("response").into_body();
+        let mut seen_first = false;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.expect("frame");
+            if frame.is_data() {
+                frames += 1;
+                if !seen_first {
+                    first_event.push(t.elapsed());
+                    seen_first = true;
+                }
+            }
+        }
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    first_event.sort();
+    (first_event, rate, frames as f64 / count as f64)
+}
+
+async fn measure(
+    url_base: &str,
+    key: &str,
+    pid: u32,
+    connections: usize,
+    run_for: Duration,
+) -> Result_ {
+    let url = format!("{url_base}/v1/chat/completions");
+    // Warm up connections and caches.
+    closed_loop(&url, key, connections, Duration::from_millis(500)).await;
+    let ticks_before = cpu_ticks(pid);
+    let (count, latencies) = closed_loop(&url, key, connections, run_for).await;
+    let ticks = cpu_ticks(pid) - ticks_before;
+    let rss = rss_kib(pid);
+    let (_, single) = closed_loop(&url, key, 1, run_for / 2).await;
+    let (first_events, stream_rps, frames) = streams(&url, key, 500).await;
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    Result_ {
+        rps: count as f64 / run_for.as_secs_f64(),
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        p999: percentile(&latencies, 0.999),
+        single_p50: percentile(&single, 0.5),
+        single_p99: percentile(&single, 0.99),
+        ttfe_p50: percentile(&first_events, 0.5),
+        stream_rps,
+        frames_per_stream: frames,
+        cpu_us_per_request: Some(ticks as f64 / ticks_per_second * 1e6 / count.max(1) as f64),
+        rss_mib: Some(rss as f64 / 1024.0),
+    }
+}
+
+async fn bench(run_for: Duration, connections: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut mock_cmd = Command::new(std::env::current_exe().expect("exe"));
+    mock_cmd.env("KEYGATE_BENCH_ROLE", "mock");
+    let (mock, lines) = spawn_reading(mock_cmd, "mock listening");
+    let mock_addr = addr_after(&lines, "mock listening on");
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [vault]\npath = \"{d}/keygate.vault\"\nmaster_key_file = \"{d}/master.key\"\n\
+             [metering]\ndb = \"{d}/usage.sqlite\"\n\
+             [providers.openai]\nbase_url = \"http://{mock_addr}\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .expect("config");
+    keygate(&config, &["vault", "init"], None);
+    keygate(
+        &config,
+        &["key", "add", "openai", "--label", "bench"],
+        Some(UPSTREAM_KEY),
+    );
+    let out = keygate(&config, &["client", "add", "bench"], None);
+    let client_key = out
+        .split_whitespace()
+        .find(|w| w.starts_with("kg_"))
+        .expect("client key")
+        .to_owned();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_keygate"));
+    serve
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("RUST_LOG", "warn");
+    let (keygate_proc, lines) = spawn_reading(serve, "listener");
+    let keygate_addr = addr_after(&lines, "client listener on");
+    let keygate_pid = keygate_proc.0.id();
+    let mock_pid = mock.0.id();
+
+    println!("proxy_overhead: {connections} connections, {}s closed loop, ~1 KB chat bodies, 500 SSE streams of 12 events", run_for.as_secs());
+    let direct = measure(
+        &format!("http://{mock_addr}"),
+        UPSTREAM_KEY,
+        mock_pid,
+        connections,
+        run_for,
+    )
+    .await;
+    let proxied = measure(
+        &format!("http://{keygate_addr}"),
+        &client_key,
+        keygate_pid,
+        connections,
+        run_for,
+    )
+    .await;
+
+    let ms = |d: Duration| format!("{:.3} ms", d.as_secs_f64() * 1e3);
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!();
+    println!(
+        "{:<34} {:>14} {:>14} {:>10}",
+        "", "direct (mock)", "via keygate", "ratio"
+    );
+    let row = |name: &str, a: f64, b: f64, fmt: &dyn Fn(f64) -> String| {
+        println!(
+            "{:<34} {:>14} {:>14} {:>9.2}x",
+            name,
+            fmt(a),
+            fmt(b),
+            b / a.max(1e-12)
+        );
+    };
+    let plain = |v: f64| format!("{v:.0}");
+    let dur = |v: f64| ms(Duration::from_secs_f64(v / 1e6));
+    row(
+        "requests/s (N connections)",
+        direct.rps,
+        proxied.rps,
+        &plain,
+    );
+    row(
+        "p50 latency (N connections)",
+        us(direct.p50),
+        us(proxied.p50),
+        &dur,
+    );
+    row(
+        "p99 latency (N connections)",
+        us(direct.p99),
+        us(proxied.p99),
+        &dur,
+    );
+    row(
+        "p99.9 latency (N connections)",
+        us(direct.p999),
+        us(proxied.p999),
+        &dur,
+    );
+    row(
+        "p50 latency (1 connection)",
+        us(direct.single_p50),
+        us(proxied.single_p50),
+        &dur,
+    );
+    row(
+        "p99 latency (1 connection)",
+        us(direct.single_p99),
+        us(proxied.single_p99),
+        &dur,
+    );
+    row(
+        "time to first SSE event p50",
+        us(direct.ttfe_p50),
+        us(proxied.ttfe_p50),
+        &dur,
+    );
+    row(
+        "SSE streams/s (sequential)",
+        direct.stream_rps,
+        proxied.stream_rps,
+        &plain,
+    );
+    println!(
+        "{:<34} {:>14.1} {:>14.1}",
+        "data frames per stream", direct.frames_per_stream, proxied.frames_per_stream
+    );
+    println!();
+    println!(
+        "added latency at 1 connection: p50 +{:.0} µs, p99 +{:.0} µs",
+        us(proxied.single_p50) - us(direct.single_p50),
+        us(proxied.single_p99) - us(direct.single_p99)
+    );
+    println!(
+        "added time to first SSE event: +{:.0} µs",
+        us(proxied.ttfe_p50) - us(direct.ttfe_p50)
+    );
+    if let (Some(cpu), Some(rss)) = (proxied.cpu_us_per_request, proxied.rss_mib) {
+        println!("keygate CPU per request: {cpu:.1} µs (mock: {:.1} µs); keygate RSS after the N-connection run: {rss:.1} MiB",
+            direct.cpu_us_per_request.unwrap_or(0.0));
+    }
+    drop(keygate_proc);
+    drop(mock);
+}
