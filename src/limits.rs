@@ -123,12 +123,13 @@ impl Limits {
         &self,
         client: &Arc<str>,
         limits: ClientLimits,
-        estimate: u64,
+        estimate: impl FnOnce() -> u64,
         now: u64,
     ) -> Result<Option<Reservation>, ProxyError> {
         if !limits.any() {
             return Ok(None);
         }
+        let estimate = estimate();
         let state = self.state(client);
         let minute = now / 60;
         state.roll(minute);
@@ -221,15 +222,15 @@ mod tests {
             ..ClientLimits::default()
         };
         for _ in 0..3 {
-            assert!(limits.admit(&client(), rpm, 1, 600).is_ok());
+            assert!(limits.admit(&client(), rpm, || 1, 600).is_ok());
         }
-        match limits.admit(&client(), rpm, 1, 630) {
+        match limits.admit(&client(), rpm, || 1, 630) {
             Err(ProxyError::ClientRateLimited { retry_after, .. }) => {
                 assert_eq!(retry_after, Duration::from_secs(30))
             }
             other => panic!("{other:?}"),
         }
-        assert!(limits.admit(&client(), rpm, 1, 660).is_ok());
+        assert!(limits.admit(&client(), rpm, || 1, 660).is_ok());
     }
 
     #[test]
@@ -239,14 +240,14 @@ mod tests {
             budget_tokens: Some(1000),
             ..ClientLimits::default()
         };
-        let reservation = limits.admit(&client(), budget, 80, 0).unwrap().unwrap();
+        let reservation = limits.admit(&client(), budget, || 80, 0).unwrap().unwrap();
         assert!(matches!(
-            limits.admit(&client(), budget, 80, 0),
+            limits.admit(&client(), budget, || 80, 0),
             Err(ProxyError::ClientBudgetExceeded { .. })
         ));
         reservation.settle(Some(10)); // spent 910
-        assert!(limits.admit(&client(), budget, 80, 0).is_ok()); // 990
-        assert!(limits.admit(&client(), budget, 20, 0).is_err());
+        assert!(limits.admit(&client(), budget, || 80, 0).is_ok()); // 990
+        assert!(limits.admit(&client(), budget, || 20, 0).is_err());
     }
 
     #[test]

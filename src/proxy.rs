@@ -101,7 +101,8 @@ async fn conduct(
     ctx.request_bytes = body
         .buffered()
         .map_or(declared_len.unwrap_or(0), |b| b.len() as u64);
-    let estimate = limits::estimate_tokens(body.buffered().map(|b| &b[..]), ctx.request_bytes);
+    let request_bytes = ctx.request_bytes;
+    let estimate = || limits::estimate_tokens(body.buffered().map(|b| &b[..]), request_bytes);
     ctx.reservation =
         shared
             .limits

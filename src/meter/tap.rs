@@ -144,9 +144,14 @@ impl MeterTap {
         self.finished = true;
         if let Mode::Json { chunks, len } = &self.mode {
             if complete && *len > 0 {
-                let mut body = Vec::with_capacity(*len);
-                chunks.iter().for_each(|c| body.extend_from_slice(c));
-                self.usage = usage::find(&body).usage;
+                self.usage = match chunks.as_slice() {
+                    [single] => usage::find(single).usage,
+                    _ => {
+                        let mut body = Vec::with_capacity(*len);
+                        chunks.iter().for_each(|c| body.extend_from_slice(c));
+                        usage::find(&body).usage
+                    }
+                };
             }
         }
         self.outcome.incomplete = !complete;

@@ -2,7 +2,6 @@
 //! JSON response or of an SSE chunk (chat, completions, embeddings, and the
 //! Responses API's `response.usage`). Accounting only: no framing, no I/O.
 
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 /// Tokens reported by the upstream.
@@ -38,22 +37,6 @@ impl From<RawUsage> for Usage {
     }
 }
 
-#[derive(Deserialize)]
-struct Nested {
-    #[serde(default)]
-    usage: Option<RawUsage>,
-}
-
-#[derive(Deserialize)]
-struct Body {
-    #[serde(default)]
-    usage: Option<RawUsage>,
-    #[serde(default)]
-    response: Option<Nested>,
-    #[serde(default)]
-    choices: Option<Vec<IgnoredAny>>,
-}
-
 /// What one JSON document says about usage.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Found {
@@ -65,36 +48,44 @@ pub struct Found {
 }
 
 /// Reads usage from one JSON document (a response body or an SSE `data`).
-/// Cheap on documents without usage: they are skipped before parsing.
+/// Only the `usage` object itself is parsed: documents without one (every
+/// streaming chunk but the last carries `"usage":null`) cost a substring search.
 pub fn find(json: &[u8]) -> Found {
-    if !has_usage_object(json) {
-        return Found::default();
-    }
-    let Ok(body) = serde_json::from_slice::<Body>(json) else {
+    let Some(object) = usage_object(json) else {
         return Found::default();
     };
-    let usage = body
-        .usage
-        .or_else(|| body.response.and_then(|r| r.usage))
-        .map(Usage::from);
+    let mut deserializer = serde_json::Deserializer::from_slice(&json[object..]);
+    let Ok(raw) = RawUsage::deserialize(&mut deserializer) else {
+        return Found::default();
+    };
     Found {
-        usage,
-        usage_only_chunk: usage.is_some() && body.choices.is_some_and(|c| c.is_empty()),
+        usage: Some(raw.into()),
+        usage_only_chunk: is_empty_choices(json),
     }
 }
 
-/// True when some `"usage"` key is followed by an object (not `null`):
-/// streaming chunks carry `"usage":null` on every event, and parsing each of
-/// them would cost far more than the bytes themselves.
-fn has_usage_object(json: &[u8]) -> bool {
+/// Offset of the `{` of the first `"usage"` key whose value is an object.
+/// (`"usage"` cannot match inside a JSON string: quotes there are escaped.)
+fn usage_object(json: &[u8]) -> Option<usize> {
     static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
         std::sync::OnceLock::new();
     let finder = FINDER.get_or_init(|| memchr::memmem::Finder::new(b"\"usage\""));
-    finder.find_iter(json).any(|at| {
-        json[at + 7..]
+    finder.find_iter(json).find_map(|at| {
+        let after = at + 7;
+        let skip = json[after..]
             .iter()
-            .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
-            == Some(&b'{')
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))?;
+        (json[after + skip] == b'{').then_some(after + skip)
+    })
+}
+
+fn is_empty_choices(json: &[u8]) -> bool {
+    memchr::memmem::find_iter(json, b"\"choices\"").any(|at| {
+        let rest = json[at + 9..]
+            .iter()
+            .filter(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+        let mut rest = rest.copied();
+        rest.next() == Some(b':') && rest.next() == Some(b'[') && rest.next() == Some(b']')
     })
 }
 
