@@ -6,6 +6,9 @@
 //! Run: `cargo bench --bench hot_path`
 //! (`cargo bench --bench hot_path -- sse` for the tap only.)
 
+// A benchmark panics loudly on a broken setup; that is its error handling.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use bytes::Bytes;

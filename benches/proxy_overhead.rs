@@ -12,6 +12,9 @@
 //! to the mock, then through keygate. keygate's CPU per request comes from
 //! /proc/<pid>/stat, its RSS from /proc/<pid>/status.
 
+// A benchmark panics loudly on a broken setup; that is its error handling.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
