@@ -5,6 +5,8 @@
 //! that matter to keygate's dependency tree (crypto, TLS, HTTP/2, async
 //! runtime) and fails when `Cargo.lock` resolves an affected version.
 
+#![allow(clippy::expect_used)]
+
 use std::collections::BTreeMap;
 
 /// (crate, first fixed version, advisory) — an affected lock entry is any
