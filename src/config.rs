@@ -377,11 +377,10 @@ impl Config {
             models.push((prefix, provider));
         }
         models.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        if raw.server.retry_buffer > raw.server.max_request_body {
-            return Err(semantic(
-                "server.retry_buffer is larger than server.max_request_body".to_owned(),
-            ));
-        }
+        // A retry buffer larger than the largest body could never fill: clamp
+        // it, so lowering max_request_body alone just works.
+        let mut raw = raw;
+        raw.server.retry_buffer = raw.server.retry_buffer.min(raw.server.max_request_body);
         if raw.server.max_connections == 0 {
             return Err(semantic(
                 "server.max_connections must be at least 1".to_owned(),
@@ -527,6 +526,12 @@ mod tests {
         let config = Config::load(&sources).unwrap();
         assert_eq!(config.server.listen.port(), 9000);
         assert_eq!(config.server.max_connections, 7);
+    }
+
+    #[test]
+    fn retry_buffer_is_clamped_to_max_request_body() {
+        let config = Config::from_toml("[server]\nmax_request_body = \"1KiB\"").unwrap();
+        assert_eq!(config.server.retry_buffer, 1024);
     }
 
     #[test]
