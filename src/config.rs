@@ -377,10 +377,7 @@ impl Config {
             models.push((prefix, provider));
         }
         models.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        // A retry buffer larger than the largest body could never fill: clamp
-        // it, so lowering max_request_body alone just works.
-        let mut raw = raw;
-        raw.server.retry_buffer = raw.server.retry_buffer.min(raw.server.max_request_body);
+
         if raw.server.max_connections == 0 {
             return Err(semantic(
                 "server.max_connections must be at least 1".to_owned(),
@@ -391,9 +388,13 @@ impl Config {
                 "server.tls_cert and server.tls_key must be set together".to_owned(),
             ));
         }
+        // A retry buffer larger than the largest body could never fill: clamp
+        // it, so lowering max_request_body alone just works.
+        let mut server = raw.server;
+        server.retry_buffer = server.retry_buffer.min(server.max_request_body);
         Ok(Config {
             source_name,
-            server: raw.server,
+            server,
             vault: raw.vault,
             admin: raw.admin,
             keys: raw.keys,
