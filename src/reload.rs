@@ -151,7 +151,12 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_rotation_warning: Option<std::time::Instant> = None;
     loop {
+        if last_rotation_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(86_400)) {
+            last_rotation_warning = Some(std::time::Instant::now());
+            tokio::task::block_in_place(|| warn_keys_due_for_rotation(&shared));
+        }
         let forced = tokio::select! {
             _ = tick.tick() => false,
             _ = async { match hangup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => true,
@@ -166,14 +171,35 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
             continue;
         }
         let result = tokio::task::block_in_place(|| shared.reload());
-        match result {
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(
-                    serving_generation = shared.snapshot.load().generation,
-                    "vault reload failed, still serving the last good keys: {error}"
-                );
-            }
+        if let Err(error) = result {
+            tracing::warn!(
+                serving_generation = shared.snapshot.load().generation,
+                "vault reload failed, still serving the last good keys: {error}"
+            );
+        }
+    }
+}
+
+/// Logs, once a day, every usable key older than `[keys] rotate_after`.
+fn warn_keys_due_for_rotation(shared: &Shared) {
+    let rotate_after = shared.config.keys.rotate_after.as_secs();
+    let now = crate::unix_now();
+    let control = shared.control();
+    let Ok(loaded) = control.vault().load(control.kek()) else {
+        return;
+    };
+    for key in &loaded.document.keys {
+        let age = now.saturating_sub(key.created);
+        if key.state.is_usable() && age > rotate_after {
+            tracing::warn!(
+                provider = %key.provider,
+                key_id = %key.id,
+                age_days = age / 86_400,
+                "key {} of {} is due for rotation (older than [keys] rotate_after): run `keygate key rotate {}`",
+                key.id,
+                key.provider,
+                key.provider
+            );
         }
     }
 }
