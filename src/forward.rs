@@ -283,12 +283,23 @@ impl UpstreamStream {
                     let Some(tap) = self.tap.as_mut() else {
                         return Poll::Ready(Some(Ok(frame)));
                     };
-                    match frame.into_data() {
-                        Ok(data) => match tap.on_data(data) {
-                            Some(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
-                            None => continue, // part of an event held back; read on
-                        },
+                    let out = match frame.into_data() {
+                        Ok(data) => tap.on_data(data),
                         Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    };
+                    // hyper stops polling once a length-delimited body is
+                    // complete, so the end is recorded here, not on `None`.
+                    if self.incoming.is_end_stream() {
+                        let out = match (out, tap.flush()) {
+                            (Some(out), Some(rest)) => Some(Bytes::from([out, rest].concat())),
+                            (out, rest) => out.or(rest),
+                        };
+                        tap.finish(true);
+                        return Poll::Ready(out.map(|b| Ok(Frame::data(b))));
+                    }
+                    match out {
+                        Some(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        None => continue, // part of an event held back; read on
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -378,6 +389,10 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            // A tap that removes a chunk changes the length: let hyper frame it.
+            ResponseBody::Upstream(stream) if stream.tap.as_ref().is_some_and(|t| t.rewrites()) => {
+                SizeHint::default()
             }
             ResponseBody::Upstream(stream) => stream.incoming.size_hint(),
         }

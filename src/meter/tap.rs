@@ -128,6 +128,17 @@ impl MeterTap {
         }
     }
 
+    /// True when the tap may drop bytes (so the body length is not the upstream's).
+    pub fn rewrites(&self) -> bool {
+        matches!(
+            self.mode,
+            Mode::Sse {
+                strip_usage_chunk: true,
+                ..
+            }
+        )
+    }
+
     /// Bytes still held when the upstream body ends (an unterminated event).
     pub fn flush(&mut self) -> Option<Bytes> {
         match &mut self.mode {

@@ -1,0 +1,87 @@
+//! A tiny OpenAI-compatible upstream, to try keygate without a real API key.
+//!
+//! Run:
+//!   cargo run --example mock_upstream -- 127.0.0.1:9999 sk-mock-0000000000000000
+//! then point a provider at it (e.g. `KEYGATE_PROVIDERS__OPENAI__BASE_URL=http://127.0.0.1:9999`),
+//! `printf '%s' sk-mock-0000000000000000 | keygate key add openai`, and send
+//! requests through keygate. You will see one line per request here, showing
+//! which upstream key keygate injected (by fingerprint). It answers
+//! `GET /v1/models`, `POST /v1/embeddings` and `POST /v1/chat/completions`
+//! (JSON, or SSE with a final usage chunk when `"stream": true`), and 401 with
+//! OpenAI's error JSON for any other key.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:9999".to_owned());
+    let key: &'static str = Box::leak(
+        args.next()
+            .unwrap_or_else(|| "sk-mock-0000000000000000".to_owned())
+            .into_boxed_str(),
+    );
+    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+    println!("mock upstream on http://{} accepting one key", listener.local_addr().unwrap());
+    loop {
+        let (stream, _) = listener.accept().await.expect("accept");
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |r| answer(r, key));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn json(status: u16, body: String, content_type: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+async fn answer(request: Request<Incoming>, key: &str) -> Result<Response<Full<Bytes>>, Infallible> {
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_owned();
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let tail: String = presented.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    println!("{method} {path} with key …{tail}");
+    if presented != key {
+        return Ok(json(401, format!("{{\"error\":{{\"message\":\"Incorrect API key provided: sk-…{tail}.\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"invalid_api_key\"}}}}"), "application/json"));
+    }
+    let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let model = request["model"].as_str().unwrap_or("gpt-4o-mini").to_owned();
+    Ok(match path.as_str() {
+        "/v1/models" => json(200, r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","owned_by":"mock"}]}"#.into(), "application/json"),
+        "/v1/embeddings" => json(200, format!(r#"{{"object":"list","data":[{{"object":"embedding","index":0,"embedding":[0.1,0.2,0.3]}}],"model":"{model}","usage":{{"prompt_tokens":4,"total_tokens":4}}}}"#), "application/json"),
+        "/v1/chat/completions" if request["stream"] == true => {
+            let mut sse = String::new();
+            for word in ["Hello", " from", " the", " mock", "!"] {
+                sse.push_str(&format!("data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{word}\"}},\"finish_reason\":null}}]}}\n\n"));
+            }
+            if request["stream_options"]["include_usage"] == true {
+                sse.push_str(&format!("data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"model\":\"{model}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":5,\"total_tokens\":14}}}}\n\n"));
+            }
+            sse.push_str("data: [DONE]\n\n");
+            json(200, sse, "text/event-stream")
+        }
+        "/v1/chat/completions" => json(200, format!(r#"{{"id":"chatcmpl-mock","object":"chat.completion","model":"{model}","choices":[{{"index":0,"message":{{"role":"assistant","content":"Hello from the mock!"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14}}}}"#), "application/json"),
+        _ => json(404, r#"{"error":{"message":"Unknown path","type":"invalid_request_error","code":"unknown_url"}}"#.into(), "application/json"),
+    })
+}
