@@ -21,18 +21,28 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 #[tokio::main(flavor = "current_thread")]
+#[allow(dead_code)] // also compiled into tests/sdk.rs, which has its own main
 async fn main() {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:9999".to_owned());
-    let key: &'static str = Box::leak(
-        args.next()
-            .unwrap_or_else(|| "sk-mock-0000000000000000".to_owned())
-            .into_boxed_str(),
-    );
+    let key = args
+        .next()
+        .unwrap_or_else(|| "sk-mock-0000000000000000".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
-    println!("mock upstream on http://{} accepting one key", listener.local_addr().unwrap());
+    println!(
+        "mock upstream on http://{} accepting one key",
+        listener.local_addr().unwrap()
+    );
+    serve(listener, key).await;
+}
+
+/// Answers on `listener` forever, accepting only `key`.
+pub async fn serve(listener: tokio::net::TcpListener, key: String) {
+    let key: &'static str = Box::leak(key.into_boxed_str());
     loop {
-        let (stream, _) = listener.accept().await.expect("accept");
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |r| answer(r, key));
             let _ = hyper::server::conn::http1::Builder::new()
@@ -50,7 +60,10 @@ fn json(status: u16, body: String, content_type: &str) -> Response<Full<Bytes>> 
         .unwrap()
 }
 
-async fn answer(request: Request<Incoming>, key: &str) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    request: Request<Incoming>,
+    key: &str,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let presented = request
         .headers()
         .get("authorization")
@@ -59,14 +72,29 @@ async fn answer(request: Request<Incoming>, key: &str) -> Result<Response<Full<B
         .unwrap_or("")
         .to_owned();
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-    let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    let tail: String = presented.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let tail: String = presented
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     println!("{method} {path} with key …{tail}");
     if presented != key {
         return Ok(json(401, format!("{{\"error\":{{\"message\":\"Incorrect API key provided: sk-…{tail}.\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"invalid_api_key\"}}}}"), "application/json"));
     }
     let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let model = request["model"].as_str().unwrap_or("gpt-4o-mini").to_owned();
+    let model = request["model"]
+        .as_str()
+        .unwrap_or("gpt-4o-mini")
+        .to_owned();
     Ok(match path.as_str() {
         "/v1/models" => json(200, r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","owned_by":"mock"}]}"#.into(), "application/json"),
         "/v1/embeddings" => json(200, format!(r#"{{"object":"list","data":[{{"object":"embedding","index":0,"embedding":[0.1,0.2,0.3]}}],"model":"{model}","usage":{{"prompt_tokens":4,"total_tokens":4}}}}"#), "application/json"),
