@@ -409,20 +409,9 @@ fn list_keys(shared: &Shared) -> Result<serde_json::Value, AdminError> {
                     .get(&k.provider)
                     .and_then(|r| r.keys().iter().find(|rk| *rk.id == *k.id))
                     .map(|rk| rk.health.healthy_gauge(now_ms) == 1);
-                serde_json::json!({
-                    "id": k.id,
-                    "provider": k.provider,
-                    "label": k.label,
-                    "state": k.state.as_str(),
-                    "fingerprint": k.fingerprint,
-                    "created": k.created,
-                    "age_seconds": now.saturating_sub(k.created),
-                    "last_verified": k.last_verified,
-                    "grace_until": k.grace_until,
-                    "reason": k.reason,
-                    "healthy": healthy,
-                    "due_for_rotation": k.state.is_usable() && now.saturating_sub(k.created) > rotate_after,
-                })
+                let mut summary = k.summary(now, rotate_after);
+                summary["healthy"] = serde_json::json!(healthy);
+                summary
             })
             .collect(),
     ))
@@ -431,20 +420,7 @@ fn list_keys(shared: &Shared) -> Result<serde_json::Value, AdminError> {
 fn list_clients(shared: &Shared) -> Result<serde_json::Value, AdminError> {
     let document = load_document(shared)?;
     Ok(serde_json::Value::Array(
-        document
-            .clients
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "name": c.name,
-                    "created": c.created,
-                    "revoked": c.revoked,
-                    "rpm": c.rpm,
-                    "tpm": c.tpm,
-                    "budget_tokens": c.budget_tokens,
-                })
-            })
-            .collect(),
+        document.clients.iter().map(|c| c.summary()).collect(),
     ))
 }
 

@@ -1,10 +1,24 @@
-//! `keygate client add | list | revoke`.
+//! `keygate client add | list | limits | revoke`.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use super::{format_time, CliError, Context};
 use crate::clients;
 use crate::vault::document::ClientRecord;
+
+/// `--rpm`, `--tpm`, `--budget-tokens`.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Requests per minute.
+    #[arg(long)]
+    rpm: Option<u32>,
+    /// Tokens per minute.
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Total token budget.
+    #[arg(long)]
+    budget_tokens: Option<u64>,
+}
 
 /// Client commands.
 #[derive(Debug, Subcommand)]
@@ -13,15 +27,8 @@ pub enum ClientCommand {
     Add {
         /// Client name (letters, digits, `-`, `_`, `.`), shown in logs and metrics.
         name: String,
-        /// Requests per minute.
-        #[arg(long)]
-        rpm: Option<u32>,
-        /// Tokens per minute.
-        #[arg(long)]
-        tpm: Option<u64>,
-        /// Total token budget.
-        #[arg(long)]
-        budget_tokens: Option<u64>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// List clients (never their keys).
     List {
@@ -33,15 +40,8 @@ pub enum ClientCommand {
     Limits {
         /// Client name.
         name: String,
-        /// Requests per minute.
-        #[arg(long)]
-        rpm: Option<u32>,
-        /// Tokens per minute.
-        #[arg(long)]
-        tpm: Option<u64>,
-        /// Total token budget.
-        #[arg(long)]
-        budget_tokens: Option<u64>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Revoke a client's key; a running server refuses it within a second.
     Revoke {
@@ -52,30 +52,19 @@ pub enum ClientCommand {
 
 pub(super) fn run(context: &Context, command: ClientCommand) -> Result<(), CliError> {
     match command {
-        ClientCommand::Add {
-            name,
-            rpm,
-            tpm,
-            budget_tokens,
-        } => add(context, name, rpm, tpm, budget_tokens),
+        ClientCommand::Add { name, limits } => add(context, name, limits),
         ClientCommand::List { json } => list(context, json),
         ClientCommand::Revoke { name } => revoke(context, &name),
-        ClientCommand::Limits {
-            name,
-            rpm,
-            tpm,
-            budget_tokens,
-        } => set_limits(context, &name, rpm, tpm, budget_tokens),
+        ClientCommand::Limits { name, limits } => set_limits(context, &name, limits),
     }
 }
 
-fn add(
-    context: &Context,
-    name: String,
-    rpm: Option<u32>,
-    tpm: Option<u64>,
-    budget_tokens: Option<u64>,
-) -> Result<(), CliError> {
+fn add(context: &Context, name: String, limits: LimitArgs) -> Result<(), CliError> {
+    let LimitArgs {
+        rpm,
+        tpm,
+        budget_tokens,
+    } = limits;
     let valid = !name.is_empty()
         && name.len() <= 64
         && name
@@ -119,19 +108,7 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
     let loaded = context.vault().load(&context.kek()?)?;
     let clients = &loaded.document.clients;
     if json {
-        let rows: Vec<serde_json::Value> = clients
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "name": c.name,
-                    "created": c.created,
-                    "revoked": c.revoked,
-                    "rpm": c.rpm,
-                    "tpm": c.tpm,
-                    "budget_tokens": c.budget_tokens,
-                })
-            })
-            .collect();
+        let rows: Vec<serde_json::Value> = clients.iter().map(|c| c.summary()).collect();
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
@@ -177,13 +154,12 @@ fn revoke(context: &Context, name: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-fn set_limits(
-    context: &Context,
-    name: &str,
-    rpm: Option<u32>,
-    tpm: Option<u64>,
-    budget_tokens: Option<u64>,
-) -> Result<(), CliError> {
+fn set_limits(context: &Context, name: &str, limits: LimitArgs) -> Result<(), CliError> {
+    let LimitArgs {
+        rpm,
+        tpm,
+        budget_tokens,
+    } = limits;
     if rpm.is_none() && tpm.is_none() && budget_tokens.is_none() {
         return Err(CliError::Usage(
             "say which limit to change: --rpm, --tpm and/or --budget-tokens (0 removes one)"

@@ -374,26 +374,10 @@ fn list(context: &Context, provider: Option<&str>, json: bool) -> Result<(), Cli
         .iter()
         .filter(|k| provider.is_none_or(|p| k.provider == p))
         .collect();
-    let due = |k: &UpstreamKey| k.state.is_usable() && now.saturating_sub(k.created) > rotate_after;
+    let due = |k: &UpstreamKey| k.due_for_rotation(now, rotate_after);
     if json {
-        let rows: Vec<serde_json::Value> = keys
-            .iter()
-            .map(|k| {
-                serde_json::json!({
-                    "id": k.id,
-                    "provider": k.provider,
-                    "label": k.label,
-                    "state": k.state.as_str(),
-                    "fingerprint": k.fingerprint,
-                    "created": k.created,
-                    "age_seconds": now.saturating_sub(k.created),
-                    "state_changed": k.state_changed,
-                    "last_verified": k.last_verified,
-                    "reason": k.reason,
-                    "due_for_rotation": due(k),
-                })
-            })
-            .collect();
+        let rows: Vec<serde_json::Value> =
+            keys.iter().map(|k| k.summary(now, rotate_after)).collect();
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }

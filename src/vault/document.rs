@@ -89,6 +89,31 @@ pub struct UpstreamKey {
     pub grace_until: Option<u64>,
 }
 
+impl UpstreamKey {
+    /// True for a usable key older than `rotate_after` seconds.
+    pub fn due_for_rotation(&self, now: u64, rotate_after: u64) -> bool {
+        self.state.is_usable() && now.saturating_sub(self.created) > rotate_after
+    }
+
+    /// What `key list --json` and `GET /admin/keys` show: everything but the secret.
+    pub fn summary(&self, now: u64, rotate_after: u64) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "provider": self.provider,
+            "label": self.label,
+            "state": self.state.as_str(),
+            "fingerprint": self.fingerprint,
+            "created": self.created,
+            "age_seconds": now.saturating_sub(self.created),
+            "state_changed": self.state_changed,
+            "last_verified": self.last_verified,
+            "grace_until": self.grace_until,
+            "reason": self.reason,
+            "due_for_rotation": self.due_for_rotation(now, rotate_after),
+        })
+    }
+}
+
 /// One issued client key (only its SHA-256 is kept).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,4 +136,18 @@ pub struct ClientRecord {
     /// Unix seconds of revocation.
     #[serde(default)]
     pub revoked: Option<u64>,
+}
+
+impl ClientRecord {
+    /// What `client list --json` and `GET /admin/clients` show (never the key hash).
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "created": self.created,
+            "revoked": self.revoked,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "budget_tokens": self.budget_tokens,
+        })
+    }
 }
