@@ -151,7 +151,7 @@ fn tls_listener_negotiates_h2_by_alpn_and_proxies() {
                 .await
                 .unwrap();
         tokio::spawn(connection);
-        let request = http::Request::get(format!("https://localhost/v1/models"))
+        let request = http::Request::get("https://localhost/v1/models")
             .header("authorization", format!("Bearer {client_key}"))
             .body(Full::new(Bytes::new()))
             .unwrap();
