@@ -36,6 +36,19 @@ pub struct Metrics {
     pub key_healthy: IntGaugeVec,
     /// `keygate_tokens_total{client,provider,model,kind}`.
     pub tokens_total: IntCounterVec,
+    /// Per-provider series, resolved once (no label lookup per request).
+    providers: std::sync::Arc<std::collections::HashMap<String, ProviderMetrics>>,
+}
+
+/// The per-provider series a request touches, resolved at start.
+#[derive(Clone)]
+pub struct ProviderMetrics {
+    /// `keygate_active_requests{provider}`.
+    pub active: prometheus::IntGauge,
+    /// `keygate_request_duration_seconds{provider}`.
+    pub request_duration: prometheus::Histogram,
+    /// `keygate_upstream_duration_seconds{provider}`.
+    pub upstream_duration: prometheus::Histogram,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -131,6 +144,7 @@ impl Metrics {
             key_age: key_age.expect("static metric"),
             key_healthy: key_healthy.expect("static metric"),
             tokens_total: tokens_total.expect("static metric"),
+            providers: Default::default(),
             registry,
         };
         for collector in [
@@ -149,12 +163,20 @@ impl Metrics {
             // Registering distinct names on a fresh registry cannot collide.
             let _ = metrics.registry.register(collector);
         }
+        let mut metrics = metrics;
+        let mut providers = std::collections::HashMap::new();
         for provider in config.providers.keys() {
-            metrics
-                .active_requests
-                .with_label_values(&[provider])
-                .set(0);
+            metrics.key_rotations.with_label_values(&[provider]).reset();
+            providers.insert(
+                provider.clone(),
+                ProviderMetrics {
+                    active: metrics.active_requests.with_label_values(&[provider]),
+                    request_duration: metrics.request_duration.with_label_values(&[provider]),
+                    upstream_duration: metrics.upstream_duration.with_label_values(&[provider]),
+                },
+            );
         }
+        metrics.providers = std::sync::Arc::new(providers);
         for result in ["ok", "error"] {
             metrics.vault_reloads.with_label_values(&[result]).reset();
         }
@@ -201,6 +223,18 @@ impl Metrics {
                     self.key_rotations.with_label_values(&[provider]).inc();
                 }
             }
+        }
+    }
+
+    /// The series of `provider` (every configured provider has them).
+    pub fn provider(&self, provider: &str) -> ProviderMetrics {
+        match self.providers.get(provider) {
+            Some(series) => series.clone(),
+            None => ProviderMetrics {
+                active: self.active_requests.with_label_values(&[provider]),
+                request_duration: self.request_duration.with_label_values(&[provider]),
+                upstream_duration: self.upstream_duration.with_label_values(&[provider]),
+            },
         }
     }
 

@@ -115,12 +115,8 @@ async fn conduct(
             strip_usage_chunk = true;
         }
     }
-    let active = ActiveGuard::new(
-        shared
-            .metrics
-            .active_requests
-            .with_label_values(&[&provider.name]),
-    );
+    let provider_metrics = shared.metrics.provider(&provider.name);
+    let active = ActiveGuard::new(provider_metrics.active.clone());
 
     let ring: &KeyRing = snapshot
         .rings
@@ -174,9 +170,8 @@ async fn conduct(
                 });
             }
         };
-        metrics
+        provider_metrics
             .upstream_duration
-            .with_label_values(&[&provider.name])
             .observe(sent.elapsed().as_secs_f64());
         let status = upstream.status();
         let another_key_left = ring.pick_would_find(tried) && body.buffered().is_some();
@@ -345,8 +340,8 @@ fn record(shared: &Shared, ctx: &mut RequestContext, status: StatusCode, started
     if ctx.provider.is_some() {
         shared
             .metrics
+            .provider(provider)
             .request_duration
-            .with_label_values(&[provider])
             .observe(elapsed.as_secs_f64());
     }
     tracing::info!(
