@@ -179,6 +179,7 @@ impl Vault {
     ) -> Result<T, E> {
         self.ensure_writable()?;
         let _lock = file::lock(&self.path)?;
+        file::remove_stale_temps(&self.path);
         let opened = crypto::open(&self.path, &self.read()?, kek)?;
         let mut doc = self.parse(&opened.plaintext)?;
         let value = f(&mut doc)?;
@@ -195,6 +196,7 @@ impl Vault {
     pub fn rekey(&self, old: &Kek, new: &Kek) -> Result<(), VaultError> {
         self.ensure_writable()?;
         let _lock = file::lock(&self.path)?;
+        file::remove_stale_temps(&self.path);
         let opened = crypto::open(&self.path, &self.read()?, old)?;
         let derived =
             crypto::derive(new, crypto::fresh_source(new)?)?.ok_or(VaultError::Crypto {

@@ -121,6 +121,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
     sync_dir(&dir)
 }
 
+/// Removes temp files that writers of `path` left behind when they were
+/// killed mid-write (each is an encrypted copy of the vault). Call only while
+/// holding the lock: any temp file that exists then belongs to a dead writer.
+pub fn remove_stale_temps(path: &Path) {
+    let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let prefix = format!(".{name}.tmp.");
+    let Ok(entries) = fs::read_dir(parent(path)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Creates `path` (never overwriting) with mode 0600 and `bytes`, creating
 /// missing parent directories with mode 0700, and makes it durable.
 pub fn write_new(path: &Path, what: &'static str, bytes: &[u8]) -> Result<(), VaultError> {
