@@ -177,12 +177,27 @@ async fn accept_loop<S, F>(
     }
 }
 
-async fn serve_connection<I, S, F>(io: I, server: &ServerConfig, mut shutdown: Shutdown, service: S)
-where
+async fn serve_connection<I, S, F>(
+    mut io: I,
+    server: &ServerConfig,
+    mut shutdown: Shutdown,
+    service: S,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> + Send + 'static,
 {
+    // hyper's header timeout starts only once an HTTP/1 head is being read;
+    // a socket that sends nothing (or half an HTTP/2 preface) would hold a
+    // connection slot forever. Read the opening bytes under the same deadline.
+    let opening = match tokio::time::timeout(server.header_timeout, read_opening(&mut io)).await {
+        Ok(Ok(opening)) if !opening.is_empty() => opening,
+        _ => return,
+    };
+    let io = Replay {
+        head: Some(opening),
+        inner: io,
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -207,6 +222,81 @@ where
             connection.as_mut().graceful_shutdown();
             let _ = connection.await;
         }
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads until the bytes are the whole HTTP/2 preface, or stop being a prefix
+/// of it (an HTTP/1 request, which hyper's own header timeout then covers).
+async fn read_opening<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<bytes::Bytes> {
+    use tokio::io::AsyncReadExt;
+    let mut opening = bytes::BytesMut::with_capacity(H2_PREFACE.len());
+    while opening.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(&opening) {
+        if io.read_buf(&mut opening).await? == 0 {
+            break;
+        }
+    }
+    Ok(opening.freeze())
+}
+
+/// An IO that first replays the bytes [`read_opening`] took.
+struct Replay<I> {
+    head: Option<bytes::Bytes>,
+    inner: I,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Replay<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Some(mut head) = self.head.take() {
+            let n = head.len().min(buf.remaining());
+            buf.put_slice(&head.split_to(n));
+            if !head.is_empty() {
+                self.head = Some(head);
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Replay<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
