@@ -309,7 +309,7 @@ mod tests {
         let ring = KeyRing::build(&config.providers["openai"], &document, 0, None);
         ring.keys()[0]
             .health
-            .record_rejection(std::time::Duration::from_secs(60), 10);
+            .record_rejection(std::time::Duration::from_secs(60), 10, false);
         let first = ring.pick(0, 0, 20).unwrap();
         assert_eq!(&*first.key.id, "old");
         // With the fallback tried too, the suspect key is used anyway.

@@ -177,9 +177,11 @@ async fn conduct(
         let another_key_left = ring.pick_would_find(tried) && body.buffered().is_some();
 
         if is_key_rejection(status) {
-            let (cooldown, was_healthy) = key
-                .health
-                .record_rejection(config.keys.suspect_cooldown, health::now_ms());
+            let (cooldown, was_healthy) = key.health.record_rejection(
+                config.keys.suspect_cooldown,
+                health::now_ms(),
+                pick.probe,
+            );
             metrics
                 .key_rejections
                 .with_label_values(&[provider.name.as_str(), &*key.id])

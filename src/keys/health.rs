@@ -78,17 +78,34 @@ impl KeyHealth {
         was_suspect
     }
 
-    /// The upstream rejected the key: suspect for `base · 2^(n-1)`, capped at an
-    /// hour. Returns the cooldown and whether the key was healthy before.
-    pub fn record_rejection(&self, base: Duration, now: u64) -> (Duration, bool) {
-        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
+    /// The upstream rejected the key. A healthy key becomes suspect for
+    /// `base`; a failed *probe* doubles the cooldown (capped at an hour). Other
+    /// rejections of an already-suspect key — requests that were in flight when
+    /// it was marked, or that used it as a last resort — change nothing but the
+    /// time of the last failure, so one burst of 401s counts once. Returns the
+    /// cooldown in force and whether the key was healthy before.
+    pub fn record_rejection(&self, base: Duration, now: u64, probe: bool) -> (Duration, bool) {
+        self.last_failed_ms.store(now, Ordering::Relaxed);
+        let first = self
+            .failures
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        let failures = if first {
+            1
+        } else if probe {
+            self.failures.fetch_add(1, Ordering::AcqRel) + 1
+        } else {
+            let until = self.suspect_until_ms.load(Ordering::Relaxed);
+            return (Duration::from_millis(until.saturating_sub(now)), false);
+        };
         let factor = 1u32 << (failures - 1).min(16);
         let cooldown = base.saturating_mul(factor).min(MAX_COOLDOWN);
         self.suspect_until_ms
             .store(now + cooldown.as_millis() as u64, Ordering::Relaxed);
-        self.last_failed_ms.store(now, Ordering::Relaxed);
-        self.probing.store(false, Ordering::Release);
-        (cooldown, failures == 1)
+        if probe {
+            self.probing.store(false, Ordering::Release);
+        }
+        (cooldown, first)
     }
 
     /// The upstream said 429: cool the key for `retry_after`.
@@ -118,14 +135,19 @@ mod tests {
         let health = KeyHealth::default();
         let base = Duration::from_millis(100);
         assert_eq!(health.availability(0), Availability::Healthy);
-        let (cooldown, was_healthy) = health.record_rejection(base, 1_000);
+        let (cooldown, was_healthy) = health.record_rejection(base, 1_000, false);
+        // In-flight requests that also got 401 do not stretch the cooldown.
+        assert_eq!(
+            health.record_rejection(base, 1_001, false),
+            (base - Duration::from_millis(1), false)
+        );
         assert!(was_healthy);
         assert_eq!(cooldown, base);
         assert_eq!(health.availability(1_050), Availability::Suspect);
         assert_eq!(health.availability(1_100), Availability::ProbeDue);
         assert!(health.try_begin_probe());
         assert!(!health.try_begin_probe(), "single flight");
-        let (cooldown, was_healthy) = health.record_rejection(base, 1_100);
+        let (cooldown, was_healthy) = health.record_rejection(base, 1_100, true);
         assert!(!was_healthy);
         assert_eq!(cooldown, base * 2);
         assert!(health.try_begin_probe());
@@ -137,10 +159,10 @@ mod tests {
     fn cooldown_is_capped_at_an_hour() {
         let health = KeyHealth::default();
         for _ in 0..40 {
-            health.record_rejection(Duration::from_secs(60), 0);
+            health.record_rejection(Duration::from_secs(60), 0, true);
         }
         assert_eq!(
-            health.record_rejection(Duration::from_secs(60), 0).0,
+            health.record_rejection(Duration::from_secs(60), 0, true).0,
             MAX_COOLDOWN
         );
     }
