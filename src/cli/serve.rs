@@ -64,6 +64,7 @@ pub(super) fn run(context: Context, admin_token: Option<Secret>) -> Result<(), C
         let bound = crate::server::bind(&config.server)
             .await
             .map_err(|e| CliError::Runtime(e.to_string()))?;
+        let signals = shutdown_signals();
         println!("keygate: client listener on {}", bound.client_addr);
         println!("keygate: admin listener on {}", bound.admin_addr);
         tracing::info!(
@@ -84,7 +85,7 @@ pub(super) fn run(context: Context, admin_token: Option<Secret>) -> Result<(), C
             ledger_stopped,
         ));
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signals.await;
             tracing::info!("shutdown requested: no new connections, draining in-flight requests");
             stop.stop();
         });
@@ -101,17 +102,22 @@ pub(super) fn run(context: Context, admin_token: Option<Secret>) -> Result<(), C
     result
 }
 
-async fn wait_for_signal() {
+/// Installs the SIGTERM/SIGINT handlers now (so a signal right after the
+/// listener lines are printed drains instead of killing), resolving on the first.
+fn shutdown_signals() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers the process still stops on SIGTERM's default action.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without handlers the process still stops on SIGTERM's default action.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
