@@ -8,10 +8,19 @@
 mod support;
 
 mod admin;
+mod admin_api;
 mod auth;
 mod config_errors;
+mod failing_upstreams;
 mod fallback;
+mod health;
+mod hostile_clients;
+mod lifecycle;
+mod limits;
+mod metering;
 mod proxy;
+mod reload;
+mod rotation;
 mod routing;
 mod secrets;
 mod streaming;

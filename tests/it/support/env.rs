@@ -25,6 +25,7 @@ pub struct EnvSetup {
     tweaks: Vec<Tweak>,
     no_key: Vec<String>,
     extra_keys: Vec<(String, String, Vec<String>)>,
+    serve_env: Vec<(String, String)>,
 }
 
 impl Env {
@@ -52,6 +53,13 @@ impl EnvSetup {
             secret.to_string(),
             flags.iter().map(|f| f.to_string()).collect(),
         ));
+        self
+    }
+
+    /// Start `keygate serve` with this extra environment variable
+    /// (e.g. `KEYGATE_ADMIN_TOKEN`); the CLI commands do not get it.
+    pub fn serve_env(mut self, key: &str, value: &str) -> Self {
+        self.serve_env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -87,7 +95,12 @@ impl EnvSetup {
             kg.add_key_with(provider, secret, &flags);
         }
         let client_key = kg.add_client("app");
-        let server = kg.serve();
+        let serve_env: Vec<(&str, &str)> = self
+            .serve_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let server = kg.serve_with(&serve_env);
         Env {
             server,
             kg,

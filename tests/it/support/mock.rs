@@ -106,6 +106,10 @@ struct State {
     canned: Mutex<VecDeque<Canned>>,
     stream_delay: Mutex<Duration>,
     hold: Mutex<Option<watch::Receiver<bool>>>,
+    /// See [`Mock::tag_responses`].
+    tag: std::sync::atomic::AtomicBool,
+    /// See [`Mock::set_reject_delay`].
+    reject_delay: Mutex<Duration>,
 }
 
 /// A running mock upstream; stops accepting when dropped.
@@ -144,6 +148,8 @@ impl Mock {
             canned: Mutex::new(VecDeque::new()),
             stream_delay: Mutex::new(Duration::ZERO),
             hold: Mutex::new(None),
+            tag: std::sync::atomic::AtomicBool::new(false),
+            reject_delay: Mutex::new(Duration::ZERO),
         });
         let st = state.clone();
         let accept = tokio::spawn(async move {
@@ -212,6 +218,21 @@ impl Mock {
                 .collect(),
             body: body.to_string(),
         });
+    }
+
+    /// From now on, every chat completion answer (JSON, and every SSE event)
+    /// carries the id [`tagged_id`]`(N)` instead of `chatcmpl-mock-0001`, N being
+    /// the index in [`Mock::requests`] of the upstream request it answers, so a
+    /// test can tell which upstream request (and key) every byte came from.
+    pub fn tag_responses(&self) {
+        self.state.tag.store(true, Ordering::SeqCst);
+    }
+
+    /// Wait this long before answering a request whose key is not accepted
+    /// (a slow 401), so that concurrent requests all reach the mock with a
+    /// key before the first rejection comes back.
+    pub fn set_reject_delay(&self, delay: Duration) {
+        *self.state.reject_delay.lock().unwrap() = delay;
     }
 
     /// Pause this long between SSE events.
@@ -406,12 +427,16 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| parts.uri.path().to_string());
-    st.seen.lock().unwrap().push(Seen {
-        method: parts.method.clone(),
-        uri: uri.clone(),
-        headers: parts.headers.clone(),
-        body: body.clone(),
-    });
+    let index = {
+        let mut seen = st.seen.lock().unwrap();
+        seen.push(Seen {
+            method: parts.method.clone(),
+            uri: uri.clone(),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+        seen.len() - 1
+    };
     st.hits.fetch_add(1, Ordering::SeqCst);
 
     if let Some(c) = st.canned.lock().unwrap().pop_front() {
@@ -425,18 +450,29 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         return r;
     }
     if let Some(r) = check_auth(&st, &parts.headers) {
+        let delay = *st.reject_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         return r;
     }
     let path = parts.uri.path();
     match (&parts.method, path) {
-        (&Method::POST, "/v1/chat/completions") => chat(st, &body),
+        (&Method::POST, "/v1/chat/completions") => {
+            let tag = st.tag.load(Ordering::SeqCst).then_some(index);
+            chat(st, &body, tag)
+        }
         (&Method::GET, "/v1/models") => full(200, "application/json", models_body()),
         (&Method::POST, "/v1/embeddings") => full(200, "application/json", embeddings_body()),
         _ => openai_error(404, &format!("Invalid URL ({} {path})", parts.method), None),
     }
 }
 
-fn chat(st: Arc<State>, body: &Bytes) -> Response<Body> {
+fn chat(st: Arc<State>, body: &Bytes, tag: Option<usize>) -> Response<Body> {
+    let tagged = |text: String| match tag {
+        Some(index) => text.replace("chatcmpl-mock-0001", &tagged_id(index)),
+        None => text,
+    };
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
         return openai_error(
             400,
@@ -448,10 +484,17 @@ fn chat(st: Arc<State>, body: &Bytes) -> Response<Body> {
         return openai_error(400, "you must provide a model parameter", None);
     };
     if v["stream"] != serde_json::Value::Bool(true) {
-        return full(200, "application/json", chat_completion_body(&model));
+        return full(
+            200,
+            "application/json",
+            tagged(chat_completion_body(&model)),
+        );
     }
     let include_usage = v["stream_options"]["include_usage"] == serde_json::Value::Bool(true);
-    let events = sse_events(&model, include_usage);
+    let events: Vec<String> = sse_events(&model, include_usage)
+        .into_iter()
+        .map(tagged)
+        .collect();
     let delay = *st.stream_delay.lock().unwrap();
     let hold = st.hold.lock().unwrap().clone();
     let (tx, rx) = mpsc::channel::<Bytes>(4);
@@ -478,6 +521,12 @@ fn chat(st: Arc<State>, body: &Bytes) -> Response<Body> {
     r.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-cache"));
     r
+}
+
+/// The completion id a tagged chat answer carries (see [`Mock::tag_responses`]):
+/// `chatcmpl-mock-req-N`, N being the request's index in [`Mock::requests`].
+pub fn tagged_id(index: usize) -> String {
+    format!("chatcmpl-mock-req-{index}")
 }
 
 /// The mock itself behaves as the tests assume (so a keygate test failure is

@@ -6,11 +6,13 @@
 
 #![allow(dead_code)]
 
+pub mod bad_upstream;
 pub mod client;
 pub mod config;
 pub mod env;
 pub mod keygate;
 pub mod mock;
+pub mod raw_upstream;
 pub mod server;
 
 use std::convert::Infallible;

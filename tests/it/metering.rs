@@ -1,0 +1,1172 @@
+//! Usage metering (DESIGN §7, §8; README "Usage metering"): tokens per client
+//! as the upstream reported them, in `/metrics`, in the SQLite ledger
+//! (`keygate usage --json`, `GET /admin/usage`); the SSE tap at byte level;
+//! `stream_usage`; cut streams; flushes across SIGTERM and kill -9; and a
+//! ledger that never holds key material.
+//!
+//! [`World`] is the setup these tests and `limits.rs` share: the usual mocks,
+//! several named clients, the admin token, a 200 ms flush interval.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::Response;
+use serde_json::{json, Value};
+
+use crate::support::client::{open_h1, send_h1};
+use crate::support::keygate::tail;
+use crate::support::mock::{sse_events, AuthStyle};
+use crate::support::raw_upstream::{
+    RawUpstream, Script, SSE_CHUNKED_HEAD, SSE_CLOSE_DELIMITED_HEAD,
+};
+use crate::support::{
+    chat_body, find_leaks, Keygate, KeygateBuilder, Mock, Req, Server, OPENAI_KEY, XAI_KEY,
+};
+
+/// The admin token every [`World`] serves with (obviously fake; registered as a secret).
+pub const ADMIN_TOKEN: &str = "adm-test-Rk4Lp8Vn2Xc6Bm0Qs3Wd7Yf";
+
+/// The flush interval a [`World`] uses unless a test sets another.
+pub const FLUSH: Duration = Duration::from_millis(200);
+
+/// How long a test waits for counters to reach the ledger (many flush intervals).
+pub const LEDGER_WAIT: Duration = Duration::from_secs(5);
+
+/// How to build a [`World`].
+pub struct Opts<'a> {
+    /// Clients to create (`client add NAME`), in order.
+    pub clients: &'a [&'a str],
+    /// `client limits NAME FLAGS...`, run before `serve`.
+    pub limits: &'a [(&'a str, &'a [&'a str])],
+    /// Extra environment for `serve` (config overrides such as
+    /// `KEYGATE_METERING__FLUSH_INTERVAL`); replaces the defaults of the same name.
+    pub env: &'a [(&'a str, &'a str)],
+    /// Point provider `openai` here instead of at the recording mock.
+    pub openai_url: Option<String>,
+}
+
+impl Default for Opts<'_> {
+    fn default() -> Self {
+        Opts {
+            clients: &["app"],
+            limits: &[],
+            env: &[],
+            openai_url: None,
+        }
+    }
+}
+
+/// A running keygate with recording mocks for openai and xai (both keys in the
+/// vault), named clients, `KEYGATE_ADMIN_TOKEN` set and `flush_interval` 200 ms.
+/// Fields drop in order: the server stops first, then the leak check runs.
+pub struct World {
+    pub server: Server,
+    pub kg: Keygate,
+    pub openai: Mock,
+    pub xai: Mock,
+    /// Client name → its `kg_` key.
+    pub keys: BTreeMap<String, String>,
+    serve_env: Vec<(String, String)>,
+}
+
+impl World {
+    pub async fn start(opts: Opts<'_>) -> World {
+        let openai = Mock::start(&[OPENAI_KEY], AuthStyle::Bearer).await;
+        let xai = Mock::start(&[XAI_KEY], AuthStyle::Bearer).await;
+        let openai_url = opts.openai_url.clone().unwrap_or_else(|| openai.url());
+        let kg = Keygate::new(
+            &KeygateBuilder::new()
+                .provider("openai", &openai_url, "bearer")
+                .provider("xai", &xai.url(), "bearer"),
+        );
+        kg.register_secret(ADMIN_TOKEN);
+        kg.vault_init();
+        kg.add_key("openai", OPENAI_KEY);
+        kg.add_key("xai", XAI_KEY);
+        let mut keys = BTreeMap::new();
+        for name in opts.clients {
+            keys.insert(name.to_string(), kg.add_client(name));
+        }
+        for (name, flags) in opts.limits {
+            let mut args = vec!["client", "limits", name];
+            args.extend_from_slice(flags);
+            kg.run(&args).assert_ok("client limits");
+        }
+        let mut serve_env: Vec<(String, String)> = vec![
+            ("KEYGATE_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+            (
+                "KEYGATE_METERING__FLUSH_INTERVAL".into(),
+                format!("{}ms", FLUSH.as_millis()),
+            ),
+        ];
+        for (k, v) in opts.env {
+            serve_env.retain(|(name, _)| name != k);
+            serve_env.push((k.to_string(), v.to_string()));
+        }
+        let server = serve(&kg, &serve_env);
+        World {
+            server,
+            kg,
+            openai,
+            xai,
+            keys,
+            serve_env,
+        }
+    }
+
+    /// Start `keygate serve` again (after the previous one exited or was killed).
+    pub fn restart(&mut self) {
+        self.server = serve(&self.kg, &self.serve_env);
+    }
+
+    /// The `kg_` key of a client.
+    pub fn key(&self, client: &str) -> &str {
+        self.keys
+            .get(client)
+            .unwrap_or_else(|| panic!("no client {client} in this world"))
+    }
+
+    /// A non-streaming chat completion request as `client`.
+    pub fn chat(&self, client: &str, model: &str) -> Req {
+        Req::post("/v1/chat/completions")
+            .bearer(self.key(client))
+            .json(&chat_body(model))
+    }
+
+    /// A streaming chat completion request as `client`; `include_usage` is the
+    /// client's own `stream_options.include_usage` (`None`: no `stream_options`).
+    pub fn stream(&self, client: &str, model: &str, include_usage: Option<bool>) -> Req {
+        Req::post("/v1/chat/completions")
+            .bearer(self.key(client))
+            .json(&stream_body(model, include_usage))
+    }
+
+    /// `keygate usage --json ARGS...`, parsed.
+    pub fn usage_cli(&self, args: &[&str]) -> Value {
+        let mut all = vec!["usage", "--json"];
+        all.extend_from_slice(args);
+        let out = self.kg.run(&all);
+        out.assert_ok("usage --json");
+        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "`keygate usage --json` did not print JSON ({e}):\n{}",
+                out.stdout
+            )
+        })
+    }
+
+    /// The ledger's rows (all clients, last 7 days) as a map.
+    pub fn ledger(&self) -> BTreeMap<Row, Totals> {
+        rows(&self.usage_cli(&[]))
+    }
+
+    /// Poll the ledger until `done` holds (bounded by [`LEDGER_WAIT`]); the last rows.
+    pub async fn ledger_until(
+        &self,
+        what: &str,
+        done: impl Fn(&BTreeMap<Row, Totals>) -> bool,
+    ) -> BTreeMap<Row, Totals> {
+        let deadline = Instant::now() + LEDGER_WAIT;
+        loop {
+            let rows = self.ledger();
+            if done(&rows) {
+                return rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the ledger never showed {what} within {LEDGER_WAIT:?} (flush_interval {FLUSH:?}); last rows:\n{rows:#?}\n--- serve stderr\n{}",
+                tail(&self.server.stderr())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `GET /admin/usage?QUERY` with the admin token; the JSON it returned.
+    pub async fn admin_usage(&self, query: &str) -> Value {
+        let path = format!("/admin/usage?{query}");
+        let resp = send_h1(self.server.admin, Req::get(&path).bearer(ADMIN_TOKEN)).await;
+        self.server
+            .record(&format!("admin GET {path}"), resp.everything());
+        assert_eq!(resp.status, 200, "GET {path}: {}", resp.text());
+        resp.json()
+    }
+
+    /// The `/metrics` page.
+    pub async fn metrics(&self) -> String {
+        let resp = self.server.admin_get("/metrics").await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.text()
+    }
+}
+
+fn serve(kg: &Keygate, env: &[(String, String)]) -> Server {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    kg.serve_with(&env)
+}
+
+/// A streaming chat body; see [`World::stream`].
+pub fn stream_body(model: &str, include_usage: Option<bool>) -> Value {
+    let mut body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Count to four."}],
+        "stream": true,
+    });
+    if let Some(include) = include_usage {
+        body["stream_options"] = json!({"include_usage": include});
+    }
+    body
+}
+
+/// A ledger row's key: (client, provider, model).
+pub type Row = (String, String, String);
+
+/// The counts of one ledger row.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    pub requests: u64,
+    pub errors: u64,
+    pub prompt: u64,
+    pub completion: u64,
+    pub total: u64,
+}
+
+impl Totals {
+    fn add_usage(&mut self, (prompt, completion, total): (u64, u64, u64)) {
+        self.requests += 1;
+        self.prompt += prompt;
+        self.completion += completion;
+        self.total += total;
+    }
+}
+
+pub fn row(client: &str, provider: &str, model: &str) -> Row {
+    (client.into(), provider.into(), model.into())
+}
+
+/// `keygate usage --json` / `GET /admin/usage` output as a map; panics on a
+/// row that lacks a documented field or repeats a key.
+pub fn rows(v: &Value) -> BTreeMap<Row, Totals> {
+    let list = v
+        .as_array()
+        .unwrap_or_else(|| panic!("usage JSON is not an array: {v}"));
+    let mut out = BTreeMap::new();
+    for r in list {
+        let s = |f: &str| {
+            r[f].as_str()
+                .unwrap_or_else(|| panic!("usage row without string `{f}`: {r}"))
+                .to_string()
+        };
+        let n = |f: &str| {
+            r[f].as_u64()
+                .unwrap_or_else(|| panic!("usage row without integer `{f}`: {r}"))
+        };
+        let key = (s("client"), s("provider"), s("model"));
+        let totals = Totals {
+            requests: n("requests"),
+            errors: n("errors"),
+            prompt: n("prompt_tokens"),
+            completion: n("completion_tokens"),
+            total: n("total_tokens"),
+        };
+        assert!(
+            out.insert(key.clone(), totals).is_none(),
+            "usage JSON repeats {key:?}: {v}"
+        );
+    }
+    out
+}
+
+/// The sum of every sample of `metric` whose labels include all of `want`.
+pub fn labeled_sum(page: &str, metric: &str, want: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix(metric).and_then(|r| r.strip_prefix('{')) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let labels = parse_labels(labels);
+        if want
+            .iter()
+            .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
+        {
+            sum += value
+                .trim()
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("unparsable sample: {line}"));
+        }
+    }
+    sum
+}
+
+/// `a="x",b="y \"q\""` → pairs.
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let name: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if name.is_empty() {
+            return out;
+        }
+        assert_eq!(chars.next(), Some('"'), "bad labels: {text}");
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => value.push(chars.next().unwrap_or('\\')),
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        out.push((name.trim_start_matches(',').trim().to_string(), value));
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+}
+
+/// The usage of the usage-only chunk the mock sends at the end of a stream
+/// that asked for it: (prompt, completion, total).
+pub fn mock_stream_usage() -> (u64, u64, u64) {
+    let events = sse_events("m", true);
+    let chunk = events
+        .iter()
+        .find(|e| e.contains("\"choices\":[]"))
+        .expect("the mock's usage chunk");
+    let v: Value = serde_json::from_str(chunk.trim().trim_start_matches("data: ")).unwrap();
+    usage_of(&v["usage"])
+}
+
+/// The usage of the mock's normal (non-canned) JSON chat completion.
+pub fn mock_json_usage() -> (u64, u64, u64) {
+    let v: Value = serde_json::from_str(&crate::support::mock::chat_completion_body("m")).unwrap();
+    usage_of(&v["usage"])
+}
+
+fn usage_of(u: &Value) -> (u64, u64, u64) {
+    (
+        u["prompt_tokens"].as_u64().unwrap(),
+        u["completion_tokens"].as_u64().unwrap(),
+        u["total_tokens"].as_u64().unwrap(),
+    )
+}
+
+/// A chat completion JSON body reporting this usage (for canned answers).
+fn completion_with_usage(model: &str, prompt: u64, completion: u64) -> String {
+    json!({
+        "id": "chatcmpl-canned",
+        "object": "chat.completion",
+        "created": 1_700_000_000u64,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    })
+    .to_string()
+}
+
+/// Read a response body to its end or its error (bounded); the bytes and
+/// whether it ended cleanly.
+pub async fn read_body(resp: Response<Incoming>) -> (Vec<u8>, bool) {
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(15), body.frame())
+            .await
+            .expect("the response body stalled for 15 s");
+        match frame {
+            None => return (got, true),
+            Some(Err(_)) => return (got, false),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    got.extend_from_slice(&d);
+                }
+            }
+        }
+    }
+}
+
+/// Send a streaming request, read it whole; panics unless it is a clean 200.
+async fn stream_ok(w: &World, req: Req, label: &str) -> String {
+    let resp = open_h1(w.server.client, req).await;
+    assert_eq!(resp.status(), 200, "{label}");
+    let (bytes, clean) = read_body(resp).await;
+    let text = String::from_utf8(bytes).expect("stream is UTF-8");
+    w.server.record(label, text.clone());
+    assert!(clean, "{label}: the stream ended with an error:\n{text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_per_client_match_what_the_upstream_reported_in_metrics_ledger_and_admin_api() {
+    let w = World::start(Opts {
+        clients: &["alpha", "beta"],
+        ..Opts::default()
+    })
+    .await;
+    let mut expected: BTreeMap<Row, Totals> = BTreeMap::new();
+    let stream_usage = mock_stream_usage();
+
+    // JSON answers with a different usage each (canned, answered in order).
+    let json_calls: [(&str, &str, &str, u64, u64); 5] = [
+        ("alpha", "openai", "gpt-4o", 100, 20),
+        ("alpha", "openai", "gpt-4o", 50, 5),
+        ("alpha", "openai", "gpt-4o", 7, 3),
+        ("beta", "xai", "grok-3", 30, 40),
+        ("beta", "xai", "grok-3", 1, 2),
+    ];
+    for (client, provider, model, p, c) in json_calls {
+        let mock = if provider == "xai" { &w.xai } else { &w.openai };
+        mock.push_response(200, &[], &completion_with_usage(model, p, c));
+        let resp = w.server.send(w.chat(client, model)).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        expected
+            .entry(row(client, provider, model))
+            .or_default()
+            .add_usage((p, c, p + c));
+    }
+    // The mock's own JSON answer, through plain /v1 routing.
+    let resp = w.server.send(w.chat("beta", "gpt-4o-mini")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    expected
+        .entry(row("beta", "openai", "gpt-4o-mini"))
+        .or_default()
+        .add_usage(mock_json_usage());
+    // Embeddings report prompt tokens only.
+    let resp = w
+        .server
+        .send(
+            Req::post("/v1/embeddings")
+                .bearer(w.key("beta"))
+                .json(&json!({"model": "text-embedding-3-small", "input": "hi"})),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let emb: Value = serde_json::from_str(&crate::support::mock::embeddings_body()).unwrap();
+    expected
+        .entry(row("beta", "openai", "text-embedding-3-small"))
+        .or_default()
+        .add_usage((
+            emb["usage"]["prompt_tokens"].as_u64().unwrap(),
+            0,
+            emb["usage"]["total_tokens"].as_u64().unwrap(),
+        ));
+    // An upstream error is a request and an error, with no tokens.
+    w.openai.push_response(
+        500,
+        &[],
+        r#"{"error":{"message":"boom","type":"server_error","code":null}}"#,
+    );
+    let resp = w.server.send(w.chat("alpha", "gpt-4o")).await;
+    assert_eq!(resp.status, 500, "{}", resp.text());
+    let e = expected
+        .entry(row("alpha", "openai", "gpt-4o"))
+        .or_default();
+    e.requests += 1;
+    e.errors += 1;
+    // Streams: asking for usage, not asking (keygate asks), asking for none.
+    let streams: [(&str, &str, &str, Option<bool>); 4] = [
+        ("alpha", "openai", "gpt-4o", Some(true)),
+        ("alpha", "openai", "gpt-4o", None),
+        ("beta", "xai", "grok-3", None),
+        ("beta", "xai", "grok-3", Some(false)),
+    ];
+    for (client, provider, model, include) in streams {
+        stream_ok(&w, w.stream(client, model, include), "stream").await;
+        expected
+            .entry(row(client, provider, model))
+            .or_default()
+            .add_usage(stream_usage);
+    }
+
+    // The ledger, once flushed: exactly these rows (no errors, nothing else).
+    let ledger = w
+        .ledger_until("every request's tokens", |rows| *rows == expected)
+        .await;
+    assert_eq!(ledger, expected);
+    let only_alpha = rows(&w.usage_cli(&["--client", "alpha", "--since", "1h"]));
+    let alpha_expected: BTreeMap<Row, Totals> = expected
+        .iter()
+        .filter(|(k, _)| k.0 == "alpha")
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
+    assert_eq!(only_alpha, alpha_expected, "usage --client alpha");
+
+    // The admin API reads the same ledger.
+    assert_eq!(rows(&w.admin_usage("since=1h").await), expected);
+    assert_eq!(
+        rows(&w.admin_usage("client=beta").await),
+        expected
+            .iter()
+            .filter(|(k, _)| k.0 == "beta")
+            .map(|(k, v)| (k.clone(), *v))
+            .collect::<BTreeMap<_, _>>(),
+        "GET /admin/usage?client=beta"
+    );
+
+    // Prometheus: keygate_tokens_total per client, provider, model and kind.
+    let page = w.metrics().await;
+    for ((client, provider, model), t) in &expected {
+        for (kind, want) in [("prompt", t.prompt), ("completion", t.completion)] {
+            let got = labeled_sum(
+                &page,
+                "keygate_tokens_total",
+                &[
+                    ("client", client),
+                    ("provider", provider),
+                    ("model", model),
+                    ("kind", kind),
+                ],
+            );
+            assert_eq!(
+                got, want as f64,
+                "keygate_tokens_total{{client={client},provider={provider},model={model},kind={kind}}}\n{page}"
+            );
+        }
+    }
+    for client in ["alpha", "beta"] {
+        let want: u64 = expected
+            .iter()
+            .filter(|(k, _)| k.0 == client)
+            .map(|(_, t)| t.prompt + t.completion)
+            .sum();
+        let got = labeled_sum(&page, "keygate_tokens_total", &[("client", client)]);
+        assert_eq!(got, want as f64, "all tokens of {client}:\n{page}");
+        let requests: u64 = expected
+            .iter()
+            .filter(|(k, _)| k.0 == client)
+            .map(|(_, t)| t.requests)
+            .sum();
+        let got = labeled_sum(&page, "keygate_requests_total", &[("client", client)]);
+        assert_eq!(got, requests as f64, "requests of {client}:\n{page}");
+    }
+}
+
+/// An SSE body with everything a parser can trip on: CRLF line endings,
+/// `: keep-alive` comments, `data:` without a space, multi-byte UTF-8, and the
+/// usage-only chunk `include_usage` asks for.
+fn tricky_sse_body(prompt: u64, completion: u64) -> Vec<u8> {
+    let chunk = |choices: Value, usage: Value| {
+        json!({
+            "id": "chatcmpl-raw-1",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000u64,
+            "model": "gpt-4o",
+            "choices": choices,
+            "usage": usage,
+        })
+        .to_string()
+    };
+    let delta =
+        |content: &str| json!([{"index": 0, "delta": {"content": content}, "finish_reason": null}]);
+    let mut s = String::new();
+    s.push_str(": keep-alive\r\n\r\n");
+    s.push_str(&format!(
+        "data:{}\r\n\r\n",
+        chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+            Value::Null
+        )
+    ));
+    s.push_str(&format!(
+        "data: {}\r\n\r\n",
+        chunk(delta("Café é "), Value::Null)
+    ));
+    s.push_str(": keep-alive\r\n\r\n");
+    s.push_str(&format!(
+        "data:{}\r\n\r\n",
+        chunk(delta("日本 — ok"), Value::Null)
+    ));
+    s.push_str(&format!(
+        "data: {}\r\n\r\n",
+        chunk(
+            json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+            Value::Null
+        )
+    ));
+    s.push_str(&format!(
+        "data:{}\r\n\r\n",
+        chunk(
+            json!([]),
+            json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+        )
+    ));
+    s.push_str("data: [DONE]\r\n\r\n");
+    s.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bytewise_sse_with_split_utf8_crlf_and_comments_passes_unchanged_and_is_metered() {
+    const PROMPT: u64 = 123;
+    const COMPLETION: u64 = 45;
+    let body = tricky_sse_body(PROMPT, COMPLETION);
+    assert!(std::str::from_utf8(&body).is_ok());
+    // One byte per write, 1 ms apart: every multi-byte character is split
+    // across writes. The body ends when the upstream closes (no framing).
+    let upstream_body = body.clone();
+    let raw = RawUpstream::start(move |_| {
+        Script::new()
+            .write(SSE_CLOSE_DELIMITED_HEAD)
+            .bytewise(&upstream_body, Duration::from_millis(1))
+    })
+    .await;
+    let w = World::start(Opts {
+        openai_url: Some(raw.url()),
+        ..Opts::default()
+    })
+    .await;
+
+    let resp = open_h1(w.server.client, w.stream("app", "gpt-4o", Some(true))).await;
+    assert_eq!(resp.status(), 200);
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or_default().to_string());
+    assert!(
+        ctype
+            .as_deref()
+            .is_some_and(|c| c.starts_with("text/event-stream")),
+        "{ctype:?}"
+    );
+    let (got, clean) = read_body(resp).await;
+    w.server.record(
+        "bytewise stream",
+        String::from_utf8_lossy(&got).into_owned(),
+    );
+    assert!(clean, "the stream ended with an error");
+    assert!(
+        got == body,
+        "a client that asked for usage must get the upstream's bytes unchanged\n--- sent\n{:?}\n--- received\n{:?}",
+        String::from_utf8_lossy(&body),
+        String::from_utf8_lossy(&got)
+    );
+    // The client asked for usage itself: the request went up as it was.
+    assert_eq!(raw.hits(), 1);
+    assert_eq!(
+        raw.requests()[0].json(),
+        stream_body("gpt-4o", Some(true)),
+        "a request that already asks for usage is forwarded unchanged"
+    );
+
+    let expected = BTreeMap::from([(
+        row("app", "openai", "gpt-4o"),
+        Totals {
+            requests: 1,
+            errors: 0,
+            prompt: PROMPT,
+            completion: COMPLETION,
+            total: PROMPT + COMPLETION,
+        },
+    )]);
+    let ledger = w
+        .ledger_until("the bytewise stream's usage", |r| *r == expected)
+        .await;
+    assert_eq!(ledger, expected);
+    let page = w.metrics().await;
+    assert_eq!(
+        labeled_sum(
+            &page,
+            "keygate_tokens_total",
+            &[("client", "app"), ("kind", "prompt")]
+        ),
+        PROMPT as f64,
+        "{page}"
+    );
+    assert_eq!(
+        labeled_sum(
+            &page,
+            "keygate_tokens_total",
+            &[("client", "app"), ("kind", "completion")]
+        ),
+        COMPLETION as f64,
+        "{page}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bytewise_chunked_sse_loses_only_the_usage_chunk_for_a_client_that_did_not_ask() {
+    const PROMPT: u64 = 77;
+    const COMPLETION: u64 = 9;
+    let body = tricky_sse_body(PROMPT, COMPLETION);
+    // One HTTP chunk per byte, one write per chunk.
+    let mut script = Script::new().write(SSE_CHUNKED_HEAD);
+    for b in &body {
+        script = script.chunk([*b]).pause(Duration::from_millis(1));
+    }
+    let script = script.end_chunks();
+    let raw = RawUpstream::start(move |_| script.clone()).await;
+    let w = World::start(Opts {
+        openai_url: Some(raw.url()),
+        ..Opts::default()
+    })
+    .await;
+
+    let text = stream_ok(&w, w.stream("app", "gpt-4o", None), "stripped stream").await;
+    // The upstream was asked for usage on the client's behalf...
+    assert_eq!(raw.hits(), 1);
+    let sent = raw.requests()[0].json();
+    assert_eq!(
+        sent["stream_options"]["include_usage"], true,
+        "keygate must add stream_options.include_usage: {sent}"
+    );
+    assert_eq!(sent["messages"], stream_body("gpt-4o", None)["messages"]);
+    // ...and the client got every byte but the usage-only event.
+    let body = String::from_utf8(body).unwrap();
+    let usage_event = body
+        .split_inclusive("\r\n\r\n")
+        .find(|e| e.contains("\"choices\":[]"))
+        .expect("usage event")
+        .to_string();
+    let want = body.replacen(&usage_event, "", 1);
+    assert!(
+        !text.contains("\"choices\":[]") && !text.contains("prompt_tokens"),
+        "a client that did not ask must not see the usage chunk:\n{text:?}"
+    );
+    assert_eq!(
+        text, want,
+        "everything but the usage chunk arrives unchanged"
+    );
+
+    let expected = BTreeMap::from([(
+        row("app", "openai", "gpt-4o"),
+        Totals {
+            requests: 1,
+            errors: 0,
+            prompt: PROMPT,
+            completion: COMPLETION,
+            total: PROMPT + COMPLETION,
+        },
+    )]);
+    let ledger = w
+        .ledger_until("the stripped stream's usage", |r| *r == expected)
+        .await;
+    assert_eq!(ledger, expected);
+}
+
+/// One SSE event as JSON without a null `usage`; `[DONE]` as a string.
+fn event_json(event: &str) -> Value {
+    let data = event
+        .trim()
+        .strip_prefix("data: ")
+        .unwrap_or_else(|| panic!("not an SSE data event: {event:?}"));
+    if data == "[DONE]" {
+        return json!("[DONE]");
+    }
+    let mut v: Value =
+        serde_json::from_str(data).unwrap_or_else(|e| panic!("bad event JSON ({e}): {data}"));
+    if v.get("usage").is_some_and(|u| u.is_null()) {
+        v.as_object_mut().expect("object").remove("usage");
+    }
+    v
+}
+
+fn events(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(event_json)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_usage_asks_upstream_and_hides_the_chunk_only_from_clients_that_did_not_ask() {
+    let w = World::start(Opts::default()).await;
+    let without_usage: Vec<Value> = sse_events("gpt-4o", false)
+        .iter()
+        .map(|e| event_json(e))
+        .collect();
+
+    for include in [None, Some(false)] {
+        let text = stream_ok(&w, w.stream("app", "gpt-4o", include), "stream").await;
+        assert!(
+            !text.contains("\"choices\":[]") && !text.contains("prompt_tokens"),
+            "stream_options {include:?}: the client did not ask for usage but got the chunk:\n{text}"
+        );
+        assert_eq!(
+            events(&text),
+            without_usage,
+            "stream_options {include:?}:\n{text}"
+        );
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        let up = w.openai.last().json();
+        assert_eq!(
+            up["stream_options"]["include_usage"], true,
+            "stream_options {include:?}: the upstream was not asked for usage: {up}"
+        );
+        let mut rest = up.clone();
+        rest.as_object_mut().unwrap().remove("stream_options");
+        let mut asked = stream_body("gpt-4o", include);
+        asked.as_object_mut().unwrap().remove("stream_options");
+        assert_eq!(rest, asked, "only stream_options may change");
+    }
+
+    // A client that asked gets the chunk, byte for byte.
+    let text = stream_ok(&w, w.stream("app", "gpt-4o", Some(true)), "stream").await;
+    assert_eq!(text, sse_events("gpt-4o", true).concat());
+    assert_eq!(
+        w.openai.last().json(),
+        stream_body("gpt-4o", Some(true)),
+        "a request already asking for usage goes up unchanged"
+    );
+    assert_eq!(w.openai.hits(), 3);
+
+    let (p, c, t) = mock_stream_usage();
+    let expected = BTreeMap::from([(
+        row("app", "openai", "gpt-4o"),
+        Totals {
+            requests: 3,
+            errors: 0,
+            prompt: 3 * p,
+            completion: 3 * c,
+            total: 3 * t,
+        },
+    )]);
+    let ledger = w
+        .ledger_until("three streams' usage", |r| *r == expected)
+        .await;
+    assert_eq!(ledger, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_usage_false_forwards_streams_untouched() {
+    let w = World::start(Opts {
+        env: &[("KEYGATE_METERING__STREAM_USAGE", "false")],
+        ..Opts::default()
+    })
+    .await;
+    let text = stream_ok(&w, w.stream("app", "gpt-4o", None), "stream").await;
+    assert_eq!(text, sse_events("gpt-4o", false).concat());
+    assert_eq!(
+        w.openai.last().json(),
+        stream_body("gpt-4o", None),
+        "with stream_usage = false the request goes up unchanged"
+    );
+    let ledger = w
+        .ledger_until("the stream's request", |r| !r.is_empty())
+        .await;
+    assert_eq!(
+        ledger,
+        BTreeMap::from([(
+            row("app", "openai", "gpt-4o"),
+            Totals {
+                requests: 1,
+                ..Totals::default()
+            }
+        )]),
+        "a stream without usage counts as a request with no tokens"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_cut_short_is_an_error_and_keeps_the_tokens_seen() {
+    let first = format!(
+        "data: {}\n\n",
+        json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o",
+               "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": null}], "usage": null})
+    );
+    let usage = format!(
+        "data: {}\n\n",
+        json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o", "choices": [],
+               "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}})
+    );
+    let (a, b) = (first.clone(), usage.clone());
+    // A chunked stream that stops mid-event, without its last chunk.
+    let raw = RawUpstream::start(move |_| {
+        Script::new()
+            .write(SSE_CHUNKED_HEAD)
+            .chunk(&a)
+            .pause(Duration::from_millis(20))
+            .chunk(&b)
+            .pause(Duration::from_millis(20))
+            .chunk("data: {\"id\":\"c\",\"choi")
+            .pause(Duration::from_millis(50))
+            .cut()
+    })
+    .await;
+    let w = World::start(Opts {
+        openai_url: Some(raw.url()),
+        ..Opts::default()
+    })
+    .await;
+
+    let resp = open_h1(w.server.client, w.stream("app", "gpt-4o", Some(true))).await;
+    assert_eq!(resp.status(), 200);
+    let (got, clean) = read_body(resp).await;
+    let got = String::from_utf8_lossy(&got).into_owned();
+    w.server.record("cut stream", got.clone());
+    assert!(
+        got.starts_with(&format!("{first}{usage}")),
+        "the events sent before the cut must reach the client:\n{got:?}"
+    );
+    assert!(
+        !clean || !got.contains("[DONE]"),
+        "a cut stream must not look complete:\n{got:?}"
+    );
+
+    let ledger = w.ledger_until("the cut stream", |r| !r.is_empty()).await;
+    let t = ledger
+        .get(&row("app", "openai", "gpt-4o"))
+        .copied()
+        .unwrap_or_else(|| panic!("no row for the cut stream: {ledger:#?}"));
+    assert_eq!(t.requests, 1, "{ledger:#?}");
+    assert!(
+        t.errors >= 1,
+        "a stream cut short must count as an error: {t:?}"
+    );
+    assert_eq!(
+        (t.prompt, t.completion, t.total),
+        (9, 3, 12),
+        "the tokens seen before the cut must be kept"
+    );
+    let page = w.metrics().await;
+    assert_eq!(
+        labeled_sum(
+            &page,
+            "keygate_tokens_total",
+            &[("client", "app"), ("kind", "prompt")]
+        ),
+        9.0,
+        "{page}"
+    );
+}
+
+/// `n` JSON requests and `n` streams (keygate asks for usage) as `app`; the rows they make.
+async fn traffic(w: &World, n: u64) -> BTreeMap<Row, Totals> {
+    for _ in 0..n {
+        let resp = w.server.send(w.chat("app", "gpt-4o")).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        stream_ok(w, w.stream("app", "gpt-4o-mini", None), "stream").await;
+    }
+    let (p, c, t) = mock_json_usage();
+    let (sp, sc, st) = mock_stream_usage();
+    BTreeMap::from([
+        (
+            row("app", "openai", "gpt-4o"),
+            Totals {
+                requests: n,
+                errors: 0,
+                prompt: n * p,
+                completion: n * c,
+                total: n * t,
+            },
+        ),
+        (
+            row("app", "openai", "gpt-4o-mini"),
+            Totals {
+                requests: n,
+                errors: 0,
+                prompt: n * sp,
+                completion: n * sc,
+                total: n * st,
+            },
+        ),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_right_after_requests_loses_no_usage() {
+    // A flush interval far longer than the test: only the shutdown flush can
+    // put these requests in the ledger.
+    let mut w = World::start(Opts {
+        env: &[("KEYGATE_METERING__FLUSH_INTERVAL", "10m")],
+        ..Opts::default()
+    })
+    .await;
+    let mut expected = traffic(&w, 4).await;
+    // And one stream still in flight when SIGTERM arrives: drained, then metered.
+    let release = w.openai.hold_streams();
+    let resp = open_h1(w.server.client, w.stream("app", "gpt-4o-mini", None)).await;
+    assert_eq!(resp.status(), 200);
+    w.server.signal_term();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    release.release();
+    let (got, clean) = read_body(resp).await;
+    w.server
+        .record("drained stream", String::from_utf8_lossy(&got).into_owned());
+    assert!(clean, "the in-flight stream was cut by SIGTERM");
+    let e = expected
+        .get_mut(&row("app", "openai", "gpt-4o-mini"))
+        .unwrap();
+    e.add_usage(mock_stream_usage());
+    let status = w.server.wait_exit();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "SIGTERM must end serve with 0\n{}",
+        tail(&w.server.stderr())
+    );
+    assert_eq!(
+        w.ledger(),
+        expected,
+        "every request done before SIGTERM must be in the ledger after exit"
+    );
+
+    // A second life adds to the same ledger.
+    w.restart();
+    let more = traffic(&w, 1).await;
+    w.server.terminate();
+    let mut sum = expected.clone();
+    for (k, t) in more {
+        let e = sum.entry(k).or_default();
+        e.requests += t.requests;
+        e.prompt += t.prompt;
+        e.completion += t.completion;
+        e.total += t.total;
+    }
+    assert_eq!(w.ledger(), sum, "usage of both runs adds up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_loses_nothing_older_than_one_flush_interval() {
+    let w = World::start(Opts::default()).await;
+    let expected = traffic(&w, 3).await;
+    // More than one interval after the last request (3 × 200 ms, for slack on
+    // a loaded machine), then SIGKILL: no chance for a shutdown flush.
+    tokio::time::sleep(FLUSH * 3).await;
+    let World {
+        server,
+        kg,
+        openai,
+        xai,
+        ..
+    } = w;
+    drop(server); // Server's drop is `Child::kill`: SIGKILL.
+    let out = kg.run(&["usage", "--json"]);
+    out.assert_ok("usage --json after kill -9");
+    let got = rows(&serde_json::from_str(out.stdout.trim()).expect("usage JSON"));
+    assert_eq!(
+        got, expected,
+        "after SIGKILL, usage older than one flush interval must be in the ledger"
+    );
+    drop((kg, openai, xai));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_ledger_file_holds_no_client_or_upstream_key() {
+    let mut w = World::start(Opts {
+        clients: &["alpha", "beta"],
+        ..Opts::default()
+    })
+    .await;
+    for client in ["alpha", "beta"] {
+        for model in ["gpt-4o", "grok-3"] {
+            let resp = w.server.send(w.chat(client, model)).await;
+            assert_eq!(resp.status, 200, "{}", resp.text());
+            stream_ok(&w, w.stream(client, model, None), "stream").await;
+        }
+    }
+    // An upstream error answer is metered too.
+    let resp = w
+        .server
+        .send(Req::get("/v1/nope").bearer(w.key("alpha")))
+        .await;
+    assert_eq!(resp.status, 404);
+    w.ledger_until("the traffic", |r| r.len() >= 4).await;
+
+    let mut secrets: Vec<String> = w.keys.values().cloned().collect();
+    secrets.extend([
+        OPENAI_KEY.to_string(),
+        XAI_KEY.to_string(),
+        ADMIN_TOKEN.to_string(),
+    ]);
+    let db = w.kg.dir().join("usage.sqlite");
+    let scan = |when: &str| {
+        let mut captures = Vec::new();
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let path = format!("{}{suffix}", db.display());
+            if let Ok(bytes) = std::fs::read(&path) {
+                captures.push((
+                    format!("{when}: {path}"),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
+            }
+        }
+        assert!(
+            captures
+                .iter()
+                .any(|(_, t)| t.contains("alpha") && t.contains("grok-3")),
+            "{when}: the ledger files at {} do not hold the usage rows, so this check would prove nothing",
+            db.display()
+        );
+        let leaks = find_leaks(&secrets, &captures);
+        assert!(
+            leaks.is_empty(),
+            "{when}: key material in the ledger:\n{}",
+            leaks.join("\n")
+        );
+    };
+    scan("while serving");
+    w.server.terminate();
+    scan("after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn json_usage_split_across_many_reads_is_counted() {
+    let body = completion_with_usage("gpt-4o", 31, 8);
+    let json_body = body.clone();
+    let n = std::sync::atomic::AtomicUsize::new(0);
+    // Odd requests: Content-Length, one byte per write; even: one chunk per byte.
+    let raw = RawUpstream::start(move |_| {
+        let gap = Duration::from_millis(1);
+        if n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 0 {
+            Script::new()
+                .write(format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    json_body.len()
+                ))
+                .bytewise(json_body.as_bytes(), gap)
+        } else {
+            let mut script = Script::new().write(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+            );
+            for b in json_body.as_bytes() {
+                script = script.chunk([*b]).pause(gap);
+            }
+            script.end_chunks()
+        }
+    })
+    .await;
+    let w = World::start(Opts {
+        openai_url: Some(raw.url()),
+        ..Opts::default()
+    })
+    .await;
+    for framing in ["content-length", "chunked"] {
+        let resp = w.server.send(w.chat("app", "gpt-4o")).await;
+        assert_eq!(resp.status, 200, "{framing}: {}", resp.text());
+        assert_eq!(resp.text(), body, "{framing}: the body arrives unchanged");
+    }
+    let expected = BTreeMap::from([(
+        row("app", "openai", "gpt-4o"),
+        Totals {
+            requests: 2,
+            errors: 0,
+            prompt: 62,
+            completion: 16,
+            total: 78,
+        },
+    )]);
+    let ledger = w
+        .ledger_until("both split JSON answers' usage", |r| *r == expected)
+        .await;
+    assert_eq!(ledger, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_upstream_plays_its_script_exactly() {
+    // The byte-level upstream itself: exact bytes, in order, recorded request.
+    let raw =
+        RawUpstream::start(|req| Script::json(201, &format!("{{\"len\":{}}}", req.body.len())))
+            .await;
+    let addr: std::net::SocketAddr = raw.url().trim_start_matches("http://").parse().unwrap();
+    let resp = send_h1(
+        addr,
+        Req::post("/v1/x").chunked(vec![Bytes::from("ab"), Bytes::from("cde")]),
+    )
+    .await;
+    assert_eq!(resp.status, 201);
+    assert_eq!(resp.text(), "{\"len\":5}");
+    assert_eq!(&raw.requests()[0].body[..], b"abcde");
+    assert!(raw.requests()[0].request_line.starts_with("POST /v1/x "));
+}
