@@ -118,7 +118,8 @@ impl Limits {
     }
 
     /// Admits one request of `estimate` tokens at `now` (unix seconds), or says
-    /// why not. Nothing is counted for a refused request.
+    /// why not. Nothing is counted for a refused request. Every admitted
+    /// request gets a reservation, settled with its real usage.
     pub fn admit(
         &self,
         client: &Arc<str>,
@@ -126,11 +127,17 @@ impl Limits {
         estimate: impl FnOnce() -> u64,
         now: u64,
     ) -> Result<Option<Reservation>, ProxyError> {
+        let state = self.state(client);
         if !limits.any() {
-            return Ok(None);
+            // Spend is tracked for every client, so a budget set later counts
+            // what was spent before it (the estimate is skipped: nothing to check).
+            return Ok(Some(Reservation {
+                state,
+                estimate: 0,
+                minute: now / 60,
+            }));
         }
         let estimate = estimate();
-        let state = self.state(client);
         let minute = now / 60;
         state.roll(minute);
         let retry_after = Duration::from_secs(60 - now % 60);

@@ -12,12 +12,14 @@ pub struct SseSplitter {
     line: Vec<u8>,
     data: Vec<u8>,
     has_data: bool,
+    has_lines: bool,
     after_cr: bool,
 }
 
 impl SseSplitter {
     /// Feeds one chunk. `on_event(data, end)` is called for every event that
-    /// completes in this chunk, with its joined `data` lines and the offset in
+    /// completes in this chunk, with its joined `data` lines (empty for a block
+    /// without data, such as a `: keep-alive` comment) and the offset in
     /// `chunk` just past the blank line that ended it.
     pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(&[u8], usize)) {
         let mut start = 0;
@@ -60,11 +62,17 @@ impl SseSplitter {
                     self.data.pop();
                 }
                 on_event(&self.data, end);
+            } else if self.has_lines {
+                // A block without data (a `: keep-alive` comment): reported too,
+                // so a re-framing tap forwards it at once instead of holding it.
+                on_event(&[], end);
             }
             self.data.clear();
             self.has_data = false;
+            self.has_lines = false;
             return;
         }
+        self.has_lines = true;
         if line[0] == b':' {
             return;
         }
@@ -112,6 +120,11 @@ mod tests {
                 "split at {split}"
             );
         }
+    }
+
+    #[test]
+    fn comment_only_blocks_are_reported_empty() {
+        assert_eq!(events(&[b": ping\n\ndata: x\n\n"]), ["", "x"]);
     }
 
     #[test]
