@@ -347,3 +347,73 @@ async fn budget_counts_the_ledger_so_a_restart_does_not_reset_it() {
         "after a restart the spent budget must still be spent"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_budget_set_on_a_running_server_counts_what_the_client_already_spent() {
+    // README: "Budgets count everything in the usage ledger". A client spends
+    // without limits, the ledger records it, then the operator sets a budget
+    // below what is already spent: the next request must be refused.
+    let w = World::start(Opts {
+        clients: &["app", "probe"],
+        ..Opts::default()
+    })
+    .await;
+    let (_, _, used_each) = mock_json_usage();
+    // A small estimate (body / 4 + max_tokens), so that the estimate alone
+    // fits the budget set below and only the spend can refuse.
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5});
+    let estimate = body.to_string().len() as u64 / 4 + 5;
+    let req = || {
+        Req::post("/v1/chat/completions")
+            .bearer(w.key("app"))
+            .json(&body)
+    };
+    let n = 8;
+    for _ in 0..n {
+        let resp = w.server.send(req()).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    let spent = n * used_each;
+    w.ledger_until("the unlimited spend", |r| {
+        r.get(&row("app", "openai", "gpt-4o"))
+            .is_some_and(|t| t.total == spent)
+    })
+    .await;
+    let budget = spent / 2;
+    assert!(
+        estimate < budget && budget < spent,
+        "estimate {estimate}, budget {budget}, spent {spent}"
+    );
+    w.kg.run(&[
+        "client",
+        "limits",
+        "app",
+        "--budget-tokens",
+        &budget.to_string(),
+    ])
+    .assert_ok("client limits --budget-tokens");
+    // A later vault write gives client `probe` a budget its first request's
+    // estimate alone exceeds; once `probe` is refused, the server runs a
+    // vault generation that has `app`'s budget too.
+    w.kg.run(&["client", "limits", "probe", "--budget-tokens", "1"])
+        .assert_ok("client limits probe");
+    let live = crate::support::eventually(RELOAD_WAIT, || async {
+        let resp = w.server.send(w.chat("probe", "gpt-4o")).await;
+        (resp.status == 429).then_some(())
+    })
+    .await;
+    assert!(
+        live.is_some(),
+        "the new limits were not live within {RELOAD_WAIT:?}"
+    );
+    let hits = w.openai.hits();
+    let resp = w.server.send(req()).await;
+    assert!(
+        resp.status == 429,
+        "the ledger says `app` spent {spent} tokens; with --budget-tokens {budget} live, the request must be refused, got {}: {}",
+        resp.status,
+        resp.text()
+    );
+    resp.assert_keygate_error(429, "client_budget_exceeded");
+    assert_eq!(w.openai.hits(), hits);
+}

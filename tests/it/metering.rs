@@ -494,7 +494,22 @@ async fn tokens_per_client_match_what_the_upstream_reported_in_metrics_ledger_an
         .collect();
     assert_eq!(only_alpha, alpha_expected, "usage --client alpha");
 
-    // The admin API reads the same ledger.
+    // The admin API reads the same ledger, and only with the admin token.
+    for auth in [None, Some("Bearer wrong-token"), Some("Bearer kg_x")] {
+        let mut req = Req::get("/admin/usage");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = send_h1(w.server.admin, req).await;
+        w.server
+            .record("admin usage without the token", resp.everything());
+        assert!(
+            resp.status == 401 || resp.status == 403 || resp.status == 404,
+            "GET /admin/usage with {auth:?} must be refused, got {}: {}",
+            resp.status,
+            resp.text()
+        );
+    }
     assert_eq!(rows(&w.admin_usage("since=1h").await), expected);
     assert_eq!(
         rows(&w.admin_usage("client=beta").await),
@@ -931,6 +946,107 @@ async fn a_stream_cut_short_is_an_error_and_keeps_the_tokens_seen() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_cut_by_stream_idle_timeout_is_an_error() {
+    let first = format!(
+        "data: {}\n\n",
+        json!({"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o",
+               "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": null}], "usage": null})
+    );
+    let a = first.clone();
+    let raw = RawUpstream::start(move |_| {
+        Script::new()
+            .write(SSE_CHUNKED_HEAD)
+            .chunk(&a)
+            .pause(Duration::from_secs(3))
+            .end_chunks()
+    })
+    .await;
+    let w = World::start(Opts {
+        openai_url: Some(raw.url()),
+        env: &[("KEYGATE_SERVER__STREAM_IDLE_TIMEOUT", "300ms")],
+        ..Opts::default()
+    })
+    .await;
+    let started = Instant::now();
+    let resp = open_h1(w.server.client, w.stream("app", "gpt-4o", Some(true))).await;
+    assert_eq!(resp.status(), 200);
+    let (got, clean) = read_body(resp).await;
+    let got = String::from_utf8_lossy(&got).into_owned();
+    w.server.record("idle stream", got.clone());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "stream_idle_timeout 300ms did not cut a stream that went quiet"
+    );
+    assert!(!clean, "a cut stream must not end cleanly: {got:?}");
+    assert_eq!(got, first);
+    let ledger = w.ledger_until("the cut stream", |r| !r.is_empty()).await;
+    let t = ledger[&row("app", "openai", "gpt-4o")];
+    assert_eq!((t.requests, t.errors), (1, 1), "{ledger:#?}");
+}
+
+/// Three events with a `: keep-alive` comment and a long pause after the
+/// first, as upstreams do while a model thinks.
+fn keep_alive_script(first: &str, rest: &str) -> Script {
+    Script::new()
+        .write(SSE_CHUNKED_HEAD)
+        .chunk(first)
+        .pause(Duration::from_millis(100))
+        .chunk(": keep-alive\n\n")
+        .pause(Duration::from_millis(1500))
+        .chunk(rest)
+        .end_chunks()
+}
+
+/// DESIGN §7: the meter "never holds [the stream] back, whatever the chunking
+/// (an event split across reads, CRLF, comments)". A held keep-alive defeats
+/// its purpose: client and proxy read timeouts fire during a long pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keep_alive_comments_reach_the_client_at_once_even_when_the_usage_chunk_is_hidden() {
+    let events = sse_events("gpt-4o", true);
+    let first = events[0].clone();
+    let rest = events[1..].concat();
+    let (f, r) = (first.clone(), rest.clone());
+    let raw = RawUpstream::start(move |_| keep_alive_script(&f, &r)).await;
+    let w = World::start(Opts {
+        openai_url: Some(raw.url()),
+        ..Opts::default()
+    })
+    .await;
+    let mut late = Vec::new();
+    for include in [Some(true), None] {
+        let resp = open_h1(w.server.client, w.stream("app", "gpt-4o", include)).await;
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = String::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut keep_alive_at = None;
+        let started = Instant::now();
+        while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline.into(), body.frame()).await
+        {
+            if let Ok(d) = frame.into_data() {
+                got.push_str(&String::from_utf8_lossy(&d));
+            }
+            if keep_alive_at.is_none() && got.contains(": keep-alive") {
+                keep_alive_at = Some(started.elapsed());
+            }
+        }
+        w.server.record("keep-alive stream", got.clone());
+        assert!(
+            got.contains(": keep-alive"),
+            "{include:?}: comment lost:\n{got}"
+        );
+        // The upstream sent the comment ~100 ms in and then paused 1.5 s.
+        let at = keep_alive_at.unwrap();
+        if at > Duration::from_millis(1000) {
+            late.push(format!(
+                "stream_options.include_usage {include:?}: the keep-alive comment reached the client after {at:?}, held back until the next event"
+            ));
+        }
+    }
+    assert!(late.is_empty(), "{}", late.join("\n"));
+}
+
 /// `n` JSON requests and `n` streams (keygate asks for usage) as `app`; the rows they make.
 async fn traffic(w: &World, n: u64) -> BTreeMap<Row, Totals> {
     for _ in 0..n {
@@ -1021,9 +1137,9 @@ async fn sigterm_right_after_requests_loses_no_usage() {
 async fn kill_9_loses_nothing_older_than_one_flush_interval() {
     let w = World::start(Opts::default()).await;
     let expected = traffic(&w, 3).await;
-    // More than one interval after the last request (3 × 200 ms, for slack on
+    // More than one interval after the last request (4 × 200 ms, for slack on
     // a loaded machine), then SIGKILL: no chance for a shutdown flush.
-    tokio::time::sleep(FLUSH * 3).await;
+    tokio::time::sleep(FLUSH * 4).await;
     let World {
         server,
         kg,
@@ -1106,10 +1222,13 @@ async fn json_usage_split_across_many_reads_is_counted() {
     let body = completion_with_usage("gpt-4o", 31, 8);
     let json_body = body.clone();
     let n = std::sync::atomic::AtomicUsize::new(0);
-    // Odd requests: Content-Length, one byte per write; even: one chunk per byte.
+    // 1st request: Content-Length, one byte per write; 2nd: one chunk per byte.
     let raw = RawUpstream::start(move |_| {
         let gap = Duration::from_millis(1);
-        if n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 0 {
+        if n
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .is_multiple_of(2)
+        {
             Script::new()
                 .write(format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
