@@ -8,41 +8,14 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod common;
+
 #[path = "../examples/mock_upstream.rs"]
 mod mock_upstream;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const UPSTREAM_KEY: &str = "sk-mock-sdk-test-000000000000000000";
-
-fn keygate(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("keygate runs");
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 #[test]
 fn openai_python_sdk_works_through_keygate() {
@@ -68,48 +41,18 @@ fn openai_python_sdk_works_through_keygate() {
     let mock_addr = listener.local_addr().unwrap();
     runtime.spawn(mock_upstream::serve(listener, UPSTREAM_KEY.to_owned()));
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("keygate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [vault]\npath = \"{d}/keygate.vault\"\nmaster_key_file = \"{d}/master.key\"\n\
-             [metering]\ndb = \"{d}/usage.sqlite\"\nflush_interval = \"100ms\"\n\
-             [providers.openai]\nbase_url = \"http://{mock_addr}\"\n",
-            d = dir.path().display()
-        ),
-    )
-    .unwrap();
-    keygate(&config, &["vault", "init"], None);
-    keygate(&config, &["key", "add", "openai"], Some(UPSTREAM_KEY));
-    let out = keygate(&config, &["client", "add", "sdk-app"], None);
-    let client_key = out
-        .split_whitespace()
-        .find(|w| w.starts_with("kg_"))
-        .unwrap()
-        .to_owned();
-
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
-    let listen = loop {
-        let line = lines.next().expect("serve prints its address").unwrap();
-        if let Some(addr) = line.strip_prefix("keygate: client listener on ") {
-            break addr.to_owned();
-        }
-    };
+    let workspace = common::Workspace::new(
+        &mock_addr.to_string(),
+        UPSTREAM_KEY,
+        "",
+        "flush_interval = \"100ms\"",
+    );
+    let (_serve, listen) = workspace.serve();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/openai_sdk.py");
     let sdk = Command::new("python3")
         .arg(script)
         .arg(format!("http://{listen}/v1"))
-        .env("KEYGATE_CLIENT_KEY", &client_key)
+        .env("KEYGATE_CLIENT_KEY", &workspace.client_key)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&sdk.stdout);
@@ -131,7 +74,7 @@ fn openai_python_sdk_works_through_keygate() {
 
     // Every call was metered, the stream included (keygate asked for its usage).
     std::thread::sleep(std::time::Duration::from_millis(400));
-    let usage = keygate(&config, &["usage", "--json"], None);
+    let usage = common::keygate(&workspace.config, &["usage", "--json"], None);
     let rows: serde_json::Value = serde_json::from_str(&usage).unwrap();
     let total: u64 = rows
         .as_array()
@@ -140,6 +83,4 @@ fn openai_python_sdk_works_through_keygate() {
         .map(|r| r["total_tokens"].as_u64().unwrap())
         .sum();
     assert_eq!(total, 14 + 14 + 4, "{usage}");
-    let _ = serve.kill();
-    let _ = serve.wait();
 }

@@ -3,8 +3,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,34 +12,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 const UPSTREAM_KEY: &str = "sk-tls-test-upstream-00000000000000000";
-
-fn keygate(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// An upstream that answers every request with which key it was given.
 async fn echo_upstream(listener: tokio::net::TcpListener) {
@@ -85,49 +57,23 @@ fn tls_listener_negotiates_h2_by_alpn_and_proxies() {
     runtime.spawn(echo_upstream(listener));
 
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
+    let certs = tempfile::tempdir().unwrap();
+    let cert_path = certs.path().join("cert.pem");
+    let key_path = certs.path().join("key.pem");
     std::fs::write(&cert_path, certified.cert.pem()).unwrap();
     std::fs::write(&key_path, certified.key_pair.serialize_pem()).unwrap();
-    let config = dir.path().join("keygate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             tls_cert = \"{c}\"\ntls_key = \"{k}\"\n\
-             [vault]\npath = \"{d}/keygate.vault\"\nmaster_key_file = \"{d}/master.key\"\n\
-             [metering]\ndb = \"{d}/usage.sqlite\"\n\
-             [providers.openai]\nbase_url = \"http://{upstream}\"\n",
-            c = cert_path.display(),
-            k = key_path.display(),
-            d = dir.path().display()
+    let workspace = common::Workspace::new(
+        &upstream.to_string(),
+        UPSTREAM_KEY,
+        &format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            cert_path.display(),
+            key_path.display()
         ),
-    )
-    .unwrap();
-    keygate(&config, &["vault", "init"], None);
-    keygate(&config, &["key", "add", "openai"], Some(UPSTREAM_KEY));
-    let out = keygate(&config, &["client", "add", "tls-app"], None);
-    let client_key = out
-        .split_whitespace()
-        .find(|w| w.starts_with("kg_"))
-        .unwrap()
-        .to_owned();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("serve prints its address").unwrap();
-        if let Some(addr) = line.strip_prefix("keygate: client listener on ") {
-            break addr.to_owned();
-        }
-    };
+        "",
+    );
+    let (serve, addr) = workspace.serve();
+    let client_key = workspace.client_key.clone();
 
     let (alpn, status, body) = runtime.block_on(async {
         let mut roots = rustls::RootCertStore::empty();
@@ -160,8 +106,7 @@ fn tls_listener_negotiates_h2_by_alpn_and_proxies() {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (alpn, status, body)
     });
-    let _ = serve.kill();
-    let _ = serve.wait();
+    drop(serve);
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "h2 negotiated by ALPN");
     assert_eq!(status, 200);
     assert_eq!(&body[..], br#"{"key_ok":true,"path":"/v1/models"}"#);

@@ -11,6 +11,15 @@ use crate::state::Shared;
 use crate::vault::document::Document;
 use crate::vault::MasterKeySources;
 
+/// Like `println!`, but a closed stdout (a supervisor that stopped reading)
+/// must not take the server down: the line is dropped instead.
+macro_rules! announce {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub(super) fn run(context: Context, admin_token: Option<Secret>) -> Result<(), CliError> {
     let vault = context.vault();
     let kek = if vault.exists() {
@@ -18,12 +27,12 @@ pub(super) fn run(context: Context, admin_token: Option<Secret>) -> Result<(), C
     } else {
         let (kek, created_key) = ensure_master_key(&context.master)?;
         vault.create(&kek, &Document::default())?;
-        println!(
+        announce!(
             "keygate: first start: created an empty vault at {}",
             vault.path().display()
         );
         if created_key {
-            println!(
+            announce!(
                 "keygate: created a new master key file at {} (mode 0600) — back it up",
                 context.master.file.display()
             );
@@ -65,8 +74,8 @@ pub(super) fn run(context: Context, admin_token: Option<Secret>) -> Result<(), C
             .await
             .map_err(|e| CliError::Runtime(e.to_string()))?;
         let signals = shutdown_signals();
-        println!("keygate: client listener on {}", bound.client_addr);
-        println!("keygate: admin listener on {}", bound.admin_addr);
+        announce!("keygate: client listener on {}", bound.client_addr);
+        announce!("keygate: admin listener on {}", bound.admin_addr);
         tracing::info!(
             client = %bound.client_addr,
             admin = %bound.admin_addr,
