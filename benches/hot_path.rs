@@ -165,6 +165,47 @@ fn sse_tap(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // The copy the proxy really does: the same chunks through a socket (write,
+    // then read into a buffer), without and with the tap on the read side.
+    let mut group = c.benchmark_group("sse-through-a-socket");
+    group.throughput(Throughput::Bytes(stream.len() as u64));
+    group.bench_function("socket copy", |b| b.iter(|| socket_copy(&chunks, None)));
+    group.bench_function("socket copy + usage tap", |b| {
+        b.iter(|| socket_copy(&chunks, Some(new_tap(false))))
+    });
+    group.finish();
+}
+
+/// Writes `chunks` into one end of a Unix socket pair from a thread and reads
+/// them back on the other, feeding each read to `tap` when given.
+fn socket_copy(chunks: &[Bytes], mut tap: Option<MeterTap>) -> usize {
+    use std::io::{Read, Write};
+    let (mut tx, mut rx) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
+    let chunks = chunks.to_vec();
+    let writer = std::thread::spawn(move || {
+        for chunk in &chunks {
+            tx.write_all(chunk).expect("write");
+        }
+    });
+    let mut buf = vec![0u8; 4096];
+    let mut seen = 0;
+    while seen < total {
+        let n = rx.read(&mut buf).expect("read");
+        // As in the proxy, each read becomes a `Bytes` frame, tapped or not.
+        let frame = Bytes::copy_from_slice(&buf[..n]);
+        match tap.as_mut() {
+            Some(tap) => black_box(tap.on_data(frame)),
+            None => black_box(Some(frame)),
+        };
+        seen += n;
+    }
+    writer.join().expect("writer");
+    if let Some(tap) = tap.as_mut() {
+        tap.finish(true);
+    }
+    seen
 }
 
 fn new_tap(strip: bool) -> MeterTap {
