@@ -18,6 +18,7 @@
 //! - [`clients`]: `kg_…` client keys: generate, parse, digest
 //! - [`keys`]: upstream key rings built from the vault, and key selection
 //! - [`server`]: listeners, connections, TLS, timeouts, graceful drain
+//! - [`head_guard`]: refuses bare LF in HTTP/1 request heads before hyper parses them
 //! - [`proxy`]: the conductor of one request
 //! - [`auth`], [`route`], [`body`], [`forward`]: the stages it calls in order
 //! - [`error`]: `ProxyError`, the one place a failure becomes an HTTP answer
@@ -37,6 +38,7 @@ pub mod clients;
 pub mod config;
 pub mod error;
 pub mod forward;
+pub mod head_guard;
 pub mod keys;
 pub mod limits;
 pub mod meter;

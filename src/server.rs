@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
 use crate::forward::ResponseBody;
+use crate::head_guard::HeadGuard;
 use crate::state::Shared;
 
 /// Why the listeners could not start.
@@ -194,9 +195,11 @@ async fn serve_connection<I, S, F>(
         Ok(Ok(opening)) if !opening.is_empty() => opening,
         _ => return,
     };
+    let guard = (opening != H2_PREFACE).then(HeadGuard::default);
     let io = Replay {
         head: Some(opening),
         inner: io,
+        guard,
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -240,10 +243,12 @@ async fn read_opening<I: AsyncRead + Unpin>(io: &mut I) -> std::io::Result<bytes
     Ok(opening.freeze())
 }
 
-/// An IO that first replays the bytes [`read_opening`] took.
+/// An IO that first replays the bytes [`read_opening`] took, and shows every
+/// byte of an HTTP/1 connection to the [`HeadGuard`] before hyper sees it.
 struct Replay<I> {
     head: Option<bytes::Bytes>,
     inner: I,
+    guard: Option<HeadGuard>,
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Replay<I> {
@@ -252,15 +257,25 @@ impl<I: AsyncRead + Unpin> AsyncRead for Replay<I> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
         if let Some(mut head) = self.head.take() {
             let n = head.len().min(buf.remaining());
             buf.put_slice(&head.split_to(n));
             if !head.is_empty() {
                 self.head = Some(head);
             }
-            return std::task::Poll::Ready(Ok(()));
+        } else {
+            std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_read(cx, buf))?;
         }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        if let Some(guard) = self.guard.as_mut() {
+            if let Err(refused) = guard.observe(&buf.filled()[before..]) {
+                return std::task::Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    refused,
+                )));
+            }
+        }
+        std::task::Poll::Ready(Ok(()))
     }
 }
 

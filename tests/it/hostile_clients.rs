@@ -728,9 +728,6 @@ async fn cr_lf_in_a_client_header_value_never_becomes_an_upstream_header() {
 /// rest of the value arrives upstream as a header of its own. Behind a front
 /// proxy that keeps the bare LF inside the value, that is header injection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "keygate bug (hardening): a bare LF in an HTTP/1.1 header value splits it into \
-            a new header that is forwarded upstream; hyper/httparse accept bare LF as a line \
-            terminator and offer no switch to refuse it (src/server.rs serve_connection)"]
 async fn bare_lf_in_a_header_value_never_becomes_an_upstream_header() {
     let env = hardened_env(|b| b).await;
     let addr = env.server.client;
