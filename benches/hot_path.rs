@@ -114,6 +114,23 @@ fn request_stages(c: &mut Criterion) {
             )
         })
     });
+    let request = {
+        let body = vec![b'x'; 1000];
+        let mut bytes = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nUser-Agent: OpenAI/Python 1.50.0\r\nAccept: application/json\r\nX-Stainless-Lang: python\r\nContent-Length: {}\r\n\r\n",
+            client_key.expose(),
+            body.len()
+        )
+        .into_bytes();
+        bytes.extend_from_slice(&body);
+        bytes
+    };
+    c.bench_function("head guard: one HTTP/1 request (head + 1 KB body)", |b| {
+        b.iter(|| {
+            let mut guard = keygate::head_guard::HeadGuard::default();
+            guard.observe(black_box(&request)).is_ok()
+        })
+    });
     let echo = br#"{"error":{"message":"Incorrect API key provided: sk-bench-key_a-0123456789abcdefghijklmnopqrstuvwxyz. You can find your API key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
     c.bench_function("scrub: mask key echoes in a 250-byte error body", |b| {
         b.iter(|| {
