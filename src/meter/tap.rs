@@ -94,6 +94,9 @@ impl MeterTap {
     /// Observes one data frame; returns what to forward now (`None`: nothing
     /// yet, only when re-framing holds part of an event).
     pub fn on_data(&mut self, chunk: Bytes) -> Option<Bytes> {
+        if chunk.is_empty() {
+            return None; // nothing to forward (found by fuzzing: never emit empty frames)
+        }
         self.outcome.response_bytes += chunk.len() as u64;
         match &mut self.mode {
             Mode::Opaque => Some(chunk),
@@ -277,6 +280,15 @@ mod tests {
                 "{text}"
             );
             assert_eq!(delta.total_tokens, 7);
+        }
+    }
+
+    #[test]
+    fn empty_chunks_are_never_forwarded() {
+        for strip in [false, true] {
+            let (mut tap, _) = tap(strip);
+            assert!(tap.on_data(Bytes::new()).is_none());
+            assert!(tap.on_data(Bytes::from_static(b"data: x\n\n")).is_some());
         }
     }
 
