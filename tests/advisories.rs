@@ -12,17 +12,61 @@ use std::collections::BTreeMap;
 /// (crate, first fixed version, advisory) — an affected lock entry is any
 /// version below the fixed one within the same major line listed here.
 const ADVISORIES: &[(&str, &str, &str)] = &[
-    ("aes-gcm", "0.10.3", "RUSTSEC-2023-0096: plaintext exposed in decrypt_in_place_detached on tag failure"),
-    ("h2", "0.4.4", "RUSTSEC-2024-0332: HTTP/2 CONTINUATION flood (degradation of service)"),
-    ("hyper", "1.0.0", "RUSTSEC-2021-0078/0079 and older 0.14 smuggling issues: keygate requires hyper 1.x"),
-    ("rustls", "0.23.18", "RUSTSEC-2024-0399: rustls-0.23.13..17 server panics on fragmented ClientHello"),
-    ("ring", "0.17.12", "RUSTSEC-2025-0009: AES functions may panic on overflow checking"),
-    ("tokio", "1.38.2", "RUSTSEC-2025-0023: broadcast channel unsoundness"),
-    ("tracing-subscriber", "0.3.20", "RUSTSEC-2025-0055: ANSI escape sequence injection in logs"),
-    ("hashbrown", "0.15.1", "RUSTSEC-2024-0402: borsh serialization of HashMap (0.15.0 only)"),
-    ("libsqlite3-sys", "0.25.1", "RUSTSEC-2022-0090: SQLite CVE-2022-35737"),
-    ("idna", "1.0.0", "RUSTSEC-2024-0421: punycode label mismatch"),
-    ("crossbeam-channel", "0.5.15", "RUSTSEC-2025-0024: double free on Drop"),
+    (
+        "aes-gcm",
+        "0.10.3",
+        "RUSTSEC-2023-0096: plaintext exposed in decrypt_in_place_detached on tag failure",
+    ),
+    (
+        "h2",
+        "0.4.4",
+        "RUSTSEC-2024-0332: HTTP/2 CONTINUATION flood (degradation of service)",
+    ),
+    (
+        "hyper",
+        "1.0.0",
+        "RUSTSEC-2021-0078/0079 and older 0.14 smuggling issues: keygate requires hyper 1.x",
+    ),
+    (
+        "rustls",
+        "0.23.18",
+        "RUSTSEC-2024-0399: rustls-0.23.13..17 server panics on fragmented ClientHello",
+    ),
+    (
+        "ring",
+        "0.17.12",
+        "RUSTSEC-2025-0009: AES functions may panic on overflow checking",
+    ),
+    (
+        "tokio",
+        "1.38.2",
+        "RUSTSEC-2025-0023: broadcast channel unsoundness",
+    ),
+    (
+        "tracing-subscriber",
+        "0.3.20",
+        "RUSTSEC-2025-0055: ANSI escape sequence injection in logs",
+    ),
+    (
+        "hashbrown",
+        "0.15.1",
+        "RUSTSEC-2024-0402: borsh serialization of HashMap (0.15.0 only)",
+    ),
+    (
+        "libsqlite3-sys",
+        "0.25.1",
+        "RUSTSEC-2022-0090: SQLite CVE-2022-35737",
+    ),
+    (
+        "idna",
+        "1.0.0",
+        "RUSTSEC-2024-0421: punycode label mismatch",
+    ),
+    (
+        "crossbeam-channel",
+        "0.5.15",
+        "RUSTSEC-2025-0024: double free on Drop",
+    ),
 ];
 
 fn parse_version(text: &str) -> Vec<u64> {
@@ -55,7 +99,10 @@ fn locked_versions() -> BTreeMap<String, Vec<String>> {
 #[test]
 fn cargo_lock_has_no_known_vulnerable_versions() {
     let versions = locked_versions();
-    assert!(versions.contains_key("aes-gcm") && versions.contains_key("h2"), "lock file parsed");
+    assert!(
+        versions.contains_key("aes-gcm") && versions.contains_key("h2"),
+        "lock file parsed"
+    );
     let mut affected = Vec::new();
     for (name, fixed, advisory) in ADVISORIES {
         let fixed_version = parse_version(fixed);
@@ -70,7 +117,11 @@ fn cargo_lock_has_no_known_vulnerable_versions() {
             }
         }
     }
-    assert!(affected.is_empty(), "vulnerable dependencies:\n{}", affected.join("\n"));
+    assert!(
+        affected.is_empty(),
+        "vulnerable dependencies:\n{}",
+        affected.join("\n")
+    );
 }
 
 #[test]
