@@ -27,7 +27,7 @@ fn put(target: &str, name: &str, bytes: &[u8]) {
 }
 
 fn document() -> Document {
-    let secret = Secret::new("sk-proj-0123456789abcdefghijklmnopqrstuvwxyzABCD".to_owned());
+    let secret = Secret::new("sk-test-fake-not-a-real-key-0000000000ABCD".to_owned());
     let mut doc = Document::default();
     doc.keys.push(UpstreamKey {
         id: "key_3f9a1c20".into(),
@@ -180,7 +180,7 @@ fn client_key_seeds() {
     put("client_key", "prefix-only.txt", b"kg_");
     put("client_key", "non-alnum.txt", b"kg_0123456789abcdefghijklmnopqrstuvwxyz-_+/=ABCD");
     put("client_key", "multibyte.txt", "kg_ééééééééééééééééééééé".as_bytes());
-    put("client_key", "sk-key.txt", b"sk-proj-0123456789abcdefghijklmnopqrstuvwxyzAB");
+    put("client_key", "sk-key.txt", b"sk-test-fake-not-a-real-key-0000000000AB");
 }
 
 fn config_seeds() {
