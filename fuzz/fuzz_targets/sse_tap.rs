@@ -1,5 +1,6 @@
 //! The response-body meter: `MeterTap` (SSE, JSON and opaque bodies),
-//! `SseSplitter::feed` and `usage::find`, at a chunking the input chooses.
+//! `SseSplitter::feed`, `UsageScanner::feed` and `usage::find`, at a chunking
+//! the input chooses.
 //!
 //! Input layout: byte 0 = control (low 4 bits: how many chunk-length bytes
 //! follow; >= 0xF0: JSON body, 0xE0..=0xEF: opaque body, else SSE), then that
@@ -7,12 +8,14 @@
 //!
 //! Checked, for the chosen chunking, one chunk and one byte per chunk:
 //! pass-through output is byte-identical to the body; usage and counters do
-//! not depend on chunking; SSE events and their end offsets do not depend on
+//! not depend on chunking (pass-through: the scanner's usage of the whole
+//! body; stripping: the splitter's); SSE events and their end offsets do not depend on
 //! chunking (one byte per chunk: bodies up to 1 KiB); stripping output is exactly the body minus the whole events whose
 //! data is a usage-only chunk (so never longer than the body).
 
 #![no_main]
 
+use keygate::meter::scan::UsageScanner;
 use keygate::meter::sse::SseSplitter;
 use keygate::meter::usage;
 use keygate_fuzz::{run_tap, split};
@@ -92,14 +95,16 @@ fuzz_target!(|data: &[u8]| {
     }
     expected_strip.extend_from_slice(&body[start..]);
 
-    let expected_tokens = if sse {
-        expected_usage.map(|u| (u.prompt, u.completion, u.total))
-    } else if content_type == "application/json" && !body.is_empty() {
-        found.usage.map(|u| (u.prompt, u.completion, u.total))
+    let as_tokens = |u: Option<usage::Usage>| u.map(|u| (u.prompt, u.completion, u.total));
+    let mut scanner = UsageScanner::new(sse);
+    scanner.feed(body);
+    let scanned = if sse || content_type == "application/json" {
+        as_tokens(scanner.usage())
     } else {
         None
     }
     .unwrap_or((0, 0, 0));
+    let stripped_tokens = if sse { as_tokens(expected_usage).unwrap_or((0, 0, 0)) } else { scanned };
 
     for chunks in chunkings {
         assert_eq!(events(chunks), reference, "SSE events depend on chunking");
@@ -110,7 +115,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(delta.requests, 1);
         assert_eq!((delta.errors, delta.incomplete), (0, 0));
         assert_eq!(delta.response_bytes, body.len() as u64);
-        assert_eq!(tokens(&delta), expected_tokens, "usage depends on chunking");
+        assert_eq!(tokens(&delta), scanned, "usage depends on chunking");
 
         let (out, delta, _) = run_tap(content_type, true, chunks);
         assert!(out.len() <= body.len(), "stripping grew the body");
@@ -120,6 +125,6 @@ fuzz_target!(|data: &[u8]| {
             assert!(out == body, "non-SSE body changed");
         }
         assert_eq!(delta.response_bytes, body.len() as u64);
-        assert_eq!(tokens(&delta), expected_tokens, "usage depends on stripping");
+        assert_eq!(tokens(&delta), stripped_tokens, "usage depends on chunking when stripping");
     }
 });

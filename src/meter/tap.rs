@@ -1,6 +1,6 @@
 //! The meter's tap on a response body: every frame is forwarded as it arrives,
-//! and usage is read from it on the way (a JSON body at its end, an SSE stream
-//! event by event).
+//! and usage is read from it on the way by the [`UsageScanner`], which finds
+//! the `usage` object without framing the stream.
 //!
 //! Only when keygate itself added `stream_options.include_usage` for a client
 //! that did not ask does the tap re-frame the stream on event boundaries, to
@@ -12,24 +12,24 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use prometheus::IntCounter;
 
+use super::scan::UsageScanner;
 use super::sse::SseSplitter;
 use super::usage::{self, Usage};
 use super::{Outcome, UsageCounters};
 use crate::limits::Reservation;
 
-/// Largest JSON body kept (as refcounted chunks, not copies) to read its usage.
-const JSON_LIMIT: usize = 4 * 1024 * 1024;
-
 enum Mode {
-    Sse {
+    /// Pass-through: frames go out untouched; `sse` streams count the usage
+    /// seen even when cut, a JSON body's usage counts only if it arrived whole.
+    Scan {
+        scanner: UsageScanner,
+        sse: bool,
+    },
+    /// Removing the usage-only chunk: events are split out and re-framed.
+    Reframe {
         splitter: SseSplitter,
-        strip_usage_chunk: bool,
         held: BytesMut,
         ends: Vec<(usize, bool)>,
-    },
-    Json {
-        chunks: Vec<Bytes>,
-        len: usize,
     },
     Opaque,
 }
@@ -65,17 +65,17 @@ impl MeterTap {
         reservation: Option<Reservation>,
     ) -> Self {
         let content_type = content_type.unwrap_or("");
-        let mode = if content_type.starts_with("text/event-stream") {
-            Mode::Sse {
+        let sse = content_type.starts_with("text/event-stream");
+        let mode = if sse && strip_usage_chunk {
+            Mode::Reframe {
                 splitter: SseSplitter::default(),
-                strip_usage_chunk,
                 held: BytesMut::new(),
                 ends: Vec::new(),
             }
-        } else if content_type.contains("json") {
-            Mode::Json {
-                chunks: Vec::new(),
-                len: 0,
+        } else if sse || content_type.contains("json") {
+            Mode::Scan {
+                scanner: UsageScanner::new(sse),
+                sse,
             }
         } else {
             Mode::Opaque
@@ -100,32 +100,24 @@ impl MeterTap {
         self.outcome.response_bytes += chunk.len() as u64;
         match &mut self.mode {
             Mode::Opaque => Some(chunk),
-            Mode::Json { chunks, len } => {
-                if *len + chunk.len() <= JSON_LIMIT {
-                    *len += chunk.len();
-                    chunks.push(chunk.clone());
-                }
+            Mode::Scan { scanner, .. } => {
+                scanner.feed(&chunk);
                 Some(chunk)
             }
-            Mode::Sse {
+            Mode::Reframe {
                 splitter,
-                strip_usage_chunk,
                 held,
                 ends,
             } => {
                 let usage = &mut self.usage;
-                let strip = *strip_usage_chunk;
                 ends.clear();
                 splitter.feed(&chunk, |data, end| {
                     let found = usage::find(data);
                     if let Some(u) = found.usage {
                         *usage = Some(u);
                     }
-                    ends.push((end, strip && found.usage_only_chunk));
+                    ends.push((end, found.usage_only_chunk));
                 });
-                if !strip {
-                    return Some(chunk);
-                }
                 reframe(&chunk, held, ends)
             }
         }
@@ -133,19 +125,13 @@ impl MeterTap {
 
     /// True when the tap may drop bytes (so the body length is not the upstream's).
     pub fn rewrites(&self) -> bool {
-        matches!(
-            self.mode,
-            Mode::Sse {
-                strip_usage_chunk: true,
-                ..
-            }
-        )
+        matches!(self.mode, Mode::Reframe { .. })
     }
 
     /// Bytes still held when the upstream body ends (an unterminated event).
     pub fn flush(&mut self) -> Option<Bytes> {
         match &mut self.mode {
-            Mode::Sse { held, .. } if !held.is_empty() => Some(held.split().freeze()),
+            Mode::Reframe { held, .. } if !held.is_empty() => Some(held.split().freeze()),
             _ => None,
         }
     }
@@ -156,16 +142,11 @@ impl MeterTap {
             return;
         }
         self.finished = true;
-        if let Mode::Json { chunks, len } = &self.mode {
-            if complete && *len > 0 {
-                self.usage = match chunks.as_slice() {
-                    [single] => usage::find(single).usage,
-                    _ => {
-                        let mut body = Vec::with_capacity(*len);
-                        chunks.iter().for_each(|c| body.extend_from_slice(c));
-                        usage::find(&body).usage
-                    }
-                };
+        if let Mode::Scan { scanner, sse } = &self.mode {
+            // A cut JSON body may end before its usage is whole; a cut stream
+            // still used the tokens it reported.
+            if *sse || complete {
+                self.usage = scanner.usage();
             }
         }
         self.outcome.incomplete = !complete;

@@ -64,6 +64,13 @@ pub fn find(json: &[u8]) -> Found {
     }
 }
 
+/// Parses one `usage` object (the bytes from its `{` to its `}`).
+pub fn parse_object(object: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<RawUsage>(object)
+        .ok()
+        .map(Usage::from)
+}
+
 /// Offset of the `{` of the first `"usage"` key whose value is an object.
 /// (`"usage"` cannot match inside a JSON string: quotes there are escaped.)
 fn usage_object(json: &[u8]) -> Option<usize> {

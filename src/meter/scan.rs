@@ -1,0 +1,363 @@
+//! Finds the `usage` object in a response body as it streams past, without
+//! framing the stream: a SIMD substring search for `"usage"` over each chunk,
+//! then a small state machine that captures just that object — across chunk
+//! boundaries, and across SSE `data:` line continuations — and parses it.
+//!
+//! Pass-through metering (JSON bodies, and SSE streams keygate does not
+//! rewrite) uses this instead of the SSE splitter: each byte is looked at once
+//! by `memchr`'s vectorised search, and only the few bytes after a `"usage"`
+//! key are walked one by one. The key cannot match inside a JSON string
+//! (quotes there are escaped), so only real keys are followed. The last usage
+//! object of the body wins, as the final SSE usage chunk is the one that counts.
+
+use std::sync::OnceLock;
+
+use memchr::memmem::Finder;
+
+use super::usage::{self, Usage};
+
+const KEY: &[u8] = b"\"usage\"";
+/// Bytes kept from the end of a chunk, so a key split across two chunks is seen.
+const CARRY: usize = KEY.len() - 1;
+/// A usage object larger than this is not one (real ones are ~100–400 bytes).
+const MAX_OBJECT: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Looking for the next `"usage"` key.
+    Searching,
+    /// Just past the key: expecting `:`.
+    AfterKey,
+    /// Just past the colon: `{` starts an object, anything else is no usage.
+    AfterColon,
+    /// Inside the object, `depth` braces deep.
+    Object,
+    /// An SSE line ended inside the object: `matched` bytes of the next line's
+    /// `data:` prefix seen so far.
+    Continuation { matched: usize, after_cr: bool },
+}
+
+/// The key's searcher, built once (building one per response would cost more
+/// than scanning a short body).
+fn key_finder() -> &'static Finder<'static> {
+    static FINDER: OnceLock<Finder<'static>> = OnceLock::new();
+    FINDER.get_or_init(|| Finder::new(KEY))
+}
+
+/// Streaming search for the `usage` object of one response body.
+pub struct UsageScanner {
+    sse: bool,
+    state: State,
+    carry: [u8; CARRY],
+    carry_len: usize,
+    object: Vec<u8>,
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    usage: Option<Usage>,
+}
+
+impl UsageScanner {
+    /// A scanner for an SSE stream (`sse`: a line break inside the object
+    /// continues on the next `data:` line) or a plain JSON body.
+    pub fn new(sse: bool) -> Self {
+        UsageScanner {
+            sse,
+            state: State::Searching,
+            carry: [0; CARRY],
+            carry_len: 0,
+            object: Vec::new(),
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            usage: None,
+        }
+    }
+
+    /// The last usage object seen so far.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Scans one chunk of the body.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let mut pos = 0;
+        if self.state == State::Searching {
+            pos = self.key_across_boundary(chunk);
+        }
+        let mut search_from = pos;
+        while pos < chunk.len() {
+            if self.state == State::Searching {
+                search_from = pos;
+                match key_finder().find(&chunk[pos..]) {
+                    Some(at) => {
+                        pos += at + KEY.len();
+                        self.state = State::AfterKey;
+                    }
+                    None => break,
+                }
+            } else {
+                pos = self.walk(chunk, pos);
+            }
+        }
+        self.keep_carry(chunk, search_from);
+    }
+
+    /// A key that starts in the carried tail of the previous chunk and ends in
+    /// this one: returns the offset in `chunk` just past it, or 0.
+    fn key_across_boundary(&mut self, chunk: &[u8]) -> usize {
+        if self.carry_len == 0 {
+            return 0;
+        }
+        let head = chunk.len().min(CARRY);
+        let mut window = [0u8; 2 * CARRY];
+        window[..self.carry_len].copy_from_slice(&self.carry[..self.carry_len]);
+        window[self.carry_len..self.carry_len + head].copy_from_slice(&chunk[..head]);
+        let window = &window[..self.carry_len + head];
+        match key_finder().find(window) {
+            Some(at) if at < self.carry_len => {
+                self.state = State::AfterKey;
+                at + KEY.len() - self.carry_len
+            }
+            _ => 0,
+        }
+    }
+
+    /// Remembers the last bytes searched (never bytes already taken as a key
+    /// or object), joining a short chunk onto the previous carry.
+    fn keep_carry(&mut self, chunk: &[u8], search_from: usize) {
+        if self.state != State::Searching {
+            self.carry_len = 0;
+            return;
+        }
+        let tail = &chunk[search_from..];
+        if tail.len() >= CARRY {
+            self.carry.copy_from_slice(&tail[tail.len() - CARRY..]);
+            self.carry_len = CARRY;
+            return;
+        }
+        // A short tail: keep the old carry in front only if the whole chunk was
+        // searched (nothing taken since the carry was made).
+        let keep_old = if search_from == 0 { self.carry_len } else { 0 };
+        let keep_old = keep_old.min(CARRY - tail.len());
+        let old_start = self.carry_len - keep_old;
+        self.carry.copy_within(old_start..self.carry_len, 0);
+        self.carry[keep_old..keep_old + tail.len()].copy_from_slice(tail);
+        self.carry_len = keep_old + tail.len();
+    }
+
+    /// Steps the state machine over `chunk[pos..]` until it goes back to
+    /// searching or the chunk ends; returns where it stopped.
+    fn walk(&mut self, chunk: &[u8], mut pos: usize) -> usize {
+        while pos < chunk.len() {
+            let byte = chunk[pos];
+            match self.state {
+                State::Searching => return pos,
+                State::AfterKey => match byte {
+                    b' ' | b'\t' | b'\r' | b'\n' => {}
+                    b':' => self.state = State::AfterColon,
+                    _ => {
+                        self.state = State::Searching;
+                        return pos;
+                    }
+                },
+                State::AfterColon => match byte {
+                    b' ' | b'\t' | b'\r' | b'\n' => {}
+                    b'{' => {
+                        self.object.clear();
+                        self.object.push(b'{');
+                        self.depth = 1;
+                        self.in_string = false;
+                        self.escaped = false;
+                        self.state = State::Object;
+                    }
+                    _ => {
+                        self.state = State::Searching;
+                        return pos;
+                    }
+                },
+                State::Object => self.object_byte(byte),
+                State::Continuation { matched, after_cr } => {
+                    if after_cr && byte == b'\n' {
+                        self.state = State::Continuation {
+                            matched,
+                            after_cr: false,
+                        };
+                    } else if matched < 5 {
+                        if byte != b"data:"[matched] {
+                            // Not a data line (a blank line ends the event):
+                            // the object is cut off, so it is no usage.
+                            self.state = State::Searching;
+                            return pos;
+                        }
+                        self.state = State::Continuation {
+                            matched: matched + 1,
+                            after_cr: false,
+                        };
+                    } else {
+                        self.state = State::Object;
+                        if byte != b' ' {
+                            self.object_byte(byte);
+                        }
+                    }
+                }
+            }
+            pos += 1;
+        }
+        pos
+    }
+
+    fn object_byte(&mut self, byte: u8) {
+        if self.sse && matches!(byte, b'\n' | b'\r') {
+            // SSE joins continued data lines with a newline.
+            self.object.push(b'\n');
+            self.state = State::Continuation {
+                matched: 0,
+                after_cr: byte == b'\r',
+            };
+            return;
+        }
+        self.object.push(byte);
+        if self.object.len() > MAX_OBJECT {
+            self.state = State::Searching;
+            return;
+        }
+        if self.in_string {
+            if self.escaped {
+                self.escaped = false;
+            } else if byte == b'\\' {
+                self.escaped = true;
+            } else if byte == b'"' {
+                self.in_string = false;
+            }
+            return;
+        }
+        match byte {
+            b'"' => self.in_string = true,
+            b'{' => self.depth += 1,
+            b'}' => {
+                self.depth -= 1;
+                if self.depth == 0 {
+                    if let Some(found) = usage::parse_object(&self.object) {
+                        self.usage = Some(found);
+                    }
+                    self.state = State::Searching;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(sse: bool, chunks: &[&[u8]]) -> Option<(u64, u64, u64)> {
+        let mut scanner = UsageScanner::new(sse);
+        for chunk in chunks {
+            scanner.feed(chunk);
+        }
+        scanner.usage().map(|u| (u.prompt, u.completion, u.total))
+    }
+
+    const STREAM: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"say \\\"usage\\\": {\"}}],\"usage\":null}\r\n\r\n: ping\n\ndata: {\"choices\":[],\"usage\": {\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7,\"details\":{\"x\":\"}\"}}}\n\ndata: [DONE]\n\n";
+
+    #[test]
+    fn finds_the_usage_object_at_any_split() {
+        assert_eq!(scan(true, &[STREAM]), Some((3, 4, 7)));
+        for split in 0..STREAM.len() {
+            assert_eq!(
+                scan(true, &[&STREAM[..split], &STREAM[split..]]),
+                Some((3, 4, 7)),
+                "split at {split}"
+            );
+        }
+        let bytes: Vec<&[u8]> = STREAM.chunks(1).collect();
+        assert_eq!(scan(true, &bytes), Some((3, 4, 7)));
+    }
+
+    #[test]
+    fn a_usage_object_continued_on_the_next_data_line() {
+        let stream =
+            b"data: {\"usage\":{\"prompt_tokens\":1,\r\ndata:\"completion_tokens\":2}}\r\n\r\n";
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(scan(true, &[stream]), Some((1, 2, 3)));
+        assert_eq!(scan(true, &bytes), Some((1, 2, 3)));
+        // An event that ends inside the object carries no usage.
+        assert_eq!(
+            scan(true, &[b"data: {\"usage\":{\"prompt_tokens\":1,\n\n"]),
+            None
+        );
+    }
+
+    #[test]
+    fn json_bodies_may_be_pretty_printed() {
+        let body =
+            b"{\n  \"usage\" : {\n    \"prompt_tokens\": 8,\n    \"total_tokens\": 8\n  }\n}";
+        assert_eq!(scan(false, &[body]), Some((8, 0, 8)));
+    }
+
+    #[test]
+    fn the_last_usage_wins_and_null_is_none() {
+        assert_eq!(scan(true, &[b"data: {\"usage\":null}\n\n"]), None);
+        let two =
+            b"data: {\"usage\":{\"total_tokens\":1}}\n\ndata: {\"usage\":{\"total_tokens\":2}}\n\n";
+        assert_eq!(scan(true, &[two]), Some((0, 0, 2)));
+    }
+
+    #[test]
+    fn an_endless_object_is_given_up() {
+        let mut body = b"{\"usage\":{\"a\":\"".to_vec();
+        body.resize(MAX_OBJECT + 100, b'x');
+        body.extend_from_slice(b"\"},\"usage\":{\"total_tokens\":5}}");
+        assert_eq!(scan(false, &[&body]), Some((0, 0, 5)));
+    }
+
+    /// Streams built from tricky pieces, cut at pseudo-random points: the
+    /// scanner's answer never depends on where the cuts fall.
+    #[test]
+    fn random_chunkings_give_the_whole_body_answer() {
+        const PIECES: &[&[u8]] = &[
+            b"data: {\"choices\":[],\"usage\":null}\n\n",
+            b"data: {\"usage\":{\"prompt_tokens\":2,\"total_tokens\":9}}\r\n\r\n",
+            b"data:{\"usage\" :\r\n{\"completion_tokens\":4}}\n\n",
+            b"data: {\"usage\":{\"prompt_tokens\":1,\ndata: \"total_tokens\":3}}\n\n",
+            b": keep-alive \"usage\"\n\n",
+            b"\"usage\"\"usage\":{\"s\":\"\\\"}\",\"total_tokens\":6}",
+            b"data: {\"usage\":{\"prompt_tokens\":1,\n\n",
+            b"\xc3\xa9\"usa",
+            b"ge\":{\"total_tokens\":11}}",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |bound: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) as usize % bound
+        };
+        for _ in 0..500 {
+            let mut body = Vec::new();
+            for _ in 0..1 + next(8) {
+                body.extend_from_slice(PIECES[next(PIECES.len())]);
+            }
+            for sse in [true, false] {
+                let whole = scan(sse, &[&body]);
+                let mut chunks = Vec::new();
+                let mut at = 0;
+                while at < body.len() {
+                    let len = 1 + next(9);
+                    let end = (at + len).min(body.len());
+                    chunks.push(&body[at..end]);
+                    at = end;
+                }
+                assert_eq!(
+                    scan(sse, &chunks),
+                    whole,
+                    "{:?}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+        }
+    }
+}
