@@ -1,9 +1,12 @@
-//! The client's request body: size limit, idle timeout, retry buffer.
+//! The client's request body: size limit, idle timeout, total deadline, retry buffer.
 //!
 //! A body that ends within `retry_buffer` is kept whole (it can be sent again
 //! with the next key after a 401, and plain `/v1` routing can read its `model`).
 //! A larger one streams to the upstream as it arrives, still under the size
-//! limit and idle timeout, and gets exactly one attempt. Nothing else buffers.
+//! limit, idle timeout and deadline, and gets exactly one attempt. Nothing else
+//! buffers. The deadline (`body_timeout`) is what stops a slowloris body: one
+//! trickled just faster than the idle timeout would otherwise hold its
+//! connection for as long as the client likes.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -17,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::error::ProxyError;
 
@@ -30,6 +33,8 @@ pub struct BodyLimits {
     pub retry_buffer: u64,
     /// Longest pause between two body frames (408).
     pub idle: Duration,
+    /// The whole body must have arrived within this (408).
+    pub total: Duration,
 }
 
 /// A request body after the edge checks.
@@ -71,11 +76,14 @@ pub async fn receive(
     if incoming.is_end_stream() {
         return Ok(RequestBody::Buffered(Bytes::new()));
     }
+    let deadline = Instant::now() + limits.total;
     let capacity = declared_len.unwrap_or(0).min(limits.retry_buffer) as usize;
     let mut buffered = BytesMut::with_capacity(capacity);
     let mut chunks = VecDeque::new();
     loop {
-        let frame = match tokio::time::timeout(limits.idle, incoming.frame()).await {
+        let wait_until = (Instant::now() + limits.idle).min(deadline);
+        let frame = match tokio::time::timeout_at(wait_until, incoming.frame()).await {
+            Err(_) if wait_until == deadline => return Err(ProxyError::BodyDeadline(limits.total)),
             Err(_) => return Err(ProxyError::BodyTimeout(limits.idle)),
             Ok(None) => break,
             Ok(Some(Err(e))) => return Err(ProxyError::BadRequestBody(e.to_string())),
@@ -100,7 +108,10 @@ pub async fn receive(
                     rest: incoming,
                     seen,
                     limits,
-                    idle_timer: Box::pin(tokio::time::sleep(limits.idle)),
+                    idle_timer: Box::pin(tokio::time::sleep_until(
+                        (Instant::now() + limits.idle).min(deadline),
+                    )),
+                    deadline,
                     declared_len,
                 }),
                 overflow: Arc::new(AtomicBool::new(false)),
@@ -120,6 +131,9 @@ pub enum StreamingBodyError {
     /// The client paused longer than `body_idle_timeout`.
     #[error("request body stalled")]
     Idle,
+    /// The body had not arrived within `body_timeout`.
+    #[error("request body took too long")]
+    Deadline,
     /// The client connection failed.
     #[error("request body: {0}")]
     Client(#[from] hyper::Error),
@@ -150,7 +164,9 @@ struct StreamingState {
     rest: Incoming,
     seen: u64,
     limits: BodyLimits,
+    /// Fires at the idle timeout or the deadline, whichever comes first.
     idle_timer: Pin<Box<Sleep>>,
+    deadline: Instant,
     declared_len: Option<u64>,
 }
 
@@ -194,13 +210,16 @@ impl Body for OutboundBody {
                             send.overflow.store(true, Ordering::Relaxed);
                             return Poll::Ready(Some(Err(StreamingBodyError::TooLarge)));
                         }
-                        let deadline = tokio::time::Instant::now() + state.limits.idle;
-                        state.idle_timer.as_mut().reset(deadline);
+                        let wake = (Instant::now() + state.limits.idle).min(state.deadline);
+                        state.idle_timer.as_mut().reset(wake);
                         Poll::Ready(Some(Ok(Frame::data(data))))
                     }
                     Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
                     Poll::Ready(None) => Poll::Ready(None),
                     Poll::Pending => match state.idle_timer.as_mut().poll(cx) {
+                        Poll::Ready(()) if Instant::now() >= state.deadline => {
+                            Poll::Ready(Some(Err(StreamingBodyError::Deadline)))
+                        }
                         Poll::Ready(()) => Poll::Ready(Some(Err(StreamingBodyError::Idle))),
                         Poll::Pending => Poll::Pending,
                     },

@@ -98,6 +98,9 @@ pub struct ServerConfig {
     /// Longest pause allowed inside a request body.
     #[serde(deserialize_with = "duration")]
     pub body_idle_timeout: Duration,
+    /// The whole request body must arrive within this.
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
     /// Concurrent client connections; the surplus is refused.
     pub max_connections: usize,
     /// TCP connect timeout to an upstream.

@@ -38,6 +38,9 @@ pub enum ProxyError {
     /// The client paused too long mid-body.
     #[error("request body stalled for longer than {0:?}")]
     BodyTimeout(Duration),
+    /// The whole body did not arrive within `body_timeout`.
+    #[error("request body did not arrive within {0:?}")]
+    BodyDeadline(Duration),
     /// The client's body could not be read.
     #[error("request body could not be read: {0}")]
     BadRequestBody(String),
@@ -83,7 +86,7 @@ impl ProxyError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ProxyError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BodyTimeout(_) | ProxyError::BodyDeadline(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnknownRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::UpstreamKeyRejected { .. } | ProxyError::UpstreamUnavailable { .. } => {
@@ -101,7 +104,7 @@ impl ProxyError {
             ProxyError::ClientRateLimited { .. } => "client_rate_limited",
             ProxyError::ClientBudgetExceeded { .. } => "client_budget_exceeded",
             ProxyError::RequestTooLarge { .. } => "request_too_large",
-            ProxyError::BodyTimeout(_) => "request_timeout",
+            ProxyError::BodyTimeout(_) | ProxyError::BodyDeadline(_) => "request_timeout",
             ProxyError::BadRequestBody(_) => "bad_request_body",
             ProxyError::UnknownRoute(_) => "unknown_route",
             ProxyError::UpstreamKeyRejected { .. } => "upstream_key_rejected",
@@ -119,6 +122,7 @@ impl ProxyError {
             }
             ProxyError::RequestTooLarge { .. }
             | ProxyError::BodyTimeout(_)
+            | ProxyError::BodyDeadline(_)
             | ProxyError::BadRequestBody(_)
             | ProxyError::UnknownRoute(_) => "invalid_request_error",
             _ => "upstream_error",

@@ -6,6 +6,7 @@
 //! `flush_interval` and on shutdown. Labels are names and ids, never secrets.
 
 pub mod ledger;
+pub mod scan;
 pub mod sse;
 pub mod tap;
 pub mod usage;

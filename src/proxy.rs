@@ -83,6 +83,7 @@ async fn conduct(
         max: config.server.max_request_body,
         retry_buffer: config.server.retry_buffer,
         idle: config.server.body_idle_timeout,
+        total: config.server.body_timeout,
     };
     let mut body = body::receive(incoming, declared_len, limits).await?;
 

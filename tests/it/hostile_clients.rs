@@ -233,33 +233,128 @@ async fn stalled_body_gets_408_within_body_idle_timeout_and_never_reaches_upstre
     );
 }
 
-/// The brief's literal slowloris case: one body byte every 600 ms *without
-/// stopping*. DESIGN §3 only bounds each pause (`body_idle_timeout`), so keygate
-/// keeps such a request (and its connection slot) for 1000 × 600 ms.
+/// Sends `head`, then `body` one byte every `every` without ever pausing long
+/// enough for `body_idle_timeout`; returns the connection (read until it ended
+/// or `wait` passed) and how long after the head the answer came.
+async fn trickle_whole_body(
+    addr: SocketAddr,
+    head: &str,
+    body: &[u8],
+    every: Duration,
+    wait: Duration,
+) -> (RawConn, Duration) {
+    let mut conn = RawConn::connect(addr).await;
+    assert!(conn.send(head.as_bytes()).await);
+    let t0 = Instant::now();
+    let trickle = async {
+        for b in body {
+            tokio::time::sleep(every).await;
+            if !conn.send(&[*b]).await {
+                break;
+            }
+        }
+    };
+    // The server answers (and closes) while the client is still sending.
+    let _ = tokio::time::timeout(wait, trickle).await;
+    conn.read_response(Duration::from_secs(1)).await;
+    (conn, t0.elapsed())
+}
+
+/// The slowloris body: one byte every 300 ms *without stopping*, so no pause
+/// reaches `body_idle_timeout` (1 s). `body_timeout` (2 s) cuts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "contract gap, not a bug against DESIGN §3: no total request-body deadline, so a \
-            body trickled faster than body_idle_timeout is never cut"]
-async fn continuously_trickled_body_is_cut_within_body_idle_timeout() {
-    let env = hardened_env(|b| b).await;
+async fn continuously_trickled_body_gets_408_at_body_timeout() {
+    let env = hardened_env(|b| b.server("body_timeout", "\"2s\"")).await;
     let addr = env.server.client;
     let head = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
          Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
         env.client_key
     );
-    let cut = trickle_after(
+    let (conn, took) = trickle_whole_body(
         addr,
-        head.into_bytes(),
-        vec![b' '; 1000],
-        Duration::from_millis(600),
+        &head,
+        &[b' '; 1000],
+        Duration::from_millis(300),
         Duration::from_secs(4),
     )
     .await;
+    env.server.record("trickled body response", conn.text());
+    assert_eq!(conn.status(), Some(408), "{}", conn.text());
+    let json = parse_head(&conn.got)
+        .expect("response head")
+        .json()
+        .expect("408 body is JSON");
+    assert_eq!(json["error"]["code"], "request_timeout", "{json}");
     assert!(
-        cut.is_some_and(|d| d <= Duration::from_secs(2)),
-        "still receiving the trickled body after {cut:?} (None = 4 s)"
+        took >= Duration::from_millis(1800) && took <= Duration::from_secs(3),
+        "body_timeout is 2s: answered after {} ms",
+        took.as_millis()
     );
-    assert_eq!(env.openai.hits(), 0);
+    assert_eq!(
+        env.openai.hits(),
+        0,
+        "the trickled body reached the upstream"
+    );
+}
+
+/// The same, for a body larger than `retry_buffer`: it is already streaming to
+/// the upstream when the deadline passes, and the upstream never gets it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn continuously_trickled_streaming_body_is_cut_at_body_timeout() {
+    let env = hardened_env(|b| {
+        // The upstream waits for the body: only the deadline may end this.
+        b.server("body_timeout", "\"2s\"")
+            .server("retry_buffer", "\"64\"")
+            .server("upstream_first_byte_timeout", "\"10s\"")
+    })
+    .await;
+    let addr = env.server.client;
+    let body = format!(
+        "{{\"model\":\"gpt-4o-mini\",\"pad\":\"{}\"}}",
+        "x".repeat(968)
+    );
+    assert_eq!(body.len(), 1000);
+    let (prefix, rest) = body.as_bytes().split_at(100);
+    let head = format!(
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{}",
+        env.client_key,
+        String::from_utf8_lossy(prefix)
+    );
+    let (conn, took) = trickle_whole_body(
+        addr,
+        &head,
+        rest,
+        Duration::from_millis(300),
+        Duration::from_secs(4),
+    )
+    .await;
+    env.server
+        .record("trickled streaming body response", conn.text());
+    assert!(
+        took <= Duration::from_secs(3),
+        "body_timeout is 2s: still sending after {} ms ({})",
+        took.as_millis(),
+        conn.text()
+    );
+    if let Some(status) = conn.status() {
+        assert!(
+            status >= 400,
+            "a cut body was answered {status}: {}",
+            conn.text()
+        );
+    }
+    assert!(
+        took >= Duration::from_millis(1800),
+        "cut after {} ms, before body_timeout: {}",
+        took.as_millis(),
+        conn.text()
+    );
+    assert!(
+        env.openai.requests().iter().all(|r| r.body.len() < 1000),
+        "the upstream received the cut body as complete"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
