@@ -1119,3 +1119,150 @@ async fn streaming_clients_that_disconnect_release_their_upstream_streams() {
     );
     eprintln!("20 abandoned streams released upstream in {} ms", ms(t));
 }
+
+/// Backpressure: a client reading 1 KiB/s from a 50 MiB stream. keygate reads
+/// from the upstream only as fast as the client takes bytes, so its memory
+/// stays flat and the upstream is held back by full socket buffers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_reader_of_a_huge_stream_holds_keygate_memory_flat() {
+    let bad = BadUpstream::start().await;
+    let url = bad.url();
+    let env = hardened_env(move |b| {
+        b.provider("openai", &url, "bearer")
+            .server("stream_idle_timeout", "\"30s\"")
+    })
+    .await;
+    let addr = env.server.client;
+    // Warm up (pools, allocator arenas) before the baseline.
+    bad.push(Script::Ok);
+    let warm = raw_post(
+        addr,
+        "/v1/chat/completions",
+        &env.client_key,
+        &chat_body("gpt-4o").to_string(),
+        "Connection: close\r\n",
+    );
+    let mut c = RawConn::connect(addr).await;
+    assert!(c.send(&warm).await);
+    c.read_to_close(Duration::from_secs(3)).await;
+    assert_eq!(c.status(), Some(200), "{}", c.text());
+    let baseline = env.server.rss_kib();
+
+    const STREAM: usize = 50 * 1024 * 1024;
+    bad.push(Script::Bulk { bytes: STREAM });
+    let body = serde_json::json!({"model": "gpt-4o", "messages": [], "stream": true}).to_string();
+    let raw = raw_post(addr, "/v1/chat/completions", &env.client_key, &body, "");
+    let mut reader = RawConn::connect(addr).await;
+    assert!(reader.send(&raw).await);
+    let mut read = 0;
+    let mut peak = baseline;
+    let mut written = Vec::new();
+    for _ in 0..8 {
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_secs(5), reader.stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => read += n,
+            other => panic!("the slow stream failed after {read} bytes: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        peak = peak.max(env.server.rss_kib());
+        written.push(bad.bulk_written());
+    }
+    let growth_mib = peak.saturating_sub(baseline) as f64 / 1024.0;
+    eprintln!(
+        "slow reader: read {read} bytes in 8 s; upstream wrote {:.1} MiB; keygate RSS {} KiB -> peak {} KiB (+{growth_mib:.1} MiB)",
+        *written.last().unwrap_or(&0) as f64 / 1048576.0,
+        baseline,
+        peak
+    );
+    assert!(baseline > 0, "could not read keygate's RSS");
+    assert!(
+        growth_mib < 16.0,
+        "keygate's RSS grew {growth_mib:.1} MiB while a client read a stream at 1 KiB/s"
+    );
+    let last = written[written.len() - 1];
+    assert!(
+        last < STREAM / 2,
+        "the upstream wrote {last} bytes: keygate did not hold it back"
+    );
+    assert_eq!(
+        written[written.len() - 3],
+        last,
+        "the upstream kept writing while the client read 1 KiB/s: {written:?}"
+    );
+}
+
+/// The HTTP/2 CONTINUATION flood (CVE-2024-27316 class): one HEADERS frame
+/// without END_HEADERS, then CONTINUATION frames without end. keygate must
+/// refuse the connection rather than buffer or decode forever, and serve
+/// others meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_continuation_flood_is_cut_and_does_not_starve_other_clients() {
+    let env = hardened_env(|b| b.server("max_connections", "100")).await;
+    let addr = env.server.client;
+    let bearer = format!("Bearer {}", env.client_key);
+    let h2 = RawH2::connect(addr).await;
+    let baseline = env.server.rss_kib();
+
+    let block = hpack_request(
+        &addr.to_string(),
+        false,
+        "/v1/models",
+        &[("authorization", bearer.as_bytes())],
+    );
+    // HEADERS with END_STREAM but no END_HEADERS.
+    assert!(h2.send(&h2_frame(0x1, 0x1, 1, &block)).await);
+    // Each CONTINUATION carries 16 KiB of fresh literal headers.
+    let mut fragment = Vec::new();
+    while fragment.len() < 16 * 1024 {
+        fragment.push(0x00);
+        hpack_str(b"x-flood", &mut fragment);
+        hpack_str(&[b'a'; 1000], &mut fragment);
+    }
+    let frame = h2_frame(0x9, 0, 1, &fragment);
+    let flood = async {
+        let mut sent = 0usize;
+        while sent < 10_000 {
+            if !h2.send(&frame).await {
+                break;
+            }
+            sent += 1;
+            if sent.is_multiple_of(50) {
+                tokio::task::yield_now().await;
+            }
+        }
+        sent
+    };
+    let probe = async {
+        let mut worst = Duration::ZERO;
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            worst = worst.max(assert_served_quickly(&env, "during an h2 CONTINUATION flood").await);
+        }
+        worst
+    };
+    let (sent, worst) = tokio::join!(flood, probe);
+    let peak = env.server.rss_kib();
+    eprintln!(
+        "CONTINUATION flood: {sent} frames of 16 KiB accepted before the cut, GOAWAY: {}, worst probe {} ms, RSS +{} KiB",
+        h2.got_goaway(),
+        worst.as_millis(),
+        peak.saturating_sub(baseline)
+    );
+    assert!(
+        sent < 10_000,
+        "keygate took {sent} CONTINUATION frames (160 MiB of headers) for one request without refusing the connection"
+    );
+    assert!(
+        peak.saturating_sub(baseline) < 32 * 1024,
+        "keygate's RSS grew {} KiB during the flood",
+        peak.saturating_sub(baseline)
+    );
+    assert!(
+        env.openai
+            .requests()
+            .iter()
+            .all(|r| r.headers.get("x-flood").is_none()),
+        "the flooded request reached the upstream"
+    );
+    assert_served_quickly(&env, "after an h2 CONTINUATION flood").await;
+}

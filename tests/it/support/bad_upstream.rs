@@ -71,6 +71,9 @@ pub enum Script {
     },
     /// 200 JSON declaring `Content-Length: declared` but sending `sent` bytes, then FIN.
     Truncated { declared: usize, sent: usize },
+    /// 200 `text/event-stream`, chunked: `bytes` of ~1 KiB SSE events written
+    /// as fast as the peer takes them (see [`BadUpstream::bulk_written`]).
+    Bulk { bytes: usize },
 }
 
 /// The body of [`Script::Ok`].
@@ -90,6 +93,7 @@ struct State {
     accepted: AtomicUsize,
     open: AtomicUsize,
     peer_closed: AtomicUsize,
+    bulk_written: AtomicUsize,
     tasks: Mutex<Vec<AbortHandle>>,
 }
 
@@ -129,6 +133,11 @@ impl BadUpstream {
         });
         state.tasks.lock().unwrap().push(accept.abort_handle());
         BadUpstream { addr, state }
+    }
+
+    /// Body bytes the [`Script::Bulk`] streams have written so far.
+    pub fn bulk_written(&self) -> usize {
+        self.state.bulk_written.load(Ordering::SeqCst)
     }
 
     /// `http://127.0.0.1:PORT`, for a provider's `base_url`.
@@ -268,6 +277,27 @@ async fn serve(st: &State, mut stream: TcpStream) {
                 "x".repeat(sent)
             );
             let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+        Script::Bulk { bytes } => {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            let event = format!(
+                "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+                "x".repeat(990)
+            );
+            let piece = chunk(&event.repeat(64));
+            let mut sent = 0;
+            while sent < bytes {
+                if stream.write_all(&piece).await.is_err() {
+                    return;
+                }
+                sent += piece.len();
+                st.bulk_written.fetch_add(piece.len(), Ordering::SeqCst);
+            }
+            let _ = stream.write_all(b"0\r\n\r\n").await;
             let _ = stream.shutdown().await;
         }
         Script::Sse {

@@ -49,6 +49,17 @@ impl Server {
         resp
     }
 
+    /// The server process's resident set size, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Keep text a client read (e.g. a stream) for the leak check.
     pub fn record(&self, label: &str, text: String) {
         self.captures.record(label, text);
