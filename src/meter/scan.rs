@@ -9,16 +9,27 @@
 //! key are walked one by one. The key cannot match inside a JSON string
 //! (quotes there are escaped), so only real keys are followed. The last usage
 //! object of the body wins, as the final SSE usage chunk is the one that counts.
+//!
+//! A streaming chunk with `stream_options.include_usage` carries
+//! `"usage":null` in every event; stopping at each of those would cost more
+//! than the search itself. So once the body shows it is written compactly (a
+//! `"usage"` key directly followed by `:`, as every serializer upstreams use
+//! does), the search narrows to `"usage":{` and skips the nulls without stopping.
+//! A serializer writes one body in one style, so nothing is missed; and the
+//! switch depends only on the bytes, never on how they were chunked.
 
 use std::sync::OnceLock;
 
-use memchr::memmem::Finder;
+use memchr::arch::all::packedpair::HeuristicFrequencyRank;
+use memchr::memmem::{Finder, FinderBuilder};
 
 use super::usage::{self, Usage};
 
 const KEY: &[u8] = b"\"usage\"";
+/// The key and the start of an object, as a compact body writes them.
+const COMPACT_KEY: &[u8] = b"\"usage\":{";
 /// Bytes kept from the end of a chunk, so a key split across two chunks is seen.
-const CARRY: usize = KEY.len() - 1;
+const CARRY: usize = COMPACT_KEY.len() - 1;
 /// A usage object larger than this is not one (real ones are ~100–400 bytes).
 const MAX_OBJECT: usize = 4096;
 
@@ -26,10 +37,10 @@ const MAX_OBJECT: usize = 4096;
 enum State {
     /// Looking for the next `"usage"` key.
     Searching,
-    /// Just past the key: expecting `:`.
-    AfterKey,
+    /// Just past the key: expecting `:` (`spaced`: whitespace came first).
+    AfterKey { spaced: bool },
     /// Just past the colon: `{` starts an object, anything else is no usage.
-    AfterColon,
+    AfterColon { spaced: bool },
     /// Inside the object, `depth` braces deep.
     Object,
     /// An SSE line ended inside the object: `matched` bytes of the next line's
@@ -37,16 +48,45 @@ enum State {
     Continuation { matched: usize, after_cr: bool },
 }
 
-/// The key's searcher, built once (building one per response would cost more
-/// than scanning a short body).
-fn key_finder() -> &'static Finder<'static> {
+/// The key's searchers, built once (building one per response would cost
+/// more than scanning a short body).
+fn key_finder(compact: bool) -> &'static Finder<'static> {
     static FINDER: OnceLock<Finder<'static>> = OnceLock::new();
-    FINDER.get_or_init(|| Finder::new(KEY))
+    static COMPACT: OnceLock<Finder<'static>> = OnceLock::new();
+    let build =
+        |key: &'static [u8]| FinderBuilder::new().build_forward_with_ranker(JsonByteRank, key);
+    if compact {
+        COMPACT.get_or_init(|| build(COMPACT_KEY))
+    } else {
+        FINDER.get_or_init(|| build(KEY))
+    }
+}
+
+/// How common a byte is in JSON chat traffic, for the vectorised search's
+/// choice of the two bytes it looks for first. memchr's default ranking is
+/// tuned for prose and code and picks `"` and `{`, which JSON is full of (every
+/// `"delta":{` would be a candidate); here the punctuation, digits and spaces
+/// JSON writes everywhere rank most common and letters follow English
+/// frequency, so the search keys on `g` and `u`.
+struct JsonByteRank;
+
+impl HeuristicFrequencyRank for JsonByteRank {
+    fn rank(&self, byte: u8) -> u8 {
+        const LETTERS_BY_FREQUENCY: &[u8] = b"etaoinshrdlcumwfgypbvkjxqz";
+        let lower = byte.to_ascii_lowercase();
+        match LETTERS_BY_FREQUENCY.iter().position(|&b| b == lower) {
+            Some(index) => 204 - 4 * index as u8,
+            None if byte.is_ascii() => 255,
+            None => 50,
+        }
+    }
 }
 
 /// Streaming search for the `usage` object of one response body.
 pub struct UsageScanner {
     sse: bool,
+    /// The body writes `"usage":` with no space: search for `"usage":{`.
+    compact: bool,
     state: State,
     carry: [u8; CARRY],
     carry_len: usize,
@@ -63,6 +103,7 @@ impl UsageScanner {
     pub fn new(sse: bool) -> Self {
         UsageScanner {
             sse,
+            compact: false,
             state: State::Searching,
             carry: [0; CARRY],
             carry_len: 0,
@@ -89,10 +130,9 @@ impl UsageScanner {
         while pos < chunk.len() {
             if self.state == State::Searching {
                 search_from = pos;
-                match key_finder().find(&chunk[pos..]) {
+                match key_finder(self.compact).find(&chunk[pos..]) {
                     Some(at) => {
-                        pos += at + KEY.len();
-                        self.state = State::AfterKey;
+                        pos += at + self.found_key();
                     }
                     None => break,
                 }
@@ -114,13 +154,38 @@ impl UsageScanner {
         window[..self.carry_len].copy_from_slice(&self.carry[..self.carry_len]);
         window[self.carry_len..self.carry_len + head].copy_from_slice(&chunk[..head]);
         let window = &window[..self.carry_len + head];
-        match key_finder().find(window) {
-            Some(at) if at < self.carry_len => {
-                self.state = State::AfterKey;
-                at + KEY.len() - self.carry_len
+        let key_len = if self.compact {
+            COMPACT_KEY.len()
+        } else {
+            KEY.len()
+        };
+        match key_finder(self.compact).find(window) {
+            // Only a key that straddles: one wholly in the carry was searched before.
+            Some(at) if at < self.carry_len && at + key_len > self.carry_len => {
+                at + self.found_key() - self.carry_len
             }
             _ => 0,
         }
+    }
+
+    /// Enters the state after a found key; returns the key's length.
+    fn found_key(&mut self) -> usize {
+        if self.compact {
+            self.start_object();
+            COMPACT_KEY.len()
+        } else {
+            self.state = State::AfterKey { spaced: false };
+            KEY.len()
+        }
+    }
+
+    fn start_object(&mut self) {
+        self.object.clear();
+        self.object.push(b'{');
+        self.depth = 1;
+        self.in_string = false;
+        self.escaped = false;
+        self.state = State::Object;
     }
 
     /// Remembers the last bytes searched (never bytes already taken as a key
@@ -153,29 +218,27 @@ impl UsageScanner {
             let byte = chunk[pos];
             match self.state {
                 State::Searching => return pos,
-                State::AfterKey => match byte {
-                    b' ' | b'\t' | b'\r' | b'\n' => {}
-                    b':' => self.state = State::AfterColon,
+                State::AfterKey { spaced } => match byte {
+                    b' ' | b'\t' | b'\r' | b'\n' => self.state = State::AfterKey { spaced: true },
+                    b':' => self.state = State::AfterColon { spaced },
                     _ => {
                         self.state = State::Searching;
                         return pos;
                     }
                 },
-                State::AfterColon => match byte {
-                    b' ' | b'\t' | b'\r' | b'\n' => {}
-                    b'{' => {
-                        self.object.clear();
-                        self.object.push(b'{');
-                        self.depth = 1;
-                        self.in_string = false;
-                        self.escaped = false;
-                        self.state = State::Object;
+                State::AfterColon { spaced } => {
+                    if matches!(byte, b' ' | b'\t' | b'\r' | b'\n') {
+                        self.state = State::AfterColon { spaced: true };
+                    } else {
+                        // `"usage":` with nothing around the colon: a compact writer.
+                        self.compact |= !spaced;
+                        if byte != b'{' {
+                            self.state = State::Searching;
+                            return pos;
+                        }
+                        self.start_object();
                     }
-                    _ => {
-                        self.state = State::Searching;
-                        return pos;
-                    }
-                },
+                }
                 State::Object => self.object_byte(byte),
                 State::Continuation { matched, after_cr } => {
                     if after_cr && byte == b'\n' {
@@ -261,7 +324,7 @@ mod tests {
         scanner.usage().map(|u| (u.prompt, u.completion, u.total))
     }
 
-    const STREAM: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"say \\\"usage\\\": {\"}}],\"usage\":null}\r\n\r\n: ping\n\ndata: {\"choices\":[],\"usage\": {\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7,\"details\":{\"x\":\"}\"}}}\n\ndata: [DONE]\n\n";
+    const STREAM: &[u8] = b"data: {\"choices\":[{\"delta\":{\"content\":\"say \\\"usage\\\":{\"}}],\"usage\":null}\r\n\r\n: ping\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7,\"details\":{\"x\":\"}\"}}}\n\ndata: [DONE]\n\n";
 
     #[test]
     fn finds_the_usage_object_at_any_split() {
@@ -304,6 +367,9 @@ mod tests {
         let two =
             b"data: {\"usage\":{\"total_tokens\":1}}\n\ndata: {\"usage\":{\"total_tokens\":2}}\n\n";
         assert_eq!(scan(true, &[two]), Some((0, 0, 2)));
+        // A writer that puts spaces around the colon (Python's json.dumps).
+        let spaced = b"data: {\"usage\": null}\n\ndata: {\"usage\": {\"total_tokens\": 4}}\n\n";
+        assert_eq!(scan(true, &[spaced]), Some((0, 0, 4)));
     }
 
     #[test]
