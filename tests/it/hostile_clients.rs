@@ -55,6 +55,17 @@ async fn assert_served_quickly(env: &Env, during: &str) -> Duration {
     took
 }
 
+/// Five normal requests 60 ms apart, each answered within a second (while
+/// something else goes on); returns the slowest.
+async fn served_quickly_throughout(env: &Env, during: &str) -> Duration {
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        worst = worst.max(assert_served_quickly(env, during).await);
+    }
+    worst
+}
+
 /// Connects and writes `bytes` one at a time, `every` apart (then holds the
 /// connection), until the server closes it. Returns how long after connecting
 /// the server closed it, or `None` when it was still open after `limit`.
@@ -1012,14 +1023,7 @@ async fn http2_rapid_reset_flood_does_not_starve_other_clients() {
         }
         sent
     };
-    let probe = async {
-        let mut worst = Duration::ZERO;
-        for _ in 0..5 {
-            tokio::time::sleep(Duration::from_millis(60)).await;
-            worst = worst.max(assert_served_quickly(&env, "during an h2 rapid-reset flood").await);
-        }
-        worst
-    };
+    let probe = served_quickly_throughout(&env, "during an h2 rapid-reset flood");
     let (sent, worst) = tokio::join!(flood, probe);
     assert!(
         sent == 2000 || h2.got_goaway(),
@@ -1232,14 +1236,7 @@ async fn http2_continuation_flood_is_cut_and_does_not_starve_other_clients() {
         }
         sent
     };
-    let probe = async {
-        let mut worst = Duration::ZERO;
-        for _ in 0..5 {
-            tokio::time::sleep(Duration::from_millis(60)).await;
-            worst = worst.max(assert_served_quickly(&env, "during an h2 CONTINUATION flood").await);
-        }
-        worst
-    };
+    let probe = served_quickly_throughout(&env, "during an h2 CONTINUATION flood");
     let (sent, worst) = tokio::join!(flood, probe);
     let peak = env.server.rss_kib();
     eprintln!(
