@@ -108,11 +108,28 @@ pub fn windows(secret: &str) -> Vec<&str> {
         .collect()
 }
 
-/// For each (label, text), every secret window found in it, as messages.
+/// A secret and its base64 forms (standard and URL-safe, padded or not), so
+/// a secret that was encoded on its way into a log is found too.
+fn with_base64_forms(secret: &str) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    use base64::Engine;
+    let mut forms = vec![secret.to_string()];
+    for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
+        let encoded = engine.encode(secret);
+        if !forms.contains(&encoded) {
+            forms.push(encoded);
+        }
+    }
+    forms
+}
+
+/// For each (label, text), every secret window found in it (of the secret or
+/// of its base64 form), as messages.
 pub fn find_leaks(secrets: &[String], captures: &[(String, String)]) -> Vec<String> {
+    let secrets: Vec<String> = secrets.iter().flat_map(|s| with_base64_forms(s)).collect();
     let mut leaks = Vec::new();
     for (label, text) in captures {
-        for secret in secrets {
+        for secret in &secrets {
             if let Some(w) = windows(secret).into_iter().find(|w| text.contains(w)) {
                 let at = text.find(w).unwrap_or(0);
                 let lo = text[..at]
@@ -192,6 +209,10 @@ fn harness_finds_secret_windows() {
     assert!(find_leaks(&secrets, &clean).is_empty());
     let leaked = vec![("log".to_string(), "header=Bearer Xv9Lr4Tp".to_string())];
     assert_eq!(find_leaks(&secrets, &leaked).len(), 1);
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(OPENAI_KEY);
+    let leaked = vec![("log".to_string(), format!("basic auth {encoded}"))];
+    assert!(!find_leaks(&secrets, &leaked).is_empty(), "base64 form");
     assert_eq!(
         find_token("id key_3f9a1c20, fp sk-…wxyz", "key_").as_deref(),
         Some("key_3f9a1c20")
