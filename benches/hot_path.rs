@@ -196,6 +196,38 @@ fn sse_tap(c: &mut Criterion) {
     group.finish();
 }
 
+/// A non-streaming chat completion (~1.1 KB, usage with details at the end),
+/// metered as one frame: what every JSON response costs the meter.
+fn json_tap(c: &mut Criterion) {
+    let body = Bytes::from(format!(
+        "{{\"id\":\"chatcmpl-1\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"{}\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":230,\"completion_tokens\":103,\"total_tokens\":333,\"prompt_tokens_details\":{{\"cached_tokens\":0,\"audio_tokens\":0}},\"completion_tokens_details\":{{\"reasoning_tokens\":0,\"audio_tokens\":0}}}}}}",
+        "The quick brown fox jumps over the lazy dog. ".repeat(18)
+    ));
+    let mut group = c.benchmark_group("json");
+    group.throughput(Throughput::Bytes(body.len() as u64));
+    let counters = Arc::new(UsageCounters::default());
+    let prompt = prometheus::IntCounter::new("p", "p").expect("metric");
+    let completion = prometheus::IntCounter::new("c", "c").expect("metric");
+    group.bench_function("usage tap, 1.1 KB chat completion", |b| {
+        b.iter(|| {
+            let mut tap = MeterTap::new(
+                counters.clone(),
+                TokenMetrics {
+                    prompt: prompt.clone(),
+                    completion: completion.clone(),
+                },
+                Some("application/json"),
+                false,
+                Outcome::default(),
+                None,
+            );
+            black_box(tap.on_data(body.clone()));
+            tap.finish(true);
+        })
+    });
+    group.finish();
+}
+
 /// Writes `chunks` into one end of a Unix socket pair from a thread and reads
 /// them back on the other, feeding each read to `tap` when given.
 fn socket_copy(chunks: &[Bytes], mut tap: Option<MeterTap>) -> usize {
@@ -242,5 +274,5 @@ fn new_tap(strip: bool) -> MeterTap {
     )
 }
 
-criterion_group!(benches, request_stages, sse_tap);
+criterion_group!(benches, request_stages, sse_tap, json_tap);
 criterion_main!(benches);

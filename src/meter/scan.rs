@@ -132,7 +132,8 @@ impl UsageScanner {
                 search_from = pos;
                 match key_finder(self.compact).find(&chunk[pos..]) {
                     Some(at) => {
-                        pos += at + self.found_key();
+                        let key_end = pos + at + self.key_len();
+                        pos = self.found_key(chunk, key_end);
                     }
                     None => break,
                 }
@@ -154,38 +155,56 @@ impl UsageScanner {
         window[..self.carry_len].copy_from_slice(&self.carry[..self.carry_len]);
         window[self.carry_len..self.carry_len + head].copy_from_slice(&chunk[..head]);
         let window = &window[..self.carry_len + head];
-        let key_len = if self.compact {
-            COMPACT_KEY.len()
-        } else {
-            KEY.len()
-        };
+        let key_len = self.key_len();
         match key_finder(self.compact).find(window) {
             // Only a key that straddles: one wholly in the carry was searched before.
             Some(at) if at < self.carry_len && at + key_len > self.carry_len => {
-                at + self.found_key() - self.carry_len
+                self.found_key(chunk, at + key_len - self.carry_len)
             }
             _ => 0,
         }
     }
 
-    /// Enters the state after a found key; returns the key's length.
-    fn found_key(&mut self) -> usize {
+    fn key_len(&self) -> usize {
         if self.compact {
-            self.start_object();
             COMPACT_KEY.len()
         } else {
-            self.state = State::AfterKey { spaced: false };
             KEY.len()
         }
     }
 
-    fn start_object(&mut self) {
+    /// Enters the state after a key found at `key_end` (just past it) in
+    /// `chunk`; returns where to go on.
+    fn found_key(&mut self, chunk: &[u8], key_end: usize) -> usize {
+        if self.compact {
+            self.start_object(chunk, key_end - 1)
+        } else {
+            self.state = State::AfterKey { spaced: false };
+            key_end
+        }
+    }
+
+    /// The object opens at `chunk[open]`; returns where to go on. When the
+    /// whole object is in this chunk (nearly always) it is parsed in place;
+    /// otherwise it is walked byte by byte, and kept, until it closes.
+    fn start_object(&mut self, chunk: &[u8], open: usize) -> usize {
+        if let Some((usage, len)) = usage::parse_object_prefix(&chunk[open..]) {
+            // Exactly what the walk would find, unless it would give up (too
+            // long) or an SSE line ends inside (a continuation to check).
+            let inside = &chunk[open..open + len];
+            if len <= MAX_OBJECT && !(self.sse && memchr::memchr2(b'\n', b'\r', inside).is_some()) {
+                self.usage = Some(usage);
+                self.state = State::Searching;
+                return open + len;
+            }
+        }
         self.object.clear();
         self.object.push(b'{');
         self.depth = 1;
         self.in_string = false;
         self.escaped = false;
         self.state = State::Object;
+        open + 1
     }
 
     /// Remembers the last bytes searched (never bytes already taken as a key
@@ -236,7 +255,8 @@ impl UsageScanner {
                             self.state = State::Searching;
                             return pos;
                         }
-                        self.start_object();
+                        pos = self.start_object(chunk, pos);
+                        continue;
                     }
                 }
                 State::Object => self.object_byte(byte),

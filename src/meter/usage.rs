@@ -71,6 +71,17 @@ pub fn parse_object(object: &[u8]) -> Option<Usage> {
         .map(Usage::from)
 }
 
+/// Parses the `usage` object at the start of `bytes` (whatever follows it),
+/// returning it and its length; `None` if it is not whole there or not usage.
+pub fn parse_object_prefix(bytes: &[u8]) -> Option<(Usage, usize)> {
+    if bytes.first() != Some(&b'{') {
+        return None;
+    }
+    let mut values = serde_json::Deserializer::from_slice(bytes).into_iter::<RawUsage>();
+    let raw = values.next()?.ok()?;
+    Some((raw.into(), values.byte_offset()))
+}
+
 /// Offset of the `{` of the first `"usage"` key whose value is an object.
 /// (`"usage"` cannot match inside a JSON string: quotes there are escaped.)
 fn usage_object(json: &[u8]) -> Option<usize> {
