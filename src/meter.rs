@@ -119,27 +119,57 @@ impl UsageCounters {
     }
 }
 
+/// The Prometheus series of one usage key.
+#[derive(Clone)]
+pub struct UsageMetrics {
+    /// `keygate_tokens_total{client,provider,model,kind}`.
+    pub tokens: tap::TokenMetrics,
+    /// `keygate_requests_total{client,provider,status="200"}`, the common answer.
+    pub answered_ok: prometheus::IntCounter,
+}
+
+/// Everything a request touches for its usage key, found with one lookup:
+/// the ledger's counters and the metric series (no label lookups per request).
+#[derive(Clone)]
+pub struct UsageSeries {
+    /// Drained by the ledger.
+    pub counters: Arc<UsageCounters>,
+    /// Its Prometheus series.
+    pub metrics: UsageMetrics,
+}
+
 /// The process's usage counters.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Meter {
-    counters: DashMap<UsageKey, Arc<UsageCounters>>,
+    series: DashMap<UsageKey, UsageSeries>,
 }
 
 impl Meter {
-    /// The counters of `key`, created on first use.
-    pub fn counters(&self, key: UsageKey) -> Arc<UsageCounters> {
-        if let Some(existing) = self.counters.get(&key) {
+    /// The series of `key`, created on first use (`metrics` resolves them).
+    pub fn series(
+        &self,
+        key: UsageKey,
+        metrics: impl FnOnce(&UsageKey) -> UsageMetrics,
+    ) -> UsageSeries {
+        if let Some(existing) = self.series.get(&key) {
             return existing.clone();
         }
-        self.counters.entry(key).or_default().clone()
+        let metrics = metrics(&key);
+        self.series
+            .entry(key)
+            .or_insert_with(|| UsageSeries {
+                counters: Arc::default(),
+                metrics,
+            })
+            .clone()
     }
 
     /// Drains every key's counters; only keys with activity are returned.
     pub fn drain(&self) -> Vec<(UsageKey, UsageDelta)> {
-        self.counters
+        self.series
             .iter()
             .filter_map(|entry| {
-                let delta = entry.value().drain();
+                let delta = entry.value().counters.drain();
                 (!delta.is_empty()).then(|| (entry.key().clone(), delta))
             })
             .collect()
@@ -192,14 +222,24 @@ mod tests {
             provider: "p".into(),
             model: "m".into(),
         };
-        meter.counters(key.clone()).record(&Outcome {
-            usage: Some(usage::Usage {
-                prompt: 1,
-                completion: 2,
-                total: 3,
-            }),
-            ..Outcome::default()
-        });
+        let metrics = |_: &UsageKey| UsageMetrics {
+            tokens: tap::TokenMetrics {
+                prompt: prometheus::IntCounter::new("p", "p").unwrap(),
+                completion: prometheus::IntCounter::new("c", "c").unwrap(),
+            },
+            answered_ok: prometheus::IntCounter::new("r", "r").unwrap(),
+        };
+        meter
+            .series(key.clone(), metrics)
+            .counters
+            .record(&Outcome {
+                usage: Some(usage::Usage {
+                    prompt: 1,
+                    completion: 2,
+                    total: 3,
+                }),
+                ..Outcome::default()
+            });
         let drained = meter.drain();
         assert_eq!(drained.len(), 1);
         assert_eq!(drained[0].1.total_tokens, 3);

@@ -43,6 +43,8 @@ pub struct Metrics {
 /// The per-provider series a request touches, resolved at start.
 #[derive(Clone)]
 pub struct ProviderMetrics {
+    /// The provider's name, shared (a label and a usage key part, never copied).
+    pub name: std::sync::Arc<str>,
     /// `keygate_active_requests{provider}`.
     pub active: prometheus::IntGauge,
     /// `keygate_request_duration_seconds{provider}`.
@@ -170,6 +172,7 @@ impl Metrics {
             providers.insert(
                 provider.clone(),
                 ProviderMetrics {
+                    name: std::sync::Arc::from(provider.as_str()),
                     active: metrics.active_requests.with_label_values(&[provider]),
                     request_duration: metrics.request_duration.with_label_values(&[provider]),
                     upstream_duration: metrics.upstream_duration.with_label_values(&[provider]),
@@ -231,10 +234,33 @@ impl Metrics {
         match self.providers.get(provider) {
             Some(series) => series.clone(),
             None => ProviderMetrics {
+                name: std::sync::Arc::from(provider),
                 active: self.active_requests.with_label_values(&[provider]),
                 request_duration: self.request_duration.with_label_values(&[provider]),
                 upstream_duration: self.upstream_duration.with_label_values(&[provider]),
             },
+        }
+    }
+
+    /// The series of one usage key: `keygate_tokens_total` by kind and
+    /// `keygate_requests_total{status="200"}`, resolved once per key.
+    pub fn usage_series(&self, key: &crate::meter::UsageKey) -> crate::meter::UsageMetrics {
+        let (client, provider, model) = (&*key.client, &*key.provider, &*key.model);
+        crate::meter::UsageMetrics {
+            tokens: crate::meter::tap::TokenMetrics {
+                prompt: self
+                    .tokens_total
+                    .with_label_values(&[client, provider, model, "prompt"]),
+                completion: self.tokens_total.with_label_values(&[
+                    client,
+                    provider,
+                    model,
+                    "completion",
+                ]),
+            },
+            answered_ok: self
+                .requests_total
+                .with_label_values(&[client, provider, "200"]),
         }
     }
 

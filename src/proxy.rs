@@ -21,9 +21,9 @@ use crate::error::ProxyError;
 use crate::forward::{self, ResponseBody};
 use crate::keys::{health, KeyRing};
 use crate::limits::{self, Reservation};
-use crate::meter::tap::{MeterTap, TokenMetrics};
+use crate::meter::tap::MeterTap;
 use crate::meter::{Outcome, UsageCounters, UsageKey};
-use crate::metrics::ActiveGuard;
+use crate::metrics::{ActiveGuard, ProviderMetrics};
 use crate::route::{self, PathMatch};
 use crate::state::Shared;
 
@@ -31,12 +31,14 @@ use crate::state::Shared;
 #[derive(Default)]
 struct RequestContext {
     client: Option<Arc<str>>,
-    provider: Option<String>,
+    provider: Option<ProviderMetrics>,
     key_id: Option<Arc<str>>,
     attempts: u32,
     error: Option<&'static str>,
     /// The usage counters, until a response tap takes them over.
     usage: Option<Arc<UsageCounters>>,
+    /// `keygate_requests_total` of this client and provider for a 200.
+    answered_ok: Option<prometheus::IntCounter>,
     request_bytes: u64,
     /// Tokens reserved against the client's limits, until settled.
     reservation: Option<Reservation>,
@@ -92,13 +94,20 @@ async fn conduct(
         PathMatch::Prefixed(provider, rest) => (provider, rest),
         PathMatch::Plain(path) => (route::by_model(config, model.as_deref()), path),
     };
-    ctx.provider = Some(provider.name.clone());
+    let provider_metrics = shared.metrics.provider(&provider.name);
+    ctx.provider = Some(provider_metrics.clone());
     let model = model.unwrap_or_else(|| Arc::from("-"));
-    ctx.usage = Some(shared.meter.counters(UsageKey {
-        client: client.name.clone(),
-        provider: Arc::from(provider.name.as_str()),
-        model: model.clone(),
-    }));
+    let series = shared.meter.series(
+        UsageKey {
+            client: client.name.clone(),
+            provider: provider_metrics.name.clone(),
+            model: model.clone(),
+        },
+        |key| shared.metrics.usage_series(key),
+    );
+    ctx.usage = Some(series.counters);
+    ctx.answered_ok = Some(series.metrics.answered_ok);
+    let token_metrics = series.metrics.tokens;
     ctx.request_bytes = body
         .buffered()
         .map_or(declared_len.unwrap_or(0), |b| b.len() as u64);
@@ -116,7 +125,6 @@ async fn conduct(
             strip_usage_chunk = true;
         }
     }
-    let provider_metrics = shared.metrics.provider(&provider.name);
     let active = ActiveGuard::new(provider_metrics.active.clone());
 
     let ring: &KeyRing = snapshot
@@ -246,18 +254,9 @@ async fn conduct(
             return Ok(forward::scrubbed_error_response(upstream, ring, limits.idle, active).await);
         }
         let tap = ctx.usage.take().map(|counters| {
-            let labels = [&*client.name, provider.name.as_str(), &*model];
-            let tokens = |kind| {
-                metrics
-                    .tokens_total
-                    .with_label_values(&[labels[0], labels[1], labels[2], kind])
-            };
             MeterTap::new(
                 counters,
-                TokenMetrics {
-                    prompt: tokens("prompt"),
-                    completion: tokens("completion"),
-                },
+                token_metrics,
                 upstream
                     .headers()
                     .get(http::header::CONTENT_TYPE)
@@ -333,19 +332,18 @@ fn record(shared: &Shared, ctx: &mut RequestContext, status: StatusCode, started
         });
     }
     let client = ctx.client.as_deref().unwrap_or("-");
-    let provider = ctx.provider.as_deref().unwrap_or("-");
+    let provider = ctx.provider.as_ref().map_or("-", |p| &*p.name);
     let elapsed = started.elapsed();
-    shared
-        .metrics
-        .requests_total
-        .with_label_values(&[client, provider, status.as_str()])
-        .inc();
-    if ctx.provider.is_some() {
-        shared
+    match ctx.answered_ok.take() {
+        Some(answered_ok) if status == StatusCode::OK => answered_ok.inc(),
+        _ => shared
             .metrics
-            .provider(provider)
-            .request_duration
-            .observe(elapsed.as_secs_f64());
+            .requests_total
+            .with_label_values(&[client, provider, status.as_str()])
+            .inc(),
+    }
+    if let Some(provider) = &ctx.provider {
+        provider.request_duration.observe(elapsed.as_secs_f64());
     }
     tracing::info!(
         client,

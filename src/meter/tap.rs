@@ -34,7 +34,8 @@ enum Mode {
     Opaque,
 }
 
-/// Token counters in Prometheus, resolved once per request.
+/// Token counters in Prometheus, resolved once per usage key.
+#[derive(Clone)]
 pub struct TokenMetrics {
     /// `keygate_tokens_total{…,kind="prompt"}`.
     pub prompt: IntCounter,
