@@ -138,21 +138,50 @@ pub struct UsageSeries {
     pub metrics: UsageMetrics,
 }
 
+/// How many usage keys (client × provider × model) the meter tracks before
+/// new models are counted as [`OTHER_MODEL`]: the model comes from the request
+/// body, so without a bound one client sending random model names would grow
+/// memory, the ledger and the `/metrics` page without end.
+pub const MAX_USAGE_KEYS: usize = 10_000;
+
+/// The model label of usage past [`MAX_USAGE_KEYS`].
+pub const OTHER_MODEL: &str = "(other)";
+
 /// The process's usage counters.
-#[derive(Default)]
 pub struct Meter {
     series: DashMap<UsageKey, UsageSeries>,
+    max_keys: usize,
+}
+
+impl Default for Meter {
+    fn default() -> Self {
+        Meter::with_max_keys(MAX_USAGE_KEYS)
+    }
 }
 
 impl Meter {
+    /// A meter that tracks at most `max_keys` usage keys (then [`OTHER_MODEL`]).
+    pub fn with_max_keys(max_keys: usize) -> Self {
+        Meter {
+            series: DashMap::new(),
+            max_keys,
+        }
+    }
+
     /// The series of `key`, created on first use (`metrics` resolves them).
     pub fn series(
         &self,
-        key: UsageKey,
+        mut key: UsageKey,
         metrics: impl FnOnce(&UsageKey) -> UsageMetrics,
     ) -> UsageSeries {
         if let Some(existing) = self.series.get(&key) {
             return existing.clone();
+        }
+        if self.series.len() >= self.max_keys {
+            key.model = Arc::from(OTHER_MODEL);
+            if let Some(existing) = self.series.get(&key) {
+                return existing.clone();
+            }
         }
         let metrics = metrics(&key);
         self.series
@@ -214,6 +243,52 @@ mod tests {
         assert!(ask_for_usage(b"not json").is_none());
     }
 
+    fn test_metrics(_: &UsageKey) -> UsageMetrics {
+        UsageMetrics {
+            tokens: tap::TokenMetrics {
+                prompt: prometheus::IntCounter::new("p", "p").unwrap(),
+                completion: prometheus::IntCounter::new("c", "c").unwrap(),
+            },
+            answered_ok: prometheus::IntCounter::new("r", "r").unwrap(),
+        }
+    }
+
+    #[test]
+    fn models_past_the_key_limit_are_counted_as_other() {
+        let meter = Meter::with_max_keys(3);
+        let key = |model: &str| UsageKey {
+            client: "a".into(),
+            provider: "p".into(),
+            model: model.into(),
+        };
+        for n in 0..50 {
+            meter
+                .series(key(&format!("random-{n}")), test_metrics)
+                .counters
+                .record(&Outcome::default());
+        }
+        // Known keys keep their own counters.
+        meter
+            .series(key("random-1"), test_metrics)
+            .counters
+            .record(&Outcome::default());
+        let mut drained = meter.drain();
+        drained.sort_by_key(|(k, _)| k.model.to_string());
+        let models: Vec<(String, u64)> = drained
+            .iter()
+            .map(|(k, d)| (k.model.to_string(), d.requests))
+            .collect();
+        assert_eq!(
+            models,
+            [
+                ("(other)".to_string(), 47),
+                ("random-0".to_string(), 1),
+                ("random-1".to_string(), 2),
+                ("random-2".to_string(), 1)
+            ]
+        );
+    }
+
     #[test]
     fn counters_drain_to_zero() {
         let meter = Meter::default();
@@ -222,15 +297,8 @@ mod tests {
             provider: "p".into(),
             model: "m".into(),
         };
-        let metrics = |_: &UsageKey| UsageMetrics {
-            tokens: tap::TokenMetrics {
-                prompt: prometheus::IntCounter::new("p", "p").unwrap(),
-                completion: prometheus::IntCounter::new("c", "c").unwrap(),
-            },
-            answered_ok: prometheus::IntCounter::new("r", "r").unwrap(),
-        };
         meter
-            .series(key.clone(), metrics)
+            .series(key.clone(), test_metrics)
             .counters
             .record(&Outcome {
                 usage: Some(usage::Usage {
