@@ -42,11 +42,31 @@ fn is_v1(path: &str) -> bool {
 
 /// `.`/`..` segments, raw or percent-encoded, could climb out of the upstream's
 /// base path on a server that normalises late: refuse them outright.
+/// An encoded `/` (`%2f`) is refused too. No allocation: this runs on every request.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    }) || path.to_ascii_lowercase().contains("%2f")
+    let bytes = path.as_bytes();
+    if memchr::memchr2(b'.', b'%', bytes).is_none() {
+        return false; // the common case
+    }
+    let encoded_slash = bytes
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'));
+    encoded_slash || path.split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot raw or as `%2e`/`%2E`.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 #[derive(Deserialize)]
@@ -131,8 +151,15 @@ mod tests {
             "/v1/%2e%2e/x",
             "/xaiv1/x",
             "/v1%2f..%2fx",
+            "/v1/%2E./x",
+            "/v1/.%2e",
+            "/v1/.",
+            "/v1/x%2Fy",
         ] {
             assert!(by_path(&config, path).is_err(), "{path}");
+        }
+        for path in ["/v1/a.b", "/v1/...", "/v1/%2e%2e%2e", "/v1/x%20y", "/v1/.well"] {
+            assert!(by_path(&config, path).is_ok(), "{path}");
         }
     }
 }
