@@ -158,7 +158,13 @@ mod tests {
         ] {
             assert!(by_path(&config, path).is_err(), "{path}");
         }
-        for path in ["/v1/a.b", "/v1/...", "/v1/%2e%2e%2e", "/v1/x%20y", "/v1/.well"] {
+        for path in [
+            "/v1/a.b",
+            "/v1/...",
+            "/v1/%2e%2e%2e",
+            "/v1/x%20y",
+            "/v1/.well",
+        ] {
             assert!(by_path(&config, path).is_ok(), "{path}");
         }
     }

@@ -1049,6 +1049,7 @@ async fn http2_rapid_reset_flood_does_not_starve_other_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streaming_clients_that_disconnect_release_their_upstream_streams() {
+    const STREAMS: usize = 30;
     let bad = BadUpstream::start().await;
     let url = bad.url();
     let env = hardened_env(move |b| {
@@ -1057,7 +1058,7 @@ async fn streaming_clients_that_disconnect_release_their_upstream_streams() {
     })
     .await;
     let addr = env.server.client;
-    for _ in 0..20 {
+    for _ in 0..STREAMS {
         // 200 events 50 ms apart: ten seconds of stream each.
         bad.push(Script::Sse {
             events: 200,
@@ -1068,7 +1069,7 @@ async fn streaming_clients_that_disconnect_release_their_upstream_streams() {
     let body = serde_json::json!({"model": "gpt-4o", "messages": [], "stream": true}).to_string();
     let raw = raw_post(addr, "/v1/chat/completions", &env.client_key, &body, "");
     let mut clients = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..STREAMS {
         let mut c = RawConn::connect(addr).await;
         assert!(c.send(&raw).await);
         clients.push(c);
@@ -1088,12 +1089,16 @@ async fn streaming_clients_that_disconnect_release_their_upstream_streams() {
             }
         }
     }
-    assert_eq!(bad.open(), 20, "all 20 streams are running upstream");
+    assert_eq!(
+        bad.open(),
+        STREAMS,
+        "all {STREAMS} streams are running upstream"
+    );
     let page = env.server.admin_get("/metrics").await.text();
     assert_eq!(
         metric_sum(&page, "keygate_active_requests"),
-        Some(20.0),
-        "20 streams in flight"
+        Some(STREAMS as f64),
+        "{STREAMS} streams in flight"
     );
 
     let t = Instant::now();
@@ -1104,12 +1109,12 @@ async fn streaming_clients_that_disconnect_release_their_upstream_streams() {
     .await;
     assert!(
         released.is_some(),
-        "2 s after 20 streaming clients left, {} upstream streams are still open",
+        "2 s after {STREAMS} streaming clients left, {} upstream streams are still open",
         bad.open()
     );
     assert_eq!(
         bad.peer_closed(),
-        20,
+        STREAMS,
         "keygate closed every abandoned upstream stream"
     );
     let gauge = eventually(Duration::from_secs(2), || async {
@@ -1121,7 +1126,10 @@ async fn streaming_clients_that_disconnect_release_their_upstream_streams() {
         gauge.is_some(),
         "keygate_active_requests did not return to 0 after the clients left"
     );
-    eprintln!("20 abandoned streams released upstream in {} ms", ms(t));
+    eprintln!(
+        "{STREAMS} abandoned streams released upstream in {} ms",
+        ms(t)
+    );
 }
 
 /// Backpressure: a client reading 1 KiB/s from a 50 MiB stream. keygate reads
