@@ -11,6 +11,12 @@
 //! a single-connection latency run and SSE streams (12 events), first direct
 //! to the mock, then through keygate. keygate's CPU per request comes from
 //! /proc/<pid>/stat, its RSS from /proc/<pid>/status.
+//!
+//! Last, it holds `BENCH_HELD_STREAMS` (default 10,000; 0 skips) SSE streams
+//! open at once through keygate — each has had its first event and then waits
+//! — and prints keygate's RSS while they are all open: the memory a large
+//! number of concurrent long generations costs. Holding 10,000 needs ~20,000
+//! descriptors in keygate; as root the bench raises its limit with `prlimit`.
 
 // A benchmark panics loudly on a broken setup; that is its error handling.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -24,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -83,7 +90,37 @@ fn run_mock() {
     });
 }
 
-async fn mock_answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+type MockBody = BoxBody<Bytes, Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> MockBody {
+    Full::new(bytes.into()).boxed()
+}
+
+/// How long a `"model":"hold"` stream waits after its first event.
+const HOLD: Duration = Duration::from_secs(60);
+
+/// One SSE event, then nothing for [`HOLD`]: a long generation in progress.
+struct HeldStream {
+    first: Option<Bytes>,
+    wait: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for HeldStream {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if let Some(first) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(first))));
+        }
+        // After the wait the stream simply ends (the bench is gone by then).
+        std::future::Future::poll(self.wait.as_mut(), cx).map(|()| None)
+    }
+}
+
+async fn mock_answer(request: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
     let authorized = request
         .headers()
         .get("authorization")
@@ -97,7 +134,17 @@ async fn mock_answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>
     if !authorized {
         return Ok(Response::builder()
             .status(401)
-            .body(Full::new(Bytes::from_static(b"{\"error\":{\"message\":\"bad key\",\"type\":\"invalid_request_error\",\"code\":\"invalid_api_key\"}}")))
+            .body(full(Bytes::from_static(b"{\"error\":{\"message\":\"bad key\",\"type\":\"invalid_request_error\",\"code\":\"invalid_api_key\"}}")))
+            .expect("response"));
+    }
+    if memchr::memmem::find(&body, b"\"model\":\"hold\"").is_some() {
+        let held = HeldStream {
+            first: Some(Bytes::from_static(b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tok\"}}],\"usage\":null}\n\n")),
+            wait: Box::pin(tokio::time::sleep(HOLD)),
+        };
+        return Ok(Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(held.boxed())
             .expect("response"));
     }
     if memchr::memmem::find(&body, b"\"stream\":true").is_some() {
@@ -108,14 +155,14 @@ async fn mock_answer(request: Request<Incoming>) -> Result<Response<Full<Bytes>>
         sse.push_str("data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":11,\"total_tokens\":31}}\n\ndata: [DONE]\n\n");
         return Ok(Response::builder()
             .header("content-type", "text/event-stream")
-            .body(Full::new(Bytes::from(sse)))
+            .body(full(sse))
             .expect("response"));
     }
     let content = "x".repeat(700);
     let json = format!("{{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"{content}\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":20,\"completion_tokens\":160,\"total_tokens\":180}}}}");
     Ok(Response::builder()
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(json)))
+        .body(full(json))
         .expect("response"))
 }
 
@@ -376,7 +423,7 @@ async fn bench(run_for: Duration, connections: usize) {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_connections = 20000\n\
              [vault]\npath = \"{d}/keygate.vault\"\nmaster_key_file = \"{d}/master.key\"\n\
              [metering]\ndb = \"{d}/usage.sqlite\"\n\
              [providers.openai]\nbase_url = \"http://{mock_addr}\"\n",
@@ -509,6 +556,93 @@ async fn bench(run_for: Duration, connections: usize) {
         println!("keygate CPU per request: {cpu:.1} µs (mock: {:.1} µs); keygate RSS after the N-connection run: {rss:.1} MiB",
             direct.cpu_us_per_request.unwrap_or(0.0));
     }
+
+    let held: usize = env_or("BENCH_HELD_STREAMS", 10_000);
+    if held > 0 {
+        for pid in [keygate_pid, mock_pid] {
+            // Two descriptors per stream in keygate; without root this may
+            // fail, and fewer streams open (the count is printed).
+            let _ = Command::new("prlimit")
+                .args(["--pid", &pid.to_string(), "--nofile=65536:65536"])
+                .status();
+        }
+        let idle = rss_kib(keygate_pid);
+        let (open, peak) = held_streams(&keygate_addr, &client_key, keygate_pid, held).await;
+        println!(
+            "{open} of {held} SSE streams open at once through keygate: RSS {:.1} MiB (idle {:.1} MiB, {:.1} KiB per open stream)",
+            peak as f64 / 1024.0,
+            idle as f64 / 1024.0,
+            peak.saturating_sub(idle) as f64 / open.max(1) as f64
+        );
+    }
     drop(keygate_proc);
     drop(mock);
+}
+
+/// Opens `count` streams through keygate, each read up to its first event and
+/// then left open; returns how many got there and keygate's RSS (KiB) then.
+async fn held_streams(addr: &str, key: &str, pid: u32, count: usize) -> (usize, u64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = "{\"model\":\"hold\",\"messages\":[],\"stream\":true,\"stream_options\":{\"include_usage\":true}}";
+    let request: Arc<[u8]> = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+    .into();
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Connect a few hundred at a time: a burst of 10,000 SYNs overflows the backlog.
+    let connecting = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (request, opened, connecting, addr) = (
+            request.clone(),
+            opened.clone(),
+            connecting.clone(),
+            addr.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let permit = connecting.acquire_owned().await.expect("semaphore");
+            let Ok(mut stream) = tokio::net::TcpStream::connect(&addr).await else {
+                return;
+            };
+            if stream.write_all(&request).await.is_err() {
+                return;
+            }
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 2048];
+            while memchr::memmem::find(&seen, b"data:").is_none() {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            drop(permit);
+            opened.fetch_add(1, Ordering::SeqCst);
+            // Hold the stream open until the bench aborts this task.
+            let _ = stream.read(&mut buf).await;
+            std::future::pending::<()>().await;
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = 0;
+    let mut still = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = opened.load(Ordering::SeqCst);
+        if now >= count {
+            break;
+        }
+        if now != last {
+            (last, still) = (now, Instant::now());
+        } else if still.elapsed() > Duration::from_secs(10) {
+            break; // no progress: report what opened
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let result = (opened.load(Ordering::SeqCst), rss_kib(pid));
+    for task in tasks {
+        task.abort();
+    }
+    result
 }
