@@ -2,7 +2,8 @@
 //! upstream, in one run, reported as ratios (machines here are noisy).
 //!
 //! Run: `cargo bench --bench proxy_overhead`
-//! (`BENCH_SECONDS=10 BENCH_CONNECTIONS=64 cargo bench --bench proxy_overhead` to change the load.)
+//! (`BENCH_SECONDS=10 BENCH_CONNECTIONS=64 cargo bench --bench proxy_overhead` to change the load;
+//! `BENCH_KEYGATE_WORKERS=1` runs keygate on one tokio worker thread.)
 //!
 //! It starts the mock upstream and keygate (the release binary) as separate
 //! processes on 127.0.0.1 — the mock is this same bench binary re-executed with
@@ -449,6 +450,10 @@ async fn bench(run_for: Duration, connections: usize) {
         .arg(&config)
         .arg("serve")
         .env("RUST_LOG", "warn");
+    // BENCH_KEYGATE_WORKERS=1|2: keygate's tokio worker threads (default: one per core).
+    if let Ok(workers) = std::env::var("BENCH_KEYGATE_WORKERS") {
+        serve.env("TOKIO_WORKER_THREADS", workers);
+    }
     let (keygate_proc, lines) = spawn_reading(serve, "listener");
     let keygate_addr = addr_after(&lines, "client listener on");
     let keygate_pid = keygate_proc.0.id();
