@@ -437,3 +437,49 @@ async fn upstream_redirect_is_passed_back_not_followed() {
     assert_eq!(env.openai.hits(), 1);
     assert_eq!(env.xai.hits(), 0, "keygate must never follow a redirect");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hop_by_hop_headers_from_the_upstream_never_reach_the_client() {
+    let env = Env::start().await;
+    env.openai.push_response(
+        200,
+        &[
+            ("connection", "x-up-hop"),
+            ("x-up-hop", "named-by-connection"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authenticate", "Basic realm=\"up\""),
+            ("proxy-connection", "keep-alive"),
+            ("upgrade", "h2c"),
+            ("trailer", "x-checksum"),
+            ("x-up-keep", "end-to-end"),
+        ],
+        &mock::chat_completion_body("gpt-4o"),
+    );
+    let resp = env.server.send(env.chat("gpt-4o")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    for h in [
+        "x-up-hop",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "upgrade",
+        "trailer",
+    ] {
+        assert!(
+            resp.headers.get(h).is_none(),
+            "`{h}` from the upstream reached the client: {:?}",
+            resp.headers
+        );
+    }
+    if let Some(c) = resp.headers.get("connection") {
+        assert!(
+            !c.to_str().unwrap_or("").contains("x-up-hop"),
+            "the upstream's Connection header was passed on: {c:?}"
+        );
+    }
+    assert_eq!(
+        resp.headers.get("x-up-keep").map(|v| v.to_str().unwrap()),
+        Some("end-to-end"),
+        "end-to-end headers come back"
+    );
+}
