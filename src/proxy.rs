@@ -101,7 +101,7 @@ async fn conduct(
         UsageKey {
             client: client.name.clone(),
             provider: provider_metrics.name.clone(),
-            model: model.clone(),
+            model,
         },
         |key| shared.metrics.usage_series(key),
     );

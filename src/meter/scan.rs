@@ -41,7 +41,7 @@ enum State {
     AfterKey { spaced: bool },
     /// Just past the colon: `{` starts an object, anything else is no usage.
     AfterColon { spaced: bool },
-    /// Inside the object, `depth` braces deep.
+    /// Inside the object (its bytes so far in `object`, nesting in `depth`).
     Object,
     /// An SSE line ended inside the object: `matched` bytes of the next line's
     /// `data:` prefix seen so far.
@@ -113,6 +113,11 @@ impl UsageScanner {
             escaped: false,
             usage: None,
         }
+    }
+
+    /// True for an SSE stream, false for a plain JSON body.
+    pub fn is_sse(&self) -> bool {
+        self.sse
     }
 
     /// The last usage object seen so far.
@@ -321,7 +326,7 @@ impl UsageScanner {
             b'}' => {
                 self.depth -= 1;
                 if self.depth == 0 {
-                    if let Some(found) = usage::parse_object(&self.object) {
+                    if let Some((found, _)) = usage::parse_object_prefix(&self.object) {
                         self.usage = Some(found);
                     }
                     self.state = State::Searching;

@@ -19,12 +19,9 @@ use super::{Outcome, UsageCounters};
 use crate::limits::Reservation;
 
 enum Mode {
-    /// Pass-through: frames go out untouched; `sse` streams count the usage
-    /// seen even when cut, a JSON body's usage counts only if it arrived whole.
-    Scan {
-        scanner: UsageScanner,
-        sse: bool,
-    },
+    /// Pass-through: frames go out untouched; a stream counts the usage seen
+    /// even when cut, a JSON body's usage counts only if it arrived whole.
+    Scan(UsageScanner),
     /// Removing the usage-only chunk: events are split out and re-framed.
     Reframe {
         splitter: SseSplitter,
@@ -74,10 +71,7 @@ impl MeterTap {
                 ends: Vec::new(),
             }
         } else if sse || content_type.contains("json") {
-            Mode::Scan {
-                scanner: UsageScanner::new(sse),
-                sse,
-            }
+            Mode::Scan(UsageScanner::new(sse))
         } else {
             Mode::Opaque
         };
@@ -101,7 +95,7 @@ impl MeterTap {
         self.outcome.response_bytes += chunk.len() as u64;
         match &mut self.mode {
             Mode::Opaque => Some(chunk),
-            Mode::Scan { scanner, .. } => {
+            Mode::Scan(scanner) => {
                 scanner.feed(&chunk);
                 Some(chunk)
             }
@@ -143,10 +137,10 @@ impl MeterTap {
             return;
         }
         self.finished = true;
-        if let Mode::Scan { scanner, sse } = &self.mode {
+        if let Mode::Scan(scanner) = &self.mode {
             // A cut JSON body may end before its usage is whole; a cut stream
             // still used the tokens it reported.
-            if *sse || complete {
+            if scanner.is_sse() || complete {
                 self.usage = scanner.usage();
             }
         }

@@ -64,13 +64,6 @@ pub fn find(json: &[u8]) -> Found {
     }
 }
 
-/// Parses one `usage` object (the bytes from its `{` to its `}`).
-pub fn parse_object(object: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<RawUsage>(object)
-        .ok()
-        .map(Usage::from)
-}
-
 /// Parses the `usage` object at the start of `bytes` (whatever follows it),
 /// returning it and its length; `None` if it is not whole there or not usage.
 pub fn parse_object_prefix(bytes: &[u8]) -> Option<(Usage, usize)> {

@@ -1257,6 +1257,11 @@ async fn http2_continuation_flood_is_cut_and_does_not_starve_other_clients() {
         sent < 10_000,
         "keygate took {sent} CONTINUATION frames (160 MiB of headers) for one request without refusing the connection"
     );
+    // A stalled write would also stop the flood: keygate must have said GOAWAY.
+    assert!(
+        h2.got_goaway(),
+        "the flood stopped after {sent} frames without a GOAWAY from keygate"
+    );
     assert!(
         peak.saturating_sub(baseline) < 32 * 1024,
         "keygate's RSS grew {} KiB during the flood",
