@@ -1,9 +1,9 @@
-//! The outbound leg: the pooled upstream client, the outbound request (client
-//! credentials and hop-by-hop headers out, the provider's key in), and the
-//! response on its way back (hop-by-hop and auth headers out, body streamed
-//! frame by frame with an idle timeout).
+//! The outbound leg: the outbound request (client credentials and hop-by-hop
+//! headers out, the provider's key in), and the response on its way back
+//! (hop-by-hop and auth headers out, body streamed frame by frame with an
+//! idle timeout). The connections themselves are [`crate::upstream`]'s.
 //!
-//! Redirects are never followed (the hyper client does not follow them). The
+//! Redirects are never followed. The
 //! key's header value is prebuilt and sensitive; nothing here logs a header.
 
 use std::future::Future;
@@ -15,71 +15,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::time::Sleep;
 
 use crate::body::OutboundBody;
-use crate::config::{Provider, ServerConfig};
+use crate::config::Provider;
 use crate::keys::{KeyRing, RingKey};
 use crate::meter::tap::MeterTap;
 use crate::metrics::ActiveGuard;
-
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
-/// Why the upstream client could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// TLS setup failed.
-    #[error("cannot set up TLS for upstream connections: {0}")]
-    Tls(#[from] rustls::Error),
-}
-
-/// The process's one pooled upstream client (HTTP/1.1 and HTTP/2 by ALPN).
-#[derive(Clone)]
-pub struct Upstream {
-    client: Client<Connector, OutboundBody>,
-}
-
-impl Upstream {
-    /// Builds the client: rustls with the webpki roots, keep-alive, connect timeout, TCP_NODELAY.
-    pub fn new(server: &ServerConfig) -> Result<Upstream, UpstreamError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(server.upstream_connect_timeout));
-        http.set_keepalive(Some(Duration::from_secs(60)));
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
-        Ok(Upstream { client })
-    }
-
-    /// Sends one attempt.
-    pub async fn send(
-        &self,
-        request: Request<OutboundBody>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        self.client.request(request).await
-    }
-}
+use crate::upstream::UpstreamBody;
 
 /// Client credential headers: never forwarded, never returned.
 const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
@@ -168,7 +111,7 @@ pub fn outbound_request(
 /// The client's response: upstream status and end-to-end headers (minus any
 /// that echo a key), body streamed.
 pub fn client_response(
-    upstream: Response<Incoming>,
+    upstream: Response<UpstreamBody>,
     ring: &KeyRing,
     stream_idle_timeout: Duration,
     active: ActiveGuard,
@@ -208,7 +151,7 @@ const SCRUB_LIMIT: usize = 64 * 1024;
 /// an upstream key masked out of its headers and body (OpenAI-style errors
 /// quote the key they refused). Bodies over 64 KiB stream unscrubbed.
 pub async fn scrubbed_error_response(
-    upstream: Response<Incoming>,
+    upstream: Response<UpstreamBody>,
     ring: &KeyRing,
     idle: Duration,
     active: ActiveGuard,
@@ -263,7 +206,7 @@ pub enum ResponseBody {
 
 /// An upstream body in flight; counted in `keygate_active_requests` until dropped.
 pub struct UpstreamStream {
-    incoming: Incoming,
+    incoming: UpstreamBody,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     tap: Option<MeterTap>,
@@ -343,7 +286,7 @@ impl ResponseBody {
     /// Streams `incoming`; `active` keeps the request counted as in flight
     /// until the stream ends or the client goes away.
     fn upstream(
-        incoming: Incoming,
+        incoming: UpstreamBody,
         idle: Duration,
         active: ActiveGuard,
         tap: Option<MeterTap>,

@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! client ──► server ──► auth ──► route ──► body ──► keys (pick) ──► forward ──► upstream
-//!  (SDK)     (hyper     (kg_ key  (prefix   (limit,  (ArcSwap ring)   (pooled
-//!            h1/h2,     → client) or model) retry            hyper client,
-//!            TLS)                           buffer)          rustls)
+//!  (SDK)     (hyper     (kg_ key  (prefix   (limit,  (ArcSwap ring)   (headers)    (h1 pool,
+//!            h1/h2,     → client) or model) retry                                  driven inline,
+//!            TLS)                           buffer)                                rustls)
 //!      ◄── response streamed back unbuffered (401: retry with the next key first) ◄──┘
 //! ```
 //!
@@ -21,6 +21,7 @@
 //! - [`head_guard`]: refuses bare LF in HTTP/1 request heads before hyper parses them
 //! - [`proxy`]: the conductor of one request
 //! - [`auth`], [`route`], [`body`], [`forward`]: the stages it calls in order
+//! - [`upstream`]: HTTP/1.1 keep-alive pool per origin, connections driven by the request's task
 //! - [`error`]: `ProxyError`, the one place a failure becomes an HTTP answer
 //! - [`limits`]: per-client rpm / tpm / token budget (reserve, then settle)
 //! - [`meter`]: per-client usage (SSE/JSON tap, counters, SQLite ledger)
@@ -50,6 +51,7 @@ pub mod secret;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod upstream;
 pub mod vault;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

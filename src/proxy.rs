@@ -26,6 +26,7 @@ use crate::meter::{Outcome, UsageCounters, UsageKey};
 use crate::metrics::{ActiveGuard, ProviderMetrics};
 use crate::route::{self, PathMatch};
 use crate::state::Shared;
+use crate::upstream::SendError;
 
 /// What the conductor learns about a request, for the one log line and metrics.
 #[derive(Default)]
@@ -294,27 +295,15 @@ fn is_key_rejection(status: StatusCode) -> bool {
     matches!(status.as_u16(), 401..=403)
 }
 
-fn send_failure(
-    provider: &str,
-    body: &RequestBody,
-    limit: u64,
-    error: &hyper_util::client::legacy::Error,
-) -> ProxyError {
+fn send_failure(provider: &str, body: &RequestBody, limit: u64, error: &SendError) -> ProxyError {
     if let RequestBody::Streaming(stream) = body {
         if stream.overflowed() {
             return ProxyError::RequestTooLarge { limit };
         }
     }
-    let mut detail = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        detail.push_str(": ");
-        detail.push_str(&cause.to_string());
-        source = cause.source();
-    }
     ProxyError::UpstreamUnavailable {
         provider: provider.to_owned(),
-        detail,
+        detail: error.detail(),
     }
 }
 

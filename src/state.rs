@@ -12,13 +12,13 @@ use arc_swap::ArcSwap;
 
 use crate::clients::ClientKeyDigest;
 use crate::config::Config;
-use crate::forward::Upstream;
 use crate::keys::KeyRing;
 use crate::limits::{ClientLimits, Limits};
 use crate::meter::Meter;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadError, VaultWatch};
 use crate::secret::Secret;
+use crate::upstream::Upstream;
 use crate::vault::document::Document;
 
 /// A client allowed to call the proxy.
@@ -137,7 +137,7 @@ impl Shared {
         vault_watch: VaultWatch,
         admin_token: Option<Secret>,
         limits: Limits,
-    ) -> Result<Shared, crate::forward::UpstreamError> {
+    ) -> Result<Shared, crate::upstream::UpstreamError> {
         let upstream = Upstream::new(&config.server)?;
         Ok(Shared {
             metrics: Metrics::new(&config),

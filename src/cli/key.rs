@@ -4,9 +4,9 @@
 use clap::Subcommand;
 
 use super::{format_age, format_time, read_secret_from_stdin, CliError, Context};
-use crate::forward::Upstream;
 use crate::keys::verify::{self, Verdict};
 use crate::keys::{ops, rotate};
+use crate::upstream::Upstream;
 use crate::vault::document::{KeyState, UpstreamKey};
 
 /// Upstream key commands.

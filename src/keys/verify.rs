@@ -10,9 +10,10 @@ use http::{Method, StatusCode};
 
 use crate::body::OutboundBody;
 use crate::config::Provider;
-use crate::forward::{self, Upstream};
+use crate::forward;
 use crate::keys::auth_header;
 use crate::secret::Secret;
+use crate::upstream::Upstream;
 
 /// What the upstream said about a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,8 +103,9 @@ pub async fn verify(
         Ok(Ok(response)) => classify(response.status()),
         Ok(Err(error)) => Verdict::Inconclusive {
             explanation: format!(
-                "network error, upstream unreachable at {}: {error} — check connectivity and base_url",
-                provider.origin
+                "network error, upstream unreachable at {}: {} — check connectivity and base_url",
+                provider.origin,
+                error.detail()
             ),
         },
         Err(_) => Verdict::Inconclusive {

@@ -56,6 +56,25 @@ async fn next_request_succeeds(env: &Env, after: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_idle_connections_costs_no_request() {
+    let bad = BadUpstream::start().await;
+    let env = env_for(bad.url()).await;
+    for i in 0..10 {
+        // Each answer is kept alive, then closed 20 ms later, as an upstream
+        // with a short idle timeout does, before keygate reuses it.
+        bad.push(Script::OkThenClose {
+            after: Duration::from_millis(20),
+        });
+        let resp = env.server.send(env.chat("gpt-4o")).await;
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+        assert_eq!(resp.text(), OK_BODY, "request {i}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(bad.accepted(), 10, "each request on a fresh connection");
+    next_request_succeeds(&env, "ten closed idle connections").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connection_is_a_fast_502_and_keygate_recovers_when_the_upstream_returns() {
     let url = closed_port_url();
     let addr: SocketAddr = url

@@ -483,3 +483,50 @@ async fn hop_by_hop_headers_from_the_upstream_never_reach_the_client() {
         "end-to-end headers come back"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let env = Env::start().await;
+    for i in 0..20 {
+        let resp = env.server.send(env.chat("gpt-4o")).await;
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+    }
+    for i in 0..5 {
+        let mut body = chat_body("gpt-4o");
+        body["stream"] = json!(true);
+        let resp = env
+            .server
+            .send(
+                Req::post("/v1/chat/completions")
+                    .bearer(&env.client_key)
+                    .json(&body),
+            )
+            .await;
+        assert_eq!(resp.status, 200, "stream {i}: {}", resp.text());
+        assert!(resp.text().contains("data: [DONE]"), "stream {i}");
+    }
+    assert_eq!(
+        env.openai.connections(),
+        1,
+        "25 requests one after another must share one upstream connection"
+    );
+
+    // Concurrent requests open more; a second burst finds them idle.
+    let burst = || {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (addr, req) = (env.server.client, env.chat("gpt-4o"));
+            set.spawn(async move { crate::support::client::send_h1(addr, req).await.status });
+        }
+        set.join_all()
+    };
+    assert!(burst().await.iter().all(|s| *s == 200));
+    let after_first = env.openai.connections();
+    assert!(after_first <= 9, "{after_first} connections for 8 at once");
+    assert!(burst().await.iter().all(|s| *s == 200));
+    assert_eq!(
+        env.openai.connections(),
+        after_first,
+        "the second burst must reuse the first burst's connections"
+    );
+}

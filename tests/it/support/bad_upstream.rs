@@ -60,6 +60,9 @@ pub enum End {
 pub enum Script {
     /// 200 with a small chat completion (Content-Length), then close.
     Ok,
+    /// 200 with a small chat completion, keep-alive, then FIN `after` later
+    /// without reading another request (an upstream's idle timeout).
+    OkThenClose { after: Duration },
     /// Read the request, never answer; keep the connection until the peer closes it.
     Silent,
     /// 200 `text/event-stream`, chunked: `events` SSE events `interval` apart
@@ -263,6 +266,15 @@ async fn serve(st: &State, mut stream: TcpStream) {
                 OK_BODY.len()
             );
             let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+        Script::OkThenClose { after } => {
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{OK_BODY}",
+                OK_BODY.len()
+            );
+            let _ = stream.write_all(resp.as_bytes()).await;
+            tokio::time::sleep(after).await;
             let _ = stream.shutdown().await;
         }
         Script::Silent => {

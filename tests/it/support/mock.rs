@@ -103,6 +103,7 @@ struct State {
     auth: Mutex<AuthStyle>,
     seen: Mutex<Vec<Seen>>,
     hits: AtomicUsize,
+    connections: AtomicUsize,
     canned: Mutex<VecDeque<Canned>>,
     stream_delay: Mutex<Duration>,
     hold: Mutex<Option<watch::Receiver<bool>>>,
@@ -145,6 +146,7 @@ impl Mock {
             auth: Mutex::new(auth),
             seen: Mutex::new(Vec::new()),
             hits: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             canned: Mutex::new(VecDeque::new()),
             stream_delay: Mutex::new(Duration::ZERO),
             hold: Mutex::new(None),
@@ -157,6 +159,7 @@ impl Mock {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -194,6 +197,11 @@ impl Mock {
     /// How many requests reached the mock.
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// How many connections the mock accepted.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     /// Every request the mock saw, oldest first.

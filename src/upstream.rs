@@ -1,0 +1,434 @@
+//! The upstream client: a pool of HTTP/1.1 keep-alive connections per
+//! provider origin, each connection driven by the task that is using it.
+//!
+//! hyper's pooled client runs every connection as a task of its own and hands
+//! the response over one body frame per wake-up, so an SSE answer read in one
+//! `recv` left keygate as one `writev` per event, and every request paid two
+//! hops between tasks. Here the request's own task polls the connection: the
+//! frames one read brought in are decoded in the same poll and leave the
+//! client socket together, each still its own chunk, and nothing waits for
+//! more data before it is forwarded.
+//!
+//! Upstreams are spoken to over HTTP/1.1, as nginx and Pingora do by default
+//! (TLS by rustls, ALPN `http/1.1`). An idle connection is checked before
+//! reuse; a request that never left a stale connection is sent again on
+//! another one. Idle connections are closed after 90 s.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http::uri::{Authority, Parts, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tower_service::Service;
+
+use crate::body::OutboundBody;
+use crate::config::ServerConfig;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Io = hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Idle connections older than this are closed, not reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per origin; past it a finished connection is closed.
+const MAX_IDLE_PER_ORIGIN: usize = 512;
+
+/// Why the upstream client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TLS setup failed.
+    #[error("cannot set up TLS for upstream connections: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Why an upstream request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be opened (DNS, TCP, TLS).
+    #[error("cannot connect")]
+    Connect(#[source] BoxError),
+    /// The connection failed before the response head arrived.
+    #[error(transparent)]
+    Exchange(#[from] hyper::Error),
+}
+
+impl SendError {
+    /// The error and every cause, `: `-separated (no secrets: hosts and
+    /// socket errors only).
+    pub fn detail(&self) -> String {
+        let mut detail = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            detail.push_str(": ");
+            detail.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        detail
+    }
+}
+
+/// The process's one upstream client.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connector: Connector,
+    http1: http1::Builder,
+    /// One pool per origin, looked up without a lock; replaced whole when
+    /// an origin is first seen.
+    origins: ArcSwap<Vec<Arc<OriginPool>>>,
+}
+
+impl Upstream {
+    /// Builds the client: rustls with the webpki roots, TCP keep-alive,
+    /// connect timeout, TCP_NODELAY.
+    pub fn new(server: &ServerConfig) -> Result<Upstream, UpstreamError> {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(server.upstream_connect_timeout));
+        tcp.set_keepalive(Some(Duration::from_secs(60)));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(tcp);
+        Ok(Upstream {
+            inner: Arc::new(Inner {
+                connector,
+                http1: http1::Builder::new(),
+                origins: ArcSwap::from_pointee(Vec::new()),
+            }),
+        })
+    }
+
+    /// Sends one attempt to the origin of its absolute URI.
+    pub async fn send(
+        &self,
+        mut request: Request<OutboundBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let Some(pool) = self.pool_for(request.uri()) else {
+            return Err(SendError::Connect("the upstream URI has no origin".into()));
+        };
+        to_origin_form(request.uri_mut());
+        request
+            .headers_mut()
+            .insert(http::header::HOST, pool.host.clone());
+        loop {
+            let (conn, reused) = match pool.checkout() {
+                Some(conn) => (conn, true),
+                None => (self.connect(&pool).await?, false),
+            };
+            match exchange(conn, request).await {
+                Ok((response, conn)) => {
+                    return Ok(response.map(|incoming| UpstreamBody {
+                        incoming,
+                        conn,
+                        pool,
+                        failed: None,
+                    }))
+                }
+                Err(mut failed) => match failed.take_message() {
+                    // The upstream closed an idle connection as it was
+                    // taken: nothing was sent, so another one may carry it.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(SendError::Exchange(failed.into_error())),
+                },
+            }
+        }
+    }
+
+    fn pool_for(&self, uri: &Uri) -> Option<Arc<OriginPool>> {
+        let (scheme, authority) = (uri.scheme()?, uri.authority()?);
+        let find = |origins: &Vec<Arc<OriginPool>>| {
+            origins
+                .iter()
+                .find(|pool| pool.scheme == *scheme && pool.authority == *authority)
+                .cloned()
+        };
+        if let Some(pool) = find(&self.inner.origins.load()) {
+            return Some(pool);
+        }
+        let created = Arc::new(OriginPool::new(scheme.clone(), authority.clone())?);
+        let mut pool = None;
+        self.inner.origins.rcu(|origins| {
+            let mut origins = Vec::clone(origins);
+            pool = find(&origins);
+            if pool.is_none() {
+                origins.push(created.clone());
+            }
+            origins
+        });
+        match pool {
+            Some(existing) => Some(existing),
+            None => {
+                tokio::spawn(close_expired(Arc::downgrade(&created)));
+                Some(created)
+            }
+        }
+    }
+
+    async fn connect(&self, pool: &OriginPool) -> Result<Connection, SendError> {
+        let mut connector = self.inner.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(SendError::Connect)?;
+        let io = connector
+            .call(pool.connect_uri.clone())
+            .await
+            .map_err(SendError::Connect)?;
+        let (sender, driver) = self.inner.http1.handshake(io).await?;
+        Ok(Connection { sender, driver })
+    }
+}
+
+/// Sends `request` on `conn`, driving the connection until the response
+/// head is in. The connection comes back unless it closed on the way.
+async fn exchange(
+    conn: Connection,
+    request: Request<OutboundBody>,
+) -> Result<
+    (Response<Incoming>, Option<Connection>),
+    hyper::client::conn::TrySendError<Request<OutboundBody>>,
+> {
+    let Connection {
+        mut sender,
+        mut driver,
+    } = conn;
+    let mut response = std::pin::pin!(sender.try_send_request(request));
+    let mut open = true;
+    let response = std::future::poll_fn(|cx| {
+        if let Poll::Ready(response) = response.as_mut().poll(cx) {
+            return Poll::Ready(response);
+        }
+        if open && Pin::new(&mut driver).poll(cx).is_ready() {
+            open = false;
+            return response.as_mut().poll(cx);
+        }
+        Poll::Pending
+    })
+    .await?;
+    Ok((response, open.then_some(Connection { sender, driver })))
+}
+
+/// URIs on an HTTP/1 connection are sent as path and query only.
+fn to_origin_form(uri: &mut Uri) {
+    let mut parts = Parts::default();
+    parts.path_and_query = uri.path_and_query().cloned();
+    if let Ok(origin_form) = Uri::from_parts(parts) {
+        *uri = origin_form;
+    }
+}
+
+/// One HTTP/1.1 connection: the handle requests are sent on, and the
+/// connection state machine, polled by whoever holds it.
+struct Connection {
+    sender: http1::SendRequest<OutboundBody>,
+    driver: http1::Connection<Io, OutboundBody>,
+}
+
+impl Connection {
+    /// Lets the connection notice what arrived while nobody polled it (the
+    /// upstream's close, the end of the last exchange); `None` once closed
+    /// or not ready for another request. The next holder polls it with its
+    /// own waker.
+    fn poll_idle(mut self) -> Option<Connection> {
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..2 {
+            if Pin::new(&mut self.driver).poll(&mut cx).is_ready() {
+                return None;
+            }
+            if self.sender.is_ready() {
+                return Some(self);
+            }
+        }
+        None
+    }
+}
+
+/// The idle connections to one origin.
+struct OriginPool {
+    scheme: Scheme,
+    authority: Authority,
+    /// `Host` for every request to this origin (default ports left out).
+    host: HeaderValue,
+    connect_uri: Uri,
+    idle: ArrayQueue<Idle>,
+}
+
+struct Idle {
+    conn: Connection,
+    since: Instant,
+}
+
+impl OriginPool {
+    fn new(scheme: Scheme, authority: Authority) -> Option<OriginPool> {
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(port) if port != default_port => authority.as_str(),
+            _ => authority.host(),
+        };
+        let host = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(host.as_bytes())).ok()?;
+        let connect_uri = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .ok()?;
+        Some(OriginPool {
+            scheme,
+            authority,
+            host,
+            connect_uri,
+            idle: ArrayQueue::new(MAX_IDLE_PER_ORIGIN),
+        })
+    }
+
+    fn checkout(&self) -> Option<Connection> {
+        while let Some(idle) = self.idle.pop() {
+            if idle.since.elapsed() < IDLE_TIMEOUT {
+                if let Some(conn) = idle.conn.poll_idle() {
+                    return Some(conn);
+                }
+            }
+        }
+        None
+    }
+
+    fn put(&self, conn: Connection) {
+        if let Some(conn) = conn.poll_idle() {
+            // Full: the connection is dropped, which closes it.
+            let _ = self.idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle too long or closed by the upstream.
+    fn close_expired(&self) {
+        for _ in 0..self.idle.len() {
+            let Some(idle) = self.idle.pop() else { return };
+            if idle.since.elapsed() >= IDLE_TIMEOUT {
+                continue;
+            }
+            if let Some(conn) = idle.conn.poll_idle() {
+                let _ = self.idle.push(Idle {
+                    conn,
+                    since: idle.since,
+                });
+            }
+        }
+    }
+}
+
+/// Sweeps one origin's idle connections until the pool is gone.
+async fn close_expired(pool: Weak<OriginPool>) {
+    let mut tick = tokio::time::interval(IDLE_TIMEOUT / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match pool.upgrade() {
+            Some(pool) => pool.close_expired(),
+            None => return,
+        }
+    }
+}
+
+/// An upstream response body. Polling it drives its connection, which goes
+/// back to the pool once the body has ended; dropped early, it closes it.
+pub struct UpstreamBody {
+    incoming: Incoming,
+    conn: Option<Connection>,
+    pool: Arc<OriginPool>,
+    /// A failure held back for one poll (see `poll_frame`).
+    failed: Option<hyper::Error>,
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.put(conn);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(error) = this.failed.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        let mut driven = false;
+        loop {
+            match Pin::new(&mut this.incoming).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if this.incoming.is_end_stream() {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(None) => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                // Frames handed over in this same run of polls are still in
+                // hyper's write buffer, and a body error drops that buffer:
+                // a Pending first lets it flush them to the client.
+                Poll::Ready(Some(Err(error))) => {
+                    this.conn = None;
+                    this.failed = Some(error);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                // Nothing decoded yet: drive the connection once (it reads
+                // and decodes at most one frame per poll), then look again.
+                Poll::Pending if !driven => {
+                    driven = true;
+                    let Some(conn) = this.conn.as_mut() else {
+                        return Poll::Pending;
+                    };
+                    if Pin::new(&mut conn.driver).poll(cx).is_ready() {
+                        this.conn = None;
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
