@@ -189,7 +189,7 @@ impl Upstream {
         }
     }
 
-    async fn connect(&self, pool: &OriginPool) -> Result<Connection, SendError> {
+    async fn connect(&self, pool: &OriginPool) -> Result<Box<Connection>, SendError> {
         let mut connector = self.inner.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx))
             .await
@@ -199,37 +199,33 @@ impl Upstream {
             .await
             .map_err(SendError::Connect)?;
         let (sender, driver) = self.inner.http1.handshake(io).await?;
-        Ok(Connection { sender, driver })
+        Ok(Box::new(Connection { sender, driver }))
     }
 }
 
 /// Sends `request` on `conn`, driving the connection until the response
 /// head is in. The connection comes back unless it closed on the way.
 async fn exchange(
-    conn: Connection,
+    mut conn: Box<Connection>,
     request: Request<OutboundBody>,
 ) -> Result<
-    (Response<Incoming>, Option<Connection>),
+    (Response<Incoming>, Option<Box<Connection>>),
     hyper::client::conn::TrySendError<Request<OutboundBody>>,
 > {
-    let Connection {
-        mut sender,
-        mut driver,
-    } = conn;
-    let mut response = std::pin::pin!(sender.try_send_request(request));
+    let mut response = std::pin::pin!(conn.sender.try_send_request(request));
     let mut open = true;
     let response = std::future::poll_fn(|cx| {
         if let Poll::Ready(response) = response.as_mut().poll(cx) {
             return Poll::Ready(response);
         }
-        if open && Pin::new(&mut driver).poll(cx).is_ready() {
+        if open && Pin::new(&mut conn.driver).poll(cx).is_ready() {
             open = false;
             return response.as_mut().poll(cx);
         }
         Poll::Pending
     })
     .await?;
-    Ok((response, open.then_some(Connection { sender, driver })))
+    Ok((response, open.then_some(conn)))
 }
 
 /// URIs on an HTTP/1 connection are sent as path and query only.
@@ -242,7 +238,8 @@ fn to_origin_form(uri: &mut Uri) {
 }
 
 /// One HTTP/1.1 connection: the handle requests are sent on, and the
-/// connection state machine, polled by whoever holds it.
+/// connection state machine, polled by whoever holds it. Always boxed: it is
+/// large and changes hands (pool, request, body) on every request.
 struct Connection {
     sender: http1::SendRequest<OutboundBody>,
     driver: http1::Connection<Io, OutboundBody>,
@@ -253,7 +250,7 @@ impl Connection {
     /// upstream's close, the end of the last exchange); `None` once closed
     /// or not ready for another request. The next holder polls it with its
     /// own waker.
-    fn poll_idle(mut self) -> Option<Connection> {
+    fn poll_idle(mut self: Box<Self>) -> Option<Box<Connection>> {
         let mut cx = Context::from_waker(Waker::noop());
         for _ in 0..2 {
             if Pin::new(&mut self.driver).poll(&mut cx).is_ready() {
@@ -278,7 +275,7 @@ struct OriginPool {
 }
 
 struct Idle {
-    conn: Connection,
+    conn: Box<Connection>,
     since: Instant,
 }
 
@@ -305,7 +302,7 @@ impl OriginPool {
         })
     }
 
-    fn checkout(&self) -> Option<Connection> {
+    fn checkout(&self) -> Option<Box<Connection>> {
         while let Some(idle) = self.idle.pop() {
             if idle.since.elapsed() < IDLE_TIMEOUT {
                 if let Some(conn) = idle.conn.poll_idle() {
@@ -316,7 +313,7 @@ impl OriginPool {
         None
     }
 
-    fn put(&self, conn: Connection) {
+    fn put(&self, conn: Box<Connection>) {
         if let Some(conn) = conn.poll_idle() {
             // Full: the connection is dropped, which closes it.
             let _ = self.idle.push(Idle {
@@ -360,7 +357,7 @@ async fn close_expired(pool: Weak<OriginPool>) {
 /// back to the pool once the body has ended; dropped early, it closes it.
 pub struct UpstreamBody {
     incoming: Incoming,
-    conn: Option<Connection>,
+    conn: Option<Box<Connection>>,
     pool: Arc<OriginPool>,
     /// A failure held back for one poll (see `poll_frame`).
     failed: Option<hyper::Error>,
