@@ -146,10 +146,12 @@ pub struct StreamingBody {
 }
 
 impl StreamingBody {
-    fn take(&mut self) -> Option<StreamingSend> {
-        self.inner.take().map(|state| StreamingSend {
-            state,
-            overflow: self.overflow.clone(),
+    fn take(&mut self) -> Option<Box<StreamingSend>> {
+        self.inner.take().map(|state| {
+            Box::new(StreamingSend {
+                state,
+                overflow: self.overflow.clone(),
+            })
         })
     }
 
@@ -180,8 +182,9 @@ pub struct StreamingSend {
 pub enum OutboundBody {
     /// A complete body (`None` once sent).
     Full(Option<Bytes>),
-    /// The single streaming attempt.
-    Streaming(StreamingSend),
+    /// The single streaming attempt (boxed: every pooled upstream connection
+    /// keeps a queue of 32 requests' worth of slots).
+    Streaming(Box<StreamingSend>),
 }
 
 impl Body for OutboundBody {

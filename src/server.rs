@@ -161,16 +161,24 @@ async fn accept_loop<S, F>(
         tokio::spawn(async move {
             match tls {
                 None => serve_connection(stream, &server, shutdown, service).await,
+                // Boxed: the TLS state would otherwise make every plain
+                // connection's task as large as a TLS one's.
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(server.header_timeout, acceptor.accept(stream)).await;
-                    match handshake {
-                        Ok(Ok(tls_stream)) => {
-                            serve_connection(tls_stream, &server, shutdown, service).await
+                    Box::pin(async move {
+                        let handshake =
+                            tokio::time::timeout(server.header_timeout, acceptor.accept(stream))
+                                .await;
+                        match handshake {
+                            Ok(Ok(tls_stream)) => {
+                                serve_connection(tls_stream, &server, shutdown, service).await
+                            }
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, %error, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }
-                        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
+                    })
+                    .await
                 }
             }
             drop(permit);

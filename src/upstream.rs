@@ -138,7 +138,9 @@ impl Upstream {
         loop {
             let (conn, reused) = match pool.checkout() {
                 Some(conn) => (conn, true),
-                None => (self.connect(&pool).await?, false),
+                // Boxed: the connect future holds a whole TLS stream, and
+                // would otherwise grow every request's future by that much.
+                None => (Box::pin(self.connect(&pool)).await?, false),
             };
             match exchange(conn, request).await {
                 Ok((response, conn)) => {
