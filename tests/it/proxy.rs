@@ -492,16 +492,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
     }
     for i in 0..5 {
-        let mut body = chat_body("gpt-4o");
-        body["stream"] = json!(true);
-        let resp = env
-            .server
-            .send(
-                Req::post("/v1/chat/completions")
-                    .bearer(&env.client_key)
-                    .json(&body),
-            )
-            .await;
+        let resp = env.server.send(env.chat_stream("gpt-4o")).await;
         assert_eq!(resp.status, 200, "stream {i}: {}", resp.text());
         assert!(resp.text().contains("data: [DONE]"), "stream {i}");
     }

@@ -118,4 +118,13 @@ impl Env {
             .bearer(&self.client_key)
             .json(&super::chat_body(model))
     }
+
+    /// The same request with `"stream": true`.
+    pub fn chat_stream(&self, model: &str) -> Req {
+        let mut body = super::chat_body(model);
+        body["stream"] = serde_json::json!(true);
+        Req::post("/v1/chat/completions")
+            .bearer(&self.client_key)
+            .json(&body)
+    }
 }
