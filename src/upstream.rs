@@ -144,12 +144,20 @@ impl Upstream {
             };
             match exchange(conn, request).await {
                 Ok((response, conn)) => {
-                    return Ok(response.map(|incoming| UpstreamBody {
-                        incoming,
-                        conn,
-                        pool,
-                        failed: None,
-                    }))
+                    return Ok(response.map(|incoming| {
+                        let mut body = UpstreamBody {
+                            incoming,
+                            conn,
+                            pool,
+                            failed: None,
+                        };
+                        // An empty body (204, `Content-Length: 0`) is never
+                        // polled, so its connection is handed back here.
+                        if body.incoming.is_end_stream() {
+                            body.release();
+                        }
+                        body
+                    }));
                 }
                 Err(mut failed) => match failed.take_message() {
                     // The upstream closed an idle connection as it was

@@ -525,3 +525,22 @@ async fn upstream_connections_are_kept_alive_and_reused() {
         "{opened} upstream connections for two bursts of 8 requests: idle ones were not reused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_answering_with_empty_bodies_are_reused_too() {
+    let env = Env::start().await;
+    for i in 0..5 {
+        env.openai
+            .push_response(200, &[("content-type", "application/json")], "");
+        let resp = env.server.send(env.chat("gpt-4o")).await;
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.text());
+        assert_eq!(resp.text(), "", "request {i}");
+    }
+    let resp = env.server.send(env.chat("gpt-4o")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        env.openai.connections(),
+        1,
+        "an empty upstream body must not cost its connection"
+    );
+}
