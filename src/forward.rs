@@ -3,8 +3,8 @@
 //! (hop-by-hop and auth headers out, body streamed frame by frame with an
 //! idle timeout). The connections themselves are [`crate::upstream`]'s.
 //!
-//! Redirects are never followed. The
-//! key's header value is prebuilt and sensitive; nothing here logs a header.
+//! Redirects are never followed. The key's header value is prebuilt and
+//! sensitive; nothing here logs a header.
 
 use std::future::Future;
 use std::pin::Pin;

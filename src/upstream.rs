@@ -258,19 +258,15 @@ struct Connection {
 impl Connection {
     /// Lets the connection notice what arrived while nobody polled it (the
     /// upstream's close, the end of the last exchange); `None` once closed
-    /// or not ready for another request. The next holder polls it with its
-    /// own waker.
+    /// or not ready for another request. One poll is enough: hyper finishes
+    /// the exchange and asks for the next request within it. The next holder
+    /// polls it with its own waker.
     fn poll_idle(mut self: Box<Self>) -> Option<Box<Connection>> {
         let mut cx = Context::from_waker(Waker::noop());
-        for _ in 0..2 {
-            if Pin::new(&mut self.driver).poll(&mut cx).is_ready() {
-                return None;
-            }
-            if self.sender.is_ready() {
-                return Some(self);
-            }
+        if Pin::new(&mut self.driver).poll(&mut cx).is_ready() || !self.sender.is_ready() {
+            return None;
         }
-        None
+        Some(self)
     }
 }
 
@@ -287,6 +283,17 @@ struct OriginPool {
 struct Idle {
     conn: Box<Connection>,
     since: Instant,
+}
+
+impl Idle {
+    /// `None` when idle too long or closed by the upstream meanwhile.
+    fn still_usable(self) -> Option<Idle> {
+        if self.since.elapsed() >= IDLE_TIMEOUT {
+            return None;
+        }
+        let since = self.since;
+        self.conn.poll_idle().map(|conn| Idle { conn, since })
+    }
 }
 
 impl OriginPool {
@@ -314,10 +321,8 @@ impl OriginPool {
 
     fn checkout(&self) -> Option<Box<Connection>> {
         while let Some(idle) = self.idle.pop() {
-            if idle.since.elapsed() < IDLE_TIMEOUT {
-                if let Some(conn) = idle.conn.poll_idle() {
-                    return Some(conn);
-                }
+            if let Some(idle) = idle.still_usable() {
+                return Some(idle.conn);
             }
         }
         None
@@ -337,14 +342,8 @@ impl OriginPool {
     fn close_expired(&self) {
         for _ in 0..self.idle.len() {
             let Some(idle) = self.idle.pop() else { return };
-            if idle.since.elapsed() >= IDLE_TIMEOUT {
-                continue;
-            }
-            if let Some(conn) = idle.conn.poll_idle() {
-                let _ = self.idle.push(Idle {
-                    conn,
-                    since: idle.since,
-                });
+            if let Some(idle) = idle.still_usable() {
+                let _ = self.idle.push(idle);
             }
         }
     }

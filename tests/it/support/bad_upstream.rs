@@ -253,6 +253,14 @@ async fn peer_closes(read: &mut tokio::net::tcp::OwnedReadHalf, limit: Duration)
     }
 }
 
+/// The 200 of [`Script::Ok`], with `extra` header lines.
+fn ok_response(extra: &str) -> String {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{OK_BODY}",
+        OK_BODY.len()
+    )
+}
+
 async fn serve(st: &State, mut stream: TcpStream) {
     let Some(head) = read_request(&mut stream).await else {
         return;
@@ -261,19 +269,13 @@ async fn serve(st: &State, mut stream: TcpStream) {
     let script = st.scripts.lock().unwrap().pop_front().unwrap_or(Script::Ok);
     match script {
         Script::Ok => {
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{OK_BODY}",
-                OK_BODY.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream
+                .write_all(ok_response("connection: close\r\n").as_bytes())
+                .await;
             let _ = stream.shutdown().await;
         }
         Script::OkThenClose { after } => {
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{OK_BODY}",
-                OK_BODY.len()
-            );
-            let _ = stream.write_all(resp.as_bytes()).await;
+            let _ = stream.write_all(ok_response("").as_bytes()).await;
             tokio::time::sleep(after).await;
             let _ = stream.shutdown().await;
         }

@@ -114,17 +114,19 @@ impl EnvSetup {
 impl Env {
     /// A chat completion request with this model, authenticated as client `app`.
     pub fn chat(&self, model: &str) -> Req {
-        Req::post("/v1/chat/completions")
-            .bearer(&self.client_key)
-            .json(&super::chat_body(model))
+        self.chat_with(&super::chat_body(model))
     }
 
     /// The same request with `"stream": true`.
     pub fn chat_stream(&self, model: &str) -> Req {
         let mut body = super::chat_body(model);
         body["stream"] = serde_json::json!(true);
+        self.chat_with(&body)
+    }
+
+    fn chat_with(&self, body: &serde_json::Value) -> Req {
         Req::post("/v1/chat/completions")
             .bearer(&self.client_key)
-            .json(&body)
+            .json(body)
     }
 }
