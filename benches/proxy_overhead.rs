@@ -13,9 +13,14 @@
 //! to the mock, then through keygate. keygate's CPU per request comes from
 //! /proc/<pid>/stat, its RSS from /proc/<pid>/status.
 //!
+//! Beside keygate it runs a *floor* proxy (this bench binary again, with
+//! `KEYGATE_BENCH_ROLE=floor`): hyper's HTTP/1 server and keygate's upstream
+//! client with one fixed client key — the plumbing with none of keygate's
+//! stages. keygate's column minus the floor's is what keygate's own work costs.
+//!
 //! Last, it holds `BENCH_HELD_STREAMS` (default 10,000; 0 skips) SSE streams
 //! open at once through keygate — each has had its first event and then waits
-//! — and prints keygate's RSS while they are all open: the memory a large
+//! — and prints keygate's RSS (then the floor's) while they are all open: the memory a large
 //! number of concurrent long generations costs. Holding 10,000 needs ~20,000
 //! descriptors in keygate; as root the bench raises its limit with `prlimit`.
 
@@ -41,8 +46,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 const UPSTREAM_KEY: &str = "sk-bench-upstream-0000000000000000000000";
 
 fn main() {
-    if std::env::var("KEYGATE_BENCH_ROLE").as_deref() == Ok("mock") {
-        return run_mock();
+    match std::env::var("KEYGATE_BENCH_ROLE").as_deref() {
+        Ok("mock") => return run_mock(),
+        Ok("floor") => return run_floor(),
+        _ => {}
     }
     // `cargo bench` passes `--bench`; ignore arguments.
     let seconds: u64 = env_or("BENCH_SECONDS", 5);
@@ -165,6 +172,110 @@ async fn mock_answer(request: Request<Incoming>) -> Result<Response<MockBody>, I
         .header("content-type", "application/json")
         .body(full(json))
         .expect("response"))
+}
+
+// ---------------------------------------------------------------- the floor
+
+/// The plumbing alone: hyper's HTTP/1 server and keygate's upstream client
+/// (the pool driven inline), with one fixed client key checked and the
+/// upstream key injected — no auth table, routing, retry buffer, metering,
+/// metrics, head guard, timeouts or logging. What any proxy on this stack pays;
+/// keygate's column minus this one is the cost of keygate's own stages.
+fn run_floor() {
+    let upstream_base = std::env::var("FLOOR_UPSTREAM").expect("FLOOR_UPSTREAM");
+    let client_auth = Bytes::from(format!(
+        "Bearer {}",
+        std::env::var("FLOOR_CLIENT_KEY").expect("FLOOR_CLIENT_KEY")
+    ));
+    let config = keygate::config::Config::load(&keygate::config::Sources::default())
+        .expect("embedded defaults");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let upstream = keygate::upstream::Upstream::new(&config.server).expect("upstream");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!(
+            "floor listening on {}",
+            listener.local_addr().expect("addr")
+        );
+        // FLOOR_UPSTREAM_KEY: to run the floor alone against another mock.
+        let upstream_key =
+            std::env::var("FLOOR_UPSTREAM_KEY").unwrap_or_else(|_| UPSTREAM_KEY.to_owned());
+        let inject = http::HeaderValue::from_str(&format!("Bearer {upstream_key}")).expect("key");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let (upstream, upstream_base, client_auth, inject) = (
+                upstream.clone(),
+                upstream_base.clone(),
+                client_auth.clone(),
+                inject.clone(),
+            );
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let (upstream, upstream_base, client_auth, inject) = (
+                        upstream.clone(),
+                        upstream_base.clone(),
+                        client_auth.clone(),
+                        inject.clone(),
+                    );
+                    async move {
+                        floor_forward(request, &upstream, &upstream_base, &client_auth, inject)
+                            .await
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+type FloorBody = http_body_util::Either<keygate::upstream::UpstreamBody, Full<Bytes>>;
+
+async fn floor_forward(
+    request: Request<Incoming>,
+    upstream: &keygate::upstream::Upstream,
+    upstream_base: &str,
+    client_auth: &[u8],
+    inject: http::HeaderValue,
+) -> Result<Response<FloorBody>, Infallible> {
+    let refuse = |status: u16| {
+        Ok(Response::builder()
+            .status(status)
+            .body(http_body_util::Either::Right(Full::new(Bytes::new())))
+            .expect("response"))
+    };
+    let authorized = request
+        .headers()
+        .get("authorization")
+        .is_some_and(|v| v.as_bytes() == client_auth);
+    if !authorized {
+        return refuse(401);
+    }
+    let uri = format!("{upstream_base}{}", request.uri().path());
+    let content_type = request.headers().get("content-type").cloned();
+    let Ok(body) = request.into_body().collect().await else {
+        return refuse(400);
+    };
+    let mut outbound = Request::post(uri)
+        .header("authorization", inject)
+        .body(keygate::body::OutboundBody::Full(Some(body.to_bytes())))
+        .expect("request");
+    if let Some(content_type) = content_type {
+        outbound.headers_mut().insert("content-type", content_type);
+    }
+    match upstream.send(outbound).await {
+        Ok(response) => Ok(response.map(http_body_util::Either::Left)),
+        Err(_) => refuse(502),
+    }
 }
 
 // ---------------------------------------------------------------- the run
@@ -458,12 +569,31 @@ async fn bench(run_for: Duration, connections: usize) {
     let keygate_addr = addr_after(&lines, "client listener on");
     let keygate_pid = keygate_proc.0.id();
     let mock_pid = mock.0.id();
+    let mut floor_cmd = Command::new(std::env::current_exe().expect("exe"));
+    floor_cmd
+        .env("KEYGATE_BENCH_ROLE", "floor")
+        .env("FLOOR_UPSTREAM", format!("http://{mock_addr}"))
+        .env("FLOOR_CLIENT_KEY", &client_key);
+    if let Ok(workers) = std::env::var("BENCH_KEYGATE_WORKERS") {
+        floor_cmd.env("TOKIO_WORKER_THREADS", workers);
+    }
+    let (floor_proc, lines) = spawn_reading(floor_cmd, "floor listening");
+    let floor_addr = addr_after(&lines, "floor listening on");
+    let floor_pid = floor_proc.0.id();
 
     println!("proxy_overhead: {connections} connections, {}s closed loop, ~1 KB chat bodies, 500 SSE streams of 12 events", run_for.as_secs());
     let direct = measure(
         &format!("http://{mock_addr}"),
         UPSTREAM_KEY,
         mock_pid,
+        connections,
+        run_for,
+    )
+    .await;
+    let floor = measure(
+        &format!("http://{floor_addr}"),
+        &client_key,
+        floor_pid,
         connections,
         run_for,
     )
@@ -477,109 +607,100 @@ async fn bench(run_for: Duration, connections: usize) {
     )
     .await;
 
-    let ms = |d: Duration| format!("{:.3} ms", d.as_secs_f64() * 1e3);
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!();
     println!(
-        "{:<34} {:>14} {:>14} {:>10}",
-        "", "direct (mock)", "via keygate", "ratio"
+        "floor = hyper's HTTP/1 server + keygate's upstream client, one fixed key, nothing else"
     );
-    let row = |name: &str, a: f64, b: f64, fmt: &dyn Fn(f64) -> String| {
+    println!(
+        "{:<32} {:>11} {:>11} {:>11} {:>9} {:>9}",
+        "", "direct", "floor", "keygate", "floor×", "keygate×"
+    );
+    let row = |name: &str, values: [f64; 3], fmt: &dyn Fn(f64) -> String| {
+        let [direct, floor, keygate] = values;
         println!(
-            "{:<34} {:>14} {:>14} {:>9.2}x",
+            "{:<32} {:>11} {:>11} {:>11} {:>8.2}x {:>8.2}x",
             name,
-            fmt(a),
-            fmt(b),
-            b / a.max(1e-12)
+            fmt(direct),
+            fmt(floor),
+            fmt(keygate),
+            floor / direct.max(1e-12),
+            keygate / direct.max(1e-12)
         );
     };
+    let results = [&direct, &floor, &proxied];
+    let each = |f: &dyn Fn(&Result_) -> f64| results.map(f);
     let plain = |v: f64| format!("{v:.0}");
-    let dur = |v: f64| ms(Duration::from_secs_f64(v / 1e6));
-    row(
-        "requests/s (N connections)",
-        direct.rps,
-        proxied.rps,
-        &plain,
-    );
-    row(
-        "p50 latency (N connections)",
-        us(direct.p50),
-        us(proxied.p50),
-        &dur,
-    );
-    row(
-        "p99 latency (N connections)",
-        us(direct.p99),
-        us(proxied.p99),
-        &dur,
-    );
-    row(
-        "p99.9 latency (N connections)",
-        us(direct.p999),
-        us(proxied.p999),
-        &dur,
-    );
+    let ms = |v: f64| format!("{:.3} ms", v / 1e3);
+    row("requests/s (N connections)", each(&|r| r.rps), &plain);
+    row("p50 latency (N connections)", each(&|r| us(r.p50)), &ms);
+    row("p99 latency (N connections)", each(&|r| us(r.p99)), &ms);
+    row("p99.9 latency (N connections)", each(&|r| us(r.p999)), &ms);
     row(
         "p50 latency (1 connection)",
-        us(direct.single_p50),
-        us(proxied.single_p50),
-        &dur,
+        each(&|r| us(r.single_p50)),
+        &ms,
     );
     row(
         "p99 latency (1 connection)",
-        us(direct.single_p99),
-        us(proxied.single_p99),
-        &dur,
+        each(&|r| us(r.single_p99)),
+        &ms,
     );
     row(
         "time to first SSE event p50",
-        us(direct.ttfe_p50),
-        us(proxied.ttfe_p50),
-        &dur,
+        each(&|r| us(r.ttfe_p50)),
+        &ms,
     );
     row(
         "SSE streams/s (sequential)",
-        direct.stream_rps,
-        proxied.stream_rps,
+        each(&|r| r.stream_rps),
         &plain,
     );
+    let [_, floor_frames, keygate_frames] = each(&|r| r.frames_per_stream);
     println!(
-        "{:<34} {:>14.1} {:>14.1}",
-        "data frames per stream", direct.frames_per_stream, proxied.frames_per_stream
+        "{:<32} {:>11.1} {:>11.1} {:>11.1}",
+        "data frames per stream", direct.frames_per_stream, floor_frames, keygate_frames
     );
     println!();
-    println!(
-        "added latency at 1 connection: p50 +{:.0} µs, p99 +{:.0} µs",
-        us(proxied.single_p50) - us(direct.single_p50),
-        us(proxied.single_p99) - us(direct.single_p99)
-    );
-    println!(
-        "added time to first SSE event: +{:.0} µs",
-        us(proxied.ttfe_p50) - us(direct.ttfe_p50)
-    );
-    if let (Some(cpu), Some(rss)) = (proxied.cpu_us_per_request, proxied.rss_mib) {
-        println!("keygate CPU per request: {cpu:.1} µs (mock: {:.1} µs); keygate RSS after the N-connection run: {rss:.1} MiB",
-            direct.cpu_us_per_request.unwrap_or(0.0));
+    for (name, r) in [("floor", &floor), ("keygate", &proxied)] {
+        println!(
+            "{name:<8} added at 1 connection: p50 +{:.0} µs, p99 +{:.0} µs; to the first SSE event: +{:.0} µs; CPU per request {:.1} µs; RSS after the N-connection run {:.1} MiB",
+            us(r.single_p50) - us(direct.single_p50),
+            us(r.single_p99) - us(direct.single_p99),
+            us(r.ttfe_p50) - us(direct.ttfe_p50),
+            r.cpu_us_per_request.unwrap_or(0.0),
+            r.rss_mib.unwrap_or(0.0),
+        );
     }
+    println!(
+        "mock CPU per request: {:.1} µs",
+        direct.cpu_us_per_request.unwrap_or(0.0)
+    );
 
     let held: usize = env_or("BENCH_HELD_STREAMS", 10_000);
     if held > 0 {
-        for pid in [keygate_pid, mock_pid] {
-            // Two descriptors per stream in keygate; without root this may
+        for pid in [keygate_pid, floor_pid, mock_pid] {
+            // Two descriptors per stream in a proxy; without root this may
             // fail, and fewer streams open (the count is printed).
             let _ = Command::new("prlimit")
                 .args(["--pid", &pid.to_string(), "--nofile=65536:65536"])
                 .status();
         }
-        let idle = rss_kib(keygate_pid);
-        let (open, peak) = held_streams(&keygate_addr, &client_key, keygate_pid, held).await;
-        println!(
-            "{open} of {held} SSE streams open at once through keygate: RSS {:.1} MiB (idle {:.1} MiB, {:.1} KiB per open stream)",
-            peak as f64 / 1024.0,
-            idle as f64 / 1024.0,
-            peak.saturating_sub(idle) as f64 / open.max(1) as f64
-        );
+        for (name, addr, pid) in [
+            ("floor", &floor_addr, floor_pid),
+            ("keygate", &keygate_addr, keygate_pid),
+        ] {
+            let idle = rss_kib(pid);
+            let (open, peak) = held_streams(addr, &client_key, pid, held).await;
+            println!(
+                "{open} of {held} SSE streams open at once through {name}: RSS {:.1} MiB (idle {:.1} MiB, {:.1} KiB per open stream)",
+                peak as f64 / 1024.0,
+                idle as f64 / 1024.0,
+                peak.saturating_sub(idle) as f64 / open.max(1) as f64
+            );
+        }
     }
+    drop(floor_proc);
     drop(keygate_proc);
     drop(mock);
 }
