@@ -24,50 +24,58 @@ use crate::meter::tap::MeterTap;
 use crate::metrics::ActiveGuard;
 use crate::upstream::UpstreamBody;
 
-/// Client credential headers: never forwarded, never returned.
-const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
-
 /// Hop-by-hop and framing headers keygate never passes through (RFC 9110 §7.6.1;
-/// framing is redone by keygate itself).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+/// framing is redone by keygate itself), and client credential headers (never
+/// forwarded, never returned). Called for every header of every request and
+/// response: standard names compare as `HeaderName`s (an enum compare), and
+/// only the few others as text.
+fn is_hop_by_hop_or_credential(name: &HeaderName) -> bool {
+    const STANDARD: [HeaderName; 11] = [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::CONTENT_LENGTH,
+        header::HOST,
+        header::EXPECT,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::AUTHORIZATION,
+    ];
+    if STANDARD.contains(name) {
+        return true;
+    }
+    let name = name.as_str();
     matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-            | "host"
-            | "expect"
-            | "http2-settings"
-    ) || name.as_str().starts_with("proxy-")
+        name,
+        "keep-alive" | "http2-settings" | "x-api-key" | "api-key"
+    ) || name.starts_with("proxy-")
 }
 
-/// Copies `from` into a new map without hop-by-hop headers, headers named in
-/// `Connection`, and credential headers.
-fn copy_end_to_end(from: &HeaderMap, also_drop: &[&str]) -> HeaderMap {
-    let named_by_connection: Vec<String> = from
+/// Removes hop-by-hop headers, headers named in `Connection`, credential
+/// headers and `also_drop` from `headers`, in place (nothing is copied or
+/// rehashed; nothing is allocated unless something is removed).
+fn keep_end_to_end(headers: &mut HeaderMap, also_drop: &[&str]) {
+    let named_by_connection: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| !name.is_empty())
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    let mut out = HeaderMap::with_capacity(from.len());
-    for (name, value) in from {
-        if is_hop_by_hop(name)
-            || CREDENTIAL_HEADERS.contains(&name.as_str())
-            || also_drop.contains(&name.as_str())
-            || named_by_connection.iter().any(|n| n == name.as_str())
-        {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
+    let dropped: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            is_hop_by_hop_or_credential(name)
+                || also_drop.contains(&name.as_str())
+                || named_by_connection.contains(name)
+        })
+        .cloned()
+        .collect();
+    for name in dropped {
+        headers.remove(name);
     }
-    out
 }
 
 /// The upstream URI: the provider's fixed origin and base path, then the
@@ -99,7 +107,9 @@ pub fn outbound_request(
     key: &RingKey,
     body: OutboundBody,
 ) -> Request<OutboundBody> {
-    let mut headers = copy_end_to_end(client_headers, &["x-forwarded-host", "forwarded"]);
+    // Cloned per attempt: a retry starts again from the client's headers.
+    let mut headers = client_headers.clone();
+    keep_end_to_end(&mut headers, &["x-forwarded-host", "forwarded"]);
     headers.insert(key.header_name.clone(), key.header_value.clone());
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();
@@ -118,7 +128,7 @@ pub fn client_response(
     tap: Option<MeterTap>,
 ) -> Response<ResponseBody> {
     let (parts, incoming) = upstream.into_parts();
-    let headers = response_headers(&parts.headers, ring);
+    let headers = response_headers(parts.headers, ring);
     let mut response = Response::new(ResponseBody::upstream(
         incoming,
         stream_idle_timeout,
@@ -130,8 +140,8 @@ pub fn client_response(
     response
 }
 
-fn response_headers(upstream: &HeaderMap, ring: &KeyRing) -> HeaderMap {
-    let mut headers = copy_end_to_end(upstream, &[]);
+fn response_headers(mut headers: HeaderMap, ring: &KeyRing) -> HeaderMap {
+    keep_end_to_end(&mut headers, &[]);
     let echoing: Vec<HeaderName> = headers
         .iter()
         .filter(|(_, value)| ring.contains_echo(value.as_bytes()))
@@ -180,7 +190,7 @@ pub async fn scrubbed_error_response(
     }
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = parts.status;
-    *response.headers_mut() = response_headers(&parts.headers, ring);
+    *response.headers_mut() = response_headers(parts.headers, ring);
     drop(active);
     response
 }
@@ -363,8 +373,8 @@ mod tests {
         ] {
             headers.append(HeaderName::from_static(name), value.parse().unwrap());
         }
-        let out = copy_end_to_end(&headers, &[]);
-        assert_eq!(out.len(), 1, "{out:?}");
-        assert!(out.contains_key("content-type"));
+        keep_end_to_end(&mut headers, &[]);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("content-type"));
     }
 }

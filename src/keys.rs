@@ -46,7 +46,17 @@ pub struct KeyRing {
     keys: Vec<RingKey>,
     current: usize,
     /// Every 8-byte window of every key, to find echoes in upstream responses.
-    echo_windows: HashSet<[u8; ECHO_WINDOW]>,
+    /// Looked up once per byte of every response header, so the windows are
+    /// `u64`s under unkeyed aHash rather than arrays under SipHash (the set holds only
+    /// key windows, so lookups of attacker-chosen bytes cannot slow it).
+    echo_windows: HashSet<u64, std::hash::BuildHasherDefault<ahash::AHasher>>,
+}
+
+/// An 8-byte window as the number the echo set holds.
+fn echo_window(window: &[u8]) -> Option<u64> {
+    <[u8; ECHO_WINDOW]>::try_from(window)
+        .ok()
+        .map(u64::from_ne_bytes)
 }
 
 /// Length of the key fragment that counts as an echo of a key.
@@ -114,7 +124,7 @@ impl KeyRing {
         let echo_windows = keys
             .iter()
             .flat_map(|k| k.secret.expose().as_bytes().windows(ECHO_WINDOW))
-            .filter_map(|w| <[u8; ECHO_WINDOW]>::try_from(w).ok())
+            .filter_map(echo_window)
             .collect();
         KeyRing {
             keys,
@@ -136,7 +146,7 @@ impl KeyRing {
             if window.iter().all(|&b| b == b'*') {
                 continue;
             }
-            let Ok(window) = <[u8; ECHO_WINDOW]>::try_from(window) else {
+            let Some(window) = echo_window(window) else {
                 continue;
             };
             if self.echo_windows.contains(&window) {
@@ -154,7 +164,7 @@ impl KeyRing {
     pub fn contains_echo(&self, bytes: &[u8]) -> bool {
         bytes
             .windows(ECHO_WINDOW)
-            .filter_map(|w| <[u8; ECHO_WINDOW]>::try_from(w).ok())
+            .filter_map(echo_window)
             .any(|w| self.echo_windows.contains(&w))
     }
 
