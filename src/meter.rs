@@ -212,6 +212,15 @@ pub fn ask_for_usage(body: &[u8]) -> Option<bytes::Bytes> {
     if body.first() != Some(&b'{') || memchr::memmem::find(body, b"\"stream\"").is_none() {
         return None;
     }
+    // Most streams already ask (SDKs send `include_usage`), and most bodies
+    // naming "stream" are not streams: a typed read, which skips every other
+    // field without building it, settles those. Anything it cannot read
+    // (duplicate keys, odd types) goes to the full parse below, which decides.
+    if let Ok(fields) = serde_json::from_slice::<StreamFields>(body) {
+        if !fields.would_change() {
+            return None;
+        }
+    }
     let mut json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
     if json.get("stream") != Some(&serde_json::Value::Bool(true)) {
         return None;
@@ -225,6 +234,25 @@ pub fn ask_for_usage(body: &[u8]) -> Option<bytes::Bytes> {
     }
     options.insert("include_usage".to_owned(), serde_json::Value::Bool(true));
     serde_json::to_vec(&json).ok().map(bytes::Bytes::from)
+}
+
+/// The two fields [`ask_for_usage`] looks at; every other field is skipped.
+#[derive(serde::Deserialize)]
+struct StreamFields {
+    stream: Option<serde_json::Value>,
+    stream_options: Option<serde_json::Value>,
+}
+
+impl StreamFields {
+    /// False only where the full parse would also leave the body alone.
+    fn would_change(&self) -> bool {
+        let is_true = |v: Option<&serde_json::Value>| v == Some(&serde_json::Value::Bool(true));
+        let asks = self
+            .stream_options
+            .as_ref()
+            .and_then(|options| options.get("include_usage"));
+        is_true(self.stream.as_ref()) && !is_true(asks)
+    }
 }
 
 #[cfg(test)]
@@ -241,6 +269,31 @@ mod tests {
         );
         assert!(ask_for_usage(br#"{"stream":false}"#).is_none());
         assert!(ask_for_usage(b"not json").is_none());
+    }
+
+    #[test]
+    fn what_the_typed_read_cannot_settle_goes_to_the_full_parse() {
+        let asks = |body: &[u8]| {
+            let rewritten = ask_for_usage(body)?;
+            let json: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
+            Some(json["stream_options"]["include_usage"] == true)
+        };
+        // Duplicate keys: the typed read refuses them; the last one wins.
+        assert_eq!(asks(br#"{"stream":false,"stream":true}"#), Some(true));
+        assert_eq!(asks(br#"{"stream":true,"stream":false}"#), None);
+        // include_usage false or absent, other options kept.
+        assert_eq!(
+            asks(br#"{"stream":true,"stream_options":{"include_usage":false}}"#),
+            Some(true)
+        );
+        let kept =
+            ask_for_usage(br#"{"stream":true,"stream_options":{"x":1},"model":"m"}"#).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&kept).unwrap();
+        assert_eq!(json["stream_options"]["x"], 1);
+        assert_eq!(json["model"], "m");
+        // Options that are not an object are left alone, as before.
+        assert_eq!(asks(br#"{"stream":true,"stream_options":null}"#), None);
+        assert_eq!(asks(br#"{"stream":"true"}"#), None);
     }
 
     fn test_metrics(_: &UsageKey) -> UsageMetrics {
