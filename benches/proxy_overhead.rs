@@ -195,9 +195,9 @@ fn run_floor() {
         .expect("runtime");
     runtime.block_on(async move {
         let upstream = keygate::upstream::Upstream::new(&config.server).expect("upstream");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        // FLOOR_LISTEN: a fixed address, to run the floor in another harness.
+        let listen = std::env::var("FLOOR_LISTEN").unwrap_or_else(|_| "127.0.0.1:0".to_owned());
+        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
         println!(
             "floor listening on {}",
             listener.local_addr().expect("addr")
@@ -262,10 +262,13 @@ async fn floor_forward(
     }
     let uri = format!("{upstream_base}{}", request.uri().path());
     let content_type = request.headers().get("content-type").cloned();
+    let method = request.method().clone();
     let Ok(body) = request.into_body().collect().await else {
         return refuse(400);
     };
-    let mut outbound = Request::post(uri)
+    let mut outbound = Request::builder()
+        .method(method)
+        .uri(uri)
         .header("authorization", inject)
         .body(keygate::body::OutboundBody::Full(Some(body.to_bytes())))
         .expect("request");
