@@ -23,6 +23,11 @@
 //! — and prints keygate's RSS (then the floor's) while they are all open: the memory a large
 //! number of concurrent long generations costs. Holding 10,000 needs ~20,000
 //! descriptors in keygate; as root the bench raises its limit with `prlimit`.
+//!
+//! With `BENCH_CALLGRIND=4000` (and valgrind installed) it then counts, under
+//! callgrind, the user-space instructions keygate and the floor spend per
+//! request and per SSE stream — a measure that noise does not move:
+//! `BENCH_HELD_STREAMS=0 BENCH_CALLGRIND=4000 cargo bench --bench proxy_overhead`.
 
 // A benchmark panics loudly on a broken setup; that is its error handling.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -705,7 +710,125 @@ async fn bench(run_for: Duration, connections: usize) {
     }
     drop(floor_proc);
     drop(keygate_proc);
+
+    // BENCH_CALLGRIND=N: instructions per request, counted by valgrind.
+    let counted: usize = env_or("BENCH_CALLGRIND", 0);
+    if counted > 0 {
+        instructions_per_request(&config, &mock_addr, &client_key, counted).await;
+    }
     drop(mock);
+}
+
+/// keygate and the floor, each under callgrind: the user-space instructions
+/// one request (and one SSE stream) costs, after a warm-up. Unlike time, the
+/// count barely moves between runs on a noisy machine, so a change of a few
+/// per cent shows. Needs `valgrind` (Debian package `valgrind`).
+async fn instructions_per_request(
+    config: &std::path::Path,
+    mock_addr: &str,
+    client_key: &str,
+    count: usize,
+) {
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        println!("BENCH_CALLGRIND: valgrind is not installed; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rows = Vec::new();
+    for name in ["floor", "keygate"] {
+        let out = dir.path().join(name);
+        let mut command = Command::new("valgrind");
+        command
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out.display()));
+        let marker = if name == "floor" {
+            command
+                .arg(std::env::current_exe().expect("exe"))
+                .env("KEYGATE_BENCH_ROLE", "floor")
+                .env("FLOOR_UPSTREAM", format!("http://{mock_addr}"))
+                .env("FLOOR_CLIENT_KEY", client_key);
+            "floor listening on"
+        } else {
+            command
+                .arg(env!("CARGO_BIN_EXE_keygate"))
+                .arg("--config")
+                .arg(config)
+                .arg("serve")
+                .env("RUST_LOG", "warn");
+            "client listener on"
+        };
+        let (proc, lines) =
+            spawn_reading(command, if name == "floor" { marker } else { "listener" });
+        let url = format!("http://{}/v1/chat/completions", addr_after(&lines, marker));
+        let pid = proc.0.id().to_string();
+        let mut per = Vec::new();
+        for stream in [false, true] {
+            fixed_count(&url, client_key, stream, count / 10).await; // warm-up
+            callgrind_control(&["-z", &pid]);
+            fixed_count(&url, client_key, stream, count).await;
+            let dumps = std::fs::read_dir(dir.path()).expect("dir").count();
+            callgrind_control(&["-d", &pid]);
+            let dump = dir.path().join(format!("{name}.{}", per.len() + 1));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while std::fs::read_dir(dir.path()).expect("dir").count() == dumps
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await; // written whole
+            let text = std::fs::read_to_string(&dump).unwrap_or_default();
+            let total: u64 = text
+                .lines()
+                .find_map(|l| l.strip_prefix("summary:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            per.push(total as f64 / count as f64);
+        }
+        rows.push((name, per));
+        drop(proc);
+    }
+    println!();
+    println!("user-space instructions (callgrind, {count} each after a warm-up, 8 connections):");
+    let [(_, floor), (_, keygate)] = [&rows[0], &rows[1]];
+    for (i, what) in ["per JSON request", "per SSE stream"].iter().enumerate() {
+        println!(
+            "  {what:<18} floor {:>8.0}   keygate {:>8.0}   keygate − floor {:>7.0} ({:.2}x)",
+            floor[i],
+            keygate[i],
+            keygate[i] - floor[i],
+            keygate[i] / floor[i].max(1.0)
+        );
+    }
+}
+
+fn callgrind_control(args: &[&str]) {
+    let _ = Command::new("callgrind_control")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Exactly `total` requests (JSON or SSE, read to the end) over 8 connections.
+async fn fixed_count(url: &str, key: &str, stream: bool, total: usize) {
+    let client = client();
+    let left = Arc::new(std::sync::atomic::AtomicUsize::new(total));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (client, url, key, left) =
+            (client.clone(), url.to_owned(), key.to_owned(), left.clone());
+        tasks.push(tokio::spawn(async move {
+            while left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                one_request(&client, &url, &key, chat_body(stream)).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
 }
 
 /// Opens `count` streams through keygate, each read up to its first event and
