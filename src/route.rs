@@ -77,9 +77,106 @@ struct ModelField<'a> {
 
 /// The JSON body's `model`, if the body is a JSON object that has one.
 pub fn model_of(body: Option<&[u8]>) -> Option<std::borrow::Cow<'_, str>> {
-    body.filter(|b| b.first() == Some(&b'{'))
-        .and_then(|b| serde_json::from_slice::<ModelField>(b).ok())
-        .and_then(|m| m.model)
+    let body = body.filter(|b| b.first() == Some(&b'{'))?;
+    match skim_for_model(body) {
+        Skimmed::Model(value) => serde_json::from_slice(value).ok(),
+        Skimmed::Absent => None,
+        Skimmed::Unsure => serde_json::from_slice::<ModelField>(body)
+            .ok()
+            .and_then(|m| m.model),
+    }
+}
+
+/// What a skim of a request body found out about its top-level `model`.
+#[derive(Debug, PartialEq)]
+enum Skimmed<'a> {
+    /// The value, a JSON string with its quotes, seen once at the top level.
+    Model(&'a [u8]),
+    /// The object closed without a top-level `model`.
+    Absent,
+    /// Something the skim does not judge (an escaped key, a repeated or
+    /// non-string `model`, an unclosed body): serde decides.
+    Unsure,
+}
+
+/// Finds the top-level `"model"` without building the rest. Every request
+/// needs its model (routing, metering), and chat bodies are mostly one long
+/// `messages` array: serde_json's typed read walks all of it (≈ 6
+/// instructions a byte), where this jumps through strings with `memchr` and
+/// steps only over the few bytes between them. Anything unusual is handed to
+/// serde ([`Skimmed::Unsure`]), so the answer is serde's wherever the JSON is
+/// well formed.
+fn skim_for_model(body: &[u8]) -> Skimmed<'_> {
+    // From the byte after an opening quote to its closing quote.
+    let string_end = |from: usize| -> Option<usize> {
+        let mut at = from;
+        loop {
+            at += memchr::memchr2(b'"', b'\\', &body[at..])?;
+            match body[at] {
+                b'\\' => at += 2,
+                _ => return Some(at),
+            }
+        }
+    };
+    let skip_ws = |mut at: usize| {
+        while body.get(at).is_some_and(|b| b.is_ascii_whitespace()) {
+            at += 1;
+        }
+        at
+    };
+    let mut model = None;
+    let mut depth = 0usize;
+    let mut key_next = false;
+    let mut at = 0;
+    while at < body.len() {
+        match body[at] {
+            b'"' => {
+                let Some(end) = string_end(at + 1) else {
+                    return Skimmed::Unsure;
+                };
+                if depth == 1 && key_next {
+                    let key = &body[at + 1..end];
+                    let colon = skip_ws(end + 1);
+                    if body.get(colon) != Some(&b':') || key.contains(&b'\\') {
+                        return Skimmed::Unsure;
+                    }
+                    key_next = false;
+                    at = skip_ws(colon + 1);
+                    if key == b"model" {
+                        let value_end = match body.get(at) {
+                            Some(b'"') => string_end(at + 1),
+                            _ => None,
+                        };
+                        let (Some(value_end), None) = (value_end, model) else {
+                            return Skimmed::Unsure;
+                        };
+                        model = Some(&body[at..=value_end]);
+                        at = value_end + 1;
+                    }
+                    continue;
+                }
+                at = end + 1;
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                key_next = depth == 1;
+                at += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return model.map_or(Skimmed::Absent, Skimmed::Model);
+                }
+                at += 1;
+            }
+            b',' => {
+                key_next = depth == 1;
+                at += 1;
+            }
+            _ => at += 1,
+        }
+    }
+    Skimmed::Unsure
 }
 
 /// The provider for a plain `/v1/…` request: the first `routing.models` prefix
@@ -139,6 +236,102 @@ mod tests {
         let gpt = model_of(Some(br#"{"model":"gpt-4o"}"#));
         assert_eq!(by_model(&config, gpt.as_deref()).name, "openai");
         assert_eq!(by_model(&config, None).name, "openai");
+    }
+
+    #[test]
+    fn the_skim_finds_the_model_serde_finds() {
+        // What model_of answered before the skim: serde alone.
+        let serde = |body: &[u8]| {
+            serde_json::from_slice::<ModelField>(body)
+                .ok()
+                .and_then(|m| m.model)
+                .map(|m| m.into_owned())
+        };
+        let bodies: &[&[u8]] = &[
+            br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+            br#"{"messages":[{"role":"user","content":"say \"model\": 1","model":"inner"}],"model":"grok-3"}"#,
+            br#"{ "stream" : true ,
+                "model" : "gpt-4o-mini" } "#,
+            br#"{"metadata":{"model":"nested"},"tools":[{"model":"x"}]}"#,
+            br#"{"model":"a\"b\\c\u00e9"}"#,
+            br#"{"mod\u0065l":"escaped-key"}"#,
+            br#"{"model":"first","model":"second"}"#,
+            br#"{"model":7}"#,
+            br#"{"model":null}"#,
+            br#"{"model":"x"#,
+            br#"{"x":"\\","model":"after-backslash"}"#,
+            br#"{"x":[[],{},"]"],"model":"after-brackets"}"#,
+            b"{}",
+            b"{\"model\":\"caf\xc3\xa9\"}",
+        ];
+        for body in bodies {
+            assert_eq!(
+                model_of(Some(body)).map(|m| m.into_owned()),
+                serde(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(
+            skim_for_model(br#"{"messages":[],"model":"m"}"#),
+            Skimmed::Model(br#""m""#)
+        );
+        assert_eq!(skim_for_model(br#"{"messages":[]}"#), Skimmed::Absent);
+        assert_eq!(
+            skim_for_model(br#"{"model":"a","model":"b"}"#),
+            Skimmed::Unsure
+        );
+    }
+
+    #[test]
+    fn the_skim_agrees_with_serde_on_generated_bodies() {
+        use serde_json::{Map, Value};
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        const KEYS: [&str; 5] = ["model", "messages", "content", "mo\"del", "x\\"];
+        const TEXTS: [&str; 6] = ["gpt-4o", "a\"}]b", "\\", "é ü", "{\"model\":1}", ""];
+        fn value(next: &mut dyn FnMut(u64) -> u64, depth: u32) -> Value {
+            match next(if depth > 3 { 3 } else { 6 }) {
+                0 => Value::String(TEXTS[next(6) as usize].to_owned()),
+                1 => Value::from(next(1000)),
+                2 => Value::Null,
+                3 => Value::Array((0..next(4)).map(|_| value(next, depth + 1)).collect()),
+                _ => {
+                    let mut map = Map::new();
+                    for _ in 0..next(4) {
+                        map.insert(KEYS[next(5) as usize].to_owned(), value(next, depth + 1));
+                    }
+                    Value::Object(map)
+                }
+            }
+        }
+        for case in 0..3000 {
+            let mut top = Map::new();
+            for _ in 0..next(5) {
+                let key = KEYS[next(5) as usize].to_owned();
+                top.insert(key, value(&mut next, 1));
+            }
+            let top = Value::Object(top);
+            for text in [
+                serde_json::to_string(&top).unwrap(),
+                serde_json::to_string_pretty(&top).unwrap(),
+            ] {
+                let expected = serde_json::from_slice::<ModelField>(text.as_bytes())
+                    .ok()
+                    .and_then(|m| m.model)
+                    .map(|m| m.into_owned());
+                assert_eq!(
+                    model_of(Some(text.as_bytes())).map(|m| m.into_owned()),
+                    expected,
+                    "case {case}: {text}"
+                );
+            }
+        }
     }
 
     #[test]
