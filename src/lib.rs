@@ -21,6 +21,7 @@
 //! - [`head_guard`]: refuses bare LF in HTTP/1 request heads before hyper parses them
 //! - [`proxy`]: the conductor of one request
 //! - [`auth`], [`route`], [`body`], [`forward`]: the stages it calls in order
+//! - [`json_skim`]: a few top-level fields of a JSON body, without parsing the rest
 //! - [`upstream`]: HTTP/1.1 keep-alive pool per origin, connections driven by the request's task
 //! - [`error`]: `ProxyError`, the one place a failure becomes an HTTP answer
 //! - [`limits`]: per-client rpm / tpm / token budget (reserve, then settle)
@@ -40,6 +41,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod head_guard;
+pub mod json_skim;
 pub mod keys;
 pub mod limits;
 pub mod meter;

@@ -208,18 +208,30 @@ impl Meter {
 /// With `stream_usage = true`: a streaming request body (`"stream": true`)
 /// that does not already ask for usage, rewritten to ask for it
 /// (`stream_options.include_usage = true`). `None` when nothing changes.
-pub fn ask_for_usage(body: &[u8]) -> Option<bytes::Bytes> {
-    if body.first() != Some(&b'{') || memchr::memmem::find(body, b"\"stream\"").is_none() {
+/// `skimmed`: the body's fields from [`crate::json_skim::chat_fields`], which
+/// settle most bodies (most streams already ask, most bodies are no stream);
+/// `None` (not skimmed, or the skim could not judge it) leaves it to the full
+/// parse below, which decides.
+pub fn ask_for_usage(
+    body: &[u8],
+    skimmed: Option<&crate::json_skim::ChatFields<'_>>,
+) -> Option<bytes::Bytes> {
+    if body.first() != Some(&b'{') {
         return None;
     }
-    // Most streams already ask (SDKs send `include_usage`), and most bodies
-    // naming "stream" are not streams: a typed read, which skips every other
-    // field without building it, settles those. Anything it cannot read
-    // (duplicate keys, odd types) goes to the full parse below, which decides.
-    if let Ok(fields) = serde_json::from_slice::<StreamFields>(body) {
-        if !fields.would_change() {
-            return None;
+    match skimmed {
+        Some(fields) => {
+            let parse = |raw: Option<&[u8]>| raw.and_then(|v| serde_json::from_slice(v).ok());
+            let fields = StreamFields {
+                stream: parse(fields.stream),
+                stream_options: parse(fields.stream_options),
+            };
+            if !fields.would_change() {
+                return None;
+            }
         }
+        None if memchr::memmem::find(body, b"\"stream\"").is_none() => return None,
+        None => {}
     }
     let mut json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
     if json.get("stream") != Some(&serde_json::Value::Bool(true)) {
@@ -236,8 +248,7 @@ pub fn ask_for_usage(body: &[u8]) -> Option<bytes::Bytes> {
     serde_json::to_vec(&json).ok().map(bytes::Bytes::from)
 }
 
-/// The two fields [`ask_for_usage`] looks at; every other field is skipped.
-#[derive(serde::Deserialize)]
+/// The two fields [`ask_for_usage`] looks at.
 struct StreamFields {
     stream: Option<serde_json::Value>,
     stream_options: Option<serde_json::Value>,
@@ -259,6 +270,15 @@ impl StreamFields {
 mod tests {
     use super::*;
 
+    /// ask_for_usage as the conductor calls it: skim first.
+    fn ask_for_usage(body: &[u8]) -> Option<bytes::Bytes> {
+        let skimmed = crate::json_skim::chat_fields(body);
+        let through_skim = super::ask_for_usage(body, skimmed.as_ref());
+        // Without the skim, the full parse alone must agree.
+        assert_eq!(through_skim, super::ask_for_usage(body, None));
+        through_skim
+    }
+
     #[test]
     fn only_streams_without_include_usage_are_rewritten() {
         let rewritten = ask_for_usage(br#"{"model":"m","stream":true}"#).unwrap();
@@ -272,13 +292,13 @@ mod tests {
     }
 
     #[test]
-    fn what_the_typed_read_cannot_settle_goes_to_the_full_parse() {
+    fn what_the_skim_cannot_settle_goes_to_the_full_parse() {
         let asks = |body: &[u8]| {
             let rewritten = ask_for_usage(body)?;
             let json: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
             Some(json["stream_options"]["include_usage"] == true)
         };
-        // Duplicate keys: the typed read refuses them; the last one wins.
+        // Duplicate keys: the skim leaves them to the full parse; the last one wins.
         assert_eq!(asks(br#"{"stream":false,"stream":true}"#), Some(true));
         assert_eq!(asks(br#"{"stream":true,"stream":false}"#), None);
         // include_usage false or absent, other options kept.

@@ -90,7 +90,11 @@ async fn conduct(
     };
     let mut body = body::receive(incoming, declared_len, limits).await?;
 
-    let model = route::model_of(body.buffered().map(|b| &b[..])).map(|m| Arc::<str>::from(&*m));
+    let skimmed = body
+        .buffered()
+        .and_then(|b| crate::json_skim::chat_fields(b));
+    let model = route::model_of(body.buffered().map(|b| &b[..]), skimmed.as_ref())
+        .map(|m| Arc::<str>::from(&*m));
     let (provider, path) = match path_match {
         PathMatch::Prefixed(provider, rest) => (provider, rest),
         PathMatch::Plain(path) => (route::by_model(config, model.as_deref()), path),
@@ -121,7 +125,10 @@ async fn conduct(
     // Ask for the usage chunk on the client's behalf, and hide it from them.
     let mut strip_usage_chunk = false;
     if config.metering.stream_usage {
-        if let Some(rewritten) = body.buffered().and_then(|b| crate::meter::ask_for_usage(b)) {
+        let rewritten = body
+            .buffered()
+            .and_then(|b| crate::meter::ask_for_usage(b, skimmed.as_ref()));
+        if let Some(rewritten) = rewritten {
             body = RequestBody::Buffered(rewritten);
             strip_usage_chunk = true;
         }

@@ -6,6 +6,8 @@
 
 use serde::Deserialize;
 
+use crate::json_skim::ChatFields;
+
 use crate::config::{Config, Provider};
 use crate::error::ProxyError;
 
@@ -76,107 +78,21 @@ struct ModelField<'a> {
 }
 
 /// The JSON body's `model`, if the body is a JSON object that has one.
-pub fn model_of(body: Option<&[u8]>) -> Option<std::borrow::Cow<'_, str>> {
+/// `skimmed`: the body's fields from [`crate::json_skim::chat_fields`];
+/// `None` (not skimmed, or the skim could not judge it) reads the whole body.
+pub fn model_of<'a>(
+    body: Option<&'a [u8]>,
+    skimmed: Option<&ChatFields<'a>>,
+) -> Option<std::borrow::Cow<'a, str>> {
     let body = body.filter(|b| b.first() == Some(&b'{'))?;
-    match skim_for_model(body) {
-        Skimmed::Model(value) => serde_json::from_slice(value).ok(),
-        Skimmed::Absent => None,
-        Skimmed::Unsure => serde_json::from_slice::<ModelField>(body)
+    match skimmed {
+        Some(fields) => fields
+            .model
+            .and_then(|value| serde_json::from_slice(value).ok()),
+        None => serde_json::from_slice::<ModelField>(body)
             .ok()
             .and_then(|m| m.model),
     }
-}
-
-/// What a skim of a request body found out about its top-level `model`.
-#[derive(Debug, PartialEq)]
-enum Skimmed<'a> {
-    /// The value, a JSON string with its quotes, seen once at the top level.
-    Model(&'a [u8]),
-    /// The object closed without a top-level `model`.
-    Absent,
-    /// Something the skim does not judge (an escaped key, a repeated or
-    /// non-string `model`, an unclosed body): serde decides.
-    Unsure,
-}
-
-/// Finds the top-level `"model"` without building the rest. Every request
-/// needs its model (routing, metering), and chat bodies are mostly one long
-/// `messages` array: serde_json's typed read walks all of it (≈ 6
-/// instructions a byte), where this jumps through strings with `memchr` and
-/// steps only over the few bytes between them. Anything unusual is handed to
-/// serde ([`Skimmed::Unsure`]), so the answer is serde's wherever the JSON is
-/// well formed.
-fn skim_for_model(body: &[u8]) -> Skimmed<'_> {
-    // From the byte after an opening quote to its closing quote.
-    let string_end = |from: usize| -> Option<usize> {
-        let mut at = from;
-        loop {
-            at += memchr::memchr2(b'"', b'\\', &body[at..])?;
-            match body[at] {
-                b'\\' => at += 2,
-                _ => return Some(at),
-            }
-        }
-    };
-    let skip_ws = |mut at: usize| {
-        while body.get(at).is_some_and(|b| b.is_ascii_whitespace()) {
-            at += 1;
-        }
-        at
-    };
-    let mut model = None;
-    let mut depth = 0usize;
-    let mut key_next = false;
-    let mut at = 0;
-    while at < body.len() {
-        match body[at] {
-            b'"' => {
-                let Some(end) = string_end(at + 1) else {
-                    return Skimmed::Unsure;
-                };
-                if depth == 1 && key_next {
-                    let key = &body[at + 1..end];
-                    let colon = skip_ws(end + 1);
-                    if body.get(colon) != Some(&b':') || key.contains(&b'\\') {
-                        return Skimmed::Unsure;
-                    }
-                    key_next = false;
-                    at = skip_ws(colon + 1);
-                    if key == b"model" {
-                        let value_end = match body.get(at) {
-                            Some(b'"') => string_end(at + 1),
-                            _ => None,
-                        };
-                        let (Some(value_end), None) = (value_end, model) else {
-                            return Skimmed::Unsure;
-                        };
-                        model = Some(&body[at..=value_end]);
-                        at = value_end + 1;
-                    }
-                    continue;
-                }
-                at = end + 1;
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                key_next = depth == 1;
-                at += 1;
-            }
-            b'}' | b']' => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    return model.map_or(Skimmed::Absent, Skimmed::Model);
-                }
-                at += 1;
-            }
-            b',' => {
-                key_next = depth == 1;
-                at += 1;
-            }
-            _ => at += 1,
-        }
-    }
-    Skimmed::Unsure
 }
 
 /// The provider for a plain `/v1/…` request: the first `routing.models` prefix
@@ -231,11 +147,17 @@ mod tests {
             by_path(&config, "/v1/models"),
             Ok(PathMatch::Plain(_))
         ));
-        let grok = model_of(Some(br#"{"model":"grok-3","x":[1]}"#));
+        let grok = skim_then_model(br#"{"model":"grok-3","x":[1]}"#);
         assert_eq!(by_model(&config, grok.as_deref()).name, "xai");
-        let gpt = model_of(Some(br#"{"model":"gpt-4o"}"#));
+        let gpt = skim_then_model(br#"{"model":"gpt-4o"}"#);
         assert_eq!(by_model(&config, gpt.as_deref()).name, "openai");
         assert_eq!(by_model(&config, None).name, "openai");
+    }
+
+    /// model_of as the conductor calls it: skim first.
+    fn skim_then_model(body: &[u8]) -> Option<String> {
+        let skimmed = crate::json_skim::chat_fields(body);
+        model_of(Some(body), skimmed.as_ref()).map(|m| m.into_owned())
     }
 
     #[test]
@@ -266,21 +188,12 @@ mod tests {
         ];
         for body in bodies {
             assert_eq!(
-                model_of(Some(body)).map(|m| m.into_owned()),
+                skim_then_model(body),
                 serde(body),
                 "{}",
                 String::from_utf8_lossy(body)
             );
         }
-        assert_eq!(
-            skim_for_model(br#"{"messages":[],"model":"m"}"#),
-            Skimmed::Model(br#""m""#)
-        );
-        assert_eq!(skim_for_model(br#"{"messages":[]}"#), Skimmed::Absent);
-        assert_eq!(
-            skim_for_model(br#"{"model":"a","model":"b"}"#),
-            Skimmed::Unsure
-        );
     }
 
     #[test]
@@ -326,7 +239,7 @@ mod tests {
                     .and_then(|m| m.model)
                     .map(|m| m.into_owned());
                 assert_eq!(
-                    model_of(Some(text.as_bytes())).map(|m| m.into_owned()),
+                    skim_then_model(text.as_bytes()),
                     expected,
                     "case {case}: {text}"
                 );
