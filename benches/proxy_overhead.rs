@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench --bench proxy_overhead`
 //! (`BENCH_SECONDS=10 BENCH_CONNECTIONS=64 cargo bench --bench proxy_overhead` to change the load;
-//! `BENCH_KEYGATE_WORKERS=1` runs keygate on one tokio worker thread.)
+//! `BENCH_KEYGATE_WORKERS=1` runs keygate on one tokio worker thread;
+//! `BENCH_KEYGATE_BIN=/path/to/keygate` measures another build.)
 //!
 //! It starts the mock upstream and keygate (the release binary) as separate
 //! processes on 127.0.0.1 — the mock is this same bench binary re-executed with
@@ -333,7 +334,7 @@ fn addr_after(lines: &[String], marker: &str) -> String {
 }
 
 fn keygate(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+    let mut child = Command::new(keygate_exe())
         .arg("--config")
         .arg(config)
         .args(args)
@@ -359,6 +360,12 @@ fn keygate(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Stri
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The keygate under test: this build's, or `BENCH_KEYGATE_BIN` (an older
+/// build, to compare two in the same conditions).
+fn keygate_exe() -> std::ffi::OsString {
+    std::env::var_os("BENCH_KEYGATE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_keygate").into())
 }
 
 fn cpu_ticks(pid: u32) -> u64 {
@@ -563,7 +570,7 @@ async fn bench(run_for: Duration, connections: usize) {
         .find(|w| w.starts_with("kg_"))
         .expect("client key")
         .to_owned();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_keygate"));
+    let mut serve = Command::new(keygate_exe());
     serve
         .arg("--config")
         .arg(&config)
@@ -750,7 +757,7 @@ async fn instructions_per_request(
             "floor listening on"
         } else {
             command
-                .arg(env!("CARGO_BIN_EXE_keygate"))
+                .arg(keygate_exe())
                 .arg("--config")
                 .arg(config)
                 .arg("serve")
