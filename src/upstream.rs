@@ -328,15 +328,14 @@ impl OriginPool {
         None
     }
 
-    /// Not polled here: [`OriginPool::checkout`] polls it anyway before
-    /// reuse, and one poll of hyper's connection costs about what the rest
-    /// of the checkout does.
     fn put(&self, conn: Box<Connection>) {
-        // Full: the connection is dropped, which closes it.
-        let _ = self.idle.push(Idle {
-            conn,
-            since: Instant::now(),
-        });
+        if let Some(conn) = conn.poll_idle() {
+            // Full: the connection is dropped, which closes it.
+            let _ = self.idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
     }
 
     /// Closes connections idle too long or closed by the upstream.
