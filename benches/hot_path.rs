@@ -133,6 +133,25 @@ fn request_stages(c: &mut Criterion) {
             guard.observe(black_box(&request)).is_ok()
         })
     });
+    // The shape SDKs send: the model after a long `messages` array.
+    let chat = format!(
+        "{{\"messages\":[{{\"role\":\"system\",\"content\":\"You are terse.\"}},{{\"role\":\"user\",\"content\":\"{}\"}}],\"model\":\"gpt-4o-mini\",\"temperature\":0.2,\"stream\":false}}",
+        "Summarise the following text in one sentence. ".repeat(18)
+    )
+    .into_bytes();
+    c.bench_function(
+        "request body: skim for model + stream fields (1 KB chat body)",
+        |b| {
+            b.iter(|| {
+                let fields = keygate::json_skim::chat_fields(black_box(&chat));
+                keygate::route::model_of(Some(&chat), fields.as_ref()).is_some()
+            })
+        },
+    );
+    c.bench_function(
+        "request body: serde's typed read of the model (same body)",
+        |b| b.iter(|| keygate::route::model_of(Some(black_box(&chat)), None).is_some()),
+    );
     let echo = br#"{"error":{"message":"Incorrect API key provided: sk-bench-key_a-0123456789abcdefghijklmnopqrstuvwxyz. You can find your API key at https://platform.openai.com/account/api-keys.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
     c.bench_function("scrub: mask key echoes in a 250-byte error body", |b| {
         b.iter(|| {
