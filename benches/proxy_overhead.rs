@@ -362,6 +362,34 @@ fn keygate(config: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Stri
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `keygate serve` on `config`, as `command` starts keygate (the binary
+/// itself, or valgrind running it).
+fn keygate_serve(mut command: Command, config: &std::path::Path) -> Command {
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env("RUST_LOG", "warn");
+    with_workers(command)
+}
+
+/// The floor in front of the mock, as `command` starts this bench binary.
+fn floor_serve(mut command: Command, mock_addr: &str, client_key: &str) -> Command {
+    command
+        .env("KEYGATE_BENCH_ROLE", "floor")
+        .env("FLOOR_UPSTREAM", format!("http://{mock_addr}"))
+        .env("FLOOR_CLIENT_KEY", client_key);
+    with_workers(command)
+}
+
+/// BENCH_KEYGATE_WORKERS=1|2: the proxies' tokio worker threads (default: one per core).
+fn with_workers(mut command: Command) -> Command {
+    if let Ok(workers) = std::env::var("BENCH_KEYGATE_WORKERS") {
+        command.env("TOKIO_WORKER_THREADS", workers);
+    }
+    command
+}
+
 /// The keygate under test: this build's, or `BENCH_KEYGATE_BIN` (an older
 /// build, to compare two in the same conditions).
 fn keygate_exe() -> std::ffi::OsString {
@@ -570,28 +598,16 @@ async fn bench(run_for: Duration, connections: usize) {
         .find(|w| w.starts_with("kg_"))
         .expect("client key")
         .to_owned();
-    let mut serve = Command::new(keygate_exe());
-    serve
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .env("RUST_LOG", "warn");
-    // BENCH_KEYGATE_WORKERS=1|2: keygate's tokio worker threads (default: one per core).
-    if let Ok(workers) = std::env::var("BENCH_KEYGATE_WORKERS") {
-        serve.env("TOKIO_WORKER_THREADS", workers);
-    }
+    let serve = keygate_serve(Command::new(keygate_exe()), &config);
     let (keygate_proc, lines) = spawn_reading(serve, "listener");
     let keygate_addr = addr_after(&lines, "client listener on");
     let keygate_pid = keygate_proc.0.id();
     let mock_pid = mock.0.id();
-    let mut floor_cmd = Command::new(std::env::current_exe().expect("exe"));
-    floor_cmd
-        .env("KEYGATE_BENCH_ROLE", "floor")
-        .env("FLOOR_UPSTREAM", format!("http://{mock_addr}"))
-        .env("FLOOR_CLIENT_KEY", &client_key);
-    if let Ok(workers) = std::env::var("BENCH_KEYGATE_WORKERS") {
-        floor_cmd.env("TOKIO_WORKER_THREADS", workers);
-    }
+    let floor_cmd = floor_serve(
+        Command::new(std::env::current_exe().expect("exe")),
+        &mock_addr,
+        &client_key,
+    );
     let (floor_proc, lines) = spawn_reading(floor_cmd, "floor listening");
     let floor_addr = addr_after(&lines, "floor listening on");
     let floor_pid = floor_proc.0.id();
@@ -748,24 +764,20 @@ async fn instructions_per_request(
         command
             .arg("--tool=callgrind")
             .arg(format!("--callgrind-out-file={}", out.display()));
-        let marker = if name == "floor" {
-            command
-                .arg(std::env::current_exe().expect("exe"))
-                .env("KEYGATE_BENCH_ROLE", "floor")
-                .env("FLOOR_UPSTREAM", format!("http://{mock_addr}"))
-                .env("FLOOR_CLIENT_KEY", client_key);
-            "floor listening on"
+        // spawn_reading's "listener" waits for both of keygate's listener lines.
+        let (command, wait_for, marker) = if name == "floor" {
+            command.arg(std::env::current_exe().expect("exe"));
+            let command = floor_serve(command, mock_addr, client_key);
+            (command, "floor listening on", "floor listening on")
         } else {
-            command
-                .arg(keygate_exe())
-                .arg("--config")
-                .arg(config)
-                .arg("serve")
-                .env("RUST_LOG", "warn");
-            "client listener on"
+            command.arg(keygate_exe());
+            (
+                keygate_serve(command, config),
+                "listener",
+                "client listener on",
+            )
         };
-        let (proc, lines) =
-            spawn_reading(command, if name == "floor" { marker } else { "listener" });
+        let (proc, lines) = spawn_reading(command, wait_for);
         let url = format!("http://{}/v1/chat/completions", addr_after(&lines, marker));
         let pid = proc.0.id().to_string();
         let mut per = Vec::new();

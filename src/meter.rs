@@ -220,13 +220,18 @@ pub fn ask_for_usage(
         return None;
     }
     match skimmed {
+        // Settled only where the full parse below would also leave the body
+        // alone; anything odd in the two values goes on to it.
         Some(fields) => {
-            let parse = |raw: Option<&[u8]>| raw.and_then(|v| serde_json::from_slice(v).ok());
-            let fields = StreamFields {
-                stream: parse(fields.stream),
-                stream_options: parse(fields.stream_options),
-            };
-            if !fields.would_change() {
+            let streams = fields
+                .stream
+                .and_then(|v| serde_json::from_slice::<bool>(v).ok())
+                == Some(true);
+            let already_asks = fields
+                .stream_options
+                .and_then(|v| serde_json::from_slice::<StreamOptions>(v).ok())
+                .is_some_and(|options| options.include_usage == Some(true));
+            if !streams || already_asks {
                 return None;
             }
         }
@@ -248,22 +253,10 @@ pub fn ask_for_usage(
     serde_json::to_vec(&json).ok().map(bytes::Bytes::from)
 }
 
-/// The two fields [`ask_for_usage`] looks at.
-struct StreamFields {
-    stream: Option<serde_json::Value>,
-    stream_options: Option<serde_json::Value>,
-}
-
-impl StreamFields {
-    /// False only where the full parse would also leave the body alone.
-    fn would_change(&self) -> bool {
-        let is_true = |v: Option<&serde_json::Value>| v == Some(&serde_json::Value::Bool(true));
-        let asks = self
-            .stream_options
-            .as_ref()
-            .and_then(|options| options.get("include_usage"));
-        is_true(self.stream.as_ref()) && !is_true(asks)
-    }
+/// The part of `stream_options` [`ask_for_usage`] reads.
+#[derive(serde::Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
 }
 
 #[cfg(test)]
@@ -281,6 +274,8 @@ mod tests {
 
     #[test]
     fn only_streams_without_include_usage_are_rewritten() {
+        // Plain bodies are settled by the skim, not handed on.
+        assert!(crate::json_skim::chat_fields(br#"{"model":"m","stream":true}"#).is_some());
         let rewritten = ask_for_usage(br#"{"model":"m","stream":true}"#).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
         assert_eq!(json["stream_options"]["include_usage"], true);
