@@ -6,7 +6,8 @@
 //! does (the same chunks written into and read out of a socket).
 //!
 //! Run: `cargo bench --bench hot_path`
-//! (`cargo bench --bench hot_path -- sse` for the tap only.)
+//! (`cargo bench --bench hot_path -- sse` for the tap only,
+//! `-- "access log"` for the per-request log line.)
 
 // A benchmark panics loudly on a broken setup; that is its error handling.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -293,5 +294,40 @@ fn new_tap(strip: bool) -> MeterTap {
     )
 }
 
-criterion_group!(benches, request_stages, sse_tap, json_tap);
+/// The per-request log line at the default `info`, into a sink: the stock
+/// formatter against keygate's (the same text, see `log_format`).
+fn access_log(c: &mut Criterion) {
+    fn line() {
+        tracing::info!(
+            client = "app-one",
+            provider = "openai",
+            status = 200u16,
+            latency_us = 1234u64,
+            key_id = "key_0d59ba4a",
+            attempts = 1u32,
+            error = "-",
+            "request"
+        );
+    }
+    let mut group = c.benchmark_group("access log line");
+    let stock = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::with_default(stock, || {
+        group.bench_function("stock formatter", |b| b.iter(line));
+    });
+    let fast = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(std::io::sink)
+        .fmt_fields(keygate::log_format::FastFields)
+        .with_timer(keygate::log_format::CachedUtcTime)
+        .finish();
+    tracing::subscriber::with_default(fast, || {
+        group.bench_function("keygate's formatter", |b| b.iter(line));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, request_stages, sse_tap, json_tap, access_log);
 criterion_main!(benches);

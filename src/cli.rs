@@ -193,5 +193,7 @@ fn init_logging(env: &[(String, String)]) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
+        .fmt_fields(crate::log_format::FastFields)
+        .with_timer(crate::log_format::CachedUtcTime)
         .try_init();
 }

@@ -27,6 +27,7 @@
 //! - [`limits`]: per-client rpm / tpm / token budget (reserve, then settle)
 //! - [`meter`]: per-client usage (SSE/JSON tap, counters, SQLite ledger)
 //! - [`metrics`]: every metric name, on a registry the process owns
+//! - [`log_format`]: the stock log line's text, formatted without `core::fmt` where it can be
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`
 //! - [`state`], [`reload`]: the shared snapshot and its single writer
 //! - [`shutdown`]: the stop signal every task is handed
@@ -44,6 +45,7 @@ pub mod head_guard;
 pub mod json_skim;
 pub mod keys;
 pub mod limits;
+pub mod log_format;
 pub mod meter;
 pub mod metrics;
 pub mod proxy;

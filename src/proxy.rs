@@ -345,7 +345,7 @@ fn record(shared: &Shared, ctx: &mut RequestContext, status: StatusCode, started
         client,
         provider,
         status = status.as_u16(),
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
         key_id = ctx.key_id.as_deref().unwrap_or("-"),
         attempts = ctx.attempts,
         error = ctx.error.unwrap_or("-"),

@@ -544,3 +544,59 @@ async fn upstream_connections_answering_with_empty_bodies_are_reused_too() {
         "an empty upstream body must not cost its connection"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_request_logs_one_access_line() {
+    let env = Env::start().await;
+    let ok = env.server.send(env.chat("gpt-4o")).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let refused = env
+        .server
+        .send(
+            Req::post("/v1/chat/completions")
+                .bearer("kg_not_a_key")
+                .json(&chat_body("gpt-4o")),
+        )
+        .await;
+    assert_eq!(refused.status, 401, "{}", refused.text());
+
+    let log = env.server.stderr();
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" INFO keygate::proxy: request "))
+        .collect();
+    assert_eq!(access.len(), 2, "one line per request:\n{log}");
+    // RFC 3339 UTC with microseconds, then the fields in a fixed order.
+    for line in &access {
+        let stamp = line.split(' ').next().unwrap_or_default();
+        assert_eq!(stamp.len(), 27, "{line}");
+        assert!(
+            stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "{line}"
+        );
+    }
+    let latency_of = |line: &str| -> Option<u64> {
+        let rest = line.split(" latency_us=").nth(1)?;
+        rest.split(' ').next()?.parse().ok()
+    };
+    let served = access[0];
+    assert!(
+        served.contains(r#"request client="app" provider="openai" status=200 latency_us="#),
+        "{served}"
+    );
+    assert!(
+        served.contains(r#" key_id="key_"#) && served.ends_with(r#" attempts=1 error="-""#),
+        "{served}"
+    );
+    assert!(latency_of(served).is_some(), "{served}");
+    let denied = access[1];
+    assert!(
+        denied.contains(r#"request client="-" provider="-" status=401 latency_us="#),
+        "{denied}"
+    );
+    assert!(
+        denied.ends_with(r#" key_id="-" attempts=0 error="invalid_client_key""#),
+        "{denied}"
+    );
+    assert!(latency_of(denied).is_some(), "{denied}");
+}
