@@ -30,9 +30,10 @@ impl From<RawUsage> for Usage {
         Usage {
             prompt: raw.prompt_tokens,
             completion: raw.completion_tokens,
+            // Saturating: an upstream's absurd counts must not wrap or panic.
             total: raw
                 .total_tokens
-                .unwrap_or(raw.prompt_tokens + raw.completion_tokens),
+                .unwrap_or(raw.prompt_tokens.saturating_add(raw.completion_tokens)),
         }
     }
 }
@@ -150,5 +151,12 @@ mod tests {
                 total: 8
             })
         );
+    }
+
+    #[test]
+    fn absurd_counts_saturate_the_total() {
+        let body = br#"{"prompt_tokens":18446744073709551615,"completion_tokens":1}"#;
+        let found = parse_object_prefix(body).map(|(usage, _)| usage.total);
+        assert_eq!(found, Some(u64::MAX));
     }
 }
