@@ -317,11 +317,8 @@ fn access_log(c: &mut Criterion) {
     tracing::subscriber::with_default(stock, || {
         group.bench_function("stock formatter", |b| b.iter(line));
     });
-    let fast = tracing_subscriber::fmt()
-        .with_ansi(false)
+    let fast = keygate::log_format::builder()
         .with_writer(std::io::sink)
-        .fmt_fields(keygate::log_format::FastFields)
-        .with_timer(keygate::log_format::CachedUtcTime)
         .finish();
     tracing::subscriber::with_default(fast, || {
         group.bench_function("keygate's formatter", |b| b.iter(line));

@@ -189,11 +189,8 @@ fn init_logging(env: &[(String, String)]) {
         .map_or("info", |(_, v)| v.as_str());
     let filter = tracing_subscriber::EnvFilter::try_new(directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let _ = crate::log_format::builder()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .fmt_fields(crate::log_format::FastFields)
-        .with_timer(crate::log_format::CachedUtcTime)
         .try_init();
 }
