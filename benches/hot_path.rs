@@ -106,8 +106,7 @@ fn request_stages(c: &mut Criterion) {
     let key = &ring.keys()[0];
     c.bench_function("forward: upstream URI + outbound header rewrite", |b| {
         b.iter(|| {
-            let uri = keygate::forward::upstream_uri(provider, "/v1/chat/completions", None)
-                .expect("uri");
+            let uri = provider.url("/v1/chat/completions", None).expect("uri");
             keygate::forward::outbound_request(
                 &Method::POST,
                 uri,

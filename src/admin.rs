@@ -144,9 +144,9 @@ impl From<rotate::RotateError> for AdminError {
     fn from(error: rotate::RotateError) -> Self {
         match error {
             rotate::RotateError::Op(op) => op.into(),
-            rotate::RotateError::Rejected { .. } | rotate::RotateError::Inconclusive { .. } => {
-                AdminError::Conflict(error.to_string())
-            }
+            rotate::RotateError::Rejected { .. }
+            | rotate::RotateError::Exhausted { .. }
+            | rotate::RotateError::Inconclusive { .. } => AdminError::Conflict(error.to_string()),
             other => AdminError::Failed(other.to_string()),
         }
     }
@@ -353,11 +353,11 @@ async fn rotate_key(
     })?;
     if body.verify {
         let upstream_provider = &shared.config.providers[provider];
-        let verdict =
+        let check =
             verify::verify(&shared.upstream, upstream_provider, &secret, VERIFY_TIMEOUT).await;
         tokio::task::block_in_place(|| {
             let control = shared.control();
-            rotate::settle_verdict(control.vault(), control.kek(), &pending, verdict)
+            rotate::settle_verdict(control.vault(), control.kek(), &pending, check)
         })?;
     }
     let grace_until = crate::unix_now().saturating_add(grace.as_secs());
@@ -404,13 +404,15 @@ fn list_keys(shared: &Shared) -> Result<serde_json::Value, AdminError> {
             .keys
             .iter()
             .map(|k| {
-                let healthy = snapshot
+                let health = snapshot
                     .rings
                     .get(&k.provider)
                     .and_then(|r| r.keys().iter().find(|rk| *rk.id == *k.id))
-                    .map(|rk| rk.health.healthy_gauge(now_ms) == 1);
+                    .map(|rk| &rk.health);
                 let mut summary = k.summary(now, rotate_after);
-                summary["healthy"] = serde_json::json!(healthy);
+                summary["healthy"] =
+                    serde_json::json!(health.map(|h| h.healthy_gauge(now_ms) == 1));
+                summary["health"] = serde_json::json!(health.map(|h| h.state_name(now_ms)));
                 summary
             })
             .collect(),

@@ -14,6 +14,8 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer};
 
+pub use crate::providers::Kind;
+
 /// The embedded default configuration (the documented `config/keygate.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../config/keygate.toml");
 
@@ -145,6 +147,9 @@ pub struct KeysConfig {
     /// First cooldown of a rejected key.
     #[serde(deserialize_with = "duration")]
     pub suspect_cooldown: Duration,
+    /// How long a key whose account is out of credit rests before a probe.
+    #[serde(deserialize_with = "duration")]
+    pub exhausted_cooldown: Duration,
     /// Default grace of `previous` after a rotation.
     #[serde(deserialize_with = "duration")]
     pub default_grace: Duration,
@@ -173,14 +178,14 @@ pub enum AuthStyle {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
+    kind: Option<Kind>,
     base_url: Option<String>,
-    #[serde(default = "default_auth")]
-    auth: AuthStyle,
+    auth: Option<AuthStyle>,
     prefix: Option<String>,
-}
-
-fn default_auth() -> AuthStyle {
-    AuthStyle::Bearer
+    organization: Option<String>,
+    project: Option<String>,
+    #[serde(default)]
+    allow_client_org_headers: bool,
 }
 
 /// One upstream provider.
@@ -192,10 +197,42 @@ pub struct Provider {
     pub origin: http::uri::Uri,
     /// Path the upstream lives under (`""` or e.g. `/openai`), no trailing slash.
     pub base_path: String,
+    /// What the upstream is (sets the defaults below and how its answers are read).
+    pub kind: Kind,
     /// Header style for the key.
     pub auth: AuthStyle,
     /// Client path prefix (`/openai`), no trailing slash.
     pub prefix: String,
+    /// Sent as `OpenAI-Organization` (the operator's choice, never the client's).
+    pub organization: Option<http::HeaderValue>,
+    /// Sent as `OpenAI-Project`.
+    pub project: Option<http::HeaderValue>,
+    /// Pass the client's own `OpenAI-Organization` / `OpenAI-Project` through.
+    pub allow_client_org_headers: bool,
+}
+
+impl Provider {
+    /// The upstream URI: the provider's fixed origin and base path, then
+    /// `path` (the client's `/v1/…` path, or keygate's own) and `query`.
+    /// Nothing a client sends picks the host.
+    pub fn url(&self, path: &str, query: Option<&str>) -> Option<http::Uri> {
+        let mut path_and_query = String::with_capacity(
+            self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
+        path_and_query.push_str(&self.base_path);
+        path_and_query.push_str(path);
+        if let Some(query) = query {
+            path_and_query.push('?');
+            path_and_query.push_str(query);
+        }
+        let origin = self.origin.clone().into_parts();
+        http::Uri::builder()
+            .scheme(origin.scheme?)
+            .authority(origin.authority?)
+            .path_and_query(path_and_query)
+            .build()
+            .ok()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -352,14 +389,35 @@ impl Config {
                     "providers.{name}.prefix `{prefix}` must start with `/`, be non-empty and not be `/v1`"
                 )));
             }
+            let kind = p
+                .kind
+                .or_else(|| Kind::named(&name))
+                .unwrap_or(Kind::Generic);
+            let header = |field: &str, value: Option<String>| {
+                value
+                    .map(|v| {
+                        http::HeaderValue::try_from(v.trim()).map_err(|_| {
+                            semantic(format!(
+                                "providers.{name}.{field} is not a valid header value"
+                            ))
+                        })
+                    })
+                    .transpose()
+            };
+            let organization = header("organization", p.organization)?;
+            let project = header("project", p.project)?;
             providers.insert(
                 name.clone(),
                 Provider {
+                    auth: p.auth.unwrap_or(kind.default_auth()),
+                    kind,
                     name,
                     origin,
                     base_path,
-                    auth: p.auth,
                     prefix,
+                    organization,
+                    project,
+                    allow_client_org_headers: p.allow_client_org_headers,
                 },
             );
         }

@@ -76,29 +76,9 @@ fn keep_end_to_end(headers: &mut HeaderMap, also_drop: &[&str]) {
     }
 }
 
-/// The upstream URI: the provider's fixed origin and base path, then the
-/// client's `/v1/…` path and query. Nothing the client sent picks the host.
-pub fn upstream_uri(provider: &Provider, path: &str, query: Option<&str>) -> Option<Uri> {
-    let mut path_and_query = String::with_capacity(
-        provider.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
-    );
-    path_and_query.push_str(&provider.base_path);
-    path_and_query.push_str(path);
-    if let Some(query) = query {
-        path_and_query.push('?');
-        path_and_query.push_str(query);
-    }
-    let origin = provider.origin.clone().into_parts();
-    Uri::builder()
-        .scheme(origin.scheme?)
-        .authority(origin.authority?)
-        .path_and_query(path_and_query)
-        .build()
-        .ok()
-}
-
 /// The outbound request for one attempt with `key`.
 pub fn outbound_request(
+    provider: &Provider,
     method: &http::Method,
     uri: Uri,
     client_headers: &HeaderMap,
@@ -108,6 +88,17 @@ pub fn outbound_request(
     // Cloned per attempt: a retry starts again from the client's headers.
     let mut headers = client_headers.clone();
     keep_end_to_end(&mut headers, &["x-forwarded-host", "forwarded"]);
+    // Which organisation and project a key bills is the operator's choice.
+    if !provider.allow_client_org_headers {
+        headers.remove("openai-organization");
+        headers.remove("openai-project");
+    }
+    if let Some(organization) = &provider.organization {
+        headers.insert("openai-organization", organization.clone());
+    }
+    if let Some(project) = &provider.project {
+        headers.insert("openai-project", project.clone());
+    }
     headers.insert(key.header_name.clone(), key.header_value.clone());
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();
@@ -155,30 +146,70 @@ fn response_headers(mut headers: HeaderMap, ring: &KeyRing) -> HeaderMap {
 /// Error bodies this small are read whole so key echoes can be masked.
 const SCRUB_LIMIT: usize = 64 * 1024;
 
-/// An upstream error answer (4xx/5xx) for the client, with every fragment of
-/// an upstream key masked out of its headers and body (OpenAI-style errors
-/// quote the key they refused). Bodies over 64 KiB stream unscrubbed.
-pub async fn scrubbed_error_response(
-    upstream: Response<UpstreamBody>,
-    ring: &KeyRing,
-    idle: Duration,
-    active: ActiveGuard,
-) -> Response<ResponseBody> {
+/// An upstream error answer, its body read (up to [`SCRUB_LIMIT`]) so the
+/// retry loop can ask the provider's kind what it says about the key before
+/// anything reaches the client.
+pub struct ErrorAnswer {
+    /// Status and headers as the upstream sent them.
+    pub parts: http::response::Parts,
+    /// The body.
+    pub body: ErrorBody,
+}
+
+/// The body of an [`ErrorAnswer`].
+pub enum ErrorBody {
+    /// Read whole.
+    Read(Vec<u8>),
+    /// Larger than [`SCRUB_LIMIT`], failed, or too slow: never passed on unread.
+    Unreadable,
+}
+
+impl ErrorAnswer {
+    /// The body's bytes, when it was read.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match &self.body {
+            ErrorBody::Read(bytes) => Some(bytes),
+            ErrorBody::Unreadable => None,
+        }
+    }
+}
+
+/// Reads an upstream error answer's body, waiting at most `idle` for it.
+pub async fn read_error_body(upstream: Response<UpstreamBody>, idle: Duration) -> ErrorAnswer {
     let declared = upstream
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > SCRUB_LIMIT) {
-        return client_response(upstream, ring, idle, active, None);
-    }
     let (parts, incoming) = upstream.into_parts();
+    if declared.is_some_and(|len| len > SCRUB_LIMIT) {
+        return ErrorAnswer {
+            parts,
+            body: ErrorBody::Unreadable,
+        };
+    }
     let limited = http_body_util::Limited::new(incoming, SCRUB_LIMIT);
     let collected = tokio::time::timeout(idle, http_body_util::BodyExt::collect(limited)).await;
-    let mut body = match collected {
-        Ok(Ok(collected)) => collected.to_bytes().to_vec(),
+    let body = match collected {
+        Ok(Ok(collected)) => ErrorBody::Read(collected.to_bytes().to_vec()),
+        _ => ErrorBody::Unreadable,
+    };
+    ErrorAnswer { parts, body }
+}
+
+/// An upstream error answer (4xx/5xx) for the client, with every fragment of
+/// an upstream key masked out of its headers and body (OpenAI-style errors
+/// quote the key they refused).
+pub fn scrubbed_error_response(
+    answer: ErrorAnswer,
+    ring: &KeyRing,
+    active: ActiveGuard,
+) -> Response<ResponseBody> {
+    let ErrorAnswer { parts, body } = answer;
+    let mut body = match body {
+        ErrorBody::Read(body) => body,
         // Unreadable or oversized: the status and headers still go through.
-        _ => b"{\"error\":{\"message\":\"upstream error body could not be read\",\"type\":\"upstream_error\",\"code\":\"upstream_unavailable\"}}".to_vec(),
+        ErrorBody::Unreadable => b"{\"error\":{\"message\":\"upstream error body could not be read\",\"type\":\"upstream_error\",\"code\":\"upstream_unavailable\"}}".to_vec(),
     };
     if ring.mask_echoes(&mut body) {
         tracing::warn!(

@@ -19,6 +19,8 @@
 //! - [`keys`]: upstream key rings built from the vault, and key selection
 //! - [`server`]: listeners, connections, TLS, timeouts, graceful drain
 //! - [`head_guard`]: refuses bare LF in HTTP/1 request heads before hyper parses them
+//! - [`providers`]: what is known about each provider kind: auth default, verify request,
+//!   and what an upstream answer says about the key (rejected / out of credit / rate limited)
 //! - [`proxy`]: the conductor of one request
 //! - [`auth`], [`route`], [`body`], [`forward`]: the stages it calls in order
 //! - [`json_skim`]: a few top-level fields of a JSON body, without parsing the rest
@@ -48,6 +50,7 @@ pub mod limits;
 pub mod log_format;
 pub mod meter;
 pub mod metrics;
+pub mod providers;
 pub mod proxy;
 pub mod reload;
 pub mod route;

@@ -24,7 +24,7 @@ pub struct Metrics {
     pub active_requests: IntGaugeVec,
     /// `keygate_vault_reloads_total{result}`.
     pub vault_reloads: IntCounterVec,
-    /// `keygate_upstream_key_rejections_total{provider,key_id}`.
+    /// `keygate_upstream_key_rejections_total{provider,key_id,reason}`.
     pub key_rejections: IntCounterVec,
     /// `keygate_fallback_retries_total{provider,reason}`.
     pub fallback_retries: IntCounterVec,
@@ -96,9 +96,9 @@ impl Metrics {
         let key_rejections = IntCounterVec::new(
             Opts::new(
                 "keygate_upstream_key_rejections_total",
-                "Upstream 401/402/403 answers, by key.",
+                "Upstream answers against a key, by key and reason (rejected, exhausted, rate_limited).",
             ),
-            &["provider", "key_id"],
+            &["provider", "key_id", "reason"],
         );
         let fallback_retries = IntCounterVec::new(
             Opts::new(

@@ -1,7 +1,8 @@
 //! The conductor: one client request, top to bottom.
 //!
 //! snapshot once → authenticate → route by path → receive body → route by model
-//! → key ring → forward ⇄ retry with the next key on 401/402/403 → stream back.
+//! → key ring → forward ⇄ retry with the next key when the provider's kind says
+//! the key was rejected, is out of credit or rate limited → stream back.
 //!
 //! Stages are plain functions in their own modules, called here in order; none
 //! calls another. The only loop is forward ⇄ retry, and it only runs before any
@@ -10,20 +11,22 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::auth;
 use crate::body::{self, BodyLimits, RequestBody};
+use crate::config::Provider;
 use crate::error::ProxyError;
 use crate::forward::{self, ResponseBody};
-use crate::keys::{health, KeyRing};
+use crate::keys::{health, KeyRing, Pick};
 use crate::limits::{self, Reservation};
 use crate::meter::tap::MeterTap;
 use crate::meter::{Outcome, UsageCounters, UsageKey};
 use crate::metrics::{ActiveGuard, ProviderMetrics};
+use crate::providers::{KeyVerdict, ProviderError};
 use crate::route::{self, PathMatch};
 use crate::state::Shared;
 use crate::upstream::SendError;
@@ -124,7 +127,7 @@ async fn conduct(
             .admit(&client.name, client.limits, estimate, crate::unix_now())?;
     // Ask for the usage chunk on the client's behalf, and hide it from them.
     let mut strip_usage_chunk = false;
-    if config.metering.stream_usage {
+    if config.metering.stream_usage && provider.kind.has_stream_usage_option() {
         let rewritten = body
             .buffered()
             .and_then(|b| crate::meter::ask_for_usage(b, skimmed.as_ref()));
@@ -142,12 +145,12 @@ async fn conduct(
         .ok_or_else(|| ProxyError::NoUpstreamKey {
             provider: provider.name.clone(),
         })?;
-    let uri = forward::upstream_uri(provider, path, parts.uri.query())
+    let uri = provider
+        .url(path, parts.uri.query())
         .ok_or_else(|| ProxyError::UnknownRoute(parts.uri.path().to_owned()))?;
 
     // Forward ⇄ retry: each key at most once, and only before any response
     // byte has gone to the client.
-    let metrics = &shared.metrics;
     let timeout = config.server.upstream_first_byte_timeout;
     let mut tried = 0u64;
     loop {
@@ -164,6 +167,7 @@ async fn conduct(
         ctx.key_id = Some(key.id.clone());
 
         let outbound = forward::outbound_request(
+            provider,
             &parts.method,
             uri.clone(),
             &parts.headers,
@@ -192,75 +196,34 @@ async fn conduct(
             .observe(sent.elapsed().as_secs_f64());
         let status = upstream.status();
         let another_key_left = ring.pick_would_find(tried) && body.buffered().is_some();
-
-        if is_key_rejection(status) {
-            let (cooldown, was_healthy) = key.health.record_rejection(
-                config.keys.suspect_cooldown,
-                health::now_ms(),
-                pick.probe,
-            );
-            metrics
-                .key_rejections
-                .with_label_values(&[provider.name.as_str(), &*key.id])
-                .inc();
-            metrics
-                .key_healthy
-                .with_label_values(&[provider.name.as_str(), &*key.id])
-                .set(0);
-            tracing::warn!(
-                provider = %provider.name,
-                key_id = %key.id,
-                status = status.as_u16(),
-                probe = pick.probe,
-                first_failure = was_healthy,
-                cooldown_s = cooldown.as_secs(),
-                "UPSTREAM REJECTED KEY {} of provider {} ({}); it is suspect for {:?}{}",
-                key.id,
-                provider.name,
-                status,
-                cooldown,
-                if another_key_left { ", retrying with the next key" } else { "" }
-            );
-            if !another_key_left {
-                return Err(rejected());
+        // An error's body is read (it is scrubbed before the client sees it
+        // anyway), so the provider's kind can judge it before anything is sent.
+        let answer = if status.is_client_error() || status.is_server_error() {
+            Err(forward::read_error_body(upstream, limits.idle).await)
+        } else {
+            Ok(upstream)
+        };
+        let verdict = judge_answer(
+            shared,
+            provider,
+            &pick,
+            status,
+            answer.as_ref().err(),
+            another_key_left,
+        );
+        match verdict {
+            KeyVerdict::Rejected if !another_key_left => return Err(rejected()),
+            KeyVerdict::Rejected | KeyVerdict::OutOfCredit | KeyVerdict::RateLimited
+                if another_key_left =>
+            {
+                continue
             }
-            metrics
-                .fallback_retries
-                .with_label_values(&[&provider.name, "401"])
-                .inc();
-            continue;
+            _ => {}
         }
-        if status == StatusCode::TOO_MANY_REQUESTS && another_key_left {
-            let retry_after = retry_after(upstream.headers());
-            key.health
-                .record_rate_limited(retry_after, health::now_ms());
-            metrics
-                .fallback_retries
-                .with_label_values(&[&provider.name, "429"])
-                .inc();
-            tracing::info!(
-                provider = %provider.name,
-                key_id = %key.id,
-                cooling_s = retry_after.as_secs(),
-                "upstream rate-limited key {}; cooling it and trying the next key",
-                key.id
-            );
-            continue;
-        }
-        if pick.probe {
-            if status.is_success() && key.health.record_success() {
-                metrics
-                    .key_healthy
-                    .with_label_values(&[provider.name.as_str(), &*key.id])
-                    .set(1);
-                tracing::info!(provider = %provider.name, key_id = %key.id, "key {} accepted again: healthy", key.id);
-            } else {
-                key.health.end_probe();
-            }
-        }
-        if status.is_client_error() || status.is_server_error() {
-            return Ok(forward::scrubbed_error_response(upstream, ring, limits.idle, active).await);
-        }
+        let upstream = match answer {
+            Ok(upstream) => upstream,
+            Err(error) => return Ok(forward::scrubbed_error_response(error, ring, active)),
+        };
         let tap = ctx.usage.take().map(|counters| {
             MeterTap::new(
                 counters,
@@ -287,19 +250,144 @@ async fn conduct(
     }
 }
 
-/// `Retry-After` in seconds (default 1 s, at most an hour).
-fn retry_after(headers: &http::HeaderMap) -> std::time::Duration {
-    let secs = headers
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(1);
-    std::time::Duration::from_secs(secs.clamp(1, 3600))
+/// Asks the provider's kind what an upstream answer says about the key that
+/// was sent, and does the bookkeeping that follows: the key's health, the
+/// metrics and one log line per transition (key ids only, never a secret).
+/// The conductor decides only what to do next: send again, or answer.
+fn judge_answer(
+    shared: &Shared,
+    provider: &Provider,
+    pick: &Pick<'_>,
+    status: StatusCode,
+    error: Option<&forward::ErrorAnswer>,
+    another_key_left: bool,
+) -> KeyVerdict {
+    let kind = provider.kind;
+    let provider_error = error
+        .filter(|_| kind.reads_body(status.as_u16()))
+        .and_then(forward::ErrorAnswer::bytes)
+        .map(ProviderError::parse)
+        .unwrap_or_default();
+    let verdict = kind.judge(status.as_u16(), &provider_error);
+    let key = pick.key;
+    let metrics = &shared.metrics;
+    let labels = [provider.name.as_str(), &*key.id];
+    let now = health::now_ms();
+    let next = if another_key_left {
+        ", retrying with the next key"
+    } else {
+        ""
+    };
+    match verdict {
+        KeyVerdict::Accepted | KeyVerdict::Unrelated => {
+            if pick.probe {
+                if verdict == KeyVerdict::Accepted && key.health.record_success() {
+                    metrics.key_healthy.with_label_values(&labels).set(1);
+                    tracing::info!(provider = %provider.name, key_id = %key.id, "key {} accepted again: healthy", key.id);
+                } else {
+                    key.health.end_probe();
+                }
+            }
+            return verdict;
+        }
+        KeyVerdict::Rejected => {
+            let (cooldown, was_healthy) =
+                key.health
+                    .record_rejection(shared.config.keys.suspect_cooldown, now, pick.probe);
+            metrics.key_healthy.with_label_values(&labels).set(0);
+            tracing::warn!(
+                provider = %provider.name,
+                key_id = %key.id,
+                status = status.as_u16(),
+                probe = pick.probe,
+                first_failure = was_healthy,
+                cooldown_s = cooldown.as_secs(),
+                "UPSTREAM REJECTED KEY {} of provider {} ({}); it is suspect for {:?}{}",
+                key.id,
+                provider.name,
+                status,
+                cooldown,
+                next
+            );
+        }
+        KeyVerdict::OutOfCredit => {
+            let rest = shared.config.keys.exhausted_cooldown;
+            let first = key.health.record_exhausted(rest, now, pick.probe);
+            metrics.key_healthy.with_label_values(&labels).set(0);
+            tracing::warn!(
+                provider = %provider.name,
+                key_id = %key.id,
+                status = status.as_u16(),
+                probe = pick.probe,
+                first_failure = first,
+                rest_s = rest.as_secs(),
+                "KEY {} of provider {} IS OUT OF CREDIT ({}): the account behind it must be topped up; it rests for {:?}{}",
+                key.id,
+                provider.name,
+                status,
+                rest,
+                next
+            );
+        }
+        KeyVerdict::RateLimited => {
+            if pick.probe {
+                key.health.end_probe();
+            }
+            if another_key_left {
+                let headers = error.map(|e| &e.parts.headers);
+                let cooling = headers.map_or(Duration::from_secs(1), retry_after);
+                key.health.record_rate_limited(cooling, now);
+                tracing::info!(
+                    provider = %provider.name,
+                    key_id = %key.id,
+                    cooling_s = cooling.as_secs(),
+                    "upstream rate-limited key {}; cooling it and trying the next key",
+                    key.id
+                );
+            }
+        }
+    }
+    metrics
+        .key_rejections
+        .with_label_values(&[provider.name.as_str(), &*key.id, verdict.reason()])
+        .inc();
+    if another_key_left {
+        let reason = match verdict {
+            KeyVerdict::OutOfCredit => "402",
+            KeyVerdict::RateLimited => "429",
+            _ => "401",
+        };
+        metrics
+            .fallback_retries
+            .with_label_values(&[&provider.name, reason])
+            .inc();
+    }
+    verdict
 }
 
-/// 401 invalid/revoked, 402 billing, 403 permission: the key, not the request.
-fn is_key_rejection(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 401..=403)
+/// How long a rate-limited key cools: `Retry-After` (seconds), else
+/// `retry-after-ms`, else OpenAI's `x-ratelimit-reset-requests` duration
+/// (`"1s"`, `"6m0s"`); default 1 s, at most an hour.
+fn retry_after(headers: &http::HeaderMap) -> Duration {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let cooling = text("retry-after")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .or_else(|| {
+            text("retry-after-ms")
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_millis)
+        })
+        .or_else(|| {
+            text("x-ratelimit-reset-requests").and_then(|v| humantime::parse_duration(v).ok())
+        })
+        .unwrap_or(Duration::from_secs(1));
+    cooling.clamp(Duration::from_secs(1), Duration::from_secs(3600))
 }
 
 fn send_failure(provider: &str, body: &RequestBody, limit: u64, error: &SendError) -> ProxyError {

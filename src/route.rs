@@ -124,8 +124,12 @@ fn unreachable_provider() -> &'static Provider {
         name: "none".into(),
         origin: http::Uri::from_static("http://127.0.0.1:9/"),
         base_path: String::new(),
+        kind: crate::providers::Kind::Generic,
         auth: crate::config::AuthStyle::Bearer,
         prefix: "/none".into(),
+        organization: None,
+        project: None,
+        allow_client_org_headers: false,
     })
 }
 

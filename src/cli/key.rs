@@ -4,7 +4,7 @@
 use clap::Subcommand;
 
 use super::{format_age, format_time, read_secret_from_stdin, CliError, Context};
-use crate::keys::verify::{self, Verdict};
+use crate::keys::verify;
 use crate::keys::{ops, rotate};
 use crate::upstream::Upstream;
 use crate::vault::document::{KeyState, UpstreamKey};
@@ -40,10 +40,15 @@ pub enum KeyCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         grace: Option<std::time::Duration>,
     },
-    /// Check keys against the upstream (GET /v1/models) and explain each failure.
+    /// Check each key against the provider's cheap authenticated endpoint and
+    /// give a verdict (ok, rejected, exhausted, inconclusive) with the provider's
+    /// own code, what it means and the fix. Exit 0 only when every key is ok.
     Verify {
         /// Only this provider.
         provider: Option<String>,
+        /// One JSON array of rows instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Make a pending or previous key current (the current one becomes previous).
     Promote {
@@ -101,7 +106,7 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             no_verify,
             grace,
         ),
-        KeyCommand::Verify { provider } => verify(context, provider.as_deref()),
+        KeyCommand::Verify { provider, json } => verify(context, provider.as_deref(), json),
         KeyCommand::Promote {
             key_id,
             replace,
@@ -212,14 +217,14 @@ fn rotate(
     } else {
         let (runtime, upstream) = upstream_runtime(context)?;
         let upstream_provider = &context.config.providers[provider];
-        let verdict = runtime.block_on(verify::verify(
+        let check = runtime.block_on(verify::verify(
             &upstream,
             upstream_provider,
             &secret,
             VERIFY_TIMEOUT,
         ));
-        println!("keygate: {pending}: {}", verdict.describe());
-        rotate::settle_verdict(&vault, &kek, &pending, verdict).map_err(rotate_error)?;
+        println!("keygate: {pending}: {}", check.describe());
+        rotate::settle_verdict(&vault, &kek, &pending, check).map_err(rotate_error)?;
     }
     let promotion = rotate::promote(
         &vault,
@@ -245,7 +250,7 @@ fn rotate_error(error: rotate::RotateError) -> CliError {
     }
 }
 
-fn verify(context: &Context, provider: Option<&str>) -> Result<(), CliError> {
+fn verify(context: &Context, provider: Option<&str>, json: bool) -> Result<(), CliError> {
     if let Some(provider) = provider {
         context.provider(provider)?;
     }
@@ -255,6 +260,7 @@ fn verify(context: &Context, provider: Option<&str>) -> Result<(), CliError> {
     let (runtime, upstream) = upstream_runtime(context)?;
     let mut failed = 0;
     let mut accepted = Vec::new();
+    let mut rows = Vec::new();
     let candidates = loaded.document.keys.iter().filter(|k| {
         provider.is_none_or(|p| k.provider == p)
             && (k.state.is_usable() || k.state == KeyState::Pending)
@@ -268,30 +274,33 @@ fn verify(context: &Context, provider: Option<&str>) -> Result<(), CliError> {
         };
         checked += 1;
         let upstream_provider = &context.config.providers[&key.provider];
-        let verdict = runtime.block_on(verify::verify(
+        let check = runtime.block_on(verify::verify(
             &upstream,
             upstream_provider,
             secret,
             VERIFY_TIMEOUT,
         ));
-        let mark = if verdict == Verdict::Accepted {
-            "ok    "
+        if json {
+            rows.push(check.to_json(&key.id, &key.provider, key.label.as_deref()));
         } else {
-            "FAILED"
-        };
-        println!(
-            "{mark} {} {:<8} {:<9} {}: {}",
-            key.id,
-            key.provider,
-            key.state.as_str(),
-            key.fingerprint,
-            verdict.describe()
-        );
-        if verdict == Verdict::Accepted {
+            let mark = if check.is_ok() { "ok    " } else { "FAILED" };
+            println!(
+                "{mark} {} {:<8} {:<9} {}: {}",
+                key.id,
+                key.provider,
+                key.state.as_str(),
+                key.fingerprint,
+                check.describe()
+            );
+        }
+        if check.is_ok() {
             accepted.push(key.id.clone());
         } else {
             failed += 1;
         }
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
     }
     if checked == 0 {
         return Err(CliError::Runtime(

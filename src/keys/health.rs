@@ -1,10 +1,15 @@
 //! Runtime health of one upstream key, per process, in memory (DESIGN §5):
 //!
 //! ```text
-//! healthy ──401/402/403──► suspect (cooldown · 2^n, capped 1 h) ──► probe (single-flight) ──2xx──► healthy
-//!    ▲                                                                         └─401──► suspect (n+1)
-//!    └── Retry-After elapsed ◄── cooling ◄── 429 (only when the ring has another key)
+//! healthy ──key rejected──► suspect (cooldown · 2^n, capped 1 h) ──► probe (single-flight) ──2xx──► healthy
+//!    │                                                                         └─rejected──► suspect (n+1)
+//!    ├──out of credit──► exhausted (exhausted_cooldown) ──► probe (single-flight) ──2xx──► healthy
+//!    │                                                             └─out of credit──► exhausted again
+//!    └── Retry-After elapsed ◄── cooling ◄── rate limited (only when the ring has another key)
 //! ```
+//!
+//! What counts as rejected, out of credit or rate limited is the provider
+//! kind's call ([`crate::providers::Kind::judge`]), not this room's.
 //!
 //! Atomics only: read on every request, written on the rare transition. Reset
 //! when a key's secret changes (a new `KeyHealth` is made for it).
@@ -28,6 +33,8 @@ pub enum Availability {
     Healthy,
     /// Rejected recently; skip it unless nothing else is left.
     Suspect,
+    /// Its account is out of credit; skip it unless nothing else is left.
+    Exhausted,
     /// Rejected, and its cooldown is over: one request may probe it.
     ProbeDue,
     /// Rate limited; skip it until `Retry-After` passes.
@@ -42,6 +49,8 @@ pub struct KeyHealth {
     cooling_until_ms: AtomicU64,
     last_failed_ms: AtomicU64,
     probing: AtomicBool,
+    /// The last failure was "out of credit", not a rejection.
+    exhausted: AtomicBool,
 }
 
 impl KeyHealth {
@@ -49,6 +58,9 @@ impl KeyHealth {
     pub fn availability(&self, now: u64) -> Availability {
         if self.failures.load(Ordering::Relaxed) > 0 {
             if now < self.suspect_until_ms.load(Ordering::Relaxed) {
+                if self.exhausted.load(Ordering::Relaxed) {
+                    return Availability::Exhausted;
+                }
                 return Availability::Suspect;
             }
             return Availability::ProbeDue;
@@ -74,6 +86,7 @@ impl KeyHealth {
     /// The upstream accepted the key. Returns true when it was suspect before.
     pub fn record_success(&self) -> bool {
         let was_suspect = self.failures.swap(0, Ordering::AcqRel) > 0;
+        self.exhausted.store(false, Ordering::Relaxed);
         self.probing.store(false, Ordering::Release);
         was_suspect
     }
@@ -85,6 +98,7 @@ impl KeyHealth {
     /// time of the last failure, so one burst of 401s counts once. Returns the
     /// cooldown in force and whether the key was healthy before.
     pub fn record_rejection(&self, base: Duration, now: u64, probe: bool) -> (Duration, bool) {
+        self.exhausted.store(false, Ordering::Relaxed);
         self.last_failed_ms.store(now, Ordering::Relaxed);
         let first = self
             .failures
@@ -106,6 +120,36 @@ impl KeyHealth {
             self.probing.store(false, Ordering::Release);
         }
         (cooldown, first)
+    }
+
+    /// The account behind the key is out of credit: it rests for `cooldown`
+    /// (no doubling: credit comes back when someone pays, not with time), then
+    /// one request probes it. Returns whether the key was usable before.
+    pub fn record_exhausted(&self, cooldown: Duration, now: u64, probe: bool) -> bool {
+        self.last_failed_ms.store(now, Ordering::Relaxed);
+        let first = self.failures.fetch_add(1, Ordering::AcqRel) == 0;
+        let was_exhausted = self.exhausted.swap(true, Ordering::AcqRel);
+        // A burst of in-flight answers counts once; a failed probe rests it again.
+        if first || probe || !was_exhausted {
+            self.suspect_until_ms
+                .store(now + cooldown.as_millis() as u64, Ordering::Relaxed);
+        }
+        if probe {
+            self.probing.store(false, Ordering::Release);
+        }
+        first
+    }
+
+    /// The state's name for `key list`, `/admin/keys` and logs.
+    pub fn state_name(&self, now: u64) -> &'static str {
+        match self.availability(now) {
+            Availability::Healthy => "healthy",
+            Availability::Suspect => "suspect",
+            Availability::Exhausted => "exhausted",
+            Availability::ProbeDue if self.exhausted.load(Ordering::Relaxed) => "exhausted",
+            Availability::ProbeDue => "suspect",
+            Availability::Cooling => "cooling",
+        }
     }
 
     /// The upstream said 429: cool the key for `retry_after`.
@@ -153,6 +197,29 @@ mod tests {
         assert!(health.try_begin_probe());
         assert!(health.record_success());
         assert_eq!(health.availability(1_101), Availability::Healthy);
+    }
+
+    #[test]
+    fn an_empty_account_rests_then_is_probed_once() {
+        let health = KeyHealth::default();
+        let rest = Duration::from_millis(900);
+        assert!(health.record_exhausted(rest, 1_000, false));
+        // Answers that were in flight do not stretch the rest.
+        assert!(!health.record_exhausted(rest, 1_500, false));
+        assert_eq!(health.availability(1_899), Availability::Exhausted);
+        assert_eq!(health.state_name(1_899), "exhausted");
+        assert_eq!(health.availability(1_900), Availability::ProbeDue);
+        assert!(health.try_begin_probe());
+        assert!(!health.try_begin_probe(), "single flight");
+        health.record_exhausted(rest, 1_900, true);
+        assert_eq!(health.availability(2_799), Availability::Exhausted);
+        assert_eq!(health.availability(2_800), Availability::ProbeDue);
+        assert!(health.try_begin_probe());
+        assert!(health.record_success());
+        assert_eq!(health.state_name(2_801), "healthy");
+        // A later rejection is a rejection, not exhaustion.
+        health.record_rejection(rest, 3_000, false);
+        assert_eq!(health.state_name(3_001), "suspect");
     }
 
     #[test]

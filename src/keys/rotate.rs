@@ -7,7 +7,7 @@
 //! key that running the same rotation again resumes.
 
 use crate::keys::ops::{self, OpError, Promotion};
-use crate::keys::verify::Verdict;
+use crate::keys::verify::{Check, Verdict};
 use crate::secret::Secret;
 use crate::vault::document::KeyState;
 use crate::vault::{Kek, Vault, VaultError};
@@ -25,6 +25,14 @@ pub enum RotateError {
     #[error("rotation aborted: the upstream refused the new key {id}: {explanation}. It is marked rejected (secret wiped); the current key is unchanged")]
     Rejected {
         /// The pending key, now rejected.
+        id: String,
+        /// Upstream's answer explained.
+        explanation: String,
+    },
+    /// The new key works but its account is out of credit; it stays pending.
+    #[error("rotation paused: the new key {id} is valid but its account is out of credit: {explanation}. It stays pending and the current key is unchanged: top up the account and run the same rotation again, or promote it anyway with --no-verify / \"verify\": false")]
+    Exhausted {
+        /// The pending key.
         id: String,
         /// Upstream's answer explained.
         explanation: String,
@@ -66,17 +74,14 @@ pub fn stage(
     })
 }
 
-/// Step 2's consequence: a refused key is recorded as rejected; an
-/// inconclusive answer leaves it pending. `Ok` means go on to step 3.
-pub fn settle_verdict(
-    vault: &Vault,
-    kek: &Kek,
-    id: &str,
-    verdict: Verdict,
-) -> Result<(), RotateError> {
-    match verdict {
-        Verdict::Accepted => Ok(()),
-        Verdict::Rejected { explanation, .. } => {
+/// Step 2's consequence: a refused key is recorded as rejected; a key whose
+/// account is out of credit, or an inconclusive answer, leaves it pending (it
+/// is not promoted without `--no-verify`). `Ok` means go on to step 3.
+pub fn settle_verdict(vault: &Vault, kek: &Kek, id: &str, check: Check) -> Result<(), RotateError> {
+    let explanation = check.describe();
+    match check.verdict {
+        Verdict::Ok => Ok(()),
+        Verdict::Rejected => {
             vault.update(kek, |doc| {
                 Ok::<_, RotateError>(ops::reject(
                     doc,
@@ -90,7 +95,11 @@ pub fn settle_verdict(
                 explanation,
             })
         }
-        Verdict::Inconclusive { explanation } => Err(RotateError::Inconclusive {
+        Verdict::Exhausted => Err(RotateError::Exhausted {
+            id: id.to_owned(),
+            explanation,
+        }),
+        Verdict::Inconclusive => Err(RotateError::Inconclusive {
             id: id.to_owned(),
             explanation,
         }),

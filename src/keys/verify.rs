@@ -1,80 +1,172 @@
-//! Verification: one authenticated `GET {base_url}/v1/models` with a key, the
-//! answer explained in the operator's terms. Redirects are never followed.
+//! Verification: one authenticated request per key — the cheap endpoint the
+//! provider's kind names ([`crate::providers::Kind::verify_request`]) — and the
+//! answer, status *and* error body, explained in the operator's terms: a
+//! verdict, the provider's own code and message (scrubbed of key fragments),
+//! what it means and what to do. Redirects are never followed.
 //!
-//! Only 401/403 are a verdict against the key; 429, 5xx and network errors are
-//! inconclusive (the key may be fine). Never prints or logs the key.
+//! The verdict comes from the same rule the retry loop uses
+//! ([`crate::providers::Kind::judge`]), so `key verify`, rotation and the proxy
+//! never disagree about a key. Never prints or logs the key.
 
 use std::time::Duration;
 
-use http::{Method, StatusCode};
+use http::Method;
 
 use crate::body::OutboundBody;
 use crate::config::Provider;
-use crate::forward;
-use crate::keys::auth_header;
+use crate::keys::{auth_header, KeyRing};
+use crate::providers::{KeyVerdict, ProviderError};
 use crate::secret::Secret;
 use crate::upstream::Upstream;
+use crate::vault::document::{Document, KeyState, UpstreamKey};
 
 /// What the upstream said about a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// 2xx: the key works.
-    Accepted,
-    /// 401/403: the key is refused.
-    Rejected {
-        /// Upstream status.
-        status: u16,
-        /// What it means and what to do.
-        explanation: String,
-    },
-    /// 402/429/5xx/3xx/network: says nothing certain about the key.
-    Inconclusive {
-        /// What happened and what to do.
-        explanation: String,
-    },
+    /// The key works.
+    Ok,
+    /// The key is invalid, revoked or not allowed.
+    Rejected,
+    /// The key is valid but its account is out of credit.
+    Exhausted,
+    /// The answer says nothing certain about the key (rate limit, 5xx, network).
+    Inconclusive,
 }
 
 impl Verdict {
-    /// One line for humans.
-    pub fn describe(&self) -> String {
+    /// The name in `key verify`'s output and `--json`.
+    pub fn as_str(self) -> &'static str {
         match self {
-            Verdict::Accepted => "ok: the upstream accepted the key".to_owned(),
-            Verdict::Rejected { explanation, .. } => explanation.clone(),
-            Verdict::Inconclusive { explanation } => format!("inconclusive: {explanation}"),
+            Verdict::Ok => "ok",
+            Verdict::Rejected => "rejected",
+            Verdict::Exhausted => "exhausted",
+            Verdict::Inconclusive => "inconclusive",
         }
     }
 }
 
-/// Explains an upstream status for a key check.
-pub fn classify(status: StatusCode) -> Verdict {
-    let code = status.as_u16();
-    match code {
-        200..=299 => Verdict::Accepted,
-        401 => Verdict::Rejected {
-            status: code,
-            explanation: "401 Unauthorized: the key is invalid or revoked — create a new key in the provider's dashboard".to_owned(),
-        },
-        403 => Verdict::Rejected {
-            status: code,
-            explanation: "403 Forbidden: the key lacks permission — wrong project or organisation, a restricted key, or a region the provider does not serve".to_owned(),
-        },
-        402 => Verdict::Inconclusive {
-            explanation: "402 Payment Required: the account behind the key has a billing problem — check the provider's billing page".to_owned(),
-        },
-        429 => Verdict::Inconclusive {
-            explanation: "429 Too Many Requests: quota or rate limit reached — check the account's usage limits, then retry".to_owned(),
-        },
-        300..=399 => Verdict::Inconclusive {
-            explanation: format!("{code}: the upstream redirected (keygate never follows redirects) — check the provider's base_url"),
-        },
-        500..=599 => Verdict::Inconclusive {
-            explanation: format!("{code}: the upstream had a server error — retry later"),
-        },
-        _ => Verdict::Inconclusive {
-            explanation: format!("{code}: unexpected answer to GET /v1/models — check the provider's base_url"),
-        },
+/// One key checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The upstream's status (`None`: no answer).
+    pub status: Option<u16>,
+    /// The provider's own error code (or type), if its body had one.
+    pub provider_code: Option<String>,
+    /// The provider's message, with every key fragment masked.
+    pub provider_message: Option<String>,
+    /// What the answer means.
+    pub explanation: String,
+    /// What to do about it (empty when nothing is needed).
+    pub fix: String,
+}
+
+impl Check {
+    /// True when the key works.
+    pub fn is_ok(&self) -> bool {
+        self.verdict == Verdict::Ok
+    }
+
+    /// One line for humans: verdict, status, the provider's words, meaning, fix.
+    pub fn describe(&self) -> String {
+        let mut line = self.verdict.as_str().to_owned();
+        if let Some(status) = self.status {
+            line.push_str(&format!(" ({status}"));
+            if let Some(code) = &self.provider_code {
+                line.push_str(&format!(" {code}"));
+            }
+            line.push(')');
+        }
+        line.push_str(": ");
+        line.push_str(&self.explanation);
+        if let Some(message) = &self.provider_message {
+            line.push_str(&format!(" — the provider said: \"{message}\""));
+        }
+        if !self.fix.is_empty() {
+            line.push_str(&format!(" — fix: {}", self.fix));
+        }
+        line
+    }
+
+    /// The `--json` row (DESIGN §11).
+    pub fn to_json(&self, id: &str, provider: &str, label: Option<&str>) -> serde_json::Value {
+        serde_json::json!({
+            "id": id,
+            "provider": provider,
+            "label": label,
+            "verdict": self.verdict.as_str(),
+            "status": self.status,
+            "provider_code": self.provider_code,
+            "provider_message": self.provider_message,
+            "explanation": self.explanation,
+            "fix": self.fix,
+        })
+    }
+
+    fn inconclusive(explanation: String, fix: String) -> Check {
+        Check {
+            verdict: Verdict::Inconclusive,
+            status: None,
+            provider_code: None,
+            provider_message: None,
+            explanation,
+            fix,
+        }
     }
 }
+
+/// Explains an upstream answer to the verify request for `secret`.
+pub fn judge(provider: &Provider, secret: &Secret, status: u16, body: &[u8]) -> Check {
+    let error = ProviderError::parse(body);
+    let key_verdict = provider.kind.judge(status, &error);
+    let explained = provider
+        .kind
+        .explain(&provider.name, status, key_verdict, &error);
+    let verdict = match key_verdict {
+        KeyVerdict::Accepted => Verdict::Ok,
+        KeyVerdict::Rejected => Verdict::Rejected,
+        KeyVerdict::OutOfCredit => Verdict::Exhausted,
+        KeyVerdict::RateLimited | KeyVerdict::Unrelated => Verdict::Inconclusive,
+    };
+    let scrub = |text: String| scrub(provider, secret, text);
+    Check {
+        verdict,
+        status: Some(status),
+        provider_code: error.code.or(error.kind).map(scrub),
+        provider_message: error.message.filter(|_| verdict != Verdict::Ok).map(scrub),
+        explanation: explained.meaning,
+        fix: explained.fix,
+    }
+}
+
+/// Masks every fragment of `secret` (and the masked shapes providers echo) in
+/// `text`, with the same scrubber the proxy uses on error bodies.
+fn scrub(provider: &Provider, secret: &Secret, text: String) -> String {
+    let document = Document {
+        keys: vec![UpstreamKey {
+            id: "verify".to_owned(),
+            provider: provider.name.clone(),
+            label: None,
+            secret: Some(secret.clone()),
+            fingerprint: String::new(),
+            state: KeyState::Current,
+            created: 0,
+            state_changed: 0,
+            last_verified: None,
+            reason: None,
+            grace_until: None,
+        }],
+        clients: vec![],
+    };
+    let ring = KeyRing::build(provider, &document, 0, None);
+    let mut bytes = text.into_bytes();
+    ring.mask_echoes(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Error bodies longer than this are not read for the explanation.
+const MAX_BODY: usize = 64 * 1024;
 
 /// Checks `secret` against `provider`.
 pub async fn verify(
@@ -82,37 +174,96 @@ pub async fn verify(
     provider: &Provider,
     secret: &Secret,
     timeout: Duration,
-) -> Verdict {
+) -> Check {
     let Some((name, value)) = auth_header(provider.auth, secret) else {
-        return Verdict::Rejected {
-            status: 0,
+        return Check {
+            verdict: Verdict::Rejected,
+            status: None,
+            provider_code: None,
+            provider_message: None,
             explanation: "the key contains characters that cannot be sent in an HTTP header"
                 .to_owned(),
+            fix: "check the key was pasted whole, without spaces or line breaks".to_owned(),
         };
     };
-    let Some(uri) = forward::upstream_uri(provider, "/v1/models", None) else {
-        return Verdict::Inconclusive {
-            explanation: "the provider's base_url does not form a valid URL".to_owned(),
-        };
+    let request = provider.kind.verify_request();
+    let (path, query) = match request.path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (request.path, None),
     };
-    let mut request = http::Request::new(OutboundBody::Full(None));
-    *request.method_mut() = Method::GET;
-    *request.uri_mut() = uri;
-    request.headers_mut().insert(name, value);
-    match tokio::time::timeout(timeout, upstream.send(request)).await {
-        Ok(Ok(response)) => classify(response.status()),
-        Ok(Err(error)) => Verdict::Inconclusive {
-            explanation: format!(
-                "network error, upstream unreachable at {}: {} — check connectivity and base_url",
+    let Some(uri) = provider.url(path, query) else {
+        return Check::inconclusive(
+            "the provider's base_url does not form a valid URL".to_owned(),
+            format!("check [providers.{}] base_url", provider.name),
+        );
+    };
+    let mut outbound = http::Request::new(OutboundBody::Full(None));
+    *outbound.method_mut() = Method::GET;
+    *outbound.uri_mut() = uri;
+    outbound.headers_mut().insert(name, value);
+    for (name, value) in request.headers {
+        outbound
+            .headers_mut()
+            .insert(*name, http::HeaderValue::from_static(value));
+    }
+    let answer = tokio::time::timeout(timeout, async {
+        let response = upstream.send(outbound).await?;
+        let status = response.status().as_u16();
+        let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY);
+        // An unreadable body still leaves the status to judge.
+        let body = http_body_util::BodyExt::collect(limited)
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Ok::<_, crate::upstream::SendError>((status, body))
+    })
+    .await;
+    match answer {
+        Ok(Ok((status, body))) => judge(provider, secret, status, &body),
+        Ok(Err(error)) => Check::inconclusive(
+            format!(
+                "network error, upstream unreachable at {}: {}",
                 provider.origin,
                 error.detail()
             ),
-        },
-        Err(_) => Verdict::Inconclusive {
-            explanation: format!(
-                "timeout: {} did not answer within {timeout:?} — check connectivity and base_url",
+            format!(
+                "check connectivity and [providers.{}] base_url",
+                provider.name
+            ),
+        ),
+        Err(_) => Check::inconclusive(
+            format!(
+                "timeout: {} did not answer within {timeout:?}",
                 provider.origin
             ),
-        },
+            format!(
+                "check connectivity and [providers.{}] base_url",
+                provider.name
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn the_message_is_scrubbed_and_the_fix_named() {
+        let config = Config::from_toml("").unwrap();
+        let secret = Secret::new("xai-0123456789abcdefghijklmnopqrstuvwxyz".to_owned());
+        let body = br#"{"code":"Client specified an invalid argument","error":"Incorrect API key provided: xai-0123456789abcdefghijklmnopqrstuvwxyz."}"#;
+        let check = judge(&config.providers["xai"], &secret, 400, body);
+        assert_eq!(check.verdict, Verdict::Rejected);
+        let line = check.describe();
+        assert!(!line.contains("0123456789abcdef"), "{line}");
+        assert!(
+            line.contains("console.x.ai") && line.contains("keygate key rotate xai"),
+            "{line}"
+        );
+        let ok = judge(&config.providers["xai"], &secret, 200, b"{}");
+        assert!(ok.is_ok());
+        assert_eq!(ok.provider_message, None);
     }
 }
