@@ -108,6 +108,7 @@ fn request_stages(c: &mut Criterion) {
         b.iter(|| {
             let uri = provider.url("/v1/chat/completions", None).expect("uri");
             keygate::forward::outbound_request(
+                provider,
                 &Method::POST,
                 uri,
                 black_box(&headers),

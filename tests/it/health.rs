@@ -422,11 +422,20 @@ async fn a_429_moves_to_the_next_key_for_retry_after() {
         metric_value(
             &page,
             "keygate_upstream_key_rejections_total",
-            &[("provider", "openai")]
+            &[("provider", "openai"), ("reason", "rejected")]
         )
         .unwrap_or(0.0),
         0.0,
         "a 429 is not a key rejection:\n{page}"
+    );
+    assert_eq!(
+        metric_value(
+            &page,
+            "keygate_upstream_key_rejections_total",
+            &[("provider", "openai"), ("reason", "rate_limited")]
+        ),
+        Some(1.0),
+        "a 429 is counted as rate_limited:\n{page}"
     );
 
     // While the first key cools, requests go straight to the second.

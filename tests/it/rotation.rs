@@ -31,10 +31,13 @@ pub fn bearer(key: &str) -> Option<String> {
     Some(format!("Bearer {key}"))
 }
 
-/// The upstream key a recorded request carried (`Authorization: Bearer …`).
+/// The upstream key a recorded request carried (`Authorization: Bearer …`,
+/// else `x-api-key`, else `api-key`).
 pub fn key_of(seen: &Seen) -> String {
     seen.header("authorization")
         .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
+        .or_else(|| seen.header("x-api-key"))
+        .or_else(|| seen.header("api-key"))
         .unwrap_or_default()
 }
 

@@ -25,9 +25,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+use super::provider_answers::{self, Flavor, KeyStanding};
 use super::ChannelBody;
 
-type Body = BoxBody<Bytes, Infallible>;
+pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Which request header carries the upstream key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +112,12 @@ struct State {
     tag: std::sync::atomic::AtomicBool,
     /// See [`Mock::set_reject_delay`].
     reject_delay: Mutex<Duration>,
+    /// See [`Mock::set_flavor`].
+    flavor: Mutex<Flavor>,
+    /// Keys whose account is out of credit ([`Mock::set_out_of_credit_keys`]).
+    out_of_credit: Mutex<HashSet<String>>,
+    /// Keys over their rate limit ([`Mock::set_rate_limited_keys`]).
+    rate_limited: Mutex<HashSet<String>>,
 }
 
 /// A running mock upstream; stops accepting when dropped.
@@ -152,6 +159,9 @@ impl Mock {
             hold: Mutex::new(None),
             tag: std::sync::atomic::AtomicBool::new(false),
             reject_delay: Mutex::new(Duration::ZERO),
+            flavor: Mutex::new(Flavor::OpenAi),
+            out_of_credit: Mutex::new(HashSet::new()),
+            rate_limited: Mutex::new(HashSet::new()),
         });
         let st = state.clone();
         let accept = tokio::spawn(async move {
@@ -187,6 +197,22 @@ impl Mock {
     /// Replace the set of accepted upstream keys.
     pub fn set_keys(&self, keys: &[&str]) {
         *self.state.keys.lock().unwrap() = keys.iter().map(|k| k.to_string()).collect();
+    }
+
+    /// Refuse keys the way this provider does from now on (status codes and
+    /// bodies in [`provider_answers`]).
+    pub fn set_flavor(&self, flavor: Flavor) {
+        *self.state.flavor.lock().unwrap() = flavor;
+    }
+
+    /// These keys are real, but their account is out of credit.
+    pub fn set_out_of_credit_keys(&self, keys: &[&str]) {
+        *self.state.out_of_credit.lock().unwrap() = keys.iter().map(|k| k.to_string()).collect();
+    }
+
+    /// These keys are real, but over their rate limit.
+    pub fn set_rate_limited_keys(&self, keys: &[&str]) {
+        *self.state.rate_limited.lock().unwrap() = keys.iter().map(|k| k.to_string()).collect();
     }
 
     /// Check the upstream key in this header from now on.
@@ -370,24 +396,11 @@ fn full(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Bod
 }
 
 fn openai_error(status: u16, message: &str, code: Option<&str>) -> Response<Body> {
-    let body = serde_json::json!({
-        "error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}
-    });
-    full(status, "application/json", body.to_string())
+    provider_answers::openai_style(status, message, code)
 }
 
-/// OpenAI's masking of a presented key: a few leading characters, stars, the last four.
-fn masked(key: &str) -> String {
-    let chars: Vec<char> = key.chars().collect();
-    if chars.len() <= 8 {
-        return "****".to_string();
-    }
-    let head: String = chars[..3].iter().collect();
-    let tail: String = chars[chars.len() - 4..].iter().collect();
-    format!("{head}{}{tail}", "*".repeat(chars.len() - 7))
-}
-
-/// `None` when the key is accepted, else the 401 to send.
+/// `None` when the key is accepted, else the refusal to send, in the words of
+/// the provider the mock stands for.
 fn check_auth(st: &State, headers: &HeaderMap) -> Option<Response<Body>> {
     let style = *st.auth.lock().unwrap();
     let presented = match style {
@@ -404,24 +417,18 @@ fn check_auth(st: &State, headers: &HeaderMap) -> Option<Response<Body>> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
     };
-    let Some(key) = presented else {
-        return Some(openai_error(
-            401,
-            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.",
-            None,
-        ));
-    };
-    if st.keys.lock().unwrap().contains(&key) {
+    let flavor = *st.flavor.lock().unwrap();
+    let key = presented.unwrap_or_default();
+    let standing = if st.out_of_credit.lock().unwrap().contains(&key) {
+        KeyStanding::OutOfCredit
+    } else if st.rate_limited.lock().unwrap().contains(&key) {
+        KeyStanding::RateLimited
+    } else if !key.is_empty() && st.keys.lock().unwrap().contains(&key) {
         return None;
-    }
-    Some(openai_error(
-        401,
-        &format!(
-            "Incorrect API key provided: {}. You can find your API key at https://platform.openai.com/account/api-keys.",
-            masked(&key)
-        ),
-        Some("invalid_api_key"),
-    ))
+    } else {
+        KeyStanding::Bad
+    };
+    Some(provider_answers::refusal(flavor, standing, &key))
 }
 
 async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
@@ -457,6 +464,15 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
         return r;
     }
+    let flavor = *st.flavor.lock().unwrap();
+    if flavor == Flavor::Anthropic && !parts.headers.contains_key("anthropic-version") {
+        return provider_answers::anthropic_version_missing();
+    }
+    // OpenRouter lists its models to anyone: no key needed (so verifying a key
+    // with it would prove nothing).
+    if flavor == Flavor::OpenRouter && parts.uri.path() == "/v1/models" {
+        return full(200, "application/json", models_body());
+    }
     if let Some(r) = check_auth(&st, &parts.headers) {
         let delay = *st.reject_delay.lock().unwrap();
         if !delay.is_zero() {
@@ -471,6 +487,9 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             chat(st, &body, tag)
         }
         (&Method::GET, "/v1/models") => full(200, "application/json", models_body()),
+        (&Method::GET, "/v1/key") if flavor == Flavor::OpenRouter => {
+            provider_answers::openrouter_key_info()
+        }
         (&Method::POST, "/v1/embeddings") => full(200, "application/json", embeddings_body()),
         _ => openai_error(404, &format!("Invalid URL ({} {path})", parts.method), None),
     }

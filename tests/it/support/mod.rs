@@ -12,6 +12,7 @@ pub mod config;
 pub mod env;
 pub mod keygate;
 pub mod mock;
+pub mod provider_answers;
 pub mod raw_upstream;
 pub mod server;
 

@@ -1,0 +1,211 @@
+//! How each real provider says no, for the mock upstream: a bad key, an
+//! account out of credit, a rate limit — status codes, body shapes and headers
+//! as the providers send them (their docs, their SDKs' error types, and the
+//! answers quoted in public bug reports):
+//!
+//! - OpenAI: 401 `invalid_api_key` quoting a masked key; 429 `insufficient_quota`
+//!   for an empty account; 429 `rate_limit_exceeded` with `x-ratelimit-reset-*`.
+//! - xAI: **400** `{"code":"Client specified an invalid argument","error":"Incorrect
+//!   API key provided: xa***yz. …"}` for a bad key (flat body, not OpenAI's shape);
+//!   403 "…has either used all available credits or reached its monthly spending
+//!   limit…" for an empty team; 429 for a rate limit.
+//! - Anthropic: 401 `authentication_error`; 400 `invalid_request_error` "Your credit
+//!   balance is too low…"; 429 `rate_limit_error` with `retry-after`; every request
+//!   needs `anthropic-version`.
+//! - OpenRouter: 401 `{"error":{"message":"User not found.","code":401}}`; 402
+//!   "Insufficient credits…"; 429; `/v1/models` answers without any key.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+
+use super::mock::Body;
+
+/// Which provider the mock answers like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Flavor {
+    #[default]
+    OpenAi,
+    Xai,
+    Anthropic,
+    OpenRouter,
+}
+
+/// What the mock thinks of a presented key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyStanding {
+    /// Not a key of this account (or none sent).
+    Bad,
+    /// A real key whose account has no credit left.
+    OutOfCredit,
+    /// A real key that is over its rate limit right now.
+    RateLimited,
+}
+
+fn json(status: u16, body: serde_json::Value, headers: &[(&str, &str)]) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *r.status_mut() = StatusCode::from_u16(status).expect("status");
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    for (name, value) in headers {
+        r.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            HeaderValue::from_str(value).expect("value"),
+        );
+    }
+    r
+}
+
+/// OpenAI's masking of a presented key: a few leading characters, stars, the last four.
+pub fn openai_masked(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() <= 8 {
+        return "****".to_string();
+    }
+    let head: String = chars[..3].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}{}{tail}", "*".repeat(chars.len() - 7))
+}
+
+/// xAI's masking: the first two and last two characters around `***`.
+pub fn xai_masked(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    if chars.len() < 4 {
+        return "***".to_string();
+    }
+    let head: String = chars[..2].iter().collect();
+    let tail: String = chars[chars.len() - 2..].iter().collect();
+    format!("{head}***{tail}")
+}
+
+fn openai_error(message: &str, kind: &str, code: Option<&str>) -> serde_json::Value {
+    serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+}
+
+fn anthropic_error(kind: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({"type": "error", "error": {"type": kind, "message": message}, "request_id": "req_011CMockMockMockMock"})
+}
+
+/// The answer `flavor` gives to `key` (`""`: none was sent) in `standing`.
+pub fn refusal(flavor: Flavor, standing: KeyStanding, key: &str) -> Response<Body> {
+    match (flavor, standing) {
+        (Flavor::OpenAi, KeyStanding::Bad) if key.is_empty() => json(
+            401,
+            openai_error("You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.", "invalid_request_error", None),
+            &[],
+        ),
+        (Flavor::OpenAi, KeyStanding::Bad) => json(
+            401,
+            openai_error(
+                &format!("Incorrect API key provided: {}. You can find your API key at https://platform.openai.com/account/api-keys.", openai_masked(key)),
+                "invalid_request_error",
+                Some("invalid_api_key"),
+            ),
+            &[],
+        ),
+        (Flavor::OpenAi, KeyStanding::OutOfCredit) => json(
+            429,
+            openai_error("You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.", "insufficient_quota", Some("insufficient_quota")),
+            &[],
+        ),
+        (Flavor::OpenAi, KeyStanding::RateLimited) => json(
+            429,
+            openai_error("Rate limit reached for gpt-4o in organization org-mock on requests per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s. Visit https://platform.openai.com/account/rate-limits to learn more.", "requests", Some("rate_limit_exceeded")),
+            &[
+                ("x-ratelimit-limit-requests", "3"),
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "20s"),
+            ],
+        ),
+        (Flavor::Xai, KeyStanding::Bad) => json(
+            400,
+            serde_json::json!({
+                "code": "Client specified an invalid argument",
+                "error": format!("Incorrect API key provided: {}. You can obtain an API key from https://console.x.ai.", xai_masked(key)),
+            }),
+            &[],
+        ),
+        (Flavor::Xai, KeyStanding::OutOfCredit) => json(
+            403,
+            serde_json::json!({
+                "code": "The caller does not have permission to execute the specified operation",
+                "error": "Your team 0c7a4f2e-5b1d-4e9a-8f3c-2d6b9e1a7c40 has either used all available credits or reached its monthly spending limit. To continue making API requests, please purchase more credits or raise your spending limit.",
+            }),
+            &[],
+        ),
+        (Flavor::Xai, KeyStanding::RateLimited) => json(
+            429,
+            serde_json::json!({
+                "code": "Some resource has been exhausted",
+                "error": "Too many requests: you have exceeded the rate limit of 60 requests per minute for grok-3. Please retry later.",
+            }),
+            &[("retry-after", "20")],
+        ),
+        (Flavor::Anthropic, KeyStanding::Bad) => json(
+            401,
+            anthropic_error("authentication_error", "invalid x-api-key"),
+            &[("request-id", "req_011CMockMockMockMock")],
+        ),
+        (Flavor::Anthropic, KeyStanding::OutOfCredit) => json(
+            400,
+            anthropic_error("invalid_request_error", "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."),
+            &[("request-id", "req_011CMockMockMockMock")],
+        ),
+        (Flavor::Anthropic, KeyStanding::RateLimited) => json(
+            429,
+            anthropic_error("rate_limit_error", "This request would exceed the rate limit for your organization of 50 requests per minute. For details, refer to: https://docs.claude.com/en/api/rate-limits."),
+            &[("retry-after", "20"), ("anthropic-ratelimit-requests-remaining", "0")],
+        ),
+        (Flavor::OpenRouter, KeyStanding::Bad) if key.is_empty() => json(
+            401,
+            serde_json::json!({"error": {"message": "No auth credentials found", "code": 401}}),
+            &[],
+        ),
+        (Flavor::OpenRouter, KeyStanding::Bad) => json(
+            401,
+            serde_json::json!({"error": {"message": "User not found.", "code": 401}}),
+            &[],
+        ),
+        (Flavor::OpenRouter, KeyStanding::OutOfCredit) => json(
+            402,
+            serde_json::json!({"error": {"message": "Insufficient credits. Add more using https://openrouter.ai/settings/credits", "code": 402}}),
+            &[],
+        ),
+        (Flavor::OpenRouter, KeyStanding::RateLimited) => json(
+            429,
+            serde_json::json!({"error": {"message": "Rate limit exceeded: limit_rpm/openai/gpt-4o. High demand for openai/gpt-4o on OpenRouter - limited to 20 requests per minute. Please retry shortly.", "code": 429}}),
+            &[("retry-after", "20")],
+        ),
+    }
+}
+
+/// Anthropic refuses a request without `anthropic-version`.
+pub fn anthropic_version_missing() -> Response<Body> {
+    json(
+        400,
+        anthropic_error(
+            "invalid_request_error",
+            "anthropic-version: header is required",
+        ),
+        &[],
+    )
+}
+
+/// OpenRouter's `GET /api/v1/key` for an accepted key.
+pub fn openrouter_key_info() -> Response<Body> {
+    json(
+        200,
+        serde_json::json!({"data": {"label": "sk-or-v1-0e6...1c96", "limit": null, "limit_remaining": null, "usage": 0.0, "is_free_tier": false, "is_provisioning_key": false}}),
+        &[],
+    )
+}
+
+/// An OpenAI-style error body for a status (the mock's own 400/404 answers).
+pub fn openai_style(status: u16, message: &str, code: Option<&str>) -> Response<Body> {
+    json(
+        status,
+        openai_error(message, "invalid_request_error", code),
+        &[],
+    )
+}
