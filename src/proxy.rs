@@ -358,10 +358,11 @@ fn record(shared: &Shared, ctx: &mut RequestContext, status: StatusCode, started
         provider,
         status = status.as_u16(),
         latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        // Only on a refused client key (a `None` field is left out).
+        auth_failure = ctx.auth_failure,
         key_id = ctx.key_id.as_deref().unwrap_or("-"),
         attempts = ctx.attempts,
         error = ctx.error.unwrap_or("-"),
-        auth_failure = ctx.auth_failure,
         "request"
     );
 }
