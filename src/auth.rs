@@ -1,15 +1,91 @@
 //! Client authentication: the presented `kg_…` key → a known, unrevoked client.
 //!
-//! The key is parsed (shape + checksum) before any lookup, hashed, looked up by
-//! digest and confirmed in constant time. Never logs or returns the key.
+//! The key is taken from `Authorization: Bearer`, else `x-api-key`, else
+//! `api-key` (what the OpenAI, Anthropic and Azure SDKs send), parsed (shape +
+//! checksum) before any lookup, hashed, looked up by digest and confirmed in
+//! constant time. A refusal says which of a few cases it is ([`AuthFailure`]),
+//! so the app's developer can tell a pasted provider key from a typo from a
+//! revoked key. Never logs or returns the key, nor any part of it.
 
 use std::sync::{Arc, OnceLock};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
-use crate::clients::{self, ClientKeyDigest};
+use crate::clients::{self, ClientKeyDigest, ClientKeyError};
 use crate::error::ProxyError;
 use crate::state::{ClientInfo, Snapshot};
+
+/// Why a request's client key was refused (carried by
+/// [`ProxyError::InvalidClientKey`]; the message is written in `error.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credential header at all (or an empty one).
+    Missing,
+    /// `Authorization` carried something without the `Bearer ` scheme
+    /// (`Authorization: kg_…`, `Token …`, `Basic …`).
+    NoBearerScheme,
+    /// An upstream provider's API key, sent to keygate by mistake.
+    ProviderKey(Lookalike),
+    /// `kg_…` but the checksum does not match: mistyped, cut short or extended.
+    BadChecksum,
+    /// Not a keygate key at all.
+    Malformed,
+    /// A well-formed keygate key this vault does not know.
+    Unknown,
+    /// A key of a client that was revoked.
+    Revoked,
+}
+
+/// The provider a mistakenly sent key looks like (by its public prefix only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookalike {
+    /// `sk-…`, `sk-proj-…`, `sk-svcacct-…`, `sk-admin-…`.
+    OpenAi,
+    /// `sk-ant-…`.
+    Anthropic,
+    /// `xai-…`.
+    Xai,
+    /// `sk-or-…`.
+    OpenRouter,
+}
+
+impl Lookalike {
+    /// The provider's name as a user knows it.
+    pub fn provider(self) -> &'static str {
+        match self {
+            Lookalike::OpenAi => "OpenAI",
+            Lookalike::Anthropic => "Anthropic",
+            Lookalike::Xai => "xAI",
+            Lookalike::OpenRouter => "OpenRouter",
+        }
+    }
+}
+
+impl AuthFailure {
+    /// Every `reason` label value of `keygate_client_auth_failures_total`.
+    pub const REASONS: [&'static str; 7] = [
+        "missing",
+        "no_bearer_scheme",
+        "provider_key",
+        "bad_checksum",
+        "malformed",
+        "unknown",
+        "revoked",
+    ];
+
+    /// The `reason` label and log field value.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::NoBearerScheme => "no_bearer_scheme",
+            AuthFailure::ProviderKey(_) => "provider_key",
+            AuthFailure::BadChecksum => "bad_checksum",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::Unknown => "unknown",
+            AuthFailure::Revoked => "revoked",
+        }
+    }
+}
 
 /// The client making this request.
 pub fn authenticate(
@@ -17,33 +93,97 @@ pub fn authenticate(
     snapshot: &Snapshot,
     allow_anonymous: bool,
 ) -> Result<Arc<ClientInfo>, ProxyError> {
-    let Some(presented) = presented_key(headers) else {
-        if allow_anonymous {
-            return Ok(anonymous());
-        }
-        return Err(ProxyError::InvalidClientKey("no client key was sent"));
+    let presented = match presented_key(headers) {
+        Err(AuthFailure::Missing) if allow_anonymous => return Ok(anonymous()),
+        other => other.map_err(ProxyError::InvalidClientKey)?,
     };
-    let digest = clients::parse(presented)
-        .map_err(|_| ProxyError::InvalidClientKey("the key is not a well-formed keygate key"))?;
-    match snapshot.clients.get(&digest) {
-        Some(client) if client.digest.ct_eq(&digest) => Ok(client.clone()),
-        _ => Err(ProxyError::InvalidClientKey(
-            "the key is unknown or was revoked",
-        )),
+    let digest = clients::parse(presented).map_err(|error| {
+        ProxyError::InvalidClientKey(match error {
+            ClientKeyError::BadChecksum => AuthFailure::BadChecksum,
+            ClientKeyError::Malformed => match lookalike(presented) {
+                Some(provider) => AuthFailure::ProviderKey(provider),
+                None => AuthFailure::Malformed,
+            },
+        })
+    })?;
+    if let Some(client) = snapshot.clients.get(&digest) {
+        if client.digest.ct_eq(&digest) {
+            return Ok(client.clone());
+        }
+    }
+    let revoked = snapshot
+        .revoked_clients
+        .get(&digest)
+        .is_some_and(|known| known.ct_eq(&digest));
+    Err(ProxyError::InvalidClientKey(if revoked {
+        AuthFailure::Revoked
+    } else {
+        AuthFailure::Unknown
+    }))
+}
+
+/// The token of an `Authorization: Bearer <token>` value: the scheme is
+/// matched case-insensitively (RFC 9110 §11.1), the token trimmed; `None` for
+/// another scheme, no token, or a value that is not visible ASCII. The one
+/// bearer parser for the client and admin listeners.
+pub fn bearer_token(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?.trim();
+    let (scheme, token) = text.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// `Authorization: Bearer …` (OpenAI SDKs), else `x-api-key` (Anthropic SDK),
+/// else `api-key` (Azure SDKs). An `Authorization` value in another scheme is
+/// only reported when no other header carries a key.
+fn presented_key(headers: &HeaderMap) -> Result<&str, AuthFailure> {
+    let authorization = headers.get(http::header::AUTHORIZATION);
+    if let Some(token) = authorization.and_then(bearer_token) {
+        return Ok(token);
+    }
+    for name in ["x-api-key", "api-key"] {
+        if let Some(value) = headers.get(name) {
+            if value.as_bytes().trim_ascii().is_empty() {
+                continue;
+            }
+            return value
+                .to_str()
+                .map(str::trim)
+                .map_err(|_| AuthFailure::Malformed);
+        }
+    }
+    match authorization {
+        // A bare `Bearer` with nothing after it sent no key.
+        Some(value) if !is_bare_bearer(value) => Err(AuthFailure::NoBearerScheme),
+        _ => Err(AuthFailure::Missing),
     }
 }
 
-/// `Authorization: Bearer …` (what the OpenAI SDK sends), else `x-api-key`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers.get(http::header::AUTHORIZATION) {
-        let text = value.to_str().ok()?;
-        let (scheme, token) = text.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
-    }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+fn is_bare_bearer(value: &HeaderValue) -> bool {
+    let text = value.as_bytes().trim_ascii();
+    text.is_empty() || text.eq_ignore_ascii_case(b"bearer")
+}
+
+/// Which provider's API key `presented` looks like, by its documented public
+/// prefix and a plausible length (so a short placeholder like `sk-xxx` is
+/// just malformed, not a key to rotate). Most specific prefix first.
+fn lookalike(presented: &str) -> Option<Lookalike> {
+    const PREFIXES: [(&str, Lookalike); 4] = [
+        ("sk-ant-", Lookalike::Anthropic),
+        ("sk-or-", Lookalike::OpenRouter),
+        ("sk-", Lookalike::OpenAi),
+        ("xai-", Lookalike::Xai),
+    ];
+    const MIN_REST: usize = 16;
+    let (prefix, provider) = PREFIXES
+        .into_iter()
+        .find(|(prefix, _)| presented.starts_with(prefix))?;
+    let rest = &presented.as_bytes()[prefix.len()..];
+    let plausible = rest.len() >= MIN_REST
+        && rest
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    plausible.then_some(provider)
 }
 
 fn anonymous() -> Arc<ClientInfo> {
@@ -58,4 +198,127 @@ fn anonymous() -> Arc<ClientInfo> {
             })
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    fn failure(pairs: &[(&'static str, &str)]) -> AuthFailure {
+        match authenticate(&headers(pairs), &Snapshot::default(), false) {
+            Err(ProxyError::InvalidClientKey(why)) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_needs_a_token() {
+        let token = |v: &str| bearer_token(&HeaderValue::from_str(v).unwrap()).map(str::to_owned);
+        assert_eq!(token("Bearer abc").as_deref(), Some("abc"));
+        assert_eq!(token("bearer  abc ").as_deref(), Some("abc"));
+        assert_eq!(token("BEARER abc").as_deref(), Some("abc"));
+        assert_eq!(token("Bearer"), None);
+        assert_eq!(token("Bearer   "), None);
+        assert_eq!(token("Token abc"), None);
+        assert_eq!(token("abc"), None);
+    }
+
+    #[test]
+    fn each_refusal_names_its_case() {
+        let (key, _) = clients::generate().unwrap();
+        let key = key.expose();
+        let bearer = format!("Bearer {key}");
+        assert_eq!(failure(&[]), AuthFailure::Missing);
+        assert_eq!(
+            failure(&[("authorization", "Bearer")]),
+            AuthFailure::Missing
+        );
+        assert_eq!(failure(&[("x-api-key", " ")]), AuthFailure::Missing);
+        assert_eq!(
+            failure(&[("authorization", key)]),
+            AuthFailure::NoBearerScheme
+        );
+        assert_eq!(
+            failure(&[("authorization", &format!("Token {key}"))]),
+            AuthFailure::NoBearerScheme
+        );
+        assert_eq!(
+            failure(&[("authorization", "Basic dXNlcjpwYXNz")]),
+            AuthFailure::NoBearerScheme
+        );
+        assert_eq!(failure(&[("authorization", &bearer)]), AuthFailure::Unknown);
+        assert_eq!(failure(&[("x-api-key", key)]), AuthFailure::Unknown);
+        assert_eq!(failure(&[("api-key", key)]), AuthFailure::Unknown);
+        // Another scheme in Authorization does not hide a key in x-api-key.
+        assert_eq!(
+            failure(&[("authorization", "Basic dXNlcjpwYXNz"), ("x-api-key", key)]),
+            AuthFailure::Unknown
+        );
+        let cut = &key[..key.len() - 3];
+        assert_eq!(
+            failure(&[("authorization", &format!("Bearer {cut}"))]),
+            AuthFailure::BadChecksum
+        );
+        assert_eq!(
+            failure(&[("authorization", "Bearer hello-world")]),
+            AuthFailure::Malformed
+        );
+        assert_eq!(failure(&[("api-key", "sk-xxx")]), AuthFailure::Malformed);
+    }
+
+    #[test]
+    fn provider_keys_are_recognised_by_prefix() {
+        let rest = "A1b2C3d4E5f6G7h8I9j0K1l2M3n4";
+        for (prefix, provider) in [
+            ("sk-ant-api03-", Lookalike::Anthropic),
+            ("sk-or-v1-", Lookalike::OpenRouter),
+            ("sk-proj-", Lookalike::OpenAi),
+            ("sk-svcacct-", Lookalike::OpenAi),
+            ("sk-", Lookalike::OpenAi),
+            ("xai-", Lookalike::Xai),
+        ] {
+            let presented = format!("Bearer {prefix}{rest}");
+            assert_eq!(
+                failure(&[("authorization", &presented)]),
+                AuthFailure::ProviderKey(provider),
+                "{prefix}"
+            );
+        }
+    }
+
+    #[test]
+    fn revoked_and_live_keys_are_told_apart() {
+        let (live, live_digest) = clients::generate().unwrap();
+        let (gone, gone_digest) = clients::generate().unwrap();
+        let mut snapshot = Snapshot::default();
+        snapshot.clients.insert(
+            live_digest,
+            Arc::new(ClientInfo {
+                name: Arc::from("app"),
+                digest: live_digest,
+                sticky: 0,
+                limits: crate::limits::ClientLimits::default(),
+            }),
+        );
+        snapshot.revoked_clients.insert(gone_digest);
+        let with = |key: &str| headers(&[("api-key", key)]);
+        assert_eq!(
+            &*authenticate(&with(live.expose()), &snapshot, false)
+                .unwrap()
+                .name,
+            "app"
+        );
+        assert!(matches!(
+            authenticate(&with(gone.expose()), &snapshot, false),
+            Err(ProxyError::InvalidClientKey(AuthFailure::Revoked))
+        ));
+    }
 }

@@ -48,23 +48,26 @@ impl ClientKeyDigest {
 /// Why a presented client key was refused before lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ClientKeyError {
-    /// Does not start with `kg_` or has the wrong length or alphabet.
+    /// Does not start with `kg_`, or has characters other than letters and digits.
     #[error("not a keygate client key (expected kg_ followed by 42 letters and digits)")]
     Malformed,
-    /// Right shape, wrong checksum: a typo or a truncated copy.
+    /// `kg_` and letters and digits, but the checksum does not match, or the
+    /// length is wrong: a typo, or a copy cut short or run on.
     #[error("client key checksum does not match (typo or truncated copy?)")]
     BadChecksum,
 }
 
 /// Checks the shape and checksum of a presented key and returns its digest.
 pub fn parse(presented: &str) -> Result<ClientKeyDigest, ClientKeyError> {
-    let bytes = presented.as_bytes();
-    if bytes.len() != KEY_LEN || !presented.starts_with(PREFIX) {
+    let Some(body) = presented.as_bytes().strip_prefix(PREFIX.as_bytes()) else {
+        return Err(ClientKeyError::Malformed);
+    };
+    if body.is_empty() || !body.iter().all(u8::is_ascii_alphanumeric) {
         return Err(ClientKeyError::Malformed);
     }
-    let body = &bytes[PREFIX.len()..];
-    if !body.iter().all(u8::is_ascii_alphanumeric) {
-        return Err(ClientKeyError::Malformed);
+    // Meant as a keygate key, but cut short or run on.
+    if body.len() != RANDOM_LEN + CHECK_LEN {
+        return Err(ClientKeyError::BadChecksum);
     }
     let (random, check) = body.split_at(RANDOM_LEN);
     if checksum(random) != check {
@@ -128,11 +131,17 @@ mod tests {
         typo[10] = if typo[10] == b'a' { b'b' } else { b'a' };
         let typo = String::from_utf8(typo).unwrap();
         assert_eq!(parse(&typo), Err(ClientKeyError::BadChecksum));
+        let cut = &key.expose()[..KEY_LEN - 1];
+        assert_eq!(parse(cut), Err(ClientKeyError::BadChecksum));
+        let longer = format!("{}0", key.expose());
+        assert_eq!(parse(&longer), Err(ClientKeyError::BadChecksum));
     }
 
     #[test]
     fn wrong_shapes_are_malformed() {
         assert_eq!(parse("sk-abc"), Err(ClientKeyError::Malformed));
+        assert_eq!(parse("kg_"), Err(ClientKeyError::Malformed));
+        assert_eq!(parse("KG_abc"), Err(ClientKeyError::Malformed));
         assert_eq!(
             parse(&format!("kg_{}", "!".repeat(42))),
             Err(ClientKeyError::Malformed)

@@ -12,9 +12,9 @@ use std::time::Duration;
 /// A request keygate answers itself instead of forwarding.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// No, malformed, unknown or revoked client key.
-    #[error("invalid client key: {0}")]
-    InvalidClientKey(&'static str),
+    /// No, malformed, unknown or revoked client key: which case it is.
+    #[error("invalid client key ({})", .0.reason())]
+    InvalidClientKey(crate::auth::AuthFailure),
     /// Client over its rpm/tpm.
     #[error("client {client} is over its rate limit")]
     ClientRateLimited {
@@ -132,11 +132,7 @@ impl ProxyError {
     /// What the client reads: says what was wrong and what to do.
     fn message(&self) -> String {
         match self {
-            ProxyError::InvalidClientKey(why) => format!(
-                "Invalid keygate client key ({why}). This is the key keygate issued to your app \
-                 (kg_…, from `keygate client add`), not the upstream provider's API key. \
-                 Send it as `Authorization: Bearer kg_…` or `x-api-key: kg_…`."
-            ),
+            ProxyError::InvalidClientKey(why) => client_key_message(*why),
             ProxyError::UpstreamKeyRejected { provider } => format!(
                 "Every upstream API key keygate holds for provider `{provider}` was rejected by the \
                  upstream. The operator should run `keygate key verify {provider}`."
@@ -198,6 +194,52 @@ impl ProxyError {
     }
 }
 
+/// The 401 text for each [`AuthFailure`](crate::auth::AuthFailure): it is about
+/// the keygate client key (not the upstream key), which case it is, and what
+/// to do. Never quotes what was presented.
+fn client_key_message(why: crate::auth::AuthFailure) -> String {
+    use crate::auth::AuthFailure;
+    const NOT_UPSTREAM: &str = "This is about the keygate client key keygate issued to your app \
+         (kg_…, from `keygate client add`), not the upstream provider's API key, which keygate \
+         holds itself.";
+    const SEND: &str =
+        "Send it as `Authorization: Bearer kg_…`, `x-api-key: kg_…` or `api-key: kg_…`.";
+    match why {
+        AuthFailure::Missing => format!("No keygate client key was sent. {SEND} {NOT_UPSTREAM}"),
+        AuthFailure::NoBearerScheme => format!(
+            "The Authorization header has no `Bearer ` scheme, so it carries no keygate client \
+             key. {SEND} {NOT_UPSTREAM}"
+        ),
+        AuthFailure::ProviderKey(lookalike) => {
+            let provider = lookalike.provider();
+            format!(
+                "The key sent looks like an {provider} API key, not a keygate client key. Your app \
+                 must send the kg_… key keygate issued to it (from `keygate client add`); keygate \
+                 holds the {provider} keys itself. Treat that {provider} key as exposed: it was \
+                 handed to the wrong place, so rotate it at {provider}. {SEND}"
+            )
+        }
+        AuthFailure::BadChecksum => format!(
+            "The keygate client key sent starts with kg_ but fails its checksum: it was mistyped, \
+             cut short or has extra characters. Copy the whole key again (kg_ and 42 letters and \
+             digits, as `keygate client add` printed it). {NOT_UPSTREAM}"
+        ),
+        AuthFailure::Malformed => format!(
+            "The key sent is not a keygate client key (those are kg_ followed by 42 letters and \
+             digits). {SEND} {NOT_UPSTREAM}"
+        ),
+        AuthFailure::Unknown => format!(
+            "The keygate client key sent is well-formed but unknown to this keygate (issued by \
+             another keygate or vault?). Ask the operator for a key (`keygate client add`). \
+             {NOT_UPSTREAM}"
+        ),
+        AuthFailure::Revoked => format!(
+            "The keygate client key sent was revoked. Ask the operator for a new one \
+             (`keygate client add`). {NOT_UPSTREAM}"
+        ),
+    }
+}
+
 /// Convenience for `Full<Bytes>` bodies.
 pub type FullBody = Full<Bytes>;
 
@@ -205,6 +247,33 @@ pub type FullBody = Full<Bytes>;
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[test]
+    fn each_client_key_refusal_says_what_to_do() {
+        use crate::auth::{AuthFailure, Lookalike};
+        let cases = [
+            (AuthFailure::Missing, "No keygate client key was sent"),
+            (AuthFailure::NoBearerScheme, "no `Bearer ` scheme"),
+            (
+                AuthFailure::ProviderKey(Lookalike::Anthropic),
+                "rotate it at Anthropic",
+            ),
+            (AuthFailure::BadChecksum, "mistyped, cut short"),
+            (AuthFailure::Malformed, "not a keygate client key"),
+            (AuthFailure::Unknown, "unknown to this keygate"),
+            (AuthFailure::Revoked, "was revoked"),
+        ];
+        for (why, says) in cases {
+            let err = ProxyError::InvalidClientKey(why);
+            assert_eq!(
+                (err.status(), err.code()),
+                (StatusCode::UNAUTHORIZED, "invalid_client_key")
+            );
+            let message = err.message();
+            assert!(message.contains(says), "{why:?}: {message}");
+            assert!(message.contains("kg_"), "{why:?}: {message}");
+        }
+    }
 
     #[tokio::test]
     async fn rejected_keys_say_to_run_key_verify() {

@@ -50,6 +50,27 @@ pub struct KeyRing {
     /// `u64`s under unkeyed aHash rather than arrays under SipHash (the set holds only
     /// key windows, so lookups of attacker-chosen bytes cannot slow it).
     echo_windows: HashSet<u64, std::hash::BuildHasherDefault<ahash::AHasher>>,
+    /// Every byte value that occurs in some key: what the visible ends of a
+    /// masked echo (`sk-ab****wxyz`) can be made of.
+    key_bytes: ByteSet,
+}
+
+/// A set of byte values.
+#[derive(Debug, Default, Clone, Copy)]
+struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    fn insert(&mut self, b: u8) {
+        self.0[usize::from(b >> 6)] |= 1 << (b & 63);
+    }
+
+    fn remove(&mut self, b: u8) {
+        self.0[usize::from(b >> 6)] &= !(1 << (b & 63));
+    }
+
+    fn contains(&self, b: u8) -> bool {
+        self.0[usize::from(b >> 6)] & (1 << (b & 63)) != 0
+    }
 }
 
 /// An 8-byte window as the number the echo set holds.
@@ -61,6 +82,33 @@ fn echo_window(window: &[u8]) -> Option<u64> {
 
 /// Length of the key fragment that counts as an echo of a key.
 pub const ECHO_WINDOW: usize = 8;
+
+/// The fewest characters a masked echo shows on each side of its mask (xAI
+/// shows two: `xa***yz`).
+const MASK_MIN_SHOWN: usize = 2;
+/// How far either side of a mask is searched for the key's visible ends
+/// (providers show at most 8 or so; longer ends also trip the 8-byte windows).
+const MASK_MAX_SHOWN: usize = 64;
+
+/// One element of the mask providers put in the middle of a key they quote:
+/// `*`, `.`, `…` (UTF-8) or `\u2026` (its JSON escape). Its length in bytes
+/// and what it is.
+fn mask_element(bytes: &[u8]) -> Option<(usize, MaskElement)> {
+    match bytes {
+        [b'*', ..] => Some((1, MaskElement::Star)),
+        [b'.', ..] => Some((1, MaskElement::Dot)),
+        [0xE2, 0x80, 0xA6, ..] => Some((3, MaskElement::Ellipsis)),
+        [b'\\', b'u', b'2', b'0', b'2', b'6', ..] => Some((6, MaskElement::Ellipsis)),
+        _ => None,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum MaskElement {
+    Star,
+    Dot,
+    Ellipsis,
+}
 
 /// The key chosen for one attempt.
 #[derive(Debug, Clone, Copy)]
@@ -126,21 +174,46 @@ impl KeyRing {
             .flat_map(|k| k.secret.expose().as_bytes().windows(ECHO_WINDOW))
             .filter_map(echo_window)
             .collect();
+        let mut key_bytes = ByteSet::default();
+        for key in &keys {
+            for &b in key.secret.expose().as_bytes() {
+                key_bytes.insert(b);
+            }
+        }
+        // A mask element is never part of a key's visible end.
+        for b in [b'*', b'.', b'\\', 0xE2] {
+            key_bytes.remove(b);
+        }
         KeyRing {
             keys,
             current,
             echo_windows,
+            key_bytes,
         }
     }
 
     /// Replaces every fragment of a key (any 8 bytes of one) in `bytes` with
-    /// `*`. Returns true when something was masked.
+    /// `*`, and every masked echo of one too: the key's first and last
+    /// characters around a run of `*`, `...` or `…`, the way providers quote a
+    /// key they refused (OpenAI `sk-proj-****…abcd`, `sk-...abcd`; xAI
+    /// `xa***yz`), since those ends fingerprint the key and let a guess be
+    /// confirmed. Stars that do not sit between the ends of a key of this ring
+    /// are left alone. Returns true when something was masked.
     pub fn mask_echoes(&self, bytes: &mut [u8]) -> bool {
-        if bytes.len() < ECHO_WINDOW || self.echo_windows.is_empty() {
+        if self.keys.is_empty() {
             return false;
         }
+        // Before the windows: once a long visible prefix is starred out, the
+        // suffix it belonged with could no longer be recognised.
+        let shapes = self.masked_echoes(bytes);
+        for range in &shapes {
+            bytes[range.clone()].fill(b'*');
+        }
+        let mut masked = !shapes.is_empty();
+        if bytes.len() < ECHO_WINDOW || self.echo_windows.is_empty() {
+            return masked;
+        }
         let mut masked_until = 0;
-        let mut masked = false;
         for start in 0..=bytes.len() - ECHO_WINDOW {
             let window = &bytes[start..start + ECHO_WINDOW];
             if window.iter().all(|&b| b == b'*') {
@@ -160,12 +233,87 @@ impl KeyRing {
         masked
     }
 
-    /// True when `bytes` holds a fragment of a key.
+    /// True when `bytes` holds a fragment of a key, or a masked echo of one.
     pub fn contains_echo(&self, bytes: &[u8]) -> bool {
         bytes
             .windows(ECHO_WINDOW)
             .filter_map(echo_window)
             .any(|w| self.echo_windows.contains(&w))
+            || (!self.keys.is_empty() && !self.masked_echoes(bytes).is_empty())
+    }
+
+    /// The byte ranges of masked echoes in `bytes`: a mask (a run holding a
+    /// `*`, three `.` or an ellipsis) with, right before it, the first ≥ 2
+    /// characters of one of the ring's keys and, right after it, that key's
+    /// last ≥ 2. Each range covers the visible ends and the mask.
+    fn masked_echoes(&self, bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+        let mut found = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            if mask_element(&bytes[at..]).is_none() {
+                at += 1;
+                continue;
+            }
+            let start = at;
+            let (mut stars, mut dots, mut ellipses) = (0, 0, 0);
+            while let Some((len, element)) = mask_element(&bytes[at..]) {
+                match element {
+                    MaskElement::Star => stars += 1,
+                    MaskElement::Dot => dots += 1,
+                    MaskElement::Ellipsis => ellipses += 1,
+                }
+                at += len;
+            }
+            if stars > 0 || dots >= 3 || ellipses > 0 {
+                if let Some(range) = self.masked_echo_around(bytes, start, at) {
+                    found.push(range);
+                }
+            }
+        }
+        found
+    }
+
+    /// The masked echo around the mask `bytes[start..end]`, if its two sides
+    /// are the beginning and the end of one key.
+    fn masked_echo_around(
+        &self,
+        bytes: &[u8],
+        start: usize,
+        end: usize,
+    ) -> Option<std::ops::Range<usize>> {
+        let is_key_byte = |b: u8| self.key_bytes.contains(b);
+        let mut left = start;
+        while left > start.saturating_sub(MASK_MAX_SHOWN) && is_key_byte(bytes[left - 1]) {
+            left -= 1;
+        }
+        let mut right = end;
+        while right < bytes.len().min(end + MASK_MAX_SHOWN) && is_key_byte(bytes[right]) {
+            right += 1;
+        }
+        if start - left < MASK_MIN_SHOWN || right - end < MASK_MIN_SHOWN {
+            return None;
+        }
+        let mut echo: Option<std::ops::Range<usize>> = None;
+        for key in &self.keys {
+            let key = key.secret.expose().as_bytes();
+            // The longest visible beginning and end of this key.
+            let Some(from) =
+                (left..=start - MASK_MIN_SHOWN).find(|&i| key.starts_with(&bytes[i..start]))
+            else {
+                continue;
+            };
+            let Some(to) = (end + MASK_MIN_SHOWN..=right)
+                .rev()
+                .find(|&i| key.ends_with(&bytes[end..i]))
+            else {
+                continue;
+            };
+            echo = Some(match echo {
+                Some(r) => r.start.min(from)..r.end.max(to),
+                None => from..to,
+            });
+        }
+        echo
     }
 
     /// True when no key can be used.
@@ -351,6 +499,91 @@ mod tests {
         );
         let mut clean = b"nothing to see here".to_vec();
         assert!(!ring.mask_echoes(&mut clean));
+    }
+
+    fn ring_of(secrets: &[&str]) -> KeyRing {
+        let config = Config::from_toml("").unwrap();
+        let keys = secrets
+            .iter()
+            .enumerate()
+            .map(|(i, secret)| UpstreamKey {
+                secret: Some(Secret::new(secret.to_string())),
+                ..key(&format!("k{i}"), KeyState::Current)
+            })
+            .collect();
+        let document = Document {
+            keys,
+            clients: vec![],
+        };
+        KeyRing::build(&config.providers["openai"], &document, 0, None)
+    }
+
+    fn masked(ring: &KeyRing, text: &str) -> String {
+        let mut bytes = text.as_bytes().to_vec();
+        ring.mask_echoes(&mut bytes);
+        String::from_utf8(bytes).unwrap()
+    }
+
+    const PROJECT_KEY: &str = "sk-proj-Ab3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1eF3hJ5kL7nP9rS1uV3xY5abcd";
+    const XAI: &str = "xai-Qe8Rw1Ut6Io3Pa9Sd2Gf7Jk5Lz0MxYh4Cv7Bn2Mq5yz";
+
+    #[test]
+    fn masked_echoes_in_every_provider_shape_are_masked() {
+        let ring = ring_of(&[PROJECT_KEY, XAI]);
+        let stars = "*".repeat(100);
+        let cases = [
+            // OpenAI, project keys: the prefix, a long run of stars, the last 4.
+            format!("Incorrect API key provided: sk-proj-{stars}abcd. You can find your API key at https://platform.openai.com/account/api-keys."),
+            // OpenAI, older: first 8 (or 6, 5) characters, stars, last 4.
+            "Incorrect API key provided: sk-proj-***************abcd.".to_string(),
+            "key sk-pr****abcd, again sk-proj-A***...abcd".to_string(),
+            // OpenAI, newest: `sk-...` and the last 4.
+            "Incorrect API key provided: sk-...abcd. You can".to_string(),
+            "as text sk-proj…abcd and as JSON sk-proj\\u2026abcd".to_string(),
+            // xAI (400): two characters each side.
+            "Incorrect API key provided: xa***yz. You can obtain an API key from https://console.x.ai.".to_string(),
+            // Quoted in odd wrappers.
+            "<sk-proj-****abcd> ${xa***5yz} \\u003csk-pro***bcd\\u003e".to_string(),
+        ];
+        for text in cases {
+            let out = masked(&ring, &text);
+            assert!(
+                !out.contains("abcd") && !out.contains("yz"),
+                "{text}\n→ {out}"
+            );
+            assert!(
+                !out.contains("sk-p") && !out.contains("xa*"),
+                "{text}\n→ {out}"
+            );
+            assert!(!ring.contains_echo(out.as_bytes()), "{out}");
+            assert!(ring.contains_echo(text.as_bytes()), "{text}");
+            assert_eq!(out.len(), text.len());
+        }
+        let out = masked(&ring, &format!("provided: sk-proj-{stars}abcd. You can find your API key at https://platform.openai.com/account/api-keys."));
+        assert!(out.starts_with("provided: ***"), "{out}");
+        assert!(
+            out.ends_with(
+                "***. You can find your API key at https://platform.openai.com/account/api-keys."
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn stars_that_are_not_a_masked_key_stay() {
+        let ring = ring_of(&[PROJECT_KEY, XAI]);
+        for text in [
+            "**bold** and 2*3=6 and a***b and ... trailing...",
+            // A masked key, but not one of this ring's.
+            "Incorrect API key provided: sk-pr********qqqq and xa***qq and zz***yz.",
+            // One side only.
+            "sk-pr**** and ****abcd",
+            "",
+            "*",
+        ] {
+            assert_eq!(masked(&ring, text), text);
+            assert!(!ring.contains_echo(text.as_bytes()), "{text}");
+        }
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub key_healthy: IntGaugeVec,
     /// `keygate_tokens_total{client,provider,model,kind}`.
     pub tokens_total: IntCounterVec,
+    /// `keygate_client_auth_failures_total{reason}`: client-key refusals (401) by case.
+    pub client_auth_failures: IntCounterVec,
     /// Per-provider series, resolved once (no label lookup per request).
     providers: std::sync::Arc<std::collections::HashMap<String, ProviderMetrics>>,
 }
@@ -132,6 +134,13 @@ impl Metrics {
             ),
             &["client", "provider", "model", "kind"],
         );
+        let client_auth_failures = IntCounterVec::new(
+            Opts::new(
+                "keygate_client_auth_failures_total",
+                "Requests refused for their client key (401), by reason.",
+            ),
+            &["reason"],
+        );
         // Names and label sets are constants: construction cannot fail at run time.
         #[allow(clippy::expect_used)]
         let metrics = Metrics {
@@ -146,6 +155,7 @@ impl Metrics {
             key_age: key_age.expect("static metric"),
             key_healthy: key_healthy.expect("static metric"),
             tokens_total: tokens_total.expect("static metric"),
+            client_auth_failures: client_auth_failures.expect("static metric"),
             providers: Default::default(),
             registry,
         };
@@ -161,6 +171,7 @@ impl Metrics {
             Box::new(metrics.key_age.clone()),
             Box::new(metrics.key_healthy.clone()),
             Box::new(metrics.tokens_total.clone()),
+            Box::new(metrics.client_auth_failures.clone()),
         ] {
             // Registering distinct names on a fresh registry cannot collide.
             let _ = metrics.registry.register(collector);
@@ -182,6 +193,12 @@ impl Metrics {
         metrics.providers = std::sync::Arc::new(providers);
         for result in ["ok", "error"] {
             metrics.vault_reloads.with_label_values(&[result]).reset();
+        }
+        for reason in crate::auth::AuthFailure::REASONS {
+            metrics
+                .client_auth_failures
+                .with_label_values(&[reason])
+                .reset();
         }
         metrics
     }

@@ -39,6 +39,8 @@ struct RequestContext {
     key_id: Option<Arc<str>>,
     attempts: u32,
     error: Option<&'static str>,
+    /// Why the client key was refused (`keygate_client_auth_failures_total`).
+    auth_failure: Option<&'static str>,
     /// The usage counters, until a response tap takes them over.
     usage: Option<Arc<UsageCounters>>,
     /// `keygate_requests_total` of this client and provider for a 200.
@@ -59,6 +61,9 @@ pub async fn handle(
         Ok(response) => response,
         Err(error) => {
             ctx.error = Some(error.code());
+            if let ProxyError::InvalidClientKey(why) = &error {
+                ctx.auth_failure = Some(why.reason());
+            }
             error.into_response()
         }
     };
@@ -429,11 +434,20 @@ fn record(shared: &Shared, ctx: &mut RequestContext, status: StatusCode, started
     if let Some(provider) = &ctx.provider {
         provider.request_duration.observe(elapsed.as_secs_f64());
     }
+    if let Some(reason) = ctx.auth_failure {
+        shared
+            .metrics
+            .client_auth_failures
+            .with_label_values(&[reason])
+            .inc();
+    }
     tracing::info!(
         client,
         provider,
         status = status.as_u16(),
         latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        // Only on a refused client key (a `None` field is left out).
+        auth_failure = ctx.auth_failure,
         key_id = ctx.key_id.as_deref().unwrap_or("-"),
         attempts = ctx.attempts,
         error = ctx.error.unwrap_or("-"),

@@ -4,7 +4,7 @@
 //! The request path only loads the snapshot (once per request, `load_full`);
 //! only `reload` stores a new one, built whole.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -41,6 +41,9 @@ pub struct Snapshot {
     pub generation: u64,
     /// Active clients by key digest.
     pub clients: HashMap<ClientKeyDigest, Arc<ClientInfo>>,
+    /// Key digests of revoked clients, so a refusal can say "revoked" rather
+    /// than "unknown" (never grants access).
+    pub revoked_clients: HashSet<ClientKeyDigest>,
     /// Key ring per provider name.
     pub rings: HashMap<String, Arc<KeyRing>>,
     /// Unix seconds when a `previous` key's grace ends (the snapshot must be
@@ -80,6 +83,12 @@ impl Snapshot {
                 ))
             })
             .collect();
+        let revoked_clients = document
+            .clients
+            .iter()
+            .filter(|c| c.revoked.is_some())
+            .filter_map(|c| ClientKeyDigest::from_hex(&c.key_sha256))
+            .collect();
         let rings = config
             .providers
             .values()
@@ -101,6 +110,7 @@ impl Snapshot {
         Snapshot {
             generation,
             clients,
+            revoked_clients,
             rings,
             next_expiry,
         }

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::support::client::{next_data, open_h1};
 use crate::support::mock::closed_port_url;
-use crate::support::{chat_body, find_leaks, Env, Req, OPENAI_KEY};
+use crate::support::{chat_body, find_leaks, Env, Req, OPENAI_KEY, XAI_KEY};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_secret_in_logs_cli_output_metrics_or_error_bodies() {
@@ -124,4 +124,103 @@ async fn no_secret_in_upstream_unavailable_errors() {
     let resp = env.server.send(env.chat("gpt-4o")).await;
     assert_eq!(resp.status, 502, "{}", resp.text());
     // Checked by the harness when `env` drops.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn masked_key_echoes_in_provider_error_shapes_are_scrubbed() {
+    let env = Env::start().await;
+    // How providers quote a key they refused: its first and last characters
+    // around a mask (OPENAI_KEY is sk-test-…c0Fg, XAI_KEY xai-test-…0Mx).
+    let stars = "*".repeat(104);
+    let openai_shapes = [
+        // Project-key style: the prefix, a long run of stars, the last 4.
+        format!("sk-test-{stars}c0Fg"),
+        // Older: the first 5 to 8 characters, stars, the last 4.
+        "sk-te***************************************c0Fg".to_string(),
+        "sk-tes***...c0Fg".to_string(),
+        // Newest: `sk-...` and the last 4; and an ellipsis, raw and JSON-escaped.
+        "sk-...c0Fg".to_string(),
+        "sk-te…c0Fg".to_string(),
+        r"sk-te\u2026c0Fg".to_string(),
+    ];
+    let openai_body = |shape: &str| {
+        format!(
+            r#"{{"error":{{"message":"Incorrect API key provided: {shape}. You can find your API key at https://platform.openai.com/account/api-keys. **Note** 2*3 stays.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}}}"#
+        )
+    };
+    let leaks_in = |resp: &crate::support::client::Resp| {
+        find_leaks(
+            &[OPENAI_KEY.to_string(), XAI_KEY.to_string()],
+            &[("client response".to_string(), resp.everything())],
+        )
+    };
+    for shape in &openai_shapes {
+        // A 400 passes through: the message arrives, the masked key does not.
+        env.openai.push_response(400, &[], &openai_body(shape));
+        let resp = env.server.send(env.chat("gpt-4o")).await;
+        assert_eq!(resp.status, 400, "{}", resp.text());
+        let message = resp.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            message.starts_with("Incorrect API key provided: ***")
+                && message.ends_with(
+                    "***. You can find your API key at https://platform.openai.com/account/api-keys. **Note** 2*3 stays."
+                ),
+            "{shape}: {message}"
+        );
+        for fragment in [shape.as_str(), "c0Fg", "sk-te"] {
+            assert!(!resp.everything().contains(fragment), "{shape}: {message}");
+        }
+        assert!(leaks_in(&resp).is_empty(), "{:?}", leaks_in(&resp));
+        // OpenAI's real 401 with the same quote: whatever reaches the client
+        // carries none of it either.
+        env.openai.push_response(401, &[], &openai_body(shape));
+        let resp = env.server.send(env.chat("gpt-4o")).await;
+        for fragment in [shape.as_str(), "c0Fg", "sk-te"] {
+            assert!(
+                !resp.everything().contains(fragment),
+                "{}",
+                resp.everything()
+            );
+        }
+        assert!(leaks_in(&resp).is_empty(), "{:?}", leaks_in(&resp));
+    }
+
+    // xAI answers a bad key with a 400 quoting two characters each side.
+    let xai_body = r#"{"code":"Client specified an invalid argument","error":"Incorrect API key provided: xa***Mx. You can obtain an API key from https://console.x.ai."}"#;
+    env.xai.push_response(400, &[], xai_body);
+    let resp = env.server.send(env.chat("grok-3")).await;
+    let text = resp.everything();
+    assert!(!text.contains("xa***Mx") && !text.contains("Mx."), "{text}");
+    if resp.status == 400 {
+        assert!(
+            resp.json()["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("Incorrect API key provided: ***")
+                    && e.ends_with("*. You can obtain an API key from https://console.x.ai.")),
+            "{text}"
+        );
+    }
+    assert!(leaks_in(&resp).is_empty(), "{:?}", leaks_in(&resp));
+
+    // A response header quoting a masked key is dropped.
+    env.openai.push_response(
+        400,
+        &[("x-debug-key", "sk-te****c0Fg"), ("x-request-id", "req_123")],
+        r#"{"error":{"message":"bad request","type":"invalid_request_error","param":null,"code":null}}"#,
+    );
+    let resp = env.server.send(env.chat("gpt-4o")).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(
+        resp.headers.get("x-debug-key").is_none(),
+        "{}",
+        resp.everything()
+    );
+    assert!(
+        resp.headers.get("x-request-id").is_some(),
+        "{}",
+        resp.everything()
+    );
 }
