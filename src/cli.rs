@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, Sources};
 use crate::secret::Secret;
-use crate::vault::{Kek, MasterKeySources, Vault, VaultError};
+use crate::vault::{Kek, MasterKeySources, ServedRecord, Vault, VaultError};
 
 /// keygate: an authenticating reverse proxy for LLM APIs.
 #[derive(Debug, Parser)]
@@ -32,7 +32,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the proxy (client listener + admin listener).
-    Serve,
+    Serve {
+        /// Serve this vault generation even though a newer one was served
+        /// before (after restoring an older vault on purpose); recorded.
+        #[arg(long, value_name = "N")]
+        accept_vault_generation: Option<u64>,
+    },
     /// Create or re-key the encrypted vault.
     #[command(subcommand)]
     Vault(vault::VaultCommand),
@@ -85,6 +90,7 @@ impl Context {
     /// The vault named by the config.
     pub fn vault(&self) -> Vault {
         Vault::new(&self.config.vault.path)
+            .with_served_record(ServedRecord::beside(&self.config.metering.db))
     }
 
     /// The master key, or an error saying how to provide one.
@@ -134,7 +140,9 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
     let admin_token = lookup(&config.admin.token_env);
     let context = Context { config, master };
     match cli.command {
-        Command::Serve => serve::run(context, admin_token),
+        Command::Serve {
+            accept_vault_generation,
+        } => serve::run(context, admin_token, accept_vault_generation),
         Command::Vault(command) => vault::run(&context, command),
         Command::Key(command) => key::run(&context, command),
         Command::Client(command) => client::run(&context, command),

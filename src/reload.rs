@@ -29,6 +29,14 @@ pub enum ReloadError {
         /// Generation being served.
         serving: u64,
     },
+    /// `--accept-vault-generation` named another generation than the vault has.
+    #[error("--accept-vault-generation {accepted} was given, but the vault has generation {found}: nothing was accepted; pass the vault's own generation ({found}) to serve it")]
+    AcceptMismatch {
+        /// What the operator accepted.
+        accepted: u64,
+        /// What the vault has.
+        found: u64,
+    },
 }
 
 /// Identity of a file's current content, cheap to compare.
@@ -53,6 +61,9 @@ pub struct VaultWatch {
     kek: Kek,
     seen: (Stamp, Stamp),
     generation: u64,
+    /// `serve --accept-vault-generation N`: the operator chose to serve an
+    /// older vault; checked and recorded on the first load.
+    accept: Option<u64>,
 }
 
 impl VaultWatch {
@@ -65,7 +76,14 @@ impl VaultWatch {
             kek,
             seen: (Stamp(None), Stamp(None)),
             generation: 0,
+            accept: None,
         }
+    }
+
+    /// Serve generation `generation` even though a newer one was served before.
+    pub fn accept_generation(mut self, generation: Option<u64>) -> Self {
+        self.accept = generation;
+        self
     }
 
     /// The vault file.
@@ -110,12 +128,29 @@ impl VaultWatch {
             }
             other => other?,
         };
+        if let Some(accepted) = self.accept.take() {
+            if accepted != loaded.generation {
+                return Err(ReloadError::AcceptMismatch {
+                    accepted,
+                    found: loaded.generation,
+                });
+            }
+            if let Some(record) = self.vault.served_record() {
+                record.accept(accepted)?;
+                tracing::warn!(
+                    generation = accepted,
+                    "serving vault generation {accepted} on the operator's word (--accept-vault-generation); recorded"
+                );
+            }
+        }
         if loaded.generation < self.generation {
             return Err(ReloadError::Regressed {
                 found: loaded.generation,
                 serving: self.generation,
             });
         }
+        // Across restarts too: never below what this server ever served.
+        self.vault.check_not_rolled_back(loaded.generation)?;
         let now = crate::unix_now();
         let serving = shared.snapshot.load_full();
         let expired = serving.next_expiry.is_some_and(|t| t <= now);
@@ -142,6 +177,14 @@ impl VaultWatch {
         );
         shared.publish(snapshot);
         self.generation = loaded.generation;
+        if let Some(record) = self.vault.served_record() {
+            if let Err(error) = record.record(loaded.generation) {
+                tracing::warn!(
+                    generation = loaded.generation,
+                    "cannot record the served vault generation, so a restart could not refuse an older vault copy: {error}"
+                );
+            }
+        }
         Ok(true)
     }
 }

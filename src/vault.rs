@@ -16,6 +16,7 @@ mod crypto;
 mod file;
 mod format;
 pub mod master;
+pub mod served;
 
 use std::path::{Path, PathBuf};
 
@@ -23,11 +24,14 @@ use zeroize::Zeroizing;
 
 pub use format::Header;
 pub use master::{Kek, MasterKey, MasterKeySources};
+pub use served::ServedRecord;
 
 /// A vault file on disk. Holds the path only; every call reads the file fresh.
 #[derive(Debug, Clone)]
 pub struct Vault {
     path: PathBuf,
+    /// The highest generation a server served: writes on an older copy are refused.
+    served: Option<ServedRecord>,
 }
 
 /// A decrypted vault, as returned by [`Vault::load`].
@@ -96,6 +100,15 @@ pub enum VaultError {
     /// The OS RNG failed.
     #[error("the operating system's random number generator failed ({cause}); nothing was written — retry, and check the system's entropy source")]
     Random { cause: getrandom::Error },
+    /// The vault is older than one a server has already served: restored from
+    /// an older copy, which would bring back revoked clients and retired keys.
+    #[error("vault {path} has generation {found}, but keygate has already served generation {served} (recorded in {record}): this is an older copy of the vault (restored from a backup?), and it would bring back revoked client keys and retired upstream keys. Restore the newest vault file; or, to go back to this one on purpose, start `keygate serve --accept-vault-generation {found}` once (the choice is recorded)", path = .path.display(), record = .record.display())]
+    RolledBack {
+        path: PathBuf,
+        found: u64,
+        served: u64,
+        record: PathBuf,
+    },
     /// A cipher or KDF call failed (not an authentication failure).
     #[error("vault encryption failed: {detail}; nothing was written")]
     Crypto { detail: &'static str },
@@ -117,7 +130,39 @@ impl VaultError {
 impl Vault {
     /// A vault at `path` (nothing is read yet).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Vault { path: path.into() }
+        Vault {
+            path: path.into(),
+            served: None,
+        }
+    }
+
+    /// The same vault, refusing writes on a copy older than `record` says a
+    /// server has served.
+    pub fn with_served_record(mut self, record: ServedRecord) -> Self {
+        self.served = Some(record);
+        self
+    }
+
+    /// The served-generation record, if one is kept.
+    pub fn served_record(&self) -> Option<&ServedRecord> {
+        self.served.as_ref()
+    }
+
+    /// `Err(RolledBack)` when `generation` is older than the highest served.
+    pub fn check_not_rolled_back(&self, generation: u64) -> Result<(), VaultError> {
+        let Some(record) = &self.served else {
+            return Ok(());
+        };
+        let served = record.highest()?;
+        if generation < served {
+            return Err(VaultError::RolledBack {
+                path: self.path.clone(),
+                found: generation,
+                served,
+                record: record.path().to_owned(),
+            });
+        }
+        Ok(())
     }
 
     /// The vault file's path.
@@ -181,6 +226,7 @@ impl Vault {
         let _lock = file::lock(&self.path)?;
         file::remove_stale_temps(&self.path);
         let opened = crypto::open(&self.path, &self.read()?, kek)?;
+        self.check_not_rolled_back(opened.header.generation)?;
         let mut doc = self.parse(&opened.plaintext)?;
         let value = f(&mut doc)?;
         // Same KEK (the salt is kept) and same DEK; fresh nonces inside seal.
@@ -198,6 +244,7 @@ impl Vault {
         let _lock = file::lock(&self.path)?;
         file::remove_stale_temps(&self.path);
         let opened = crypto::open(&self.path, &self.read()?, old)?;
+        self.check_not_rolled_back(opened.header.generation)?;
         let derived =
             crypto::derive(new, crypto::fresh_source(new)?)?.ok_or(VaultError::Crypto {
                 detail: "key kind does not match its source",

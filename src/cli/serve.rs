@@ -20,7 +20,11 @@ macro_rules! announce {
     }};
 }
 
-pub(super) fn run(context: Context, admin_token: Option<Secret>) -> Result<(), CliError> {
+pub(super) fn run(
+    context: Context,
+    admin_token: Option<Secret>,
+    accept_vault_generation: Option<u64>,
+) -> Result<(), CliError> {
     let vault = context.vault();
     let kek = if vault.exists() {
         context.kek()?
@@ -56,7 +60,8 @@ pub(super) fn run(context: Context, admin_token: Option<Secret>) -> Result<(), C
         let spent = ledger
             .client_totals()
             .map_err(|e| CliError::Runtime(e.to_string()))?;
-        let vault_watch = VaultWatch::new(vault, master, kek);
+        let vault_watch =
+            VaultWatch::new(vault, master, kek).accept_generation(accept_vault_generation);
         let shared = Arc::new(
             Shared::new(
                 config.clone(),
