@@ -369,11 +369,7 @@ mod tests {
             .series(key.clone(), test_metrics)
             .counters
             .record(&Outcome {
-                usage: Some(usage::Usage {
-                    prompt: 1,
-                    completion: 2,
-                    total: 3,
-                }),
+                usage: Some(usage::Usage::new(1, 2, 3)),
                 ..Outcome::default()
             });
         let drained = meter.drain();
