@@ -250,3 +250,80 @@ async fn chat_completions_get_the_option_spliced_into_the_clients_own_bytes() {
     let ledger = ledger_until(&env, |r| *r == expected).await;
     assert_eq!(ledger, expected);
 }
+
+/// The official Anthropic Python SDK (`examples/anthropic_sdk.py`) through
+/// keygate: `messages.create` and `messages.stream` with the `kg_` key as its
+/// API key. Needs `python3` with the `anthropic` package; `.ci/run` installs
+/// it and sets `KEYGATE_REQUIRE_SDK_TEST=1`, which turns a missing SDK into a
+/// failure. Without it (a developer machine) the test says so and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anthropic_python_sdk_works_through_keygate_and_is_metered() {
+    use std::process::Command;
+
+    let sdk_present = crate::support::blocking(|| {
+        Command::new("python3")
+            .args(["-c", "import anthropic"])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !sdk_present {
+        assert!(
+            std::env::var("KEYGATE_REQUIRE_SDK_TEST").is_err(),
+            "python3 with the anthropic package is required (pip install anthropic)"
+        );
+        eprintln!("SKIPPED: python3 with the anthropic package not found (pip install anthropic)");
+        return;
+    }
+    let (env, mock) = anthropic_env().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/anthropic_sdk.py");
+    let sdk = crate::support::blocking(|| {
+        Command::new("python3")
+            .arg(script)
+            .arg(format!("http://{}/anthropic", env.server.client))
+            .env("KEYGATE_CLIENT_KEY", &env.client_key)
+            .output()
+            .unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&sdk.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&sdk.stderr).into_owned();
+    env.server.record("anthropic SDK stdout", stdout.clone());
+    env.server.record("anthropic SDK stderr", stderr.clone());
+    assert!(
+        sdk.status.success(),
+        "SDK script failed:\n{stdout}\n{stderr}"
+    );
+    let text = anthropic::PIECES.concat();
+    let (input, output) = (anthropic::INPUT_TOKENS, anthropic::OUTPUT_TOKENS);
+    assert!(
+        stdout.contains(&format!("message: {text} | usage: {input} {output}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "stream: {text} ({} pieces) | usage: {input} {output}",
+            anthropic::PIECES.len()
+        )),
+        "{stdout}"
+    );
+    let seen = mock.requests();
+    assert_eq!(seen.len(), 2, "one message, one stream");
+    for request in &seen {
+        assert_eq!(request.header("x-api-key").as_deref(), Some(ANTHROPIC_KEY));
+        assert!(request.header("anthropic-version").is_some());
+        assert!(!String::from_utf8_lossy(&request.body).contains("stream_options"));
+    }
+
+    let mut both = totals(input, output);
+    both.requests = 2;
+    both.prompt *= 2;
+    both.completion *= 2;
+    both.total *= 2;
+    let expected = BTreeMap::from([(row("app", "anthropic", "claude-sonnet-4-5"), both)]);
+    let ledger = ledger_until(&env, |r| *r == expected).await;
+    assert_eq!(
+        ledger,
+        expected,
+        "serve stderr:\n{}",
+        tail(&env.server.stderr())
+    );
+}
