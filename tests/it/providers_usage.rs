@@ -327,3 +327,85 @@ async fn anthropic_python_sdk_works_through_keygate_and_is_metered() {
         tail(&env.server.stderr())
     );
 }
+
+/// An Anthropic stream written one byte per write is metered whole; one cut
+/// after `message_start` keeps the input count it reported (and counts as an
+/// error), so a client that hangs up early is still charged its prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn anthropic_streams_are_metered_bytewise_and_when_cut_after_message_start() {
+    use crate::support::raw_upstream::{
+        chunk, RawUpstream, Script, SSE_CHUNKED_HEAD, SSE_CLOSE_DELIMITED_HEAD,
+    };
+
+    let raw = RawUpstream::start(move |request| {
+        let model = request.json()["model"].as_str().unwrap_or("").to_string();
+        let events = events_of(&model);
+        if model == "claude-bytewise" {
+            Script::new()
+                .write(SSE_CLOSE_DELIMITED_HEAD)
+                .bytewise(events.concat().as_bytes(), Duration::ZERO)
+                .cut()
+        } else {
+            Script::new()
+                .write(SSE_CHUNKED_HEAD)
+                .write(chunk(events[..4].concat().as_bytes()))
+                .pause(Duration::from_millis(50))
+                .cut()
+        }
+    })
+    .await;
+    let url = raw.url();
+    let env = Env::setup()
+        .config(move |b| b.provider("anthropic", &url, "x-api-key"))
+        .key("anthropic", ANTHROPIC_KEY, &[])
+        .serve_env(FLUSH.0, FLUSH.1)
+        .start()
+        .await;
+
+    for model in ["claude-bytewise", "claude-cut"] {
+        let resp = open_h1(env.server.client, messages(&env, &stream_request(model))).await;
+        assert_eq!(resp.status(), 200, "{model}");
+        let (got, clean) = read_body(resp).await;
+        let got = String::from_utf8(got).unwrap();
+        env.server.record(model, got.clone());
+        if model == "claude-bytewise" {
+            assert!(clean);
+            assert_eq!(got, events_of(model).concat(), "passed through unchanged");
+        } else {
+            assert!(!clean || !got.contains("message_stop"), "{got}");
+        }
+    }
+    let expected = BTreeMap::from([
+        (
+            row("app", "anthropic", "claude-bytewise"),
+            totals(anthropic::INPUT_TOKENS, anthropic::OUTPUT_TOKENS),
+        ),
+        (
+            row("app", "anthropic", "claude-cut"),
+            Totals {
+                errors: 1,
+                ..totals(anthropic::INPUT_TOKENS, 1)
+            },
+        ),
+    ]);
+    let ledger = ledger_until(&env, |r| *r == expected).await;
+    assert_eq!(
+        ledger,
+        expected,
+        "serve stderr:\n{}",
+        tail(&env.server.stderr())
+    );
+}
+
+/// A streaming Messages request body for `model`.
+fn stream_request(model: &str) -> String {
+    format!(
+        r#"{{"model":"{model}","max_tokens":64,"stream":true,"messages":[{{"role":"user","content":"Hi"}}]}}"#
+    )
+}
+
+/// The events the Anthropic mock sends for [`stream_request`]`(model)`.
+fn events_of(model: &str) -> Vec<String> {
+    let request: Value = serde_json::from_str(&stream_request(model)).unwrap();
+    anthropic::stream_events(&request, model)
+}
