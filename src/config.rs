@@ -261,7 +261,8 @@ pub struct MeteringConfig {
     /// How often counters are flushed to the ledger.
     #[serde(deserialize_with = "duration")]
     pub flush_interval: Duration,
-    /// Ask upstreams for the final usage chunk on every stream.
+    /// Ask Chat Completions / Completions streams (of kinds that have
+    /// `stream_options`) for their final usage chunk.
     pub stream_usage: bool,
 }
 

@@ -10,6 +10,9 @@
 //! bytes with serde. Anything unusual (an escaped or repeated key, an
 //! unclosed body) is [`None`]: the caller then lets serde read the whole
 //! body, so the answer is serde's wherever the JSON is well formed.
+//!
+//! [`members`] finds where an object's members lie in a body serde has
+//! checked, so that keygate can add one field without re-writing the rest.
 
 /// The top-level fields of a chat request that keygate reads, as raw JSON
 /// text (`None` for a field the body lacks).
@@ -131,6 +134,121 @@ pub fn top_level<'a, const N: usize>(
     None
 }
 
+/// Where the members of one JSON object lie in a body: see [`members`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Members<const N: usize> {
+    /// The value of each key asked for (its last occurrence: JSON's last
+    /// duplicate wins, as in serde_json), as a byte range of the body.
+    pub values: [Option<std::ops::Range<usize>>; N],
+    /// Just past the last member's value (`None`: the object is empty).
+    pub last_value_end: Option<usize>,
+    /// The object's closing `}`.
+    pub close: usize,
+}
+
+/// The members of the object whose `{` is at `body[open]`, for a body that
+/// serde has already found to be well-formed JSON (so values can be skipped
+/// without checking them; anything unexpected is `None` all the same).
+/// Keys are compared decoded, so an escaped key (`"str\u0065am"`) is found.
+pub fn members<const N: usize>(body: &[u8], open: usize, keys: [&[u8]; N]) -> Option<Members<N>> {
+    let skip_ws = |mut at: usize| {
+        while body.get(at).is_some_and(|b| b.is_ascii_whitespace()) {
+            at += 1;
+        }
+        at
+    };
+    if body.get(open) != Some(&b'{') {
+        return None;
+    }
+    let mut found = Members {
+        values: std::array::from_fn(|_| None),
+        last_value_end: None,
+        close: 0,
+    };
+    let mut at = skip_ws(open + 1);
+    if body.get(at) == Some(&b'}') {
+        found.close = at;
+        return Some(found);
+    }
+    loop {
+        if body.get(at) != Some(&b'"') {
+            return None;
+        }
+        let key_end = string_end(body, at + 1)?;
+        let raw_key = &body[at + 1..key_end];
+        let decoded;
+        let key = if raw_key.contains(&b'\\') {
+            decoded = serde_json::from_slice::<String>(&body[at..=key_end]).ok()?;
+            decoded.as_bytes()
+        } else {
+            raw_key
+        };
+        let colon = skip_ws(key_end + 1);
+        if body.get(colon) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(colon + 1);
+        let end = value_end(body, start)?;
+        if let Some(wanted) = keys.iter().position(|k| *k == key) {
+            found.values[wanted] = Some(start..end);
+        }
+        found.last_value_end = Some(end);
+        at = skip_ws(end);
+        match body.get(at) {
+            Some(b',') => at = skip_ws(at + 1),
+            Some(b'}') => {
+                found.close = at;
+                return Some(found);
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// From the byte after an opening quote to its closing quote.
+fn string_end(body: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    loop {
+        at += memchr::memchr2(b'"', b'\\', body.get(at..)?)?;
+        match body[at] {
+            b'\\' => at += 2,
+            _ => return Some(at),
+        }
+    }
+}
+
+/// Just past the well-formed JSON value that starts at `body[start]`.
+fn value_end(body: &[u8], start: usize) -> Option<usize> {
+    match *body.get(start)? {
+        b'"' => Some(string_end(body, start + 1)? + 1),
+        b'{' | b'[' => {
+            let mut depth = 0u32;
+            let mut at = start;
+            loop {
+                match *body.get(at)? {
+                    b'"' => at = string_end(body, at + 1)?,
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(at + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                at += 1;
+            }
+        }
+        _ => {
+            let len = body[start..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']') || b.is_ascii_whitespace())
+                .unwrap_or(body.len() - start);
+            (len > 0).then_some(start + len)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +263,27 @@ mod tests {
         assert_eq!(stream, Some(&b"true"[..]));
         assert_eq!(options, Some(&br#"{"include_usage": false}"#[..]));
         assert_eq!(absent, None);
+    }
+
+    #[test]
+    fn members_are_found_by_their_last_occurrence() {
+        let body = br#"{ "stream" : false, "o":{"stream":1,"s":"}\""}, "str\u0065am":true ,"n":[1,{"a":[]}] }"#;
+        let found = members(body, 0, [b"stream", b"o", b"none"]).unwrap();
+        let text = |r: &Option<std::ops::Range<usize>>| r.clone().map(|r| &body[r]);
+        assert_eq!(text(&found.values[0]), Some(&b"true"[..]));
+        assert_eq!(
+            text(&found.values[1]),
+            Some(&br#"{"stream":1,"s":"}\""}"#[..])
+        );
+        assert_eq!(found.values[2], None);
+        assert_eq!(
+            &body[..found.last_value_end.unwrap()],
+            &body[..body.len() - 2]
+        );
+        assert_eq!(found.close, body.len() - 1);
+        let empty = members(b"{ }", 0, [b"x"]).unwrap();
+        assert_eq!((empty.last_value_end, empty.close), (None, 2));
+        assert!(members(b"[1]", 0, [b"x"]).is_none());
     }
 
     #[test]

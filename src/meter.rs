@@ -205,6 +205,16 @@ impl Meter {
     }
 }
 
+/// True for the upstream paths whose API has `stream_options.include_usage`:
+/// OpenAI's Chat Completions and Completions (`path` as keygate forwards it,
+/// after any provider prefix; a base path such as Azure's may come first).
+/// Other APIs report a stream's usage unasked (OpenAI's Responses API in
+/// `response.completed`, Anthropic's Messages in `message_start` and
+/// `message_delta`), and Anthropic refuses a field it does not know with a 400.
+pub fn has_stream_usage_option(path: &str) -> bool {
+    path.ends_with("/v1/chat/completions") || path.ends_with("/v1/completions")
+}
+
 /// With `stream_usage = true`: a streaming request body (`"stream": true`)
 /// that does not already ask for usage, rewritten to ask for it
 /// (`stream_options.include_usage = true`). `None` when nothing changes.
@@ -212,10 +222,17 @@ impl Meter {
 /// settle most bodies (most streams already ask, most bodies are no stream);
 /// `None` (not skimmed, or the skim could not judge it) leaves it to the full
 /// parse below, which decides.
+///
+/// The rewrite keeps the client's bytes: the option is spliced in, and
+/// everything else (field order, spacing, escapes) goes up as the client
+/// wrote it. Duplicate keys are read as serde_json reads them (the last one
+/// wins), and the last one is the one changed.
 pub fn ask_for_usage(
     body: &[u8],
     skimmed: Option<&crate::json_skim::ChatFields<'_>>,
 ) -> Option<bytes::Bytes> {
+    use crate::json_skim::members;
+
     if body.first() != Some(&b'{') {
         return None;
     }
@@ -238,19 +255,41 @@ pub fn ask_for_usage(
         None if memchr::memmem::find(body, b"\"stream\"").is_none() => return None,
         None => {}
     }
-    let mut json: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
-    if json.get("stream") != Some(&serde_json::Value::Bool(true)) {
+    // Only well-formed JSON is rewritten (and `members` may then skip values
+    // unchecked); a broken body goes up as sent, for the upstream to refuse.
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).ok()?;
+    let top = members(body, 0, [b"stream", b"stream_options"])?;
+    let [stream, options] = top.values;
+    if serde_json::from_slice::<bool>(&body[stream?]).ok() != Some(true) {
         return None;
     }
-    let options = json
-        .entry("stream_options")
-        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
-    let options = options.as_object_mut()?;
-    if options.get("include_usage") == Some(&serde_json::Value::Bool(true)) {
-        return None;
+    let splice = |at: std::ops::Range<usize>, text: &[u8]| {
+        let mut out = Vec::with_capacity(body.len() + text.len());
+        out.extend_from_slice(&body[..at.start]);
+        out.extend_from_slice(text);
+        out.extend_from_slice(&body[at.end..]);
+        Some(bytes::Bytes::from(out))
+    };
+    let Some(options) = options else {
+        let end = top.last_value_end?;
+        return splice(end..end, br#","stream_options":{"include_usage":true}"#);
+    };
+    // Options that are not an object are left alone, for the upstream to judge.
+    let inner = members(body, options.start, [b"include_usage"])?;
+    let [include_usage] = inner.values;
+    match include_usage {
+        Some(value) if serde_json::from_slice::<bool>(&body[value.clone()]).ok() == Some(true) => {
+            None
+        }
+        Some(value) => splice(value, b"true"),
+        None => match inner.last_value_end {
+            Some(end) => splice(end..end, br#","include_usage":true"#),
+            None => splice(
+                options.start + 1..options.start + 1,
+                br#""include_usage":true"#,
+            ),
+        },
     }
-    options.insert("include_usage".to_owned(), serde_json::Value::Bool(true));
-    serde_json::to_vec(&json).ok().map(bytes::Bytes::from)
 }
 
 /// The part of `stream_options` [`ask_for_usage`] reads.
@@ -311,6 +350,105 @@ mod tests {
         assert_eq!(asks(br#"{"stream":"true"}"#), None);
     }
 
+    /// The rewrite is the client's body with only the option added: every
+    /// other byte (order, spacing, escapes, unicode) as the client sent it.
+    #[test]
+    fn the_rewrite_splices_the_option_into_the_clients_bytes() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"{"model":"m","stream":true}"#,
+                r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+            ),
+            // Whitespace and newlines kept; the option goes after the last member.
+            (
+                "{\n  \"stream\" : true ,\n  \"model\": \"m\"\n}\n",
+                "{\n  \"stream\" : true ,\n  \"model\": \"m\",\"stream_options\":{\"include_usage\":true}\n}\n",
+            ),
+            // Nested objects, arrays, escapes and unicode are not touched (nor reordered).
+            (
+                r#"{"z":1,"messages":[{"role":"user","content":"h\u00e9 \"}\" 日本語 🎉","stream":false}],"stream":true,"a":{"b":[{}]}}"#,
+                r#"{"z":1,"messages":[{"role":"user","content":"h\u00e9 \"}\" 日本語 🎉","stream":false}],"stream":true,"a":{"b":[{}]},"stream_options":{"include_usage":true}}"#,
+            ),
+            // Existing options with other fields: include_usage added inside.
+            (
+                r#"{"stream":true,"stream_options":{"x":1, "y" : [2]},"model":"m"}"#,
+                r#"{"stream":true,"stream_options":{"x":1, "y" : [2],"include_usage":true},"model":"m"}"#,
+            ),
+            (
+                r#"{"stream":true,"stream_options":{ }}"#,
+                r#"{"stream":true,"stream_options":{"include_usage":true }}"#,
+            ),
+            // include_usage false or null: only that value changes.
+            (
+                r#"{"stream_options":{"include_usage": false ,"x":1},"stream":true}"#,
+                r#"{"stream_options":{"include_usage": true ,"x":1},"stream":true}"#,
+            ),
+            (
+                r#"{"stream":true,"stream_options":{"include_usage":null}}"#,
+                r#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            ),
+            // Duplicate keys: the last one decides and is the one changed.
+            (
+                r#"{"stream":false,"stream":true,"stream_options":{"include_usage":true},"stream_options":{"include_usage":false}}"#,
+                r#"{"stream":false,"stream":true,"stream_options":{"include_usage":true},"stream_options":{"include_usage":true}}"#,
+            ),
+            (
+                r#"{"stream":true,"stream_options":{"include_usage":false,"include_usage":null}}"#,
+                r#"{"stream":true,"stream_options":{"include_usage":false,"include_usage":true}}"#,
+            ),
+            // An escaped key is the same key.
+            (
+                r#"{"stream":true,"stream_\u006fptions":{"x":1}}"#,
+                r#"{"stream":true,"stream_\u006fptions":{"x":1,"include_usage":true}}"#,
+            ),
+        ];
+        for (sent, want) in cases {
+            let got =
+                ask_for_usage(sent.as_bytes()).unwrap_or_else(|| panic!("not rewritten: {sent}"));
+            assert_eq!(std::str::from_utf8(&got).unwrap(), *want, "from {sent}");
+            // And what goes up parses to what the client sent plus the option.
+            let mut sent_json: serde_json::Value = serde_json::from_str(sent).unwrap();
+            let got_json: serde_json::Value = serde_json::from_slice(&got).unwrap();
+            let options = sent_json
+                .as_object_mut()
+                .unwrap()
+                .entry("stream_options")
+                .or_insert_with(|| serde_json::json!({}));
+            options["include_usage"] = true.into();
+            assert_eq!(got_json, sent_json, "from {sent}");
+        }
+        // Nothing to change, or not JSON: nothing rewritten.
+        for sent in [
+            r#"{"stream":true,"stream":false}"#,
+            r#"{"stream":true,"stream_options":{"include_usage":false,"include_usage":true}}"#,
+            r#"{"stream":true,"stream_options":[1]}"#,
+            r#"{"stream":true,"x":}"#,
+            r#"{"stream":true} x"#,
+        ] {
+            assert!(ask_for_usage(sent.as_bytes()).is_none(), "{sent}");
+        }
+    }
+
+    #[test]
+    fn only_chat_and_completions_have_the_stream_usage_option() {
+        for path in [
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/openai/v1/chat/completions",
+        ] {
+            assert!(has_stream_usage_option(path), "{path}");
+        }
+        for path in [
+            "/v1/messages",
+            "/v1/responses",
+            "/v1/embeddings",
+            "/v1/chat/completions/chatcmpl-1",
+            "/v1/models",
+        ] {
+            assert!(!has_stream_usage_option(path), "{path}");
+        }
+    }
+
     fn test_metrics(_: &UsageKey) -> UsageMetrics {
         UsageMetrics {
             tokens: tap::TokenMetrics {
@@ -369,11 +507,7 @@ mod tests {
             .series(key.clone(), test_metrics)
             .counters
             .record(&Outcome {
-                usage: Some(usage::Usage {
-                    prompt: 1,
-                    completion: 2,
-                    total: 3,
-                }),
+                usage: Some(usage::Usage::new(1, 2, 3)),
                 ..Outcome::default()
             });
         let drained = meter.drain();

@@ -132,7 +132,10 @@ async fn conduct(
             .admit(&client.name, client.limits, estimate, crate::unix_now())?;
     // Ask for the usage chunk on the client's behalf, and hide it from them.
     let mut strip_usage_chunk = false;
-    if config.metering.stream_usage && provider.kind.has_stream_usage_option() {
+    if config.metering.stream_usage
+        && provider.kind.has_stream_usage_option()
+        && crate::meter::has_stream_usage_option(path)
+    {
         let rewritten = body
             .buffered()
             .and_then(|b| crate::meter::ask_for_usage(b, skimmed.as_ref()));

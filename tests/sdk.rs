@@ -5,6 +5,9 @@
 //! Needs `python3` with the `openai` package; `.ci/run` installs it and sets
 //! `KEYGATE_REQUIRE_SDK_TEST=1`, which turns a missing SDK into a failure. On a
 //! developer machine without it the test says so and passes.
+//!
+//! The Anthropic SDK's flow (`examples/anthropic_sdk.py`) is tested the same
+//! way in `tests/it/providers_usage.rs`, next to the Anthropic mock it needs.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 

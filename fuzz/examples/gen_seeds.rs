@@ -164,6 +164,10 @@ fn sse_seeds() {
             br#"{"type":"response.completed","response":{"usage":{"input_tokens":5,"output_tokens":7}}}"#,
         ),
     );
+    // Anthropic's stream: input (and cache reads) in message_start, the
+    // cumulative output in the last message_delta; the counts merge.
+    let anthropic: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"content\":[],\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":8,\"output_tokens\":1}}}\n\nevent: ping\ndata: {\"type\": \"ping\"}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    put("sse_tap", "anthropic-stream.sse", &tap_input(0x02, &[30, 7], anthropic));
     put("sse_tap", "opaque.bin", &tap_input(0xE1, &[3], b"data: x\n\n\xff\x00"));
 }
 

@@ -9,7 +9,7 @@
 //! Checked, for the chosen chunking, one chunk and one byte per chunk:
 //! pass-through output is byte-identical to the body; usage and counters do
 //! not depend on chunking (pass-through: the scanner's usage of the whole
-//! body; stripping: the splitter's); SSE events and their end offsets do not depend on
+//! body; stripping: the splitter's events' usage objects, merged field by field); SSE events and their end offsets do not depend on
 //! chunking (one byte per chunk: bodies up to 1 KiB); stripping output is exactly the body minus the whole events whose
 //! data is a usage-only chunk (so never longer than the body).
 
@@ -85,8 +85,10 @@ fuzz_target!(|data: &[u8]| {
     let mut expected_usage = None;
     for (data, end) in &reference {
         let f = usage::find(data);
-        if f.usage.is_some() {
-            expected_usage = f.usage;
+        // Usage objects merge field by field (an Anthropic stream's input
+        // count comes from message_start, its output count from message_delta).
+        if let Some(u) = f.usage {
+            expected_usage = Some(usage::Usage::merged(expected_usage, u));
         }
         if !f.usage_only_chunk {
             expected_strip.extend_from_slice(&body[start..*end]);

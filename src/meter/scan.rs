@@ -7,8 +7,11 @@
 //! rewrite) uses this instead of the SSE splitter: each byte is looked at once
 //! by `memchr`'s vectorised search, and only the few bytes after a `"usage"`
 //! key are walked one by one. The key cannot match inside a JSON string
-//! (quotes there are escaped), so only real keys are followed. The last usage
-//! object of the body wins, as the final SSE usage chunk is the one that counts.
+//! (quotes there are escaped), so only real keys are followed. Every usage
+//! object of the body is merged into the one before it, field by field
+//! ([`Usage::merge`]): an OpenAI stream's one final usage chunk carries every
+//! count, an Anthropic stream's `message_start` the input count and its last
+//! `message_delta` the cumulative output count.
 //!
 //! A streaming chunk with `stream_options.include_usage` carries
 //! `"usage":null` in every event; stopping at each of those would cost more
@@ -120,7 +123,7 @@ impl UsageScanner {
         self.sse
     }
 
-    /// The last usage object seen so far.
+    /// The usage objects seen so far, merged.
     pub fn usage(&self) -> Option<Usage> {
         self.usage
     }
@@ -198,7 +201,7 @@ impl UsageScanner {
             // long) or an SSE line ends inside (a continuation to check).
             let inside = &chunk[open..open + len];
             if len <= MAX_OBJECT && !(self.sse && memchr::memchr2(b'\n', b'\r', inside).is_some()) {
-                self.usage = Some(usage);
+                self.usage = Some(Usage::merged(self.usage, usage));
                 self.state = State::Searching;
                 return open + len;
             }
@@ -327,7 +330,7 @@ impl UsageScanner {
                 self.depth -= 1;
                 if self.depth == 0 {
                     if let Some((found, _)) = usage::parse_object_prefix(&self.object) {
-                        self.usage = Some(found);
+                        self.usage = Some(Usage::merged(self.usage, found));
                     }
                     self.state = State::Searching;
                 }
@@ -386,8 +389,28 @@ mod tests {
         assert_eq!(scan(false, &[body]), Some((8, 0, 8)));
     }
 
+    /// Anthropic's Messages stream, as api.anthropic.com writes it.
+    const ANTHROPIC_STREAM: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":100,\"output_tokens\":1}}}\n\nevent: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\nevent: ping\ndata: {\"type\": \"ping\"}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\nevent: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":7}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+
     #[test]
-    fn the_last_usage_wins_and_null_is_none() {
+    fn an_anthropic_stream_keeps_the_input_count_of_message_start() {
+        // 25 input + 100 cache reads; the last message_delta's cumulative 15 output.
+        let want = Some((125, 15, 140));
+        assert_eq!(scan(true, &[ANTHROPIC_STREAM]), want);
+        for split in 0..ANTHROPIC_STREAM.len() {
+            let (a, b) = ANTHROPIC_STREAM.split_at(split);
+            assert_eq!(scan(true, &[a, b]), want, "split at {split}");
+        }
+        // Cut after message_start: the input count (and its first output token).
+        let cut = ANTHROPIC_STREAM
+            .windows(22)
+            .position(|w| w == b"event: content_block_s")
+            .unwrap();
+        assert_eq!(scan(true, &[&ANTHROPIC_STREAM[..cut]]), Some((125, 1, 126)));
+    }
+
+    #[test]
+    fn later_usage_replaces_earlier_fields_and_null_is_none() {
         assert_eq!(scan(true, &[b"data: {\"usage\":null}\n\n"]), None);
         let two =
             b"data: {\"usage\":{\"total_tokens\":1}}\n\ndata: {\"usage\":{\"total_tokens\":2}}\n\n";
@@ -419,6 +442,8 @@ mod tests {
             b"data: {\"usage\":{\"prompt_tokens\":1,\n\n",
             b"\xc3\xa9\"usa",
             b"ge\":{\"total_tokens\":11}}",
+            b"data: {\"message\":{\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":3,\"output_tokens\":1}}}\n\n",
+            b"data: {\"usage\":{\"output_tokens\":15,\"input_tokens\":null}}\n\n",
         ];
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = |bound: usize| {

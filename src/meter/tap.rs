@@ -109,7 +109,7 @@ impl MeterTap {
                 splitter.feed(&chunk, |data, end| {
                     let found = usage::find(data);
                     if let Some(u) = found.usage {
-                        *usage = Some(u);
+                        *usage = Some(Usage::merged(*usage, u));
                     }
                     ends.push((end, found.usage_only_chunk));
                 });

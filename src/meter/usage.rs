@@ -1,40 +1,145 @@
-//! Token usage in OpenAI-compatible response bodies: the `usage` object of a
-//! JSON response or of an SSE chunk (chat, completions, embeddings, and the
-//! Responses API's `response.usage`). Accounting only: no framing, no I/O.
+//! Token usage in response bodies: the `usage` object of a JSON response or
+//! of an SSE event, in the shapes the providers write (DESIGN §11):
+//!
+//! - OpenAI Chat Completions, Completions, Embeddings: `prompt_tokens`,
+//!   `completion_tokens`, `total_tokens` (`prompt_tokens` already includes
+//!   cached tokens; their breakdown is nested and not read).
+//! - OpenAI Responses API: `input_tokens`, `output_tokens`, `total_tokens`, at
+//!   `response.usage` (JSON) or in the `response.completed` event.
+//! - Anthropic Messages: `input_tokens`, `output_tokens`, and the prompt-cache
+//!   counts `cache_creation_input_tokens` / `cache_read_input_tokens`, which
+//!   Anthropic's `input_tokens` excludes but bills: they count into the prompt.
+//!   In a stream, `message_start` carries the input count and each
+//!   `message_delta` the cumulative output count.
+//!
+//! One response may carry several usage objects (an Anthropic stream does), so
+//! the counts are merged field by field: a later object's fields replace
+//! earlier ones, fields it lacks (or sends as `null`) keep what was seen.
+//! Accounting only: no framing, no I/O.
 
 use serde::Deserialize;
 
-/// Tokens reported by the upstream.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// Tokens reported by the upstream, as counted: `prompt`, `completion` and
+/// `total`. It also remembers which counts the upstream actually wrote, so a
+/// later report can be [merged](Usage::merge) into it field by field.
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Usage {
-    /// Prompt (input) tokens.
+    /// Prompt (input) tokens, cache reads and writes included.
     pub prompt: u64,
     /// Completion (output) tokens.
     pub completion: u64,
-    /// Total tokens.
+    /// Total tokens: the upstream's own total when it wrote one, else
+    /// prompt + completion.
     pub total: u64,
+    /// The counts as written, for [`Usage::merge`].
+    reported: Reported,
 }
 
-#[derive(Deserialize)]
-struct RawUsage {
-    #[serde(default, alias = "input_tokens")]
-    prompt_tokens: u64,
-    #[serde(default, alias = "output_tokens")]
-    completion_tokens: u64,
+/// Two usages are equal when they count the same tokens.
+impl PartialEq for Usage {
+    fn eq(&self, other: &Self) -> bool {
+        (self.prompt, self.completion, self.total) == (other.prompt, other.completion, other.total)
+    }
+}
+
+impl Eq for Usage {}
+
+/// The fields of one usage object, as the upstream wrote them (`None`:
+/// absent or `null`). The OpenAI and Anthropic names are kept apart, so an
+/// object carrying both is read rather than refused.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+struct Reported {
+    #[serde(default)]
+    prompt_tokens: Option<u64>,
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
     #[serde(default)]
     total_tokens: Option<u64>,
 }
 
-impl From<RawUsage> for Usage {
-    fn from(raw: RawUsage) -> Self {
-        Usage {
-            prompt: raw.prompt_tokens,
-            completion: raw.completion_tokens,
-            // Saturating: an upstream's absurd counts must not wrap or panic.
-            total: raw
-                .total_tokens
-                .unwrap_or(raw.prompt_tokens.saturating_add(raw.completion_tokens)),
+impl Reported {
+    /// `later`'s fields where it has them, else `self`'s.
+    fn merge(self, later: Reported) -> Reported {
+        Reported {
+            prompt_tokens: later.prompt_tokens.or(self.prompt_tokens),
+            input_tokens: later.input_tokens.or(self.input_tokens),
+            cache_creation_input_tokens: later
+                .cache_creation_input_tokens
+                .or(self.cache_creation_input_tokens),
+            cache_read_input_tokens: later
+                .cache_read_input_tokens
+                .or(self.cache_read_input_tokens),
+            completion_tokens: later.completion_tokens.or(self.completion_tokens),
+            output_tokens: later.output_tokens.or(self.output_tokens),
+            total_tokens: later.total_tokens.or(self.total_tokens),
         }
+    }
+}
+
+impl From<Reported> for Usage {
+    fn from(reported: Reported) -> Self {
+        // Saturating: an upstream's absurd counts must not wrap or panic.
+        let prompt = match reported.prompt_tokens {
+            // OpenAI's prompt count includes cached tokens already.
+            Some(prompt) => prompt,
+            // Anthropic's input count excludes the cache reads and writes it bills.
+            None => reported
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_add(reported.cache_creation_input_tokens.unwrap_or(0))
+                .saturating_add(reported.cache_read_input_tokens.unwrap_or(0)),
+        };
+        let completion = reported
+            .completion_tokens
+            .or(reported.output_tokens)
+            .unwrap_or(0);
+        Usage {
+            prompt,
+            completion,
+            total: reported
+                .total_tokens
+                .unwrap_or(prompt.saturating_add(completion)),
+            reported,
+        }
+    }
+}
+
+impl Usage {
+    /// A usage of these counts (all three as if the upstream wrote them).
+    pub fn new(prompt: u64, completion: u64, total: u64) -> Usage {
+        Usage {
+            prompt,
+            completion,
+            total,
+            reported: Reported {
+                prompt_tokens: Some(prompt),
+                completion_tokens: Some(completion),
+                total_tokens: Some(total),
+                ..Reported::default()
+            },
+        }
+    }
+
+    /// This usage updated by a later report of the same response: the later
+    /// object's fields replace these, fields it lacks keep their value (an
+    /// Anthropic stream's input count from `message_start` survives the
+    /// `message_delta` that reports only the output count). The total is the
+    /// latest explicit `total_tokens`, else prompt + completion.
+    pub fn merge(self, later: Usage) -> Usage {
+        Usage::from(self.reported.merge(later.reported))
+    }
+
+    /// `later` merged into `seen` (or `later` itself when nothing was seen).
+    pub fn merged(seen: Option<Usage>, later: Usage) -> Usage {
+        seen.map_or(later, |seen| seen.merge(later))
     }
 }
 
@@ -56,7 +161,7 @@ pub fn find(json: &[u8]) -> Found {
         return Found::default();
     };
     let mut deserializer = serde_json::Deserializer::from_slice(&json[object..]);
-    let Ok(raw) = RawUsage::deserialize(&mut deserializer) else {
+    let Ok(raw) = Reported::deserialize(&mut deserializer) else {
         return Found::default();
     };
     Found {
@@ -71,7 +176,7 @@ pub fn parse_object_prefix(bytes: &[u8]) -> Option<(Usage, usize)> {
     if bytes.first() != Some(&b'{') {
         return None;
     }
-    let mut values = serde_json::Deserializer::from_slice(bytes).into_iter::<RawUsage>();
+    let mut values = serde_json::Deserializer::from_slice(bytes).into_iter::<Reported>();
     let raw = values.next()?.ok()?;
     Some((raw.into(), values.byte_offset()))
 }
@@ -108,14 +213,7 @@ mod tests {
     #[test]
     fn chat_completion_usage() {
         let found = find(br#"{"id":"x","choices":[{"index":0}],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}"#);
-        assert_eq!(
-            found.usage,
-            Some(Usage {
-                prompt: 12,
-                completion: 30,
-                total: 42
-            })
-        );
+        assert_eq!(found.usage, Some(Usage::new(12, 30, 42)));
         assert!(!found.usage_only_chunk);
     }
 
@@ -134,23 +232,9 @@ mod tests {
     #[test]
     fn responses_api_and_embeddings() {
         let responses = find(br#"{"type":"response.completed","response":{"usage":{"input_tokens":5,"output_tokens":7}}}"#);
-        assert_eq!(
-            responses.usage,
-            Some(Usage {
-                prompt: 5,
-                completion: 7,
-                total: 12
-            })
-        );
+        assert_eq!(responses.usage, Some(Usage::new(5, 7, 12)));
         let embeddings = find(br#"{"data":[],"usage":{"prompt_tokens":8,"total_tokens":8}}"#);
-        assert_eq!(
-            embeddings.usage,
-            Some(Usage {
-                prompt: 8,
-                completion: 0,
-                total: 8
-            })
-        );
+        assert_eq!(embeddings.usage, Some(Usage::new(8, 0, 8)));
     }
 
     #[test]
@@ -158,5 +242,55 @@ mod tests {
         let body = br#"{"prompt_tokens":18446744073709551615,"completion_tokens":1}"#;
         let found = parse_object_prefix(body).map(|(usage, _)| usage.total);
         assert_eq!(found, Some(u64::MAX));
+        let cache = br#"{"input_tokens":18446744073709551615,"cache_read_input_tokens":5}"#;
+        let found = parse_object_prefix(cache).map(|(usage, _)| (usage.prompt, usage.total));
+        assert_eq!(found, Some((u64::MAX, u64::MAX)));
+    }
+
+    fn counts(json: &[u8]) -> (u64, u64, u64) {
+        let usage = find(json).usage.unwrap();
+        (usage.prompt, usage.completion, usage.total)
+    }
+
+    #[test]
+    fn anthropic_messages_count_cache_reads_and_writes_into_the_prompt() {
+        let message = br#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"Hi"}],"usage":{"input_tokens":25,"cache_creation_input_tokens":100,"cache_read_input_tokens":50,"cache_creation":{"ephemeral_5m_input_tokens":100,"ephemeral_1h_input_tokens":0},"output_tokens":15,"service_tier":"standard"}}"#;
+        assert_eq!(counts(message), (175, 15, 190));
+        // No cache counts (or null ones): the input count alone.
+        let plain =
+            br#"{"usage":{"input_tokens":25,"cache_read_input_tokens":null,"output_tokens":15}}"#;
+        assert_eq!(counts(plain), (25, 15, 40));
+        // OpenAI's prompt count includes cached tokens: taken as is.
+        let openai = br#"{"usage":{"prompt_tokens":30,"completion_tokens":2,"total_tokens":32,"prompt_tokens_details":{"cached_tokens":20}}}"#;
+        assert_eq!(counts(openai), (30, 2, 32));
+    }
+
+    #[test]
+    fn later_reports_replace_only_the_fields_they_carry() {
+        let usage = |json: &[u8]| parse_object_prefix(json).unwrap().0;
+        // Anthropic's stream: input from message_start, cumulative output from the last message_delta.
+        let start = usage(br#"{"input_tokens":25,"cache_read_input_tokens":10,"output_tokens":1}"#);
+        let delta = usage(br#"{"output_tokens":15}"#);
+        let merged = start.merge(delta);
+        assert_eq!(
+            (merged.prompt, merged.completion, merged.total),
+            (35, 15, 50)
+        );
+        // A newer message_delta that repeats the input counts (null or not).
+        let full_delta =
+            usage(br#"{"input_tokens":25,"cache_read_input_tokens":null,"output_tokens":20}"#);
+        let merged = merged.merge(full_delta);
+        assert_eq!(
+            (merged.prompt, merged.completion, merged.total),
+            (35, 20, 55)
+        );
+        // The total is the latest explicit one, else the sum.
+        let with_total = usage(br#"{"prompt_tokens":1,"completion_tokens":2,"total_tokens":9}"#);
+        let merged = with_total.merge(usage(br#"{"completion_tokens":4}"#));
+        assert_eq!((merged.prompt, merged.completion, merged.total), (1, 4, 9));
+        assert_eq!(Usage::merged(None, delta), delta);
+        // An OpenAI stream's one usage object: as before.
+        let openai = usage(br#"{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}"#);
+        assert_eq!(Usage::merged(Some(start), openai), Usage::new(3, 4, 7));
     }
 }

@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod metering;
 mod providers;
+mod providers_usage;
 mod proxy;
 mod reload;
 mod rotation;

@@ -43,7 +43,9 @@ async fn no_secret_in_logs_cli_output_metrics_or_error_bodies() {
     env.server.record("stream", text);
 
     // keygate's own errors, some carrying near-misses of the real client key.
-    let typo = format!("{}X{}", &key[..20], &key[21..]);
+    // A different character at position 20, whatever the key has there.
+    let swapped = if &key[20..21] == "X" { "Y" } else { "X" };
+    let typo = format!("{}{swapped}{}", &key[..20], &key[21..]);
     for auth in [format!("Bearer {typo}"), format!("Bearer {key}junk")] {
         let resp = env
             .server

@@ -1,11 +1,14 @@
 //! The harness: [`keygate`] runs the real binary ([`config`] writes its TOML,
 //! [`server`] wraps `keygate serve`, [`env`] builds the usual world), [`mock`]
-//! is the recording upstream, [`client`] talks HTTP/1.1 and h2c to keygate.
+//! is the recording upstream ([`anthropic`] and [`responses`] mock Anthropic's
+//! Messages and OpenAI's Responses API on [`recording`]'s small server),
+//! [`client`] talks HTTP/1.1 and h2c to keygate.
 //! This file holds the small shared pieces: the fake keys, the leak finder,
 //! bounded polling.
 
 #![allow(dead_code)]
 
+pub mod anthropic;
 pub mod bad_upstream;
 pub mod client;
 pub mod config;
@@ -14,6 +17,8 @@ pub mod keygate;
 pub mod mock;
 pub mod provider_answers;
 pub mod raw_upstream;
+pub mod recording;
+pub mod responses;
 pub mod server;
 
 use std::convert::Infallible;
