@@ -137,6 +137,9 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         file: config.vault.master_key_file.clone(),
     };
     init_logging(&env);
+    if !config.server.allow_core_dumps {
+        crate::core_dumps::forbid().map_err(|e| CliError::Runtime(e.to_string()))?;
+    }
     let admin_token = lookup(&config.admin.token_env);
     let context = Context { config, master };
     match cli.command {

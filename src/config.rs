@@ -117,6 +117,9 @@ pub struct ServerConfig {
     /// How long SIGTERM waits for in-flight requests.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// Leave core dumps and same-user ptrace possible (debugging only: a core
+    /// file would hold every upstream key in plaintext).
+    pub allow_core_dumps: bool,
 }
 
 /// `[vault]`.

@@ -14,6 +14,7 @@
 //! Map of the rooms:
 //! - [`config`]: figment layers (embedded defaults → file → `KEYGATE_*`) → typed [`config::Config`]
 //! - [`secret`]: the secret type (zeroized, fingerprint-only `Debug`)
+//! - [`core_dumps`]: no core file and no same-user ptrace of a process holding keys
 //! - [`vault`]: the encrypted file (format, crypto, atomic writes, master key sources)
 //! - [`clients`]: `kg_…` client keys: generate, parse, digest
 //! - [`keys`]: upstream key rings built from the vault, and key selection
@@ -41,6 +42,7 @@ pub mod body;
 pub mod cli;
 pub mod clients;
 pub mod config;
+pub mod core_dumps;
 pub mod error;
 pub mod forward;
 pub mod head_guard;

@@ -18,6 +18,7 @@ mod hostile_clients;
 mod lifecycle;
 mod limits;
 mod metering;
+mod process_hardening;
 mod providers;
 mod providers_usage;
 mod proxy;

@@ -560,6 +560,17 @@ async fn each_request_logs_one_access_line() {
         .await;
     assert_eq!(refused.status, 401, "{}", refused.text());
 
+    // The log reaches the harness through a pipe: wait for it, then count.
+    let access_lines = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains(" INFO keygate::proxy: request "))
+            .count()
+    };
+    crate::support::eventually(std::time::Duration::from_secs(3), || async {
+        (access_lines(&env.server.stderr()) >= 2).then_some(())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     let log = env.server.stderr();
     let access: Vec<&str> = log
         .lines()

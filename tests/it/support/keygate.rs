@@ -308,7 +308,36 @@ impl Keygate {
 
     /// Start `keygate serve` with extra environment variables.
     pub fn serve_with(&self, env: &[(&str, &str)]) -> Server {
-        let mut cmd = self.command(&["serve"], env);
+        self.start_serve(self.command(&["serve"], env))
+    }
+
+    /// Start `keygate serve ARGS…`.
+    pub fn serve_with_args(&self, args: &[&str]) -> Server {
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
+        self.start_serve(self.command(&all, &[]))
+    }
+
+    /// Start `keygate serve` from a shell that first runs `setup` (e.g.
+    /// `ulimit -c unlimited`), then execs keygate (same pid).
+    pub fn serve_after_shell(&self, setup: &str) -> Server {
+        let keygate = self.command(&["serve"], &[]);
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("{setup}; exec \"$0\" \"$@\""))
+            .arg(keygate.get_program())
+            .args(keygate.get_args())
+            .env_clear()
+            .current_dir(self.dir.path());
+        for (k, v) in keygate.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        self.start_serve(cmd)
+    }
+
+    fn start_serve(&self, mut cmd: Command) -> Server {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
