@@ -16,6 +16,7 @@ use crate::secret::Secret;
 use crate::vault::document::{Document, KeyState};
 
 pub mod health;
+pub mod health_report;
 pub mod ops;
 pub mod rotate;
 pub mod verify;

@@ -195,7 +195,21 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rotation_warning: Option<std::time::Instant> = None;
+    let health_report =
+        crate::keys::health_report::HealthReport::beside(&shared.config.metering.db);
+    let mut last_report = std::time::Instant::now() - Duration::from_secs(60);
     loop {
+        // `key list` shows what this server knows about each key's health.
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = std::time::Instant::now();
+            let snapshot = shared.snapshot.load_full();
+            let now_ms = crate::keys::health::now_ms();
+            if let Err(error) =
+                tokio::task::block_in_place(|| health_report.write(&snapshot, now_ms))
+            {
+                tracing::debug!("cannot write the key health report: {error}");
+            }
+        }
         if last_rotation_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(86_400)) {
             last_rotation_warning = Some(std::time::Instant::now());
             tokio::task::block_in_place(|| warn_keys_due_for_rotation(&shared));
@@ -203,7 +217,10 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
         let forced = tokio::select! {
             _ = tick.tick() => false,
             _ = async { match hangup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => true,
-            _ = shutdown.requested() => return,
+            _ = shutdown.requested() => {
+                health_report.remove();
+                return;
+            }
         };
         let expired = shared
             .snapshot

@@ -4,6 +4,7 @@
 use clap::Subcommand;
 
 use super::{format_age, format_time, read_secret_from_stdin, CliError, Context};
+use crate::keys::health_report::HealthReport;
 use crate::keys::verify;
 use crate::keys::{ops, rotate};
 use crate::upstream::Upstream;
@@ -384,23 +385,43 @@ fn list(context: &Context, provider: Option<&str>, json: bool) -> Result<(), Cli
         .filter(|k| provider.is_none_or(|p| k.provider == p))
         .collect();
     let due = |k: &UpstreamKey| k.due_for_rotation(now, rotate_after);
+    // What a running server knows about each key's health (none: "-").
+    let health = HealthReport::beside(&context.config.metering.db)
+        .read()
+        .unwrap_or_default();
+    let health_of = |k: &UpstreamKey| health.get(&k.id).map(String::as_str);
     if json {
-        let rows: Vec<serde_json::Value> =
-            keys.iter().map(|k| k.summary(now, rotate_after)).collect();
+        let rows: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| {
+                let mut row = k.summary(now, rotate_after);
+                row["health"] = serde_json::json!(health_of(k));
+                row
+            })
+            .collect();
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
     println!(
-        "{:<13} {:<10} {:<14} {:<9} {:<12} {:<17} {:>5}  {:<17}",
-        "ID", "PROVIDER", "LABEL", "STATE", "FINGERPRINT", "CREATED", "AGE", "LAST VERIFIED"
+        "{:<13} {:<10} {:<14} {:<9} {:<9} {:<12} {:<17} {:>5}  {:<17}",
+        "ID",
+        "PROVIDER",
+        "LABEL",
+        "STATE",
+        "HEALTH",
+        "FINGERPRINT",
+        "CREATED",
+        "AGE",
+        "LAST VERIFIED"
     );
     for k in keys {
         println!(
-            "{:<13} {:<10} {:<14} {:<9} {:<12} {:<17} {:>5}  {:<17}{}",
+            "{:<13} {:<10} {:<14} {:<9} {:<9} {:<12} {:<17} {:>5}  {:<17}{}",
             k.id,
             k.provider,
             k.label.as_deref().unwrap_or("-"),
             k.state.as_str(),
+            health_of(k).unwrap_or("-"),
             k.fingerprint,
             format_time(k.created),
             format_age(k.created),

@@ -499,3 +499,62 @@ async fn xai_rotation_to_a_bad_key_under_load_gives_no_client_error() {
         "the rejected key kept being tried: {bad_attempts} times"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_list_and_admin_keys_show_the_health_the_server_sees() {
+    const KEY_3: &str = "sk-test-oa3-Lm6Tb1Vq8Zr3Wx5Ke7Pn2Dj4Ha0Cu";
+    let env = world(Flavor::OpenAi)
+        .key("openai", KEY_3, &[])
+        .key("openai", OPENAI_KEY_2, &["--fallback"])
+        .serve_env("KEYGATE_ADMIN_TOKEN", "admin-token-for-health-test-000")
+        .start()
+        .await;
+    // The pool's two current keys: one out of credit, one refused.
+    env.openai.set_keys(&[OPENAI_KEY_2]);
+    env.openai.set_out_of_credit_keys(&[OPENAI_KEY]);
+    for _ in 0..4 {
+        assert_eq!(env.server.send(env.chat("gpt-4o")).await.status, 200);
+    }
+    let exhausted_id = first_key_id(&env);
+    let refused_id = crate::rotation::key_id(&env.kg, "openai", KEY_3);
+    let healthy_id = crate::rotation::key_id(&env.kg, "openai", OPENAI_KEY_2);
+    let expected = [
+        (exhausted_id.as_str(), "exhausted"),
+        (refused_id.as_str(), "suspect"),
+        (healthy_id.as_str(), "healthy"),
+    ];
+    let rows = crate::support::eventually(Duration::from_secs(4), || async {
+        let rows = crate::rotation::key_list(&env.kg);
+        let all = expected.iter().all(|(id, health)| {
+            rows.iter()
+                .any(|r| r["id"] == *id && r["health"].as_str() == Some(*health))
+        });
+        all.then_some(rows)
+    })
+    .await;
+    assert!(
+        rows.is_some(),
+        "key list --json never showed {expected:?}: {:#?}",
+        crate::rotation::key_list(&env.kg)
+    );
+    let text = env.kg.run(&["key", "list"]).stdout;
+    assert!(text.contains("HEALTH"), "{text}");
+    let line = text.lines().find(|l| l.contains(&exhausted_id)).unwrap();
+    assert!(line.contains("exhausted"), "{line}");
+
+    let admin = crate::support::client::send_h1(
+        env.server.admin,
+        Req::get("/admin/keys").bearer("admin-token-for-health-test-000"),
+    )
+    .await
+    .json();
+    for (id, health) in expected {
+        let row = admin
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id} missing from /admin/keys: {admin}"));
+        assert_eq!(row["health"], health, "{admin}");
+    }
+}
