@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -111,7 +112,7 @@ pub fn outbound_request(
 /// that echo a key), body streamed.
 pub fn client_response(
     upstream: Response<UpstreamBody>,
-    ring: &KeyRing,
+    ring: &Arc<KeyRing>,
     stream_idle_timeout: Duration,
     active: ActiveGuard,
     tap: Option<MeterTap>,
@@ -120,6 +121,7 @@ pub fn client_response(
     let headers = response_headers(parts.headers, ring);
     let mut response = Response::new(ResponseBody::upstream(
         incoming,
+        ring.clone(),
         stream_idle_timeout,
         active,
         tap,
@@ -246,6 +248,10 @@ pub enum ResponseBody {
 /// An upstream body in flight; counted in `keygate_active_requests` until dropped.
 pub struct UpstreamStream {
     incoming: UpstreamBody,
+    /// Trailers (h2, h2c) are filtered against the same ring as the head.
+    ring: Arc<KeyRing>,
+    /// Trailers that arrived while the tap still held bytes to send first.
+    held_trailers: Option<HeaderMap>,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     tap: Option<MeterTap>,
@@ -257,18 +263,44 @@ impl UpstreamStream {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseStreamError>>> {
+        if let Some(trailers) = self.held_trailers.take() {
+            if let Some(tap) = self.tap.as_mut() {
+                tap.finish(true);
+            }
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
         loop {
             match Pin::new(&mut self.incoming).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let deadline = tokio::time::Instant::now() + self.idle;
                     self.idle_timer.as_mut().reset(deadline);
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => {
+                            // Trailers get the head's treatment: an upstream
+                            // that echoes a key there must not leak it either.
+                            let Ok(trailers) = frame.into_trailers() else {
+                                continue;
+                            };
+                            let trailers = response_headers(trailers, &self.ring);
+                            if trailers.is_empty() {
+                                continue;
+                            }
+                            // Trailers end the body: hyper may not poll again.
+                            if let Some(tap) = self.tap.as_mut() {
+                                if let Some(held) = tap.flush() {
+                                    self.held_trailers = Some(trailers);
+                                    return Poll::Ready(Some(Ok(Frame::data(held))));
+                                }
+                                tap.finish(true);
+                            }
+                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                        }
+                    };
                     let Some(tap) = self.tap.as_mut() else {
-                        return Poll::Ready(Some(Ok(frame)));
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
                     };
-                    let out = match frame.into_data() {
-                        Ok(data) => tap.on_data(data),
-                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
-                    };
+                    let out = tap.on_data(data);
                     // hyper stops polling once a length-delimited body is
                     // complete, so the end is recorded here, not on `None`.
                     if self.incoming.is_end_stream() {
@@ -326,12 +358,15 @@ impl ResponseBody {
     /// until the stream ends or the client goes away.
     fn upstream(
         incoming: UpstreamBody,
+        ring: Arc<KeyRing>,
         idle: Duration,
         active: ActiveGuard,
         tap: Option<MeterTap>,
     ) -> Self {
         ResponseBody::Upstream(Box::new(UpstreamStream {
             incoming,
+            ring,
+            held_trailers: None,
             idle,
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             tap,
@@ -363,7 +398,9 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(bytes) => bytes.as_ref().is_none_or(|b| b.is_empty()),
-            ResponseBody::Upstream(stream) => stream.incoming.is_end_stream(),
+            ResponseBody::Upstream(stream) => {
+                stream.incoming.is_end_stream() && stream.held_trailers.is_none()
+            }
         }
     }
 

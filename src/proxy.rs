@@ -146,7 +146,7 @@ async fn conduct(
     }
     let active = ActiveGuard::new(provider_metrics.active.clone());
 
-    let ring: &KeyRing = snapshot
+    let ring: &Arc<KeyRing> = snapshot
         .rings
         .get(&provider.name)
         .filter(|ring| !ring.is_empty())
@@ -203,6 +203,20 @@ async fn conduct(
             .upstream_duration
             .observe(sent.elapsed().as_secs_f64());
         let status = upstream.status();
+        // hyper hands back only `101 Switching Protocols` of the 1xx answers:
+        // keygate does not proxy upgrades, and relaying one would hand the
+        // client a raw connection to the upstream.
+        if status.is_informational() {
+            if pick.probe {
+                key.health.end_probe();
+            }
+            return Err(ProxyError::UpstreamUnavailable {
+                provider: provider.name.clone(),
+                detail: format!(
+                    "upstream answered {status}; keygate does not proxy protocol upgrades"
+                ),
+            });
+        }
         let another_key_left = ring.pick_would_find(tried) && body.buffered().is_some();
         // An error's body is read (it is scrubbed before the client sees it
         // anyway), so the provider's kind can judge it before anything is sent.

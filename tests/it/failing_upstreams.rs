@@ -276,3 +276,94 @@ async fn steady_slow_stream_survives_stream_idle_timeout() {
     );
     next_request_succeeds(&env, "a slow stream").await;
 }
+
+/// An upstream that puts a key into its HTTP trailers (issue 14 item 1):
+/// the trailers reach an h2c client filtered like the head — credentials and
+/// key echoes dropped, the rest (a checksum) passed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_trailers_are_filtered_and_scrubbed_like_headers() {
+    use crate::support::raw_upstream::{RawUpstream, Script as RawScript};
+    use crate::support::OPENAI_KEY;
+    use http_body_util::BodyExt;
+
+    let body = r#"{"id":"c1","object":"chat.completion","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+    let raw = RawUpstream::start(move |_| {
+        RawScript::new()
+            .write(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                 transfer-encoding: chunked\r\ntrailer: x-api-key, x-key-echo, x-checksum\r\n\r\n",
+            )
+            .chunk(body)
+            .write(format!(
+                "0\r\nx-api-key: {OPENAI_KEY}\r\nx-key-echo: refused {OPENAI_KEY} here\r\nx-checksum: abc123\r\n\r\n"
+            ))
+    })
+    .await;
+    let env = env_for(raw.url()).await;
+    let bodies = [
+        ("h2c", stream_body()),
+        ("h2c", json!({"model": "gpt-4o", "messages": []})),
+    ];
+    for (proto, json) in bodies {
+        let resp = open_h2(
+            env.server.client,
+            "/v1/chat/completions",
+            &env.client_key,
+            &json,
+        )
+        .await;
+        assert_eq!(resp.status(), 200, "{proto}");
+        let collected = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+            .await
+            .expect("body within 10 s")
+            .expect("body");
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        assert_eq!(String::from_utf8_lossy(&collected.to_bytes()), body);
+        assert_eq!(
+            trailers.get("x-checksum").and_then(|v| v.to_str().ok()),
+            Some("abc123"),
+            "the harmless trailer must pass ({proto}): {trailers:?}"
+        );
+        assert!(!trailers.contains_key("x-api-key"), "{trailers:?}");
+        assert!(!trailers.contains_key("x-key-echo"), "{trailers:?}");
+        let text = format!("{trailers:?}");
+        for w in OPENAI_KEY.as_bytes().windows(8) {
+            assert!(
+                !text.contains(std::str::from_utf8(w).unwrap()),
+                "a key window reached the client in trailers: {text}"
+            );
+        }
+    }
+}
+
+/// keygate does not proxy protocol upgrades: an upstream `101 Switching
+/// Protocols` to a POST is keygate's own 502, not a relayed 101 (issue 14 item 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_switching_protocols_is_a_502() {
+    use crate::support::raw_upstream::{RawUpstream, Script as RawScript};
+
+    let raw = RawUpstream::start(|_| {
+        RawScript::new().write(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nraw bytes after the upgrade",
+        )
+    })
+    .await;
+    let env = env_for(raw.url()).await;
+    for resp in [
+        env.server.send(env.chat("gpt-4o")).await,
+        env.server.send_h2(env.chat("gpt-4o")).await,
+    ] {
+        assert_eq!(resp.status, 502, "{}", resp.text());
+        let err = resp.json();
+        assert_eq!(err["error"]["code"], "upstream_unavailable", "{err}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("101"),
+            "{err}"
+        );
+        assert!(!resp.text().contains("raw bytes"));
+    }
+    assert_eq!(raw.hits(), 2);
+}
