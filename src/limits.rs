@@ -66,11 +66,14 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Replaces the estimate with what the upstream reported (`None`: unknown,
-    /// the estimate stays counted).
-    pub fn settle(self, actual_tokens: Option<u64>) {
+    /// Replaces the estimate with what the upstream reported. `None`: the
+    /// answer reported no usage (omitted, cut, unreadable), so the estimate
+    /// stays charged — a budget cannot be outrun by streams that never say
+    /// what they cost — and is returned, for the ledger to record as
+    /// estimated (`None` when nothing was estimated).
+    pub fn settle(self, actual_tokens: Option<u64>) -> Option<u64> {
         let Some(actual) = actual_tokens else {
-            return;
+            return u64::try_from(self.estimate).ok().filter(|&e| e > 0);
         };
         let correction = i64::try_from(actual).unwrap_or(i64::MAX) - self.estimate;
         self.state
@@ -81,6 +84,7 @@ impl Reservation {
                 .tokens_this_minute
                 .fetch_add(correction, Ordering::AcqRel);
         }
+        None
     }
 }
 
@@ -120,20 +124,25 @@ impl Limits {
     /// Admits one request of `estimate` tokens at `now` (unix seconds), or says
     /// why not. Nothing is counted for a refused request. Every admitted
     /// request gets a reservation, settled with its real usage.
+    /// `rough_estimate` stands in for `estimate` for a client without limits:
+    /// nothing is checked, so the body is not parsed for it.
     pub fn admit(
         &self,
         client: &Arc<str>,
         limits: ClientLimits,
         estimate: impl FnOnce() -> u64,
+        rough_estimate: u64,
         now: u64,
     ) -> Result<Option<Reservation>, ProxyError> {
         let state = self.state(client);
         if !limits.any() {
             // Spend is tracked for every client, so a budget set later counts
-            // what was spent before it (the estimate is skipped: nothing to check).
+            // what was spent before it.
+            let estimate = i64::try_from(rough_estimate).unwrap_or(i64::MAX);
+            state.tokens_spent.fetch_add(estimate, Ordering::AcqRel);
             return Ok(Some(Reservation {
                 state,
-                estimate: 0,
+                estimate,
                 minute: now / 60,
             }));
         }
@@ -196,9 +205,26 @@ impl Limits {
     }
 }
 
+/// What [`estimate_tokens`] assumes a request may generate when it sets no
+/// `max_tokens`.
+pub const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
+
+/// [`estimate_tokens`] without reading the body: for clients whose limits
+/// need no precision. A request without a body (a `GET`) costs nothing.
+pub fn rough_estimate(body: Option<&[u8]>, declared_len: u64) -> u64 {
+    match body {
+        Some([]) => 0,
+        _ => body.map_or(declared_len, |b| b.len() as u64) / 4 + DEFAULT_COMPLETION_ESTIMATE,
+    }
+}
+
 /// Tokens a request may use, estimated before it is sent: about one token per
 /// four bytes of prompt, plus its `max_tokens` (or 256 when it sets none).
+/// A request without a body (a `GET`) costs nothing.
 pub fn estimate_tokens(body: Option<&[u8]>, declared_len: u64) -> u64 {
+    if body.is_some_and(<[u8]>::is_empty) {
+        return 0;
+    }
     #[derive(serde::Deserialize)]
     struct Caps {
         #[serde(default, alias = "max_completion_tokens", alias = "max_output_tokens")]
@@ -209,7 +235,7 @@ pub fn estimate_tokens(body: Option<&[u8]>, declared_len: u64) -> u64 {
         .filter(|b| b.first() == Some(&b'{'))
         .and_then(|b| serde_json::from_slice::<Caps>(b).ok())
         .and_then(|c| c.max_tokens)
-        .unwrap_or(256);
+        .unwrap_or(DEFAULT_COMPLETION_ESTIMATE);
     len / 4 + completion
 }
 
@@ -229,15 +255,15 @@ mod tests {
             ..ClientLimits::default()
         };
         for _ in 0..3 {
-            assert!(limits.admit(&client(), rpm, || 1, 600).is_ok());
+            assert!(limits.admit(&client(), rpm, || 1, 0, 600).is_ok());
         }
-        match limits.admit(&client(), rpm, || 1, 630) {
+        match limits.admit(&client(), rpm, || 1, 0, 630) {
             Err(ProxyError::ClientRateLimited { retry_after, .. }) => {
                 assert_eq!(retry_after, Duration::from_secs(30))
             }
             other => panic!("{other:?}"),
         }
-        assert!(limits.admit(&client(), rpm, || 1, 660).is_ok());
+        assert!(limits.admit(&client(), rpm, || 1, 0, 660).is_ok());
     }
 
     #[test]
@@ -247,14 +273,17 @@ mod tests {
             budget_tokens: Some(1000),
             ..ClientLimits::default()
         };
-        let reservation = limits.admit(&client(), budget, || 80, 0).unwrap().unwrap();
+        let reservation = limits
+            .admit(&client(), budget, || 80, 0, 0)
+            .unwrap()
+            .unwrap();
         assert!(matches!(
-            limits.admit(&client(), budget, || 80, 0),
+            limits.admit(&client(), budget, || 80, 0, 0),
             Err(ProxyError::ClientBudgetExceeded { .. })
         ));
         reservation.settle(Some(10)); // spent 910
-        assert!(limits.admit(&client(), budget, || 80, 0).is_ok()); // 990
-        assert!(limits.admit(&client(), budget, || 20, 0).is_err());
+        assert!(limits.admit(&client(), budget, || 80, 0, 0).is_ok()); // 990
+        assert!(limits.admit(&client(), budget, || 20, 0, 0).is_err());
     }
 
     #[test]

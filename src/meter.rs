@@ -36,6 +36,8 @@ pub struct UsageCounters {
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
     total_tokens: AtomicU64,
+    estimated: AtomicU64,
+    estimated_tokens: AtomicU64,
     request_bytes: AtomicU64,
     response_bytes: AtomicU64,
 }
@@ -55,6 +57,10 @@ pub struct UsageDelta {
     pub completion_tokens: u64,
     /// Total tokens.
     pub total_tokens: u64,
+    /// Answers that reported no usage, charged by their admission estimate.
+    pub estimated: u64,
+    /// The tokens so charged (not in the counts above).
+    pub estimated_tokens: u64,
     /// Request body bytes.
     pub request_bytes: u64,
     /// Response body bytes.
@@ -77,6 +83,8 @@ pub struct Outcome {
     pub incomplete: bool,
     /// Tokens the upstream reported.
     pub usage: Option<usage::Usage>,
+    /// Tokens charged by estimate, when the answer reported none.
+    pub estimated_tokens: Option<u64>,
     /// Request body bytes.
     pub request_bytes: u64,
     /// Response body bytes.
@@ -99,6 +107,10 @@ impl UsageCounters {
             add(&self.completion_tokens, usage.completion);
             add(&self.total_tokens, usage.total);
         }
+        if let Some(tokens) = outcome.estimated_tokens {
+            add(&self.estimated, 1);
+            add(&self.estimated_tokens, tokens);
+        }
         add(&self.request_bytes, outcome.request_bytes);
         add(&self.response_bytes, outcome.response_bytes);
     }
@@ -113,6 +125,8 @@ impl UsageCounters {
             prompt_tokens: take(&self.prompt_tokens),
             completion_tokens: take(&self.completion_tokens),
             total_tokens: take(&self.total_tokens),
+            estimated: take(&self.estimated),
+            estimated_tokens: take(&self.estimated_tokens),
             request_bytes: take(&self.request_bytes),
             response_bytes: take(&self.response_bytes),
         }

@@ -125,11 +125,15 @@ async fn conduct(
         .buffered()
         .map_or(declared_len.unwrap_or(0), |b| b.len() as u64);
     let request_bytes = ctx.request_bytes;
-    let estimate = || limits::estimate_tokens(body.buffered().map(|b| &b[..]), request_bytes);
-    ctx.reservation =
-        shared
-            .limits
-            .admit(&client.name, client.limits, estimate, crate::unix_now())?;
+    let buffered = body.buffered().map(|b| &b[..]);
+    let estimate = || limits::estimate_tokens(buffered, request_bytes);
+    ctx.reservation = shared.limits.admit(
+        &client.name,
+        client.limits,
+        estimate,
+        limits::rough_estimate(buffered, request_bytes),
+        crate::unix_now(),
+    )?;
     // Ask for the usage chunk on the client's behalf, and hide it from them.
     let mut strip_usage_chunk = false;
     if config.metering.stream_usage

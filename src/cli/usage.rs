@@ -41,12 +41,20 @@ pub(super) fn run(context: &Context, args: UsageArgs) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<10} {:<28} {:>9} {:>7} {:>12} {:>12} {:>12}",
-        "CLIENT", "PROVIDER", "MODEL", "REQUESTS", "ERRORS", "PROMPT", "COMPLETION", "TOTAL"
+        "{:<20} {:<10} {:<28} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12}",
+        "CLIENT",
+        "PROVIDER",
+        "MODEL",
+        "REQUESTS",
+        "ERRORS",
+        "PROMPT",
+        "COMPLETION",
+        "TOTAL",
+        "ESTIMATED"
     );
     for r in &rows {
         println!(
-            "{:<20} {:<10} {:<28} {:>9} {:>7} {:>12} {:>12} {:>12}",
+            "{:<20} {:<10} {:<28} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12}",
             r.client,
             r.provider,
             r.model,
@@ -54,11 +62,24 @@ pub(super) fn run(context: &Context, args: UsageArgs) -> Result<(), CliError> {
             r.errors,
             r.prompt_tokens,
             r.completion_tokens,
-            r.total_tokens
+            r.total_tokens,
+            estimated(r)
         );
     }
     if rows.is_empty() {
         println!("(no usage recorded in this period)");
+    } else if rows.iter().any(|r| r.estimated_requests > 0) {
+        println!(
+            "ESTIMATED: tokens charged by their admission estimate to answers that reported no usage (N/requests); not in TOTAL, counted by budgets"
+        );
     }
     Ok(())
+}
+
+/// `1234/3`: estimated tokens over the answers charged so; `-` when none.
+fn estimated(row: &UsageRow) -> String {
+    if row.estimated_requests == 0 {
+        return "-".to_owned();
+    }
+    format!("{}/{}", row.estimated_tokens, row.estimated_requests)
 }

@@ -51,8 +51,12 @@ pub struct UsageRow {
     pub prompt_tokens: u64,
     /// Completion tokens.
     pub completion_tokens: u64,
-    /// Total tokens.
+    /// Total tokens, as the upstream reported them.
     pub total_tokens: u64,
+    /// Answers that reported no usage and were charged by estimate.
+    pub estimated_requests: u64,
+    /// Tokens charged by estimate (not in the counts above; a budget counts both).
+    pub estimated_tokens: u64,
 }
 
 /// An open ledger.
@@ -75,8 +79,16 @@ CREATE TABLE IF NOT EXISTS usage (
     total_tokens INTEGER NOT NULL DEFAULT 0,
     request_bytes INTEGER NOT NULL DEFAULT 0,
     response_bytes INTEGER NOT NULL DEFAULT 0,
+    estimated INTEGER NOT NULL DEFAULT 0,
+    estimated_tokens INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (hour, client, provider, model)
 );";
+
+/// Columns added after the first release, for ledgers created before them.
+const ADDED_COLUMNS: [&str; 2] = [
+    "estimated INTEGER NOT NULL DEFAULT 0",
+    "estimated_tokens INTEGER NOT NULL DEFAULT 0",
+];
 
 impl Ledger {
     /// Opens (creating) the ledger.
@@ -99,6 +111,22 @@ impl Ledger {
             .map_err(sqlite)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;
         conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        let existing = {
+            let mut stmt = conn
+                .prepare("SELECT name FROM pragma_table_info('usage')")
+                .map_err(sqlite)?;
+            let names = stmt
+                .query_map([], |row| row.get::<_, String>(0))
+                .map_err(sqlite)?;
+            names.collect::<Result<Vec<_>, _>>().map_err(sqlite)?
+        };
+        for column in ADDED_COLUMNS {
+            let name = column.split(' ').next().unwrap_or(column);
+            if !existing.iter().any(|e| e == name) {
+                conn.execute_batch(&format!("ALTER TABLE usage ADD COLUMN {column}"))
+                    .map_err(sqlite)?;
+            }
+        }
         Ok(Ledger { conn, path: name })
     }
 
@@ -119,8 +147,9 @@ impl Ledger {
             let mut stmt = tx
                 .prepare_cached(
                     "INSERT INTO usage (hour, client, provider, model, requests, errors, incomplete,
-                        prompt_tokens, completion_tokens, total_tokens, request_bytes, response_bytes)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                        prompt_tokens, completion_tokens, total_tokens, request_bytes, response_bytes,
+                        estimated, estimated_tokens)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                      ON CONFLICT (hour, client, provider, model) DO UPDATE SET
                         requests = requests + excluded.requests,
                         errors = errors + excluded.errors,
@@ -129,7 +158,9 @@ impl Ledger {
                         completion_tokens = completion_tokens + excluded.completion_tokens,
                         total_tokens = total_tokens + excluded.total_tokens,
                         request_bytes = request_bytes + excluded.request_bytes,
-                        response_bytes = response_bytes + excluded.response_bytes",
+                        response_bytes = response_bytes + excluded.response_bytes,
+                        estimated = estimated + excluded.estimated,
+                        estimated_tokens = estimated_tokens + excluded.estimated_tokens",
                 )
                 .map_err(|e| LedgerError::Sqlite {
                     path: self.path.clone(),
@@ -150,6 +181,8 @@ impl Ledger {
                     n(d.total_tokens),
                     n(d.request_bytes),
                     n(d.response_bytes),
+                    n(d.estimated),
+                    n(d.estimated_tokens),
                 ])
                 .map_err(|e| LedgerError::Sqlite {
                     path: self.path.clone(),
@@ -160,11 +193,14 @@ impl Ledger {
         tx.commit().map_err(|e| self.error(e))
     }
 
-    /// All-time total tokens per client (budgets survive a restart).
+    /// All-time tokens per client, reported and estimated (budgets survive a
+    /// restart, including what streams without usage were charged).
     pub fn client_totals(&self) -> Result<Vec<(String, u64)>, LedgerError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT client, SUM(total_tokens) FROM usage GROUP BY client")
+            .prepare(
+                "SELECT client, SUM(total_tokens) + SUM(estimated_tokens) FROM usage GROUP BY client",
+            )
             .map_err(|e| self.error(e))?;
         let rows = stmt
             .query_map([], |row| {
@@ -184,7 +220,8 @@ impl Ledger {
             .conn
             .prepare(
                 "SELECT client, provider, model, SUM(requests), SUM(errors), SUM(prompt_tokens),
-                        SUM(completion_tokens), SUM(total_tokens)
+                        SUM(completion_tokens), SUM(total_tokens), SUM(estimated),
+                        SUM(estimated_tokens)
                  FROM usage WHERE hour >= ?1 AND (?2 IS NULL OR client = ?2)
                  GROUP BY client, provider, model ORDER BY client, provider, model",
             )
@@ -202,6 +239,8 @@ impl Ledger {
                     prompt_tokens: n(5)?,
                     completion_tokens: n(6)?,
                     total_tokens: n(7)?,
+                    estimated_requests: n(8)?,
+                    estimated_tokens: n(9)?,
                 })
             })
             .map_err(|e| self.error(e))?;

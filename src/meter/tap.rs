@@ -150,10 +150,12 @@ impl MeterTap {
             self.metrics.prompt.inc_by(usage.prompt);
             self.metrics.completion.inc_by(usage.completion);
         }
-        self.counters.record(&self.outcome);
+        // No usage reported (omitted, cut, unreadable): the admission
+        // estimate stays charged, and the ledger says so.
         if let Some(reservation) = self.reservation.take() {
-            reservation.settle(self.usage.map(|u| u.total));
+            self.outcome.estimated_tokens = reservation.settle(self.usage.map(|u| u.total));
         }
+        self.counters.record(&self.outcome);
     }
 }
 

@@ -417,3 +417,76 @@ async fn a_budget_set_on_a_running_server_counts_what_the_client_already_spent()
     resp.assert_keygate_error(429, "client_budget_exceeded");
     assert_eq!(w.openai.hits(), hits);
 }
+
+/// An upstream whose streams never report usage (it ignores
+/// `stream_options`): each answer is charged its admission estimate, so the
+/// budget still runs out, the ledger records the tokens as estimated, apart
+/// from the reported ones, and a restart does not give the budget back
+/// (issue 14 item 4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streams_that_never_report_usage_are_charged_their_estimate_across_a_restart() {
+    use crate::support::raw_upstream::{RawUpstream, Script, SSE_CHUNKED_HEAD};
+
+    let raw = RawUpstream::start(|_| {
+        Script::new()
+            .write(SSE_CHUNKED_HEAD)
+            .chunk("data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n")
+            .chunk("data: [DONE]\n\n")
+            .end_chunks()
+    })
+    .await;
+    let mut w = World::start(Opts {
+        limits: &[("app", &["--budget-tokens", "300"])],
+        openai_url: Some(raw.url()),
+        ..Opts::default()
+    })
+    .await;
+    let body =
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "stream": true});
+    // body / 4 + the 256 assumed without max_tokens: one fits 300, two do not.
+    let estimate = body.to_string().len() as u64 / 4 + 256;
+    let req = |w: &World| {
+        Req::post("/v1/chat/completions")
+            .bearer(w.key("app"))
+            .json(&body)
+    };
+    let resp = w.server.send(req(&w)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(resp.text().contains("[DONE]"), "{}", resp.text());
+    let resp = w.server.send(req(&w)).await;
+    resp.assert_keygate_error(429, "client_budget_exceeded");
+    assert_eq!(raw.hits(), 1, "the refused request must not go upstream");
+
+    // The ledger: no reported tokens, one answer charged by estimate.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let usage = w.usage_cli(&[]);
+        let row = usage
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["client"] == "app").cloned());
+        if let Some(row) = row.filter(|r| r["estimated_requests"] == 1) {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "no estimated row in {usage}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(row["total_tokens"], 0, "{row}");
+    assert_eq!(row["estimated_tokens"], estimate, "{row}");
+    let table = w.kg.run(&["usage"]);
+    table.assert_ok("usage");
+    assert!(
+        table.stdout.contains("ESTIMATED") && table.stdout.contains(&format!("{estimate}/1")),
+        "{}",
+        table.stdout
+    );
+
+    w.server.terminate();
+    w.restart();
+    let resp = w.server.send(req(&w)).await;
+    resp.assert_keygate_error(429, "client_budget_exceeded");
+    assert_eq!(
+        raw.hits(),
+        1,
+        "after a restart the estimated spend must still count"
+    );
+}
