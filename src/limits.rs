@@ -197,20 +197,21 @@ impl Limits {
 }
 
 /// Tokens a request may use, estimated before it is sent: about one token per
-/// four bytes of prompt, plus its `max_tokens` (or 256 when it sets none).
-pub fn estimate_tokens(body: Option<&[u8]>, declared_len: u64) -> u64 {
-    #[derive(serde::Deserialize)]
-    struct Caps {
-        #[serde(default, alias = "max_completion_tokens", alias = "max_output_tokens")]
-        max_tokens: Option<u64>,
-    }
-    let len = body.map_or(declared_len, |b| b.len() as u64);
-    let completion = body
-        .filter(|b| b.first() == Some(&b'{'))
-        .and_then(|b| serde_json::from_slice::<Caps>(b).ok())
-        .and_then(|c| c.max_tokens)
+/// four bytes of prompt (`len`: the body's bytes), plus its completion cap
+/// (`max_tokens`, `max_completion_tokens` or `max_output_tokens`, the largest
+/// when a body sets several; 256 when it sets none). `fields`: the body's
+/// fields as the upstream reads them ([`crate::json_skim::chat_fields`]).
+pub fn estimate_tokens(fields: Option<&crate::json_skim::ChatFields<'_>>, len: u64) -> u64 {
+    let cap = |value: Option<&[u8]>| value.and_then(|v| serde_json::from_slice::<u64>(v).ok());
+    let completion = fields
+        .and_then(|f| {
+            [f.max_tokens, f.max_completion_tokens, f.max_output_tokens]
+                .into_iter()
+                .filter_map(cap)
+                .max()
+        })
         .unwrap_or(256);
-    len / 4 + completion
+    (len / 4).saturating_add(completion)
 }
 
 #[cfg(test)]
@@ -259,9 +260,21 @@ mod tests {
 
     #[test]
     fn estimate_uses_max_tokens() {
+        // The completion part of the estimate (the prompt part is len / 4).
+        let completion = |body: &[u8]| {
+            let fields = crate::json_skim::chat_fields(body);
+            estimate_tokens(fields.as_ref(), body.len() as u64) - body.len() as u64 / 4
+        };
+        assert_eq!(completion(br#"{"max_tokens":10}"#), 10);
+        assert_eq!(completion(br#" {"max_tokens":10} "#), 10);
+        assert_eq!(completion(br#"{"model":"m"}"#), 256);
+        // Read as the upstream reads it: escaped keys, the last repeat.
+        assert_eq!(completion(br#"{"max_t\u006fkens":1000}"#), 1000);
+        assert_eq!(completion(br#"{"max_tokens":1,"max_tokens":2000}"#), 2000);
+        // Several caps: the largest.
         assert_eq!(
-            estimate_tokens(Some(br#"{"max_tokens":10}"#), 0),
-            17 / 4 + 10
+            completion(br#"{"max_tokens":5,"max_completion_tokens":900}"#),
+            900
         );
         assert_eq!(estimate_tokens(None, 400), 100 + 256);
     }

@@ -98,11 +98,12 @@ async fn conduct(
     };
     let mut body = body::receive(incoming, declared_len, limits).await?;
 
-    let skimmed = body
+    // The body's fields as the upstream will read them: for routing, the
+    // estimate and the usage option alike.
+    let fields = body
         .buffered()
         .and_then(|b| crate::json_skim::chat_fields(b));
-    let model = route::model_of(body.buffered().map(|b| &b[..]), skimmed.as_ref())
-        .map(|m| Arc::<str>::from(&*m));
+    let model = route::model_of(fields.as_ref()).map(|m| Arc::<str>::from(&*m));
     let (provider, path) = match path_match {
         PathMatch::Prefixed(provider, rest) => (provider, rest),
         PathMatch::Plain(path) => (route::by_model(config, model.as_deref()), path),
@@ -125,7 +126,7 @@ async fn conduct(
         .buffered()
         .map_or(declared_len.unwrap_or(0), |b| b.len() as u64);
     let request_bytes = ctx.request_bytes;
-    let estimate = || limits::estimate_tokens(body.buffered().map(|b| &b[..]), request_bytes);
+    let estimate = || limits::estimate_tokens(fields.as_ref(), request_bytes);
     ctx.reservation =
         shared
             .limits
@@ -138,7 +139,8 @@ async fn conduct(
     {
         let rewritten = body
             .buffered()
-            .and_then(|b| crate::meter::ask_for_usage(b, skimmed.as_ref()));
+            .zip(fields.as_ref())
+            .and_then(|(b, fields)| crate::meter::ask_for_usage(b, fields));
         if let Some(rewritten) = rewritten {
             body = RequestBody::Buffered(rewritten);
             strip_usage_chunk = true;
