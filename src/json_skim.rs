@@ -386,7 +386,10 @@ mod tests {
         }
         // Whitespace around the object is JSON's; the skim judges it.
         let spaced = b" \r\n\t{\"model\":\"gpt-4o\",\"stream\":true} \n";
-        assert_eq!(skim(spaced).map(|f| (f.open, f.stream)), Some((4, Some(&b"true"[..]))));
+        assert_eq!(
+            skim(spaced).map(|f| (f.open, f.stream)),
+            Some((4, Some(&b"true"[..])))
+        );
         assert_eq!(model(spaced), Some(&br#""gpt-4o""#[..]));
         // An escaped key: the skim cannot judge it, serde decodes it.
         let escaped = br#"{"model":"gpt-4o","str\u0065am":true}"#;
@@ -397,12 +400,22 @@ mod tests {
         // A repeated key: the last one wins, on both paths.
         let repeated = br#"{"model":"gpt-4o","model":"grok-3"}"#;
         assert_eq!(skim(repeated).unwrap().model, Some(&br#""grok-3""#[..]));
-        assert_eq!(parsed_fields(repeated).unwrap().model, Some(&br#""grok-3""#[..]));
+        assert_eq!(
+            parsed_fields(repeated).unwrap().model,
+            Some(&br#""grok-3""#[..])
+        );
         let repeated_escaped = br#"{"model":"grok-3","m\u006fdel":"gpt-4o"}"#;
         assert_eq!(model(repeated_escaped), Some(&br#""gpt-4o""#[..]));
-        assert_eq!(stream(br#"{"stream":true, "stream" : false }"#), Some(&b"false"[..]));
+        assert_eq!(
+            stream(br#"{"stream":true, "stream" : false }"#),
+            Some(&b"false"[..])
+        );
         // Not JSON serde accepts: no fields at all.
-        for body in [&b"\x0c{\"model\":\"x\"}"[..], br#"{"str\u0065am":true"#, b"[]"] {
+        for body in [
+            &b"\x0c{\"model\":\"x\"}"[..],
+            br#"{"str\u0065am":true"#,
+            b"[]",
+        ] {
             assert_eq!(chat_fields(body), None, "{body:?}");
         }
     }

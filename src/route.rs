@@ -70,7 +70,8 @@ fn normalises_differently(path: &str) -> bool {
         }
         at += 3;
     }
-    path.split('/').any(|segment| segment == "." || segment == "..")
+    path.split('/')
+        .any(|segment| segment == "." || segment == "..")
 }
 
 /// The JSON body's `model` as the upstream reads it, from the body's
@@ -251,7 +252,10 @@ mod tests {
             if path == "/v1" {
                 assert!(refused.is_ok());
             } else {
-                assert!(matches!(refused, Err(ProxyError::UnknownRoute(_))), "{path}");
+                assert!(
+                    matches!(refused, Err(ProxyError::UnknownRoute(_))),
+                    "{path}"
+                );
             }
         }
         for path in [

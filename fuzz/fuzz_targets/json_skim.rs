@@ -65,14 +65,20 @@ fn check_rewrite(data: &[u8], fields: &ChatFields<'_>, object: &Map<String, Valu
     let wants = object.get("stream") == Some(&Value::Bool(true))
         && match options {
             None => true,
-            Some(Value::Object(options)) => options.get("include_usage") != Some(&Value::Bool(true)),
+            Some(Value::Object(options)) => {
+                options.get("include_usage") != Some(&Value::Bool(true))
+            }
             Some(_) => false,
         };
     let Some(rewritten) = rewritten else {
         assert!(!wants, "not rewritten: {:?}", String::from_utf8_lossy(data));
         return;
     };
-    assert!(wants, "rewritten needlessly: {:?}", String::from_utf8_lossy(data));
+    assert!(
+        wants,
+        "rewritten needlessly: {:?}",
+        String::from_utf8_lossy(data)
+    );
     let got: Value = serde_json::from_slice(&rewritten).unwrap_or_else(|e| {
         panic!(
             "the rewrite of {:?} is not JSON ({e}): {:?}",
@@ -100,7 +106,11 @@ fuzz_target!(|data: &[u8]| {
     let fast = skim(data);
     let full = chat_fields(data);
     if let Some(fast) = fast {
-        assert_eq!(full, Some(fast), "the skim answered, so chat_fields must answer the same");
+        assert_eq!(
+            full,
+            Some(fast),
+            "the skim answered, so chat_fields must answer the same"
+        );
     }
     let Ok(Value::Object(object)) = serde_json::from_slice::<Value>(data) else {
         return;

@@ -233,8 +233,8 @@ async fn paths_that_normalise_differently_are_refused_with_invalid_path() {
         env.server.record(&format!("GET {path}"), text.clone());
         assert_eq!(status, 400, "{path}: {text}");
         let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-        let json: Value = serde_json::from_str(body)
-            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"));
+        let json: Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"));
         assert_eq!(json["error"]["code"], "invalid_path", "{path}: {text}");
         assert_eq!(json["error"]["type"], "invalid_request_error", "{path}");
     }
@@ -247,7 +247,10 @@ async fn paths_that_normalise_differently_are_refused_with_invalid_path() {
     // Legitimate escapes in the path, and anything in the query, still go up.
     let started = Instant::now();
     for (path, seen) in [
-        ("/v1/models?after=%252e%2e%5c&q=a%25b", "/v1/models?after=%252e%2e%5c&q=a%25b"),
+        (
+            "/v1/models?after=%252e%2e%5c&q=a%25b",
+            "/v1/models?after=%252e%2e%5c&q=a%25b",
+        ),
         ("/v1/files/file%20a%41", "/v1/files/file%20a%41"),
         ("/v1/models", "/v1/models"),
     ] {
