@@ -85,7 +85,8 @@ async fn unknown_routes_are_404_and_reach_no_upstream() {
                     .json(&chat_body("gpt-4o")),
             )
             .await;
-        resp.assert_keygate_error(400, "invalid_path");
+        assert_eq!(resp.status, 404, "{path}: {}", resp.text());
+        resp.assert_keygate_error(404, "unknown_route");
     }
     assert_eq!(env.openai.hits() + env.xai.hits(), 0);
 }
