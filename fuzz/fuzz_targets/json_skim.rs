@@ -20,7 +20,7 @@ use keygate::json_skim::{chat_fields, skim, ChatFields};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 
-fn named(fields: &ChatFields<'_>) -> [(&'static str, Option<&[u8]>); 6] {
+fn named<'a>(fields: &ChatFields<'a>) -> [(&'static str, Option<&'a [u8]>); 6] {
     [
         ("model", fields.model),
         ("stream", fields.stream),
