@@ -267,6 +267,12 @@ pub struct MeteringConfig {
     /// Ask Chat Completions / Completions streams (of kinds that have
     /// `stream_options`) for their final usage chunk.
     pub stream_usage: bool,
+    /// Usage series (client × provider × model) in all; past it, new
+    /// models are counted as `(other)`.
+    pub max_series: usize,
+    /// Usage series of one client; past it, that client's new models are
+    /// counted as its `(other)`.
+    pub max_series_per_client: usize,
 }
 
 #[derive(Debug, Deserialize)]

@@ -44,6 +44,10 @@ pub enum ProxyError {
     /// The client's body could not be read.
     #[error("request body could not be read: {0}")]
     BadRequestBody(String),
+    /// A path servers would normalise to another path (`\\`, `%2e`, `%2f`,
+    /// `%5c`, `%25`, a malformed escape, a dot segment).
+    #[error("path {0} reads differently once normalised")]
+    InvalidPath(String),
     /// No provider for this path or model.
     #[error("no route for {0}")]
     UnknownRoute(String),
@@ -87,7 +91,7 @@ impl ProxyError {
             }
             ProxyError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout(_) | ProxyError::BodyDeadline(_) => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::BadRequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequestBody(_) | ProxyError::InvalidPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnknownRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::UpstreamKeyRejected { .. } | ProxyError::UpstreamUnavailable { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -106,6 +110,7 @@ impl ProxyError {
             ProxyError::RequestTooLarge { .. } => "request_too_large",
             ProxyError::BodyTimeout(_) | ProxyError::BodyDeadline(_) => "request_timeout",
             ProxyError::BadRequestBody(_) => "bad_request_body",
+            ProxyError::InvalidPath(_) => "invalid_path",
             ProxyError::UnknownRoute(_) => "unknown_route",
             ProxyError::UpstreamKeyRejected { .. } => "upstream_key_rejected",
             ProxyError::NoUpstreamKey { .. } => "no_upstream_key",
@@ -124,6 +129,7 @@ impl ProxyError {
             | ProxyError::BodyTimeout(_)
             | ProxyError::BodyDeadline(_)
             | ProxyError::BadRequestBody(_)
+            | ProxyError::InvalidPath(_)
             | ProxyError::UnknownRoute(_) => "invalid_request_error",
             _ => "upstream_error",
         }
@@ -140,6 +146,12 @@ impl ProxyError {
             ProxyError::NoUpstreamKey { provider } => format!(
                 "keygate has no usable upstream key for provider `{provider}`. The operator should \
                  add one with `keygate key add {provider}`."
+            ),
+            ProxyError::InvalidPath(path) => format!(
+                "keygate refuses the path `{path}`: a backslash, an encoded dot, slash, backslash \
+                 or percent (%2e, %2f, %5c, %25), an encoded control byte, a malformed % escape \
+                 or a `.`/`..` segment reads as another path on many servers. Send the path as \
+                 the API documents it."
             ),
             ProxyError::UnknownRoute(path) => format!(
                 "keygate has no route for `{path}`: use /v1/… or /{{provider}}/v1/…"

@@ -124,21 +124,19 @@ impl Limits {
     /// Admits one request of `estimate` tokens at `now` (unix seconds), or says
     /// why not. Nothing is counted for a refused request. Every admitted
     /// request gets a reservation, settled with its real usage.
-    /// `rough_estimate` stands in for `estimate` for a client without limits:
-    /// nothing is checked, so the body is not parsed for it.
     pub fn admit(
         &self,
         client: &Arc<str>,
         limits: ClientLimits,
         estimate: impl FnOnce() -> u64,
-        rough_estimate: u64,
         now: u64,
     ) -> Result<Option<Reservation>, ProxyError> {
         let state = self.state(client);
         if !limits.any() {
             // Spend is tracked for every client, so a budget set later counts
-            // what was spent before it.
-            let estimate = i64::try_from(rough_estimate).unwrap_or(i64::MAX);
+            // what was spent before it; the estimate is what an answer
+            // without usage is charged.
+            let estimate = i64::try_from(estimate()).unwrap_or(i64::MAX);
             state.tokens_spent.fetch_add(estimate, Ordering::AcqRel);
             return Ok(Some(Reservation {
                 state,
@@ -205,38 +203,22 @@ impl Limits {
     }
 }
 
-/// What [`estimate_tokens`] assumes a request may generate when it sets no
-/// `max_tokens`.
-pub const DEFAULT_COMPLETION_ESTIMATE: u64 = 256;
-
-/// [`estimate_tokens`] without reading the body: for clients whose limits
-/// need no precision. A request without a body (a `GET`) costs nothing.
-pub fn rough_estimate(body: Option<&[u8]>, declared_len: u64) -> u64 {
-    match body {
-        Some([]) => 0,
-        _ => body.map_or(declared_len, |b| b.len() as u64) / 4 + DEFAULT_COMPLETION_ESTIMATE,
-    }
-}
-
 /// Tokens a request may use, estimated before it is sent: about one token per
-/// four bytes of prompt, plus its `max_tokens` (or 256 when it sets none).
-/// A request without a body (a `GET`) costs nothing.
-pub fn estimate_tokens(body: Option<&[u8]>, declared_len: u64) -> u64 {
-    if body.is_some_and(<[u8]>::is_empty) {
-        return 0;
-    }
-    #[derive(serde::Deserialize)]
-    struct Caps {
-        #[serde(default, alias = "max_completion_tokens", alias = "max_output_tokens")]
-        max_tokens: Option<u64>,
-    }
-    let len = body.map_or(declared_len, |b| b.len() as u64);
-    let completion = body
-        .filter(|b| b.first() == Some(&b'{'))
-        .and_then(|b| serde_json::from_slice::<Caps>(b).ok())
-        .and_then(|c| c.max_tokens)
-        .unwrap_or(DEFAULT_COMPLETION_ESTIMATE);
-    len / 4 + completion
+/// four bytes of prompt (`len`: the body's bytes), plus its completion cap
+/// (`max_tokens`, `max_completion_tokens` or `max_output_tokens`, the largest
+/// when a body sets several; 256 when it sets none). `fields`: the body's
+/// fields as the upstream reads them ([`crate::json_skim::chat_fields`]).
+pub fn estimate_tokens(fields: Option<&crate::json_skim::ChatFields<'_>>, len: u64) -> u64 {
+    let cap = |value: Option<&[u8]>| value.and_then(|v| serde_json::from_slice::<u64>(v).ok());
+    let completion = fields
+        .and_then(|f| {
+            [f.max_tokens, f.max_completion_tokens, f.max_output_tokens]
+                .into_iter()
+                .filter_map(cap)
+                .max()
+        })
+        .unwrap_or(256);
+    (len / 4).saturating_add(completion)
 }
 
 #[cfg(test)]
@@ -255,15 +237,15 @@ mod tests {
             ..ClientLimits::default()
         };
         for _ in 0..3 {
-            assert!(limits.admit(&client(), rpm, || 1, 0, 600).is_ok());
+            assert!(limits.admit(&client(), rpm, || 1, 600).is_ok());
         }
-        match limits.admit(&client(), rpm, || 1, 0, 630) {
+        match limits.admit(&client(), rpm, || 1, 630) {
             Err(ProxyError::ClientRateLimited { retry_after, .. }) => {
                 assert_eq!(retry_after, Duration::from_secs(30))
             }
             other => panic!("{other:?}"),
         }
-        assert!(limits.admit(&client(), rpm, || 1, 0, 660).is_ok());
+        assert!(limits.admit(&client(), rpm, || 1, 660).is_ok());
     }
 
     #[test]
@@ -273,24 +255,33 @@ mod tests {
             budget_tokens: Some(1000),
             ..ClientLimits::default()
         };
-        let reservation = limits
-            .admit(&client(), budget, || 80, 0, 0)
-            .unwrap()
-            .unwrap();
+        let reservation = limits.admit(&client(), budget, || 80, 0).unwrap().unwrap();
         assert!(matches!(
-            limits.admit(&client(), budget, || 80, 0, 0),
+            limits.admit(&client(), budget, || 80, 0),
             Err(ProxyError::ClientBudgetExceeded { .. })
         ));
         reservation.settle(Some(10)); // spent 910
-        assert!(limits.admit(&client(), budget, || 80, 0, 0).is_ok()); // 990
-        assert!(limits.admit(&client(), budget, || 20, 0, 0).is_err());
+        assert!(limits.admit(&client(), budget, || 80, 0).is_ok()); // 990
+        assert!(limits.admit(&client(), budget, || 20, 0).is_err());
     }
 
     #[test]
     fn estimate_uses_max_tokens() {
+        // The completion part of the estimate (the prompt part is len / 4).
+        let completion = |body: &[u8]| {
+            let fields = crate::json_skim::chat_fields(body);
+            estimate_tokens(fields.as_ref(), body.len() as u64) - body.len() as u64 / 4
+        };
+        assert_eq!(completion(br#"{"max_tokens":10}"#), 10);
+        assert_eq!(completion(br#" {"max_tokens":10} "#), 10);
+        assert_eq!(completion(br#"{"model":"m"}"#), 256);
+        // Read as the upstream reads it: escaped keys, the last repeat.
+        assert_eq!(completion(br#"{"max_t\u006fkens":1000}"#), 1000);
+        assert_eq!(completion(br#"{"max_tokens":1,"max_tokens":2000}"#), 2000);
+        // Several caps: the largest.
         assert_eq!(
-            estimate_tokens(Some(br#"{"max_tokens":10}"#), 0),
-            17 / 4 + 10
+            completion(br#"{"max_tokens":5,"max_completion_tokens":900}"#),
+            900
         );
         assert_eq!(estimate_tokens(None, 400), 100 + 256);
     }

@@ -155,8 +155,15 @@ pub struct UsageSeries {
 /// How many usage keys (client × provider × model) the meter tracks before
 /// new models are counted as [`OTHER_MODEL`]: the model comes from the request
 /// body, so without a bound one client sending random model names would grow
-/// memory, the ledger and the `/metrics` page without end.
+/// memory, the ledger and the `/metrics` page without end
+/// (`[metering] max_series`).
 pub const MAX_USAGE_KEYS: usize = 10_000;
+
+/// How many usage keys one client gets before its new models are counted as
+/// [`OTHER_MODEL`] (`[metering] max_series_per_client`): so one client's
+/// made-up model names fill its own `(other)`, not the whole
+/// [`MAX_USAGE_KEYS`], and another client's real model keeps its name.
+pub const MAX_USAGE_KEYS_PER_CLIENT: usize = 100;
 
 /// The model label of usage past [`MAX_USAGE_KEYS`].
 pub const OTHER_MODEL: &str = "(other)";
@@ -164,25 +171,33 @@ pub const OTHER_MODEL: &str = "(other)";
 /// The process's usage counters.
 pub struct Meter {
     series: DashMap<UsageKey, UsageSeries>,
+    /// How many keys of `series` each client has (only touched when a key
+    /// is created, never on the hot path).
+    per_client: DashMap<Arc<str>, usize>,
     max_keys: usize,
+    max_keys_per_client: usize,
 }
 
 impl Default for Meter {
     fn default() -> Self {
-        Meter::with_max_keys(MAX_USAGE_KEYS)
+        Meter::with_max_keys(MAX_USAGE_KEYS, MAX_USAGE_KEYS_PER_CLIENT)
     }
 }
 
 impl Meter {
-    /// A meter that tracks at most `max_keys` usage keys (then [`OTHER_MODEL`]).
-    pub fn with_max_keys(max_keys: usize) -> Self {
+    /// A meter that tracks at most `max_keys` usage keys, and at most
+    /// `max_keys_per_client` of one client (then [`OTHER_MODEL`]).
+    pub fn with_max_keys(max_keys: usize, max_keys_per_client: usize) -> Self {
         Meter {
             series: DashMap::new(),
+            per_client: DashMap::new(),
             max_keys,
+            max_keys_per_client,
         }
     }
 
     /// The series of `key`, created on first use (`metrics` resolves them).
+    /// A known key is one read of the map; only a new one looks further.
     pub fn series(
         &self,
         mut key: UsageKey,
@@ -191,20 +206,30 @@ impl Meter {
         if let Some(existing) = self.series.get(&key) {
             return existing.clone();
         }
-        if self.series.len() >= self.max_keys {
+        let clients_keys = self.per_client.get(&key.client).map_or(0, |n| *n);
+        if self.series.len() >= self.max_keys || clients_keys >= self.max_keys_per_client {
             key.model = Arc::from(OTHER_MODEL);
             if let Some(existing) = self.series.get(&key) {
                 return existing.clone();
             }
         }
         let metrics = metrics(&key);
-        self.series
-            .entry(key)
-            .or_insert_with(|| UsageSeries {
-                counters: Arc::default(),
-                metrics,
-            })
-            .clone()
+        let client = key.client.clone();
+        match self.series.entry(key) {
+            dashmap::mapref::entry::Entry::Occupied(known) => known.get().clone(),
+            dashmap::mapref::entry::Entry::Vacant(new) => {
+                // Counted while the new key's shard is held, so two requests
+                // racing to create the same key count it once. (Racing
+                // creators of different keys may pass the cap by the number
+                // of requests in flight: a bound, not an exact count.)
+                *self.per_client.entry(client).or_insert(0) += 1;
+                new.insert(UsageSeries {
+                    counters: Arc::default(),
+                    metrics,
+                })
+                .clone()
+            }
+        }
     }
 
     /// Drains every key's counters; only keys with activity are returned.
@@ -232,47 +257,41 @@ pub fn has_stream_usage_option(path: &str) -> bool {
 /// With `stream_usage = true`: a streaming request body (`"stream": true`)
 /// that does not already ask for usage, rewritten to ask for it
 /// (`stream_options.include_usage = true`). `None` when nothing changes.
-/// `skimmed`: the body's fields from [`crate::json_skim::chat_fields`], which
-/// settle most bodies (most streams already ask, most bodies are no stream);
-/// `None` (not skimmed, or the skim could not judge it) leaves it to the full
-/// parse below, which decides.
+/// `fields`: the body's fields from [`crate::json_skim::chat_fields`], read
+/// as the upstream reads them (repeated keys: the last wins; escaped keys
+/// decoded), which settle most bodies (most streams already ask, most bodies
+/// are no stream).
 ///
-/// The rewrite keeps the client's bytes: the option is spliced in, and
-/// everything else (field order, spacing, escapes) goes up as the client
-/// wrote it. Duplicate keys are read as serde_json reads them (the last one
-/// wins), and the last one is the one changed.
+/// The rewrite keeps the client's bytes, on the skim's fast path and on
+/// serde's slow path alike: the option is spliced in, and everything else
+/// (field order, spacing, escapes, leading whitespace) goes up as the client
+/// wrote it. Duplicate keys are read as serde_json reads them, and the last
+/// one is the one changed.
 pub fn ask_for_usage(
     body: &[u8],
-    skimmed: Option<&crate::json_skim::ChatFields<'_>>,
+    fields: &crate::json_skim::ChatFields<'_>,
 ) -> Option<bytes::Bytes> {
     use crate::json_skim::members;
 
-    if body.first() != Some(&b'{') {
+    let streams = fields
+        .stream
+        .and_then(|v| serde_json::from_slice::<bool>(v).ok())
+        == Some(true);
+    // A repeated `include_usage` fails this typed read; `members` below
+    // then finds the last one.
+    let already_asks = fields
+        .stream_options
+        .and_then(|v| serde_json::from_slice::<StreamOptions>(v).ok())
+        .is_some_and(|options| options.include_usage == Some(true));
+    if !streams || already_asks {
         return None;
-    }
-    match skimmed {
-        // Settled only where the full parse below would also leave the body
-        // alone; anything odd in the two values goes on to it.
-        Some(fields) => {
-            let streams = fields
-                .stream
-                .and_then(|v| serde_json::from_slice::<bool>(v).ok())
-                == Some(true);
-            let already_asks = fields
-                .stream_options
-                .and_then(|v| serde_json::from_slice::<StreamOptions>(v).ok())
-                .is_some_and(|options| options.include_usage == Some(true));
-            if !streams || already_asks {
-                return None;
-            }
-        }
-        None if memchr::memmem::find(body, b"\"stream\"").is_none() => return None,
-        None => {}
     }
     // Only well-formed JSON is rewritten (and `members` may then skip values
     // unchecked); a broken body goes up as sent, for the upstream to refuse.
-    serde_json::from_slice::<serde::de::IgnoredAny>(body).ok()?;
-    let top = members(body, 0, [b"stream", b"stream_options"])?;
+    if !fields.checked {
+        serde_json::from_slice::<serde::de::IgnoredAny>(body).ok()?;
+    }
+    let top = members(body, fields.open, [b"stream", b"stream_options"])?;
     let [stream, options] = top.values;
     if serde_json::from_slice::<bool>(&body[stream?]).ok() != Some(true) {
         return None;
@@ -318,17 +337,21 @@ mod tests {
 
     /// ask_for_usage as the conductor calls it: skim first.
     fn ask_for_usage(body: &[u8]) -> Option<bytes::Bytes> {
-        let skimmed = crate::json_skim::chat_fields(body);
-        let through_skim = super::ask_for_usage(body, skimmed.as_ref());
-        // Without the skim, the full parse alone must agree.
-        assert_eq!(through_skim, super::ask_for_usage(body, None));
+        let fields = crate::json_skim::chat_fields(body)?;
+        let through_skim = super::ask_for_usage(body, &fields);
+        // Without the skim, serde's slow path alone must agree.
+        let parsed = crate::json_skim::parsed_fields(body);
+        assert_eq!(
+            through_skim,
+            parsed.and_then(|fields| super::ask_for_usage(body, &fields))
+        );
         through_skim
     }
 
     #[test]
     fn only_streams_without_include_usage_are_rewritten() {
         // Plain bodies are settled by the skim, not handed on.
-        assert!(crate::json_skim::chat_fields(br#"{"model":"m","stream":true}"#).is_some());
+        assert!(crate::json_skim::skim(br#"{"model":"m","stream":true}"#).is_some());
         let rewritten = ask_for_usage(br#"{"model":"m","stream":true}"#).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
         assert_eq!(json["stream_options"]["include_usage"], true);
@@ -410,7 +433,16 @@ mod tests {
                 r#"{"stream":true,"stream_options":{"include_usage":false,"include_usage":null}}"#,
                 r#"{"stream":true,"stream_options":{"include_usage":false,"include_usage":true}}"#,
             ),
-            // An escaped key is the same key.
+            // Whitespace around the object (the skim judges it) is kept.
+            (
+                " {\"model\":\"m\",\"stream\":true}\n",
+                " {\"model\":\"m\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}\n",
+            ),
+            // An escaped key (the slow path) is the same key.
+            (
+                r#"{"model":"m","str\u0065am":true}"#,
+                r#"{"model":"m","str\u0065am":true,"stream_options":{"include_usage":true}}"#,
+            ),
             (
                 r#"{"stream":true,"stream_\u006fptions":{"x":1}}"#,
                 r#"{"stream":true,"stream_\u006fptions":{"x":1,"include_usage":true}}"#,
@@ -475,7 +507,7 @@ mod tests {
 
     #[test]
     fn models_past_the_key_limit_are_counted_as_other() {
-        let meter = Meter::with_max_keys(3);
+        let meter = Meter::with_max_keys(3, 100);
         let key = |model: &str| UsageKey {
             client: "a".into(),
             provider: "p".into(),
@@ -507,6 +539,35 @@ mod tests {
                 ("random-2".to_string(), 1)
             ]
         );
+    }
+
+    #[test]
+    fn one_clients_made_up_models_fill_only_its_own_other() {
+        let meter = Meter::with_max_keys(10, 3);
+        let key = |client: &str, model: &str| UsageKey {
+            client: client.into(),
+            provider: "p".into(),
+            model: model.into(),
+        };
+        let model_of = |client: &str, model: &str| {
+            let series = meter.series(key(client, model), test_metrics);
+            series.counters.record(&Outcome::default());
+            meter
+                .series
+                .iter()
+                .find(|e| Arc::ptr_eq(&e.value().counters, &series.counters))
+                .map(|e| e.key().model.to_string())
+                .unwrap()
+        };
+        for n in 0..50 {
+            model_of("junk", &format!("made-up-{n}"));
+        }
+        assert_eq!(model_of("junk", "made-up-51"), OTHER_MODEL);
+        assert_eq!(model_of("junk", "made-up-1"), "made-up-1");
+        assert_eq!(model_of("app", "gpt-4o"), "gpt-4o");
+        assert_eq!(model_of("app", "gpt-4o-mini"), "gpt-4o-mini");
+        // junk: 3 models + (other); app: 2.
+        assert_eq!(meter.series.len(), 6);
     }
 
     #[test]

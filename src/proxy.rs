@@ -98,11 +98,12 @@ async fn conduct(
     };
     let mut body = body::receive(incoming, declared_len, limits).await?;
 
-    let skimmed = body
+    // The body's fields as the upstream will read them: for routing, the
+    // estimate and the usage option alike.
+    let fields = body
         .buffered()
         .and_then(|b| crate::json_skim::chat_fields(b));
-    let model = route::model_of(body.buffered().map(|b| &b[..]), skimmed.as_ref())
-        .map(|m| Arc::<str>::from(&*m));
+    let model = route::model_of(fields.as_ref()).map(|m| Arc::<str>::from(&*m));
     let (provider, path) = match path_match {
         PathMatch::Prefixed(provider, rest) => (provider, rest),
         PathMatch::Plain(path) => (route::by_model(config, model.as_deref()), path),
@@ -125,15 +126,19 @@ async fn conduct(
         .buffered()
         .map_or(declared_len.unwrap_or(0), |b| b.len() as u64);
     let request_bytes = ctx.request_bytes;
-    let buffered = body.buffered().map(|b| &b[..]);
-    let estimate = || limits::estimate_tokens(buffered, request_bytes);
-    ctx.reservation = shared.limits.admit(
-        &client.name,
-        client.limits,
-        estimate,
-        limits::rough_estimate(buffered, request_bytes),
-        crate::unix_now(),
-    )?;
+    // A request without a body (a `GET`) asks for nothing to be generated.
+    let no_body = body.buffered().is_some_and(|b| b.is_empty());
+    let estimate = || {
+        if no_body {
+            0
+        } else {
+            limits::estimate_tokens(fields.as_ref(), request_bytes)
+        }
+    };
+    ctx.reservation =
+        shared
+            .limits
+            .admit(&client.name, client.limits, estimate, crate::unix_now())?;
     // Ask for the usage chunk on the client's behalf, and hide it from them.
     let mut strip_usage_chunk = false;
     if config.metering.stream_usage
@@ -142,7 +147,8 @@ async fn conduct(
     {
         let rewritten = body
             .buffered()
-            .and_then(|b| crate::meter::ask_for_usage(b, skimmed.as_ref()));
+            .zip(fields.as_ref())
+            .and_then(|(b, fields)| crate::meter::ask_for_usage(b, fields));
         if let Some(rewritten) = rewritten {
             body = RequestBody::Buffered(rewritten);
             strip_usage_chunk = true;

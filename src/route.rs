@@ -4,8 +4,6 @@
 //! Never at `Host`, `X-Forwarded-Host`, an absolute-form URL's authority or any
 //! body field naming a URL: the upstream is fixed by config.
 
-use serde::Deserialize;
-
 use crate::json_skim::ChatFields;
 
 use crate::config::{Config, Provider};
@@ -22,8 +20,8 @@ pub enum PathMatch<'a> {
 
 /// Matches the path (without query). `rest` always starts with `/v1`.
 pub fn by_path<'a>(config: &'a Config, path: &'a str) -> Result<PathMatch<'a>, ProxyError> {
-    if has_dot_segment(path) {
-        return Err(ProxyError::UnknownRoute(path.to_owned()));
+    if normalises_differently(path) {
+        return Err(ProxyError::InvalidPath(path.to_owned()));
     }
     if is_v1(path) {
         return Ok(PathMatch::Plain(path));
@@ -42,57 +40,47 @@ fn is_v1(path: &str) -> bool {
     path == "/v1" || path.starts_with("/v1/")
 }
 
-/// `.`/`..` segments, raw or percent-encoded, could climb out of the upstream's
-/// base path on a server that normalises late: refuse them outright.
-/// An encoded `/` (`%2f`) is refused too. No allocation: this runs on every request.
-fn has_dot_segment(path: &str) -> bool {
+/// True for a path that common servers and frameworks would read as another
+/// path: a `.` or `..` segment, a `\` (a separator to some), an encoded
+/// dot, slash, backslash or percent (`%2e`, `%2f`, `%5c`, and `%25`, which a
+/// second decode turns into any of them), an encoded control byte (`%00`
+/// truncates a path in C code), or a `%` that is no escape at all. keygate
+/// forwards the path as sent, with the upstream key, so a path the upstream
+/// might read as something else than keygate routed is refused.
+/// No allocation: this runs on every request (the query is not checked:
+/// a query may well hold `%25`).
+fn normalises_differently(path: &str) -> bool {
     let bytes = path.as_bytes();
-    if memchr::memchr2(b'.', b'%', bytes).is_none() {
+    if memchr::memchr3(b'.', b'%', b'\\', bytes).is_none() {
         return false; // the common case
     }
-    let encoded_slash = bytes
-        .windows(3)
-        .any(|w| w[0] == b'%' && w[1] == b'2' && w[2].eq_ignore_ascii_case(&b'f'));
-    encoded_slash || path.split('/').any(is_dot_segment)
-}
-
-/// `.` or `..`, each dot raw or as `%2e`/`%2E`.
-fn is_dot_segment(segment: &str) -> bool {
-    let mut rest = segment.as_bytes();
-    let mut dots = 0;
-    while !rest.is_empty() {
-        rest = match rest {
-            [b'.', tail @ ..] => tail,
-            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
-            _ => return false,
+    let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
+    let mut at = 0;
+    while let Some(found) = memchr::memchr2(b'%', b'\\', &bytes[at..]) {
+        at += found;
+        if bytes[at] == b'\\' {
+            return true;
+        }
+        let (Some(high), Some(low)) = (hex(bytes.get(at + 1)), hex(bytes.get(at + 2))) else {
+            return true; // a malformed escape: each server guesses differently
         };
-        dots += 1;
+        let decoded = high * 16 + low;
+        if matches!(decoded, 0x2e | 0x2f | 0x5c | 0x25 | 0x00..=0x1f | 0x7f) {
+            return true;
+        }
+        at += 3;
     }
-    dots == 1 || dots == 2
+    path.split('/')
+        .any(|segment| segment == "." || segment == "..")
 }
 
-#[derive(Deserialize)]
-struct ModelField<'a> {
-    #[serde(borrow)]
-    model: Option<std::borrow::Cow<'a, str>>,
-}
-
-/// The JSON body's `model`, if the body is a JSON object that has one.
-/// `skimmed`: the body's fields from [`crate::json_skim::chat_fields`];
-/// `None` (not skimmed, or the skim could not judge it) reads the whole body.
-pub fn model_of<'a>(
-    body: Option<&'a [u8]>,
-    skimmed: Option<&ChatFields<'a>>,
-) -> Option<std::borrow::Cow<'a, str>> {
-    let body = body.filter(|b| b.first() == Some(&b'{'))?;
-    match skimmed {
-        Some(fields) => fields
-            .model
-            .and_then(|value| serde_json::from_slice(value).ok()),
-        None => serde_json::from_slice::<ModelField>(body)
-            .ok()
-            .and_then(|m| m.model),
-    }
+/// The JSON body's `model` as the upstream reads it, from the body's
+/// [`crate::json_skim::chat_fields`] (`None`: not a JSON object, or no
+/// string `model`).
+pub fn model_of<'a>(fields: Option<&ChatFields<'a>>) -> Option<std::borrow::Cow<'a, str>> {
+    fields?
+        .model
+        .and_then(|value| serde_json::from_slice(value).ok())
 }
 
 /// The provider for a plain `/v1/…` request: the first `routing.models` prefix
@@ -160,13 +148,14 @@ mod tests {
 
     /// model_of as the conductor calls it: skim first.
     fn skim_then_model(body: &[u8]) -> Option<String> {
-        let skimmed = crate::json_skim::chat_fields(body);
-        model_of(Some(body), skimmed.as_ref()).map(|m| m.into_owned())
+        let fields = crate::json_skim::chat_fields(body);
+        model_of(fields.as_ref()).map(|m| m.into_owned())
     }
 
-    /// What model_of answered before the skim: serde alone.
+    /// What serde_json reads (the last of repeated keys, escapes decoded).
     fn serde_model(body: &[u8]) -> Option<String> {
-        model_of(Some(body), None).map(|m| m.into_owned())
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        value.get("model")?.as_str().map(str::to_owned)
     }
 
     #[test]
@@ -180,6 +169,8 @@ mod tests {
             br#"{"model":"a\"b\\c\u00e9"}"#,
             br#"{"mod\u0065l":"escaped-key"}"#,
             br#"{"model":"first","model":"second"}"#,
+            br#"{"model":"first","m\u006fdel":"second"}"#,
+            br#" {"model":"grok-3"} "#,
             br#"{"model":7}"#,
             br#"{"model":null}"#,
             br#"{"model":"x"#,
@@ -239,7 +230,7 @@ mod tests {
                 serde_json::to_string(&top).unwrap(),
                 serde_json::to_string_pretty(&top).unwrap(),
             ] {
-                skimmed += usize::from(crate::json_skim::chat_fields(text.as_bytes()).is_some());
+                skimmed += usize::from(crate::json_skim::skim(text.as_bytes()).is_some());
                 assert_eq!(
                     skim_then_model(text.as_bytes()),
                     serde_model(text.as_bytes()),
@@ -256,26 +247,52 @@ mod tests {
     #[test]
     fn unknown_and_climbing_paths_are_refused() {
         let config = Config::from_toml("").unwrap();
+        for path in ["/nope", "/v2/x", "/xaiv1/x", "/v1"] {
+            let refused = by_path(&config, path);
+            if path == "/v1" {
+                assert!(refused.is_ok());
+            } else {
+                assert!(
+                    matches!(refused, Err(ProxyError::UnknownRoute(_))),
+                    "{path}"
+                );
+            }
+        }
         for path in [
-            "/nope",
-            "/v2/x",
             "/v1/../admin",
             "/v1/%2e%2e/x",
-            "/xaiv1/x",
             "/v1%2f..%2fx",
             "/v1/%2E./x",
             "/v1/.%2e",
             "/v1/.",
             "/v1/x%2Fy",
+            "/v1/%2e%2e%2e",
+            "/v1/a%2eb",
+            "/v1\\..\\admin",
+            "/v1/chat\\completions",
+            "/v1/%5c../x",
+            "/v1/%5Cx",
+            "/v1/%252e%252e/x",
+            "/v1/%25",
+            "/v1/%2",
+            "/v1/%zz",
+            "/v1/%",
+            "/v1/x%00y",
+            "/v1/x%0a",
+            "/xai/v1/%2e%2e/x",
         ] {
-            assert!(by_path(&config, path).is_err(), "{path}");
+            assert!(
+                matches!(by_path(&config, path), Err(ProxyError::InvalidPath(_))),
+                "{path}"
+            );
         }
         for path in [
             "/v1/a.b",
             "/v1/...",
-            "/v1/%2e%2e%2e",
             "/v1/x%20y",
+            "/v1/x%41%7e",
             "/v1/.well",
+            "/v1/files/file-abc/content",
         ] {
             assert!(by_path(&config, path).is_ok(), "{path}");
         }

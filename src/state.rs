@@ -149,6 +149,10 @@ impl Shared {
         limits: Limits,
     ) -> Result<Shared, crate::upstream::UpstreamError> {
         let upstream = Upstream::new(&config.server)?;
+        let meter = Meter::with_max_keys(
+            config.metering.max_series,
+            config.metering.max_series_per_client,
+        );
         Ok(Shared {
             metrics: Metrics::new(&config),
             config,
@@ -157,7 +161,7 @@ impl Shared {
             vault_loaded: AtomicBool::new(false),
             control: Mutex::new(vault_watch),
             admin_token,
-            meter: Arc::new(Meter::default()),
+            meter: Arc::new(meter),
             limits,
         })
     }

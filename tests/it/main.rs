@@ -26,5 +26,6 @@ mod reload;
 mod rotation;
 mod routing;
 mod secrets;
+mod skim_bypass;
 mod streaming;
 mod vault_cli;
