@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use crate::forward::ResponseBody;
-use crate::keys::{ops, rotate, verify};
+use crate::keys::{ops, rotate};
 use crate::secret::Secret;
 use crate::state::Shared;
 use crate::vault::document::{Document, KeyState};
@@ -277,14 +277,8 @@ fn write<T>(
 }
 
 fn key_secret(body: &KeyBody) -> Result<Secret, AdminError> {
-    let secret = Secret::new(body.secret.trim().to_owned());
-    if secret.is_blank() || secret.expose().chars().any(|c| c.is_control() || c == ' ') {
-        return Err(AdminError::BadRequest(
-            "\"secret\" must be the key alone: not empty, no spaces or control characters"
-                .to_owned(),
-        ));
-    }
-    Ok(secret)
+    ops::upstream_secret(&body.secret)
+        .map_err(|e| AdminError::BadRequest(format!("\"secret\": {e}")))
 }
 
 fn known_provider(shared: &Shared, provider: &str) -> Result<(), AdminError> {
@@ -312,15 +306,14 @@ fn add_key(
     let id = ops::new_key_id().map_err(|e| AdminError::Failed(e.to_string()))?;
     let id = write(shared, |doc| {
         ops::expire_grace(doc, crate::unix_now());
-        ops::add(
-            doc,
+        let key = ops::NewKey {
             id,
             provider,
-            &secret,
-            body.label.clone(),
+            secret: &secret,
+            label: body.label.clone(),
             state,
-            crate::unix_now(),
-        )
+        };
+        ops::add(doc, key, crate::unix_now())
     })?;
     Ok(
         serde_json::json!({ "id": id, "provider": provider, "state": state.as_str(), "fingerprint": secret.fingerprint() }),
@@ -339,41 +332,19 @@ async fn rotate_key(
             .map_err(|e| AdminError::BadRequest(format!("\"grace\": {e}")))?,
         None => shared.config.keys.default_grace,
     };
-    let pending = tokio::task::block_in_place(|| {
-        let control = shared.control();
-        rotate::stage(
-            control.vault(),
-            control.kek(),
-            provider,
-            &secret,
-            body.label.clone(),
-        )
-    })?;
-    if body.verify {
-        let upstream_provider = &shared.config.providers[provider];
-        let check =
-            verify::verify(&shared.upstream, upstream_provider, &secret, VERIFY_TIMEOUT).await;
-        tokio::task::block_in_place(|| {
-            let control = shared.control();
-            rotate::settle_verdict(control.vault(), control.kek(), &pending, check)
-        })?;
-    }
     let grace_until = crate::unix_now().saturating_add(grace.as_secs());
-    let promotion = tokio::task::block_in_place(|| {
-        let result = {
-            let control = shared.control();
-            rotate::promote(
-                control.vault(),
-                control.kek(),
-                &pending,
-                body.replace.as_deref(),
-                body.verify,
-                grace_until,
-            )
-        };
-        let _ = shared.reload();
-        result
-    })?;
+    let rotation = rotate::Rotation {
+        provider: &shared.config.providers[provider],
+        secret: &secret,
+        label: body.label.clone(),
+        replace: body.replace.as_deref(),
+        verify_with: body.verify.then_some(&shared.upstream),
+        grace_until,
+    };
+    let result = rotate::run(&ServerVault(shared), rotation, |_| {}).await;
+    // Whatever step it stopped at, serve what the vault now says.
+    let _ = tokio::task::block_in_place(|| shared.reload());
+    let promotion = result?;
     Ok(serde_json::json!({
         "promoted": promotion.promoted,
         "previous": promotion.demoted,
@@ -382,7 +353,18 @@ async fn rotate_key(
     }))
 }
 
-const VERIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// The server's vault, reached through its single writer's lock, one write
+/// at a time (never held across an await).
+struct ServerVault<'a>(&'a Shared);
+
+impl rotate::VaultAccess for ServerVault<'_> {
+    fn with<R>(&self, write: impl FnOnce(&crate::vault::Vault, &crate::vault::Kek) -> R) -> R {
+        tokio::task::block_in_place(|| {
+            let control = self.0.control();
+            write(control.vault(), control.kek())
+        })
+    }
+}
 
 fn load_document(shared: &Shared) -> Result<Document, AdminError> {
     tokio::task::block_in_place(|| {

@@ -105,9 +105,9 @@ impl Context {
     }
 
     /// Checks that `provider` is configured.
-    pub fn provider(&self, provider: &str) -> Result<(), CliError> {
-        if self.config.providers.contains_key(provider) {
-            return Ok(());
+    pub fn provider(&self, provider: &str) -> Result<&crate::config::Provider, CliError> {
+        if let Some(found) = self.config.providers.get(provider) {
+            return Ok(found);
         }
         Err(CliError::Usage(format!(
             "unknown provider `{provider}`: configured providers are {} (add a [providers.{provider}] table to the config)",

@@ -194,8 +194,6 @@ fn upstream_runtime(context: &Context) -> Result<(tokio::runtime::Runtime, Upstr
     Ok((runtime, upstream))
 }
 
-const VERIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
-
 fn rotate(
     context: &Context,
     provider: &str,
@@ -204,38 +202,36 @@ fn rotate(
     no_verify: bool,
     grace: Option<std::time::Duration>,
 ) -> Result<(), CliError> {
-    context.provider(provider)?;
+    let upstream_provider = context.provider(provider)?;
     let secret = read_key(context)?;
     let kek = context.kek()?;
     let vault = context.vault();
-    let pending = rotate::stage(&vault, &kek, provider, &secret, label).map_err(rotate_error)?;
-    println!(
-        "keygate: {pending} ({}) added to {provider} as pending",
-        secret.fingerprint()
-    );
-    if no_verify {
-        println!("keygate: --no-verify: promoting without asking the upstream");
-    } else {
-        let (runtime, upstream) = upstream_runtime(context)?;
-        let upstream_provider = &context.config.providers[provider];
-        let check = runtime.block_on(verify::verify(
-            &upstream,
-            upstream_provider,
-            &secret,
-            VERIFY_TIMEOUT,
-        ));
-        println!("keygate: {pending}: {}", check.describe());
-        rotate::settle_verdict(&vault, &kek, &pending, check).map_err(rotate_error)?;
-    }
-    let promotion = rotate::promote(
-        &vault,
-        &kek,
-        &pending,
+    let (runtime, upstream) = upstream_runtime(context)?;
+    let rotation = rotate::Rotation {
+        provider: upstream_provider,
+        secret: &secret,
+        label,
         replace,
-        !no_verify,
-        grace_until(context, grace),
-    )
-    .map_err(rotate_error)?;
+        verify_with: (!no_verify).then_some(&upstream),
+        grace_until: grace_until(context, grace),
+    };
+    let fingerprint = secret.fingerprint();
+    let report = |step: rotate::Step<'_>| match step {
+        rotate::Step::Staged { id } => {
+            println!("keygate: {id} ({fingerprint}) added to {provider} as pending")
+        }
+        rotate::Step::Checked { id, check } => println!("keygate: {id}: {}", check.describe()),
+        rotate::Step::Unverified => {
+            println!("keygate: --no-verify: promoting without asking the upstream")
+        }
+    };
+    let open = rotate::OpenVault {
+        vault: &vault,
+        kek: &kek,
+    };
+    let promotion = runtime
+        .block_on(rotate::run(&open, rotation, report))
+        .map_err(rotate_error)?;
     print_promotion(&promotion);
     println!(
         "keygate: a running server switches within a second; in-flight requests finish on the old key"
@@ -279,7 +275,7 @@ fn verify(context: &Context, provider: Option<&str>, json: bool) -> Result<(), C
             &upstream,
             upstream_provider,
             secret,
-            VERIFY_TIMEOUT,
+            rotate::VERIFY_TIMEOUT,
         ));
         if json {
             rows.push(check.to_json(&key.id, &key.provider, key.label.as_deref()));
@@ -327,12 +323,7 @@ fn verify(context: &Context, provider: Option<&str>, json: bool) -> Result<(), C
 
 fn read_key(_context: &Context) -> Result<crate::secret::Secret, CliError> {
     let secret = read_secret_from_stdin("upstream API key")?;
-    if secret.expose().chars().any(|c| c.is_control() || c == ' ') {
-        return Err(CliError::Usage(
-            "the key contains spaces or control characters; paste only the key itself".to_owned(),
-        ));
-    }
-    Ok(secret)
+    ops::upstream_secret(secret.expose()).map_err(|e| CliError::Usage(e.to_string()))
 }
 
 fn add(
@@ -352,16 +343,14 @@ fn add(
     let kek = context.kek()?;
     let id = context.vault().update(&kek, |document| {
         ops::expire_grace(document, crate::unix_now());
-        ops::add(
-            document,
+        let key = ops::NewKey {
             id,
             provider,
-            &secret,
+            secret: &secret,
             label,
             state,
-            crate::unix_now(),
-        )
-        .map_err(op_error)
+        };
+        ops::add(document, key, crate::unix_now()).map_err(op_error)
     })?;
     println!(
         "keygate: added {id} ({}) to {provider} as {}",

@@ -13,6 +13,11 @@ use crate::vault::document::{Document, KeyState, UpstreamKey};
 /// A transition the document does not allow; says what to do instead.
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
+    /// The key handed in is not a key alone.
+    #[error(
+        "the key is empty or contains spaces or control characters; paste only the key itself"
+    )]
+    MalformedSecret,
     /// No key with that id.
     #[error("no key {0} (see `keygate key list`)")]
     UnknownKey(String),
@@ -106,18 +111,41 @@ pub fn expire_grace(document: &mut Document, now: u64) -> Vec<String> {
     retired
 }
 
-/// Adds `secret` to `provider` in `state` (`current`, `previous` or `pending`).
+/// A key to add to the vault document.
+pub struct NewKey<'a> {
+    /// Its id ([`new_key_id`]).
+    pub id: String,
+    /// Provider name from the config.
+    pub provider: &'a str,
+    /// The upstream key ([`upstream_secret`]).
+    pub secret: &'a Secret,
+    /// A label for humans.
+    pub label: Option<String>,
+    /// `current`, `previous` or `pending`.
+    pub state: KeyState,
+}
+
+/// The one check of an upstream key handed to keygate (CLI stdin, admin API
+/// body): the key alone, trimmed, not empty, no spaces or control characters.
+pub fn upstream_secret(text: &str) -> Result<Secret, OpError> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(OpError::MalformedSecret);
+    }
+    Ok(Secret::new(text.to_owned()))
+}
+
+/// Adds a key to its provider in its state (`current`, `previous` or `pending`).
 /// A pending key with the same secret is resumed (its id returned) so an
 /// interrupted rotation can simply be run again.
-pub fn add(
-    document: &mut Document,
-    id: String,
-    provider: &str,
-    secret: &Secret,
-    label: Option<String>,
-    state: KeyState,
-    now: u64,
-) -> Result<String, OpError> {
+pub fn add(document: &mut Document, key: NewKey<'_>, now: u64) -> Result<String, OpError> {
+    let NewKey {
+        id,
+        provider,
+        secret,
+        label,
+        state,
+    } = key;
     let same_provider = document.keys.iter().filter(|k| k.provider == provider);
     for existing in same_provider {
         if existing.secret.as_ref() == Some(secret) {
@@ -315,6 +343,16 @@ mod tests {
         Secret::new(format!("sk-test-{n:02}-0000000000000000"))
     }
 
+    fn key<'a>(id: &str, secret: &'a Secret, state: KeyState) -> NewKey<'a> {
+        NewKey {
+            id: id.to_owned(),
+            provider: "openai",
+            secret,
+            label: None,
+            state,
+        }
+    }
+
     fn states(document: &Document) -> Vec<(String, &'static str)> {
         document
             .keys
@@ -326,51 +364,16 @@ mod tests {
     #[test]
     fn rotation_moves_both_labels_in_one_step() {
         let mut doc = Document::default();
-        add(
-            &mut doc,
-            "k1".into(),
-            "openai",
-            &secret(1),
-            None,
-            KeyState::Current,
-            1,
-        )
-        .unwrap();
-        let pending = add(
-            &mut doc,
-            "k2".into(),
-            "openai",
-            &secret(2),
-            None,
-            KeyState::Pending,
-            2,
-        )
-        .unwrap();
+        add(&mut doc, key("k1", &secret(1), KeyState::Current), 1).unwrap();
+        let pending = add(&mut doc, key("k2", &secret(2), KeyState::Pending), 2).unwrap();
         // Running the same rotation again resumes it.
         assert_eq!(
-            add(
-                &mut doc,
-                "k9".into(),
-                "openai",
-                &secret(2),
-                None,
-                KeyState::Pending,
-                2
-            )
-            .unwrap(),
+            add(&mut doc, key("k9", &secret(2), KeyState::Pending), 2).unwrap(),
             "k2"
         );
         // A different pending key is refused while one is pending.
         assert!(matches!(
-            add(
-                &mut doc,
-                "k3".into(),
-                "openai",
-                &secret(3),
-                None,
-                KeyState::Pending,
-                2
-            ),
+            add(&mut doc, key("k3", &secret(3), KeyState::Pending), 2),
             Err(OpError::PendingExists { .. })
         ));
         let promotion = promote(&mut doc, &pending, None, 100, 3).unwrap();
@@ -387,26 +390,8 @@ mod tests {
     #[test]
     fn rollback_swaps_current_and_previous() {
         let mut doc = Document::default();
-        add(
-            &mut doc,
-            "k1".into(),
-            "openai",
-            &secret(1),
-            None,
-            KeyState::Current,
-            1,
-        )
-        .unwrap();
-        add(
-            &mut doc,
-            "k2".into(),
-            "openai",
-            &secret(2),
-            None,
-            KeyState::Pending,
-            2,
-        )
-        .unwrap();
+        add(&mut doc, key("k1", &secret(1), KeyState::Current), 1).unwrap();
+        add(&mut doc, key("k2", &secret(2), KeyState::Pending), 2).unwrap();
         promote(&mut doc, "k2", None, 100, 3).unwrap();
         assert_eq!(
             rollback(&mut doc, "openai", 200, 4).unwrap(),
@@ -421,36 +406,9 @@ mod tests {
     #[test]
     fn pools_need_replace_and_last_key_needs_force() {
         let mut doc = Document::default();
-        add(
-            &mut doc,
-            "a".into(),
-            "openai",
-            &secret(1),
-            None,
-            KeyState::Current,
-            1,
-        )
-        .unwrap();
-        add(
-            &mut doc,
-            "b".into(),
-            "openai",
-            &secret(2),
-            None,
-            KeyState::Current,
-            1,
-        )
-        .unwrap();
-        add(
-            &mut doc,
-            "n".into(),
-            "openai",
-            &secret(3),
-            None,
-            KeyState::Pending,
-            1,
-        )
-        .unwrap();
+        add(&mut doc, key("a", &secret(1), KeyState::Current), 1).unwrap();
+        add(&mut doc, key("b", &secret(2), KeyState::Current), 1).unwrap();
+        add(&mut doc, key("n", &secret(3), KeyState::Pending), 1).unwrap();
         assert!(matches!(
             promote(&mut doc, "n", None, 9, 2),
             Err(OpError::AmbiguousReplace { .. })

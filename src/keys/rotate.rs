@@ -1,16 +1,115 @@
-//! The three steps of a zero-downtime rotation, shared by `keygate key rotate`
-//! and `POST /admin/keys/{provider}/rotate`:
-//! stage (one write: pending) → verify (the caller calls the upstream) →
+//! The rotation service, the one sequence behind both `keygate key rotate`
+//! and `POST /admin/keys/{provider}/rotate` ([`run`]):
+//! stage (one write: pending) → verify (ask the upstream) →
 //! promote (one write: pending → current, current → previous).
 //!
 //! Each step is its own vault write, so a crash between them leaves a pending
-//! key that running the same rotation again resumes.
+//! key that running the same rotation again resumes. How the vault is reached
+//! is the caller's ([`VaultAccess`]): the CLI holds it open, the server takes
+//! its single writer's lock for each write.
 
-use crate::keys::ops::{self, OpError, Promotion};
-use crate::keys::verify::{Check, Verdict};
+use std::time::Duration;
+
+use crate::config::Provider;
+use crate::keys::ops::{self, NewKey, OpError, Promotion};
+use crate::keys::verify::{self, Check, Verdict};
 use crate::secret::Secret;
+use crate::upstream::Upstream;
 use crate::vault::document::KeyState;
 use crate::vault::{Kek, Vault, VaultError};
+
+/// How long the verification request of a rotation may take.
+pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How the rotation service reaches the vault for each of its writes.
+pub trait VaultAccess {
+    /// Runs `write` with the vault and its master key.
+    fn with<R>(&self, write: impl FnOnce(&Vault, &Kek) -> R) -> R;
+}
+
+/// A vault held open by the caller (the CLI).
+pub struct OpenVault<'a> {
+    /// The vault file.
+    pub vault: &'a Vault,
+    /// Its master key.
+    pub kek: &'a Kek,
+}
+
+impl VaultAccess for OpenVault<'_> {
+    fn with<R>(&self, write: impl FnOnce(&Vault, &Kek) -> R) -> R {
+        write(self.vault, self.kek)
+    }
+}
+
+/// One rotation, as asked for.
+pub struct Rotation<'a> {
+    /// The provider whose key rotates.
+    pub provider: &'a Provider,
+    /// The new key ([`ops::upstream_secret`]).
+    pub secret: &'a Secret,
+    /// A label for humans.
+    pub label: Option<String>,
+    /// The current key it replaces (pools: required).
+    pub replace: Option<&'a str>,
+    /// Ask the upstream before promoting (`None`: promote unverified).
+    pub verify_with: Option<&'a Upstream>,
+    /// When the demoted key's grace ends (unix seconds).
+    pub grace_until: u64,
+}
+
+/// What the rotation has done so far, for a caller that reports as it goes.
+pub enum Step<'a> {
+    /// The new key is in the vault as `pending`.
+    Staged {
+        /// Its id.
+        id: &'a str,
+    },
+    /// The upstream's answer to the new key.
+    Checked {
+        /// The pending key.
+        id: &'a str,
+        /// The verdict.
+        check: &'a Check,
+    },
+    /// Verification was skipped.
+    Unverified,
+}
+
+/// Runs a rotation to its end: staged, verified (unless skipped), promoted.
+/// `report` hears each step as it completes.
+pub async fn run(
+    vault: &impl VaultAccess,
+    rotation: Rotation<'_>,
+    mut report: impl FnMut(Step<'_>),
+) -> Result<Promotion, RotateError> {
+    let provider = &rotation.provider.name;
+    let label = rotation.label;
+    let pending = vault.with(|v, k| stage(v, k, provider, rotation.secret, label))?;
+    report(Step::Staged { id: &pending });
+    match rotation.verify_with {
+        Some(upstream) => {
+            let check =
+                verify::verify(upstream, rotation.provider, rotation.secret, VERIFY_TIMEOUT).await;
+            report(Step::Checked {
+                id: &pending,
+                check: &check,
+            });
+            vault.with(|v, k| settle_verdict(v, k, &pending, check))?;
+        }
+        None => report(Step::Unverified),
+    }
+    let verified = rotation.verify_with.is_some();
+    vault.with(|v, k| {
+        promote(
+            v,
+            k,
+            &pending,
+            rotation.replace,
+            verified,
+            rotation.grace_until,
+        )
+    })
+}
 
 /// Why a rotation did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -62,15 +161,14 @@ pub fn stage(
     vault.update(kek, |doc| {
         let now = crate::unix_now();
         ops::expire_grace(doc, now);
-        Ok::<_, RotateError>(ops::add(
-            doc,
+        let key = NewKey {
             id,
             provider,
             secret,
             label,
-            KeyState::Pending,
-            now,
-        )?)
+            state: KeyState::Pending,
+        };
+        Ok::<_, RotateError>(ops::add(doc, key, now)?)
     })
 }
 
