@@ -410,16 +410,16 @@ fn list_clients(shared: &Shared) -> Result<serde_json::Value, AdminError> {
 fn usage(shared: &Shared, query: &str) -> Result<serde_json::Value, AdminError> {
     let mut client = None;
     let mut since = std::time::Duration::from_secs(7 * 86_400);
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("client", name)) => client = Some(name.to_owned()),
-            Some(("since", text)) => {
-                since = humantime::parse_duration(text)
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*name {
+            "client" => client = Some(value.into_owned()),
+            "since" => {
+                since = humantime::parse_duration(&value)
                     .map_err(|e| AdminError::BadRequest(format!("since: {e}")))?
             }
             _ => {
                 return Err(AdminError::BadRequest(format!(
-                    "unknown query parameter `{pair}`"
+                    "unknown query parameter `{name}`"
                 )))
             }
         }

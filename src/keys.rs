@@ -384,11 +384,6 @@ impl KeyRing {
     pub fn pick_would_find(&self, tried: u64) -> bool {
         (0..self.keys.len()).any(|i| tried & (1u64 << i) == 0)
     }
-
-    /// Every key's secret, for scrubbing upstream responses.
-    pub fn secrets(&self) -> impl Iterator<Item = &Secret> {
-        self.keys.iter().map(|k| &k.secret)
-    }
 }
 
 /// The header that carries `secret` in `style`, marked sensitive.

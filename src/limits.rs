@@ -130,7 +130,7 @@ impl Limits {
         limits: ClientLimits,
         estimate: impl FnOnce() -> u64,
         now: u64,
-    ) -> Result<Option<Reservation>, ProxyError> {
+    ) -> Result<Reservation, ProxyError> {
         let state = self.state(client);
         if !limits.any() {
             // Spend is tracked for every client, so a budget set later counts
@@ -138,11 +138,11 @@ impl Limits {
             // without usage is charged.
             let estimate = i64::try_from(estimate()).unwrap_or(i64::MAX);
             state.tokens_spent.fetch_add(estimate, Ordering::AcqRel);
-            return Ok(Some(Reservation {
+            return Ok(Reservation {
                 state,
                 estimate,
                 minute: now / 60,
-            }));
+            });
         }
         let estimate = estimate();
         let minute = now / 60;
@@ -195,11 +195,11 @@ impl Limits {
         } else {
             state.tokens_spent.fetch_add(estimate, Ordering::AcqRel);
         }
-        Ok(Some(Reservation {
+        Ok(Reservation {
             state,
             estimate,
             minute,
-        }))
+        })
     }
 }
 
@@ -255,7 +255,7 @@ mod tests {
             budget_tokens: Some(1000),
             ..ClientLimits::default()
         };
-        let reservation = limits.admit(&client(), budget, || 80, 0).unwrap().unwrap();
+        let reservation = limits.admit(&client(), budget, || 80, 0).unwrap();
         assert!(matches!(
             limits.admit(&client(), budget, || 80, 0),
             Err(ProxyError::ClientBudgetExceeded { .. })

@@ -135,10 +135,12 @@ async fn conduct(
             limits::estimate_tokens(fields.as_ref(), request_bytes)
         }
     };
-    ctx.reservation =
-        shared
-            .limits
-            .admit(&client.name, client.limits, estimate, crate::unix_now())?;
+    ctx.reservation = Some(shared.limits.admit(
+        &client.name,
+        client.limits,
+        estimate,
+        crate::unix_now(),
+    )?);
     // Ask for the usage chunk on the client's behalf, and hide it from them.
     let mut strip_usage_chunk = false;
     if config.metering.stream_usage

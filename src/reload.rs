@@ -96,11 +96,6 @@ impl VaultWatch {
         &self.kek
     }
 
-    /// The generation being served.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
     /// True when the vault or master key file changed since the last reload.
     pub fn changed(&self) -> bool {
         (stamp(self.vault.path()), stamp(&self.master.file)) != self.seen

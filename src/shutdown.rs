@@ -1,32 +1,39 @@
-//! Shutdown as a value passed down: one `watch` channel, set once on
+//! Shutdown as a value passed down: one cancellation token, cancelled once on
 //! SIGTERM/SIGINT; listeners stop accepting, connections drain, background
 //! tasks return.
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// The receiving side, cloned into every task that must stop.
 #[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
+pub struct Shutdown(CancellationToken);
 
-/// The sending side, held by whoever decides to stop.
-pub struct Trigger(watch::Sender<bool>);
+/// The sending side, held by whoever decides to stop. Dropping it stops
+/// everything too, so a failed start never leaves tasks waiting.
+pub struct Trigger(CancellationToken);
 
 /// A new trigger and its receiver.
 pub fn channel() -> (Trigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
-    (Trigger(tx), Shutdown(rx))
+    let token = CancellationToken::new();
+    (Trigger(token.clone()), Shutdown(token))
 }
 
 impl Trigger {
     /// Asks every holder of the matching [`Shutdown`] to stop.
     pub fn stop(&self) {
-        let _ = self.0.send(true);
+        self.0.cancel();
+    }
+}
+
+impl Drop for Trigger {
+    fn drop(&mut self) {
+        self.0.cancel();
     }
 }
 
 impl Shutdown {
     /// Resolves once shutdown was requested (or the trigger is gone).
     pub async fn requested(&mut self) {
-        let _ = self.0.wait_for(|stop| *stop).await;
+        self.0.cancelled().await;
     }
 }

@@ -208,8 +208,8 @@ impl Vault {
         })
     }
 
-    /// Reads only the header (no key needed), so a reloading server can see
-    /// that the file was rekeyed under a master key it does not hold.
+    /// Reads only the header (no key needed): its generation and master key
+    /// id, for diagnostics, the tests and the `vault_open` fuzz target.
     pub fn peek(&self) -> Result<Header, VaultError> {
         crypto::peek(&self.path, &self.read()?)
     }

@@ -9,7 +9,6 @@ use crate::reload::{self, VaultWatch};
 use crate::secret::Secret;
 use crate::state::Shared;
 use crate::vault::document::Document;
-use crate::vault::MasterKeySources;
 
 /// Like `println!`, but a closed stdout (a supervisor that stopped reading)
 /// must not take the server down: the line is dropped instead.
@@ -48,11 +47,6 @@ pub(super) fn run(
         .build()
         .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))?;
     let Context { config, master } = context;
-    let master = MasterKeySources {
-        env_master_key: master.env_master_key,
-        env_passphrase: master.env_passphrase,
-        file: master.file,
-    };
     let result = runtime.block_on(async move {
         let config = Arc::new(config);
         let ledger =

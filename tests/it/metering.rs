@@ -520,6 +520,12 @@ async fn tokens_per_client_match_what_the_upstream_reported_in_metrics_ledger_an
             .collect::<BTreeMap<_, _>>(),
         "GET /admin/usage?client=beta"
     );
+    // Query values are percent-decoded as any HTTP client encodes them.
+    assert_eq!(
+        rows(&w.admin_usage("client=b%65ta&since=1%20h").await),
+        rows(&w.admin_usage("client=beta").await),
+        "GET /admin/usage?client=b%65ta&since=1%20h"
+    );
 
     // Prometheus: keygate_tokens_total per client, provider, model and kind.
     let page = w.metrics().await;
