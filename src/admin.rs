@@ -1,5 +1,5 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, and — with
-//! `Authorization: Bearer $KEYGATE_ADMIN_TOKEN` — the admin API (DESIGN §9),
+//! `Authorization: Bearer $KEYGATE_ADMIN_TOKEN` — the admin API (docs/design.md §9),
 //! with the same semantics as the CLI.
 //!
 //! Separate from the client listener so that none of these exist there. Never

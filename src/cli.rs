@@ -1,4 +1,4 @@
-//! The command line (DESIGN §2): parse, load config, dispatch to one file per
+//! The command line (docs/design.md §2): parse, load config, dispatch to one file per
 //! command group. The only code that prints to stdout.
 //!
 //! Every error becomes a [`CliError`], whose exit code (2 usage/config, 1

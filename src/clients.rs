@@ -1,6 +1,6 @@
 //! Client keys (`kg_…`): generation, parsing at the edge, digests.
 //!
-//! Format (DESIGN §6): `kg_` + 36 base62 characters from the OS RNG + a 6-character
+//! Format (docs/design.md §6): `kg_` + 36 base62 characters from the OS RNG + a 6-character
 //! base62 CRC32 of those 36, so a typo is rejected before any lookup and secret
 //! scanners can validate a key offline. Only the SHA-256 of the whole key is
 //! stored. This module never logs a key.

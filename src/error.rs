@@ -1,5 +1,5 @@
 //! `ProxyError`: every failure keygate itself answers on the client listener
-//! (DESIGN §4), and the one place it becomes an HTTP response.
+//! (docs/design.md §4), and the one place it becomes an HTTP response.
 //!
 //! Building an error never logs; the conductor logs once per request. Messages
 //! never contain a secret: they name clients, providers and key ids only.
@@ -101,7 +101,7 @@ impl ProxyError {
         }
     }
 
-    /// The OpenAI-style `code` (DESIGN §4).
+    /// The OpenAI-style `code` (docs/design.md §4).
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::InvalidClientKey(_) => "invalid_client_key",

@@ -1,5 +1,5 @@
 //! Per-client limits: requests per minute, tokens per minute, a total token
-//! budget (DESIGN §2 `client add --rpm --tpm --budget-tokens`).
+//! budget (docs/design.md §2 `client add --rpm --tpm --budget-tokens`).
 //!
 //! Tokens are reserved before the request is sent (an estimate from the body)
 //! and settled with the upstream's real usage when the response ends, so

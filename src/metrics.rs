@@ -1,4 +1,4 @@
-//! Every metric name keygate exports (DESIGN §8), declared once, on a registry
+//! Every metric name keygate exports (docs/design.md §8), declared once, on a registry
 //! the process owns (two keygates in one test process never collide).
 //!
 //! Labels are client names, provider names, key ids and status codes: never a

@@ -1,4 +1,4 @@
-//! What is known about each real provider, in one place (DESIGN §11): the
+//! What is known about each real provider, in one place (docs/design.md §11): the
 //! default auth header, the request `key verify` sends, whether the API has
 //! OpenAI's `stream_options`, and the one question the retry loop and `key
 //! verify` both ask — *what does this answer say about the key?* — answered
@@ -278,7 +278,7 @@ impl Kind {
         }
     }
 
-    /// What an upstream answer says about the key (DESIGN §11's table).
+    /// What an upstream answer says about the key (docs/design.md §11's table).
     /// `error`: the parsed body, when [`Kind::reads_body`] asked for it.
     pub fn judge(self, status: u16, error: &ProviderError) -> KeyVerdict {
         use KeyVerdict::*;

@@ -1,6 +1,6 @@
 //! The vault: one encrypted file holding every upstream key and client record.
 //!
-//! This room opens, creates, updates and rekeys that file (DESIGN §6): envelope
+//! This room opens, creates, updates and rekeys that file (docs/design.md §6): envelope
 //! encryption ([`crypto`]) over a byte layout ([`format`]), written only whole
 //! and atomically under an advisory lock ([`file`]). The master key's sources
 //! live in [`master`].

@@ -1,4 +1,4 @@
-//! Runtime health of one upstream key, per process, in memory (DESIGN §5):
+//! Runtime health of one upstream key, per process, in memory (docs/design.md §5):
 //!
 //! ```text
 //! healthy ──key rejected──► suspect (cooldown · 2^n, capped 1 h) ──► probe (single-flight) ──2xx──► healthy

@@ -1,7 +1,7 @@
 //! The runtime health of every key, as the running `keygate serve` sees it,
 //! left in a small file beside the usage ledger so that `keygate key list`
 //! (another process) can show it. Key health lives in the server's memory
-//! (DESIGN §5); this is only a report of it, written by the reloader once a
+//! (docs/design.md §5); this is only a report of it, written by the reloader once a
 //! second when something changed, never on the request path.
 //!
 //! The file holds key ids and state names, never a secret. A report older

@@ -1,4 +1,4 @@
-//! Key lifecycle transitions on the vault document (DESIGN §5), pure: the
+//! Key lifecycle transitions on the vault document (docs/design.md §5), pure: the
 //! caller runs them inside one `Vault::update`, so each is one atomic write.
 //!
 //! ```text

@@ -89,7 +89,7 @@ impl Check {
         line
     }
 
-    /// The `--json` row (DESIGN §11).
+    /// The `--json` row (docs/design.md §11).
     pub fn to_json(&self, id: &str, provider: &str, label: Option<&str>) -> serde_json::Value {
         serde_json::json!({
             "id": id,

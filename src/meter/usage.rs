@@ -1,5 +1,5 @@
 //! Token usage in response bodies: the `usage` object of a JSON response or
-//! of an SSE event, in the shapes the providers write (DESIGN §11):
+//! of an SSE event, in the shapes the providers write (docs/design.md §11):
 //!
 //! - OpenAI Chat Completions, Completions, Embeddings: `prompt_tokens`,
 //!   `completion_tokens`, `total_tokens` (`prompt_tokens` already includes

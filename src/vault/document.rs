@@ -19,7 +19,7 @@ pub struct Document {
     pub clients: Vec<ClientRecord>,
 }
 
-/// Lifecycle state of an upstream key (DESIGN §5).
+/// Lifecycle state of an upstream key (docs/design.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyState {

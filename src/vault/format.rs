@@ -1,4 +1,4 @@
-//! The vault file's byte layout (DESIGN §6): header fields, offsets, parsing.
+//! The vault file's byte layout (docs/design.md §6): header fields, offsets, parsing.
 //!
 //! Pure: no I/O, no crypto, no keys. It turns bytes into borrowed fields and
 //! back, and rejects anything malformed before a cipher or Argon2 sees it — in

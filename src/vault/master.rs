@@ -1,6 +1,6 @@
 //! The master key: what it is, where it comes from, and its file.
 //!
-//! Exactly one source is used (DESIGN §6): `KEYGATE_MASTER_KEY`, then
+//! Exactly one source is used (docs/design.md §6): `KEYGATE_MASTER_KEY`, then
 //! `KEYGATE_PASSPHRASE`, then the master key file. The environment is read by
 //! the caller and passed in, so tests never touch the process environment.
 //! Nothing here may print, log or format key bytes or a passphrase: `Debug`

@@ -1,4 +1,4 @@
-//! The admin listener (DESIGN §8, §9) and the life of `keygate serve`: the
+//! The admin listener (docs/design.md §8, §9) and the life of `keygate serve`: the
 //! listener lines, health and readiness, metrics, SIGTERM.
 
 use crate::support::mock::AuthStyle;

@@ -1,4 +1,4 @@
-//! The admin API (DESIGN §9, README "Admin API"): off (404 `admin_api_off`)
+//! The admin API (docs/design.md §9, README "Admin API"): off (404 `admin_api_off`)
 //! without a token, 401 without the right one; keys listed by id and
 //! fingerprint only; rotate, revoke and reload with the CLI's semantics, live
 //! when the call returns. Every admin response is kept for the leak check.

@@ -1,4 +1,4 @@
-//! Client authentication (DESIGN §4): only a live `kg_` key issued by this
+//! Client authentication (docs/design.md §4): only a live `kg_` key issued by this
 //! keygate gets through, in `Authorization: Bearer`, `x-api-key` or `api-key`;
 //! every refusal is a 401 `invalid_client_key` whose message says which case it
 //! is (and never quotes what was sent), counted by reason and named on the log

@@ -1,4 +1,4 @@
-//! Configuration errors (DESIGN §3): exit code 2 and a message naming the
+//! Configuration errors (docs/design.md §3): exit code 2 and a message naming the
 //! offending key, before anything is served.
 
 use crate::support::keygate::Out;

@@ -1,4 +1,4 @@
-//! Upstreams that fail (DESIGN §3 `[server]` timeouts, §4 error table): refused
+//! Upstreams that fail (docs/design.md §3 `[server]` timeouts, §4 error table): refused
 //! connections, silence, resets and stalls mid-stream. keygate answers with its
 //! own 502/504 when nothing was sent yet, never dresses a broken stream up as a
 //! complete one, and the next request through it works.

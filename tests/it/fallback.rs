@@ -1,4 +1,4 @@
-//! Upstream 401 handling (DESIGN §4, §5): a rejected key is retried once with
+//! Upstream 401 handling (docs/design.md §4, §5): a rejected key is retried once with
 //! the next key before any byte reaches the client; when every key is
 //! rejected the client gets 502 `upstream_key_rejected`, not the upstream's 401.
 

@@ -1,4 +1,4 @@
-//! Runtime key health and the fallback (DESIGN §5, README "The 401 fallback"):
+//! Runtime key health and the fallback (docs/design.md §5, README "The 401 fallback"):
 //! a rejected key is suspect, skipped, probed (single-flight) after
 //! `suspect_cooldown` and restored; each key is tried at most once per request;
 //! a body over `retry_buffer` gets one attempt; a 429 moves to the next key for

@@ -1,4 +1,4 @@
-//! Hostile clients on the client listener (DESIGN §3 `[server]` timeouts and
+//! Hostile clients on the client listener (docs/design.md §3 `[server]` timeouts and
 //! limits, §4): slowloris headers and bodies, oversized heads and bodies,
 //! request smuggling, header injection, connection floods, HTTP/2 rapid
 //! reset, and clients that vanish mid-stream. keygate must shed each of them

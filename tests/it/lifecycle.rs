@@ -1,4 +1,4 @@
-//! The life of keygate processes under stress (DESIGN §2, §3 `shutdown_grace`,
+//! The life of keygate processes under stress (docs/design.md §2, §3 `shutdown_grace`,
 //! §6 vault writes): SIGTERM with streams in flight, many writers at once,
 //! writers killed mid-write, and where secrets can (not) be seen: argv,
 //! environment, `--help`, logs.

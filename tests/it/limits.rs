@@ -1,4 +1,4 @@
-//! Per-client limits (DESIGN §2 `--rpm --tpm --budget-tokens`, §4; README
+//! Per-client limits (docs/design.md §2 `--rpm --tpm --budget-tokens`, §4; README
 //! "Clients"): over rpm/tpm → 429 `client_rate_limited`, over the budget →
 //! 429 `client_budget_exceeded`, both with `Retry-After` and nothing sent
 //! upstream; budgets reserve an estimate first, settle with real usage, and

@@ -1,4 +1,4 @@
-//! Usage metering (DESIGN §7, §8; README "Usage metering"): tokens per client
+//! Usage metering (docs/design.md §7, §8; README "Usage metering"): tokens per client
 //! as the upstream reported them, in `/metrics`, in the SQLite ledger
 //! (`keygate usage --json`, `GET /admin/usage`); the SSE tap at byte level;
 //! `stream_usage`; cut streams; flushes across SIGTERM and kill -9; and a
@@ -1004,7 +1004,7 @@ fn keep_alive_script(first: &str, rest: &str) -> Script {
         .end_chunks()
 }
 
-/// DESIGN §7: the meter "never holds [the stream] back, whatever the chunking
+/// docs/design.md §7: the meter "never holds [the stream] back, whatever the chunking
 /// (an event split across reads, CRLF, comments)". A held keep-alive defeats
 /// its purpose: client and proxy read timeouts fire during a long pause.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,4 +1,4 @@
-//! Providers as they really behave (DESIGN §11): each kind tells a bad key, an
+//! Providers as they really behave (docs/design.md §11): each kind tells a bad key, an
 //! account out of credit and a rate limit apart from the status *and* the error
 //! body, the pool carries on past each, `key verify` explains each answer, and
 //! the operator (not the client) picks the organisation and project a key bills.

@@ -1,4 +1,4 @@
-//! Usage as each API reports it (DESIGN §7, §11; README "Usage metering"):
+//! Usage as each API reports it (docs/design.md §7, §11; README "Usage metering"):
 //! Anthropic's Messages API (JSON, and streams whose input count comes from
 //! `message_start` and output count from the last `message_delta`; prompt-cache
 //! reads count into the prompt) and OpenAI's Responses API (`usage` of the

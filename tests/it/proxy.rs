@@ -1,4 +1,4 @@
-//! The request path end to end (DESIGN §4): what the upstream receives, what
+//! The request path end to end (docs/design.md §4): what the upstream receives, what
 //! the client gets back, and keygate's own errors.
 
 use bytes::Bytes;

@@ -1,4 +1,4 @@
-//! A running server follows the vault file (DESIGN §2, §6, §10): a bad file
+//! A running server follows the vault file (docs/design.md §2, §6, §10): a bad file
 //! (truncated, tampered, an older generation) never replaces the last good
 //! keys, and counts `keygate_vault_reloads_total{result="error"}`; the next
 //! valid write is live within a second; a Kubernetes Secret volume's atomic

@@ -1,4 +1,4 @@
-//! Zero-downtime rotation (DESIGN §2, §5; README "Rotating a key without
+//! Zero-downtime rotation (docs/design.md §2, §5; README "Rotating a key without
 //! downtime"): `keygate key rotate` under load, a rotation the upstream refuses
 //! or cannot confirm, the manual state changes (`promote`, `rollback`,
 //! `revoke`) on a running server, and the "due for rotation" flag.
@@ -19,7 +19,7 @@ use crate::support::mock::{chat_completion_body, sse_events, tagged_id, Seen};
 use crate::support::{eventually, Env, Keygate, Req, OPENAI_KEY, OPENAI_KEY_2};
 
 /// How long a CLI change may take to reach the upstream through a running
-/// server: DESIGN §2 promises one second; the extra half second covers the
+/// server: docs/design.md §2 promises one second; the extra half second covers the
 /// polling request itself and a busy 2-core test runner.
 pub const LIVE_WITHIN: Duration = Duration::from_millis(1500);
 

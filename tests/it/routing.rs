@@ -1,4 +1,4 @@
-//! Routing (DESIGN §4): `/{prefix}/v1/...` goes to that provider with the
+//! Routing (docs/design.md §4): `/{prefix}/v1/...` goes to that provider with the
 //! prefix stripped; plain `/v1/...` goes to `routing.default` unless the body's
 //! `model` starts with a prefix listed in `routing.models`; anything else is a
 //! 404 `unknown_route` that reaches no upstream.

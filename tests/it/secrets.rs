@@ -1,4 +1,4 @@
-//! Secrets never leak (DESIGN §2, §5, §6): with every process at
+//! Secrets never leak (docs/design.md §2, §5, §6): with every process at
 //! `RUST_LOG=trace`, no upstream key, client key or master key — nor any
 //! 8-character window of one — appears in any log line, CLI output (apart from
 //! the one `client add` line that hands out the key), `/metrics`, or response.

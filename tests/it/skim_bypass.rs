@@ -1,5 +1,5 @@
 //! Bodies the skim cannot judge, and what the upstream would read differently
-//! (issue 14 items 3 and 7; DESIGN §4, §7, §8; README "Security model"):
+//! (issue 14 items 3 and 7; docs/design.md §4, §7, §8; README "Security model"):
 //! leading whitespace, escaped keys and repeated keys are read as the
 //! upstream's JSON parser reads them — for routing, the stream usage option
 //! and the budget alike; one client's made-up model names stay in its own

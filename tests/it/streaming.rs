@@ -1,4 +1,4 @@
-//! Streaming (DESIGN §4, §7): a `text/event-stream` answer is passed through
+//! Streaming (docs/design.md §4, §7): a `text/event-stream` answer is passed through
 //! event by event, never buffered, and arrives intact.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The vault through the CLI (DESIGN §2, §6): file modes, the two distinct
+//! The vault through the CLI (docs/design.md §2, §6): file modes, the two distinct
 //! decryption failures, refusal of readable files, and what `key`/`client`
 //! commands print. Every failure must leave the vault byte-for-byte untouched.
 

@@ -1,4 +1,4 @@
-//! The TOML config a test runs keygate with (DESIGN §3): both listeners on
+//! The TOML config a test runs keygate with (docs/design.md §3): both listeners on
 //! `127.0.0.1:0`, vault, master key and ledger inside the test's tempdir, one
 //! `[providers.NAME]` table per mock, and any tweak a test needs.
 
@@ -11,7 +11,7 @@ struct ProviderCfg {
     settings: Vec<(String, String)>,
 }
 
-/// The TOML config a test runs keygate with; see DESIGN §3.
+/// The TOML config a test runs keygate with; see docs/design.md §3.
 #[derive(Clone, Debug)]
 pub struct KeygateBuilder {
     server: Vec<(String, String)>,

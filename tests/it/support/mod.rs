@@ -46,7 +46,7 @@ pub const XAI_KEY: &str = "xai-test-Yh4Qe8Rw1Ut6Io3Pa9Sd2Gf7Jk5Lz0Mx";
 pub const OPENAI_KEY_2: &str = "sk-test-oa2-Cv5Bn8Mq1We4Rt7Yu0Ia3So6Dp9Fh";
 
 /// How long a change made by the CLI may take to reach a running server
-/// (DESIGN §2 says within one second).
+/// (docs/design.md §2 says within one second).
 pub const RELOAD_WAIT: Duration = Duration::from_secs(3);
 
 /// A request body fed from a channel: one data frame per message, ends when the
