@@ -119,13 +119,21 @@ async fn upstream_error_body_echoing_the_key_is_masked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_secret_in_upstream_unavailable_errors() {
     let dead = closed_port_url();
-    let env = Env::setup()
+    let mut env = Env::setup()
         .config(move |b| b.provider_set("openai", "base_url", &format!("\"{dead}\"")))
         .start()
         .await;
     let resp = env.server.send(env.chat("gpt-4o")).await;
     assert_eq!(resp.status, 502, "{}", resp.text());
-    // Checked by the harness when `env` drops.
+    env.server.record("upstream unavailable", resp.everything());
+    // The server's whole output (its log of the failure included) is in the
+    // captures once it has exited.
+    env.server.terminate();
+    assert!(
+        env.kg.captured_bytes() > resp.everything().len(),
+        "the leak check must cover the server's output, not only the response"
+    );
+    env.kg.assert_no_secret_leaks();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
