@@ -22,7 +22,7 @@ use keygate::config::Config;
 use keygate::meter::tap::{MeterTap, TokenMetrics};
 use keygate::meter::{Outcome, UsageCounters};
 use keygate::secret::Secret;
-use keygate::state::Snapshot;
+use keygate::snapshot::Snapshot;
 use keygate::vault::document::{ClientRecord, Document, KeyState, UpstreamKey};
 
 fn fixture() -> (Config, Snapshot, Secret) {

@@ -54,7 +54,7 @@ pub async fn handle(
 /// provider would keep the default config, which lists xai, unready for a team
 /// that only uses OpenAI.)
 fn readiness(shared: &Shared) -> Response<ResponseBody> {
-    let snapshot = shared.snapshot.load();
+    let snapshot = shared.snapshot();
     let providers: serde_json::Map<String, serde_json::Value> = shared
         .config
         .providers
@@ -210,7 +210,7 @@ async fn admin_api(
         (Method::POST, ["reload"]) => {
             tokio::task::block_in_place(|| shared.reload())
                 .map_err(|e| AdminError::Failed(e.to_string()))?;
-            Ok(serde_json::json!({ "generation": shared.snapshot.load().generation }))
+            Ok(serde_json::json!({ "generation": shared.snapshot().generation }))
         }
         (Method::POST, ["keys", provider]) => add_key(shared, provider, parse(&body)?),
         (Method::POST, ["keys", provider, "rotate"]) => {
@@ -377,7 +377,7 @@ fn list_keys(shared: &Shared) -> Result<serde_json::Value, AdminError> {
     let document = load_document(shared)?;
     let now = crate::unix_now();
     let rotate_after = shared.config.keys.rotate_after.as_secs();
-    let snapshot = shared.snapshot.load();
+    let snapshot = shared.snapshot();
     let now_ms = crate::keys::health::now_ms();
     Ok(serde_json::Value::Array(
         document

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::clients::{self, ClientKeyDigest, ClientKeyError};
 use crate::error::ProxyError;
-use crate::state::{ClientInfo, Snapshot};
+use crate::snapshot::{ClientInfo, Snapshot};
 
 /// Why a request's client key was refused (carried by
 /// [`ProxyError::InvalidClientKey`]; the message is written in `error.rs`).

@@ -40,6 +40,9 @@ pub struct RingKey {
     pub health: Arc<KeyHealth>,
 }
 
+/// Every provider's key ring, by provider name (one vault generation's).
+pub type Rings = std::collections::HashMap<String, std::sync::Arc<KeyRing>>;
+
 /// A provider's usable keys: `current` ones first (a pool when several), then
 /// the `previous` fallback. At most 64 keys (a request tracks tries in a `u64`).
 #[derive(Debug, Default)]

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! The request path is conducted top to bottom by [`proxy`]; it only *reads* the
-//! [`state::Snapshot`] that the control plane ([`reload`]) publishes whole.
+//! [`snapshot::Snapshot`] that the control plane ([`reload`]) publishes whole.
 //!
 //! Map of the rooms:
 //! - [`config`]: figment layers (embedded defaults → file → `KEYGATE_*`) → typed [`config::Config`]
@@ -44,6 +44,7 @@ pub mod clients;
 pub mod config;
 pub mod core_dumps;
 pub mod error;
+pub mod follow;
 pub mod forward;
 pub mod head_guard;
 pub mod json_skim;
@@ -59,6 +60,7 @@ pub mod route;
 pub mod secret;
 pub mod server;
 pub mod shutdown;
+pub mod snapshot;
 pub mod state;
 pub mod upstream;
 pub mod vault;

@@ -203,14 +203,15 @@ impl Metrics {
         metrics
     }
 
-    /// Refreshes the key gauges for a newly built snapshot and counts the
-    /// rotations it brings (a key current now that was not before).
+    /// Refreshes the key gauges for newly built key rings and counts the
+    /// rotations they bring (a key current now that was not before; `old` is
+    /// `None` on the first load, which rotates nothing).
     pub fn observe_keys(
         &self,
         config: &Config,
         document: &crate::vault::document::Document,
-        old: &crate::state::Snapshot,
-        new: &crate::state::Snapshot,
+        old: Option<&crate::keys::Rings>,
+        new: &crate::keys::Rings,
         now: u64,
     ) {
         use crate::vault::document::KeyState;
@@ -226,10 +227,10 @@ impl Metrics {
         self.key_healthy.reset();
         let now_ms = crate::keys::health::now_ms();
         for provider in config.providers.keys() {
-            let Some(ring) = new.rings.get(provider) else {
+            let Some(ring) = new.get(provider) else {
                 continue;
             };
-            let before = old.rings.get(provider);
+            let before = old.and_then(|old| old.get(provider));
             for key in ring.keys() {
                 self.key_healthy
                     .with_label_values(&[provider.as_str(), &*key.id])
@@ -239,7 +240,7 @@ impl Metrics {
                         .iter()
                         .any(|k| k.id == key.id && k.state == KeyState::Current)
                 });
-                if old.generation > 0 && key.state == KeyState::Current && !was_current {
+                if old.is_some() && key.state == KeyState::Current && !was_current {
                     self.key_rotations.with_label_values(&[provider]).inc();
                 }
             }

@@ -77,7 +77,7 @@ async fn conduct(
     ctx: &mut RequestContext,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &shared.config;
-    let snapshot = shared.snapshot.load_full();
+    let snapshot = shared.snapshot();
     let (parts, incoming) = request.into_parts();
 
     let client = auth::authenticate(&parts.headers, &snapshot, config.clients.allow_anonymous)?;

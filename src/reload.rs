@@ -8,11 +8,13 @@
 //! Logs key ids and generations, never a secret.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use crate::shutdown::Shutdown;
+use arc_swap::ArcSwap;
 
-use crate::state::{Shared, Snapshot};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
 use crate::vault::{Kek, MasterKeySources, Vault, VaultError};
 
 /// Why a reload published nothing.
@@ -101,9 +103,31 @@ impl VaultWatch {
         (stamp(self.vault.path()), stamp(&self.master.file)) != self.seen
     }
 
-    /// Loads the vault and publishes it if it is newer than what is served.
+    /// Loads the vault and publishes it into `published` if it is newer than
+    /// what is served; counts `keygate_vault_reloads_total` by result.
     /// Returns whether a new generation was published.
-    pub fn reload(&mut self, shared: &Shared) -> Result<bool, ReloadError> {
+    pub fn reload(
+        &mut self,
+        config: &Config,
+        published: &ArcSwap<Snapshot>,
+        metrics: &Metrics,
+    ) -> Result<bool, ReloadError> {
+        let result = self.load_and_publish(config, published, metrics);
+        let label = match &result {
+            Ok(true) => "ok",
+            Ok(false) => return result,
+            Err(_) => "error",
+        };
+        metrics.vault_reloads.with_label_values(&[label]).inc();
+        result
+    }
+
+    fn load_and_publish(
+        &mut self,
+        config: &Config,
+        published: &ArcSwap<Snapshot>,
+        metrics: &Metrics,
+    ) -> Result<bool, ReloadError> {
         self.seen = (stamp(self.vault.path()), stamp(&self.master.file));
         let loaded = match self.vault.load(&self.kek) {
             Err(VaultError::WrongMasterKey { .. }) => {
@@ -147,21 +171,25 @@ impl VaultWatch {
         // Across restarts too: never below what this server ever served.
         self.vault.check_not_rolled_back(loaded.generation)?;
         let now = crate::unix_now();
-        let serving = shared.snapshot.load_full();
+        let serving = published.load_full();
         let expired = serving.next_expiry.is_some_and(|t| t <= now);
         if loaded.generation == self.generation && !expired {
             return Ok(false);
         }
         let snapshot = Snapshot::build(
-            &shared.config,
+            config,
             &loaded.document,
             loaded.generation,
             now,
             Some(&serving),
         );
-        shared
-            .metrics
-            .observe_keys(&shared.config, &loaded.document, &serving, &snapshot, now);
+        metrics.observe_keys(
+            config,
+            &loaded.document,
+            (serving.generation > 0).then_some(&serving.rings),
+            &snapshot.rings,
+            now,
+        );
         let usable: usize = snapshot.rings.values().map(|r| r.len()).sum();
         tracing::info!(
             generation = loaded.generation,
@@ -170,7 +198,7 @@ impl VaultWatch {
             read_only = loaded.read_only,
             "vault loaded"
         );
-        shared.publish(snapshot);
+        published.store(Arc::new(snapshot));
         self.generation = loaded.generation;
         if let Some(record) = self.vault.served_record() {
             if let Err(error) = record.record(loaded.generation) {
@@ -181,80 +209,5 @@ impl VaultWatch {
             }
         }
         Ok(true)
-    }
-}
-
-/// Runs until `shutdown`: polls for changes, reloads on change and on SIGHUP.
-pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_rotation_warning: Option<std::time::Instant> = None;
-    let health_report =
-        crate::keys::health_report::HealthReport::beside(&shared.config.metering.db);
-    let mut last_report = std::time::Instant::now() - Duration::from_secs(60);
-    loop {
-        // `key list` shows what this server knows about each key's health.
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            last_report = std::time::Instant::now();
-            let snapshot = shared.snapshot.load_full();
-            let now_ms = crate::keys::health::now_ms();
-            if let Err(error) =
-                tokio::task::block_in_place(|| health_report.write(&snapshot, now_ms))
-            {
-                tracing::debug!("cannot write the key health report: {error}");
-            }
-        }
-        if last_rotation_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(86_400)) {
-            last_rotation_warning = Some(std::time::Instant::now());
-            tokio::task::block_in_place(|| warn_keys_due_for_rotation(&shared));
-        }
-        let forced = tokio::select! {
-            _ = tick.tick() => false,
-            _ = async { match hangup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => true,
-            _ = shutdown.requested() => {
-                health_report.remove();
-                return;
-            }
-        };
-        let expired = shared
-            .snapshot
-            .load()
-            .next_expiry
-            .is_some_and(|t| t <= crate::unix_now());
-        if !forced && !expired && !shared.control().changed() {
-            continue;
-        }
-        let result = tokio::task::block_in_place(|| shared.reload());
-        if let Err(error) = result {
-            tracing::warn!(
-                serving_generation = shared.snapshot.load().generation,
-                "vault reload failed, still serving the last good keys: {error}"
-            );
-        }
-    }
-}
-
-/// Logs, once a day, every usable key older than `[keys] rotate_after`.
-fn warn_keys_due_for_rotation(shared: &Shared) {
-    let rotate_after = shared.config.keys.rotate_after.as_secs();
-    let now = crate::unix_now();
-    let control = shared.control();
-    let Ok(loaded) = control.vault().load(control.kek()) else {
-        return;
-    };
-    for key in &loaded.document.keys {
-        let age = now.saturating_sub(key.created);
-        if key.state.is_usable() && age > rotate_after {
-            tracing::warn!(
-                provider = %key.provider,
-                key_id = %key.id,
-                age_days = age / 86_400,
-                "key {} of {} is due for rotation (older than [keys] rotate_after): run `keygate key rotate {}`",
-                key.id,
-                key.provider,
-                key.provider
-            );
-        }
     }
 }

@@ -83,7 +83,7 @@ pub(super) fn run(
         );
 
         let (stop, stopped) = crate::shutdown::channel();
-        let reloader = tokio::spawn(reload::run(shared.clone(), stopped.clone()));
+        let reloader = tokio::spawn(crate::follow::run(shared.clone(), stopped.clone()));
         // The ledger stops only after the drain, so its last flush sees every request.
         let (stop_ledger, ledger_stopped) = crate::shutdown::channel();
         let ledger_task = tokio::spawn(crate::meter::ledger::run(

@@ -11,8 +11,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::state::Snapshot;
-
 /// The report's file name, in the ledger's directory.
 const FILE_NAME: &str = "key-health.json";
 
@@ -42,9 +40,8 @@ impl HealthReport {
     }
 
     /// Writes the health of every key of `snapshot` (temp file, rename).
-    pub fn write(&self, snapshot: &Snapshot, now_ms: u64) -> std::io::Result<()> {
-        let keys = snapshot
-            .rings
+    pub fn write(&self, rings: &super::Rings, now_ms: u64) -> std::io::Result<()> {
+        let keys = rings
             .values()
             .flat_map(|ring| ring.keys())
             .map(|key| (key.id.to_string(), key.health.state_name(now_ms).to_owned()))

@@ -1,0 +1,86 @@
+//! The reloader's loop: follows the vault file while `serve` runs — polls
+//! for changes every 250 ms (one `stat` each of the vault and the master key
+//! file; a Kubernetes `..data` symlink swap shows because `stat` follows the
+//! link), reloads on change, on SIGHUP and when a grace period ends; writes
+//! the key-health report once a second and warns once a day about keys due
+//! for rotation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::shutdown::Shutdown;
+use crate::state::Shared;
+
+/// Runs until `shutdown`: polls for changes, reloads on change and on SIGHUP.
+pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_rotation_warning: Option<std::time::Instant> = None;
+    let health_report =
+        crate::keys::health_report::HealthReport::beside(&shared.config.metering.db);
+    let mut last_report = std::time::Instant::now() - Duration::from_secs(60);
+    loop {
+        // `key list` shows what this server knows about each key's health.
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = std::time::Instant::now();
+            let snapshot = shared.snapshot();
+            let now_ms = crate::keys::health::now_ms();
+            if let Err(error) =
+                tokio::task::block_in_place(|| health_report.write(&snapshot.rings, now_ms))
+            {
+                tracing::debug!("cannot write the key health report: {error}");
+            }
+        }
+        if last_rotation_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(86_400)) {
+            last_rotation_warning = Some(std::time::Instant::now());
+            tokio::task::block_in_place(|| warn_keys_due_for_rotation(&shared));
+        }
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            _ = async { match hangup.as_mut() { Some(s) => s.recv().await, None => std::future::pending().await } } => true,
+            _ = shutdown.requested() => {
+                health_report.remove();
+                return;
+            }
+        };
+        let expired = shared
+            .snapshot()
+            .next_expiry
+            .is_some_and(|t| t <= crate::unix_now());
+        if !forced && !expired && !shared.control().changed() {
+            continue;
+        }
+        let result = tokio::task::block_in_place(|| shared.reload());
+        if let Err(error) = result {
+            tracing::warn!(
+                serving_generation = shared.snapshot().generation,
+                "vault reload failed, still serving the last good keys: {error}"
+            );
+        }
+    }
+}
+
+/// Logs, once a day, every usable key older than `[keys] rotate_after`.
+fn warn_keys_due_for_rotation(shared: &Shared) {
+    let rotate_after = shared.config.keys.rotate_after.as_secs();
+    let now = crate::unix_now();
+    let control = shared.control();
+    let Ok(loaded) = control.vault().load(control.kek()) else {
+        return;
+    };
+    for key in &loaded.document.keys {
+        let age = now.saturating_sub(key.created);
+        if key.state.is_usable() && age > rotate_after {
+            tracing::warn!(
+                provider = %key.provider,
+                key_id = %key.id,
+                age_days = age / 86_400,
+                "key {} of {} is due for rotation (older than [keys] rotate_after): run `keygate key rotate {}`",
+                key.id,
+                key.provider,
+                key.provider
+            );
+        }
+    }
+}
