@@ -12,80 +12,8 @@ use std::sync::{Arc, OnceLock};
 use http::{HeaderMap, HeaderValue};
 
 use crate::clients::{self, ClientKeyDigest, ClientKeyError};
-use crate::error::ProxyError;
+use crate::error::{AuthFailure, Lookalike, ProxyError};
 use crate::snapshot::{ClientInfo, Snapshot};
-
-/// Why a request's client key was refused (carried by
-/// [`ProxyError::InvalidClientKey`]; the message is written in `error.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthFailure {
-    /// No credential header at all (or an empty one).
-    Missing,
-    /// `Authorization` carried something without the `Bearer ` scheme
-    /// (`Authorization: kg_…`, `Token …`, `Basic …`).
-    NoBearerScheme,
-    /// An upstream provider's API key, sent to keygate by mistake.
-    ProviderKey(Lookalike),
-    /// `kg_…` but the checksum does not match: mistyped, cut short or extended.
-    BadChecksum,
-    /// Not a keygate key at all.
-    Malformed,
-    /// A well-formed keygate key this vault does not know.
-    Unknown,
-    /// A key of a client that was revoked.
-    Revoked,
-}
-
-/// The provider a mistakenly sent key looks like (by its public prefix only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookalike {
-    /// `sk-…`, `sk-proj-…`, `sk-svcacct-…`, `sk-admin-…`.
-    OpenAi,
-    /// `sk-ant-…`.
-    Anthropic,
-    /// `xai-…`.
-    Xai,
-    /// `sk-or-…`.
-    OpenRouter,
-}
-
-impl Lookalike {
-    /// The provider's name as a user knows it.
-    pub fn provider(self) -> &'static str {
-        match self {
-            Lookalike::OpenAi => "OpenAI",
-            Lookalike::Anthropic => "Anthropic",
-            Lookalike::Xai => "xAI",
-            Lookalike::OpenRouter => "OpenRouter",
-        }
-    }
-}
-
-impl AuthFailure {
-    /// Every `reason` label value of `keygate_client_auth_failures_total`.
-    pub const REASONS: [&'static str; 7] = [
-        "missing",
-        "no_bearer_scheme",
-        "provider_key",
-        "bad_checksum",
-        "malformed",
-        "unknown",
-        "revoked",
-    ];
-
-    /// The `reason` label and log field value.
-    pub fn reason(self) -> &'static str {
-        match self {
-            AuthFailure::Missing => "missing",
-            AuthFailure::NoBearerScheme => "no_bearer_scheme",
-            AuthFailure::ProviderKey(_) => "provider_key",
-            AuthFailure::BadChecksum => "bad_checksum",
-            AuthFailure::Malformed => "malformed",
-            AuthFailure::Unknown => "unknown",
-            AuthFailure::Revoked => "revoked",
-        }
-    }
-}
 
 /// The client making this request.
 pub fn authenticate(

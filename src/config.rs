@@ -14,7 +14,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer};
 
-pub use crate::providers::Kind;
+pub use crate::providers::{AuthStyle, Kind};
 
 /// The embedded default configuration (the documented `config/keygate.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../config/keygate.toml");
@@ -164,18 +164,6 @@ pub struct KeysConfig {
 pub struct ClientsConfig {
     /// Requests without a client key run as client `anonymous`.
     pub allow_anonymous: bool,
-}
-
-/// How a provider expects its key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AuthStyle {
-    /// `Authorization: Bearer <key>` (OpenAI, xAI, most compatibles).
-    Bearer,
-    /// `x-api-key: <key>` (Anthropic style).
-    XApiKey,
-    /// `api-key: <key>` (Azure OpenAI).
-    ApiKey,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -14,7 +14,7 @@ use std::time::Duration;
 pub enum ProxyError {
     /// No, malformed, unknown or revoked client key: which case it is.
     #[error("invalid client key ({})", .0.reason())]
-    InvalidClientKey(crate::auth::AuthFailure),
+    InvalidClientKey(AuthFailure),
     /// Client over its rpm/tpm.
     #[error("client {client} is over its rate limit")]
     ClientRateLimited {
@@ -206,11 +206,10 @@ impl ProxyError {
     }
 }
 
-/// The 401 text for each [`AuthFailure`](crate::auth::AuthFailure): it is about
+/// The 401 text for each [`AuthFailure`]: it is about
 /// the keygate client key (not the upstream key), which case it is, and what
 /// to do. Never quotes what was presented.
-fn client_key_message(why: crate::auth::AuthFailure) -> String {
-    use crate::auth::AuthFailure;
+fn client_key_message(why: AuthFailure) -> String {
     const NOT_UPSTREAM: &str = "This is about the keygate client key keygate issued to your app \
          (kg_…, from `keygate client add`), not the upstream provider's API key, which keygate \
          holds itself.";
@@ -262,7 +261,7 @@ mod tests {
 
     #[test]
     fn each_client_key_refusal_says_what_to_do() {
-        use crate::auth::{AuthFailure, Lookalike};
+        use super::{AuthFailure, Lookalike};
         let cases = [
             (AuthFailure::Missing, "No keygate client key was sent"),
             (AuthFailure::NoBearerScheme, "no `Bearer ` scheme"),
@@ -301,5 +300,77 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("keygate key verify openai"));
+    }
+}
+
+/// Why a request's client key was refused (carried by
+/// [`ProxyError::InvalidClientKey`]; the message is written in `error.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No credential header at all (or an empty one).
+    Missing,
+    /// `Authorization` carried something without the `Bearer ` scheme
+    /// (`Authorization: kg_…`, `Token …`, `Basic …`).
+    NoBearerScheme,
+    /// An upstream provider's API key, sent to keygate by mistake.
+    ProviderKey(Lookalike),
+    /// `kg_…` but the checksum does not match: mistyped, cut short or extended.
+    BadChecksum,
+    /// Not a keygate key at all.
+    Malformed,
+    /// A well-formed keygate key this vault does not know.
+    Unknown,
+    /// A key of a client that was revoked.
+    Revoked,
+}
+
+/// The provider a mistakenly sent key looks like (by its public prefix only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookalike {
+    /// `sk-…`, `sk-proj-…`, `sk-svcacct-…`, `sk-admin-…`.
+    OpenAi,
+    /// `sk-ant-…`.
+    Anthropic,
+    /// `xai-…`.
+    Xai,
+    /// `sk-or-…`.
+    OpenRouter,
+}
+
+impl Lookalike {
+    /// The provider's name as a user knows it.
+    pub fn provider(self) -> &'static str {
+        match self {
+            Lookalike::OpenAi => "OpenAI",
+            Lookalike::Anthropic => "Anthropic",
+            Lookalike::Xai => "xAI",
+            Lookalike::OpenRouter => "OpenRouter",
+        }
+    }
+}
+
+impl AuthFailure {
+    /// Every `reason` label value of `keygate_client_auth_failures_total`.
+    pub const REASONS: [&'static str; 7] = [
+        "missing",
+        "no_bearer_scheme",
+        "provider_key",
+        "bad_checksum",
+        "malformed",
+        "unknown",
+        "revoked",
+    ];
+
+    /// The `reason` label and log field value.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::NoBearerScheme => "no_bearer_scheme",
+            AuthFailure::ProviderKey(_) => "provider_key",
+            AuthFailure::BadChecksum => "bad_checksum",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::Unknown => "unknown",
+            AuthFailure::Revoked => "revoked",
+        }
     }
 }

@@ -194,7 +194,7 @@ impl Metrics {
         for result in ["ok", "error"] {
             metrics.vault_reloads.with_label_values(&[result]).reset();
         }
-        for reason in crate::auth::AuthFailure::REASONS {
+        for reason in crate::error::AuthFailure::REASONS {
             metrics
                 .client_auth_failures
                 .with_label_values(&[reason])

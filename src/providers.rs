@@ -12,7 +12,17 @@
 
 use serde::Deserialize;
 
-use crate::config::AuthStyle;
+/// How a provider expects its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthStyle {
+    /// `Authorization: Bearer <key>` (OpenAI, xAI, most compatibles).
+    Bearer,
+    /// `x-api-key: <key>` (Anthropic style).
+    XApiKey,
+    /// `api-key: <key>` (Azure OpenAI).
+    ApiKey,
+}
 
 /// What an upstream is. Set per provider (`kind = …`); defaults to the table's
 /// name when that is a kind, else [`Kind::Generic`].
