@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 #[tokio::main(flavor = "current_thread")]
-#[allow(dead_code)] // also compiled into tests/sdk.rs, which has its own main
+#[allow(dead_code)] // also compiled into tests/it/sdk.rs, which uses only `serve`
 async fn main() {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:9999".to_owned());

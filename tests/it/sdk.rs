@@ -1,0 +1,103 @@
+//! The official OpenAI Python SDK against keygate (the quickstart's SDK flow):
+//! chat, streaming chat, models and embeddings through a real `keygate serve`,
+//! against the example mock upstream on 127.0.0.1:0.
+//!
+//! Needs `python3` with the `openai` package; `.ci/run` installs it and sets
+//! `KEYGATE_REQUIRE_SDK_TEST=1`, which turns a missing SDK into a failure. On a
+//! developer machine without it the test says so and passes.
+//!
+//! The Anthropic SDK's flow (`examples/anthropic_sdk.py`) is tested the same
+//! way in `providers_usage.rs`, next to the Anthropic mock it needs.
+
+#[path = "../../examples/mock_upstream.rs"]
+mod mock_upstream;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::{Keygate, KeygateBuilder};
+
+const UPSTREAM_KEY: &str = "sk-mock-sdk-test-000000000000000000";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_python_sdk_works_through_keygate() {
+    let sdk_present = Command::new("python3")
+        .args(["-c", "import openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !sdk_present {
+        assert!(
+            std::env::var("KEYGATE_REQUIRE_SDK_TEST").is_err(),
+            "python3 with the openai package is required (pip install openai)"
+        );
+        eprintln!("SKIPPED: python3 with the openai package not found (pip install openai)");
+        return;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock_addr = listener.local_addr().unwrap();
+    tokio::spawn(mock_upstream::serve(listener, UPSTREAM_KEY.to_owned()));
+
+    let kg = Keygate::new(&KeygateBuilder::new().provider(
+        "openai",
+        &format!("http://{mock_addr}"),
+        "bearer",
+    ));
+    kg.vault_init();
+    kg.add_key("openai", UPSTREAM_KEY);
+    let client_key = kg.add_client("app");
+    let server = kg.serve_with(&[("KEYGATE_METERING__FLUSH_INTERVAL", "100ms")]);
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/openai_sdk.py");
+    let base_url = format!("http://{}/v1", server.client);
+    let sdk = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(script)
+            .arg(base_url)
+            .env("KEYGATE_CLIENT_KEY", client_key)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&sdk.stdout).into_owned();
+    kg.record("openai sdk stdout", stdout.clone());
+    assert!(
+        sdk.status.success(),
+        "SDK script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&sdk.stderr)
+    );
+    assert!(
+        stdout.contains("chat: Hello from the mock! | usage: 14"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("stream: Hello from the mock! (5 chunks)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("models: ['gpt-4o-mini']"), "{stdout}");
+    assert!(stdout.contains("embedding length: 3"), "{stdout}");
+
+    // Every call was metered, the stream included (keygate asked for its usage).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = kg.run(&["usage", "--json"]);
+        out.assert_ok("usage --json");
+        let rows: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+        let total: u64 = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["total_tokens"].as_u64().unwrap())
+            .sum();
+        if total == 14 + 14 + 4 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metered {total} tokens, want {}: {}",
+            14 + 14 + 4,
+            out.stdout
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
