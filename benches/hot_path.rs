@@ -17,20 +17,20 @@ use std::sync::Arc;
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use http::{HeaderMap, HeaderValue, Method};
-use keygate::body::OutboundBody;
 use keygate::config::Config;
-use keygate::meter::tap::{MeterTap, TokenMetrics};
-use keygate::meter::{Outcome, UsageCounters};
-use keygate::secret::Secret;
-use keygate::snapshot::Snapshot;
+use keygate::control::snapshot::Snapshot;
+use keygate::proxy::body::OutboundBody;
+use keygate::usage::meter::{Outcome, UsageCounters};
+use keygate::usage::tap::{MeterTap, TokenMetrics};
 use keygate::vault::document::{ClientRecord, Document, KeyState, UpstreamKey};
+use keygate::vault::secret::Secret;
 
 fn fixture() -> (Config, Snapshot, Secret) {
     let config = Config::from_toml("").expect("defaults load");
     let mut document = Document::default();
     let mut client_key = None;
     for n in 0..1000 {
-        let (key, digest) = keygate::clients::generate().expect("rng");
+        let (key, digest) = keygate::vault::client_key::generate().expect("rng");
         document.clients.push(ClientRecord {
             name: format!("client-{n}"),
             key_sha256: digest.to_hex(),
@@ -96,7 +96,11 @@ fn request_stages(c: &mut Criterion) {
 
     c.bench_function(
         "auth: parse + digest + lookup of a kg_ key (1,000 clients)",
-        |b| b.iter(|| keygate::auth::authenticate(black_box(&headers), &snapshot, false).is_ok()),
+        |b| {
+            b.iter(|| {
+                keygate::proxy::auth::authenticate(black_box(&headers), &snapshot, false).is_ok()
+            })
+        },
     );
     let ring = snapshot.rings.get("openai").expect("ring").clone();
     c.bench_function("keys: pick a healthy key", |b| {
@@ -107,7 +111,7 @@ fn request_stages(c: &mut Criterion) {
     c.bench_function("forward: upstream URI + outbound header rewrite", |b| {
         b.iter(|| {
             let uri = provider.url("/v1/chat/completions", None).expect("uri");
-            keygate::forward::outbound_request(
+            keygate::proxy::forward::outbound_request(
                 provider,
                 &Method::POST,
                 uri,
@@ -130,7 +134,7 @@ fn request_stages(c: &mut Criterion) {
     };
     c.bench_function("head guard: one HTTP/1 request (head + 1 KB body)", |b| {
         b.iter(|| {
-            let mut guard = keygate::head_guard::HeadGuard::default();
+            let mut guard = keygate::net::head_guard::HeadGuard::default();
             guard.observe(black_box(&request)).is_ok()
         })
     });
@@ -144,8 +148,8 @@ fn request_stages(c: &mut Criterion) {
         "request body: skim for model + stream fields (1 KB chat body)",
         |b| {
             b.iter(|| {
-                let fields = keygate::json_skim::chat_fields(black_box(&chat));
-                keygate::route::model_of(fields.as_ref()).is_some()
+                let fields = keygate::proxy::json_skim::chat_fields(black_box(&chat));
+                keygate::proxy::route::model_of(fields.as_ref()).is_some()
             })
         },
     );
@@ -155,8 +159,8 @@ fn request_stages(c: &mut Criterion) {
         "request body: serde's slow path for the same fields (same body)",
         |b| {
             b.iter(|| {
-                let fields = keygate::json_skim::parsed_fields(black_box(&chat));
-                keygate::route::model_of(fields.as_ref()).is_some()
+                let fields = keygate::proxy::json_skim::parsed_fields(black_box(&chat));
+                keygate::proxy::route::model_of(fields.as_ref()).is_some()
             })
         },
     );
@@ -324,7 +328,7 @@ fn access_log(c: &mut Criterion) {
     tracing::subscriber::with_default(stock, || {
         group.bench_function("stock formatter", |b| b.iter(line));
     });
-    let fast = keygate::log_format::builder()
+    let fast = keygate::control::log_format::builder()
         .with_writer(std::io::sink)
         .finish();
     tracing::subscriber::with_default(fast, || {

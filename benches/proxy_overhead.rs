@@ -200,7 +200,7 @@ fn run_floor() {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let upstream = keygate::upstream::Upstream::new(&config.server).expect("upstream");
+        let upstream = keygate::net::upstream::Upstream::new(&config.server).expect("upstream");
         // FLOOR_LISTEN: a fixed address, to run the floor in another harness.
         let listen = std::env::var("FLOOR_LISTEN").unwrap_or_else(|_| "127.0.0.1:0".to_owned());
         let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
@@ -244,11 +244,11 @@ fn run_floor() {
     });
 }
 
-type FloorBody = http_body_util::Either<keygate::upstream::UpstreamBody, Full<Bytes>>;
+type FloorBody = http_body_util::Either<keygate::net::upstream::UpstreamBody, Full<Bytes>>;
 
 async fn floor_forward(
     request: Request<Incoming>,
-    upstream: &keygate::upstream::Upstream,
+    upstream: &keygate::net::upstream::Upstream,
     upstream_base: &str,
     client_auth: &[u8],
     inject: http::HeaderValue,
@@ -276,7 +276,9 @@ async fn floor_forward(
         .method(method)
         .uri(uri)
         .header("authorization", inject)
-        .body(keygate::body::OutboundBody::Full(Some(body.to_bytes())))
+        .body(keygate::proxy::body::OutboundBody::Full(Some(
+            body.to_bytes(),
+        )))
         .expect("request");
     if let Some(content_type) = content_type {
         outbound.headers_mut().insert("content-type", content_type);

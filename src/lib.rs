@@ -1,68 +1,43 @@
 //! keygate — an authenticating reverse proxy for LLM APIs.
 //!
 //! ```text
-//! client ──► server ──► auth ──► route ──► body ──► keys (pick) ──► forward ──► upstream
-//!  (SDK)     (hyper     (kg_ key  (prefix   (limit,  (ArcSwap ring)   (headers)    (h1 pool,
-//!            h1/h2,     → client) or model) retry                                  driven inline,
-//!            TLS)                           buffer)                                rustls)
-//!      ◄── response streamed back unbuffered (401: retry with the next key first) ◄──┘
+//! client ──► net ──► proxy: auth ─► route ─► body ─► keys (pick) ─► forward ─► net::upstream ──► provider
+//!  (SDK)    (h1/h2,  (one conductor, top to bottom; forward ⇄ retry with the next key
+//!           TLS,      while no byte has gone back, as the provider's kind judges the answer)
+//!           guard)
+//!      ◄── response streamed back unbuffered, usage tapped on the way (usage::tap) ◄──┘
 //! ```
 //!
-//! The request path is conducted top to bottom by [`proxy`]; it only *reads* the
-//! [`snapshot::Snapshot`] that the control plane ([`reload`]) publishes whole.
+//! The data plane ([`net`], [`proxy`], [`usage`]) only *reads* the
+//! [`control::snapshot::Snapshot`] that the control plane ([`control`])
+//! publishes whole from the [`vault`].
 //!
-//! Map of the rooms:
+//! Map of the rooms (folders group them by concern):
 //! - [`config`]: figment layers (embedded defaults → file → `KEYGATE_*`) → typed [`config::Config`]
-//! - [`secret`]: the secret type (zeroized, fingerprint-only `Debug`)
-//! - [`core_dumps`]: no core file and no same-user ptrace of a process holding keys
-//! - [`vault`]: the encrypted file (format, crypto, atomic writes, master key sources)
-//! - [`clients`]: `kg_…` client keys: generate, parse, digest
-//! - [`keys`]: upstream key rings built from the vault, and key selection
-//! - [`server`]: listeners, connections, TLS, timeouts, graceful drain
-//! - [`head_guard`]: refuses bare LF in HTTP/1 request heads before hyper parses them
 //! - [`providers`]: what is known about each provider kind: auth default, verify request,
-//!   and what an upstream answer says about the key (rejected / out of credit / rate limited)
-//! - [`proxy`]: the conductor of one request
-//! - [`auth`], [`route`], [`body`], [`forward`]: the stages it calls in order
-//! - [`json_skim`]: a few top-level fields of a JSON body, without parsing the rest
-//! - [`upstream`]: HTTP/1.1 keep-alive pool per origin, connections driven by the request's task
-//! - [`error`]: `ProxyError`, the one place a failure becomes an HTTP answer
-//! - [`limits`]: per-client rpm / tpm / token budget (reserve, then settle)
-//! - [`meter`]: per-client usage (SSE/JSON tap, counters, SQLite ledger)
-//! - [`metrics`]: every metric name, on a registry the process owns
-//! - [`log_format`]: the stock log line's text, formatted without `core::fmt` where it can be
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`
-//! - [`state`], [`reload`]: the shared snapshot and its single writer
-//! - [`shutdown`]: the stop signal every task is handed
+//!   usage option, and what an upstream answer says about the key
+//! - [`net`]: client listeners (h1/h2, TLS, timeouts, drain), the HTTP/1 head guard, the upstream pool
+//! - [`proxy`]: the conductor of one request, and the stages it calls in order —
+//!   client auth, routing, request body, JSON skim, the outbound leg and response body,
+//!   and `ProxyError`, the one place a failure becomes an HTTP answer
+//! - [`keys`]: the key ring and its runtime health; the key lifecycle (ops, the rotation
+//!   service, verification)
+//! - [`usage`]: the meter's counters, the response tap (SSE splitter, usage shapes),
+//!   the SQLite ledger, per-client limits
+//! - [`control`]: shared state, the snapshot and its single writer (reload, follow),
+//!   the admin listener, metrics, log format, shutdown, core-dump protection
+//! - [`vault`]: the encrypted file (format, crypto, atomic writes, master key sources,
+//!   rollback record), the secret type, the `kg_` client-key format
 //! - [`cli`]: the commands; the only code that prints to stdout
 
-pub mod admin;
-pub mod auth;
-pub mod body;
 pub mod cli;
-pub mod clients;
 pub mod config;
-pub mod core_dumps;
-pub mod error;
-pub mod follow;
-pub mod forward;
-pub mod head_guard;
-pub mod json_skim;
+pub mod control;
 pub mod keys;
-pub mod limits;
-pub mod log_format;
-pub mod meter;
-pub mod metrics;
+pub mod net;
 pub mod providers;
 pub mod proxy;
-pub mod reload;
-pub mod route;
-pub mod secret;
-pub mod server;
-pub mod shutdown;
-pub mod snapshot;
-pub mod state;
-pub mod upstream;
+pub mod usage;
 pub mod vault;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

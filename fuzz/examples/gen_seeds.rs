@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keygate::secret::Secret;
+use keygate::vault::secret::Secret;
 use keygate::vault::document::{ClientRecord, Document, KeyState, UpstreamKey};
 use keygate::vault::{Kek, Vault};
 use keygate_fuzz::{kek, seal_raw};
@@ -55,7 +55,7 @@ fn document() -> Document {
         reason: Some("grace over".into()),
         grace_until: Some(1_650_000_000),
     });
-    let (_, digest) = keygate::clients::generate().unwrap();
+    let (_, digest) = keygate::vault::client_key::generate().unwrap();
     doc.clients.push(ClientRecord {
         name: "team-a".into(),
         key_sha256: digest.to_hex(),
@@ -172,7 +172,7 @@ fn sse_seeds() {
 }
 
 fn client_key_seeds() {
-    let (key, _) = keygate::clients::generate().unwrap();
+    let (key, _) = keygate::vault::client_key::generate().unwrap();
     let key = key.expose().to_owned();
     put("client_key", "valid.txt", key.as_bytes());
     let mut typo = key.clone().into_bytes();

@@ -1,4 +1,4 @@
-//! `keygate::clients::parse` on arbitrary text (valid UTF-8 as is, and any bytes
+//! `keygate::vault::client_key::parse` on arbitrary text (valid UTF-8 as is, and any bytes
 //! through a lossy conversion). Never panics; an accepted key is exactly
 //! `kg_` + 42 ASCII letters/digits, its digest is the SHA-256 of the whole key,
 //! and changing any one of its 42 characters makes it rejected (the CRC32
@@ -6,7 +6,7 @@
 
 #![no_main]
 
-use keygate::clients::{self, KEY_LEN};
+use keygate::vault::client_key::{self, KEY_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fn check(text: &str) {

@@ -16,7 +16,7 @@
 
 #![no_main]
 
-use keygate::json_skim::{chat_fields, skim, ChatFields};
+use keygate::proxy::json_skim::{chat_fields, skim, ChatFields};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 
@@ -50,7 +50,7 @@ fn check(data: &[u8], fields: &ChatFields<'_>, object: &Map<String, Value>) {
             fields.checked
         );
     }
-    let model = keygate::route::model_of(Some(fields));
+    let model = keygate::proxy::route::model_of(Some(fields));
     assert_eq!(
         model.as_deref(),
         object.get("model").and_then(Value::as_str),
@@ -60,7 +60,7 @@ fn check(data: &[u8], fields: &ChatFields<'_>, object: &Map<String, Value>) {
 }
 
 fn check_rewrite(data: &[u8], fields: &ChatFields<'_>, object: &Map<String, Value>) {
-    let rewritten = keygate::meter::ask_for_usage(data, fields);
+    let rewritten = keygate::usage::meter::ask_for_usage(data, fields);
     let options = object.get("stream_options");
     let wants = object.get("stream") == Some(&Value::Bool(true))
         && match options {

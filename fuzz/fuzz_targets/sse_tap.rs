@@ -15,9 +15,9 @@
 
 #![no_main]
 
-use keygate::meter::scan::UsageScanner;
-use keygate::meter::sse::SseSplitter;
-use keygate::meter::usage;
+use keygate::usage::scan::UsageScanner;
+use keygate::usage::sse::SseSplitter;
+use keygate::usage::shapes;
 use keygate_fuzz::{run_tap, split};
 use libfuzzer_sys::fuzz_target;
 
@@ -36,7 +36,7 @@ fn events(chunks: &[&[u8]]) -> Vec<(Vec<u8>, usize)> {
     out
 }
 
-fn tokens(d: &keygate::meter::UsageDelta) -> (u64, u64, u64) {
+fn tokens(d: &keygate::usage::meter::UsageDelta) -> (u64, u64, u64) {
     (d.prompt_tokens, d.completion_tokens, d.total_tokens)
 }
 

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use bytes::Bytes;
-use keygate::meter::tap::{MeterTap, TokenMetrics};
-use keygate::meter::{Outcome, UsageCounters, UsageDelta};
+use keygate::usage::tap::{MeterTap, TokenMetrics};
+use keygate::usage::meter::{Outcome, UsageCounters, UsageDelta};
 use keygate::vault::{Kek, MasterKey};
 
 /// The fixed master key every vault target uses: bytes 0, 1, …, 31.

@@ -3,7 +3,7 @@
 use clap::{Args, Subcommand};
 
 use super::{format_time, CliError, Context};
-use crate::clients;
+use crate::vault::client_key;
 use crate::vault::document::ClientRecord;
 
 /// `--rpm`, `--tpm`, `--budget-tokens`.
@@ -75,7 +75,7 @@ fn add(context: &Context, name: String, limits: LimitArgs) -> Result<(), CliErro
             "client name `{name}` is not valid: use 1–64 letters, digits, `-`, `_` or `.`"
         )));
     }
-    let (key, digest) = clients::generate()
+    let (key, digest) = client_key::generate()
         .map_err(|e| CliError::Runtime(format!("the OS random number generator failed: {e}")))?;
     let kek = context.kek()?;
     context.vault().update(&kek, |document| {

@@ -7,7 +7,7 @@ use super::{format_age, format_time, read_secret_from_stdin, CliError, Context};
 use crate::keys::health_report::HealthReport;
 use crate::keys::verify;
 use crate::keys::{ops, rotate};
-use crate::upstream::Upstream;
+use crate::net::upstream::Upstream;
 use crate::vault::document::{KeyState, UpstreamKey};
 
 /// Upstream key commands.
@@ -321,7 +321,7 @@ fn verify(context: &Context, provider: Option<&str>, json: bool) -> Result<(), C
     Ok(())
 }
 
-fn read_key(_context: &Context) -> Result<crate::secret::Secret, CliError> {
+fn read_key(_context: &Context) -> Result<crate::vault::secret::Secret, CliError> {
     let secret = read_secret_from_stdin("upstream API key")?;
     ops::upstream_secret(secret.expose()).map_err(|e| CliError::Usage(e.to_string()))
 }

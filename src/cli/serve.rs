@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use super::{vault::ensure_master_key, CliError, Context};
-use crate::limits::Limits;
-use crate::meter::ledger::Ledger;
-use crate::reload::{self, VaultWatch};
-use crate::secret::Secret;
-use crate::state::Shared;
+use crate::control::reload::{self, VaultWatch};
+use crate::control::state::Shared;
+use crate::usage::ledger::Ledger;
+use crate::usage::limits::Limits;
 use crate::vault::document::Document;
+use crate::vault::secret::Secret;
 
 /// Like `println!`, but a closed stdout (a supervisor that stopped reading)
 /// must not take the server down: the line is dropped instead.
@@ -69,7 +69,7 @@ pub(super) fn run(
             reload::ReloadError::Vault(v) => CliError::Vault(v),
             other => CliError::Runtime(other.to_string()),
         })?;
-        let bound = crate::server::bind(&config.server)
+        let bound = crate::net::listeners::bind(&config.server)
             .await
             .map_err(|e| CliError::Runtime(e.to_string()))?;
         let signals = shutdown_signals();
@@ -82,11 +82,11 @@ pub(super) fn run(
             "keygate serving"
         );
 
-        let (stop, stopped) = crate::shutdown::channel();
-        let reloader = tokio::spawn(crate::follow::run(shared.clone(), stopped.clone()));
+        let (stop, stopped) = crate::control::shutdown::channel();
+        let reloader = tokio::spawn(crate::control::follow::run(shared.clone(), stopped.clone()));
         // The ledger stops only after the drain, so its last flush sees every request.
-        let (stop_ledger, ledger_stopped) = crate::shutdown::channel();
-        let ledger_task = tokio::spawn(crate::meter::ledger::run(
+        let (stop_ledger, ledger_stopped) = crate::control::shutdown::channel();
+        let ledger_task = tokio::spawn(crate::usage::ledger::run(
             shared.meter.clone(),
             ledger,
             config.metering.flush_interval,
@@ -97,7 +97,7 @@ pub(super) fn run(
             tracing::info!("shutdown requested: no new connections, draining in-flight requests");
             stop.stop();
         });
-        crate::server::run(bound, shared, stopped)
+        crate::net::listeners::run(bound, shared, stopped)
             .await
             .map_err(|e| CliError::Runtime(e.to_string()))?;
         let _ = reloader.await;

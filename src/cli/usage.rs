@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::{CliError, Context};
-use crate::meter::ledger::{Ledger, UsageRow};
+use crate::usage::ledger::{Ledger, UsageRow};
 
 /// Usage report options.
 #[derive(Debug, Args)]

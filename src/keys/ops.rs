@@ -7,8 +7,8 @@
 //! rollback: current ⇄ previous in one write      revoke: any ─► revoked (refused for the last usable key without --force)
 //! ```
 
-use crate::secret::Secret;
 use crate::vault::document::{Document, KeyState, UpstreamKey};
+use crate::vault::secret::Secret;
 
 /// A transition the document does not allow; says what to do instead.
 #[derive(Debug, thiserror::Error)]

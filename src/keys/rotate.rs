@@ -13,9 +13,9 @@ use std::time::Duration;
 use crate::config::Provider;
 use crate::keys::ops::{self, NewKey, OpError, Promotion};
 use crate::keys::verify::{self, Check, Verdict};
-use crate::secret::Secret;
-use crate::upstream::Upstream;
+use crate::net::upstream::Upstream;
 use crate::vault::document::KeyState;
+use crate::vault::secret::Secret;
 use crate::vault::{Kek, Vault, VaultError};
 
 /// How long the verification request of a rotation may take.

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::body::OutboundBody;
 use crate::config::Provider;
 use crate::keys::{auth_header, KeyRing};
+use crate::net::upstream::Upstream;
 use crate::providers::{KeyVerdict, ProviderError};
-use crate::secret::Secret;
-use crate::upstream::Upstream;
+use crate::proxy::body::OutboundBody;
 use crate::vault::document::{Document, KeyState, UpstreamKey};
+use crate::vault::secret::Secret;
 
 /// What the upstream said about a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,7 +215,7 @@ pub async fn verify(
             .await
             .map(|c| c.to_bytes())
             .unwrap_or_default();
-        Ok::<_, crate::upstream::SendError>((status, body))
+        Ok::<_, crate::net::upstream::SendError>((status, body))
     })
     .await;
     match answer {

@@ -212,7 +212,7 @@ pub fn peek(path: &Path, bytes: &[u8]) -> Result<Header, VaultError> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
+    use crate::vault::secret::Secret;
     use crate::vault::MasterKey;
 
     #[test]

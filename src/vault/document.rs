@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::Secret;
+use crate::vault::secret::Secret;
 
 /// The decrypted vault document.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -68,7 +68,7 @@ pub struct UpstreamKey {
     #[serde(default)]
     pub label: Option<String>,
     /// The key itself; `None` once wiped (retired, rejected).
-    #[serde(with = "crate::secret::vault_field", default)]
+    #[serde(with = "crate::vault::secret::vault_field", default)]
     pub secret: Option<Secret>,
     /// Fingerprint kept after the secret is wiped, for `key list`.
     pub fingerprint: String,

@@ -14,7 +14,7 @@ use base64::Engine;
 use zeroize::Zeroizing;
 
 use super::{file, VaultError};
-use crate::secret::Secret;
+use crate::vault::secret::Secret;
 
 /// A 32-byte master key (the KEK when not using a passphrase). Zeroized on
 /// drop; `Debug` prints `MasterKey(…)` only.

@@ -9,6 +9,13 @@
 //! response byte has gone to the client. Logs once per request, at the end,
 //! with names and key ids, never a secret.
 
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod json_skim;
+pub mod route;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,20 +23,19 @@ use std::time::{Duration, Instant};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::auth;
-use crate::body::{self, BodyLimits, RequestBody};
 use crate::config::Provider;
-use crate::error::ProxyError;
-use crate::forward::{self, ResponseBody};
+use crate::control::metrics::{ActiveGuard, ProviderMetrics};
+use crate::control::state::Shared;
 use crate::keys::{health, KeyRing, Pick};
-use crate::limits::{self, Reservation};
-use crate::meter::tap::MeterTap;
-use crate::meter::{Outcome, UsageCounters, UsageKey};
-use crate::metrics::{ActiveGuard, ProviderMetrics};
+use crate::net::upstream::SendError;
 use crate::providers::{KeyVerdict, ProviderError};
-use crate::route::{self, PathMatch};
-use crate::state::Shared;
-use crate::upstream::SendError;
+use crate::proxy::error::ProxyError;
+use crate::usage::limits::{self, Reservation};
+use crate::usage::meter::{Outcome, UsageCounters, UsageKey};
+use crate::usage::tap::MeterTap;
+use body::{BodyLimits, RequestBody};
+use forward::ResponseBody;
+use route::PathMatch;
 
 /// What the conductor learns about a request, for the one log line and metrics.
 #[derive(Default)]
@@ -102,7 +108,7 @@ async fn conduct(
     // estimate and the usage option alike.
     let fields = body
         .buffered()
-        .and_then(|b| crate::json_skim::chat_fields(b));
+        .and_then(|b| crate::proxy::json_skim::chat_fields(b));
     let model = route::model_of(fields.as_ref()).map(|m| Arc::<str>::from(&*m));
     let (provider, path) = match path_match {
         PathMatch::Prefixed(provider, rest) => (provider, rest),
@@ -145,12 +151,12 @@ async fn conduct(
     let mut strip_usage_chunk = false;
     if config.metering.stream_usage
         && provider.kind.has_stream_usage_option()
-        && crate::meter::has_stream_usage_option(path)
+        && crate::usage::meter::has_stream_usage_option(path)
     {
         let rewritten = body
             .buffered()
             .zip(fields.as_ref())
-            .and_then(|(b, fields)| crate::meter::ask_for_usage(b, fields));
+            .and_then(|(b, fields)| crate::usage::meter::ask_for_usage(b, fields));
         if let Some(rewritten) = rewritten {
             body = RequestBody::Buffered(rewritten);
             strip_usage_chunk = true;

@@ -7,7 +7,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::secret::Secret;
+use crate::vault::secret::Secret;
 
 const PREFIX: &str = "kg_";
 const RANDOM_LEN: usize = 36;

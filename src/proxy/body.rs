@@ -22,7 +22,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::error::ProxyError;
+use crate::proxy::error::ProxyError;
 
 /// Limits applied while reading a request body.
 #[derive(Debug, Clone, Copy)]

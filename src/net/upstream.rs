@@ -32,8 +32,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
-use crate::body::OutboundBody;
 use crate::config::ServerConfig;
+use crate::proxy::body::OutboundBody;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 type Io = hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;

@@ -10,12 +10,14 @@
 //! (every write re-reads under the lock), and never put a key, a passphrase or
 //! document contents into an error or a log line.
 
+pub mod client_key;
 pub mod document;
 
 mod crypto;
 mod file;
 mod format;
 pub mod master;
+pub mod secret;
 pub mod served;
 
 use std::path::{Path, PathBuf};
@@ -306,7 +308,7 @@ impl Vault {
 mod tests {
     use super::document::{ClientRecord, Document};
     use super::*;
-    use crate::secret::Secret;
+    use crate::vault::secret::Secret;
     use std::os::unix::fs::PermissionsExt;
 
     fn client(name: &str) -> ClientRecord {

@@ -11,9 +11,9 @@ use std::sync::{Arc, OnceLock};
 
 use http::{HeaderMap, HeaderValue};
 
-use crate::clients::{self, ClientKeyDigest, ClientKeyError};
-use crate::error::{AuthFailure, Lookalike, ProxyError};
-use crate::snapshot::{ClientInfo, Snapshot};
+use crate::control::snapshot::{ClientInfo, Snapshot};
+use crate::proxy::error::{AuthFailure, Lookalike, ProxyError};
+use crate::vault::client_key::{self, ClientKeyDigest, ClientKeyError};
 
 /// The client making this request.
 pub fn authenticate(
@@ -25,7 +25,7 @@ pub fn authenticate(
         Err(AuthFailure::Missing) if allow_anonymous => return Ok(anonymous()),
         other => other.map_err(ProxyError::InvalidClientKey)?,
     };
-    let digest = clients::parse(presented).map_err(|error| {
+    let digest = client_key::parse(presented).map_err(|error| {
         ProxyError::InvalidClientKey(match error {
             ClientKeyError::BadChecksum => AuthFailure::BadChecksum,
             ClientKeyError::Malformed => match lookalike(presented) {
@@ -122,7 +122,7 @@ fn anonymous() -> Arc<ClientInfo> {
                 name: Arc::from("anonymous"),
                 digest: ClientKeyDigest([0; 32]),
                 sticky: 0,
-                limits: crate::limits::ClientLimits::default(),
+                limits: crate::usage::limits::ClientLimits::default(),
             })
         })
         .clone()
@@ -161,7 +161,7 @@ mod tests {
 
     #[test]
     fn each_refusal_names_its_case() {
-        let (key, _) = clients::generate().unwrap();
+        let (key, _) = client_key::generate().unwrap();
         let key = key.expose();
         let bearer = format!("Bearer {key}");
         assert_eq!(failure(&[]), AuthFailure::Missing);
@@ -224,8 +224,8 @@ mod tests {
 
     #[test]
     fn revoked_and_live_keys_are_told_apart() {
-        let (live, live_digest) = clients::generate().unwrap();
-        let (gone, gone_digest) = clients::generate().unwrap();
+        let (live, live_digest) = client_key::generate().unwrap();
+        let (gone, gone_digest) = client_key::generate().unwrap();
         let mut snapshot = Snapshot::default();
         snapshot.clients.insert(
             live_digest,
@@ -233,7 +233,7 @@ mod tests {
                 name: Arc::from("app"),
                 digest: live_digest,
                 sticky: 0,
-                limits: crate::limits::ClientLimits::default(),
+                limits: crate::usage::limits::ClientLimits::default(),
             }),
         );
         snapshot.revoked_clients.insert(gone_digest);

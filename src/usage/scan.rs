@@ -26,7 +26,7 @@ use std::sync::OnceLock;
 use memchr::arch::all::packedpair::HeuristicFrequencyRank;
 use memchr::memmem::{Finder, FinderBuilder};
 
-use super::usage::{self, Usage};
+use super::shapes::{self as usage, Usage};
 
 const KEY: &[u8] = b"\"usage\"";
 /// The key and the start of an object, as a compact body writes them.

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use prometheus::IntCounter;
 
+use super::meter::{Outcome, UsageCounters};
 use super::scan::UsageScanner;
+use super::shapes::{self as usage, Usage};
 use super::sse::SseSplitter;
-use super::usage::{self, Usage};
-use super::{Outcome, UsageCounters};
-use crate::limits::Reservation;
+use crate::usage::limits::Reservation;
 
 enum Mode {
     /// Pass-through: frames go out untouched; a stream counts the usage seen
@@ -215,7 +215,7 @@ mod tests {
         (tap, counters)
     }
 
-    fn run(strip: bool, chunk_size: usize) -> (Vec<u8>, super::super::UsageDelta) {
+    fn run(strip: bool, chunk_size: usize) -> (Vec<u8>, crate::usage::meter::UsageDelta) {
         let (mut tap, counters) = tap(strip);
         let mut out = Vec::new();
         for chunk in STREAM.chunks(chunk_size) {

@@ -5,12 +5,6 @@
 //! stream past; the [`ledger`] task drains the counters to SQLite every
 //! `flush_interval` and on shutdown. Labels are names and ids, never secrets.
 
-pub mod ledger;
-pub mod scan;
-pub mod sse;
-pub mod tap;
-pub mod usage;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -82,7 +76,7 @@ pub struct Outcome {
     /// The response stream ended early.
     pub incomplete: bool,
     /// Tokens the upstream reported.
-    pub usage: Option<usage::Usage>,
+    pub usage: Option<super::shapes::Usage>,
     /// Tokens charged by estimate, when the answer reported none.
     pub estimated_tokens: Option<u64>,
     /// Request body bytes.
@@ -137,7 +131,7 @@ impl UsageCounters {
 #[derive(Clone)]
 pub struct UsageMetrics {
     /// `keygate_tokens_total{client,provider,model,kind}`.
-    pub tokens: tap::TokenMetrics,
+    pub tokens: super::tap::TokenMetrics,
     /// `keygate_requests_total{client,provider,status="200"}`, the common answer.
     pub answered_ok: prometheus::IntCounter,
 }
@@ -257,7 +251,7 @@ pub fn has_stream_usage_option(path: &str) -> bool {
 /// With `stream_usage = true`: a streaming request body (`"stream": true`)
 /// that does not already ask for usage, rewritten to ask for it
 /// (`stream_options.include_usage = true`). `None` when nothing changes.
-/// `fields`: the body's fields from [`crate::json_skim::chat_fields`], read
+/// `fields`: the body's fields from [`crate::proxy::json_skim::chat_fields`], read
 /// as the upstream reads them (repeated keys: the last wins; escaped keys
 /// decoded), which settle most bodies (most streams already ask, most bodies
 /// are no stream).
@@ -269,9 +263,9 @@ pub fn has_stream_usage_option(path: &str) -> bool {
 /// one is the one changed.
 pub fn ask_for_usage(
     body: &[u8],
-    fields: &crate::json_skim::ChatFields<'_>,
+    fields: &crate::proxy::json_skim::ChatFields<'_>,
 ) -> Option<bytes::Bytes> {
-    use crate::json_skim::members;
+    use crate::proxy::json_skim::members;
 
     let streams = fields
         .stream
@@ -337,10 +331,10 @@ mod tests {
 
     /// ask_for_usage as the conductor calls it: skim first.
     fn ask_for_usage(body: &[u8]) -> Option<bytes::Bytes> {
-        let fields = crate::json_skim::chat_fields(body)?;
+        let fields = crate::proxy::json_skim::chat_fields(body)?;
         let through_skim = super::ask_for_usage(body, &fields);
         // Without the skim, serde's slow path alone must agree.
-        let parsed = crate::json_skim::parsed_fields(body);
+        let parsed = crate::proxy::json_skim::parsed_fields(body);
         assert_eq!(
             through_skim,
             parsed.and_then(|fields| super::ask_for_usage(body, &fields))
@@ -351,7 +345,7 @@ mod tests {
     #[test]
     fn only_streams_without_include_usage_are_rewritten() {
         // Plain bodies are settled by the skim, not handed on.
-        assert!(crate::json_skim::skim(br#"{"model":"m","stream":true}"#).is_some());
+        assert!(crate::proxy::json_skim::skim(br#"{"model":"m","stream":true}"#).is_some());
         let rewritten = ask_for_usage(br#"{"model":"m","stream":true}"#).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
         assert_eq!(json["stream_options"]["include_usage"], true);
@@ -497,7 +491,7 @@ mod tests {
 
     fn test_metrics(_: &UsageKey) -> UsageMetrics {
         UsageMetrics {
-            tokens: tap::TokenMetrics {
+            tokens: crate::usage::tap::TokenMetrics {
                 prompt: prometheus::IntCounter::new("p", "p").unwrap(),
                 completion: prometheus::IntCounter::new("c", "c").unwrap(),
             },
@@ -582,7 +576,7 @@ mod tests {
             .series(key.clone(), test_metrics)
             .counters
             .record(&Outcome {
-                usage: Some(usage::Usage::new(1, 2, 3)),
+                usage: Some(crate::usage::shapes::Usage::new(1, 2, 3)),
                 ..Outcome::default()
             });
         let drained = meter.drain();

@@ -194,7 +194,7 @@ impl Metrics {
         for result in ["ok", "error"] {
             metrics.vault_reloads.with_label_values(&[result]).reset();
         }
-        for reason in crate::error::AuthFailure::REASONS {
+        for reason in crate::proxy::error::AuthFailure::REASONS {
             metrics
                 .client_auth_failures
                 .with_label_values(&[reason])
@@ -262,10 +262,13 @@ impl Metrics {
 
     /// The series of one usage key: `keygate_tokens_total` by kind and
     /// `keygate_requests_total{status="200"}`, resolved once per key.
-    pub fn usage_series(&self, key: &crate::meter::UsageKey) -> crate::meter::UsageMetrics {
+    pub fn usage_series(
+        &self,
+        key: &crate::usage::meter::UsageKey,
+    ) -> crate::usage::meter::UsageMetrics {
         let (client, provider, model) = (&*key.client, &*key.provider, &*key.model);
-        crate::meter::UsageMetrics {
-            tokens: crate::meter::tap::TokenMetrics {
+        crate::usage::meter::UsageMetrics {
+            tokens: crate::usage::tap::TokenMetrics {
                 prompt: self
                     .tokens_total
                     .with_label_values(&[client, provider, model, "prompt"]),

@@ -1,15 +1,15 @@
 //! One vault generation made ready for the hot path: the [`Snapshot`] of
 //! clients and key rings every request loads once, and how it is built from
-//! a vault document. Only the reloader ([`crate::reload`]) builds and
+//! a vault document. Only the reloader ([`crate::control::reload`]) builds and
 //! publishes one; requests only read it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::clients::ClientKeyDigest;
 use crate::config::Config;
 use crate::keys::{KeyRing, Rings};
-use crate::limits::ClientLimits;
+use crate::usage::limits::ClientLimits;
+use crate::vault::client_key::ClientKeyDigest;
 use crate::vault::document::Document;
 
 /// A client allowed to call the proxy.

@@ -15,11 +15,11 @@ use hyper::body::Incoming;
 
 use serde::Deserialize;
 
-use crate::forward::ResponseBody;
+use crate::control::state::Shared;
 use crate::keys::{ops, rotate};
-use crate::secret::Secret;
-use crate::state::Shared;
+use crate::proxy::forward::ResponseBody;
 use crate::vault::document::{Document, KeyState};
+use crate::vault::secret::Secret;
 use crate::vault::VaultError;
 
 /// Entry point for every request on the admin listener.
@@ -191,7 +191,7 @@ async fn admin_api(
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(crate::auth::bearer_token)
+        .and_then(crate::proxy::auth::bearer_token)
         .unwrap_or("");
     let matches: bool =
         subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), token.expose().as_bytes()).into();
@@ -425,7 +425,7 @@ fn usage(shared: &Shared, query: &str) -> Result<serde_json::Value, AdminError> 
         }
     }
     let rows = tokio::task::block_in_place(|| {
-        let ledger = crate::meter::ledger::Ledger::open(&shared.config.metering.db)?;
+        let ledger = crate::usage::ledger::Ledger::open(&shared.config.metering.db)?;
         ledger.totals(
             client.as_deref(),
             crate::unix_now().saturating_sub(since.as_secs()),

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
-use super::{Meter, UsageDelta, UsageKey};
-use crate::shutdown::Shutdown;
+use super::meter::{Meter, UsageDelta, UsageKey};
+use crate::control::shutdown::Shutdown;
 
 /// Why the ledger could not be used.
 #[derive(Debug, thiserror::Error)]

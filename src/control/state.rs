@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
-use crate::limits::Limits;
-use crate::meter::Meter;
-use crate::metrics::Metrics;
-use crate::reload::{ReloadError, VaultWatch};
-use crate::secret::Secret;
-use crate::snapshot::Snapshot;
-use crate::upstream::Upstream;
+use crate::control::metrics::Metrics;
+use crate::control::reload::{ReloadError, VaultWatch};
+use crate::control::snapshot::Snapshot;
+use crate::net::upstream::Upstream;
+use crate::usage::limits::Limits;
+use crate::usage::meter::Meter;
+use crate::vault::secret::Secret;
 
 /// Process-wide state shared by the listeners, the request path and the control plane.
 pub struct Shared {
@@ -46,7 +46,7 @@ impl Shared {
         vault_watch: VaultWatch,
         admin_token: Option<Secret>,
         limits: Limits,
-    ) -> Result<Shared, crate::upstream::UpstreamError> {
+    ) -> Result<Shared, crate::net::upstream::UpstreamError> {
         let upstream = Upstream::new(&config.server)?;
         let meter = Meter::with_max_keys(
             config.metering.max_series,

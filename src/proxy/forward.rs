@@ -1,7 +1,7 @@
 //! The outbound leg: the outbound request (client credentials and hop-by-hop
 //! headers out, the provider's key in), and the response on its way back
 //! (hop-by-hop and auth headers out, body streamed frame by frame with an
-//! idle timeout). The connections themselves are [`crate::upstream`]'s.
+//! idle timeout). The connections themselves are [`crate::net::upstream`]'s.
 //!
 //! Redirects are never followed. The key's header value is prebuilt and
 //! sensitive; nothing here logs a header.
@@ -18,12 +18,12 @@ use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
-use crate::body::OutboundBody;
 use crate::config::Provider;
+use crate::control::metrics::ActiveGuard;
 use crate::keys::{KeyRing, RingKey};
-use crate::meter::tap::MeterTap;
-use crate::metrics::ActiveGuard;
-use crate::upstream::UpstreamBody;
+use crate::net::upstream::UpstreamBody;
+use crate::proxy::body::OutboundBody;
+use crate::usage::tap::MeterTap;
 
 /// Hop-by-hop and framing headers keygate never passes through (RFC 9110 §7.6.1;
 /// framing is redone by keygate itself), and client credential headers (never

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, Sources};
-use crate::secret::Secret;
+use crate::vault::secret::Secret;
 use crate::vault::{Kek, MasterKeySources, ServedRecord, Vault, VaultError};
 
 /// keygate: an authenticating reverse proxy for LLM APIs.
@@ -138,7 +138,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
     };
     init_logging(&env);
     if !config.server.allow_core_dumps {
-        crate::core_dumps::forbid().map_err(|e| CliError::Runtime(e.to_string()))?;
+        crate::control::core_dumps::forbid().map_err(|e| CliError::Runtime(e.to_string()))?;
     }
     let admin_token = lookup(&config.admin.token_env);
     let context = Context { config, master };
@@ -200,7 +200,7 @@ fn init_logging(env: &[(String, String)]) {
         .map_or("info", |(_, v)| v.as_str());
     let filter = tracing_subscriber::EnvFilter::try_new(directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = crate::log_format::builder()
+    let _ = crate::control::log_format::builder()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();

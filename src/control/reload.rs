@@ -13,8 +13,8 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use crate::control::metrics::Metrics;
+use crate::control::snapshot::Snapshot;
 use crate::vault::{Kek, MasterKeySources, Vault, VaultError};
 
 /// Why a reload published nothing.

@@ -3,7 +3,7 @@
 //! timeout, and the graceful drain on shutdown.
 //!
 //! Connections hand each request to [`crate::proxy::handle`] (client listener)
-//! or [`crate::admin::handle`] (admin listener); nothing here looks inside one.
+//! or [`crate::control::admin::handle`] (admin listener); nothing here looks inside one.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,13 +20,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::shutdown::Shutdown;
+use crate::control::shutdown::Shutdown;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
-use crate::forward::ResponseBody;
-use crate::head_guard::HeadGuard;
-use crate::state::Shared;
+use crate::control::state::Shared;
+use crate::net::head_guard::HeadGuard;
+use crate::proxy::forward::ResponseBody;
 
 /// Why the listeners could not start.
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +108,7 @@ pub async fn run(bound: Bound, shared: Arc<Shared>, shutdown: Shutdown) -> Resul
         Arc::new(Semaphore::new(256)),
         server.clone(),
         shutdown.clone(),
-        move |request| crate::admin::handle(admin_shared.clone(), request),
+        move |request| crate::control::admin::handle(admin_shared.clone(), request),
     );
     tokio::join!(client_loop, admin_loop);
 

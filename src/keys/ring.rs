@@ -12,16 +12,10 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue};
 
 use crate::config::{AuthStyle, Provider};
-use crate::secret::Secret;
 use crate::vault::document::{Document, KeyState};
+use crate::vault::secret::Secret;
 
-pub mod health;
-pub mod health_report;
-pub mod ops;
-pub mod rotate;
-pub mod verify;
-
-use health::{Availability, KeyHealth};
+use super::health::{Availability, KeyHealth};
 
 /// One usable key, ready to put on the wire.
 #[derive(Debug)]

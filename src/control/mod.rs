@@ -1,0 +1,14 @@
+//! The control plane: the process-wide [`state`], the [`snapshot`] requests
+//! read and its single writer ([`reload`], looped by [`follow`]), the
+//! [`admin`] listener, [`metrics`], the [`log_format`], [`shutdown`] and
+//! [`core_dumps`] protection.
+
+pub mod admin;
+pub mod core_dumps;
+pub mod follow;
+pub mod log_format;
+pub mod metrics;
+pub mod reload;
+pub mod shutdown;
+pub mod snapshot;
+pub mod state;

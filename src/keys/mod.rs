@@ -1,0 +1,13 @@
+//! Upstream keys: the ring a request picks from, their runtime health, and
+//! their lifecycle in the vault — states and transitions ([`ops`]), the
+//! rotation service shared by the CLI and the admin API ([`rotate`]), and
+//! verification against the provider ([`verify`]).
+
+pub mod health;
+pub mod health_report;
+pub mod ops;
+pub mod ring;
+pub mod rotate;
+pub mod verify;
+
+pub use ring::{auth_header, KeyRing, Pick, RingKey, Rings, ECHO_WINDOW};

@@ -1,0 +1,7 @@
+//! The network: client [`listeners`] (h1/h2, TLS, timeouts, drain), the
+//! [`head_guard`] every HTTP/1 request head passes first, and the
+//! [`upstream`] connection pool.
+
+pub mod head_guard;
+pub mod listeners;
+pub mod upstream;
