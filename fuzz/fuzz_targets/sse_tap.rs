@@ -17,7 +17,7 @@
 
 use keygate::usage::scan::UsageScanner;
 use keygate::usage::sse::SseSplitter;
-use keygate::usage::shapes;
+use keygate::usage::shapes as usage;
 use keygate_fuzz::{run_tap, split};
 use libfuzzer_sys::fuzz_target;
 
