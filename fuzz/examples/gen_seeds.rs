@@ -1,7 +1,7 @@
 //! Writes the committed seed corpora under `fuzz/corpus/<target>/seed-*`.
 //!
 //! Run from `fuzz/`: `cargo run --example gen_seeds`. Vaults and client keys
-//! come from keygate's own API (`Vault::create`, `clients::generate`), so the
+//! come from keygate's own API (`Vault::create`, `client_key::generate`), so the
 //! seeds change on every run (fresh nonces and keys); re-run only to refresh.
 
 // A seed writer fails loudly on a broken setup: that is its error handling.
