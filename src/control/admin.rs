@@ -1,95 +1,25 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and — with
-//! `Authorization: Bearer $KEYGATE_ADMIN_TOKEN` — the admin API (docs/design.md §9),
-//! with the same semantics as the CLI.
+//! The admin API under `/admin/`, with `Authorization: Bearer
+//! $KEYGATE_ADMIN_TOKEN` (docs/design.md §9): the same semantics as the CLI,
+//! through the same services (the rotation service, the key ops).
 //!
-//! Separate from the client listener so that none of these exist there. Never
+//! On the admin listener only ([`super::probes`] routes there), so none of
+//! it exists on the client listener. Never
 //! returns a secret: keys are shown by id and fingerprint; the token is
 //! compared in constant time. Vault writes run on the blocking pool and reload
 //! the snapshot before answering, so a change is live when the call returns.
 
-use std::convert::Infallible;
-use std::sync::Arc;
-
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use serde::Deserialize;
 
+use super::probes::text;
 use crate::control::state::Shared;
 use crate::keys::{ops, rotate};
 use crate::proxy::forward::ResponseBody;
 use crate::vault::document::{Document, KeyState};
 use crate::vault::secret::Secret;
 use crate::vault::VaultError;
-
-/// Entry point for every request on the admin listener.
-pub async fn handle(
-    shared: Arc<Shared>,
-    request: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let response = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        (&Method::GET, "/readyz") => readiness(&shared),
-        (&Method::GET, "/metrics") => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            shared.metrics.render(),
-        ),
-        (_, path) if path.starts_with("/admin/") => match admin_api(&shared, request).await {
-            Ok(value) => text(StatusCode::OK, "application/json", value.to_string()),
-            Err(error) => error.into_response(),
-        },
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "application/json",
-            r#"{"error":{"message":"not found","type":"invalid_request_error","code":"not_found"}}"#
-                .to_owned(),
-        ),
-    };
-    Ok(response)
-}
-
-/// Ready when a vault generation is loaded and the default provider has a
-/// usable key; the body lists every provider's state. (Requiring *every*
-/// provider would keep the default config, which lists xai, unready for a team
-/// that only uses OpenAI.)
-fn readiness(shared: &Shared) -> Response<ResponseBody> {
-    let snapshot = shared.snapshot();
-    let providers: serde_json::Map<String, serde_json::Value> = shared
-        .config
-        .providers
-        .keys()
-        .map(|name| {
-            let usable = snapshot.rings.get(name).map_or(0, |ring| ring.len());
-            (name.clone(), serde_json::json!({ "usable_keys": usable }))
-        })
-        .collect();
-    let default_ok = snapshot
-        .rings
-        .get(&shared.config.routing.default)
-        .is_some_and(|ring| !ring.is_empty());
-    let ready = shared.is_vault_loaded() && default_ok;
-    let body = serde_json::json!({
-        "ready": ready,
-        "vault_generation": snapshot.generation,
-        "providers": providers,
-    });
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    text(status, "application/json", body.to_string())
-}
-
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(body));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
-}
 
 /// An admin API failure, answered as OpenAI-style JSON.
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +112,14 @@ struct RevokeBody {
 }
 
 const MAX_ADMIN_BODY: usize = 64 * 1024;
+
+/// Answers one `/admin/…` request.
+pub async fn answer(shared: &Shared, request: Request<Incoming>) -> Response<ResponseBody> {
+    match admin_api(shared, request).await {
+        Ok(value) => text(StatusCode::OK, "application/json", value.to_string()),
+        Err(error) => error.into_response(),
+    }
+}
 
 async fn admin_api(
     shared: &Shared,

@@ -1,6 +1,6 @@
 //! The control plane: the process-wide [`state`], the [`snapshot`] requests
 //! read and its single writer ([`reload`], looped by [`follow`]), the
-//! [`admin`] listener, [`metrics`], the [`log_format`], [`shutdown`] and
+//! admin listener (health [`probes`] and the [`admin`] API), [`metrics`], the [`log_format`], [`shutdown`] and
 //! [`core_dumps`] protection.
 
 pub mod admin;
@@ -8,6 +8,7 @@ pub mod core_dumps;
 pub mod follow;
 pub mod log_format;
 pub mod metrics;
+pub mod probes;
 pub mod reload;
 pub mod shutdown;
 pub mod snapshot;

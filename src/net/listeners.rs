@@ -3,7 +3,7 @@
 //! timeout, and the graceful drain on shutdown.
 //!
 //! Connections hand each request to [`crate::proxy::handle`] (client listener)
-//! or [`crate::control::admin::handle`] (admin listener); nothing here looks inside one.
+//! or [`crate::control::probes::handle`] (admin listener); nothing here looks inside one.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -108,7 +108,7 @@ pub async fn run(bound: Bound, shared: Arc<Shared>, shutdown: Shutdown) -> Resul
         Arc::new(Semaphore::new(256)),
         server.clone(),
         shutdown.clone(),
-        move |request| crate::control::admin::handle(admin_shared.clone(), request),
+        move |request| crate::control::probes::handle(admin_shared.clone(), request),
     );
     tokio::join!(client_loop, admin_loop);
 

@@ -1,0 +1,84 @@
+//! The admin listener's front: the health probes (`GET /healthz`, `GET
+//! /readyz`), the Prometheus page (`GET /metrics`), and everything under
+//! `/admin/` handed to the admin API ([`super::admin`]). Probes need no token
+//! and say nothing secret.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::control::state::Shared;
+use crate::proxy::forward::ResponseBody;
+
+/// Entry point for every request on the admin listener.
+pub async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let response = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, "/readyz") => readiness(&shared),
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            shared.metrics.render(),
+        ),
+        (_, path) if path.starts_with("/admin/") => super::admin::answer(&shared, request).await,
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            r#"{"error":{"message":"not found","type":"invalid_request_error","code":"not_found"}}"#
+                .to_owned(),
+        ),
+    };
+    Ok(response)
+}
+
+/// Ready when a vault generation is loaded and the default provider has a
+/// usable key; the body lists every provider's state. (Requiring *every*
+/// provider would keep the default config, which lists xai, unready for a team
+/// that only uses OpenAI.)
+fn readiness(shared: &Shared) -> Response<ResponseBody> {
+    let snapshot = shared.snapshot();
+    let providers: serde_json::Map<String, serde_json::Value> = shared
+        .config
+        .providers
+        .keys()
+        .map(|name| {
+            let usable = snapshot.rings.get(name).map_or(0, |ring| ring.len());
+            (name.clone(), serde_json::json!({ "usable_keys": usable }))
+        })
+        .collect();
+    let default_ok = snapshot
+        .rings
+        .get(&shared.config.routing.default)
+        .is_some_and(|ring| !ring.is_empty());
+    let ready = shared.is_vault_loaded() && default_ok;
+    let body = serde_json::json!({
+        "ready": ready,
+        "vault_generation": snapshot.generation,
+        "providers": providers,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(status, "application/json", body.to_string())
+}
+
+/// A whole answer of `content_type`.
+pub(super) fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
