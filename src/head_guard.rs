@@ -51,6 +51,8 @@ struct HeadSoFar {
     encoded: bool,
     chunked: bool,
     length: Option<u64>,
+    /// A Content-Length line the guard cannot read.
+    bad_length: bool,
 }
 
 impl Default for HeadGuard {
@@ -188,10 +190,17 @@ impl HeadSoFar {
             return true;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
-            self.length = std::str::from_utf8(value)
+            // Unreadable: decided at the end of the head, not here. hyper
+            // ignores a length after a chunked Transfer-Encoding, so the rest
+            // of this head is still one it parses, and must be guarded.
+            match std::str::from_utf8(value)
                 .ok()
-                .and_then(|v| v.parse::<u64>().ok());
-            return self.length.is_some();
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                Some(length) => self.length = Some(length),
+                None => self.bad_length = true,
+            }
+            return true;
         }
         true
     }
@@ -199,8 +208,9 @@ impl HeadSoFar {
     fn framing(self) -> State {
         match (self.chunked, self.length) {
             (true, _) => State::ChunkSize,
-            // Encoded but not chunked last: hyper refuses the request.
-            _ if self.encoded => State::Off,
+            // Encoded but not chunked last, or a length that cannot be read:
+            // hyper refuses the request.
+            _ if self.encoded || self.bad_length => State::Off,
             (false, Some(n)) => State::Body(n),
             (false, None) => State::Head,
         }
@@ -277,6 +287,22 @@ mod tests {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\nx\ny";
         assert!(guard.observe(refused).is_ok());
         assert!(matches!(guard.state, State::Off));
+    }
+
+    #[test]
+    fn an_unreadable_length_beside_chunked_does_not_stop_the_guard() {
+        // hyper ignores a Content-Length after a chunked Transfer-Encoding,
+        // however malformed, and accepts the head: a bare LF later in it must
+        // still be refused (fuzz/regressions/head_guard/te-then-bad-length).
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\nX-A: b\nX-Evil: 1\r\n\r\n0\r\n\r\n";
+        for split in 1..=head.len() {
+            assert!(feed(head, split).is_err(), "split {split}");
+        }
+        // Without a bare LF it is followed as chunked.
+        let mut guard = HeadGuard::default();
+        let fine = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n";
+        assert!(guard.observe(fine).is_ok());
+        assert!(matches!(guard.state, State::ChunkSize));
     }
 
     #[test]

@@ -39,8 +39,9 @@ pub enum Stop {
     Boundary,
     /// Inside a Content-Length body that still needs `remaining` bytes.
     Body { remaining: u64 },
-    /// Inside a head (starting at `head_start`) or a chunked body that has
-    /// not ended; `bare_lf` is the first bare LF of such a partial head.
+    /// Inside a head or a chunked body that has not ended; `bare_lf` is the
+    /// first bare LF of the partial head (or of the trailers read so far),
+    /// which the guard may refuse: hyper would take it as a line end.
     Incomplete { bare_lf: Option<usize> },
     /// hyper accepts a line ending in a bare LF at `at` (a head, or a
     /// trailer of a chunked body): what the guard exists to refuse.
@@ -116,7 +117,7 @@ pub fn frame(stream: &[u8]) -> Frames {
             }
             Framing::Chunked => match chunked(stream, pos) {
                 Chunked::Done(end) => pos = end,
-                Chunked::Incomplete => break Stop::Incomplete { bare_lf: None },
+                Chunked::Incomplete(bare_lf) => break Stop::Incomplete { bare_lf },
                 Chunked::Error => break Stop::Error { at: start },
                 Chunked::BareLf(at) => break Stop::BareLf { at },
             },
@@ -233,7 +234,8 @@ fn from_digits(bytes: &[u8]) -> Option<u64> {
 
 enum Chunked {
     Done(usize),
-    Incomplete,
+    /// Not ended; the first bare LF of trailers read so far.
+    Incomplete(Option<usize>),
     Error,
     BareLf(usize),
 }
@@ -272,13 +274,13 @@ fn chunked(stream: &[u8], mut pos: usize) -> Chunked {
             pos += take as usize;
             size -= take;
             if size > 0 {
-                return Chunked::Incomplete;
+                return Chunked::Incomplete(None);
             }
             state = S::BodyCr;
             continue;
         }
         let Some(&b) = stream.get(pos) else {
-            return Chunked::Incomplete;
+            return Chunked::Incomplete(bare_lf);
         };
         pos += 1;
         state = match state {
