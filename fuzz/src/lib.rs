@@ -186,3 +186,6 @@ pub fn split<'a>(plan: &[u8], body: &'a [u8]) -> Vec<&'a [u8]> {
     chunks.push(rest);
     chunks
 }
+
+pub mod hyper_model;
+pub mod usage_ref;

@@ -47,8 +47,12 @@ struct HeadSoFar {
     /// The request line has been seen.
     started: bool,
     bytes: usize,
+    /// A Transfer-Encoding line was seen (its value is then the framing).
+    encoded: bool,
     chunked: bool,
     length: Option<u64>,
+    /// A Content-Length line the guard cannot read.
+    bad_length: bool,
 }
 
 impl Default for HeadGuard {
@@ -175,17 +179,28 @@ impl HeadSoFar {
         };
         let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            // Each line on its own, the last one deciding, as hyper reads it:
+            // `gzip` then `chunked` is chunked (stopping at `gzip` would leave
+            // the next head unguarded). Not chunked at the end: see `framing`.
+            self.encoded = true;
             self.chunked = value
                 .rsplit(|&b| b == b',')
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            return self.chunked;
+            return true;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
-            self.length = std::str::from_utf8(value)
+            // Unreadable: decided at the end of the head, not here. hyper
+            // ignores a length after a chunked Transfer-Encoding, so the rest
+            // of this head is still one it parses, and must be guarded.
+            match std::str::from_utf8(value)
                 .ok()
-                .and_then(|v| v.parse::<u64>().ok());
-            return self.length.is_some();
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                Some(length) => self.length = Some(length),
+                None => self.bad_length = true,
+            }
+            return true;
         }
         true
     }
@@ -193,6 +208,9 @@ impl HeadSoFar {
     fn framing(self) -> State {
         match (self.chunked, self.length) {
             (true, _) => State::ChunkSize,
+            // Encoded but not chunked last, or a length that cannot be read:
+            // hyper refuses the request.
+            _ if self.encoded || self.bad_length => State::Off,
             (false, Some(n)) => State::Body(n),
             (false, None) => State::Head,
         }
@@ -249,6 +267,42 @@ mod tests {
         // a bare LF in the next head is caught.
         stream.extend_from_slice(b"GET / HTTP/1.1\nHost: a\r\n\r\n");
         assert!(feed(&stream, 5).is_err());
+    }
+
+    #[test]
+    fn the_last_transfer_encoding_line_decides_as_in_hyper() {
+        // hyper reads each Transfer-Encoding line on its own and the last one
+        // decides: `gzip` then `chunked` is a chunked keep-alive request. The
+        // guard must follow it, not stop, or the next head goes unguarded
+        // (fuzz/regressions/head_guard/te-gzip-then-chunked).
+        let mut stream = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n\n\n\n\r\n0\r\n\r\n".to_vec();
+        assert!(feed(&stream, 7).is_ok());
+        stream.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\nX-Evil: 1\r\n\r\n");
+        for split in 1..=stream.len() {
+            assert!(feed(&stream, split).is_err(), "split {split}");
+        }
+        // `chunked` then `gzip`: hyper refuses the request; the guard stops.
+        let mut guard = HeadGuard::default();
+        let refused =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\nx\ny";
+        assert!(guard.observe(refused).is_ok());
+        assert!(matches!(guard.state, State::Off));
+    }
+
+    #[test]
+    fn an_unreadable_length_beside_chunked_does_not_stop_the_guard() {
+        // hyper ignores a Content-Length after a chunked Transfer-Encoding,
+        // however malformed, and accepts the head: a bare LF later in it must
+        // still be refused (fuzz/regressions/head_guard/te-then-bad-length).
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\nX-A: b\nX-Evil: 1\r\n\r\n0\r\n\r\n";
+        for split in 1..=head.len() {
+            assert!(feed(head, split).is_err(), "split {split}");
+        }
+        // Without a bare LF it is followed as chunked.
+        let mut guard = HeadGuard::default();
+        let fine = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n";
+        assert!(guard.observe(fine).is_ok());
+        assert!(matches!(guard.state, State::ChunkSize));
     }
 
     #[test]
