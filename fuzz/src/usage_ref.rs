@@ -1,5 +1,5 @@
 //! The `usage_scan` target's reference: the usage of a JSON body or an SSE
-//! stream as serde_json reads it, by the rules `src/meter/usage.rs` documents.
+//! stream as serde_json reads it, by the rules `src/usage/shapes.rs` documents.
 //!
 //! - Every object member whose key is literally `"usage"` and whose value is
 //!   an object, at any depth, is one usage report, in document order (the
@@ -9,8 +9,10 @@
 //!   `completion_tokens`, `output_tokens`, `total_tokens`: each absent, `null`
 //!   or a u64; anything else (or a repeated field) and the object is no
 //!   usage. Nothing inside a usage object is looked at further.
-//! - Reports merge field by field, later ones replacing the fields they
-//!   carry; the counts follow `Usage::from` (OpenAI's `prompt_tokens` as is,
+//! - In a stream, reports merge field by field, later ones replacing the
+//!   fields they carry; in a JSON body the last report replaces the others
+//!   (content the model wrote can hold a `usage` object before the real one);
+//!   the counts follow `Usage::from` (OpenAI's `prompt_tokens` as is,
 //!   else Anthropic's input plus both cache counts; `completion_tokens` else
 //!   `output_tokens`; `total_tokens` else the saturating sum).
 //!
@@ -204,9 +206,10 @@ impl Walk {
             return true;
         }
         if let Ok(fields) = serde_json::from_str::<Fields>(value.get()) {
+            // A stream's reports merge; in a JSON body the last one wins.
             self.merged = Some(match self.merged {
-                Some(seen) => seen.merge(fields),
-                None => fields,
+                Some(seen) if self.sse => seen.merge(fields),
+                _ => fields,
             });
         }
         true

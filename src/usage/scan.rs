@@ -7,11 +7,12 @@
 //! rewrite) uses this instead of the SSE splitter: each byte is looked at once
 //! by `memchr`'s vectorised search, and only the few bytes after a `"usage"`
 //! key are walked one by one. The key cannot match inside a JSON string
-//! (quotes there are escaped), so only real keys are followed. Every usage
-//! object of the body is merged into the one before it, field by field
+//! (quotes there are escaped), so only real keys are followed. In a stream,
+//! every usage object is merged into the one before it, field by field
 //! ([`Usage::merge`]): an OpenAI stream's one final usage chunk carries every
 //! count, an Anthropic stream's `message_start` the input count and its last
-//! `message_delta` the cumulative output count.
+//! `message_delta` the cumulative output count. In a JSON body the last usage
+//! object wins (see [`UsageScanner::record`]).
 //!
 //! A streaming chunk with `stream_options.include_usage` carries
 //! `"usage":null` in every event; stopping at each of those would cost more
@@ -123,7 +124,22 @@ impl UsageScanner {
         self.sse
     }
 
-    /// The usage objects seen so far, merged.
+    /// One usage object found. A stream's objects are merged field by field
+    /// (Anthropic reports input and output counts in different events); in a
+    /// JSON body the last one replaces any before it. A JSON body has one real
+    /// usage object, written after the content by every provider, while the
+    /// content can hold objects the model wrote — a tool call's `input` with a
+    /// `usage` member of zeros, chosen by the client's tool schema — which a
+    /// merge would keep (found by the `usage_scan` fuzz target's reference).
+    fn record(&mut self, found: Usage) {
+        self.usage = Some(if self.sse {
+            Usage::merged(self.usage, found)
+        } else {
+            found
+        });
+    }
+
+    /// The usage objects seen so far (merged in a stream, the last in a JSON body).
     pub fn usage(&self) -> Option<Usage> {
         self.usage
     }
@@ -201,7 +217,7 @@ impl UsageScanner {
             // long) or an SSE line ends inside (a continuation to check).
             let inside = &chunk[open..open + len];
             if len <= MAX_OBJECT && !(self.sse && memchr::memchr2(b'\n', b'\r', inside).is_some()) {
-                self.usage = Some(Usage::merged(self.usage, usage));
+                self.record(usage);
                 self.state = State::Searching;
                 return open + len;
             }
@@ -330,7 +346,7 @@ impl UsageScanner {
                 self.depth -= 1;
                 if self.depth == 0 {
                     if let Some((found, _)) = usage::parse_object_prefix(&self.object) {
-                        self.usage = Some(Usage::merged(self.usage, found));
+                        self.record(found);
                     }
                     self.state = State::Searching;
                 }
@@ -380,6 +396,18 @@ mod tests {
             scan(true, &[b"data: {\"usage\":{\"prompt_tokens\":1,\n\n"]),
             None
         );
+    }
+
+    #[test]
+    fn in_a_json_body_the_last_usage_object_wins() {
+        // An Anthropic answer whose tool input (written by the model, to a
+        // schema the client chose) holds a `usage` of zeros before the real one.
+        let body = br#"{"type":"message","content":[{"type":"tool_use","name":"t","input":{"usage":{"prompt_tokens":0,"total_tokens":0}}}],"usage":{"input_tokens":40,"output_tokens":12}}"#;
+        assert_eq!(scan(false, &[body]), Some((40, 12, 52)));
+        for split in 1..body.len() {
+            let (a, b) = body.split_at(split);
+            assert_eq!(scan(false, &[a, b]), Some((40, 12, 52)), "split at {split}");
+        }
     }
 
     #[test]
