@@ -179,7 +179,7 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits_0() {
     }
 
     env.server.signal_term();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.server.wait_for_log("shutdown requested").await;
     release.release();
     while let Some(chunk) = next_data(&mut body, Duration::from_secs(10)).await {
         got.push_str(&String::from_utf8_lossy(&chunk));

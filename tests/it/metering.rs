@@ -757,7 +757,7 @@ async fn sigterm_right_after_requests_loses_no_usage() {
     let resp = open_h1(w.server.client, w.stream("app", "gpt-4o-mini", None)).await;
     assert_eq!(resp.status(), 200);
     w.server.signal_term();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.server.wait_for_log("shutdown requested").await;
     release.release();
     let (got, clean) = read_body(resp).await;
     w.server

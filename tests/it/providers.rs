@@ -461,7 +461,12 @@ async fn xai_rotation_to_a_bad_key_under_load_gives_no_client_error() {
             statuses
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Load is flowing: two requests per client on average.
+    crate::support::eventually(Duration::from_secs(5), || async {
+        (env.xai.hits() >= 12).then_some(())
+    })
+    .await
+    .expect("the load never reached the upstream");
     let kg_env = env.clone();
     let out = tokio::task::spawn_blocking(move || {
         kg_env.kg.register_secret(BAD);
@@ -478,7 +483,18 @@ async fn xai_rotation_to_a_bad_key_under_load_gives_no_client_error() {
     })
     .await
     .expect("the rotated-in key never reached the upstream");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // And the load goes on past the rejection, through the fallback key.
+    crate::support::eventually(Duration::from_secs(5), || async {
+        let seen = env.xai.requests();
+        let first_bad = seen.iter().position(|s| key_of(s) == BAD)?;
+        let after = seen[first_bad..]
+            .iter()
+            .filter(|s| key_of(s) == XAI_KEY)
+            .count();
+        (after >= 12).then_some(())
+    })
+    .await
+    .expect("no load went through the fallback after the rejection");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut total = 0;
     for client in clients {

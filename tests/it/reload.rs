@@ -49,10 +49,7 @@ async fn reload_errors(server: &Server) -> f64 {
 }
 
 async fn generation(server: &Server) -> u64 {
-    let resp = server.admin_get("/readyz").await;
-    resp.json()["vault_generation"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("/readyz has no vault_generation: {}", resp.text()))
+    server.vault_generation().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -256,7 +256,7 @@ async fn rotate_to_a_key_the_upstream_rejects_fails_and_keeps_the_current_key() 
         "nothing may stay pending: {list:#?}"
     );
     // A running server goes on with the old key.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    env.wait_until_live("the rejected rotation").await;
     assert_eq!(upstream_key_now(&env).await, OPENAI_KEY);
 }
 
@@ -371,7 +371,7 @@ async fn promote_rollback_and_revoke_reach_a_running_server_within_a_second() {
         state_of(&key_list(&env.kg), "openai", OPENAI_KEY_2),
         "previous"
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    env.wait_until_live("the refused revoke").await;
     assert_eq!(upstream_key_now(&env).await, OPENAI_KEY_2);
 
     env.kg
