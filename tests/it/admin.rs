@@ -1,10 +1,11 @@
 //! The admin listener (docs/design.md §8, §9) and the life of `keygate serve`: the
 //! listener lines, health and readiness, metrics, SIGTERM.
 
+use crate::support::metrics::{metric_value, samples};
 use crate::support::mock::AuthStyle;
 use crate::support::{
-    chat_body, eventually, metric_sum, Env, Keygate, KeygateBuilder, Mock, Req, OPENAI_KEY,
-    RELOAD_WAIT, XAI_KEY,
+    chat_body, eventually, Env, Keygate, KeygateBuilder, Mock, Req, OPENAI_KEY, RELOAD_WAIT,
+    XAI_KEY,
 };
 
 const METRICS: [&str; 4] = [
@@ -89,7 +90,7 @@ async fn metrics_name_the_request_metrics_and_count_requests() {
     let env = Env::start().await;
     let before = env.server.admin_get("/metrics").await;
     assert_eq!(before.status, 200, "{}", before.text());
-    let before = metric_sum(&before.text(), "keygate_requests_total").unwrap_or(0.0);
+    let before = metric_value(&before.text(), "keygate_requests_total", &[]).unwrap_or(0.0);
 
     let resp = env.server.send(env.chat("gpt-4o")).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
@@ -101,22 +102,22 @@ async fn metrics_name_the_request_metrics_and_count_requests() {
 
     let page = eventually(RELOAD_WAIT, || async {
         let page = env.server.admin_get("/metrics").await.text();
-        let now = metric_sum(&page, "keygate_requests_total").unwrap_or(0.0);
+        let now = metric_value(&page, "keygate_requests_total", &[]).unwrap_or(0.0);
         (now >= before + 1.0).then_some(page)
     })
     .await
     .expect("keygate_requests_total did not move after a proxied request");
+    let samples = samples(&page);
     for name in METRICS {
+        // A histogram's samples are `NAME_bucket`, `NAME_sum` and `NAME_count`.
         assert!(
-            page.lines().any(|l| l.starts_with(name)),
+            samples.iter().any(|s| s.name.starts_with(name)),
             "/metrics has no sample of {name}:\n{page}"
         );
     }
     assert!(
-        page.lines()
-            .any(|l| l.starts_with("keygate_requests_total{")
-                && l.contains("openai")
-                && l.contains("200")),
+        samples.iter().any(|s| s.name == "keygate_requests_total"
+            && s.has(&[("provider", "openai"), ("status", "200")])),
         "no keygate_requests_total sample for the openai 200:\n{page}"
     );
 }
@@ -178,7 +179,7 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits_0() {
     }
 
     env.server.signal_term();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.server.wait_for_log("shutdown requested").await;
     release.release();
     while let Some(chunk) = next_data(&mut body, Duration::from_secs(10)).await {
         got.push_str(&String::from_utf8_lossy(&chunk));

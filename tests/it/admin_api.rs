@@ -3,10 +3,10 @@
 //! fingerprint only; rotate, revoke and reload with the CLI's semantics, live
 //! when the call returns. Every admin response is kept for the leak check.
 
-use crate::health::metric_value;
-use crate::rotation::{key_id, key_list, key_of, upstream_key_now};
 use crate::support::client::{send_h1, Resp};
 use crate::support::env::EnvSetup;
+use crate::support::keys::{key_id, key_list, key_of, upstream_key_now};
+use crate::support::metrics::metric_value;
 use crate::support::{Env, Req, OPENAI_KEY, OPENAI_KEY_2, XAI_KEY};
 
 /// The admin token the tests configure (obviously fake; registered as a secret).

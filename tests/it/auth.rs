@@ -4,6 +4,7 @@
 //! is (and never quotes what was sent), counted by reason and named on the log
 //! line; the upstream sees nothing.
 
+use crate::support::metrics::metric_value;
 use crate::support::{
     chat_body, eventually, Env, Keygate, KeygateBuilder, Req, OPENAI_KEY, RELOAD_WAIT,
 };
@@ -168,13 +169,14 @@ async fn anonymous_requests_pass_only_when_allowed() {
 /// `keygate_client_auth_failures_total{reason}` on the admin listener.
 async fn auth_failures(env: &Env, reason: &str) -> f64 {
     let page = env.server.admin_get("/metrics").await.text();
-    let series = format!("keygate_client_auth_failures_total{{reason=\"{reason}\"}} ");
-    page.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .unwrap_or_else(|| panic!("no {series}sample on /metrics:\n{page}"))
-        .trim()
-        .parse()
-        .unwrap()
+    metric_value(
+        &page,
+        "keygate_client_auth_failures_total",
+        &[("reason", reason)],
+    )
+    .unwrap_or_else(|| {
+        panic!("no keygate_client_auth_failures_total{{reason=\"{reason}\"}} sample on /metrics:\n{page}")
+    })
 }
 
 /// The access log lines of refused requests, by their `auth_failure` field.

@@ -9,42 +9,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::rotation::{bearer, key_id, key_of, one_request, Outcome};
+use crate::support::keys::{bearer, key_id, key_of};
+use crate::support::metrics::metric_value;
 use crate::support::mock::{chat_completion_body, sse_events};
+use crate::support::outcome::{one_request, Outcome};
 use crate::support::{eventually, Env, Req, OPENAI_KEY, OPENAI_KEY_2};
 
 /// A third openai key for pools (obviously fake).
 const OPENAI_KEY_3: &str = "sk-test-oa3-Lm6Tb1Vq8Zr3Wx5Ke7Pn2Dj4Ha0Cu";
-
-/// The sum of the samples of `name` whose labels include every `labels` pair;
-/// `None` when there is none.
-pub fn metric_value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for line in page.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            continue;
-        }
-        if !labels
-            .iter()
-            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        {
-            continue;
-        }
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("unparsable metric line: {line}"));
-        *found.get_or_insert(0.0) += value;
-    }
-    found
-}
 
 async fn metrics(env: &Env) -> String {
     let resp = env.server.admin_get("/metrics").await;

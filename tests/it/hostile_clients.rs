@@ -5,21 +5,20 @@
 //! without letting anything odd reach the upstream, and keep serving everyone else.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::Mutex as AsyncMutex;
 
 use crate::support::bad_upstream::{
     hardened, ms, parse_head, BadUpstream, End, RawConn, RawEnd, Script,
 };
-use crate::support::{chat_body, eventually, metric_sum, Env};
+use crate::support::metrics::metric_value;
+use crate::support::raw_h2::{h2_frame, hpack_request, hpack_str, RawH2};
+use crate::support::{chat_body, eventually, Env};
 
 /// The standard world with the hardening timeouts (and a tweak on top).
 async fn hardened_env(
@@ -614,132 +613,6 @@ async fn request_smuggling_attempts_never_reach_the_upstream_as_a_second_request
         .any(|r| r.uri == "/v1/models?control=1"));
 }
 
-/// A minimal HTTP/2 client writing frames by hand (so it can send what the h2
-/// crate refuses to: raw header bytes, floods of resets).
-struct RawH2 {
-    write: Arc<AsyncMutex<OwnedWriteHalf>>,
-    goaway: Arc<std::sync::atomic::AtomicBool>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-fn hpack_int(prefix_bits: u32, first: u8, mut v: usize, out: &mut Vec<u8>) {
-    let max = (1usize << prefix_bits) - 1;
-    if v < max {
-        out.push(first | v as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    v -= max;
-    while v >= 128 {
-        out.push((v % 128 + 128) as u8);
-        v /= 128;
-    }
-    out.push(v as u8);
-}
-
-fn hpack_str(s: &[u8], out: &mut Vec<u8>) {
-    hpack_int(7, 0, s.len(), out);
-    out.extend_from_slice(s);
-}
-
-/// A header block: `method` (GET/POST), `path`, then literal (never Huffman,
-/// never indexed) headers with raw bytes.
-fn hpack_request(authority: &str, post: bool, path: &str, headers: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut out = vec![if post { 0x83 } else { 0x82 }, 0x86];
-    hpack_int(4, 0x00, 4, &mut out); // :path, literal value
-    hpack_str(path.as_bytes(), &mut out);
-    hpack_int(4, 0x00, 1, &mut out); // :authority
-    hpack_str(authority.as_bytes(), &mut out);
-    for (name, value) in headers {
-        out.push(0x00);
-        hpack_str(name.as_bytes(), &mut out);
-        hpack_str(value, &mut out);
-    }
-    out
-}
-
-impl RawH2 {
-    async fn connect(addr: SocketAddr) -> RawH2 {
-        let stream = TcpStream::connect(addr).await.expect("connect (raw h2)");
-        let (mut read, mut write) = stream.into_split();
-        write.write_all(H2_PREFACE).await.expect("preface");
-        write
-            .write_all(&h2_frame(0x4, 0, 0, &[]))
-            .await
-            .expect("settings");
-        let write = Arc::new(AsyncMutex::new(write));
-        let goaway = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (w, g) = (write.clone(), goaway.clone());
-        // Drain the server's frames; acknowledge SETTINGS and PING like a real client.
-        let reader = tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 16384];
-            loop {
-                match read.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-                while buf.len() >= 9 {
-                    let len = (usize::from(buf[0]) << 16)
-                        | (usize::from(buf[1]) << 8)
-                        | usize::from(buf[2]);
-                    if buf.len() < 9 + len {
-                        break;
-                    }
-                    let (kind, flags) = (buf[3], buf[4]);
-                    let payload = buf[9..9 + len].to_vec();
-                    buf.drain(..9 + len);
-                    let reply = match (kind, flags & 1) {
-                        (0x4, 0) => Some(h2_frame(0x4, 1, 0, &[])),
-                        (0x6, 0) => Some(h2_frame(0x6, 1, 0, &payload)),
-                        (0x7, _) => {
-                            g.store(true, std::sync::atomic::Ordering::SeqCst);
-                            None
-                        }
-                        _ => None,
-                    };
-                    if let Some(reply) = reply {
-                        let _ = w.lock().await.write_all(&reply).await;
-                    }
-                }
-            }
-        });
-        RawH2 {
-            write,
-            goaway,
-            reader,
-        }
-    }
-
-    async fn send(&self, bytes: &[u8]) -> bool {
-        let mut w = self.write.lock().await;
-        matches!(
-            tokio::time::timeout(Duration::from_secs(5), w.write_all(bytes)).await,
-            Ok(Ok(()))
-        )
-    }
-
-    fn got_goaway(&self) -> bool {
-        self.goaway.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Drop for RawH2 {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cr_lf_in_a_client_header_value_never_becomes_an_upstream_header() {
     let env = hardened_env(|b| b).await;
@@ -1032,7 +905,7 @@ async fn http2_rapid_reset_flood_does_not_starve_other_clients() {
     assert_served_quickly(&env, "after an h2 rapid-reset flood").await;
     let idle = eventually(Duration::from_secs(3), || async {
         let page = env.server.admin_get("/metrics").await.text();
-        (metric_sum(&page, "keygate_active_requests").unwrap_or(0.0) == 0.0).then_some(())
+        (metric_value(&page, "keygate_active_requests", &[]).unwrap_or(0.0) == 0.0).then_some(())
     })
     .await;
     assert!(
@@ -1096,7 +969,7 @@ async fn streaming_clients_that_disconnect_release_their_upstream_streams() {
     );
     let page = env.server.admin_get("/metrics").await.text();
     assert_eq!(
-        metric_sum(&page, "keygate_active_requests"),
+        metric_value(&page, "keygate_active_requests", &[]),
         Some(STREAMS as f64),
         "{STREAMS} streams in flight"
     );
@@ -1119,7 +992,7 @@ async fn streaming_clients_that_disconnect_release_their_upstream_streams() {
     );
     let gauge = eventually(Duration::from_secs(2), || async {
         let page = env.server.admin_get("/metrics").await.text();
-        (metric_sum(&page, "keygate_active_requests") == Some(0.0)).then_some(())
+        (metric_value(&page, "keygate_active_requests", &[]) == Some(0.0)).then_some(())
     })
     .await;
     assert!(

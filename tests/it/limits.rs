@@ -9,10 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use crate::metering::{
-    labeled_sum, mock_json_usage, mock_stream_usage, read_body, row, Opts, World,
-};
-use crate::support::client::{open_h1, Resp};
+use crate::support::client::{open_h1, read_body, Resp};
+use crate::support::metrics::metric_value;
+use crate::support::usage::{mock_json_usage, mock_stream_usage, row};
+use crate::support::world::{Opts, World};
 use crate::support::{Req, RELOAD_WAIT};
 
 fn unix_now() -> u64 {
@@ -78,11 +78,12 @@ async fn rpm_3_refuses_the_fourth_request_of_the_minute_without_calling_upstream
 
     let page = w.metrics().await;
     assert_eq!(
-        labeled_sum(
+        metric_value(
             &page,
             "keygate_requests_total",
             &[("client", "app"), ("status", "429")]
-        ),
+        )
+        .unwrap_or(0.0),
         2.0,
         "{page}"
     );

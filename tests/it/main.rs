@@ -2,7 +2,9 @@
 //! keygate processes (`vault init`, `key add`, `client add`, `serve`, ...) in a
 //! private tempdir, points them at a scriptable mock upstream, and asserts what a
 //! user would see: status codes, bodies, what the upstream received, exit codes,
-//! stderr. `support/` holds the harness; each other module is one behaviour area.
+//! stderr. `support/` holds the harness (its `mod.rs` has the map); each other
+//! module is one behaviour area and imports only from `support`, never from
+//! another behaviour module.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;

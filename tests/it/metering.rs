@@ -4,355 +4,27 @@
 //! `stream_usage`; cut streams; flushes across SIGTERM and kill -9; and a
 //! ledger that never holds key material.
 //!
-//! [`World`] is the setup these tests and `limits.rs` share: the usual mocks,
-//! several named clients, the admin token, a 200 ms flush interval.
+//! The setup is `support::world::World` (the usual mocks, several named
+//! clients, the admin token, a 200 ms flush interval), shared with `limits.rs`
+//! and `skim_bypass.rs`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::Response;
 use serde_json::{json, Value};
 
-use crate::support::client::{open_h1, send_h1};
+use crate::support::client::{open_h1, read_body, send_h1};
 use crate::support::keygate::tail;
-use crate::support::mock::{sse_events, AuthStyle};
+use crate::support::metrics::metric_value;
+use crate::support::mock::sse_events;
 use crate::support::raw_upstream::{
     RawUpstream, Script, SSE_CHUNKED_HEAD, SSE_CLOSE_DELIMITED_HEAD,
 };
-use crate::support::{
-    chat_body, find_leaks, Keygate, KeygateBuilder, Mock, Req, Server, OPENAI_KEY, XAI_KEY,
-};
-
-/// The admin token every [`World`] serves with (obviously fake; registered as a secret).
-pub const ADMIN_TOKEN: &str = "adm-test-Rk4Lp8Vn2Xc6Bm0Qs3Wd7Yf";
-
-/// The flush interval a [`World`] uses unless a test sets another.
-pub const FLUSH: Duration = Duration::from_millis(200);
-
-/// How long a test waits for counters to reach the ledger (many flush intervals).
-pub const LEDGER_WAIT: Duration = Duration::from_secs(5);
-
-/// How to build a [`World`].
-pub struct Opts<'a> {
-    /// Clients to create (`client add NAME`), in order.
-    pub clients: &'a [&'a str],
-    /// `client limits NAME FLAGS...`, run before `serve`.
-    pub limits: &'a [(&'a str, &'a [&'a str])],
-    /// Extra environment for `serve` (config overrides such as
-    /// `KEYGATE_METERING__FLUSH_INTERVAL`); replaces the defaults of the same name.
-    pub env: &'a [(&'a str, &'a str)],
-    /// Point provider `openai` here instead of at the recording mock.
-    pub openai_url: Option<String>,
-}
-
-impl Default for Opts<'_> {
-    fn default() -> Self {
-        Opts {
-            clients: &["app"],
-            limits: &[],
-            env: &[],
-            openai_url: None,
-        }
-    }
-}
-
-/// A running keygate with recording mocks for openai and xai (both keys in the
-/// vault), named clients, `KEYGATE_ADMIN_TOKEN` set and `flush_interval` 200 ms.
-/// Fields drop in order: the server stops first, then the leak check runs.
-pub struct World {
-    pub server: Server,
-    pub kg: Keygate,
-    pub openai: Mock,
-    pub xai: Mock,
-    /// Client name → its `kg_` key.
-    pub keys: BTreeMap<String, String>,
-    serve_env: Vec<(String, String)>,
-}
-
-impl World {
-    pub async fn start(opts: Opts<'_>) -> World {
-        let openai = Mock::start(&[OPENAI_KEY], AuthStyle::Bearer).await;
-        let xai = Mock::start(&[XAI_KEY], AuthStyle::Bearer).await;
-        let openai_url = opts.openai_url.clone().unwrap_or_else(|| openai.url());
-        let kg = Keygate::new(
-            &KeygateBuilder::new()
-                .provider("openai", &openai_url, "bearer")
-                .provider("xai", &xai.url(), "bearer"),
-        );
-        kg.register_secret(ADMIN_TOKEN);
-        kg.vault_init();
-        kg.add_key("openai", OPENAI_KEY);
-        kg.add_key("xai", XAI_KEY);
-        let mut keys = BTreeMap::new();
-        for name in opts.clients {
-            keys.insert(name.to_string(), kg.add_client(name));
-        }
-        for (name, flags) in opts.limits {
-            let mut args = vec!["client", "limits", name];
-            args.extend_from_slice(flags);
-            kg.run(&args).assert_ok("client limits");
-        }
-        let mut serve_env: Vec<(String, String)> = vec![
-            ("KEYGATE_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
-            (
-                "KEYGATE_METERING__FLUSH_INTERVAL".into(),
-                format!("{}ms", FLUSH.as_millis()),
-            ),
-        ];
-        for (k, v) in opts.env {
-            serve_env.retain(|(name, _)| name != k);
-            serve_env.push((k.to_string(), v.to_string()));
-        }
-        let server = serve(&kg, &serve_env);
-        World {
-            server,
-            kg,
-            openai,
-            xai,
-            keys,
-            serve_env,
-        }
-    }
-
-    /// Start `keygate serve` again (after the previous one exited or was killed).
-    pub fn restart(&mut self) {
-        self.server = serve(&self.kg, &self.serve_env);
-    }
-
-    /// The `kg_` key of a client.
-    pub fn key(&self, client: &str) -> &str {
-        self.keys
-            .get(client)
-            .unwrap_or_else(|| panic!("no client {client} in this world"))
-    }
-
-    /// A non-streaming chat completion request as `client`.
-    pub fn chat(&self, client: &str, model: &str) -> Req {
-        Req::post("/v1/chat/completions")
-            .bearer(self.key(client))
-            .json(&chat_body(model))
-    }
-
-    /// A streaming chat completion request as `client`; `include_usage` is the
-    /// client's own `stream_options.include_usage` (`None`: no `stream_options`).
-    pub fn stream(&self, client: &str, model: &str, include_usage: Option<bool>) -> Req {
-        Req::post("/v1/chat/completions")
-            .bearer(self.key(client))
-            .json(&stream_body(model, include_usage))
-    }
-
-    /// `keygate usage --json ARGS...`, parsed.
-    pub fn usage_cli(&self, args: &[&str]) -> Value {
-        let mut all = vec!["usage", "--json"];
-        all.extend_from_slice(args);
-        let out = self.kg.run(&all);
-        out.assert_ok("usage --json");
-        serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| {
-            panic!(
-                "`keygate usage --json` did not print JSON ({e}):\n{}",
-                out.stdout
-            )
-        })
-    }
-
-    /// The ledger's rows (all clients, last 7 days) as a map.
-    pub fn ledger(&self) -> BTreeMap<Row, Totals> {
-        rows(&self.usage_cli(&[]))
-    }
-
-    /// Poll the ledger until `done` holds (bounded by [`LEDGER_WAIT`]); the last rows.
-    pub async fn ledger_until(
-        &self,
-        what: &str,
-        done: impl Fn(&BTreeMap<Row, Totals>) -> bool,
-    ) -> BTreeMap<Row, Totals> {
-        let deadline = Instant::now() + LEDGER_WAIT;
-        loop {
-            let rows = self.ledger();
-            if done(&rows) {
-                return rows;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the ledger never showed {what} within {LEDGER_WAIT:?} (flush_interval {FLUSH:?}); last rows:\n{rows:#?}\n--- serve stderr\n{}",
-                tail(&self.server.stderr())
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// `GET /admin/usage?QUERY` with the admin token; the JSON it returned.
-    pub async fn admin_usage(&self, query: &str) -> Value {
-        let path = format!("/admin/usage?{query}");
-        let resp = send_h1(self.server.admin, Req::get(&path).bearer(ADMIN_TOKEN)).await;
-        self.server
-            .record(&format!("admin GET {path}"), resp.everything());
-        assert_eq!(resp.status, 200, "GET {path}: {}", resp.text());
-        resp.json()
-    }
-
-    /// The `/metrics` page.
-    pub async fn metrics(&self) -> String {
-        let resp = self.server.admin_get("/metrics").await;
-        assert_eq!(resp.status, 200, "{}", resp.text());
-        resp.text()
-    }
-}
-
-fn serve(kg: &Keygate, env: &[(String, String)]) -> Server {
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    kg.serve_with(&env)
-}
-
-/// A streaming chat body; see [`World::stream`].
-pub fn stream_body(model: &str, include_usage: Option<bool>) -> Value {
-    let mut body = json!({
-        "model": model,
-        "messages": [{"role": "user", "content": "Count to four."}],
-        "stream": true,
-    });
-    if let Some(include) = include_usage {
-        body["stream_options"] = json!({"include_usage": include});
-    }
-    body
-}
-
-/// A ledger row's key: (client, provider, model).
-pub type Row = (String, String, String);
-
-/// The counts of one ledger row.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Totals {
-    pub requests: u64,
-    pub errors: u64,
-    pub prompt: u64,
-    pub completion: u64,
-    pub total: u64,
-}
-
-impl Totals {
-    fn add_usage(&mut self, (prompt, completion, total): (u64, u64, u64)) {
-        self.requests += 1;
-        self.prompt += prompt;
-        self.completion += completion;
-        self.total += total;
-    }
-}
-
-pub fn row(client: &str, provider: &str, model: &str) -> Row {
-    (client.into(), provider.into(), model.into())
-}
-
-/// `keygate usage --json` / `GET /admin/usage` output as a map; panics on a
-/// row that lacks a documented field or repeats a key.
-pub fn rows(v: &Value) -> BTreeMap<Row, Totals> {
-    let list = v
-        .as_array()
-        .unwrap_or_else(|| panic!("usage JSON is not an array: {v}"));
-    let mut out = BTreeMap::new();
-    for r in list {
-        let s = |f: &str| {
-            r[f].as_str()
-                .unwrap_or_else(|| panic!("usage row without string `{f}`: {r}"))
-                .to_string()
-        };
-        let n = |f: &str| {
-            r[f].as_u64()
-                .unwrap_or_else(|| panic!("usage row without integer `{f}`: {r}"))
-        };
-        let key = (s("client"), s("provider"), s("model"));
-        let totals = Totals {
-            requests: n("requests"),
-            errors: n("errors"),
-            prompt: n("prompt_tokens"),
-            completion: n("completion_tokens"),
-            total: n("total_tokens"),
-        };
-        assert!(
-            out.insert(key.clone(), totals).is_none(),
-            "usage JSON repeats {key:?}: {v}"
-        );
-    }
-    out
-}
-
-/// The sum of every sample of `metric` whose labels include all of `want`.
-pub fn labeled_sum(page: &str, metric: &str, want: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for line in page.lines() {
-        let Some(rest) = line.strip_prefix(metric).and_then(|r| r.strip_prefix('{')) else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once("} ") else {
-            continue;
-        };
-        let labels = parse_labels(labels);
-        if want
-            .iter()
-            .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
-        {
-            sum += value
-                .trim()
-                .parse::<f64>()
-                .unwrap_or_else(|_| panic!("unparsable sample: {line}"));
-        }
-    }
-    sum
-}
-
-/// `a="x",b="y \"q\""` → pairs.
-fn parse_labels(text: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut chars = text.chars().peekable();
-    loop {
-        let name: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if name.is_empty() {
-            return out;
-        }
-        assert_eq!(chars.next(), Some('"'), "bad labels: {text}");
-        let mut value = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => value.push(chars.next().unwrap_or('\\')),
-                '"' => break,
-                c => value.push(c),
-            }
-        }
-        out.push((name.trim_start_matches(',').trim().to_string(), value));
-        if chars.peek() == Some(&',') {
-            chars.next();
-        }
-    }
-}
-
-/// The usage of the usage-only chunk the mock sends at the end of a stream
-/// that asked for it: (prompt, completion, total).
-pub fn mock_stream_usage() -> (u64, u64, u64) {
-    let events = sse_events("m", true);
-    let chunk = events
-        .iter()
-        .find(|e| e.contains("\"choices\":[]"))
-        .expect("the mock's usage chunk");
-    let v: Value = serde_json::from_str(chunk.trim().trim_start_matches("data: ")).unwrap();
-    usage_of(&v["usage"])
-}
-
-/// The usage of the mock's normal (non-canned) JSON chat completion.
-pub fn mock_json_usage() -> (u64, u64, u64) {
-    let v: Value = serde_json::from_str(&crate::support::mock::chat_completion_body("m")).unwrap();
-    usage_of(&v["usage"])
-}
-
-fn usage_of(u: &Value) -> (u64, u64, u64) {
-    (
-        u["prompt_tokens"].as_u64().unwrap(),
-        u["completion_tokens"].as_u64().unwrap(),
-        u["total_tokens"].as_u64().unwrap(),
-    )
-}
+use crate::support::usage::{mock_json_usage, mock_stream_usage, row, rows, Row, Totals};
+use crate::support::world::{stream_body, Opts, World, ADMIN_TOKEN, FLUSH};
+use crate::support::{find_leaks, Req, OPENAI_KEY, XAI_KEY};
 
 /// A chat completion JSON body reporting this usage (for canned answers).
 fn completion_with_usage(model: &str, prompt: u64, completion: u64) -> String {
@@ -365,27 +37,6 @@ fn completion_with_usage(model: &str, prompt: u64, completion: u64) -> String {
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
     })
     .to_string()
-}
-
-/// Read a response body to its end or its error (bounded); the bytes and
-/// whether it ended cleanly.
-pub async fn read_body(resp: Response<Incoming>) -> (Vec<u8>, bool) {
-    let mut body = resp.into_body();
-    let mut got = Vec::new();
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(15), body.frame())
-            .await
-            .expect("the response body stalled for 15 s");
-        match frame {
-            None => return (got, true),
-            Some(Err(_)) => return (got, false),
-            Some(Ok(f)) => {
-                if let Ok(d) = f.into_data() {
-                    got.extend_from_slice(&d);
-                }
-            }
-        }
-    }
 }
 
 /// Send a streaming request, read it whole; panics unless it is a clean 200.
@@ -531,7 +182,7 @@ async fn tokens_per_client_match_what_the_upstream_reported_in_metrics_ledger_an
     let page = w.metrics().await;
     for ((client, provider, model), t) in &expected {
         for (kind, want) in [("prompt", t.prompt), ("completion", t.completion)] {
-            let got = labeled_sum(
+            let got = metric_value(
                 &page,
                 "keygate_tokens_total",
                 &[
@@ -540,7 +191,8 @@ async fn tokens_per_client_match_what_the_upstream_reported_in_metrics_ledger_an
                     ("model", model),
                     ("kind", kind),
                 ],
-            );
+            )
+            .unwrap_or(0.0);
             assert_eq!(
                 got, want as f64,
                 "keygate_tokens_total{{client={client},provider={provider},model={model},kind={kind}}}\n{page}"
@@ -553,14 +205,15 @@ async fn tokens_per_client_match_what_the_upstream_reported_in_metrics_ledger_an
             .filter(|(k, _)| k.0 == client)
             .map(|(_, t)| t.prompt + t.completion)
             .sum();
-        let got = labeled_sum(&page, "keygate_tokens_total", &[("client", client)]);
+        let got = metric_value(&page, "keygate_tokens_total", &[("client", client)]).unwrap_or(0.0);
         assert_eq!(got, want as f64, "all tokens of {client}:\n{page}");
         let requests: u64 = expected
             .iter()
             .filter(|(k, _)| k.0 == client)
             .map(|(_, t)| t.requests)
             .sum();
-        let got = labeled_sum(&page, "keygate_requests_total", &[("client", client)]);
+        let got =
+            metric_value(&page, "keygate_requests_total", &[("client", client)]).unwrap_or(0.0);
         assert_eq!(got, requests as f64, "requests of {client}:\n{page}");
     }
 }
@@ -687,20 +340,22 @@ async fn bytewise_sse_with_split_utf8_crlf_and_comments_passes_unchanged_and_is_
     assert_eq!(ledger, expected);
     let page = w.metrics().await;
     assert_eq!(
-        labeled_sum(
+        metric_value(
             &page,
             "keygate_tokens_total",
             &[("client", "app"), ("kind", "prompt")]
-        ),
+        )
+        .unwrap_or(0.0),
         PROMPT as f64,
         "{page}"
     );
     assert_eq!(
-        labeled_sum(
+        metric_value(
             &page,
             "keygate_tokens_total",
             &[("client", "app"), ("kind", "completion")]
-        ),
+        )
+        .unwrap_or(0.0),
         COMPLETION as f64,
         "{page}"
     );
@@ -942,11 +597,12 @@ async fn a_stream_cut_short_is_an_error_and_keeps_the_tokens_seen() {
     );
     let page = w.metrics().await;
     assert_eq!(
-        labeled_sum(
+        metric_value(
             &page,
             "keygate_tokens_total",
             &[("client", "app"), ("kind", "prompt")]
-        ),
+        )
+        .unwrap_or(0.0),
         9.0,
         "{page}"
     );
@@ -1101,7 +757,7 @@ async fn sigterm_right_after_requests_loses_no_usage() {
     let resp = open_h1(w.server.client, w.stream("app", "gpt-4o-mini", None)).await;
     assert_eq!(resp.status(), 200);
     w.server.signal_term();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.server.wait_for_log("shutdown requested").await;
     release.release();
     let (got, clean) = read_body(resp).await;
     w.server

@@ -14,10 +14,7 @@ fn chat(client_key: &str) -> Req {
 }
 
 async fn served_generation(env: &Env) -> u64 {
-    let ready = env.server.admin_get("/readyz").await.json();
-    ready["vault_generation"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no vault_generation in /readyz: {ready}"))
+    env.server.vault_generation().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

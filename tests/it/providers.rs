@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use crate::health::metric_value;
-use crate::rotation::key_of;
 use crate::support::env::EnvSetup;
+use crate::support::keys::{key_id, key_list, key_of};
+use crate::support::metrics::metric_value;
 use crate::support::mock::Mock;
 use crate::support::provider_answers::{openai_masked, Flavor, KeyStanding};
 use crate::support::{Env, Req, OPENAI_KEY, OPENAI_KEY_2, XAI_KEY};
@@ -122,7 +122,7 @@ async fn the_pool_carries_on(flavor: Flavor, standing: KeyStanding) {
 }
 
 fn first_key_id(env: &Env) -> String {
-    crate::rotation::key_id(&env.kg, "openai", OPENAI_KEY)
+    key_id(&env.kg, "openai", OPENAI_KEY)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -461,7 +461,12 @@ async fn xai_rotation_to_a_bad_key_under_load_gives_no_client_error() {
             statuses
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Load is flowing: two requests per client on average.
+    crate::support::eventually(Duration::from_secs(5), || async {
+        (env.xai.hits() >= 12).then_some(())
+    })
+    .await
+    .expect("the load never reached the upstream");
     let kg_env = env.clone();
     let out = tokio::task::spawn_blocking(move || {
         kg_env.kg.register_secret(BAD);
@@ -478,7 +483,18 @@ async fn xai_rotation_to_a_bad_key_under_load_gives_no_client_error() {
     })
     .await
     .expect("the rotated-in key never reached the upstream");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // And the load goes on past the rejection, through the fallback key.
+    crate::support::eventually(Duration::from_secs(5), || async {
+        let seen = env.xai.requests();
+        let first_bad = seen.iter().position(|s| key_of(s) == BAD)?;
+        let after = seen[first_bad..]
+            .iter()
+            .filter(|s| key_of(s) == XAI_KEY)
+            .count();
+        (after >= 12).then_some(())
+    })
+    .await
+    .expect("no load went through the fallback after the rejection");
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut total = 0;
     for client in clients {
@@ -516,15 +532,15 @@ async fn key_list_and_admin_keys_show_the_health_the_server_sees() {
         assert_eq!(env.server.send(env.chat("gpt-4o")).await.status, 200);
     }
     let exhausted_id = first_key_id(&env);
-    let refused_id = crate::rotation::key_id(&env.kg, "openai", KEY_3);
-    let healthy_id = crate::rotation::key_id(&env.kg, "openai", OPENAI_KEY_2);
+    let refused_id = key_id(&env.kg, "openai", KEY_3);
+    let healthy_id = key_id(&env.kg, "openai", OPENAI_KEY_2);
     let expected = [
         (exhausted_id.as_str(), "exhausted"),
         (refused_id.as_str(), "suspect"),
         (healthy_id.as_str(), "healthy"),
     ];
     let rows = crate::support::eventually(Duration::from_secs(4), || async {
-        let rows = crate::rotation::key_list(&env.kg);
+        let rows = key_list(&env.kg);
         let all = expected.iter().all(|(id, health)| {
             rows.iter()
                 .any(|r| r["id"] == *id && r["health"].as_str() == Some(*health))
@@ -535,7 +551,7 @@ async fn key_list_and_admin_keys_show_the_health_the_server_sees() {
     assert!(
         rows.is_some(),
         "key list --json never showed {expected:?}: {:#?}",
-        crate::rotation::key_list(&env.kg)
+        key_list(&env.kg)
     );
     let text = env.kg.run(&["key", "list"]).stdout;
     assert!(text.contains("HEALTH"), "{text}");

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::metering::{mock_stream_usage, read_body, row, rows, Row, Totals};
 use crate::support::anthropic::{self, AnthropicMock};
-use crate::support::client::{next_data, open_h1};
+use crate::support::client::{next_data, open_h1, read_body};
 use crate::support::keygate::tail;
 use crate::support::mock::sse_events;
 use crate::support::responses::{self, ResponsesMock};
+use crate::support::usage::{mock_stream_usage, row, rows, Row, Totals};
 use crate::support::{Env, Req, OPENAI_KEY};
 
 /// The anthropic upstream key (obviously fake).

@@ -10,8 +10,8 @@ use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::health::metric_value;
-use crate::rotation::{assert_upstream_switches_to, key_of, upstream_key_now, LIVE_WITHIN};
+use crate::support::keys::{assert_upstream_switches_to, key_of, upstream_key_now, LIVE_WITHIN};
+use crate::support::metrics::metric_value;
 use crate::support::mock::AuthStyle;
 use crate::support::{
     eventually, Env, Keygate, KeygateBuilder, Mock, Req, Server, OPENAI_KEY, OPENAI_KEY_2, XAI_KEY,
@@ -49,10 +49,7 @@ async fn reload_errors(server: &Server) -> f64 {
 }
 
 async fn generation(server: &Server) -> u64 {
-    let resp = server.admin_get("/readyz").await;
-    resp.json()["vault_generation"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("/readyz has no vault_generation: {}", resp.text()))
+    server.vault_generation().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,115 +3,26 @@
 //! or cannot confirm, the manual state changes (`promote`, `rollback`,
 //! `revoke`) on a running server, and the "due for rotation" flag.
 //!
-//! Also holds the small helpers the other rotation-area modules (`health`,
-//! `reload`, `admin_api`) share: which key the upstream saw, `key list --json`.
+//! The key helpers (which key the upstream saw, `key list --json`) live in
+//! `support::keys`, the per-request outcomes in `support::outcome`.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt;
-
-use crate::health::metric_value;
-use crate::support::client::{open_h1, REQUEST_TIMEOUT};
+use crate::support::client::REQUEST_TIMEOUT;
 use crate::support::keygate::Out;
+use crate::support::keys::{
+    assert_upstream_switches_to, key_id, key_list, key_of, key_row, state_of, upstream_key_now,
+    LIVE_WITHIN,
+};
+use crate::support::metrics::metric_value;
 use crate::support::mock::{chat_completion_body, sse_events, tagged_id, Seen};
-use crate::support::{eventually, Env, Keygate, Req, OPENAI_KEY, OPENAI_KEY_2};
-
-/// How long a CLI change may take to reach the upstream through a running
-/// server: docs/design.md §2 promises one second; the extra half second covers the
-/// polling request itself and a busy 2-core test runner.
-pub const LIVE_WITHIN: Duration = Duration::from_millis(1500);
+use crate::support::outcome::one_request;
+use crate::support::{eventually, Env, Keygate, OPENAI_KEY, OPENAI_KEY_2};
 
 /// A key the mock never accepts (obviously fake).
 const BAD_KEY: &str = "sk-test-bad-Rj3Kp8Wq2Lx5Nv7Bt0Ym4Hc6Gd9Xw";
-
-/// `Bearer <key>`, as the upstream sees an openai key.
-pub fn bearer(key: &str) -> Option<String> {
-    Some(format!("Bearer {key}"))
-}
-
-/// The upstream key a recorded request carried (`Authorization: Bearer …`,
-/// else `x-api-key`, else `api-key`).
-pub fn key_of(seen: &Seen) -> String {
-    seen.header("authorization")
-        .and_then(|v| v.strip_prefix("Bearer ").map(str::to_string))
-        .or_else(|| seen.header("x-api-key"))
-        .or_else(|| seen.header("api-key"))
-        .unwrap_or_default()
-}
-
-/// `keygate key list --json`, parsed.
-pub fn key_list(kg: &Keygate) -> Vec<serde_json::Value> {
-    let out = kg.run(&["key", "list", "--json"]);
-    out.assert_ok("key list --json");
-    let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
-        .unwrap_or_else(|e| panic!("`key list --json` is not JSON ({e}): {}", out.stdout));
-    v.as_array()
-        .unwrap_or_else(|| panic!("`key list --json` is not an array: {v}"))
-        .clone()
-}
-
-/// The `key list --json` row of the one key of `provider` whose fingerprint
-/// ends like `secret` (fingerprints are `sk-…wxyz`).
-pub fn key_row(list: &[serde_json::Value], provider: &str, secret: &str) -> serde_json::Value {
-    let tail = &secret[secret.len() - 4..];
-    let rows: Vec<&serde_json::Value> = list
-        .iter()
-        .filter(|k| {
-            k["provider"] == provider
-                && k["fingerprint"].as_str().is_some_and(|f| f.ends_with(tail))
-        })
-        .collect();
-    assert_eq!(
-        rows.len(),
-        1,
-        "expected exactly one {provider} key ending …{tail} in `key list --json`: {list:#?}"
-    );
-    rows[0].clone()
-}
-
-/// The id of the key of `provider` stored with `secret`.
-pub fn key_id(kg: &Keygate, provider: &str, secret: &str) -> String {
-    key_row(&key_list(kg), provider, secret)["id"]
-        .as_str()
-        .expect("key id")
-        .to_string()
-}
-
-/// The state `key list` shows for the key of `provider` stored with `secret`.
-fn state_of(list: &[serde_json::Value], provider: &str, secret: &str) -> String {
-    key_row(list, provider, secret)["state"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Sends one chat completion through keygate, asserts 200, returns the
-/// upstream key of the last request the openai mock saw (the one answered).
-pub async fn upstream_key_now(env: &Env) -> String {
-    let resp = env.server.send(env.chat("gpt-4o")).await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    key_of(&env.openai.last())
-}
-
-/// Polls with chat requests until the upstream sees `key`; returns how long
-/// that took, or panics naming `what` after [`LIVE_WITHIN`].
-pub async fn assert_upstream_switches_to(env: &Env, key: &str, what: &str) -> Duration {
-    let start = Instant::now();
-    let seen = eventually(LIVE_WITHIN, || async {
-        let resp = env.server.send(env.chat("gpt-4o")).await;
-        (resp.status == 200 && key_of(&env.openai.last()) == key).then(|| start.elapsed())
-    })
-    .await;
-    seen.unwrap_or_else(|| {
-        panic!(
-            "after {what}, the upstream still did not see the expected key (…{}) within {LIVE_WITHIN:?}; last key seen: …{}",
-            &key[key.len() - 4..],
-            key_of(&env.openai.last()).chars().rev().take(4).collect::<String>().chars().rev().collect::<String>()
-        )
-    })
-}
 
 /// The `Out` of `printf SECRET | keygate key rotate ARGS…` (secret registered).
 fn rotate(kg: &Keygate, secret: &str, args: &[&str]) -> Out {
@@ -119,77 +30,6 @@ fn rotate(kg: &Keygate, secret: &str, args: &[&str]) -> Out {
     let mut all = vec!["key", "rotate"];
     all.extend_from_slice(args);
     kg.run_with(&all, Some(secret), &[])
-}
-
-/// What one client saw for one request.
-pub struct Outcome {
-    pub streaming: bool,
-    pub status: u16,
-    pub text: String,
-    /// A transport error or a stream cut short: a client-visible error.
-    pub error: Option<String>,
-    pub ended: Instant,
-}
-
-/// A streaming chat request that asks for the usage chunk itself (so what the
-/// client reads is exactly what the mock sent).
-pub fn stream_request(env: &Env) -> Req {
-    Req::post("/v1/chat/completions")
-        .bearer(&env.client_key)
-        .json(&serde_json::json!({
-            "model": "gpt-4o",
-            "messages": [{"role": "user", "content": "Say hello."}],
-            "stream": true,
-            "stream_options": {"include_usage": true},
-        }))
-}
-
-/// One chat completion as client `app`, plain or streaming (read to the end;
-/// errors are reported, not panicked on).
-pub async fn one_request(env: &Env, streaming: bool) -> Outcome {
-    if !streaming {
-        let resp = env.server.send(env.chat("gpt-4o")).await;
-        return Outcome {
-            streaming,
-            status: resp.status.as_u16(),
-            text: resp.text(),
-            error: None,
-            ended: Instant::now(),
-        };
-    }
-    let resp = open_h1(env.server.client, stream_request(env)).await;
-    let status = resp.status().as_u16();
-    let mut body = resp.into_body();
-    let mut bytes = Vec::new();
-    let mut error = None;
-    loop {
-        match tokio::time::timeout(REQUEST_TIMEOUT, body.frame()).await {
-            Err(_) => {
-                error = Some("stream stalled".to_string());
-                break;
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                error = Some(format!("stream body error: {e}"));
-                break;
-            }
-            Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    bytes.extend_from_slice(&data);
-                }
-            }
-        }
-    }
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    env.server
-        .record("client stream during rotation", text.clone());
-    Outcome {
-        streaming,
-        status,
-        text,
-        error,
-        ended: Instant::now(),
-    }
 }
 
 /// The upstream request index in a tagged answer (`chatcmpl-mock-req-N`).
@@ -416,7 +256,7 @@ async fn rotate_to_a_key_the_upstream_rejects_fails_and_keeps_the_current_key() 
         "nothing may stay pending: {list:#?}"
     );
     // A running server goes on with the old key.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    env.wait_until_live("the rejected rotation").await;
     assert_eq!(upstream_key_now(&env).await, OPENAI_KEY);
 }
 
@@ -531,7 +371,7 @@ async fn promote_rollback_and_revoke_reach_a_running_server_within_a_second() {
         state_of(&key_list(&env.kg), "openai", OPENAI_KEY_2),
         "previous"
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    env.wait_until_live("the refused revoke").await;
     assert_eq!(upstream_key_now(&env).await, OPENAI_KEY_2);
 
     env.kg

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::metering::{labeled_sum, mock_stream_usage, read_body, row, Opts, World};
-use crate::support::client::{open_h1, read_whole, send_raw};
+use crate::support::client::{open_h1, read_body, read_whole, send_raw};
+use crate::support::metrics::{metric_value, samples};
+use crate::support::usage::{mock_stream_usage, row};
+use crate::support::world::{Opts, World};
 use crate::support::{Env, Req};
 
 /// The bodies of the issue, each a streaming chat request for gpt-4o that
@@ -168,11 +170,12 @@ async fn one_clients_made_up_models_do_not_push_anothers_into_other() {
 
     let metrics = w.metrics().await;
     let tokens = |client: &str, model: &str| {
-        labeled_sum(
+        metric_value(
             &metrics,
             "keygate_tokens_total",
             &[("client", client), ("model", model)],
         )
+        .unwrap_or(0.0)
     };
     assert!(
         tokens("app", "gpt-4o") > 0.0,
@@ -180,10 +183,10 @@ async fn one_clients_made_up_models_do_not_push_anothers_into_other() {
     );
     assert_eq!(tokens("app", "(other)"), 0.0, "{metrics}");
     assert!(tokens("junk", "(other)") > 0.0, "{metrics}");
-    let junk_models = metrics
-        .lines()
-        .filter(|l| l.starts_with("keygate_tokens_total") && l.contains("client=\"junk\""))
-        .filter(|l| l.contains("kind=\"prompt\""))
+    let junk_models = samples(&metrics)
+        .iter()
+        .filter(|s| s.name == "keygate_tokens_total")
+        .filter(|s| s.has(&[("client", "junk"), ("kind", "prompt")]))
         .count();
     assert_eq!(
         junk_models, 6,

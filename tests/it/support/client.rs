@@ -258,6 +258,27 @@ pub async fn next_data(body: &mut Incoming, wait: Duration) -> Option<Bytes> {
     }
 }
 
+/// Read a response body to its end or its error (bounded); the bytes and
+/// whether it ended cleanly.
+pub async fn read_body(resp: Response<Incoming>) -> (Vec<u8>, bool) {
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(15), body.frame())
+            .await
+            .expect("the response body stalled for 15 s");
+        match frame {
+            None => return (got, true),
+            Some(Err(_)) => return (got, false),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    got.extend_from_slice(&d);
+                }
+            }
+        }
+    }
+}
+
 /// Write `raw` bytes on a fresh connection and read until the server closes it
 /// (send `Connection: close`). Returns the status code and the whole response text.
 pub async fn send_raw(addr: SocketAddr, raw: &[u8]) -> (u16, String) {

@@ -3,7 +3,7 @@
 
 use super::client::Req;
 use super::mock::{AuthStyle, Mock};
-use super::{Keygate, KeygateBuilder, Server, OPENAI_KEY, XAI_KEY};
+use super::{eventually, Keygate, KeygateBuilder, Server, OPENAI_KEY, RELOAD_WAIT, XAI_KEY};
 
 /// The usual test world: two recording mocks (openai with [`OPENAI_KEY`], xai with
 /// [`XAI_KEY`]), a keygate configured for them with both keys in its vault, one
@@ -122,6 +122,21 @@ impl Env {
         let mut body = super::chat_body(model);
         body["stream"] = serde_json::json!(true);
         self.chat_with(&body)
+    }
+
+    /// Waits (bounded by [`RELOAD_WAIT`]) until the server serves the vault
+    /// file's generation: every CLI write so far is live. Panics naming `what`.
+    pub async fn wait_until_live(&self, what: &str) {
+        let live = eventually(RELOAD_WAIT, || async {
+            let file = self.kg.vault_file_generation()?;
+            (self.server.vault_generation().await == file).then_some(())
+        })
+        .await;
+        assert!(
+            live.is_some(),
+            "after {what}, the server did not serve the vault file's generation {:?} within {RELOAD_WAIT:?}",
+            self.kg.vault_file_generation()
+        );
     }
 
     fn chat_with(&self, body: &serde_json::Value) -> Req {

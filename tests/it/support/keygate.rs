@@ -189,6 +189,13 @@ impl Keygate {
         self.dir.path().join("keygate.vault")
     }
 
+    /// The generation in the vault file's header (bytes 12..20, big-endian;
+    /// docs/design.md, vault format); `None` while the file cannot be read.
+    pub fn vault_file_generation(&self) -> Option<u64> {
+        let bytes = std::fs::read(self.vault_path()).ok()?;
+        Some(u64::from_be_bytes(bytes.get(12..20)?.try_into().ok()?))
+    }
+
     pub fn master_key_path(&self) -> PathBuf {
         self.dir.path().join("master.key")
     }

@@ -1,10 +1,24 @@
-//! The harness: [`keygate`] runs the real binary ([`config`] writes its TOML,
-//! [`server`] wraps `keygate serve`, [`env`] builds the usual world), [`mock`]
-//! is the recording upstream ([`anthropic`] and [`responses`] mock Anthropic's
-//! Messages and OpenAI's Responses API on [`recording`]'s small server),
-//! [`client`] talks HTTP/1.1 and h2c to keygate.
+//! The harness, the only place behaviour files import from. A map:
+//!
+//! - Processes: [`keygate`] runs the real binary in a private tempdir
+//!   ([`config`] writes its TOML), [`server`] wraps a running `keygate serve`.
+//! - Worlds: [`env`] builds the usual one (recording mocks for openai and xai,
+//!   keys in the vault, client `app`); [`world`] the metering one (several
+//!   named clients, the admin token, a short flush interval).
+//! - Upstreams: [`mock`] is the recording, scriptable OpenAI-style upstream;
+//!   [`anthropic`] and [`responses`] mock Anthropic's Messages and OpenAI's
+//!   Responses API on [`recording`]'s small server; [`provider_answers`] holds
+//!   what real providers answer; [`raw_upstream`] plays byte-exact scripts;
+//!   [`bad_upstream`] misbehaves at the TCP and HTTP level.
+//! - Clients: [`client`] talks HTTP/1.1 and h2c to keygate (and raw bytes);
+//!   [`raw_h2`] writes HTTP/2 frames and HPACK by hand; [`outcome`] reports
+//!   what a client saw for one request without panicking.
+//! - Reading results: [`metrics`] is the one `/metrics` parser; [`keys`] tells
+//!   which upstream key is in use (`key list --json`, the key a request
+//!   carried); [`usage`] turns ledger output into rows.
+//!
 //! This file holds the small shared pieces: the fake keys, the leak finder,
-//! bounded polling.
+//! bounded polling ([`eventually`]).
 
 #![allow(dead_code)]
 
@@ -14,12 +28,18 @@ pub mod client;
 pub mod config;
 pub mod env;
 pub mod keygate;
+pub mod keys;
+pub mod metrics;
 pub mod mock;
+pub mod outcome;
 pub mod provider_answers;
+pub mod raw_h2;
 pub mod raw_upstream;
 pub mod recording;
 pub mod responses;
 pub mod server;
+pub mod usage;
+pub mod world;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -179,30 +199,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The sum of every sample of `metric` (no `_bucket`/`_sum` suffix match) in a
-/// Prometheus text page; `None` when the metric has no sample.
-pub fn metric_sum(page: &str, metric: &str) -> Option<f64> {
-    let mut found = None;
-    for line in page.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some(rest) = line.strip_prefix(metric) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            continue;
-        }
-        let value = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("unparsable metric line: {line}"));
-        *found.get_or_insert(0.0) += value;
-    }
-    found
 }
 
 #[test]

@@ -6,9 +6,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::blocking;
 use super::client::{self, Req, Resp};
-use super::keygate::{wait_bounded, Captures, SHUTDOWN_TIMEOUT};
+use super::keygate::{tail, wait_bounded, Captures, SHUTDOWN_TIMEOUT};
+use super::{blocking, eventually, RELOAD_WAIT};
 
 /// A running `keygate serve`. Killed (and its output kept) when dropped.
 pub struct Server {
@@ -73,6 +73,32 @@ impl Server {
     /// Everything `serve` wrote to stderr so far (its logs).
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded by [`RELOAD_WAIT`]) until `serve` logged a line holding
+    /// `needle`; that line. Logs reach the harness through a pipe, a little late.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        let found = eventually(RELOAD_WAIT, || async {
+            self.stderr()
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_string)
+        })
+        .await;
+        found.unwrap_or_else(|| {
+            panic!(
+                "`serve` logged no line with {needle:?} within {RELOAD_WAIT:?}:\n{}",
+                tail(&self.stderr())
+            )
+        })
+    }
+
+    /// The vault generation this server serves (`/readyz`).
+    pub async fn vault_generation(&self) -> u64 {
+        let ready = self.admin_get("/readyz").await;
+        ready.json()["vault_generation"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("/readyz has no vault_generation: {}", ready.text()))
     }
 
     /// Everything `serve` wrote to stdout so far.
