@@ -760,8 +760,14 @@ mod tests {
                 "[providers.openai.admin]\nproject = \"p\"\nurl = \"/v1\"",
                 "needs a scheme and host",
             ),
-            ("[providers.openai.admin]\n", "providers.openai.admin.project is missing"),
-            ("[providers.xai.admin]\n", "providers.xai.admin.team is missing"),
+            (
+                "[providers.openai.admin]\n",
+                "providers.openai.admin.project is missing",
+            ),
+            (
+                "[providers.xai.admin]\n",
+                "providers.xai.admin.team is missing",
+            ),
             (
                 "[providers.openai.admin]\nproject = \"p\"\nteam = \"t\"",
                 "providers.openai.admin.team is only used by kind xai",
@@ -770,7 +776,10 @@ mod tests {
                 "[providers.vllm]\nbase_url = \"http://127.0.0.1:1\"\n[providers.vllm.admin]\n",
                 "providers.vllm.admin.url is missing",
             ),
-            ("[providers.openai.admin]\nproject = \"p\"\ntoken = \"x\"", "token"),
+            (
+                "[providers.openai.admin]\nproject = \"p\"\ntoken = \"x\"",
+                "token",
+            ),
         ];
         for (toml, expected) in cases {
             let err = Config::from_toml(toml).unwrap_err().to_string();

@@ -53,7 +53,10 @@ impl Document {
     /// Removes `provider`'s management credential (its secret zeroizes on
     /// drop); returns it, or `None` when there was none.
     pub fn remove_admin_key(&mut self, provider: &str) -> Option<AdminKey> {
-        let at = self.admin_keys.iter().position(|k| k.provider == provider)?;
+        let at = self
+            .admin_keys
+            .iter()
+            .position(|k| k.provider == provider)?;
         Some(self.admin_keys.remove(at))
     }
 }
