@@ -177,6 +177,39 @@ struct RawProvider {
     project: Option<String>,
     #[serde(default)]
     allow_client_org_headers: bool,
+    admin: Option<RawAdmin>,
+}
+
+/// `[providers.NAME.admin]`: the non-secret half of management access (the
+/// credential itself lives in the vault, `keygate admin-key set`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    project: Option<String>,
+    team: Option<String>,
+    url: Option<String>,
+}
+
+/// Where and as whom keygate manages a provider's keys (docs/design.md §12).
+/// Holds ids and a URL only, never a credential.
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    /// The management API's `scheme://authority`.
+    pub origin: http::uri::Uri,
+    /// Path it lives under (`""` or e.g. `/api`), no trailing slash.
+    pub base_path: String,
+    /// OpenAI: the project whose service accounts keygate manages.
+    pub project: Option<String>,
+    /// xAI: the team whose API keys keygate manages.
+    pub team: Option<String>,
+}
+
+impl AdminApi {
+    /// The management API's URL as configured (origin and base path).
+    pub fn url(&self) -> String {
+        let origin = self.origin.to_string();
+        format!("{}{}", origin.trim_end_matches('/'), self.base_path)
+    }
 }
 
 /// One upstream provider.
@@ -200,6 +233,8 @@ pub struct Provider {
     pub project: Option<http::HeaderValue>,
     /// Pass the client's own `OpenAI-Organization` / `OpenAI-Project` through.
     pub allow_client_org_headers: bool,
+    /// `[providers.NAME.admin]`, when configured.
+    pub admin: Option<AdminApi>,
 }
 
 impl Provider {
@@ -354,32 +389,8 @@ impl Config {
                     "providers.{name}.base_url is missing: every provider needs the upstream's URL, e.g. \"https://api.openai.com\""
                 ))
             })?;
-            let uri: http::Uri = base_url.parse().map_err(|_| {
-                semantic(format!(
-                    "providers.{name}.base_url `{base_url}` is not a URL"
-                ))
-            })?;
-            let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-                return Err(semantic(format!(
-                    "providers.{name}.base_url `{base_url}` needs a scheme and host, e.g. \"https://api.openai.com\""
-                )));
-            };
-            if scheme != &http::uri::Scheme::HTTP && scheme != &http::uri::Scheme::HTTPS {
-                return Err(semantic(format!(
-                    "providers.{name}.base_url `{base_url}` must be http:// or https://"
-                )));
-            }
-            let origin = http::Uri::builder()
-                .scheme(scheme.clone())
-                .authority(authority.clone())
-                .path_and_query("/")
-                .build()
-                .map_err(|_| {
-                    semantic(format!(
-                        "providers.{name}.base_url `{base_url}` is not a URL"
-                    ))
-                })?;
-            let base_path = uri.path().trim_end_matches('/').to_owned();
+            let (origin, base_path) = parse_url(&base_url, "https://api.openai.com")
+                .map_err(|why| semantic(format!("providers.{name}.base_url `{base_url}` {why}")))?;
             let prefix = p.prefix.unwrap_or_else(|| format!("/{name}"));
             let prefix = prefix.trim_end_matches('/').to_owned();
             if !prefix.starts_with('/') || prefix.len() < 2 || prefix == "/v1" {
@@ -404,6 +415,11 @@ impl Config {
             };
             let organization = header("organization", p.organization)?;
             let project = header("project", p.project)?;
+            let admin = p
+                .admin
+                .map(|raw| admin_api(&name, kind, raw))
+                .transpose()
+                .map_err(semantic)?;
             providers.insert(
                 name.clone(),
                 Provider {
@@ -416,6 +432,7 @@ impl Config {
                     organization,
                     project,
                     allow_client_org_headers: p.allow_client_org_headers,
+                    admin,
                 },
             );
         }
@@ -466,6 +483,96 @@ impl Config {
             metering: raw.metering,
         })
     }
+}
+
+/// An upstream or management URL → (`scheme://authority/`, base path without a
+/// trailing slash), or why it is not one (`example` shows a good one).
+fn parse_url(text: &str, example: &str) -> Result<(http::Uri, String), String> {
+    let not_a_url = || format!("is not a URL; write e.g. \"{example}\"");
+    let uri: http::Uri = text.parse().map_err(|_| not_a_url())?;
+    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+        return Err(format!("needs a scheme and host, e.g. \"{example}\""));
+    };
+    if scheme != &http::uri::Scheme::HTTP && scheme != &http::uri::Scheme::HTTPS {
+        return Err("must be http:// or https://".to_owned());
+    }
+    let origin = http::Uri::builder()
+        .scheme(scheme.clone())
+        .authority(authority.clone())
+        .path_and_query("/")
+        .build()
+        .map_err(|_| not_a_url())?;
+    Ok((origin, uri.path().trim_end_matches('/').to_owned()))
+}
+
+/// The management API a kind has by default (docs/design.md §12).
+fn default_admin_url(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::OpenAi => Some("https://api.openai.com"),
+        Kind::Xai => Some("https://management-api.x.ai"),
+        Kind::OpenRouter => Some("https://openrouter.ai"),
+        Kind::Anthropic => Some("https://api.anthropic.com"),
+        Kind::Azure | Kind::Generic => None,
+    }
+}
+
+/// Validates `[providers.NAME.admin]`: a usable URL (given, or the kind's
+/// default), and the id the kind's management API needs — and only that one,
+/// so a `team` written under OpenAI is caught rather than silently ignored.
+fn admin_api(name: &str, kind: Kind, raw: RawAdmin) -> Result<AdminApi, String> {
+    let table = format!("providers.{name}.admin");
+    let default = default_admin_url(kind);
+    let url = match (raw.url, default) {
+        (Some(url), _) => url,
+        (None, Some(default)) => default.to_owned(),
+        (None, None) => {
+            return Err(format!(
+                "{table}.url is missing: keygate knows no management API for kind {}; set url, or remove the table",
+                kind.as_str()
+            ))
+        }
+    };
+    let example = default.unwrap_or("https://api.openai.com");
+    let (origin, base_path) =
+        parse_url(&url, example).map_err(|why| format!("{table}.url `{url}` {why}"))?;
+    let id = |field: &str, value: Option<String>| -> Result<Option<String>, String> {
+        let Some(value) = value else { return Ok(None) };
+        let value = value.trim().to_owned();
+        if value.is_empty() || !value.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(format!(
+                "{table}.{field} `{value}` is not an id: write it as the provider's console shows it"
+            ));
+        }
+        Ok(Some(value))
+    };
+    let project = id("project", raw.project)?;
+    let team = id("team", raw.team)?;
+    if project.is_some() && kind != Kind::OpenAi {
+        return Err(format!(
+            "{table}.project is only used by kind openai (the project whose service accounts keygate manages); remove it"
+        ));
+    }
+    if team.is_some() && kind != Kind::Xai {
+        return Err(format!(
+            "{table}.team is only used by kind xai (the team whose API keys keygate manages); remove it"
+        ));
+    }
+    if kind == Kind::OpenAi && project.is_none() {
+        return Err(format!(
+            "{table}.project is missing: OpenAI's Admin API creates keygate's keys as service accounts of a project; set it to the project's id (proj_…, in the project's settings); the Default project cannot hold service accounts"
+        ));
+    }
+    if kind == Kind::Xai && team.is_none() {
+        return Err(format!(
+            "{table}.team is missing: xAI's Management API creates API keys in a team; set it to the team's id (in the xAI console)"
+        ));
+    }
+    Ok(AdminApi {
+        origin,
+        base_path,
+        project,
+        team,
+    })
 }
 
 /// `KEYGATE_SERVER__LISTEN=…` → `server.listen`. Only names with `__` are config
@@ -604,5 +711,79 @@ mod tests {
         assert_eq!(azure.base_path, "/openai");
         assert_eq!(azure.prefix, "/azure");
         assert_eq!(azure.auth, AuthStyle::ApiKey);
+    }
+
+    #[test]
+    fn admin_table_defaults_its_url_per_kind() {
+        let config = Config::from_toml(
+            "[providers.openai.admin]\nproject = \"proj_abc\"\n\
+             [providers.xai.admin]\nteam = \"team-1\"\n\
+             [providers.anthropic.admin]\n\
+             [providers.openrouter]\nbase_url = \"https://openrouter.ai/api\"\n\
+             [providers.openrouter.admin]\n",
+        )
+        .unwrap();
+        let admin = |name: &str| config.providers[name].admin.clone().unwrap();
+        assert_eq!(admin("openai").url(), "https://api.openai.com");
+        assert_eq!(admin("openai").project.as_deref(), Some("proj_abc"));
+        assert_eq!(admin("xai").url(), "https://management-api.x.ai");
+        assert_eq!(admin("xai").team.as_deref(), Some("team-1"));
+        assert_eq!(admin("anthropic").url(), "https://api.anthropic.com");
+        assert_eq!(admin("openrouter").url(), "https://openrouter.ai");
+        let plain = Config::from_toml("").unwrap();
+        assert!(plain.providers["openai"].admin.is_none());
+    }
+
+    #[test]
+    fn admin_url_is_kept_with_its_path() {
+        let config = Config::from_toml(
+            "[providers.xai.admin]\nteam = \"t\"\nurl = \"http://127.0.0.1:9000/mgmt/\"",
+        )
+        .unwrap();
+        let admin = config.providers["xai"].admin.clone().unwrap();
+        assert_eq!(admin.url(), "http://127.0.0.1:9000/mgmt");
+        assert_eq!(admin.base_path, "/mgmt");
+    }
+
+    #[test]
+    fn bad_admin_tables_are_named() {
+        let cases = [
+            (
+                "[providers.openai.admin]\nproject = \"p\"\nurl = \"not a url\"",
+                "providers.openai.admin.url `not a url` is not a URL",
+            ),
+            (
+                "[providers.openai.admin]\nproject = \"p\"\nurl = \"ftp://x.example\"",
+                "must be http:// or https://",
+            ),
+            (
+                "[providers.openai.admin]\nproject = \"p\"\nurl = \"/v1\"",
+                "needs a scheme and host",
+            ),
+            (
+                "[providers.openai.admin]\n",
+                "providers.openai.admin.project is missing",
+            ),
+            (
+                "[providers.xai.admin]\n",
+                "providers.xai.admin.team is missing",
+            ),
+            (
+                "[providers.openai.admin]\nproject = \"p\"\nteam = \"t\"",
+                "providers.openai.admin.team is only used by kind xai",
+            ),
+            (
+                "[providers.vllm]\nbase_url = \"http://127.0.0.1:1\"\n[providers.vllm.admin]\n",
+                "providers.vllm.admin.url is missing",
+            ),
+            (
+                "[providers.openai.admin]\nproject = \"p\"\ntoken = \"x\"",
+                "token",
+            ),
+        ];
+        for (toml, expected) in cases {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains(expected), "{toml}: {err}");
+        }
     }
 }

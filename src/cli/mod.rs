@@ -4,6 +4,7 @@
 //! Every error becomes a [`CliError`], whose exit code (2 usage/config, 1
 //! runtime) and message are chosen here; messages never contain a secret.
 
+mod admin_key;
 mod client;
 mod key;
 mod serve;
@@ -49,6 +50,10 @@ enum Command {
     Client(client::ClientCommand),
     /// Per-client, per-model usage totals from the ledger.
     Usage(usage::UsageArgs),
+    /// Store, list and remove the providers' management credentials (stdin),
+    /// kept apart from the inference keys and never sent on a request.
+    #[command(subcommand)]
+    AdminKey(admin_key::AdminKeyCommand),
 }
 
 /// A failed command: what went wrong and which exit code it means.
@@ -150,6 +155,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         Command::Key(command) => key::run(&context, command),
         Command::Client(command) => client::run(&context, command),
         Command::Usage(args) => usage::run(&context, args),
+        Command::AdminKey(command) => admin_key::run(&context, command),
     }
 }
 

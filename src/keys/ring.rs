@@ -436,7 +436,7 @@ mod tests {
                 key("old", KeyState::Previous),
                 key("gone", KeyState::Retired),
             ],
-            clients: vec![],
+            ..Document::default()
         };
         let ring = KeyRing::build(&config.providers["openai"], &document, 0, None);
         assert_eq!(ring.len(), 3);
@@ -455,7 +455,7 @@ mod tests {
         let config = Config::from_toml("").unwrap();
         let document = Document {
             keys: vec![key("a", KeyState::Current), key("old", KeyState::Previous)],
-            clients: vec![],
+            ..Document::default()
         };
         let ring = KeyRing::build(&config.providers["openai"], &document, 0, None);
         ring.keys()[0]
@@ -479,7 +479,7 @@ mod tests {
         let config = Config::from_toml("").unwrap();
         let document = Document {
             keys: vec![key("a", KeyState::Current)],
-            clients: vec![],
+            ..Document::default()
         };
         let ring = KeyRing::build(&config.providers["openai"], &document, 0, None);
         let mut body = b"bad key sk-test-a-000000000000 and a-0000000 end".to_vec();
@@ -506,7 +506,7 @@ mod tests {
             .collect();
         let document = Document {
             keys,
-            clients: vec![],
+            ..Document::default()
         };
         KeyRing::build(&config.providers["openai"], &document, 0, None)
     }
@@ -586,7 +586,7 @@ mod tests {
         old.grace_until = Some(100);
         let document = Document {
             keys: vec![key("a", KeyState::Current), old],
-            clients: vec![],
+            ..Document::default()
         };
         assert_eq!(
             KeyRing::build(&config.providers["openai"], &document, 99, None).len(),
@@ -596,5 +596,22 @@ mod tests {
             KeyRing::build(&config.providers["openai"], &document, 100, None).len(),
             1
         );
+    }
+
+    #[test]
+    fn a_management_credential_never_enters_the_ring() {
+        let config = Config::from_toml("").unwrap();
+        let admin = "sk-admin-test-Lk2Jh4Gf6Ds8Ap0Zx1Cv3Bn";
+        let mut document = Document::default();
+        document.set_admin_key("openai", Secret::new(admin.to_owned()), 0);
+        let provider = &config.providers["openai"];
+        assert!(KeyRing::build(provider, &document, 0, None).is_empty());
+        document.keys.push(key("a", KeyState::Current));
+        let ring = KeyRing::build(provider, &document, 0, None);
+        assert_eq!(ring.len(), 1);
+        assert!(ring.keys().iter().all(|k| k.secret.expose() != admin
+            && k.header_value.as_bytes() != format!("Bearer {admin}").as_bytes()));
+        // Nor does the ring know it as a key to mask: it was never one of its keys.
+        assert!(!ring.contains_echo(admin.as_bytes()));
     }
 }

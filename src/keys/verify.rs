@@ -158,6 +158,7 @@ fn scrub(provider: &Provider, secret: &Secret, text: String) -> String {
             grace_until: None,
         }],
         clients: vec![],
+        admin_keys: vec![],
     };
     let ring = KeyRing::build(provider, &document, 0, None);
     let mut bytes = text.into_bytes();

@@ -1,7 +1,11 @@
-//! What the vault holds once decrypted: upstream keys and clients.
+//! What the vault holds once decrypted: upstream keys, clients, and the
+//! providers' management credentials.
 //!
 //! Plain data with serde, serialised only inside the vault cipher. Nothing here
 //! does I/O or crypto; state transitions live in `keys`, client keys in `clients`.
+//! Management credentials ([`AdminKey`]) are a record kind of their own, kept
+//! apart from `keys` so that nothing that builds a key ring or injects a key
+//! can ever pick one up.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +21,95 @@ pub struct Document {
     /// Every client ever issued, revoked ones included.
     #[serde(default)]
     pub clients: Vec<ClientRecord>,
+    /// The providers' management credentials (`admin-key set`), at most one
+    /// per provider. Absent from vaults written before they existed; left out
+    /// of the file while empty, so a vault that never held one stays readable
+    /// by a keygate that predates them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admin_keys: Vec<AdminKey>,
+}
+
+impl Document {
+    /// The management credential stored for `provider`, if any.
+    pub fn admin_key(&self, provider: &str) -> Option<&AdminKey> {
+        self.admin_keys.iter().find(|k| k.provider == provider)
+    }
+
+    /// Stores `secret` as `provider`'s management credential, replacing the one
+    /// stored before (there is at most one per provider). Returns the replaced
+    /// record, so the caller can say what it replaced.
+    pub fn set_admin_key(&mut self, provider: &str, secret: Secret, now: u64) -> Option<AdminKey> {
+        let replaced = self.remove_admin_key(provider);
+        self.admin_keys.push(AdminKey {
+            provider: provider.to_owned(),
+            fingerprint: secret.fingerprint(),
+            secret,
+            added: now,
+            last_used: None,
+        });
+        replaced
+    }
+
+    /// Removes `provider`'s management credential (its secret zeroizes on
+    /// drop); returns it, or `None` when there was none.
+    pub fn remove_admin_key(&mut self, provider: &str) -> Option<AdminKey> {
+        let at = self
+            .admin_keys
+            .iter()
+            .position(|k| k.provider == provider)?;
+        Some(self.admin_keys.remove(at))
+    }
+}
+
+/// A provider's management credential: OpenAI admin key, xAI management key,
+/// OpenRouter provisioning key, Anthropic admin key. It may create and delete
+/// inference keys, so it is never put in a key ring, never sent on a client's
+/// request, and shown only by its fingerprint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminKey {
+    /// Provider name from config (`openai`, `xai`, …).
+    pub provider: String,
+    /// The credential itself (`Debug` shows its fingerprint only).
+    #[serde(with = "required_secret")]
+    pub secret: Secret,
+    /// Its fingerprint, for `admin-key list`.
+    pub fingerprint: String,
+    /// Unix seconds when it was stored.
+    pub added: u64,
+    /// Unix seconds of its last use against the management API.
+    #[serde(default)]
+    pub last_used: Option<u64>,
+}
+
+impl AdminKey {
+    /// What `admin-key list --json` shows: everything but the secret.
+    pub fn summary(&self) -> serde_json::Value {
+        serde_json::json!({
+            "provider": self.provider,
+            "fingerprint": self.fingerprint,
+            "added": self.added,
+            "last_used": self.last_used,
+        })
+    }
+}
+
+/// Serde glue for a secret that is always present (the vault document is
+/// encrypted before it touches disk; `Secret` itself has no `Serialize`).
+mod required_secret {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use zeroize::Zeroizing;
+
+    use crate::vault::secret::Secret;
+
+    pub fn serialize<S: Serializer>(value: &Secret, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(value.expose())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+        let raw = Zeroizing::new(String::deserialize(d)?);
+        Ok(Secret::new(raw.as_str().to_owned()))
+    }
 }
 
 /// Lifecycle state of an upstream key (docs/design.md §5).
@@ -149,5 +242,60 @@ impl ClientRecord {
             "tpm": self.tpm,
             "budget_tokens": self.budget_tokens,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const ADMIN: &str = "sk-admin-test-Qw3Er5Ty7Ui9Op1As2Df4Gh";
+
+    #[test]
+    fn a_document_written_before_admin_keys_still_parses() {
+        // The shape a vault had before management credentials existed.
+        let old = r#"{"keys":[],"clients":[]}"#;
+        let document: Document = serde_json::from_str(old).unwrap();
+        assert!(document.admin_keys.is_empty());
+    }
+
+    #[test]
+    fn no_admin_keys_leaves_the_field_out_so_older_readers_still_open_it() {
+        let text = serde_json::to_string(&Document::default()).unwrap();
+        assert!(!text.contains("admin_keys"), "{text}");
+    }
+
+    #[test]
+    fn admin_keys_round_trip_and_set_replaces() {
+        let mut document = Document::default();
+        assert!(document
+            .set_admin_key("openai", Secret::new(ADMIN.to_owned()), 10)
+            .is_none());
+        let replaced = document
+            .set_admin_key("openai", Secret::new(format!("{ADMIN}2")), 20)
+            .unwrap();
+        assert_eq!(replaced.added, 10);
+        assert_eq!(document.admin_keys.len(), 1);
+        let text = serde_json::to_string(&document).unwrap();
+        let back: Document = serde_json::from_str(&text).unwrap();
+        let key = back.admin_key("openai").unwrap();
+        assert_eq!(key.secret.expose(), format!("{ADMIN}2"));
+        assert_eq!(key.added, 20);
+        assert!(back.admin_key("xai").is_none());
+        assert!(document.remove_admin_key("openai").is_some());
+        assert!(document.remove_admin_key("openai").is_none());
+    }
+
+    #[test]
+    fn debug_and_summary_never_show_the_admin_secret() {
+        let mut document = Document::default();
+        document.set_admin_key("openai", Secret::new(ADMIN.to_owned()), 1);
+        let debug = format!("{document:?}");
+        let summary = document.admin_keys[0].summary().to_string();
+        for text in [&debug, &summary] {
+            assert!(!text.contains("Qw3Er5Ty"), "{text}");
+            assert!(text.contains("sk-…f4Gh"), "{text}");
+        }
     }
 }

@@ -11,6 +11,7 @@ mod support;
 
 mod admin;
 mod admin_api;
+mod admin_keys;
 mod auth;
 mod config_errors;
 mod failing_upstreams;
