@@ -24,6 +24,7 @@
 //!   and what an upstream answer says about the key (rejected / out of credit / rate limited)
 //! - [`proxy`]: the conductor of one request
 //! - [`auth`], [`route`], [`body`], [`forward`]: the stages it calls in order
+//! - [`content_coding`]: gzip / deflate / br / zstd bodies decoded as they stream, with a size limit
 //! - [`json_skim`]: a few top-level fields of a JSON body, without parsing the rest
 //! - [`upstream`]: HTTP/1.1 keep-alive pool per origin, connections driven by the request's task
 //! - [`error`]: `ProxyError`, the one place a failure becomes an HTTP answer
@@ -42,6 +43,7 @@ pub mod body;
 pub mod cli;
 pub mod clients;
 pub mod config;
+pub mod content_coding;
 pub mod core_dumps;
 pub mod error;
 pub mod forward;

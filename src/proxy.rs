@@ -78,7 +78,7 @@ async fn conduct(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &shared.config;
     let snapshot = shared.snapshot.load_full();
-    let (parts, incoming) = request.into_parts();
+    let (mut parts, incoming) = request.into_parts();
 
     let client = auth::authenticate(&parts.headers, &snapshot, config.clients.allow_anonymous)?;
     ctx.client = Some(client.name.clone());
@@ -97,6 +97,7 @@ async fn conduct(
         total: config.server.body_timeout,
     };
     let mut body = body::receive(incoming, declared_len, limits).await?;
+    body::decode_content(&mut body, &mut parts.headers, limits.max)?;
 
     let skimmed = body
         .buffered()
@@ -248,13 +249,13 @@ async fn conduct(
                 ctx.reservation.take(),
             )
         });
-        return Ok(forward::client_response(
+        return forward::client_response(
             upstream,
             ring,
             config.server.stream_idle_timeout,
             active,
             tap,
-        ));
+        );
     }
 }
 

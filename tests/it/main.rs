@@ -10,6 +10,7 @@ mod support;
 mod admin;
 mod admin_api;
 mod auth;
+mod compression;
 mod config_errors;
 mod failing_upstreams;
 mod fallback;
