@@ -7,7 +7,8 @@
 //!
 //! Run: `cargo bench --bench hot_path`
 //! (`cargo bench --bench hot_path -- sse` for the tap only,
-//! `-- "access log"` for the per-request log line.)
+//! `-- "access log"` for the per-request log line, `-- sse-gzip` for the tap
+//! decoding a gzip stream against the same stream plain.)
 
 // A benchmark panics loudly on a broken setup; that is its error handling.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -19,6 +20,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use http::{HeaderMap, HeaderValue, Method};
 use keygate::config::Config;
 use keygate::control::snapshot::Snapshot;
+use keygate::net::content_coding::{Coding, Decoder};
 use keygate::proxy::body::OutboundBody;
 use keygate::usage::meter::{Outcome, UsageCounters};
 use keygate::usage::tap::{MeterTap, TokenMetrics};
@@ -206,6 +208,50 @@ fn sse_tap(c: &mut Criterion) {
             let mut tap = new_tap(true);
             let mut out = Vec::with_capacity(stream.len());
             for chunk in &chunks {
+                if let Some(bytes) = tap.on_data(chunk.clone()) {
+                    out.extend_from_slice(black_box(&bytes));
+                }
+            }
+            tap.finish(true);
+            out
+        })
+    });
+    group.finish();
+
+    // A gzip-encoded stream (as Anthropic's arrive): the client gets the
+    // compressed bytes, the tap decodes a copy. Throughput is the decoded size.
+    let gzipped = {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        // Flushed per ~4 KiB of events, as a compressing server streams SSE.
+        for piece in stream.chunks(4096) {
+            e.write_all(piece).expect("gzip");
+            e.flush().expect("gzip");
+        }
+        e.finish().expect("gzip")
+    };
+    let gz_chunks: Vec<Bytes> = gzipped.chunks(1024).map(Bytes::copy_from_slice).collect();
+    let mut group = c.benchmark_group("sse-gzip");
+    group.throughput(Throughput::Bytes(stream.len() as u64));
+    group.bench_function("usage tap (plain stream) + copy", |b| {
+        b.iter(|| {
+            let mut tap = new_tap(false);
+            let mut out = Vec::with_capacity(stream.len());
+            for chunk in &chunks {
+                if let Some(bytes) = tap.on_data(chunk.clone()) {
+                    out.extend_from_slice(black_box(&bytes));
+                }
+            }
+            tap.finish(true);
+            out
+        })
+    });
+    group.bench_function("usage tap decoding a gzip copy + copy", |b| {
+        b.iter(|| {
+            let mut tap = new_tap(false);
+            tap.decode(Decoder::new(&[Coding::Gzip], 1 << 30));
+            let mut out = Vec::with_capacity(gzipped.len());
+            for chunk in &gz_chunks {
                 if let Some(bytes) = tap.on_data(chunk.clone()) {
                     out.extend_from_slice(black_box(&bytes));
                 }

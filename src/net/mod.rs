@@ -2,6 +2,7 @@
 //! [`head_guard`] every HTTP/1 request head passes first, and the
 //! [`upstream`] connection pool.
 
+pub mod content_coding;
 pub mod head_guard;
 pub mod listeners;
 pub mod upstream;

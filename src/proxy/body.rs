@@ -7,6 +7,12 @@
 //! buffers. The deadline (`body_timeout`) is what stops a slowloris body: one
 //! trickled just faster than the idle timeout would otherwise hold its
 //! connection for as long as the client likes.
+//!
+//! A buffered body sent with `Content-Encoding` (Codex sends zstd) is decoded
+//! here, held to the same size limit decoded (a decompression bomb gets 413),
+//! and forwarded decoded: routing, the usage option and the token estimate
+//! read what the upstream then reads. A compressed body too large to buffer
+//! streams on as it came, unread.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -22,6 +28,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::net::content_coding::{self, CodingError};
 use crate::proxy::error::ProxyError;
 
 /// Limits applied while reading a request body.
@@ -120,6 +127,32 @@ pub async fn receive(
         buffered.extend_from_slice(&data);
     }
     Ok(RequestBody::Buffered(buffered.freeze()))
+}
+
+/// Decodes a buffered body the client sent compressed, and drops its
+/// `Content-Encoding` from `headers` (the upstream gets the decoded bytes).
+/// A coding keygate cannot decode is refused (415).
+pub fn decode_content(
+    body: &mut RequestBody,
+    headers: &mut http::HeaderMap,
+    max: u64,
+) -> Result<(), ProxyError> {
+    let codings = content_coding::codings(headers)
+        .map_err(|e| ProxyError::UnsupportedRequestEncoding(e.to_string()))?;
+    if codings.is_empty() {
+        headers.remove(http::header::CONTENT_ENCODING); // `identity` only
+        return Ok(());
+    }
+    let RequestBody::Buffered(bytes) = body else {
+        return Ok(());
+    };
+    let decoded = content_coding::decode_all(&codings, bytes, max).map_err(|e| match e {
+        CodingError::TooLarge { .. } => ProxyError::RequestTooLarge { limit: max },
+        other => ProxyError::BadRequestBody(other.to_string()),
+    })?;
+    *body = RequestBody::Buffered(Bytes::from(decoded));
+    headers.remove(http::header::CONTENT_ENCODING);
+    Ok(())
 }
 
 /// Why a streaming request body stopped.

@@ -71,6 +71,26 @@ pub enum ProxyError {
         /// The transport error (never holds a header value).
         detail: String,
     },
+    /// The upstream's error body is larger than keygate can scrub.
+    #[error(
+        "The upstream answered {status} with an error body larger than {limit} bytes; keygate \
+         does not pass on an error body it cannot scrub of key material"
+    )]
+    UpstreamErrorTooLarge {
+        /// The upstream's status.
+        status: u16,
+        /// The scrub limit.
+        limit: usize,
+    },
+    /// The upstream answered in a content coding keygate cannot decode.
+    #[error("upstream answered in a content coding keygate cannot read: {detail}")]
+    UpstreamBadEncoding {
+        /// What was wrong (never quotes a body byte).
+        detail: String,
+    },
+    /// The client's body is in a content coding keygate cannot decode.
+    #[error("request body content coding is not supported: {0}")]
+    UnsupportedRequestEncoding(String),
     /// No response headers within `upstream_first_byte_timeout`.
     #[error("upstream {provider} did not answer within {after:?}")]
     UpstreamTimeout {
@@ -93,9 +113,11 @@ impl ProxyError {
             ProxyError::BodyTimeout(_) | ProxyError::BodyDeadline(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequestBody(_) | ProxyError::InvalidPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::UnknownRoute(_) => StatusCode::NOT_FOUND,
-            ProxyError::UpstreamKeyRejected { .. } | ProxyError::UpstreamUnavailable { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::UpstreamKeyRejected { .. }
+            | ProxyError::UpstreamUnavailable { .. }
+            | ProxyError::UpstreamErrorTooLarge { .. }
+            | ProxyError::UpstreamBadEncoding { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UnsupportedRequestEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ProxyError::NoUpstreamKey { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -116,6 +138,9 @@ impl ProxyError {
             ProxyError::NoUpstreamKey { .. } => "no_upstream_key",
             ProxyError::UpstreamUnavailable { .. } => "upstream_unavailable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::UpstreamErrorTooLarge { .. } => "upstream_error_too_large",
+            ProxyError::UpstreamBadEncoding { .. } => "upstream_bad_encoding",
+            ProxyError::UnsupportedRequestEncoding(_) => "unsupported_content_encoding",
         }
     }
 
@@ -130,6 +155,7 @@ impl ProxyError {
             | ProxyError::BodyDeadline(_)
             | ProxyError::BadRequestBody(_)
             | ProxyError::InvalidPath(_)
+            | ProxyError::UnsupportedRequestEncoding(_)
             | ProxyError::UnknownRoute(_) => "invalid_request_error",
             _ => "upstream_error",
         }

@@ -21,8 +21,10 @@ use tokio::time::Sleep;
 use crate::config::Provider;
 use crate::control::metrics::ActiveGuard;
 use crate::keys::{KeyRing, RingKey};
+use crate::net::content_coding;
 use crate::net::upstream::UpstreamBody;
 use crate::proxy::body::OutboundBody;
+use crate::proxy::error::ProxyError;
 use crate::usage::tap::MeterTap;
 
 /// Hop-by-hop and framing headers keygate never passes through (RFC 9110 §7.6.1;
@@ -100,6 +102,12 @@ pub fn outbound_request(
     if let Some(project) = &provider.project {
         headers.insert("openai-project", project.clone());
     }
+    // Offer only what keygate can decode: the meter and the scrubber read
+    // what comes back (DESIGN §4 "Compressed bodies").
+    match content_coding::accept_encoding_upstream(headers.get(header::ACCEPT_ENCODING)) {
+        Some(offer) => headers.insert(header::ACCEPT_ENCODING, offer),
+        None => headers.remove(header::ACCEPT_ENCODING),
+    };
     headers.insert(key.header_name.clone(), key.header_value.clone());
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();
@@ -110,15 +118,30 @@ pub fn outbound_request(
 
 /// The client's response: upstream status and end-to-end headers (minus any
 /// that echo a key), body streamed.
+///
+/// A compressed body goes out as the upstream encoded it while the tap
+/// decodes a copy for the meter; only when the tap re-frames the stream (it
+/// removes the usage chunk keygate asked for) does the client get the decoded
+/// stream, with `Content-Encoding` removed: re-compressing it would cost more
+/// than the bytes it saves on a local hop. A coding keygate cannot decode is
+/// refused (502 `upstream_bad_encoding`): its usage and key echoes could not
+/// be read.
 pub fn client_response(
     upstream: Response<UpstreamBody>,
     ring: &Arc<KeyRing>,
     stream_idle_timeout: Duration,
     active: ActiveGuard,
-    tap: Option<MeterTap>,
-) -> Response<ResponseBody> {
+    mut tap: Option<MeterTap>,
+) -> Result<Response<ResponseBody>, ProxyError> {
     let (parts, incoming) = upstream.into_parts();
-    let headers = response_headers(parts.headers, ring);
+    let codings = content_coding::codings(&parts.headers).map_err(bad_encoding)?;
+    let mut headers = response_headers(parts.headers, ring);
+    if let (false, Some(tap)) = (codings.is_empty(), tap.as_mut()) {
+        let decoder = content_coding::Decoder::new(&codings, RESPONSE_DECODED_LIMIT);
+        if tap.decode(decoder) {
+            headers.remove(header::CONTENT_ENCODING);
+        }
+    }
     let mut response = Response::new(ResponseBody::upstream(
         incoming,
         ring.clone(),
@@ -128,7 +151,17 @@ pub fn client_response(
     ));
     *response.status_mut() = parts.status;
     *response.headers_mut() = headers;
-    response
+    Ok(response)
+}
+
+/// Most bytes a compressed response decodes to for the meter (a stream past
+/// it passes on unmetered rather than cost keygate the CPU of a bomb).
+const RESPONSE_DECODED_LIMIT: u64 = 1 << 30;
+
+fn bad_encoding(error: content_coding::CodingError) -> ProxyError {
+    ProxyError::UpstreamBadEncoding {
+        detail: error.to_string(),
+    }
 }
 
 fn response_headers(mut headers: HeaderMap, ring: &KeyRing) -> HeaderMap {
@@ -145,12 +178,17 @@ fn response_headers(mut headers: HeaderMap, ring: &KeyRing) -> HeaderMap {
     headers
 }
 
-/// Error bodies this small are read whole so key echoes can be masked.
+/// Error bodies this small (decoded) are read whole so key echoes can be masked.
 const SCRUB_LIMIT: usize = 64 * 1024;
+/// Compressed bytes read for one error body at most (a stream that decodes to
+/// next to nothing must not be read for ever).
+const SCRUB_RAW_LIMIT: usize = 4 * SCRUB_LIMIT;
+/// How much of an oversized error body the debug log shows (scrubbed).
+const LOGGED_PREFIX: usize = 2 * 1024;
 
-/// An upstream error answer, its body read (up to [`SCRUB_LIMIT`]) so the
-/// retry loop can ask the provider's kind what it says about the key before
-/// anything reaches the client.
+/// An upstream error answer, its body read (up to [`SCRUB_LIMIT`], decoded)
+/// so the retry loop can ask the provider's kind what it says about the key
+/// before anything reaches the client.
 pub struct ErrorAnswer {
     /// Status and headers as the upstream sent them.
     pub parts: http::response::Parts,
@@ -160,68 +198,124 @@ pub struct ErrorAnswer {
 
 /// The body of an [`ErrorAnswer`].
 pub enum ErrorBody {
-    /// Read whole.
+    /// Read whole, and decoded when it came compressed.
     Read(Vec<u8>),
-    /// Larger than [`SCRUB_LIMIT`], failed, or too slow: never passed on unread.
+    /// Failed or too slow: never passed on unread.
     Unreadable,
+    /// Over [`SCRUB_LIMIT`] decoded (with a Content-Length or chunked,
+    /// compressed or not): never passed on; the first [`SCRUB_LIMIT`] bytes
+    /// are kept for the debug log.
+    TooLarge(Vec<u8>),
+    /// In a content coding keygate cannot decode.
+    BadEncoding(content_coding::CodingError),
 }
 
 impl ErrorAnswer {
-    /// The body's bytes, when it was read.
+    /// The body's decoded bytes, when it was read.
     pub fn bytes(&self) -> Option<&[u8]> {
         match &self.body {
             ErrorBody::Read(bytes) => Some(bytes),
-            ErrorBody::Unreadable => None,
+            _ => None,
         }
     }
 }
 
-/// Reads an upstream error answer's body, waiting at most `idle` for it.
+/// Reads an upstream error answer's body, decoding it, waiting at most
+/// `idle` for it.
 pub async fn read_error_body(upstream: Response<UpstreamBody>, idle: Duration) -> ErrorAnswer {
-    let declared = upstream
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
     let (parts, incoming) = upstream.into_parts();
-    if declared.is_some_and(|len| len > SCRUB_LIMIT) {
-        return ErrorAnswer {
-            parts,
-            body: ErrorBody::Unreadable,
-        };
-    }
-    let limited = http_body_util::Limited::new(incoming, SCRUB_LIMIT);
-    let collected = tokio::time::timeout(idle, http_body_util::BodyExt::collect(limited)).await;
-    let body = match collected {
-        Ok(Ok(collected)) => ErrorBody::Read(collected.to_bytes().to_vec()),
-        _ => ErrorBody::Unreadable,
+    let body = match content_coding::codings(&parts.headers) {
+        Ok(codings) => {
+            match tokio::time::timeout(idle, collect_decoded(incoming, &codings)).await {
+                Ok(body) => body,
+                Err(_) => ErrorBody::Unreadable,
+            }
+        }
+        Err(error) => ErrorBody::BadEncoding(error),
     };
     ErrorAnswer { parts, body }
 }
 
+async fn collect_decoded(
+    mut incoming: UpstreamBody,
+    codings: &[content_coding::Coding],
+) -> ErrorBody {
+    use http_body_util::BodyExt;
+    // One byte over the limit is how "too large" shows.
+    let mut decoder = content_coding::Decoder::new(codings, SCRUB_LIMIT as u64 + 1);
+    let mut body = Vec::new();
+    let mut raw = 0usize;
+    let decoded = loop {
+        let data = match incoming.frame().await {
+            None => break decoder.finish(&mut |piece| body.extend_from_slice(piece)),
+            Some(Err(_)) => return ErrorBody::Unreadable,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue, // trailers of an error body: not kept
+            },
+        };
+        raw += data.len();
+        if codings.is_empty() {
+            body.extend_from_slice(&data);
+        } else if let Err(error) = decoder.feed(&data, &mut |piece| body.extend_from_slice(piece)) {
+            break Err(error);
+        }
+        if body.len() > SCRUB_LIMIT || raw > SCRUB_RAW_LIMIT {
+            break Err(content_coding::CodingError::TooLarge {
+                limit: SCRUB_LIMIT as u64,
+            });
+        }
+    };
+    match decoded {
+        Ok(()) => ErrorBody::Read(body),
+        Err(content_coding::CodingError::TooLarge { .. }) => {
+            body.truncate(SCRUB_LIMIT);
+            ErrorBody::TooLarge(body)
+        }
+        Err(_) => ErrorBody::Unreadable,
+    }
+}
+
 /// An upstream error answer (4xx/5xx) for the client, with every fragment of
 /// an upstream key masked out of its headers and body (OpenAI-style errors
-/// quote the key they refused).
+/// quote the key they refused). The body goes out decoded (`Content-Encoding`
+/// removed), since it was read to be scrubbed. One too large to scrub, or in
+/// a coding keygate cannot read, is replaced by keygate's own 502.
 pub fn scrubbed_error_response(
     answer: ErrorAnswer,
     ring: &KeyRing,
     active: ActiveGuard,
 ) -> Response<ResponseBody> {
     let ErrorAnswer { parts, body } = answer;
+    let status = parts.status.as_u16();
     let mut body = match body {
         ErrorBody::Read(body) => body,
-        // Unreadable or oversized: the status and headers still go through.
+        // Failed or too slow: the status and headers still go through.
         ErrorBody::Unreadable => b"{\"error\":{\"message\":\"upstream error body could not be read\",\"type\":\"upstream_error\",\"code\":\"upstream_unavailable\"}}".to_vec(),
+        ErrorBody::TooLarge(mut head) => {
+            ring.mask_echoes(&mut head);
+            let shown = &head[..head.len().min(LOGGED_PREFIX)];
+            tracing::debug!(
+                status,
+                body = %String::from_utf8_lossy(shown),
+                "upstream error body over the scrub limit, not passed on (first bytes, scrubbed)"
+            );
+            return ProxyError::UpstreamErrorTooLarge {
+                status,
+                limit: SCRUB_LIMIT,
+            }
+            .into_response();
+        }
+        ErrorBody::BadEncoding(error) => return bad_encoding(error).into_response(),
     };
     if ring.mask_echoes(&mut body) {
-        tracing::warn!(
-            status = parts.status.as_u16(),
-            "upstream error body echoed an upstream key; masked"
-        );
+        tracing::warn!(status, "upstream error body echoed an upstream key; masked");
     }
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = parts.status;
-    *response.headers_mut() = response_headers(parts.headers, ring);
+    let mut headers = response_headers(parts.headers, ring);
+    headers.remove(header::CONTENT_ENCODING);
+    *response.headers_mut() = headers;
     drop(active);
     response
 }
@@ -235,6 +329,9 @@ pub enum ResponseStreamError {
     /// The upstream connection failed mid-body.
     #[error("upstream stream failed: {0}")]
     Upstream(#[from] hyper::Error),
+    /// A compressed stream keygate decodes for the client turned out corrupt.
+    #[error("upstream stream could not be decoded")]
+    Decode,
 }
 
 /// The body of every response on the client listener.
@@ -301,6 +398,10 @@ impl UpstreamStream {
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     };
                     let out = tap.on_data(data);
+                    if tap.broken() {
+                        tap.finish(false);
+                        return Poll::Ready(Some(Err(ResponseStreamError::Decode)));
+                    }
                     // hyper stops polling once a length-delimited body is
                     // complete, so the end is recorded here, not on `None`.
                     if self.incoming.is_end_stream() {

@@ -84,7 +84,7 @@ async fn conduct(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &shared.config;
     let snapshot = shared.snapshot();
-    let (parts, incoming) = request.into_parts();
+    let (mut parts, incoming) = request.into_parts();
 
     let client = auth::authenticate(&parts.headers, &snapshot, config.clients.allow_anonymous)?;
     ctx.client = Some(client.name.clone());
@@ -103,6 +103,7 @@ async fn conduct(
         total: config.server.body_timeout,
     };
     let mut body = body::receive(incoming, declared_len, limits).await?;
+    body::decode_content(&mut body, &mut parts.headers, limits.max)?;
 
     // The body's fields as the upstream will read them: for routing, the
     // estimate and the usage option alike.
@@ -280,13 +281,13 @@ async fn conduct(
                 ctx.reservation.take(),
             )
         });
-        return Ok(forward::client_response(
+        return forward::client_response(
             upstream,
             ring,
             config.server.stream_idle_timeout,
             active,
             tap,
-        ));
+        );
     }
 }
 

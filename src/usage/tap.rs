@@ -6,6 +6,12 @@
 //! that did not ask does the tap re-frame the stream on event boundaries, to
 //! drop the usage-only chunk that client never asked for; even then each event
 //! goes out as soon as its blank line arrives.
+//!
+//! A compressed body (`Content-Encoding`) is read through a
+//! [`Decoder`]: passing through, the client gets the upstream's bytes and the
+//! scanner a decoded copy, piece by piece as they pass; re-framing, the
+//! splitter works on the decoded stream and that is what the client gets
+//! (the caller removes `Content-Encoding`).
 
 use std::sync::Arc;
 
@@ -16,6 +22,7 @@ use super::meter::{Outcome, UsageCounters};
 use super::scan::UsageScanner;
 use super::shapes::{self as usage, Usage};
 use super::sse::SseSplitter;
+use crate::net::content_coding::Decoder;
 use crate::usage::limits::Reservation;
 
 enum Mode {
@@ -49,6 +56,10 @@ pub struct MeterTap {
     outcome: Outcome,
     reservation: Option<Reservation>,
     finished: bool,
+    /// Decodes a compressed body before it is read.
+    decoder: Option<Decoder>,
+    /// The compressed body could not be decoded: its usage is unknown.
+    undecodable: bool,
 }
 
 impl MeterTap {
@@ -83,7 +94,33 @@ impl MeterTap {
             outcome,
             reservation,
             finished: false,
+            decoder: None,
+            undecodable: false,
         }
+    }
+
+    /// Reads the body through `decoder` (it came compressed). True when the
+    /// tap then forwards decoded bytes (it re-frames the stream), so the
+    /// caller must drop `Content-Encoding`; false when the client gets the
+    /// upstream's bytes as they are.
+    pub fn decode(&mut self, decoder: Decoder) -> bool {
+        match self.mode {
+            Mode::Opaque => false,
+            Mode::Scan(_) => {
+                self.decoder = Some(decoder);
+                false
+            }
+            Mode::Reframe { .. } => {
+                self.decoder = Some(decoder);
+                true
+            }
+        }
+    }
+
+    /// True once a stream the tap forwards decoded turned out corrupt: the
+    /// caller ends it with an error.
+    pub fn broken(&self) -> bool {
+        self.undecodable && self.rewrites()
     }
 
     /// Observes one data frame; returns what to forward now (`None`: nothing
@@ -96,7 +133,18 @@ impl MeterTap {
         match &mut self.mode {
             Mode::Opaque => Some(chunk),
             Mode::Scan(scanner) => {
-                scanner.feed(&chunk);
+                let fed = match &mut self.decoder {
+                    None if !self.undecodable => {
+                        scanner.feed(&chunk);
+                        Ok(())
+                    }
+                    None => Ok(()),
+                    Some(decoder) => decoder.feed(&chunk, &mut |piece| scanner.feed(piece)),
+                };
+                if fed.is_err() {
+                    self.decoder = None;
+                    self.undecodable = true;
+                }
                 Some(chunk)
             }
             Mode::Reframe {
@@ -104,16 +152,21 @@ impl MeterTap {
                 held,
                 ends,
             } => {
-                let usage = &mut self.usage;
-                ends.clear();
-                splitter.feed(&chunk, |data, end| {
-                    let found = usage::find(data);
-                    if let Some(u) = found.usage {
-                        *usage = Some(Usage::merged(*usage, u));
+                let chunk = match &mut self.decoder {
+                    None => chunk,
+                    Some(decoder) => {
+                        let mut decoded = BytesMut::new();
+                        let fed =
+                            decoder.feed(&chunk, &mut |piece| decoded.extend_from_slice(piece));
+                        if fed.is_err() {
+                            self.decoder = None;
+                            self.undecodable = true;
+                            return None;
+                        }
+                        decoded.freeze()
                     }
-                    ends.push((end, found.usage_only_chunk));
-                });
-                reframe(&chunk, held, ends)
+                };
+                reframe_events(splitter, held, ends, &mut self.usage, chunk)
             }
         }
     }
@@ -125,10 +178,36 @@ impl MeterTap {
 
     /// Bytes still held when the upstream body ends (an unterminated event).
     pub fn flush(&mut self) -> Option<Bytes> {
-        match &mut self.mode {
-            Mode::Reframe { held, .. } if !held.is_empty() => Some(held.split().freeze()),
-            _ => None,
+        let Mode::Reframe {
+            splitter,
+            held,
+            ends,
+        } = &mut self.mode
+        else {
+            return None;
+        };
+        // What the decoder still held, through the splitter like the rest.
+        let mut out = None;
+        if let Some(mut decoder) = self.decoder.take() {
+            let mut tail = BytesMut::new();
+            if decoder
+                .finish(&mut |piece| tail.extend_from_slice(piece))
+                .is_err()
+            {
+                self.undecodable = true;
+            }
+            if !tail.is_empty() {
+                out = reframe_events(splitter, held, ends, &mut self.usage, tail.freeze());
+            }
         }
+        if held.is_empty() {
+            return out;
+        }
+        let rest = held.split().freeze();
+        Some(match out {
+            Some(out) => Bytes::from([out, rest].concat()),
+            None => rest,
+        })
     }
 
     /// Records the request; `complete` is false when the stream was cut.
@@ -137,7 +216,14 @@ impl MeterTap {
             return;
         }
         self.finished = true;
-        if let Mode::Scan(scanner) = &self.mode {
+        if let Mode::Scan(scanner) = &mut self.mode {
+            let mut complete = complete && !self.undecodable;
+            if let Some(mut decoder) = self.decoder.take() {
+                // Drop after a cut stream: what the decoder holds is not whole.
+                if complete {
+                    complete = decoder.finish(&mut |piece| scanner.feed(piece)).is_ok();
+                }
+            }
             // A cut JSON body may end before its usage is whole; a cut stream
             // still used the tokens it reported.
             if scanner.is_sse() || complete {
@@ -164,6 +250,29 @@ impl Drop for MeterTap {
         // Dropped before the end: the client left or the stream failed.
         self.finish(false);
     }
+}
+
+/// Splits `chunk` into events, reads usage from each, and emits the complete
+/// ones minus the usage-only chunk.
+fn reframe_events(
+    splitter: &mut SseSplitter,
+    held: &mut BytesMut,
+    ends: &mut Vec<(usize, bool)>,
+    usage: &mut Option<Usage>,
+    chunk: Bytes,
+) -> Option<Bytes> {
+    if chunk.is_empty() {
+        return None;
+    }
+    ends.clear();
+    splitter.feed(&chunk, |data, end| {
+        let found = usage::find(data);
+        if let Some(u) = found.usage {
+            *usage = Some(Usage::merged(*usage, u));
+        }
+        ends.push((end, found.usage_only_chunk));
+    });
+    reframe(&chunk, held, ends)
 }
 
 /// Emits the complete events of `chunk` (with any bytes held from earlier

@@ -118,6 +118,8 @@ struct State {
     out_of_credit: Mutex<HashSet<String>>,
     /// Keys over their rate limit ([`Mock::set_rate_limited_keys`]).
     rate_limited: Mutex<HashSet<String>>,
+    /// See [`Mock::set_compression`].
+    compression: Mutex<Option<&'static str>>,
 }
 
 /// A running mock upstream; stops accepting when dropped.
@@ -162,6 +164,7 @@ impl Mock {
             flavor: Mutex::new(Flavor::OpenAi),
             out_of_credit: Mutex::new(HashSet::new()),
             rate_limited: Mutex::new(HashSet::new()),
+            compression: Mutex::new(None),
         });
         let st = state.clone();
         let accept = tokio::spawn(async move {
@@ -174,7 +177,19 @@ impl Mock {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let st = st.clone();
-                        async move { Ok::<_, Infallible>(handle(st, req).await) }
+                        async move {
+                            let coding = st.compression.lock().unwrap().filter(|coding| {
+                                req.headers()
+                                    .get("accept-encoding")
+                                    .and_then(|v| v.to_str().ok())
+                                    .is_some_and(|v| v.contains(coding))
+                            });
+                            let response = handle(st, req).await;
+                            Ok::<_, Infallible>(match coding {
+                                Some(coding) => compress(response, coding).await,
+                                None => response,
+                            })
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
@@ -192,6 +207,13 @@ impl Mock {
     /// `http://127.0.0.1:PORT`, for a provider's `base_url`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Compress every answer (JSON, SSE, errors, canned) with `coding`
+    /// (`"gzip"` or `"br"`) when the request's Accept-Encoding allows it, as
+    /// the real APIs do; `None`: plain bytes (the default).
+    pub fn set_compression(&self, coding: Option<&'static str>) {
+        *self.state.compression.lock().unwrap() = coding;
     }
 
     /// Replace the set of accepted upstream keys.
@@ -548,6 +570,70 @@ fn chat(st: Arc<State>, body: &Bytes, tag: Option<usize>) -> Response<Body> {
     r.headers_mut()
         .insert("cache-control", HeaderValue::from_static("no-cache"));
     r
+}
+
+/// `response` with its body encoded in `coding`: a whole body stays whole
+/// (hyper sends it with a Content-Length); a stream is encoded event by event,
+/// each flushed at once, as a compressing server streams SSE.
+async fn compress(response: Response<Body>, coding: &'static str) -> Response<Body> {
+    use std::io::Write;
+    let (mut parts, mut body) = response.into_parts();
+    parts
+        .headers
+        .insert("content-encoding", HeaderValue::from_static(coding));
+    // The encoder writes into a sink shared with this function, which takes
+    // what it wrote after each event.
+    let sink = Arc::new(Mutex::new(Vec::<u8>::new()));
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut encoder: Box<dyn Write + Send> = match coding {
+        "gzip" => Box::new(flate2::write::GzEncoder::new(
+            Shared(sink.clone()),
+            flate2::Compression::default(),
+        )),
+        _ => Box::new(brotli::CompressorWriter::new(
+            Shared(sink.clone()),
+            4096,
+            5,
+            22,
+        )),
+    };
+    let take = move || std::mem::take(&mut *sink.lock().unwrap());
+    if http_body::Body::size_hint(&body).exact().is_some() {
+        let whole = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        encoder.write_all(&whole).unwrap();
+        drop(encoder); // finishes the stream
+        return Response::from_parts(parts, Full::new(Bytes::from(take())).boxed());
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            encoder.write_all(&data).unwrap();
+            encoder.flush().unwrap();
+            let out = take();
+            if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+                return;
+            }
+        }
+        drop(encoder);
+        let _ = tx.send(Bytes::from(take())).await;
+    });
+    Response::from_parts(parts, ChannelBody(rx).boxed())
 }
 
 /// The completion id a tagged chat answer carries (see [`Mock::tag_responses`]):
