@@ -25,6 +25,7 @@ use crate::net::content_coding;
 use crate::net::upstream::UpstreamBody;
 use crate::proxy::body::OutboundBody;
 use crate::proxy::error::ProxyError;
+use crate::proxy::request_end::{Ending, RequestEnd};
 use crate::usage::tap::MeterTap;
 
 /// Hop-by-hop and framing headers keygate never passes through (RFC 9110 §7.6.1;
@@ -352,18 +353,28 @@ pub struct UpstreamStream {
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     tap: Option<MeterTap>,
+    /// The request's end, run when this body ends, is cut, or is dropped.
+    end: Option<RequestEnd>,
     _active: ActiveGuard,
 }
 
 impl UpstreamStream {
+    /// The body is over: the tap records its usage, then the request ends.
+    fn end(&mut self, ending: Ending) {
+        if let Some(tap) = self.tap.as_mut() {
+            tap.finish(ending == Ending::Complete);
+        }
+        if let Some(mut end) = self.end.take() {
+            end.finish(ending);
+        }
+    }
+
     fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ResponseStreamError>>> {
         if let Some(trailers) = self.held_trailers.take() {
-            if let Some(tap) = self.tap.as_mut() {
-                tap.finish(true);
-            }
+            self.end(Ending::Complete);
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         loop {
@@ -384,13 +395,11 @@ impl UpstreamStream {
                                 continue;
                             }
                             // Trailers end the body: hyper may not poll again.
-                            if let Some(tap) = self.tap.as_mut() {
-                                if let Some(held) = tap.flush() {
-                                    self.held_trailers = Some(trailers);
-                                    return Poll::Ready(Some(Ok(Frame::data(held))));
-                                }
-                                tap.finish(true);
+                            if let Some(held) = self.tap.as_mut().and_then(MeterTap::flush) {
+                                self.held_trailers = Some(trailers);
+                                return Poll::Ready(Some(Ok(Frame::data(held))));
                             }
+                            self.end(Ending::Complete);
                             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                         }
                     };
@@ -399,7 +408,7 @@ impl UpstreamStream {
                     };
                     let out = tap.on_data(data);
                     if tap.broken() {
-                        tap.finish(false);
+                        self.end(Ending::Cut("upstream_undecodable"));
                         return Poll::Ready(Some(Err(ResponseStreamError::Decode)));
                     }
                     // hyper stops polling once a length-delimited body is
@@ -409,7 +418,7 @@ impl UpstreamStream {
                             (Some(out), Some(rest)) => Some(Bytes::from([out, rest].concat())),
                             (out, rest) => out.or(rest),
                         };
-                        tap.finish(true);
+                        self.end(Ending::Complete);
                         return Poll::Ready(out.map(|b| Ok(Frame::data(b))));
                     }
                     match out {
@@ -418,27 +427,20 @@ impl UpstreamStream {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    if let Some(tap) = self.tap.as_mut() {
-                        tap.finish(false);
-                    }
+                    self.end(Ending::Cut("upstream_stream_failed"));
                     return Poll::Ready(Some(Err(e.into())));
                 }
                 Poll::Ready(None) => {
-                    let Some(tap) = self.tap.as_mut() else {
-                        return Poll::Ready(None);
-                    };
-                    if let Some(rest) = tap.flush() {
+                    if let Some(rest) = self.tap.as_mut().and_then(MeterTap::flush) {
                         return Poll::Ready(Some(Ok(Frame::data(rest))));
                     }
-                    tap.finish(true);
+                    self.end(Ending::Complete);
                     return Poll::Ready(None);
                 }
                 Poll::Pending => {
                     return match self.idle_timer.as_mut().poll(cx) {
                         Poll::Ready(()) => {
-                            if let Some(tap) = self.tap.as_mut() {
-                                tap.finish(false);
-                            }
+                            self.end(Ending::Cut("upstream_stream_idle"));
                             Poll::Ready(Some(Err(ResponseStreamError::Idle(self.idle))))
                         }
                         Poll::Pending => Poll::Pending,
@@ -471,8 +473,28 @@ impl ResponseBody {
             idle,
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             tap,
+            end: None,
             _active: active,
         }))
+    }
+
+    /// Hands the request's end to a streamed body, to run when it is over;
+    /// a body held whole gives it back (its request ends now).
+    pub fn attach(&mut self, end: RequestEnd) -> Option<RequestEnd> {
+        match self {
+            ResponseBody::Upstream(stream) => {
+                stream.end = Some(end);
+                None
+            }
+            ResponseBody::Full(_) => Some(end),
+        }
+    }
+}
+
+impl Drop for UpstreamStream {
+    fn drop(&mut self) {
+        // Dropped before its end: hyper lets go of a body whose client left.
+        self.end(Ending::ClientGone);
     }
 }
 

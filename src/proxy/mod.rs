@@ -6,8 +6,9 @@
 //!
 //! Stages are plain functions in their own modules, called here in order; none
 //! calls another. What an upstream answer means for the key is [`judge`]'s. The only loop is forward ⇄ retry, and it only runs before any
-//! response byte has gone to the client. Logs once per request, at the end,
-//! with names and key ids, never a secret.
+//! response byte has gone to the client. The request's end — counters, budget
+//! reservation, metrics, the one log line — is [`request_end`]'s, and runs
+//! when the response body is over.
 
 pub mod auth;
 pub mod body;
@@ -15,79 +16,64 @@ pub mod error;
 pub mod forward;
 pub mod json_skim;
 pub mod judge;
+pub mod request_end;
 pub mod route;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::control::metrics::{ActiveGuard, ProviderMetrics};
+use crate::control::metrics::ActiveGuard;
 use crate::control::state::Shared;
 use crate::keys::{health, KeyRing};
 use crate::net::upstream::SendError;
 use crate::providers::KeyVerdict;
 use crate::proxy::error::ProxyError;
-use crate::usage::limits::{self, Reservation};
-use crate::usage::meter::{Outcome, UsageCounters, UsageKey};
-use crate::usage::tap::MeterTap;
+use crate::usage::limits;
+use crate::usage::meter::UsageKey;
 use body::{BodyLimits, RequestBody};
 use forward::ResponseBody;
+use request_end::{Ending, RequestEnd};
 use route::PathMatch;
-
-/// What the conductor learns about a request, for the one log line and metrics.
-#[derive(Default)]
-struct RequestContext {
-    client: Option<Arc<str>>,
-    provider: Option<ProviderMetrics>,
-    key_id: Option<Arc<str>>,
-    attempts: u32,
-    error: Option<&'static str>,
-    /// Why the client key was refused (`keygate_client_auth_failures_total`).
-    auth_failure: Option<&'static str>,
-    /// The usage counters, until a response tap takes them over.
-    usage: Option<Arc<UsageCounters>>,
-    /// `keygate_requests_total` of this client and provider for a 200.
-    answered_ok: Option<prometheus::IntCounter>,
-    request_bytes: u64,
-    /// Tokens reserved against the client's limits, until settled.
-    reservation: Option<Reservation>,
-}
 
 /// Entry point for every request on the client listener.
 pub async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let started = Instant::now();
-    let mut ctx = RequestContext::default();
-    let response = match conduct(&shared, request, &mut ctx).await {
+    let mut end = RequestEnd::new(shared.clone(), Instant::now());
+    let mut response = match conduct(&shared, request, &mut end).await {
         Ok(response) => response,
         Err(error) => {
-            ctx.error = Some(error.code());
+            end.error = Some(error.code());
             if let ProxyError::InvalidClientKey(why) = &error {
-                ctx.auth_failure = Some(why.reason());
+                end.auth_failure = Some(why.reason());
             }
             error.into_response()
         }
     };
-    record(&shared, &mut ctx, response.status(), started);
+    end.head(response.status());
+    // A streamed body ends the request when it is over; a whole one now.
+    if let Some(mut end) = response.body_mut().attach(end) {
+        end.finish(Ending::Complete);
+    }
     Ok(response)
 }
 
 async fn conduct(
     shared: &Shared,
     request: Request<Incoming>,
-    ctx: &mut RequestContext,
+    end: &mut RequestEnd,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let config = &shared.config;
     let snapshot = shared.snapshot();
     let (mut parts, incoming) = request.into_parts();
 
     let client = auth::authenticate(&parts.headers, &snapshot, config.clients.allow_anonymous)?;
-    ctx.client = Some(client.name.clone());
+    end.client = Some(client.name.clone());
 
     let path_match = route::by_path(config, parts.uri.path())?;
 
@@ -116,7 +102,7 @@ async fn conduct(
         PathMatch::Plain(path) => (route::by_model(config, model.as_deref()), path),
     };
     let provider_metrics = shared.metrics.provider(&provider.name);
-    ctx.provider = Some(provider_metrics.clone());
+    end.provider = Some(provider_metrics.clone());
     let model = model.unwrap_or_else(|| Arc::from("-"));
     let series = shared.meter.series(
         UsageKey {
@@ -126,13 +112,15 @@ async fn conduct(
         },
         |key| shared.metrics.usage_series(key),
     );
-    ctx.usage = Some(series.counters);
-    ctx.answered_ok = Some(series.metrics.answered_ok);
-    let token_metrics = series.metrics.tokens;
-    ctx.request_bytes = body
+    end.count_in(
+        series.counters,
+        series.metrics.tokens,
+        series.metrics.answered_ok,
+    );
+    end.request_bytes = body
         .buffered()
         .map_or(declared_len.unwrap_or(0), |b| b.len() as u64);
-    let request_bytes = ctx.request_bytes;
+    let request_bytes = end.request_bytes;
     // A request without a body (a `GET`) asks for nothing to be generated.
     let no_body = body.buffered().is_some_and(|b| b.is_empty());
     let estimate = || {
@@ -142,12 +130,11 @@ async fn conduct(
             limits::estimate_tokens(fields.as_ref(), request_bytes)
         }
     };
-    ctx.reservation = Some(shared.limits.admit(
-        &client.name,
-        client.limits,
-        estimate,
-        crate::unix_now(),
-    )?);
+    end.hold(
+        shared
+            .limits
+            .admit(&client.name, client.limits, estimate, crate::unix_now())?,
+    );
     // Ask for the usage chunk on the client's behalf, and hide it from them.
     let mut strip_usage_chunk = false;
     if config.metering.stream_usage
@@ -190,8 +177,8 @@ async fn conduct(
         let key = pick.key;
         let outbound_body = body.next_attempt().ok_or_else(rejected)?;
         tried |= 1 << pick.index;
-        ctx.attempts += 1;
-        ctx.key_id = Some(key.id.clone());
+        end.attempts += 1;
+        end.key_id = Some(key.id.clone());
 
         let outbound = forward::outbound_request(
             provider,
@@ -265,22 +252,13 @@ async fn conduct(
             Ok(upstream) => upstream,
             Err(error) => return Ok(forward::scrubbed_error_response(error, ring, active)),
         };
-        let tap = ctx.usage.take().map(|counters| {
-            MeterTap::new(
-                counters,
-                token_metrics,
-                upstream
-                    .headers()
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok()),
-                strip_usage_chunk,
-                Outcome {
-                    request_bytes: ctx.request_bytes,
-                    ..Outcome::default()
-                },
-                ctx.reservation.take(),
-            )
-        });
+        let tap = end.tap(
+            upstream
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            strip_usage_chunk,
+        );
         return forward::client_response(
             upstream,
             ring,
@@ -301,52 +279,4 @@ fn send_failure(provider: &str, body: &RequestBody, limit: u64, error: &SendErro
         provider: provider.to_owned(),
         detail: error.detail(),
     }
-}
-
-fn record(shared: &Shared, ctx: &mut RequestContext, status: StatusCode, started: Instant) {
-    // No response body will report usage: nothing was spent upstream.
-    if let Some(reservation) = ctx.reservation.take() {
-        reservation.settle(Some(0));
-    }
-    // Answered without a tap (keygate's own error, or a scrubbed upstream error).
-    if let Some(usage) = &ctx.usage {
-        usage.record(&Outcome {
-            error: status.as_u16() >= 400,
-            request_bytes: ctx.request_bytes,
-            ..Outcome::default()
-        });
-    }
-    let client = ctx.client.as_deref().unwrap_or("-");
-    let provider = ctx.provider.as_ref().map_or("-", |p| &*p.name);
-    let elapsed = started.elapsed();
-    match ctx.answered_ok.take() {
-        Some(answered_ok) if status == StatusCode::OK => answered_ok.inc(),
-        _ => shared
-            .metrics
-            .requests_total
-            .with_label_values(&[client, provider, status.as_str()])
-            .inc(),
-    }
-    if let Some(provider) = &ctx.provider {
-        provider.request_duration.observe(elapsed.as_secs_f64());
-    }
-    if let Some(reason) = ctx.auth_failure {
-        shared
-            .metrics
-            .client_auth_failures
-            .with_label_values(&[reason])
-            .inc();
-    }
-    tracing::info!(
-        client,
-        provider,
-        status = status.as_u16(),
-        latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-        // Only on a refused client key (a `None` field is left out).
-        auth_failure = ctx.auth_failure,
-        key_id = ctx.key_id.as_deref().unwrap_or("-"),
-        attempts = ctx.attempts,
-        error = ctx.error.unwrap_or("-"),
-        "request"
-    );
 }

@@ -359,11 +359,17 @@ async fn each_refusal_says_which_case_it_is_and_never_echoes_the_key() {
     // A request that got through names no auth failure.
     let ok = env.server.send(env.chat("gpt-4o")).await;
     assert_eq!(ok.status, 200, "{}", ok.text());
-    let log = env.server.stderr();
-    let served = log
-        .lines()
-        .find(|l| l.contains(" keygate::proxy: request ") && l.contains("status=200"))
-        .unwrap_or_else(|| panic!("no access line for the 200:\n{log}"));
+    // The line is written when the response is over; it reaches the harness
+    // through a pipe.
+    let served = crate::support::eventually(std::time::Duration::from_secs(3), || async {
+        env.server
+            .stderr()
+            .lines()
+            .find(|l| l.contains(" keygate::proxy: request ") && l.contains("status=200"))
+            .map(str::to_owned)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no access line for the 200:\n{}", env.server.stderr()));
     assert!(!served.contains("auth_failure"), "{served}");
     // Every presented value is checked against keygate's logs, CLI output,
     // /metrics and every response when `env` drops (8-character windows).

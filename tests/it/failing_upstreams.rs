@@ -367,3 +367,75 @@ async fn upstream_switching_protocols_is_a_502() {
     }
     assert_eq!(raw.hits(), 2);
 }
+
+/// The access line is written when the response is over and says how it
+/// ended: a stream the upstream cut logs `error="upstream_stream_failed"
+/// outcome="cut"`, one whose client left `outcome="client_gone"`, a whole one
+/// neither (issue 15 item 2: the line used to be written at head time, so a
+/// stream cut later still logged `error="-"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_line_says_how_a_stream_really_ended() {
+    let bad = BadUpstream::start().await;
+    let env = env_for(bad.url()).await;
+    let line_with = |needle: &'static str| {
+        let env = &env;
+        async move {
+            crate::support::eventually(Duration::from_secs(5), || async {
+                env.server
+                    .stderr()
+                    .lines()
+                    .find(|l| l.contains(" keygate::proxy: request ") && l.contains(needle))
+                    .map(str::to_owned)
+            })
+            .await
+            .unwrap_or_else(|| panic!("no access line with {needle}:\n{}", env.server.stderr()))
+        }
+    };
+
+    // Cut by the upstream after two events.
+    bad.push(Script::Sse {
+        events: 2,
+        interval: Duration::from_millis(20),
+        end: End::Reset,
+    });
+    let resp = open_h1(env.server.client, stream_req(&env)).await;
+    assert_eq!(resp.status(), 200);
+    let (_, how) = drain(&mut resp.into_body(), Duration::from_secs(4)).await;
+    assert!(matches!(how, BodyEnd::Broken(_)), "{how:?}");
+    let cut = line_with("outcome=\"cut\"").await;
+    assert!(
+        cut.contains("status=200") && cut.contains(r#"error="upstream_stream_failed""#),
+        "{cut}"
+    );
+
+    // The client leaves while the upstream is still streaming.
+    bad.push(Script::Sse {
+        events: 50,
+        interval: Duration::from_millis(50),
+        end: End::Clean,
+    });
+    let resp = open_h1(env.server.client, stream_req(&env)).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    read_until(&mut body, "piece-1").await;
+    drop(body);
+    let gone = line_with("outcome=\"client_gone\"").await;
+    assert!(gone.contains("status=200"), "{gone}");
+
+    // A whole answer: no outcome field, as before.
+    next_request_succeeds(&env, "the two broken streams").await;
+    let whole = crate::support::eventually(Duration::from_secs(5), || async {
+        let log = env.server.stderr();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" keygate::proxy: request "))
+            .collect();
+        (lines.len() >= 3).then(|| lines[2].to_owned())
+    })
+    .await
+    .unwrap_or_else(|| panic!("no third access line:\n{}", env.server.stderr()));
+    assert!(
+        whole.ends_with(r#" attempts=1 error="-""#) && !whole.contains("outcome="),
+        "{whole}"
+    );
+}
