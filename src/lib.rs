@@ -16,16 +16,18 @@
 //! - [`config`]: figment layers (embedded defaults → file → `KEYGATE_*`) → typed [`config::Config`]
 //! - [`providers`]: what is known about each provider kind: auth default, verify request,
 //!   usage option, and what an upstream answer says about the key
-//! - [`net`]: client listeners (h1/h2, TLS, timeouts, drain), the HTTP/1 head guard, the upstream pool
+//! - [`net`]: client listeners (h1/h2, TLS, timeouts, drain), the HTTP/1 head guard, the upstream
+//!   pool, content codings (gzip, deflate, br, zstd)
 //! - [`proxy`]: the conductor of one request, and the stages it calls in order —
-//!   client auth, routing, request body, JSON skim, the outbound leg and response body,
-//!   and `ProxyError`, the one place a failure becomes an HTTP answer
+//!   client auth, routing, request body, JSON skim, the outbound leg, the judge of an
+//!   upstream answer, error answers, the response body, the request's end — and
+//!   `ProxyError`, the one place a failure becomes an HTTP answer
 //! - [`keys`]: the key ring and its runtime health; the key lifecycle (ops, the rotation
 //!   service, verification)
 //! - [`usage`]: the meter's counters, the response tap (SSE splitter, usage shapes),
 //!   the SQLite ledger, per-client limits
 //! - [`control`]: shared state, the snapshot and its single writer (reload, follow),
-//!   the admin listener, metrics, log format, shutdown, core-dump protection
+//!   the admin listener (probes, admin API), metrics, log format, shutdown, core-dump protection
 //! - [`vault`]: the encrypted file (format, crypto, atomic writes, master key sources,
 //!   rollback record), the secret type, the `kg_` client-key format
 //! - [`cli`]: the commands; the only code that prints to stdout

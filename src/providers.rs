@@ -9,6 +9,10 @@
 //! reports an empty account as a 429 `insufficient_quota`, Anthropic as a 400
 //! "credit balance is too low", OpenRouter as 402, and OpenRouter's 403 is a
 //! moderation refusal, not a key problem. Nothing here does I/O or logs.
+//!
+//! Over 400 lines by design: everything known about every provider kind is
+//! in this one room (the retry loop, `key verify` and the meter each ask it
+//! one question), so a provider's quirks never leak into the request path.
 
 use serde::Deserialize;
 

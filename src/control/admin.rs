@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::probes::text;
 use crate::control::state::Shared;
 use crate::keys::{ops, rotate};
-use crate::proxy::forward::ResponseBody;
+use crate::proxy::response_body::ResponseBody;
 use crate::vault::document::{Document, KeyState};
 use crate::vault::secret::Secret;
 use crate::vault::VaultError;

@@ -10,7 +10,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::control::state::Shared;
-use crate::proxy::forward::ResponseBody;
+use crate::proxy::response_body::ResponseBody;
 
 /// Entry point for every request on the admin listener.
 pub async fn handle(

@@ -9,6 +9,9 @@
 //! passes its limit, so a small compressed body cannot make keygate inflate
 //! gigabytes (a decompression bomb). Nothing here logs, and no error quotes a
 //! body byte.
+//!
+//! Over 400 lines: four streaming decoders behind one interface, the header
+//! parsing and the limits they share.
 
 use std::io::Write;
 

@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::ServerConfig;
 use crate::control::state::Shared;
 use crate::net::head_guard::HeadGuard;
-use crate::proxy::forward::ResponseBody;
+use crate::proxy::response_body::ResponseBody;
 
 /// Why the listeners could not start.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,10 @@
 //! (TLS by rustls, ALPN `http/1.1`). An idle connection is checked before
 //! reuse; a request that never left a stale connection is sent again on
 //! another one. Idle connections are closed after 90 s.
+//!
+//! Over 400 lines: the pool and the body that drives its connection inline
+//! share the connection's life (release on end, drop on failure); apart,
+//! each would need the other's internals.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,23 +1,20 @@
 //! The outbound leg: the outbound request (client credentials and hop-by-hop
-//! headers out, the provider's key in), and the response on its way back
-//! (hop-by-hop and auth headers out, body streamed frame by frame with an
-//! idle timeout). The connections themselves are [`crate::net::upstream`]'s.
+//! headers out, the provider's key in) and the head of the response on its
+//! way back (hop-by-hop, auth and key-echoing headers out). The body that
+//! follows is [`super::response_body`]'s; an upstream error answer is read
+//! and scrubbed by [`super::error_answer`]; the connections themselves are
+//! [`crate::net::upstream`]'s.
 //!
 //! Redirects are never followed. The key's header value is prebuilt and
 //! sensitive; nothing here logs a header.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, Uri};
-use http_body::{Body, Frame, SizeHint};
-use tokio::time::Sleep;
 
+use super::response_body::ResponseBody;
 use crate::config::Provider;
 use crate::control::metrics::ActiveGuard;
 use crate::keys::{KeyRing, RingKey};
@@ -25,7 +22,6 @@ use crate::net::content_coding;
 use crate::net::upstream::UpstreamBody;
 use crate::proxy::body::OutboundBody;
 use crate::proxy::error::ProxyError;
-use crate::proxy::request_end::{Ending, RequestEnd};
 use crate::usage::tap::MeterTap;
 
 /// Hop-by-hop and framing headers keygate never passes through (RFC 9110 §7.6.1;
@@ -159,13 +155,13 @@ pub fn client_response(
 /// it passes on unmetered rather than cost keygate the CPU of a bomb).
 const RESPONSE_DECODED_LIMIT: u64 = 1 << 30;
 
-fn bad_encoding(error: content_coding::CodingError) -> ProxyError {
+pub(super) fn bad_encoding(error: content_coding::CodingError) -> ProxyError {
     ProxyError::UpstreamBadEncoding {
         detail: error.to_string(),
     }
 }
 
-fn response_headers(mut headers: HeaderMap, ring: &KeyRing) -> HeaderMap {
+pub(super) fn response_headers(mut headers: HeaderMap, ring: &KeyRing) -> HeaderMap {
     keep_end_to_end(&mut headers, &[]);
     let echoing: Vec<HeaderName> = headers
         .iter()
@@ -177,368 +173,6 @@ fn response_headers(mut headers: HeaderMap, ring: &KeyRing) -> HeaderMap {
         headers.remove(name);
     }
     headers
-}
-
-/// Error bodies this small (decoded) are read whole so key echoes can be masked.
-const SCRUB_LIMIT: usize = 64 * 1024;
-/// Compressed bytes read for one error body at most (a stream that decodes to
-/// next to nothing must not be read for ever).
-const SCRUB_RAW_LIMIT: usize = 4 * SCRUB_LIMIT;
-/// How much of an oversized error body the debug log shows (scrubbed).
-const LOGGED_PREFIX: usize = 2 * 1024;
-
-/// An upstream error answer, its body read (up to [`SCRUB_LIMIT`], decoded)
-/// so the retry loop can ask the provider's kind what it says about the key
-/// before anything reaches the client.
-pub struct ErrorAnswer {
-    /// Status and headers as the upstream sent them.
-    pub parts: http::response::Parts,
-    /// The body.
-    pub body: ErrorBody,
-}
-
-/// The body of an [`ErrorAnswer`].
-pub enum ErrorBody {
-    /// Read whole, and decoded when it came compressed.
-    Read(Vec<u8>),
-    /// Failed or too slow: never passed on unread.
-    Unreadable,
-    /// Over [`SCRUB_LIMIT`] decoded (with a Content-Length or chunked,
-    /// compressed or not): never passed on; the first [`SCRUB_LIMIT`] bytes
-    /// are kept for the debug log.
-    TooLarge(Vec<u8>),
-    /// In a content coding keygate cannot decode.
-    BadEncoding(content_coding::CodingError),
-}
-
-impl ErrorAnswer {
-    /// The body's decoded bytes, when it was read.
-    pub fn bytes(&self) -> Option<&[u8]> {
-        match &self.body {
-            ErrorBody::Read(bytes) => Some(bytes),
-            _ => None,
-        }
-    }
-}
-
-/// Reads an upstream error answer's body, decoding it, waiting at most
-/// `idle` for it.
-pub async fn read_error_body(upstream: Response<UpstreamBody>, idle: Duration) -> ErrorAnswer {
-    let (parts, incoming) = upstream.into_parts();
-    let body = match content_coding::codings(&parts.headers) {
-        Ok(codings) => {
-            match tokio::time::timeout(idle, collect_decoded(incoming, &codings)).await {
-                Ok(body) => body,
-                Err(_) => ErrorBody::Unreadable,
-            }
-        }
-        Err(error) => ErrorBody::BadEncoding(error),
-    };
-    ErrorAnswer { parts, body }
-}
-
-async fn collect_decoded(
-    mut incoming: UpstreamBody,
-    codings: &[content_coding::Coding],
-) -> ErrorBody {
-    use http_body_util::BodyExt;
-    // One byte over the limit is how "too large" shows.
-    let mut decoder = content_coding::Decoder::new(codings, SCRUB_LIMIT as u64 + 1);
-    let mut body = Vec::new();
-    let mut raw = 0usize;
-    let decoded = loop {
-        let data = match incoming.frame().await {
-            None => break decoder.finish(&mut |piece| body.extend_from_slice(piece)),
-            Some(Err(_)) => return ErrorBody::Unreadable,
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => data,
-                Err(_) => continue, // trailers of an error body: not kept
-            },
-        };
-        raw += data.len();
-        if codings.is_empty() {
-            body.extend_from_slice(&data);
-        } else if let Err(error) = decoder.feed(&data, &mut |piece| body.extend_from_slice(piece)) {
-            break Err(error);
-        }
-        if body.len() > SCRUB_LIMIT || raw > SCRUB_RAW_LIMIT {
-            break Err(content_coding::CodingError::TooLarge {
-                limit: SCRUB_LIMIT as u64,
-            });
-        }
-    };
-    match decoded {
-        Ok(()) => ErrorBody::Read(body),
-        Err(content_coding::CodingError::TooLarge { .. }) => {
-            body.truncate(SCRUB_LIMIT);
-            ErrorBody::TooLarge(body)
-        }
-        Err(_) => ErrorBody::Unreadable,
-    }
-}
-
-/// An upstream error answer (4xx/5xx) for the client, with every fragment of
-/// an upstream key masked out of its headers and body (OpenAI-style errors
-/// quote the key they refused). The body goes out decoded (`Content-Encoding`
-/// removed), since it was read to be scrubbed. One too large to scrub, or in
-/// a coding keygate cannot read, is replaced by keygate's own 502.
-pub fn scrubbed_error_response(
-    answer: ErrorAnswer,
-    ring: &KeyRing,
-    active: ActiveGuard,
-) -> Response<ResponseBody> {
-    let ErrorAnswer { parts, body } = answer;
-    let status = parts.status.as_u16();
-    let mut body = match body {
-        ErrorBody::Read(body) => body,
-        // Failed or too slow: the status and headers still go through.
-        ErrorBody::Unreadable => b"{\"error\":{\"message\":\"upstream error body could not be read\",\"type\":\"upstream_error\",\"code\":\"upstream_unavailable\"}}".to_vec(),
-        ErrorBody::TooLarge(mut head) => {
-            ring.mask_echoes(&mut head);
-            let shown = &head[..head.len().min(LOGGED_PREFIX)];
-            tracing::debug!(
-                status,
-                body = %String::from_utf8_lossy(shown),
-                "upstream error body over the scrub limit, not passed on (first bytes, scrubbed)"
-            );
-            return ProxyError::UpstreamErrorTooLarge {
-                status,
-                limit: SCRUB_LIMIT,
-            }
-            .into_response();
-        }
-        ErrorBody::BadEncoding(error) => return bad_encoding(error).into_response(),
-    };
-    if ring.mask_echoes(&mut body) {
-        tracing::warn!(status, "upstream error body echoed an upstream key; masked");
-    }
-    let mut response = Response::new(ResponseBody::full(body));
-    *response.status_mut() = parts.status;
-    let mut headers = response_headers(parts.headers, ring);
-    headers.remove(header::CONTENT_ENCODING);
-    *response.headers_mut() = headers;
-    drop(active);
-    response
-}
-
-/// Why a response stream was cut.
-#[derive(Debug, thiserror::Error)]
-pub enum ResponseStreamError {
-    /// No upstream bytes for `stream_idle_timeout`.
-    #[error("upstream stream idle for longer than {0:?}")]
-    Idle(Duration),
-    /// The upstream connection failed mid-body.
-    #[error("upstream stream failed: {0}")]
-    Upstream(#[from] hyper::Error),
-    /// A compressed stream keygate decodes for the client turned out corrupt.
-    #[error("upstream stream could not be decoded")]
-    Decode,
-}
-
-/// The body of every response on the client listener.
-pub enum ResponseBody {
-    /// keygate's own answer (errors, admin).
-    Full(Option<Bytes>),
-    /// The upstream's body, frame by frame.
-    Upstream(Box<UpstreamStream>),
-}
-
-/// An upstream body in flight; counted in `keygate_active_requests` until dropped.
-pub struct UpstreamStream {
-    incoming: UpstreamBody,
-    /// Trailers (h2, h2c) are filtered against the same ring as the head.
-    ring: Arc<KeyRing>,
-    /// Trailers that arrived while the tap still held bytes to send first.
-    held_trailers: Option<HeaderMap>,
-    idle: Duration,
-    idle_timer: Pin<Box<Sleep>>,
-    tap: Option<MeterTap>,
-    /// The request's end, run when this body ends, is cut, or is dropped.
-    end: Option<RequestEnd>,
-    _active: ActiveGuard,
-}
-
-impl UpstreamStream {
-    /// The body is over: the tap records its usage, then the request ends.
-    fn end(&mut self, ending: Ending) {
-        if let Some(tap) = self.tap.as_mut() {
-            tap.finish(ending == Ending::Complete);
-        }
-        if let Some(mut end) = self.end.take() {
-            end.finish(ending);
-        }
-    }
-
-    fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, ResponseStreamError>>> {
-        if let Some(trailers) = self.held_trailers.take() {
-            self.end(Ending::Complete);
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        loop {
-            match Pin::new(&mut self.incoming).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let deadline = tokio::time::Instant::now() + self.idle;
-                    self.idle_timer.as_mut().reset(deadline);
-                    let data = match frame.into_data() {
-                        Ok(data) => data,
-                        Err(frame) => {
-                            // Trailers get the head's treatment: an upstream
-                            // that echoes a key there must not leak it either.
-                            let Ok(trailers) = frame.into_trailers() else {
-                                continue;
-                            };
-                            let trailers = response_headers(trailers, &self.ring);
-                            if trailers.is_empty() {
-                                continue;
-                            }
-                            // Trailers end the body: hyper may not poll again.
-                            if let Some(held) = self.tap.as_mut().and_then(MeterTap::flush) {
-                                self.held_trailers = Some(trailers);
-                                return Poll::Ready(Some(Ok(Frame::data(held))));
-                            }
-                            self.end(Ending::Complete);
-                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-                        }
-                    };
-                    let Some(tap) = self.tap.as_mut() else {
-                        return Poll::Ready(Some(Ok(Frame::data(data))));
-                    };
-                    let out = tap.on_data(data);
-                    if tap.broken() {
-                        self.end(Ending::Cut("upstream_undecodable"));
-                        return Poll::Ready(Some(Err(ResponseStreamError::Decode)));
-                    }
-                    // hyper stops polling once a length-delimited body is
-                    // complete, so the end is recorded here, not on `None`.
-                    if self.incoming.is_end_stream() {
-                        let out = match (out, tap.flush()) {
-                            (Some(out), Some(rest)) => Some(Bytes::from([out, rest].concat())),
-                            (out, rest) => out.or(rest),
-                        };
-                        self.end(Ending::Complete);
-                        return Poll::Ready(out.map(|b| Ok(Frame::data(b))));
-                    }
-                    match out {
-                        Some(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
-                        None => continue, // part of an event held back; read on
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    self.end(Ending::Cut("upstream_stream_failed"));
-                    return Poll::Ready(Some(Err(e.into())));
-                }
-                Poll::Ready(None) => {
-                    if let Some(rest) = self.tap.as_mut().and_then(MeterTap::flush) {
-                        return Poll::Ready(Some(Ok(Frame::data(rest))));
-                    }
-                    self.end(Ending::Complete);
-                    return Poll::Ready(None);
-                }
-                Poll::Pending => {
-                    return match self.idle_timer.as_mut().poll(cx) {
-                        Poll::Ready(()) => {
-                            self.end(Ending::Cut("upstream_stream_idle"));
-                            Poll::Ready(Some(Err(ResponseStreamError::Idle(self.idle))))
-                        }
-                        Poll::Pending => Poll::Pending,
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl ResponseBody {
-    /// A complete body.
-    pub fn full(bytes: impl Into<Bytes>) -> Self {
-        ResponseBody::Full(Some(bytes.into()))
-    }
-
-    /// Streams `incoming`; `active` keeps the request counted as in flight
-    /// until the stream ends or the client goes away.
-    fn upstream(
-        incoming: UpstreamBody,
-        ring: Arc<KeyRing>,
-        idle: Duration,
-        active: ActiveGuard,
-        tap: Option<MeterTap>,
-    ) -> Self {
-        ResponseBody::Upstream(Box::new(UpstreamStream {
-            incoming,
-            ring,
-            held_trailers: None,
-            idle,
-            idle_timer: Box::pin(tokio::time::sleep(idle)),
-            tap,
-            end: None,
-            _active: active,
-        }))
-    }
-
-    /// Hands the request's end to a streamed body, to run when it is over;
-    /// a body held whole gives it back (its request ends now).
-    pub fn attach(&mut self, end: RequestEnd) -> Option<RequestEnd> {
-        match self {
-            ResponseBody::Upstream(stream) => {
-                stream.end = Some(end);
-                None
-            }
-            ResponseBody::Full(_) => Some(end),
-        }
-    }
-}
-
-impl Drop for UpstreamStream {
-    fn drop(&mut self) {
-        // Dropped before its end: hyper lets go of a body whose client left.
-        self.end(Ending::ClientGone);
-    }
-}
-
-impl From<Bytes> for ResponseBody {
-    fn from(bytes: Bytes) -> Self {
-        ResponseBody::Full(Some(bytes))
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = ResponseStreamError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Upstream(stream) => stream.poll_next(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Full(bytes) => bytes.as_ref().is_none_or(|b| b.is_empty()),
-            ResponseBody::Upstream(stream) => {
-                stream.incoming.is_end_stream() && stream.held_trailers.is_none()
-            }
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
-            // A tap that removes a chunk changes the length: let hyper frame it.
-            ResponseBody::Upstream(stream) if stream.tap.as_ref().is_some_and(|t| t.rewrites()) => {
-                SizeHint::default()
-            }
-            ResponseBody::Upstream(stream) => stream.incoming.size_hint(),
-        }
-    }
 }
 
 #[cfg(test)]

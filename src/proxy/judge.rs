@@ -12,7 +12,7 @@ use crate::config::Provider;
 use crate::control::state::Shared;
 use crate::keys::{health, Pick};
 use crate::providers::{KeyVerdict, ProviderError};
-use crate::proxy::forward;
+use crate::proxy::error_answer;
 
 /// Asks the provider's kind what an upstream answer says about the key that
 /// was sent, and does the bookkeeping that follows: the key's health, the
@@ -23,13 +23,13 @@ pub fn judge_answer(
     provider: &Provider,
     pick: &Pick<'_>,
     status: StatusCode,
-    error: Option<&forward::ErrorAnswer>,
+    error: Option<&error_answer::ErrorAnswer>,
     another_key_left: bool,
 ) -> KeyVerdict {
     let kind = provider.kind;
     let provider_error = error
         .filter(|_| kind.reads_body(status.as_u16()))
-        .and_then(forward::ErrorAnswer::bytes)
+        .and_then(error_answer::ErrorAnswer::bytes)
         .map(ProviderError::parse)
         .unwrap_or_default();
     let verdict = kind.judge(status.as_u16(), &provider_error);

@@ -13,10 +13,12 @@
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod error_answer;
 pub mod forward;
 pub mod json_skim;
 pub mod judge;
 pub mod request_end;
+pub mod response_body;
 pub mod route;
 
 use std::convert::Infallible;
@@ -35,8 +37,8 @@ use crate::proxy::error::ProxyError;
 use crate::usage::limits;
 use crate::usage::meter::UsageKey;
 use body::{BodyLimits, RequestBody};
-use forward::ResponseBody;
 use request_end::{Ending, RequestEnd};
+use response_body::ResponseBody;
 use route::PathMatch;
 
 /// Entry point for every request on the client listener.
@@ -227,7 +229,7 @@ async fn conduct(
         // An error's body is read (it is scrubbed before the client sees it
         // anyway), so the provider's kind can judge it before anything is sent.
         let answer = if status.is_client_error() || status.is_server_error() {
-            Err(forward::read_error_body(upstream, limits.idle).await)
+            Err(error_answer::read_error_body(upstream, limits.idle).await)
         } else {
             Ok(upstream)
         };
@@ -250,7 +252,7 @@ async fn conduct(
         }
         let upstream = match answer {
             Ok(upstream) => upstream,
-            Err(error) => return Ok(forward::scrubbed_error_response(error, ring, active)),
+            Err(error) => return Ok(error_answer::scrubbed_error_response(error, ring, active)),
         };
         let tap = end.tap(
             upstream
