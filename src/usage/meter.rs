@@ -1,8 +1,8 @@
 //! Metering: per client, provider and model — requests, errors, tokens, bytes.
 //!
 //! The request path only adds to atomics ([`UsageCounters`], found once per
-//! request in a `DashMap`); the [`tap`] reads usage out of responses as they
-//! stream past; the [`ledger`] task drains the counters to SQLite every
+//! request in a `DashMap`); the [`super::tap`] reads usage out of responses as they
+//! stream past; the [`super::ledger`] task drains the counters to SQLite every
 //! `flush_interval` and on shutdown. Labels are names and ids, never secrets.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -12,7 +12,7 @@
 //! ([`Usage::merge`]): an OpenAI stream's one final usage chunk carries every
 //! count, an Anthropic stream's `message_start` the input count and its last
 //! `message_delta` the cumulative output count. In a JSON body the last usage
-//! object wins (see [`UsageScanner::record`]).
+//! object wins (see `UsageScanner::record`).
 //!
 //! A streaming chunk with `stream_options.include_usage` carries
 //! `"usage":null` in every event; stopping at each of those would cost more
