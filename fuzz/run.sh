@@ -25,7 +25,7 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -lt 1 ]; then
 fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here" || exit 2
-targets="${FUZZ_TARGETS:-vault_open vault_document sse_tap client_key config head_guard usage_scan json_skim}"
+targets="${FUZZ_TARGETS:-vault_open vault_document sse_tap client_key config head_guard usage_scan json_skim content_coding}"
 sanitizer="${FUZZ_SANITIZER:-address}"
 jobs="${FUZZ_JOBS:-1}"
 
