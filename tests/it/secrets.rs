@@ -234,3 +234,28 @@ async fn masked_key_echoes_in_provider_error_shapes_are_scrubbed() {
         resp.everything()
     );
 }
+
+/// An upstream error body too large to scrub in flight, quoting the key: the
+/// client gets keygate's own 502 and the debug log shows its first bytes —
+/// scrubbed, like everything else (the one log path that prints upstream
+/// body bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversized_error_body_is_logged_scrubbed() {
+    let mut env = Env::setup().serve_env("RUST_LOG", "debug").start().await;
+    let mut body = format!(
+        r#"{{"error":{{"message":"Incorrect API key provided: {OPENAI_KEY}.","type":"invalid_request_error","padding":""#
+    );
+    body.push_str(&"x".repeat(70 * 1024));
+    body.push_str(r#""}}"#);
+    env.openai.push_response(400, &[], &body);
+    let resp = env.server.send(env.chat("gpt-4o")).await;
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert_eq!(resp.json()["error"]["code"], "upstream_error_too_large");
+    env.server.terminate();
+    let log = env.server.stderr();
+    assert!(
+        log.contains("upstream error body over the scrub limit"),
+        "the debug line must be there for this test to mean anything:\n{log}"
+    );
+    env.kg.assert_no_secret_leaks();
+}
