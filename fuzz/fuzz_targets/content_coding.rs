@@ -44,6 +44,8 @@ fuzz_target!(|data: &[u8]| {
     }
     assert!(seen <= LIMIT, "{seen} bytes handed on past the {LIMIT} limit");
     // The piece that passed the limit is counted, never handed on (flate2's
-    // inflate hands on up to its 32 KiB buffer at once).
-    assert!(decoder.produced() <= LIMIT + 2 * PIECE as u64);
+    // inflate hands on up to its 32 KiB buffer at once, and the flush after a
+    // write up to its 32 KiB window more: found by this target, see
+    // `work_past_the_limit_is_bounded_by_a_few_pieces`).
+    assert!(decoder.produced() <= LIMIT + 4 * PIECE as u64);
 });

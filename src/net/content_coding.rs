@@ -19,7 +19,8 @@ use brotli_decompressor::{BrotliDecompressStream, BrotliResult, BrotliState, Sta
 use http::header::{self, HeaderMap, HeaderValue};
 
 /// Most decoded bytes brotli and zstd hand on at once (flate2's inflate: its
-/// 32 KiB buffer, `2 * PIECE`).
+/// 32 KiB buffer, `2 * PIECE`; the flush after a write may add the
+/// inflater's 32 KiB window, so the work past a limit is at most `4 * PIECE`).
 pub const PIECE: usize = 16 * 1024;
 /// Codings stacked deeper than this are refused: real servers apply one.
 const MAX_STACK: usize = 3;
@@ -595,6 +596,36 @@ mod tests {
             );
             assert!(seen <= 1024 * 1024);
         }
+    }
+
+    /// Found by the `content_coding` fuzz target (regression input in
+    /// `fuzz/regressions/content_coding/`): fed in 50-byte pieces, a gzip
+    /// stream of zeros past the limit. Each write inflates at most flate2's
+    /// 32 KiB buffer, but the flush after it may add the inflater's 32 KiB
+    /// window on top, so one piece can reach 4 × PIECE before the limit
+    /// stops it: the work past the limit is bounded by that, not by the body.
+    #[test]
+    fn work_past_the_limit_is_bounded_by_a_few_pieces() {
+        let input =
+            include_bytes!("../../fuzz/regressions/content_coding/gzip-flush-past-two-pieces");
+        let (piece, body) = (usize::from(input[1]).max(1), &input[2..]);
+        let limit = 256 * 1024;
+        let mut decoder = Decoder::new(&[Coding::Gzip], limit);
+        let mut seen = 0u64;
+        for chunk in body.chunks(piece) {
+            if decoder
+                .feed(chunk, &mut |p| seen += p.len() as u64)
+                .is_err()
+            {
+                break;
+            }
+        }
+        assert!(seen <= limit);
+        assert!(
+            decoder.produced() <= limit + 4 * PIECE as u64,
+            "{} bytes inflated for a {limit}-byte limit",
+            decoder.produced()
+        );
     }
 
     #[test]
