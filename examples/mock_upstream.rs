@@ -8,7 +8,10 @@
 //! which upstream key keygate injected (by fingerprint). It answers
 //! `GET /v1/models`, `POST /v1/embeddings` and `POST /v1/chat/completions`
 //! (JSON, or SSE with a final usage chunk when `"stream": true`), and 401 with
-//! OpenAI's error JSON for any other key.
+//! OpenAI's error JSON for any other key. Like the real APIs, it gzips its
+//! answers when the request accepts gzip (the SDKs send
+//! `Accept-Encoding: gzip, deflate`), so keygate's metering of compressed
+//! answers is exercised by the SDK test too.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -52,11 +55,20 @@ pub async fn serve(listener: tokio::net::TcpListener, key: String) {
     }
 }
 
-fn json(status: u16, body: String, content_type: &str) -> Response<Full<Bytes>> {
-    Response::builder()
+/// One answer, gzipped when the request accepted gzip (as the real APIs do).
+fn respond((status, body, content_type): (u16, String, &str), gzip: bool) -> Response<Full<Bytes>> {
+    let response = Response::builder()
         .status(status)
-        .header("content-type", content_type)
-        .body(Full::new(Bytes::from(body)))
+        .header("content-type", content_type);
+    if !gzip {
+        return response.body(Full::new(Bytes::from(body))).unwrap();
+    }
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(body.as_bytes()).unwrap();
+    response
+        .header("content-encoding", "gzip")
+        .body(Full::new(Bytes::from(encoder.finish().unwrap())))
         .unwrap()
 }
 
@@ -72,6 +84,11 @@ async fn answer(
         .unwrap_or("")
         .to_owned();
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let gzip = request
+        .headers()
+        .get("accept-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|c| c.trim().starts_with("gzip")));
     let body = request
         .into_body()
         .collect()
@@ -88,16 +105,16 @@ async fn answer(
         .collect();
     println!("{method} {path} with key …{tail}");
     if presented != key {
-        return Ok(json(401, format!("{{\"error\":{{\"message\":\"Incorrect API key provided: sk-…{tail}.\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"invalid_api_key\"}}}}"), "application/json"));
+        return Ok(respond((401, format!("{{\"error\":{{\"message\":\"Incorrect API key provided: sk-…{tail}.\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"invalid_api_key\"}}}}"), "application/json"), gzip));
     }
     let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let model = request["model"]
         .as_str()
         .unwrap_or("gpt-4o-mini")
         .to_owned();
-    Ok(match path.as_str() {
-        "/v1/models" => json(200, r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","owned_by":"mock"}]}"#.into(), "application/json"),
-        "/v1/embeddings" => json(200, format!(r#"{{"object":"list","data":[{{"object":"embedding","index":0,"embedding":[0.1,0.2,0.3]}}],"model":"{model}","usage":{{"prompt_tokens":4,"total_tokens":4}}}}"#), "application/json"),
+    Ok(respond(match path.as_str() {
+        "/v1/models" => (200, r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","owned_by":"mock"}]}"#.into(), "application/json"),
+        "/v1/embeddings" => (200, format!(r#"{{"object":"list","data":[{{"object":"embedding","index":0,"embedding":[0.1,0.2,0.3]}}],"model":"{model}","usage":{{"prompt_tokens":4,"total_tokens":4}}}}"#), "application/json"),
         "/v1/chat/completions" if request["stream"] == true => {
             let mut sse = String::new();
             for word in ["Hello", " from", " the", " mock", "!"] {
@@ -107,9 +124,9 @@ async fn answer(
                 sse.push_str(&format!("data: {{\"id\":\"chatcmpl-mock\",\"object\":\"chat.completion.chunk\",\"model\":\"{model}\",\"choices\":[],\"usage\":{{\"prompt_tokens\":9,\"completion_tokens\":5,\"total_tokens\":14}}}}\n\n"));
             }
             sse.push_str("data: [DONE]\n\n");
-            json(200, sse, "text/event-stream")
+            (200, sse, "text/event-stream")
         }
-        "/v1/chat/completions" => json(200, format!(r#"{{"id":"chatcmpl-mock","object":"chat.completion","model":"{model}","choices":[{{"index":0,"message":{{"role":"assistant","content":"Hello from the mock!"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14}}}}"#), "application/json"),
-        _ => json(404, r#"{"error":{"message":"Unknown path","type":"invalid_request_error","code":"unknown_url"}}"#.into(), "application/json"),
-    })
+        "/v1/chat/completions" => (200, format!(r#"{{"id":"chatcmpl-mock","object":"chat.completion","model":"{model}","choices":[{{"index":0,"message":{{"role":"assistant","content":"Hello from the mock!"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14}}}}"#), "application/json"),
+        _ => (404, r#"{"error":{"message":"Unknown path","type":"invalid_request_error","code":"unknown_url"}}"#.into(), "application/json"),
+    }, gzip))
 }
