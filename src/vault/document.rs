@@ -180,6 +180,22 @@ pub struct UpstreamKey {
     /// For a `previous` key: unix seconds when its grace ends and it retires.
     #[serde(default)]
     pub grace_until: Option<u64>,
+    /// Set when keygate created the key at the provider (`key rotate --mint`):
+    /// only such keys are ever deleted there. Absent in older vaults and left
+    /// out for hand-added keys, so older readers still open the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minted: Option<MintRecord>,
+}
+
+/// How keygate created a key at the provider, kept so it can find and delete it there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintRecord {
+    /// The provider's id for it (OpenAI service account id, xAI `apiKeyId`,
+    /// OpenRouter `data.hash`); not a secret.
+    pub provider_id: String,
+    /// The name keygate gave it there (`keygate-openai-1767312000`).
+    pub name: String,
 }
 
 impl UpstreamKey {
@@ -203,6 +219,10 @@ impl UpstreamKey {
             "grace_until": self.grace_until,
             "reason": self.reason,
             "due_for_rotation": self.due_for_rotation(now, rotate_after),
+            "minted": self.minted.as_ref().map(|m| serde_json::json!({
+                "provider_id": m.provider_id,
+                "name": m.name,
+            })),
         })
     }
 }

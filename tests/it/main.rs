@@ -20,6 +20,7 @@ mod fallback;
 mod health;
 mod hostile_clients;
 mod lifecycle;
+mod mint;
 mod limits;
 mod metering;
 mod process_hardening;
