@@ -293,9 +293,9 @@ fn rotate_minted(context: &Context, provider: &str, args: MintArgs<'_>) -> Resul
         propagation_wait: args.propagation_wait,
     };
     let report = |step: mint::MintStep<'_>| match step {
-        mint::MintStep::Created { name, provider_id } => println!(
-            "keygate: created {name} at {provider} (provider id {provider_id})"
-        ),
+        mint::MintStep::Created { name, provider_id } => {
+            println!("keygate: created {name} at {provider} (provider id {provider_id})")
+        }
         mint::MintStep::Rotation(rotate::Step::Staged { id }) => {
             println!("keygate: {id} (minted) added to {provider} as pending")
         }

@@ -379,7 +379,8 @@ pub async fn rotate(
         provider_id: minted.provider_id.clone(),
         name,
     };
-    let pending = vault.with(|v, k| stage(v, k, provider, &minted.secret, rotation.label, record))?;
+    let pending =
+        vault.with(|v, k| stage(v, k, provider, &minted.secret, rotation.label, record))?;
     report(MintStep::Rotation(Step::Staged { id: &pending }));
     if rotation.verify {
         let check = verify_patiently(
@@ -469,7 +470,11 @@ fn stage(
             .find(|k| k.id == id)
             .ok_or_else(|| OpError::UnknownKey(id.clone()))?;
         staged.minted = Some(record);
-        if let Some(admin) = doc.admin_keys.iter_mut().find(|a| a.provider == provider.name) {
+        if let Some(admin) = doc
+            .admin_keys
+            .iter_mut()
+            .find(|a| a.provider == provider.name)
+        {
             admin.last_used = Some(now);
         }
         Ok::<_, RotateError>(id)

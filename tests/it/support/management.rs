@@ -94,7 +94,9 @@ fn answer(
     let json = [("content-type", "application/json")];
     let error = |status: u16, message: &str| {
         let body = match api {
-            Api::OpenAi => serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "code": null}}),
+            Api::OpenAi => {
+                serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "code": null}})
+            }
             Api::Xai => serde_json::json!({"code": status, "error": message}),
             Api::OpenRouter => serde_json::json!({"error": {"code": status, "message": message}}),
         };
@@ -134,9 +136,18 @@ fn answer(
     }
     let n = script.created.len() + 1;
     let (secret, provider_id) = match api {
-        Api::OpenAi => (format!("sk-svcacct-test-mint{n}-Qp4Lw8Zr2Ny6Tc0Vb3"), format!("svc_acct_test{n}")),
-        Api::Xai => (format!("xai-test-mint{n}-Hk5Ds9Fa1Jq7Wm3Re6Uo"), format!("apikey-test-{n}")),
-        Api::OpenRouter => (format!("sk-or-v1-test-mint{n}-Gz2Xc8Vb4Nm6Lk0Jh"), format!("hash{n}abcdef")),
+        Api::OpenAi => (
+            format!("sk-svcacct-test-mint{n}-Qp4Lw8Zr2Ny6Tc0Vb3"),
+            format!("svc_acct_test{n}"),
+        ),
+        Api::Xai => (
+            format!("xai-test-mint{n}-Hk5Ds9Fa1Jq7Wm3Re6Uo"),
+            format!("apikey-test-{n}"),
+        ),
+        Api::OpenRouter => (
+            format!("sk-or-v1-test-mint{n}-Gz2Xc8Vb4Nm6Lk0Jh"),
+            format!("hash{n}abcdef"),
+        ),
     };
     let created = Created {
         name: name.clone(),
