@@ -81,10 +81,12 @@ pub enum MintError {
         meaning: &'static str,
     },
     /// No answer in time.
-    #[error("the {provider} management API at {url} did not answer within {timeout:?}; nothing was created by keygate (check it in the provider's console)")]
+    #[error("the {provider} management API at {url} did not answer within {timeout:?}; nothing was recorded in the vault, but the provider may have created the key: look for {name} in its console and delete it")]
     Timeout {
         /// Provider name.
         provider: String,
+        /// The name keygate asked for.
+        name: String,
         /// The management API.
         url: String,
         /// The bound.
@@ -208,6 +210,7 @@ pub async fn create_key(
         Err(_) => {
             return Err(MintError::Timeout {
                 provider: provider.name.clone(),
+                name: name.to_owned(),
                 url,
                 timeout,
             })

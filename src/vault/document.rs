@@ -308,6 +308,25 @@ mod tests {
     }
 
     #[test]
+    fn a_key_written_before_minting_parses_and_hand_added_keys_stay_that_shape() {
+        let old = r#"{"keys":[{"id":"key_1","provider":"openai","label":null,"secret":null,"fingerprint":"sk-…abcd","state":"retired","created":1,"state_changed":2}],"clients":[]}"#;
+        let mut document: Document = serde_json::from_str(old).unwrap();
+        assert!(document.keys[0].minted.is_none());
+        assert!(!serde_json::to_string(&document).unwrap().contains("minted"));
+        document.keys[0].minted = Some(MintRecord {
+            provider_id: "svc_acct_1".to_owned(),
+            name: "keygate-openai-1".to_owned(),
+        });
+        let text = serde_json::to_string(&document).unwrap();
+        let back: Document = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.keys[0].minted, document.keys[0].minted);
+        assert_eq!(
+            back.keys[0].summary(3, 10)["minted"]["provider_id"],
+            "svc_acct_1"
+        );
+    }
+
+    #[test]
     fn debug_and_summary_never_show_the_admin_secret() {
         let mut document = Document::default();
         document.set_admin_key("openai", Secret::new(ADMIN.to_owned()), 1);
