@@ -60,6 +60,7 @@ fn fixture() -> (Config, Snapshot, Secret) {
             last_verified: None,
             reason: None,
             grace_until: None,
+            minted: None,
         });
     }
     let snapshot = Snapshot::build(&config, &document, 1, 0, None);

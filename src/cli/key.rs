@@ -9,7 +9,7 @@ use clap::Subcommand;
 use super::{format_age, format_time, read_secret_from_stdin, CliError, Context};
 use crate::keys::health_report::HealthReport;
 use crate::keys::verify;
-use crate::keys::{ops, rotate};
+use crate::keys::{mint, ops, rotate};
 use crate::net::upstream::Upstream;
 use crate::vault::document::{KeyState, UpstreamKey};
 
@@ -28,6 +28,7 @@ pub enum KeyCommand {
         fallback: bool,
     },
     /// Zero-downtime rotation: add the new key (stdin) as pending, verify it, promote it.
+    /// With --mint keygate creates the new key at the provider itself (nothing on stdin).
     Rotate {
         /// Provider name.
         provider: String,
@@ -43,6 +44,13 @@ pub enum KeyCommand {
         /// How long the old key stays usable as the fallback (default: [keys] default_grace).
         #[arg(long, value_parser = humantime::parse_duration)]
         grace: Option<std::time::Duration>,
+        /// Create the new key at the provider's management API (needs
+        /// `admin-key set PROVIDER` and `[providers.PROVIDER.admin]`); stdin is not read.
+        #[arg(long)]
+        mint: bool,
+        /// How long a minted key may take to start working (tests shorten it).
+        #[arg(long, hide = true, value_parser = humantime::parse_duration, default_value = "60s")]
+        propagation_wait: std::time::Duration,
     },
     /// Check each key against the provider's cheap authenticated endpoint and
     /// give a verdict (ok, rejected, exhausted, inconclusive) with the provider's
@@ -102,6 +110,8 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             label,
             no_verify,
             grace,
+            mint: false,
+            propagation_wait: _,
         } => rotate(
             context,
             &provider,
@@ -110,6 +120,24 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             no_verify,
             grace,
         ),
+        KeyCommand::Rotate {
+            provider,
+            replace,
+            label,
+            no_verify,
+            grace,
+            mint: true,
+            propagation_wait,
+        } => {
+            let rotation = MintArgs {
+                replace: replace.as_deref(),
+                label,
+                verify: !no_verify,
+                grace,
+                propagation_wait,
+            };
+            rotate_minted(context, &provider, rotation)
+        }
         KeyCommand::Verify { provider, json } => verify(context, provider.as_deref(), json),
         KeyCommand::Promote {
             key_id,
@@ -235,6 +263,69 @@ fn rotate(
     let promotion = runtime
         .block_on(rotate::run(&open, rotation, report))
         .map_err(rotate_error)?;
+    print_promotion(&promotion);
+    println!(
+        "keygate: a running server switches within a second; in-flight requests finish on the old key"
+    );
+    Ok(())
+}
+
+/// `key rotate --mint`'s options.
+struct MintArgs<'a> {
+    replace: Option<&'a str>,
+    label: Option<String>,
+    verify: bool,
+    grace: Option<std::time::Duration>,
+    propagation_wait: std::time::Duration,
+}
+
+fn rotate_minted(context: &Context, provider: &str, args: MintArgs<'_>) -> Result<(), CliError> {
+    let upstream_provider = context.provider(provider)?;
+    let kek = context.kek()?;
+    let vault = context.vault();
+    let (runtime, upstream) = upstream_runtime(context)?;
+    let rotation = mint::MintRotation {
+        provider: upstream_provider,
+        label: args.label,
+        replace: args.replace,
+        verify: args.verify,
+        grace_until: grace_until(context, args.grace),
+        propagation_wait: args.propagation_wait,
+    };
+    let report = |step: mint::MintStep<'_>| match step {
+        mint::MintStep::Created { name, provider_id } => {
+            println!("keygate: created {name} at {provider} (provider id {provider_id})")
+        }
+        mint::MintStep::Rotation(rotate::Step::Staged { id }) => {
+            println!("keygate: {id} (minted) added to {provider} as pending")
+        }
+        mint::MintStep::Rotation(rotate::Step::Checked { id, check }) => {
+            println!("keygate: {id}: {}", check.describe())
+        }
+        mint::MintStep::Rotation(rotate::Step::Unverified) => {
+            println!("keygate: --no-verify: promoting without asking the upstream")
+        }
+        mint::MintStep::Waiting { check, after } => println!(
+            "keygate: the new key does not work yet ({}); trying again in {after:?}",
+            check.verdict.as_str()
+        ),
+    };
+    let open = rotate::OpenVault {
+        vault: &vault,
+        kek: &kek,
+    };
+    let promotion = runtime
+        .block_on(mint::rotate(&open, &upstream, rotation, report))
+        .map_err(|error| match error {
+            mint::MintRotateError::Mint(
+                error @ (mint::MintError::NoAdminKey(_)
+                | mint::MintError::NotConfigured(_)
+                | mint::MintError::CannotMint { .. }),
+            ) => CliError::Usage(error.to_string()),
+            mint::MintRotateError::Rotate(error) => rotate_error(error),
+            mint::MintRotateError::Vault(error) => CliError::Vault(error),
+            other => CliError::Runtime(other.to_string()),
+        })?;
     print_promotion(&promotion);
     println!(
         "keygate: a running server switches within a second; in-flight requests finish on the old key"

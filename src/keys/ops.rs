@@ -183,6 +183,7 @@ pub fn add(document: &mut Document, key: NewKey<'_>, now: u64) -> Result<String,
         last_verified: None,
         reason: None,
         grace_until: None,
+        minted: None,
     });
     Ok(id)
 }

@@ -427,6 +427,7 @@ mod tests {
             last_verified: None,
             reason: None,
             grace_until: None,
+            minted: None,
         }
     }
 

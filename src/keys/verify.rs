@@ -156,6 +156,7 @@ fn scrub(provider: &Provider, secret: &Secret, text: String) -> String {
             last_verified: None,
             reason: None,
             grace_until: None,
+            minted: None,
         }],
         clients: vec![],
         admin_keys: vec![],

@@ -180,6 +180,22 @@ pub struct UpstreamKey {
     /// For a `previous` key: unix seconds when its grace ends and it retires.
     #[serde(default)]
     pub grace_until: Option<u64>,
+    /// Set when keygate created the key at the provider (`key rotate --mint`):
+    /// only such keys are ever deleted there. Absent in older vaults and left
+    /// out for hand-added keys, so older readers still open the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minted: Option<MintRecord>,
+}
+
+/// How keygate created a key at the provider, kept so it can find and delete it there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintRecord {
+    /// The provider's id for it (OpenAI service account id, xAI `apiKeyId`,
+    /// OpenRouter `data.hash`); not a secret.
+    pub provider_id: String,
+    /// The name keygate gave it there (`keygate-openai-1767312000`).
+    pub name: String,
 }
 
 impl UpstreamKey {
@@ -203,6 +219,10 @@ impl UpstreamKey {
             "grace_until": self.grace_until,
             "reason": self.reason,
             "due_for_rotation": self.due_for_rotation(now, rotate_after),
+            "minted": self.minted.as_ref().map(|m| serde_json::json!({
+                "provider_id": m.provider_id,
+                "name": m.name,
+            })),
         })
     }
 }
@@ -285,6 +305,25 @@ mod tests {
         assert!(back.admin_key("xai").is_none());
         assert!(document.remove_admin_key("openai").is_some());
         assert!(document.remove_admin_key("openai").is_none());
+    }
+
+    #[test]
+    fn a_key_written_before_minting_parses_and_hand_added_keys_stay_that_shape() {
+        let old = r#"{"keys":[{"id":"key_1","provider":"openai","label":null,"secret":null,"fingerprint":"sk-…abcd","state":"retired","created":1,"state_changed":2}],"clients":[]}"#;
+        let mut document: Document = serde_json::from_str(old).unwrap();
+        assert!(document.keys[0].minted.is_none());
+        assert!(!serde_json::to_string(&document).unwrap().contains("minted"));
+        document.keys[0].minted = Some(MintRecord {
+            provider_id: "svc_acct_1".to_owned(),
+            name: "keygate-openai-1".to_owned(),
+        });
+        let text = serde_json::to_string(&document).unwrap();
+        let back: Document = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.keys[0].minted, document.keys[0].minted);
+        assert_eq!(
+            back.keys[0].summary(3, 10)["minted"]["provider_id"],
+            "svc_acct_1"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ mod hostile_clients;
 mod lifecycle;
 mod limits;
 mod metering;
+mod mint;
 mod process_hardening;
 mod providers;
 mod providers_usage;

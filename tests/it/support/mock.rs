@@ -129,6 +129,17 @@ pub struct Mock {
     accept: tokio::task::JoinHandle<()>,
 }
 
+/// Adds accepted keys to a running [`Mock`] ([`Mock::key_adder`]).
+#[derive(Clone)]
+pub struct KeyAdder(Arc<State>);
+
+impl KeyAdder {
+    /// Accept `key` from now on, besides the keys accepted so far.
+    pub fn add(&self, key: &str) {
+        self.0.keys.lock().unwrap().insert(key.to_string());
+    }
+}
+
 /// Lets held streams continue (see [`Mock::hold_streams`]).
 pub struct Release(watch::Sender<bool>);
 
@@ -219,6 +230,12 @@ impl Mock {
     /// Replace the set of accepted upstream keys.
     pub fn set_keys(&self, keys: &[&str]) {
         *self.state.keys.lock().unwrap() = keys.iter().map(|k| k.to_string()).collect();
+    }
+
+    /// A handle that adds accepted keys from elsewhere (a mock management API
+    /// creating keys while the test runs).
+    pub fn key_adder(&self) -> KeyAdder {
+        KeyAdder(self.state.clone())
     }
 
     /// Refuse keys the way this provider does from now on (status codes and

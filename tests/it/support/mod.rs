@@ -9,7 +9,8 @@
 //!   [`anthropic`] and [`responses`] mock Anthropic's Messages and OpenAI's
 //!   Responses API on [`recording`]'s small server; [`provider_answers`] holds
 //!   what real providers answer; [`raw_upstream`] plays byte-exact scripts;
-//!   [`bad_upstream`] misbehaves at the TCP and HTTP level.
+//!   [`bad_upstream`] misbehaves at the TCP and HTTP level; [`management`]
+//!   mocks the providers' key-creating management APIs.
 //! - Clients: [`client`] talks HTTP/1.1 and h2c to keygate (and raw bytes);
 //!   [`raw_h2`] writes HTTP/2 frames and HPACK by hand; [`outcome`] reports
 //!   what a client saw for one request without panicking.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod env;
 pub mod keygate;
 pub mod keys;
+pub mod management;
 pub mod metrics;
 pub mod mock;
 pub mod outcome;
