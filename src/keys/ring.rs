@@ -522,8 +522,8 @@ mod tests {
         String::from_utf8(bytes).unwrap()
     }
 
-    const PROJECT_KEY: &str = "sk-proj-Ab3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1eF3hJ5kL7nP9rS1uV3xY5abcd";
-    const XAI: &str = "xai-Qe8Rw1Ut6Io3Pa9Sd2Gf7Jk5Lz0MxYh4Cv7Bn2Mq5yz";
+    const PROJECT_KEY: &str = "sk-proj-A-fake-test-key-not-real-0000000000000000abcd";
+    const XAI: &str = "xai-fake-test-key-not-real-00000000005yz";
 
     #[test]
     fn masked_echoes_in_every_provider_shape_are_masked() {

@@ -205,11 +205,11 @@ async fn each_refusal_says_which_case_it_is_and_never_echoes_the_key() {
     other.vault_init();
     let foreign = other.add_client("elsewhere");
     // Provider keys pasted into the app by mistake (made up, but shaped right).
-    let openai_project = "sk-proj-T3stPr0jKeyQw9Er8Ty7Ui6Op5As4Df3Gh2Jk1LzXcVbNm".to_string();
-    let openai_classic = "sk-Cl4ssicKeyZx9Cv8Bn7Mq6We5Rt4Yu3Io2Pa1Sd".to_string();
-    let anthropic = "sk-ant-api03-AnthR0picKeyLk9Jh8Gf7Ds6Aq5Wz4Xe3Cr2Vt1By-Un0MiAA".to_string();
-    let xai = "xai-XaiK3yMn9Bv8Cx7Zl6Kj5Hg4Fd3Sa2Qw1Er0TyUiOp".to_string();
-    let openrouter = "sk-or-v1-0penR0uterKey9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1".to_string();
+    let openai_project = "sk-proj-FAKE-test-T3stPr0jKeyQw9Er8Ty7Ui6Op5As4Df3Gh2Jk1Lz".to_string();
+    let openai_classic = "sk-FAKE-test-Cl4ssicKeyZx9Cv8Bn7Mq6We5Rt4Yu3".to_string();
+    let anthropic = "sk-ant-api03-FAKE-test-AnthR0picKeyLk9Jh8Gf7Ds6Aq5Wz4Xe3-AA".to_string();
+    let xai = "xai-FAKE-test-XaiK3yMn9Bv8Cx7Zl6Kj5Hg4Fd3Sa2Qw".to_string();
+    let openrouter = "sk-or-v1-FAKE-test-0penR0uterKey9a8b7c6d5e4f3a2b1c0d9e8".to_string();
     let basic = "dXNlcjpodW50ZXIyaHVudGVyMg==".to_string();
     let junk = "hello-this-is-not-any-kind-of-key".to_string();
     for secret in [
