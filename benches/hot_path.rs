@@ -48,20 +48,14 @@ fn fixture() -> (Config, Snapshot, Secret) {
         let secret = Secret::new(format!(
             "sk-bench-{id}-0123456789abcdefghijklmnopqrstuvwxyz"
         ));
-        document.keys.push(UpstreamKey {
-            id: id.into(),
-            provider: "openai".into(),
-            label: None,
-            fingerprint: secret.fingerprint(),
-            secret: Some(secret),
+        document.keys.push(UpstreamKey::new(
+            id.into(),
+            "openai",
+            &secret,
+            None,
             state,
-            created: 0,
-            state_changed: 0,
-            last_verified: None,
-            reason: None,
-            grace_until: None,
-            minted: None,
-        });
+            0,
+        ));
     }
     let snapshot = Snapshot::build(&config, &document, 1, 0, None);
     (config, snapshot, client_key.expect("a client"))

@@ -436,7 +436,6 @@ fn add(
     };
     let kek = context.kek()?;
     let id = context.vault().update(&kek, |document| {
-        ops::expire_grace(document, crate::unix_now());
         let key = ops::NewKey {
             id,
             provider,
@@ -444,7 +443,7 @@ fn add(
             label,
             state,
         };
-        ops::add(document, key, crate::unix_now()).map_err(op_error)
+        ops::add_now(document, key).map_err(op_error)
     })?;
     println!(
         "keygate: added {id} ({}) to {provider} as {}",

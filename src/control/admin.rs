@@ -243,7 +243,6 @@ fn add_key(
     };
     let id = ops::new_key_id().map_err(|e| AdminError::Failed(e.to_string()))?;
     let id = write(shared, |doc| {
-        ops::expire_grace(doc, crate::unix_now());
         let key = ops::NewKey {
             id,
             provider,
@@ -251,7 +250,7 @@ fn add_key(
             label: body.label.clone(),
             state,
         };
-        ops::add(doc, key, crate::unix_now())
+        ops::add_now(doc, key)
     })?;
     Ok(
         serde_json::json!({ "id": id, "provider": provider, "state": state.as_str(), "fingerprint": secret.fingerprint() }),

@@ -15,14 +15,13 @@ use http::Method;
 use serde::Deserialize;
 
 use crate::config::Provider;
-use crate::keys::ops::{self, NewKey, OpError, Promotion};
+use crate::keys::ops::{self, OpError, Promotion};
 use crate::keys::rotate::{self, RotateError, Step, VaultAccess};
 use crate::keys::verify::{self, Check, Verdict};
-use crate::keys::KeyRing;
 use crate::net::upstream::Upstream;
 use crate::providers::{Kind, ProviderError};
 use crate::proxy::body::OutboundBody;
-use crate::vault::document::{Document, KeyState, MintRecord, UpstreamKey};
+use crate::vault::document::{KeyState, MintRecord};
 use crate::vault::secret::Secret;
 use crate::vault::{Kek, Vault};
 
@@ -221,7 +220,7 @@ pub async fn create_key(
         let message = error
             .message
             .or(error.code)
-            .map(|m| scrub(provider, admin, m));
+            .map(|m| crate::keys::ring::mask_secret(provider, admin, m));
         return Err(MintError::Status {
             provider: provider.name.clone(),
             status,
@@ -283,31 +282,6 @@ fn read_minted(kind: Kind, body: &[u8]) -> Option<Minted> {
         secret,
         provider_id,
     })
-}
-
-/// Masks every fragment of `secret` in `text`, with the proxy's scrubber.
-fn scrub(provider: &Provider, secret: &Secret, text: String) -> String {
-    let document = Document {
-        keys: vec![UpstreamKey {
-            id: "mint".to_owned(),
-            provider: provider.name.clone(),
-            label: None,
-            secret: Some(secret.clone()),
-            fingerprint: String::new(),
-            state: KeyState::Current,
-            created: 0,
-            state_changed: 0,
-            last_verified: None,
-            reason: None,
-            grace_until: None,
-            minted: None,
-        }],
-        ..Document::default()
-    };
-    let ring = KeyRing::build(provider, &document, 0, None);
-    let mut bytes = text.into_bytes();
-    ring.mask_echoes(&mut bytes);
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// One minted rotation, as asked for.
@@ -455,23 +429,12 @@ fn stage(
     label: Option<String>,
     record: MintRecord,
 ) -> Result<String, RotateError> {
-    let id = ops::new_key_id().map_err(RotateError::Random)?;
-    vault.update(kek, |doc| {
-        let now = crate::unix_now();
-        ops::expire_grace(doc, now);
-        let key = NewKey {
-            id,
-            provider: &provider.name,
-            secret,
-            label,
-            state: KeyState::Pending,
-        };
-        let id = ops::add(doc, key, now)?;
+    rotate::stage_with(vault, kek, &provider.name, secret, label, |doc, id, now| {
         let staged = doc
             .keys
             .iter_mut()
             .find(|k| k.id == id)
-            .ok_or_else(|| OpError::UnknownKey(id.clone()))?;
+            .ok_or_else(|| OpError::UnknownKey(id.to_owned()))?;
         staged.minted = Some(record);
         if let Some(admin) = doc
             .admin_keys
@@ -480,7 +443,7 @@ fn stage(
         {
             admin.last_used = Some(now);
         }
-        Ok::<_, RotateError>(id)
+        Ok(())
     })
 }
 

@@ -171,21 +171,23 @@ pub fn add(document: &mut Document, key: NewKey<'_>, now: u64) -> Result<String,
             });
         }
     }
-    document.keys.push(UpstreamKey {
-        id: id.clone(),
-        provider: provider.to_owned(),
+    document.keys.push(UpstreamKey::new(
+        id.clone(),
+        provider,
+        secret,
         label,
-        secret: Some(secret.clone()),
-        fingerprint: secret.fingerprint(),
         state,
-        created: now,
-        state_changed: now,
-        last_verified: None,
-        reason: None,
-        grace_until: None,
-        minted: None,
-    });
+        now,
+    ));
     Ok(id)
+}
+
+/// [`add`] at the current time, after retiring every `previous` key whose
+/// grace has ended (what every write that adds a key does first).
+pub fn add_now(document: &mut Document, key: NewKey<'_>) -> Result<String, OpError> {
+    let now = crate::unix_now();
+    expire_grace(document, now);
+    add(document, key, now)
 }
 
 /// What a promotion did.

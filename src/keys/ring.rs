@@ -16,7 +16,7 @@ use std::sync::Arc;
 use http::{HeaderName, HeaderValue};
 
 use crate::config::{AuthStyle, Provider};
-use crate::vault::document::{Document, KeyState};
+use crate::vault::document::{Document, KeyState, UpstreamKey};
 use crate::vault::secret::Secret;
 
 use super::health::{Availability, KeyHealth};
@@ -408,6 +408,27 @@ pub fn auth_header(style: AuthStyle, secret: &Secret) -> Option<(HeaderName, Hea
     Some((name, value))
 }
 
+/// Masks every fragment of `secret` (and the masked shapes providers echo)
+/// in `text`, with the scrubber the proxy uses on error bodies: for answers
+/// about one key that is not in a ring yet (verification, a management API).
+pub fn mask_secret(provider: &Provider, secret: &Secret, text: String) -> String {
+    let document = Document {
+        keys: vec![UpstreamKey::new(
+            String::new(),
+            &provider.name,
+            secret,
+            None,
+            KeyState::Current,
+            0,
+        )],
+        ..Document::default()
+    };
+    let ring = KeyRing::build(provider, &document, 0, None);
+    let mut bytes = text.into_bytes();
+    ring.mask_echoes(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,20 +436,8 @@ mod tests {
     use crate::vault::document::UpstreamKey;
 
     fn key(id: &str, state: KeyState) -> UpstreamKey {
-        UpstreamKey {
-            id: id.into(),
-            provider: "openai".into(),
-            label: None,
-            secret: Some(Secret::new(format!("sk-test-{id}-000000000000"))),
-            fingerprint: "sk-…0000".into(),
-            state,
-            created: 0,
-            state_changed: 0,
-            last_verified: None,
-            reason: None,
-            grace_until: None,
-            minted: None,
-        }
+        let secret = Secret::new(format!("sk-test-{id}-000000000000"));
+        UpstreamKey::new(id.into(), "openai", &secret, None, state, 0)
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::config::Provider;
 use crate::keys::ops::{self, NewKey, OpError, Promotion};
 use crate::keys::verify::{self, Check, Verdict};
 use crate::net::upstream::Upstream;
-use crate::vault::document::KeyState;
+use crate::vault::document::{Document, KeyState};
 use crate::vault::secret::Secret;
 use crate::vault::{Kek, Vault, VaultError};
 
@@ -157,6 +157,20 @@ pub fn stage(
     secret: &Secret,
     label: Option<String>,
 ) -> Result<String, RotateError> {
+    stage_with(vault, kek, provider, secret, label, |_, _, _| Ok(()))
+}
+
+/// [`stage`], with `also` run in the same vault write on the document, the
+/// staged key's id and the time (the minting service records there what it
+/// created at the provider).
+pub fn stage_with(
+    vault: &Vault,
+    kek: &Kek,
+    provider: &str,
+    secret: &Secret,
+    label: Option<String>,
+    also: impl FnOnce(&mut Document, &str, u64) -> Result<(), RotateError>,
+) -> Result<String, RotateError> {
     let id = ops::new_key_id().map_err(RotateError::Random)?;
     vault.update(kek, |doc| {
         let now = crate::unix_now();
@@ -168,7 +182,9 @@ pub fn stage(
             label,
             state: KeyState::Pending,
         };
-        Ok::<_, RotateError>(ops::add(doc, key, now)?)
+        let id = ops::add(doc, key, now)?;
+        also(doc, &id, now)?;
+        Ok::<_, RotateError>(id)
     })
 }
 

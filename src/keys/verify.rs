@@ -13,11 +13,10 @@ use std::time::Duration;
 use http::Method;
 
 use crate::config::Provider;
-use crate::keys::{auth_header, KeyRing};
+use crate::keys::auth_header;
 use crate::net::upstream::Upstream;
 use crate::providers::{KeyVerdict, ProviderError};
 use crate::proxy::body::OutboundBody;
-use crate::vault::document::{Document, KeyState, UpstreamKey};
 use crate::vault::secret::Secret;
 
 /// What the upstream said about a key.
@@ -129,7 +128,7 @@ pub fn judge(provider: &Provider, secret: &Secret, status: u16, body: &[u8]) -> 
         KeyVerdict::OutOfCredit => Verdict::Exhausted,
         KeyVerdict::RateLimited | KeyVerdict::Unrelated => Verdict::Inconclusive,
     };
-    let scrub = |text: String| scrub(provider, secret, text);
+    let scrub = |text: String| crate::keys::ring::mask_secret(provider, secret, text);
     Check {
         verdict,
         status: Some(status),
@@ -138,33 +137,6 @@ pub fn judge(provider: &Provider, secret: &Secret, status: u16, body: &[u8]) -> 
         explanation: explained.meaning,
         fix: explained.fix,
     }
-}
-
-/// Masks every fragment of `secret` (and the masked shapes providers echo) in
-/// `text`, with the same scrubber the proxy uses on error bodies.
-fn scrub(provider: &Provider, secret: &Secret, text: String) -> String {
-    let document = Document {
-        keys: vec![UpstreamKey {
-            id: "verify".to_owned(),
-            provider: provider.name.clone(),
-            label: None,
-            secret: Some(secret.clone()),
-            fingerprint: String::new(),
-            state: KeyState::Current,
-            created: 0,
-            state_changed: 0,
-            last_verified: None,
-            reason: None,
-            grace_until: None,
-            minted: None,
-        }],
-        clients: vec![],
-        admin_keys: vec![],
-    };
-    let ring = KeyRing::build(provider, &document, 0, None);
-    let mut bytes = text.into_bytes();
-    ring.mask_echoes(&mut bytes);
-    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Error bodies longer than this are not read for the explanation.

@@ -69,12 +69,11 @@ pub struct RequestEnd {
 
 /// The usage series of this request's client, provider and model.
 struct Usage {
-    counters: Arc<UsageCounters>,
-    tokens: TokenMetrics,
+    /// The ledger's counters and the token series, until a tap takes them
+    /// over (it then records the request's usage itself).
+    meter: Option<(Arc<UsageCounters>, TokenMetrics)>,
     /// `keygate_requests_total` of this client and provider for a 200.
     answered_ok: prometheus::IntCounter,
-    /// A tap took the counters over (it records the request's usage).
-    tapped: bool,
 }
 
 impl RequestEnd {
@@ -105,10 +104,8 @@ impl RequestEnd {
         answered_ok: prometheus::IntCounter,
     ) {
         self.usage = Some(Usage {
-            counters,
-            tokens,
+            meter: Some((counters, tokens)),
             answered_ok,
-            tapped: false,
         });
     }
 
@@ -120,11 +117,10 @@ impl RequestEnd {
     /// The meter tap of an upstream body of `content_type`, made from this
     /// request's counters and reservation (`None` before routing).
     pub fn tap(&mut self, content_type: Option<&str>, strip_usage_chunk: bool) -> Option<MeterTap> {
-        let usage = self.usage.as_mut()?;
-        usage.tapped = true;
+        let (counters, tokens) = self.usage.as_mut()?.meter.take()?;
         Some(MeterTap::new(
-            usage.counters.clone(),
-            usage.tokens.clone(),
+            counters,
+            tokens,
             content_type,
             strip_usage_chunk,
             Outcome {
@@ -161,8 +157,8 @@ impl RequestEnd {
         let provider = self.provider.as_ref().map_or("-", |p| &*p.name);
         if let Some(usage) = &self.usage {
             // Answered without a tap (keygate's own error, or a scrubbed upstream error).
-            if !usage.tapped {
-                usage.counters.record(&Outcome {
+            if let Some((counters, _)) = &usage.meter {
+                counters.record(&Outcome {
                     error: status.as_u16() >= 400,
                     request_bytes: self.request_bytes,
                     ..Outcome::default()

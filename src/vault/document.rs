@@ -187,6 +187,34 @@ pub struct UpstreamKey {
     pub minted: Option<MintRecord>,
 }
 
+impl UpstreamKey {
+    /// A key as it is added: `secret` in `state` at `now` (unix seconds),
+    /// nothing verified, no grace, not minted.
+    pub fn new(
+        id: String,
+        provider: &str,
+        secret: &Secret,
+        label: Option<String>,
+        state: KeyState,
+        now: u64,
+    ) -> UpstreamKey {
+        UpstreamKey {
+            id,
+            provider: provider.to_owned(),
+            label,
+            secret: Some(secret.clone()),
+            fingerprint: secret.fingerprint(),
+            state,
+            created: now,
+            state_changed: now,
+            last_verified: None,
+            reason: None,
+            grace_until: None,
+            minted: None,
+        }
+    }
+}
+
 /// How keygate created a key at the provider, kept so it can find and delete it there.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

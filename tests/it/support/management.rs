@@ -94,10 +94,23 @@ fn answer(
     let json = [("content-type", "application/json")];
     let error = |status: u16, message: &str| {
         let body = match api {
+            // OpenAI's error object, as its API and SDK error types carry it.
             Api::OpenAi => {
-                serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "code": null}})
+                serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}})
             }
-            Api::Xai => serde_json::json!({"code": status, "error": message}),
+            // xAI answers flat, its `code` the gRPC status's description
+            // (as its inference API does: "Client specified an invalid argument").
+            Api::Xai => {
+                let code = match status {
+                    400 => "Client specified an invalid argument",
+                    401 => "The request does not have valid authentication credentials",
+                    403 => "The caller does not have permission to execute the specified operation",
+                    404 => "Some requested entity was not found",
+                    429 => "Some resource has been exhausted",
+                    _ => "Internal error",
+                };
+                serde_json::json!({"code": code, "error": message})
+            }
             Api::OpenRouter => serde_json::json!({"error": {"code": status, "message": message}}),
         };
         full(status, &json, body.to_string())
