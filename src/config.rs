@@ -159,6 +159,8 @@ pub struct KeysConfig {
     /// Default grace of `previous` after a rotation.
     #[serde(deserialize_with = "duration")]
     pub default_grace: Duration,
+    /// `serve` mints and rotates keys older than `rotate_after` (docs/design.md §12).
+    pub auto_rotate: bool,
 }
 
 /// `[clients]`.

@@ -1,15 +1,16 @@
-//! `keygate key add | rotate | verify | promote | rollback | revoke | list`
-//! (upstream API keys; secrets only from stdin, never printed).
+//! `keygate key add | rotate | verify | promote | rollback | revoke | burn | list`
+//! (upstream API keys; secrets only from stdin, never printed). What reaches
+//! the provider's management API is in [`super::key_provider`].
 //!
 //! Over 400 lines: one function per `key` subcommand (seven), each short;
 //! splitting the group would scatter one `--help` page over several files.
 
 use clap::Subcommand;
 
-use super::{format_age, format_time, read_secret_from_stdin, CliError, Context};
+use super::{format_age, format_time, key_provider, read_secret_from_stdin, CliError, Context};
 use crate::keys::health_report::HealthReport;
 use crate::keys::verify;
-use crate::keys::{mint, ops, rotate};
+use crate::keys::{ops, rotate};
 use crate::net::upstream::Upstream;
 use crate::vault::document::{KeyState, UpstreamKey};
 
@@ -79,12 +80,33 @@ pub enum KeyCommand {
         provider: String,
     },
     /// Revoke a key (its secret is wiped). Refused for the last usable key without --force.
+    /// A key keygate minted is also deleted at the provider.
     Revoke {
         /// Key id.
         key_id: String,
         /// Revoke even the last usable key of its provider.
         #[arg(long)]
         force: bool,
+        /// Also delete the key at the provider (Anthropic: disable it), even
+        /// one keygate did not create (found there by its hint).
+        #[arg(long)]
+        at_provider: bool,
+    },
+    /// Leak response: a replacement goes live first (minted when the provider
+    /// allows it, else read from stdin), the key is revoked at once with no
+    /// grace, then deleted (Anthropic: disabled) at the provider.
+    Burn {
+        /// Key id.
+        key_id: String,
+        /// Burn a current key without a replacement (another usable key must remain).
+        #[arg(long)]
+        force: bool,
+        /// Put the replacement live without asking the upstream first.
+        #[arg(long)]
+        no_verify: bool,
+        /// How long a minted replacement may take to start working (tests shorten it).
+        #[arg(long, hide = true, value_parser = humantime::parse_duration, default_value = "60s")]
+        propagation_wait: std::time::Duration,
     },
     /// List keys: id, provider, label, state, fingerprint, age — never the secret.
     List {
@@ -129,14 +151,14 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             mint: true,
             propagation_wait,
         } => {
-            let rotation = MintArgs {
+            let rotation = key_provider::MintArgs {
                 replace: replace.as_deref(),
                 label,
                 verify: !no_verify,
-                grace,
+                grace_until: grace_until(context, grace),
                 propagation_wait,
             };
-            rotate_minted(context, &provider, rotation)
+            key_provider::rotate_minted(context, &provider, rotation)
         }
         KeyCommand::Verify { provider, json } => verify(context, provider.as_deref(), json),
         KeyCommand::Promote {
@@ -158,7 +180,7 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
                 .map_err(op_error)
             })?;
             print_promotion(&promotion);
-            Ok(())
+            key_provider::settle_owed(context, &context.vault(), &kek)
         }
         KeyCommand::Rollback { provider } => {
             context.provider(&provider)?;
@@ -170,9 +192,20 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             println!("keygate: rolled back {provider}: {current} is current again, {previous} is the fallback");
             Ok(())
         }
-        KeyCommand::Revoke { key_id, force } => {
+        KeyCommand::Revoke {
+            key_id,
+            force,
+            at_provider,
+        } => {
             let kek = context.kek()?;
-            context.vault().update(&kek, |doc| {
+            let vault = context.vault();
+            if at_provider {
+                key_provider::check_at_provider(context, &vault, &kek, &key_id)?;
+            }
+            vault.update(&kek, |doc| {
+                if at_provider {
+                    ops::owe_at_provider(doc, &key_id).map_err(op_error)?;
+                }
                 ops::revoke(
                     doc,
                     &key_id,
@@ -182,13 +215,19 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
                 )
                 .map_err(op_error)
             })?;
-            println!("keygate: {key_id} revoked and its secret wiped; a running server stops using it within a second");
-            Ok(())
+            println!("keygate: {key_id} revoked; a running server stops using it within a second");
+            key_provider::settle_owed(context, &vault, &kek)
         }
+        KeyCommand::Burn {
+            key_id,
+            force,
+            no_verify,
+            propagation_wait,
+        } => key_provider::burn(context, &key_id, force, !no_verify, propagation_wait),
     }
 }
 
-fn op_error(error: ops::OpError) -> CliError {
+pub(super) fn op_error(error: ops::OpError) -> CliError {
     match error {
         ops::OpError::UnknownKey(_)
         | ops::OpError::NotCurrent(_)
@@ -202,7 +241,7 @@ fn grace_until(context: &Context, grace: Option<std::time::Duration>) -> u64 {
     crate::unix_now().saturating_add(grace.as_secs())
 }
 
-fn print_promotion(promotion: &ops::Promotion) {
+pub(super) fn print_promotion(promotion: &ops::Promotion) {
     println!("keygate: {} is now current", promotion.promoted);
     if let Some(demoted) = &promotion.demoted {
         println!("keygate: {demoted} is now previous (the fallback) until its grace ends");
@@ -213,7 +252,9 @@ fn print_promotion(promotion: &ops::Promotion) {
 }
 
 /// A small runtime and upstream client for the commands that call the upstream.
-fn upstream_runtime(context: &Context) -> Result<(tokio::runtime::Runtime, Upstream), CliError> {
+pub(super) fn upstream_runtime(
+    context: &Context,
+) -> Result<(tokio::runtime::Runtime, Upstream), CliError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -267,73 +308,10 @@ fn rotate(
     println!(
         "keygate: a running server switches within a second; in-flight requests finish on the old key"
     );
-    Ok(())
+    key_provider::settle_owed(context, &vault, &kek)
 }
 
-/// `key rotate --mint`'s options.
-struct MintArgs<'a> {
-    replace: Option<&'a str>,
-    label: Option<String>,
-    verify: bool,
-    grace: Option<std::time::Duration>,
-    propagation_wait: std::time::Duration,
-}
-
-fn rotate_minted(context: &Context, provider: &str, args: MintArgs<'_>) -> Result<(), CliError> {
-    let upstream_provider = context.provider(provider)?;
-    let kek = context.kek()?;
-    let vault = context.vault();
-    let (runtime, upstream) = upstream_runtime(context)?;
-    let rotation = mint::MintRotation {
-        provider: upstream_provider,
-        label: args.label,
-        replace: args.replace,
-        verify: args.verify,
-        grace_until: grace_until(context, args.grace),
-        propagation_wait: args.propagation_wait,
-    };
-    let report = |step: mint::MintStep<'_>| match step {
-        mint::MintStep::Created { name, provider_id } => {
-            println!("keygate: created {name} at {provider} (provider id {provider_id})")
-        }
-        mint::MintStep::Rotation(rotate::Step::Staged { id }) => {
-            println!("keygate: {id} (minted) added to {provider} as pending")
-        }
-        mint::MintStep::Rotation(rotate::Step::Checked { id, check }) => {
-            println!("keygate: {id}: {}", check.describe())
-        }
-        mint::MintStep::Rotation(rotate::Step::Unverified) => {
-            println!("keygate: --no-verify: promoting without asking the upstream")
-        }
-        mint::MintStep::Waiting { check, after } => println!(
-            "keygate: the new key does not work yet ({}); trying again in {after:?}",
-            check.verdict.as_str()
-        ),
-    };
-    let open = rotate::OpenVault {
-        vault: &vault,
-        kek: &kek,
-    };
-    let promotion = runtime
-        .block_on(mint::rotate(&open, &upstream, rotation, report))
-        .map_err(|error| match error {
-            mint::MintRotateError::Mint(
-                error @ (mint::MintError::NoAdminKey(_)
-                | mint::MintError::NotConfigured(_)
-                | mint::MintError::CannotMint { .. }),
-            ) => CliError::Usage(error.to_string()),
-            mint::MintRotateError::Rotate(error) => rotate_error(error),
-            mint::MintRotateError::Vault(error) => CliError::Vault(error),
-            other => CliError::Runtime(other.to_string()),
-        })?;
-    print_promotion(&promotion);
-    println!(
-        "keygate: a running server switches within a second; in-flight requests finish on the old key"
-    );
-    Ok(())
-}
-
-fn rotate_error(error: rotate::RotateError) -> CliError {
+pub(super) fn rotate_error(error: rotate::RotateError) -> CliError {
     match error {
         rotate::RotateError::Op(op) => op_error(op),
         rotate::RotateError::Vault(vault) => CliError::Vault(vault),
@@ -502,7 +480,7 @@ fn list(context: &Context, provider: Option<&str>, json: bool) -> Result<(), Cli
             k.id,
             k.provider,
             k.label.as_deref().unwrap_or("-"),
-            k.state.as_str(),
+            k.state_shown(),
             health_of(k).unwrap_or("-"),
             k.fingerprint,
             format_time(k.created),

@@ -7,6 +7,7 @@
 mod admin_key;
 mod client;
 mod key;
+mod key_provider;
 mod serve;
 mod usage;
 mod vault;

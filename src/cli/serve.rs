@@ -84,6 +84,10 @@ pub(super) fn run(
 
         let (stop, stopped) = crate::control::shutdown::channel();
         let reloader = tokio::spawn(crate::control::follow::run(shared.clone(), stopped.clone()));
+        let upkeep = tokio::spawn(crate::control::key_upkeep::run(
+            shared.clone(),
+            stopped.clone(),
+        ));
         // The ledger stops only after the drain, so its last flush sees every request.
         let (stop_ledger, ledger_stopped) = crate::control::shutdown::channel();
         let ledger_task = tokio::spawn(crate::usage::ledger::run(
@@ -101,6 +105,7 @@ pub(super) fn run(
             .await
             .map_err(|e| CliError::Runtime(e.to_string()))?;
         let _ = reloader.await;
+        let _ = upkeep.await;
         stop_ledger.stop();
         let _ = ledger_task.await;
         tracing::info!("keygate stopped");

@@ -14,8 +14,10 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::probes::text;
-use crate::control::state::Shared;
-use crate::keys::{ops, rotate};
+use crate::control::key_upkeep;
+use crate::control::state::{ServerVault, Shared};
+use crate::keys::rotate::VaultAccess;
+use crate::keys::{burn, cleanup, mint, ops, rotate};
 use crate::proxy::response_body::ResponseBody;
 use crate::vault::document::{Document, KeyState};
 use crate::vault::secret::Secret;
@@ -36,6 +38,9 @@ enum AdminError {
     Conflict(String),
     #[error("{0}")]
     Failed(String),
+    /// The provider's management API failed.
+    #[error("{0}")]
+    Provider(String),
 }
 
 impl AdminError {
@@ -47,6 +52,7 @@ impl AdminError {
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AdminError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
+            AdminError::Provider(_) => (StatusCode::BAD_GATEWAY, "management_api_error"),
         };
         let body = serde_json::json!({
             "error": { "message": self.to_string(), "type": "admin_error", "code": code }
@@ -82,11 +88,49 @@ impl From<rotate::RotateError> for AdminError {
     }
 }
 
+impl From<mint::MintRotateError> for AdminError {
+    fn from(error: mint::MintRotateError) -> Self {
+        match error {
+            mint::MintRotateError::Mint(mint::MintError::Api { .. }) => {
+                AdminError::Provider(error.to_string())
+            }
+            mint::MintRotateError::Mint(mint::MintError::PendingExists { .. }) => {
+                AdminError::Conflict(error.to_string())
+            }
+            mint::MintRotateError::Mint(other) => AdminError::BadRequest(other.to_string()),
+            mint::MintRotateError::Rotate(error) => error.into(),
+            mint::MintRotateError::Vault(error) => error.into(),
+        }
+    }
+}
+
+impl From<burn::BurnError> for AdminError {
+    fn from(error: burn::BurnError) -> Self {
+        match error {
+            burn::BurnError::Op(op) => op.into(),
+            burn::BurnError::Vault(vault) => vault.into(),
+            burn::BurnError::Replacement { ref source, .. } => match **source {
+                mint::MintRotateError::Mint(mint::MintError::Api { .. }) => {
+                    AdminError::Provider(error.to_string())
+                }
+                _ => AdminError::Conflict(error.to_string()),
+            },
+            other @ burn::BurnError::NeedsReplacement { .. } => {
+                AdminError::BadRequest(other.to_string())
+            }
+        }
+    }
+}
+
 /// Body of `POST /admin/keys/{provider}` and `…/rotate`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyBody {
-    secret: String,
+    #[serde(default)]
+    secret: Option<String>,
+    /// `…/rotate` only: keygate creates the new key at the provider.
+    #[serde(default)]
+    mint: bool,
     #[serde(default)]
     label: Option<String>,
     #[serde(default)]
@@ -109,6 +153,23 @@ fn yes() -> bool {
 struct RevokeBody {
     #[serde(default)]
     force: bool,
+    /// Also delete (disable) the key at the provider.
+    #[serde(default)]
+    at_provider: bool,
+}
+
+/// Body of `POST /admin/keys/{id}/burn`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BurnBody {
+    /// The replacement, when keygate cannot mint one.
+    #[serde(default)]
+    secret: Option<String>,
+    /// Burn a current key without a replacement.
+    #[serde(default)]
+    force: bool,
+    #[serde(default = "yes")]
+    verify: bool,
 }
 
 const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -160,16 +221,15 @@ async fn admin_api(
             } else {
                 parse(&body)?
             };
-            write(shared, |doc| {
-                ops::revoke(
-                    doc,
-                    id,
-                    Some("revoked via admin API".to_owned()),
-                    revoke.force,
-                    crate::unix_now(),
-                )
-            })?;
-            Ok(serde_json::json!({ "revoked": id }))
+            revoke_key(shared, id, revoke).await
+        }
+        (Method::POST, ["keys", id, "burn"]) => {
+            let request: BurnBody = if body.is_empty() {
+                parse(b"{}")?
+            } else {
+                parse(&body)?
+            };
+            burn_key(shared, id, request).await
         }
         _ => Err(AdminError::NotFound),
     }
@@ -215,8 +275,10 @@ fn write<T>(
 }
 
 fn key_secret(body: &KeyBody) -> Result<Secret, AdminError> {
-    ops::upstream_secret(&body.secret)
-        .map_err(|e| AdminError::BadRequest(format!("\"secret\": {e}")))
+    let text = body.secret.as_deref().ok_or_else(|| {
+        AdminError::BadRequest("\"secret\" is required (or, to rotate, \"mint\": true)".to_owned())
+    })?;
+    ops::upstream_secret(text).map_err(|e| AdminError::BadRequest(format!("\"secret\": {e}")))
 }
 
 fn known_provider(shared: &Shared, provider: &str) -> Result<(), AdminError> {
@@ -263,44 +325,213 @@ async fn rotate_key(
     body: KeyBody,
 ) -> Result<serde_json::Value, AdminError> {
     known_provider(shared, provider)?;
-    let secret = key_secret(&body)?;
     let grace = match &body.grace {
         Some(text) => humantime::parse_duration(text)
             .map_err(|e| AdminError::BadRequest(format!("\"grace\": {e}")))?,
         None => shared.config.keys.default_grace,
     };
     let grace_until = crate::unix_now().saturating_add(grace.as_secs());
-    let rotation = rotate::Rotation {
-        provider: &shared.config.providers[provider],
-        secret: &secret,
-        label: body.label.clone(),
-        replace: body.replace.as_deref(),
-        verify_with: body.verify.then_some(&shared.upstream),
-        grace_until,
+    let upstream_provider = &shared.config.providers[provider];
+    let result = if body.mint {
+        if body.secret.is_some() {
+            return Err(AdminError::BadRequest(
+                "\"mint\": true creates the key at the provider: leave out \"secret\"".to_owned(),
+            ));
+        }
+        let _lease = rotation_lease(shared)?;
+        let rotation = mint::MintRotation {
+            provider: upstream_provider,
+            label: body.label.clone(),
+            replace: body.replace.as_deref(),
+            verify: body.verify,
+            grace_until,
+            propagation_wait: mint::PROPAGATION_WAIT,
+        };
+        let result = key_upkeep::mint_logged(shared, rotation).await;
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        shared
+            .metrics
+            .key_mints
+            .with_label_values(&[provider, outcome])
+            .inc();
+        result.map_err(AdminError::from)
+    } else {
+        let secret = key_secret(&body)?;
+        let rotation = rotate::Rotation {
+            provider: upstream_provider,
+            secret: &secret,
+            label: body.label.clone(),
+            replace: body.replace.as_deref(),
+            verify_with: body.verify.then_some(&shared.upstream),
+            grace_until,
+        };
+        rotate::run(&ServerVault(shared), rotation, |_| {})
+            .await
+            .map_err(AdminError::from)
     };
-    let result = rotate::run(&ServerVault(shared), rotation, |_| {}).await;
     // Whatever step it stopped at, serve what the vault now says.
     let _ = tokio::task::block_in_place(|| shared.reload());
     let promotion = result?;
+    let minted = load_document(shared)?
+        .keys
+        .iter()
+        .find(|k| k.id == promotion.promoted)
+        .and_then(|k| k.minted.clone());
     Ok(serde_json::json!({
         "promoted": promotion.promoted,
         "previous": promotion.demoted,
         "retired": promotion.retired,
         "grace_until": grace_until,
+        "minted": minted.map(|m| serde_json::json!({"provider_id": m.provider_id, "name": m.name})),
     }))
 }
 
-/// The server's vault, reached through its single writer's lock, one write
-/// at a time (never held across an await).
-struct ServerVault<'a>(&'a Shared);
-
-impl rotate::VaultAccess for ServerVault<'_> {
-    fn with<R>(&self, write: impl FnOnce(&crate::vault::Vault, &crate::vault::Kek) -> R) -> R {
-        tokio::task::block_in_place(|| {
-            let control = self.0.control();
-            write(control.vault(), control.kek())
+/// The vault's rotation lease, or 409 while another rotation holds it.
+fn rotation_lease(shared: &Shared) -> Result<crate::vault::WriteLock, AdminError> {
+    ServerVault(shared)
+        .with(|v, _| v.try_rotation_lease())?
+        .ok_or_else(|| {
+            AdminError::Conflict(
+                "another rotation or burn of this vault is running; try again when it is done"
+                    .to_owned(),
+            )
         })
+}
+
+async fn revoke_key(
+    shared: &Shared,
+    id: &str,
+    body: RevokeBody,
+) -> Result<serde_json::Value, AdminError> {
+    if body.at_provider {
+        let document = load_document(shared)?;
+        let key = document.keys.iter().find(|k| k.id == id).ok_or_else(|| {
+            AdminError::BadRequest(ops::OpError::UnknownKey(id.to_owned()).to_string())
+        })?;
+        let provider = &shared.config.providers[&key.provider];
+        if !burn::can_clean_up(&document, provider) {
+            return Err(AdminError::BadRequest(format!(
+                "\"at_provider\": keygate cannot reach {0}'s management API (it needs [providers.{0}.admin] and `keygate admin-key set {0}`); nothing was changed",
+                provider.name
+            )));
+        }
     }
+    write(shared, |doc| {
+        if body.at_provider {
+            ops::owe_at_provider(doc, id)?;
+        }
+        ops::revoke(
+            doc,
+            id,
+            Some("revoked via admin API".to_owned()),
+            body.force,
+            crate::unix_now(),
+        )
+    })?;
+    let at_provider = settle_at_provider(shared, id).await?;
+    Ok(serde_json::json!({ "revoked": id, "at_provider": at_provider }))
+}
+
+async fn burn_key(
+    shared: &Shared,
+    id: &str,
+    body: BurnBody,
+) -> Result<serde_json::Value, AdminError> {
+    let started = std::time::Instant::now();
+    let document = load_document(shared)?;
+    let key = document.keys.iter().find(|k| k.id == id).ok_or_else(|| {
+        AdminError::BadRequest(ops::OpError::UnknownKey(id.to_owned()).to_string())
+    })?;
+    let provider = &shared.config.providers[&key.provider];
+    let given = body
+        .secret
+        .as_deref()
+        .map(ops::upstream_secret)
+        .transpose()
+        .map_err(|e| AdminError::BadRequest(format!("\"secret\": {e}")))?;
+    let mintable = crate::providers::management::can_create(provider.kind)
+        && provider.admin.is_some()
+        && document.admin_key(&provider.name).is_some();
+    let needs = burn::needs_replacement(&document, id)?;
+    let replacement = match (&given, needs && !body.force, mintable) {
+        (_, false, _) => burn::Replacement::Without,
+        (Some(secret), true, _) => burn::Replacement::Given(secret),
+        (None, true, true) => burn::Replacement::Mint {
+            propagation_wait: mint::PROPAGATION_WAIT,
+        },
+        (None, true, false) => {
+            return Err(burn::BurnError::NeedsReplacement {
+                id: id.to_owned(),
+                provider: provider.name.clone(),
+            }
+            .into())
+        }
+    };
+    let minting = matches!(replacement, burn::Replacement::Mint { .. });
+    let at_provider = burn::can_clean_up(&document, provider);
+    let _lease = rotation_lease(shared)?;
+    let request = burn::Burn {
+        key_id: id,
+        provider,
+        replacement,
+        verify: body.verify,
+        at_provider,
+    };
+    let result = burn::burn(&ServerVault(shared), &shared.upstream, request, |_| {}).await;
+    if minting {
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        shared
+            .metrics
+            .key_mints
+            .with_label_values(&[&provider.name, outcome])
+            .inc();
+    }
+    // The burnt key is out of the served ring before this answers.
+    let _ = tokio::task::block_in_place(|| shared.reload());
+    let burned = result?;
+    let out_of_use_ms = started.elapsed().as_millis() as u64;
+    let provider_half = settle_at_provider(shared, id).await?;
+    Ok(serde_json::json!({
+        "burnt": burned.burnt.burnt,
+        "replacement": burned.burnt.replacement,
+        "replacement_kind": burned.replacement_kind,
+        "at_provider": provider_half,
+        "took_ms": {
+            "replacement": burned.replacement_took.as_millis() as u64,
+            "write": burned.write_took.as_millis() as u64,
+            "out_of_use": out_of_use_ms,
+            "total": started.elapsed().as_millis() as u64,
+        },
+    }))
+}
+
+/// Settles what `id` owes its provider, if anything: `{"result": "deleted"}`
+/// or `{"result": "failed", "error": …}` (retried by the key upkeep), or null.
+async fn settle_at_provider(shared: &Shared, id: &str) -> Result<serde_json::Value, AdminError> {
+    let owed = cleanup::owed(&load_document(shared)?);
+    if !owed.iter().any(|o| o == id) {
+        return Ok(serde_json::Value::Null);
+    }
+    let settled =
+        cleanup::settle(&ServerVault(shared), &shared.upstream, &shared.config, id).await?;
+    let _ = tokio::task::block_in_place(|| shared.reload());
+    let (result, error) = match &settled.outcome {
+        Ok(word) => (*word, None),
+        Err(error) => ("failed", Some(error.clone())),
+    };
+    shared
+        .metrics
+        .provider_deletes
+        .with_label_values(&[
+            settled.provider.as_str(),
+            if error.is_none() { "ok" } else { "failed" },
+        ])
+        .inc();
+    Ok(serde_json::json!({
+        "result": result,
+        "error": error,
+        "took_ms": settled.took.as_millis() as u64,
+    }))
 }
 
 fn load_document(shared: &Shared) -> Result<Document, AdminError> {

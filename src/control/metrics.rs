@@ -38,6 +38,12 @@ pub struct Metrics {
     pub tokens_total: IntCounterVec,
     /// `keygate_client_auth_failures_total{reason}`: client-key refusals (401) by case.
     pub client_auth_failures: IntCounterVec,
+    /// `keygate_key_mints_total{provider,result}`: keys created at the provider by
+    /// `serve` (auto_rotate, the admin API), `ok` or `failed`.
+    pub key_mints: IntCounterVec,
+    /// `keygate_provider_deletes_total{provider,result}`: keys deleted (or
+    /// disabled) at the provider by `serve`, `ok` or `failed`.
+    pub provider_deletes: IntCounterVec,
     /// Per-provider series, resolved once (no label lookup per request).
     providers: std::sync::Arc<std::collections::HashMap<String, ProviderMetrics>>,
 }
@@ -141,6 +147,20 @@ impl Metrics {
             ),
             &["reason"],
         );
+        let key_mints = IntCounterVec::new(
+            Opts::new(
+                "keygate_key_mints_total",
+                "Keys created at the provider's management API, by result.",
+            ),
+            &["provider", "result"],
+        );
+        let provider_deletes = IntCounterVec::new(
+            Opts::new(
+                "keygate_provider_deletes_total",
+                "Keys deleted or disabled at the provider's management API, by result.",
+            ),
+            &["provider", "result"],
+        );
         // Names and label sets are constants: construction cannot fail at run time.
         #[allow(clippy::expect_used)]
         let metrics = Metrics {
@@ -156,6 +176,8 @@ impl Metrics {
             key_healthy: key_healthy.expect("static metric"),
             tokens_total: tokens_total.expect("static metric"),
             client_auth_failures: client_auth_failures.expect("static metric"),
+            key_mints: key_mints.expect("static metric"),
+            provider_deletes: provider_deletes.expect("static metric"),
             providers: Default::default(),
             registry,
         };
@@ -172,6 +194,8 @@ impl Metrics {
             Box::new(metrics.key_healthy.clone()),
             Box::new(metrics.tokens_total.clone()),
             Box::new(metrics.client_auth_failures.clone()),
+            Box::new(metrics.key_mints.clone()),
+            Box::new(metrics.provider_deletes.clone()),
         ] {
             // Registering distinct names on a fresh registry cannot collide.
             let _ = metrics.registry.register(collector);
@@ -180,6 +204,18 @@ impl Metrics {
         let mut providers = std::collections::HashMap::new();
         for provider in config.providers.keys() {
             metrics.key_rotations.with_label_values(&[provider]).reset();
+            if config.providers[provider].admin.is_some() {
+                for result in ["ok", "failed"] {
+                    metrics
+                        .key_mints
+                        .with_label_values(&[provider, result])
+                        .reset();
+                    metrics
+                        .provider_deletes
+                        .with_label_values(&[provider, result])
+                        .reset();
+                }
+            }
             providers.insert(
                 provider.clone(),
                 ProviderMetrics {

@@ -1,11 +1,13 @@
 //! The control plane: the process-wide [`state`], the [`snapshot`] requests
 //! read and its single writer ([`reload`], looped by [`follow`]), the
-//! admin listener (health [`probes`] and the [`admin`] API), [`metrics`], the [`log_format`], [`shutdown`] and
-//! [`core_dumps`] protection.
+//! admin listener (health [`probes`] and the [`admin`] API), the
+//! [`key_upkeep`] (retiring, deleting at the provider, auto-rotation),
+//! [`metrics`], the [`log_format`], [`shutdown`] and [`core_dumps`] protection.
 
 pub mod admin;
 pub mod core_dumps;
 pub mod follow;
+pub mod key_upkeep;
 pub mod log_format;
 pub mod metrics;
 pub mod probes;

@@ -87,3 +87,16 @@ impl Shared {
         self.snapshot.load().generation > 0
     }
 }
+
+/// The server's vault for the key services, reached through its single
+/// writer's lock, one write at a time (never held across an await).
+pub struct ServerVault<'a>(pub &'a Shared);
+
+impl crate::keys::rotate::VaultAccess for ServerVault<'_> {
+    fn with<R>(&self, write: impl FnOnce(&crate::vault::Vault, &crate::vault::Kek) -> R) -> R {
+        tokio::task::block_in_place(|| {
+            let control = self.0.control();
+            write(control.vault(), control.kek())
+        })
+    }
+}

@@ -5,9 +5,15 @@
 //! add/rotate ─► pending ──verify 2xx──► current ──next rotation──► previous ──grace over──► retired (secret wiped)
 //!                  └─verify 401/403─► rejected (secret wiped, reason kept)
 //! rollback: current ⇄ previous in one write      revoke: any ─► revoked (refused for the last usable key without --force)
+//! burn: the replacement pending ─► current and the burnt key ─► revoked, in one write, no grace
 //! ```
+//!
+//! A key keygate minted owes the provider a delete the moment it leaves use
+//! (retired, rejected, revoked); any key can be made to owe one
+//! ([`owe_at_provider`]). What is owed is recorded on the key
+//! (`at_provider`) and settled by `keys::cleanup`.
 
-use crate::vault::document::{Document, KeyState, UpstreamKey};
+use crate::vault::document::{Document, KeyState, ProviderCleanup, UpstreamKey};
 use crate::vault::secret::Secret;
 
 /// A transition the document does not allow; says what to do instead.
@@ -93,9 +99,117 @@ fn set_state(key: &mut UpstreamKey, state: KeyState, now: u64) {
         state,
         KeyState::Retired | KeyState::Rejected | KeyState::Revoked
     ) {
-        key.secret = None; // Secret zeroizes on drop.
+        if let (Some(minted), None) = (&key.minted, &key.at_provider) {
+            key.at_provider = Some(ProviderCleanup {
+                provider_id: Some(minted.provider_id.clone()),
+                done: None,
+                attempts: 0,
+                last_error: None,
+            });
+        }
+        // A key found at the provider by its hint keeps its secret (never
+        // served again) until the provider confirmed the delete.
+        let needs_hint = key
+            .at_provider
+            .as_ref()
+            .is_some_and(|c| c.pending() && c.provider_id.is_none());
+        if !needs_hint {
+            key.secret = None; // Secret zeroizes on drop.
+        }
         key.grace_until = None;
     }
+}
+
+/// Records that `id` must also be deleted (Anthropic: disabled) at the
+/// provider (`--at-provider`, `key burn`). Call before the transition that
+/// takes it out of use. A key keygate did not mint is found there by its hint,
+/// so it needs its secret still.
+pub fn owe_at_provider(document: &mut Document, id: &str) -> Result<(), OpError> {
+    let key = find(document, id)?;
+    if key.at_provider.is_some() {
+        return Ok(());
+    }
+    let provider_id = key.minted.as_ref().map(|m| m.provider_id.clone());
+    if provider_id.is_none() && key.secret.is_none() {
+        return Err(OpError::WrongState {
+            id: id.to_owned(),
+            state: key.state.as_str(),
+            what: "its secret is already wiped, so keygate cannot find it at the provider: delete it in the provider's console",
+        });
+    }
+    key.at_provider = Some(ProviderCleanup {
+        provider_id,
+        done: None,
+        attempts: 0,
+        last_error: None,
+    });
+    Ok(())
+}
+
+/// What a burn did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Burnt {
+    /// The burnt key, now revoked.
+    pub burnt: String,
+    /// Its replacement, now current.
+    pub replacement: Option<String>,
+}
+
+/// Burns `id` in one write: `replacement` (a pending key) becomes current,
+/// `id` is revoked with no grace and, with `at_provider`, owes the provider
+/// a delete. Without a replacement, another usable key must remain.
+pub fn burn(
+    document: &mut Document,
+    id: &str,
+    replacement: Option<&str>,
+    at_provider: bool,
+    now: u64,
+) -> Result<Burnt, OpError> {
+    let key = find(document, id)?;
+    if !(key.state.is_usable() || key.state == KeyState::Pending) {
+        return Err(OpError::WrongState {
+            id: id.to_owned(),
+            state: key.state.as_str(),
+            what: "it is already out of use: `keygate key revoke --at-provider` is for its provider half",
+        });
+    }
+    let provider = key.provider.clone();
+    if let Some(new) = replacement {
+        let new_key = find(document, new)?;
+        if new_key.state != KeyState::Pending || new_key.provider != provider {
+            return Err(OpError::WrongState {
+                id: new.to_owned(),
+                state: new_key.state.as_str(),
+                what: "a replacement must be a pending key of the same provider",
+            });
+        }
+    } else {
+        let others_usable = document.keys.iter().any(|k| {
+            k.provider == provider && k.id != id && k.state.is_usable() && k.secret.is_some()
+        });
+        if !others_usable {
+            return Err(OpError::LastUsableKey {
+                id: id.to_owned(),
+                provider,
+            });
+        }
+    }
+    if at_provider {
+        owe_at_provider(document, id)?;
+    }
+    for key in document.keys.iter_mut() {
+        if key.id == id {
+            set_state(key, KeyState::Revoked, now);
+            key.reason = Some("burnt (leaked): out of use at once, no grace".to_owned());
+        } else if Some(key.id.as_str()) == replacement {
+            set_state(key, KeyState::Current, now);
+            key.grace_until = None;
+        }
+    }
+    Ok(Burnt {
+        burnt: id.to_owned(),
+        replacement: replacement.map(str::to_owned),
+    })
 }
 
 /// Retires every `previous` key whose grace is over (wiping its secret).
@@ -335,6 +449,37 @@ pub fn revoke(
     let key = find(document, id)?;
     set_state(key, KeyState::Revoked, now);
     key.reason = reason;
+    Ok(())
+}
+
+/// Records the provider's answer to what `id` owed it: done (the secret
+/// wiped if the key is out of use), or one more failed attempt.
+pub fn settle_at_provider(
+    document: &mut Document,
+    id: &str,
+    outcome: Result<Option<String>, String>,
+    now: u64,
+) -> Result<(), OpError> {
+    let key = find(document, id)?;
+    let Some(cleanup) = key.at_provider.as_mut() else {
+        return Ok(());
+    };
+    match outcome {
+        Ok(found_id) => {
+            cleanup.done = Some(now);
+            cleanup.last_error = None;
+            if cleanup.provider_id.is_none() {
+                cleanup.provider_id = found_id;
+            }
+            if !key.state.is_usable() && key.state != KeyState::Pending {
+                key.secret = None;
+            }
+        }
+        Err(error) => {
+            cleanup.attempts = cleanup.attempts.saturating_add(1);
+            cleanup.last_error = Some(error);
+        }
+    }
     Ok(())
 }
 

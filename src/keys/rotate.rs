@@ -80,8 +80,22 @@ pub enum Step<'a> {
 pub async fn run(
     vault: &impl VaultAccess,
     rotation: Rotation<'_>,
-    mut report: impl FnMut(Step<'_>),
+    report: impl FnMut(Step<'_>),
 ) -> Result<Promotion, RotateError> {
+    let (replace, grace_until) = (rotation.replace, rotation.grace_until);
+    let verified = rotation.verify_with.is_some();
+    let pending = stage_verified(vault, rotation, report).await?;
+    vault.with(|v, k| promote(v, k, &pending, replace, verified, grace_until))
+}
+
+/// The rotation's first two steps: the new key staged as pending and, unless
+/// skipped, verified. Returns the pending id, ready to promote (or to replace
+/// a burnt key).
+pub async fn stage_verified(
+    vault: &impl VaultAccess,
+    rotation: Rotation<'_>,
+    mut report: impl FnMut(Step<'_>),
+) -> Result<String, RotateError> {
     let provider = &rotation.provider.name;
     let label = rotation.label;
     let pending = vault.with(|v, k| stage(v, k, provider, rotation.secret, label))?;
@@ -98,17 +112,7 @@ pub async fn run(
         }
         None => report(Step::Unverified),
     }
-    let verified = rotation.verify_with.is_some();
-    vault.with(|v, k| {
-        promote(
-            v,
-            k,
-            &pending,
-            rotation.replace,
-            verified,
-            rotation.grace_until,
-        )
-    })
+    Ok(pending)
 }
 
 /// Why a rotation did not complete.

@@ -185,6 +185,10 @@ pub struct UpstreamKey {
     /// out for hand-added keys, so older readers still open the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minted: Option<MintRecord>,
+    /// What keygate still owes the provider for this key (delete it, or
+    /// disable it), and how far it got. Absent when nothing is owed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_provider: Option<ProviderCleanup>,
 }
 
 impl UpstreamKey {
@@ -211,6 +215,7 @@ impl UpstreamKey {
             reason: None,
             grace_until: None,
             minted: None,
+            at_provider: None,
         }
     }
 }
@@ -226,7 +231,44 @@ pub struct MintRecord {
     pub name: String,
 }
 
+/// A key keygate must delete (or, at Anthropic, disable) at the provider:
+/// a minted key once it is retired, rejected or revoked, or any key burnt or
+/// revoked with `--at-provider`. Kept after it is done, for `key list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderCleanup {
+    /// The provider's id of the key, when known (minted keys); else it is
+    /// found by the key's hint, and the secret is kept until then.
+    #[serde(default)]
+    pub provider_id: Option<String>,
+    /// Unix seconds when the provider confirmed it.
+    #[serde(default)]
+    pub done: Option<u64>,
+    /// Failed attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// The last failure, scrubbed (never a secret).
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl ProviderCleanup {
+    /// True until the provider confirmed it.
+    pub fn pending(&self) -> bool {
+        self.done.is_none()
+    }
+}
+
 impl UpstreamKey {
+    /// `retired`, or `retired (delete pending)` while keygate still owes the
+    /// provider a delete, for `key list`.
+    pub fn state_shown(&self) -> String {
+        match &self.at_provider {
+            Some(c) if c.pending() => format!("{} (delete pending)", self.state.as_str()),
+            _ => self.state.as_str().to_owned(),
+        }
+    }
+
     /// True for a usable key older than `rotate_after` seconds.
     pub fn due_for_rotation(&self, now: u64, rotate_after: u64) -> bool {
         self.state.is_usable() && now.saturating_sub(self.created) > rotate_after
@@ -250,6 +292,13 @@ impl UpstreamKey {
             "minted": self.minted.as_ref().map(|m| serde_json::json!({
                 "provider_id": m.provider_id,
                 "name": m.name,
+            })),
+            "at_provider": self.at_provider.as_ref().map(|c| serde_json::json!({
+                "pending": c.pending(),
+                "provider_id": c.provider_id,
+                "done": c.done,
+                "attempts": c.attempts,
+                "last_error": c.last_error,
             })),
         })
     }

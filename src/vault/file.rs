@@ -74,8 +74,46 @@ pub struct WriteLock {
 /// writer (thread or process) is done. The lock file is never deleted: removing
 /// it would let two writers lock two different inodes.
 pub fn lock(vault: &Path) -> Result<WriteLock, VaultError> {
+    let (file, path) = lock_file(vault, ".lock", "vault lock file")?;
+    // File::lock is stable since 1.89 (the toolchain in use); the crate's declared
+    // rust-version still says 1.85.
+    #[allow(clippy::incompatible_msrv)]
+    file.lock()
+        .map_err(|e| io("lock", "vault lock file", &path, e))?;
+    Ok(WriteLock { _file: file })
+}
+
+/// The rotation lease: the exclusive lock on `<vault path>.rotation.lock`,
+/// held for a whole minted rotation or burn (many writes and provider calls)
+/// so two of them never run at once on one vault, across processes. Apart
+/// from the write lock, so ordinary writes go on meanwhile. Waits for it.
+pub fn rotation_lease(vault: &Path) -> Result<WriteLock, VaultError> {
+    let (file, path) = lock_file(vault, ".rotation.lock", LEASE)?;
+    #[allow(clippy::incompatible_msrv)]
+    file.lock().map_err(|e| io("lock", LEASE, &path, e))?;
+    Ok(WriteLock { _file: file })
+}
+
+/// [`rotation_lease`] if no one holds it, else `None`.
+pub fn try_rotation_lease(vault: &Path) -> Result<Option<WriteLock>, VaultError> {
+    let (file, path) = lock_file(vault, ".rotation.lock", LEASE)?;
+    #[allow(clippy::incompatible_msrv)]
+    match file.try_lock() {
+        Ok(()) => Ok(Some(WriteLock { _file: file })),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(io("lock", LEASE, &path, e)),
+    }
+}
+
+const LEASE: &str = "vault rotation lock file";
+
+fn lock_file(
+    vault: &Path,
+    suffix: &str,
+    what: &'static str,
+) -> Result<(File, PathBuf), VaultError> {
     let mut name = vault.as_os_str().to_owned();
-    name.push(".lock");
+    name.push(suffix);
     let path = PathBuf::from(name);
     let file = OpenOptions::new()
         .read(true)
@@ -88,14 +126,9 @@ pub fn lock(vault: &Path) -> Result<WriteLock, VaultError> {
             ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => VaultError::ReadOnly {
                 path: vault.to_owned(),
             },
-            _ => io("create", "vault lock file", &path, err),
+            _ => io("create", what, &path, err),
         })?;
-    // File::lock is stable since 1.89 (the toolchain in use); the crate's declared
-    // rust-version still says 1.85.
-    #[allow(clippy::incompatible_msrv)]
-    file.lock()
-        .map_err(|e| io("lock", "vault lock file", &path, e))?;
-    Ok(WriteLock { _file: file })
+    Ok((file, path))
 }
 
 /// Replaces `path` with `bytes` atomically: a temp file (mode 0600) in the same

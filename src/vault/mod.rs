@@ -15,6 +15,7 @@ pub mod document;
 
 mod crypto;
 mod file;
+pub use file::WriteLock;
 mod format;
 pub mod master;
 pub mod secret;
@@ -208,6 +209,16 @@ impl Vault {
             kek_id: opened.header.kek_id,
             read_only: file::is_read_only(&self.path),
         })
+    }
+
+    /// Waits for and takes the rotation lease ([`file::rotation_lease`]).
+    pub fn rotation_lease(&self) -> Result<file::WriteLock, VaultError> {
+        file::rotation_lease(&self.path)
+    }
+
+    /// Takes the rotation lease if no one holds it.
+    pub fn try_rotation_lease(&self) -> Result<Option<file::WriteLock>, VaultError> {
+        file::try_rotation_lease(&self.path)
     }
 
     /// Reads only the header (no key needed): its generation and master key

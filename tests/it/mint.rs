@@ -29,7 +29,7 @@ fn admin_table(provider: &str, api: Api, url: &str) -> String {
     let id = match api {
         Api::OpenAi => "project = \"proj_test\"\n",
         Api::Xai => "team = \"team-test\"\n",
-        Api::OpenRouter => "",
+        Api::OpenRouter | Api::Anthropic => "",
     };
     format!(
         "[providers.{provider}.admin]\n{id}url = {}\n",

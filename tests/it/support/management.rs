@@ -1,10 +1,21 @@
 //! A mock of the providers' management APIs (docs/design.md §12), with their
-//! real paths and answer shapes: OpenAI's
-//! `POST /v1/organization/projects/{project}/service_accounts`, xAI's
-//! `POST /auth/teams/{team}/api-keys`, OpenRouter's `POST /api/v1/keys`. It
-//! checks the management credential, creates a fresh key per call and makes
-//! the inference [`Mock`](super::mock::Mock) accept it (optionally only after a
-//! delay, like a real key propagating), or answers a scripted failure.
+//! real paths and answer shapes:
+//! - OpenAI's Admin API: `POST|GET /v1/organization/projects/{project}/service_accounts`,
+//!   `DELETE …/service_accounts/{id}`, `GET …/api_keys` (`redacted_value`),
+//!   `DELETE …/api_keys/{id}`; lists as `{"object":"list","data":…,"has_more"}`.
+//! - xAI's Management API: `POST|GET /auth/teams/{team}/api-keys`
+//!   (`apiKeys`, `redactedApiKey`), `DELETE /auth/api-keys/{apiKeyId}`.
+//! - OpenRouter's provisioning API: `POST|GET /api/v1/keys` (`data`, `label`),
+//!   `DELETE /api/v1/keys/{hash}`.
+//! - Anthropic's Admin API (`x-api-key`, `anthropic-version`): `GET
+//!   /v1/organizations/api_keys` (`partial_key_hint`), `POST
+//!   /v1/organizations/api_keys/{id}` `{"status":"inactive"}`; no creation.
+//!
+//! It checks the management credential, creates a fresh key per call and
+//! makes the inference [`Mock`](super::mock::Mock) accept it (optionally only
+//! after a delay, like a real key propagating) and refuse it once deleted or
+//! disabled; keys made "in the console" can be seeded; failures are scripted
+//! per kind of call, with each provider's error body.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,23 +29,39 @@ pub enum Api {
     OpenAi,
     Xai,
     OpenRouter,
+    Anthropic,
 }
 
-/// One key the mock created.
+/// One key the mock holds (created by keygate, or seeded as made by hand).
 #[derive(Clone, Debug)]
 pub struct Created {
     pub name: String,
     pub provider_id: String,
     pub secret: String,
+    /// Deleted (Anthropic: set inactive).
+    pub deleted: bool,
+    /// Made through the creation call (not seeded).
+    pub minted: bool,
+}
+
+/// Which calls a scripted failure hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Calls {
+    All,
+    Creates,
+    Lists,
+    Deletes,
 }
 
 #[derive(Default)]
 struct Script {
-    /// Answer this status (with a provider-style error body) instead of creating.
-    fail: Option<u16>,
+    /// Answer this status (with a provider-style error body) to these calls.
+    fail: Option<(Calls, u16)>,
+    /// Answer these calls only after this long.
+    hang: Option<(Calls, Duration)>,
     /// How long a created key takes to be accepted by the inference mock.
     propagation: Duration,
-    created: Vec<Created>,
+    keys: Vec<Created>,
     /// The inference mock that accepts created keys ([`Management::connect`]).
     adder: Option<KeyAdder>,
 }
@@ -50,16 +77,25 @@ impl Management {
     pub async fn start(api: Api, admin_secret: &str) -> Management {
         let script = Arc::new(Mutex::new(Script::default()));
         let state = script.clone();
-        let admin = format!("Bearer {admin_secret}");
+        let admin = admin_secret.to_owned();
         let server = Recording::start(move |seen: Seen| {
             let (state, admin) = (state.clone(), admin.clone());
-            async move { answer(api, &state, &admin, seen) }
+            async move {
+                let hang = state.lock().unwrap().hang;
+                if let Some((calls, delay)) = hang {
+                    if hits(calls, &seen) {
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+                answer(api, &state, &admin, seen)
+            }
         })
         .await;
         Management { server, script }
     }
 
-    /// Keys created from now on are accepted by the inference mock behind `adder`.
+    /// Keys created from now on are accepted by the inference mock behind
+    /// `adder`, and refused once deleted.
     pub fn connect(&self, adder: KeyAdder) {
         self.script.lock().unwrap().adder = Some(adder);
     }
@@ -69,9 +105,26 @@ impl Management {
         self.server.url()
     }
 
-    /// From now on, answer `status` with the provider's error body.
+    /// From now on, answer every call `status` with the provider's error body.
     pub fn fail_with(&self, status: u16) {
-        self.script.lock().unwrap().fail = Some(status);
+        self.fail(Calls::All, status);
+    }
+
+    /// From now on, answer `calls` with `status`.
+    pub fn fail(&self, calls: Calls, status: u16) {
+        self.script.lock().unwrap().fail = Some((calls, status));
+    }
+
+    /// Answer normally again.
+    pub fn heal(&self) {
+        let mut script = self.script.lock().unwrap();
+        script.fail = None;
+        script.hang = None;
+    }
+
+    /// From now on, answer `calls` only after `delay`.
+    pub fn hang(&self, calls: Calls, delay: Duration) {
+        self.script.lock().unwrap().hang = Some((calls, delay));
     }
 
     /// Created keys are accepted by the inference mock only after `delay`.
@@ -79,10 +132,113 @@ impl Management {
         self.script.lock().unwrap().propagation = delay;
     }
 
-    /// Every key created so far.
-    pub fn created(&self) -> Vec<Created> {
-        self.script.lock().unwrap().created.clone()
+    /// A key made by hand in the provider's console: listed with its hint.
+    pub fn seed(&self, name: &str, provider_id: &str, secret: &str) {
+        self.script.lock().unwrap().keys.push(Created {
+            name: name.to_owned(),
+            provider_id: provider_id.to_owned(),
+            secret: secret.to_owned(),
+            deleted: false,
+            minted: false,
+        });
     }
+
+    /// Every key created through the API so far (deleted or not).
+    pub fn created(&self) -> Vec<Created> {
+        let script = self.script.lock().unwrap();
+        script.keys.iter().filter(|k| k.minted).cloned().collect()
+    }
+
+    /// Every key the provider still holds (created or seeded, not deleted).
+    pub fn live(&self) -> Vec<Created> {
+        let script = self.script.lock().unwrap();
+        script.keys.iter().filter(|k| !k.deleted).cloned().collect()
+    }
+
+    /// True once `provider_id` was deleted (disabled).
+    pub fn is_deleted(&self, provider_id: &str) -> bool {
+        let script = self.script.lock().unwrap();
+        script
+            .keys
+            .iter()
+            .any(|k| k.provider_id == provider_id && k.deleted)
+    }
+
+    /// The delete (disable) calls seen so far.
+    pub fn removals(&self) -> Vec<Seen> {
+        self.server
+            .requests()
+            .into_iter()
+            .filter(|s| is_removal(s))
+            .collect()
+    }
+}
+
+fn is_removal(seen: &Seen) -> bool {
+    seen.method == hyper::Method::DELETE
+        || (seen.method == hyper::Method::POST
+            && seen.uri.starts_with("/v1/organizations/api_keys/"))
+}
+
+fn hits(calls: Calls, seen: &Seen) -> bool {
+    match calls {
+        Calls::All => true,
+        Calls::Creates => seen.method == hyper::Method::POST && !is_removal(seen),
+        Calls::Lists => seen.method == hyper::Method::GET,
+        Calls::Deletes => is_removal(seen),
+    }
+}
+
+/// The redacted form each provider shows of a key.
+fn hint(api: Api, secret: &str) -> String {
+    let (start, end) = match api {
+        // "sk-abc...wxyz" style; OpenRouter's label "sk-or-v1-0e6...1c96".
+        Api::OpenAi => (&secret[..6], &secret[secret.len() - 4..]),
+        Api::Xai => (&secret[..4], &secret[secret.len() - 4..]),
+        Api::OpenRouter => (&secret[..12], &secret[secret.len() - 4..]),
+        // "sk-ant-api03-R2D...igAA".
+        Api::Anthropic => (&secret[..16], &secret[secret.len() - 4..]),
+    };
+    format!("{start}...{end}")
+}
+
+fn error_body(api: Api, status: u16, message: &str) -> serde_json::Value {
+    match api {
+        // OpenAI's error object, as its API and SDK error types carry it.
+        Api::OpenAi => {
+            serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}})
+        }
+        // xAI answers flat, its `code` the gRPC status's description
+        // (as its inference API does: "Client specified an invalid argument").
+        Api::Xai => {
+            let code = match status {
+                400 => "Client specified an invalid argument",
+                401 => "The request does not have valid authentication credentials",
+                403 => "The caller does not have permission to execute the specified operation",
+                404 => "Some requested entity was not found",
+                429 => "Some resource has been exhausted",
+                _ => "Internal error",
+            };
+            serde_json::json!({"code": code, "error": message})
+        }
+        Api::OpenRouter => serde_json::json!({"error": {"code": status, "message": message}}),
+        Api::Anthropic => {
+            let kind = match status {
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                429 => "rate_limit_error",
+                500 => "api_error",
+                _ => "invalid_request_error",
+            };
+            serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
+    }
+}
+
+/// The path of the call without its query.
+fn path_of(uri: &str) -> &str {
+    uri.split('?').next().unwrap_or(uri)
 }
 
 fn answer(
@@ -93,51 +249,157 @@ fn answer(
 ) -> hyper::Response<super::recording::Body> {
     let json = [("content-type", "application/json")];
     let error = |status: u16, message: &str| {
-        let body = match api {
-            // OpenAI's error object, as its API and SDK error types carry it.
-            Api::OpenAi => {
-                serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": null}})
-            }
-            // xAI answers flat, its `code` the gRPC status's description
-            // (as its inference API does: "Client specified an invalid argument").
-            Api::Xai => {
-                let code = match status {
-                    400 => "Client specified an invalid argument",
-                    401 => "The request does not have valid authentication credentials",
-                    403 => "The caller does not have permission to execute the specified operation",
-                    404 => "Some requested entity was not found",
-                    429 => "Some resource has been exhausted",
-                    _ => "Internal error",
-                };
-                serde_json::json!({"code": code, "error": message})
-            }
-            Api::OpenRouter => serde_json::json!({"error": {"code": status, "message": message}}),
-        };
-        full(status, &json, body.to_string())
+        full(status, &json, error_body(api, status, message).to_string())
     };
-    let path_ok = match api {
-        Api::OpenAi => seen.uri == "/v1/organization/projects/proj_test/service_accounts",
-        Api::Xai => seen.uri == "/auth/teams/team-test/api-keys",
-        Api::OpenRouter => seen.uri == "/api/v1/keys",
+    let authorized = match api {
+        Api::Anthropic => {
+            seen.header("x-api-key").as_deref() == Some(admin)
+                && seen.header("anthropic-version").is_some()
+        }
+        _ => seen.header("authorization") == Some(format!("Bearer {admin}")),
     };
-    if seen.method != hyper::Method::POST || !path_ok {
-        return error(404, "Not found");
-    }
-    if seen.header("authorization").as_deref() != Some(admin) {
+    if !authorized {
         return error(401, "Invalid admin key provided");
     }
     let mut script = state.lock().unwrap();
-    if let Some(status) = script.fail {
-        // Real APIs echo a masked credential in some errors: keygate must scrub it.
-        let fragment = &admin["Bearer ".len()..];
-        let message = match status {
-            401 => format!("Incorrect API key provided: {}", fragment),
-            403 => "You do not have permission to create service accounts".to_owned(),
-            429 => "Rate limit reached for requests".to_owned(),
-            _ => "The server had an error processing your request".to_owned(),
-        };
-        return error(status, &message);
+    if let Some((calls, status)) = script.fail {
+        if hits(calls, &seen) {
+            // Real APIs echo a masked credential in some errors: keygate must scrub it.
+            let message = match status {
+                401 => format!("Incorrect API key provided: {admin}"),
+                403 => "You do not have permission to manage API keys".to_owned(),
+                429 => "Rate limit reached for requests".to_owned(),
+                _ => "The server had an error processing your request".to_owned(),
+            };
+            return error(status, &message);
+        }
     }
+    let path = path_of(&seen.uri).to_owned();
+    let method = seen.method.clone();
+    let live = |script: &Script| -> Vec<Created> {
+        script.keys.iter().filter(|k| !k.deleted).cloned().collect()
+    };
+    let (collection, item_prefix) = match api {
+        Api::OpenAi => (
+            "/v1/organization/projects/proj_test/service_accounts",
+            "/v1/organization/projects/proj_test/service_accounts/",
+        ),
+        Api::Xai => ("/auth/teams/team-test/api-keys", "/auth/api-keys/"),
+        Api::OpenRouter => ("/api/v1/keys", "/api/v1/keys/"),
+        Api::Anthropic => ("/v1/organizations/api_keys", "/v1/organizations/api_keys/"),
+    };
+    let openai_keys = "/v1/organization/projects/proj_test/api_keys";
+    // Listing.
+    if method == hyper::Method::GET
+        && (path == collection || (api == Api::OpenAi && path == openai_keys))
+    {
+        let keys = live(&script);
+        let body = match api {
+            Api::OpenAi if path == collection => serde_json::json!({
+                "object": "list",
+                "data": keys.iter().filter(|k| k.minted).map(|k| serde_json::json!({
+                    "object": "organization.project.service_account",
+                    "id": k.provider_id, "name": k.name, "role": "member", "created_at": 1_711_471_533
+                })).collect::<Vec<_>>(),
+                "first_id": keys.first().map(|k| k.provider_id.clone()),
+                "last_id": keys.last().map(|k| k.provider_id.clone()),
+                "has_more": false
+            }),
+            Api::OpenAi => serde_json::json!({
+                "object": "list",
+                "data": keys.iter().filter(|k| !k.minted).map(|k| serde_json::json!({
+                    "object": "organization.project.api_key",
+                    "redacted_value": hint(api, &k.secret), "name": k.name,
+                    "created_at": 1_711_471_533, "last_used_at": 1_711_471_534,
+                    "id": k.provider_id,
+                    "owner": {"type": "user", "user": {"object": "organization.project.user", "id": "user_abc", "name": "First Last", "email": "user@example.com", "role": "owner", "added_at": 1_711_471_533}}
+                })).collect::<Vec<_>>(),
+                "first_id": null, "last_id": null, "has_more": false
+            }),
+            Api::Xai => serde_json::json!({
+                "apiKeys": keys.iter().map(|k| serde_json::json!({
+                    "redactedApiKey": hint(api, &k.secret), "userId": "user-1", "name": k.name,
+                    "createTime": "2026-01-01T00:00:00Z", "modifyTime": "2026-01-01T00:00:00Z",
+                    "modifiedBy": "user-1", "teamId": "team-test",
+                    "acls": ["api-key:model:*", "api-key:endpoint:*"], "apiKeyId": k.provider_id,
+                    "teamBlocked": false, "apiKeyBlocked": false, "apiKeyDisabled": false
+                })).collect::<Vec<_>>()
+            }),
+            Api::OpenRouter => serde_json::json!({
+                "data": keys.iter().map(|k| serde_json::json!({
+                    "hash": k.provider_id, "name": k.name, "label": hint(api, &k.secret),
+                    "disabled": false, "limit": null, "usage": 0,
+                    "created_at": "2026-01-01T00:00:00Z", "updated_at": null
+                })).collect::<Vec<_>>()
+            }),
+            Api::Anthropic => {
+                if !seen.uri.contains("status=active") {
+                    return error(400, "expected status=active in this test");
+                }
+                serde_json::json!({
+                    "data": keys.iter().map(|k| serde_json::json!({
+                        "id": k.provider_id, "type": "api_key", "name": k.name,
+                        "workspace_id": null, "created_at": "2026-01-01T00:00:00Z",
+                        "created_by": {"id": "user_01", "type": "user"},
+                        "partial_key_hint": hint(api, &k.secret), "status": "active"
+                    })).collect::<Vec<_>>(),
+                    "has_more": false, "first_id": null, "last_id": null
+                })
+            }
+        };
+        return full(200, &json, body.to_string());
+    }
+    // Deleting (Anthropic: disabling).
+    let removal_target = if api == Api::OpenAi && path.starts_with(&format!("{openai_keys}/")) {
+        Some((&path[openai_keys.len() + 1..], false))
+    } else {
+        path.strip_prefix(item_prefix).map(|id| (id, true))
+    };
+    if let Some((id, minted_resource)) = removal_target {
+        let is_removal = match api {
+            Api::Anthropic => {
+                method == hyper::Method::POST
+                    && serde_json::from_slice::<serde_json::Value>(&seen.body).ok()
+                        == Some(serde_json::json!({"status": "inactive"}))
+            }
+            _ => method == hyper::Method::DELETE,
+        };
+        if !is_removal {
+            return error(400, "unexpected call");
+        }
+        let adder = script.adder.clone();
+        let Some(key) = script.keys.iter_mut().find(|k| {
+            k.provider_id == id
+                && !k.deleted
+                // OpenAI: a service account is deleted under service_accounts,
+                // a person's key under api_keys.
+                && (api != Api::OpenAi || k.minted == minted_resource)
+        }) else {
+            return error(404, &format!("No such key: {id}"));
+        };
+        key.deleted = true;
+        if let Some(adder) = adder {
+            adder.remove(&key.secret);
+        }
+        let body = match api {
+            Api::OpenAi if minted_resource => {
+                serde_json::json!({"object": "organization.project.service_account.deleted", "id": id, "deleted": true})
+            }
+            Api::OpenAi => {
+                serde_json::json!({"object": "organization.project.api_key.deleted", "id": id, "deleted": true})
+            }
+            Api::Xai => serde_json::json!({}),
+            Api::OpenRouter => serde_json::json!({"deleted": true}),
+            Api::Anthropic => {
+                serde_json::json!({"id": id, "type": "api_key", "name": key.name, "partial_key_hint": hint(api, &key.secret), "status": "inactive"})
+            }
+        };
+        return full(200, &json, body.to_string());
+    }
+    if method != hyper::Method::POST || path != collection || api == Api::Anthropic {
+        return error(404, "Not found");
+    }
+    // Creating.
     let body: serde_json::Value = serde_json::from_slice(&seen.body).unwrap_or_default();
     let Some(name) = body["name"].as_str().map(str::to_owned) else {
         return error(400, "name is required");
@@ -147,7 +409,7 @@ fn answer(
     {
         return error(400, "acls missing");
     }
-    let n = script.created.len() + 1;
+    let n = script.keys.len() + 1;
     let (secret, provider_id) = match api {
         Api::OpenAi => (
             format!("sk-svcacct-test-mint{n}-Qp4Lw8Zr2Ny6Tc0Vb3"),
@@ -157,17 +419,18 @@ fn answer(
             format!("xai-test-mint{n}-Hk5Ds9Fa1Jq7Wm3Re6Uo"),
             format!("apikey-test-{n}"),
         ),
-        Api::OpenRouter => (
+        Api::OpenRouter | Api::Anthropic => (
             format!("sk-or-v1-test-mint{n}-Gz2Xc8Vb4Nm6Lk0Jh"),
             format!("hash{n}abcdef"),
         ),
     };
-    let created = Created {
+    script.keys.push(Created {
         name: name.clone(),
         provider_id: provider_id.clone(),
         secret: secret.clone(),
-    };
-    script.created.push(created);
+        deleted: false,
+        minted: true,
+    });
     let delay = script.propagation;
     if let Some(adder) = script.adder.clone() {
         let secret = secret.clone();
@@ -193,15 +456,15 @@ fn answer(
             }
         }),
         Api::Xai => serde_json::json!({
-            "redactedApiKey": "xai-…",
+            "redactedApiKey": hint(api, &secret),
             "apiKey": secret,
             "apiKeyId": provider_id,
             "name": name,
             "acls": ["api-key:model:*", "api-key:endpoint:*"],
             "disabled": false
         }),
-        Api::OpenRouter => serde_json::json!({
-            "data": {"hash": provider_id, "name": name, "label": "sk-or-v1-…", "disabled": false, "limit": null},
+        Api::OpenRouter | Api::Anthropic => serde_json::json!({
+            "data": {"hash": provider_id, "name": name, "label": hint(api, &secret), "disabled": false, "limit": null},
             "key": secret
         }),
     };

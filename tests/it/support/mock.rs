@@ -138,6 +138,11 @@ impl KeyAdder {
     pub fn add(&self, key: &str) {
         self.0.keys.lock().unwrap().insert(key.to_string());
     }
+
+    /// Refuse `key` from now on (deleted or disabled at the provider).
+    pub fn remove(&self, key: &str) {
+        self.0.keys.lock().unwrap().remove(key);
+    }
 }
 
 /// Lets held streams continue (see [`Mock::hold_streams`]).

@@ -16,6 +16,8 @@
 
 use serde::Deserialize;
 
+pub mod management;
+
 /// How a provider expects its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -1,0 +1,314 @@
+//! The client of a provider's management API (docs/design.md §12): sends the
+//! calls `providers::management` describes, as the holder of the management
+//! credential, with one timeout per call, and turns every failure into a
+//! [`ManagementError`] that names the provider, what was being done, the
+//! status and what it means.
+//!
+//! The management credential goes in one header to the management API and
+//! nowhere else; neither it nor a created key ever appears in an error, which
+//! carries the provider's message scrubbed of both.
+
+use std::time::Duration;
+
+use crate::config::{AdminApi, Provider};
+use crate::net::upstream::Upstream;
+use crate::providers::management::{self as kinds, Call, Listed, Listing};
+use crate::providers::ProviderError;
+use crate::proxy::body::OutboundBody;
+use crate::vault::secret::Secret;
+
+/// How long one management API call may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Answers longer than this are not read.
+const MAX_BODY: usize = 256 * 1024;
+
+/// At most this many pages of a listing are read.
+const MAX_PAGES: usize = 50;
+
+/// Why a management API call did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagementError {
+    /// No `[providers.NAME.admin]` table.
+    #[error("[providers.{0}.admin] is not configured: add it (project for openai, team for xai; docs/vault-and-config.md) so keygate knows its management API")]
+    NotConfigured(String),
+    /// The kind's management API cannot do this.
+    #[error("{provider} (kind {kind}) cannot {action} through its management API")]
+    Unsupported {
+        /// Provider name.
+        provider: String,
+        /// Its kind.
+        kind: &'static str,
+        /// What was asked.
+        action: String,
+    },
+    /// The management API answered with an error.
+    #[error("the {provider} management API refused to {action}: HTTP {status}{}: {meaning}", message.as_ref().map(|m| format!(" — the provider said: \"{m}\"")).unwrap_or_default())]
+    Status {
+        /// Provider name.
+        provider: String,
+        /// What was asked.
+        action: String,
+        /// Its status.
+        status: u16,
+        /// The provider's message, scrubbed.
+        message: Option<String>,
+        /// What the status means and what to do.
+        meaning: &'static str,
+    },
+    /// No answer in time.
+    #[error("the {provider} management API at {url} did not answer within {timeout:?} when asked to {action}")]
+    Timeout {
+        /// Provider name.
+        provider: String,
+        /// What was asked.
+        action: String,
+        /// The management API.
+        url: String,
+        /// The bound.
+        timeout: Duration,
+    },
+    /// No connection.
+    #[error("cannot reach the {provider} management API at {url}: {detail}")]
+    Network {
+        /// Provider name.
+        provider: String,
+        /// The management API.
+        url: String,
+        /// The cause (hosts and socket errors only).
+        detail: String,
+    },
+    /// A 2xx whose body is not the documented shape.
+    #[error("the {provider} management API answered {status} to \"{action}\" without {expected}; check [providers.{provider}.admin] url")]
+    Malformed {
+        /// Provider name.
+        provider: String,
+        /// What was asked.
+        action: String,
+        /// Its status.
+        status: u16,
+        /// The fields looked for.
+        expected: &'static str,
+    },
+}
+
+impl ManagementError {
+    /// True when the call may have taken effect at the provider although no
+    /// answer says so (a timeout or a dropped connection).
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            ManagementError::Timeout { .. } | ManagementError::Network { .. }
+        )
+    }
+}
+
+fn meaning(status: u16) -> &'static str {
+    match status {
+        401 => "the management credential is invalid or revoked; store a working one with `keygate admin-key set`",
+        403 => "the management credential may not manage keys here; give it write access to API keys (and check the project / team id)",
+        404 => "no such project / team / key, or the URL is wrong; check [providers.NAME.admin]",
+        429 => "rate limited by the management API; try again in a minute",
+        500..=599 => "the provider's management API failed; try again later",
+        _ => "the request was not accepted",
+    }
+}
+
+/// What a removal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// Deleted (or disabled) now.
+    Now,
+    /// The provider no longer has it (deleted before, by keygate or a person).
+    AlreadyGone,
+}
+
+/// A key the provider just created.
+pub struct Created {
+    /// The new inference key.
+    pub secret: Secret,
+    /// The provider's id for it (not a secret).
+    pub provider_id: String,
+}
+
+/// One provider's management API, as the holder of its credential.
+pub struct ManagementApi<'a> {
+    upstream: &'a Upstream,
+    provider: &'a Provider,
+    api: &'a AdminApi,
+    admin: &'a Secret,
+    timeout: Duration,
+}
+
+impl<'a> ManagementApi<'a> {
+    /// The management API of `provider` (its `[providers.NAME.admin]`), as `admin`.
+    pub fn new(
+        upstream: &'a Upstream,
+        provider: &'a Provider,
+        admin: &'a Secret,
+    ) -> Result<ManagementApi<'a>, ManagementError> {
+        let api = provider
+            .admin
+            .as_ref()
+            .ok_or_else(|| ManagementError::NotConfigured(provider.name.clone()))?;
+        Ok(ManagementApi {
+            upstream,
+            provider,
+            api,
+            admin,
+            timeout: CALL_TIMEOUT,
+        })
+    }
+
+    fn unsupported(&self, action: &str) -> ManagementError {
+        ManagementError::Unsupported {
+            provider: self.provider.name.clone(),
+            kind: self.provider.kind.as_str(),
+            action: action.to_owned(),
+        }
+    }
+
+    /// Creates one inference key named `name`.
+    pub async fn create(&self, name: &str) -> Result<Created, ManagementError> {
+        let action = format!("create the key {name}");
+        let (call, expected) = kinds::create(self.provider.kind, self.api, name)
+            .ok_or_else(|| self.unsupported("create keys"))?;
+        let (status, body) = self.send(call, &action).await?;
+        let malformed = || ManagementError::Malformed {
+            provider: self.provider.name.clone(),
+            action: action.clone(),
+            status,
+            expected,
+        };
+        let (secret, provider_id) =
+            kinds::read_created(self.provider.kind, &body).ok_or_else(malformed)?;
+        let secret = crate::keys::ops::upstream_secret(&secret).map_err(|_| malformed())?;
+        Ok(Created {
+            secret,
+            provider_id,
+        })
+    }
+
+    /// Every entry of `listing`, all pages.
+    pub async fn list(&self, listing: Listing) -> Result<Vec<Listed>, ManagementError> {
+        let action = "list its keys";
+        let mut entries = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let call = kinds::list(self.provider.kind, self.api, listing, after.as_deref())
+                .ok_or_else(|| self.unsupported(action))?;
+            let (status, body) = self.send(call, action).await?;
+            let page = kinds::read_list(self.provider.kind, listing, &body, entries.len())
+                .ok_or_else(|| ManagementError::Malformed {
+                    provider: self.provider.name.clone(),
+                    action: action.to_owned(),
+                    status,
+                    expected: "the documented list of keys",
+                })?;
+            entries.extend(page.entries);
+            match page.next {
+                Some(next) if after.as_ref() != Some(&next) => after = Some(next),
+                _ => break,
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Deletes (Anthropic: disables) the key `id` of `listing`. A 404 means
+    /// it is already gone, which is what was wanted.
+    pub async fn remove(&self, listing: Listing, id: &str) -> Result<Removed, ManagementError> {
+        let word = kinds::removal_word(self.provider.kind);
+        let action = format!(
+            "{} {id}",
+            if word == "disabled" {
+                "disable"
+            } else {
+                "delete"
+            }
+        );
+        let call = kinds::remove(self.provider.kind, self.api, listing, id)
+            .ok_or_else(|| self.unsupported("delete keys"))?;
+        match self.send(call, &action).await {
+            Ok(_) => Ok(Removed::Now),
+            Err(ManagementError::Status { status: 404, .. }) => Ok(Removed::AlreadyGone),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Sends one call; a non-2xx answer is an error with the provider's
+    /// message, scrubbed of the credential.
+    async fn send(&self, call: Call, action: &str) -> Result<(u16, bytes::Bytes), ManagementError> {
+        let url = self.api.url();
+        let network = |detail: String| ManagementError::Network {
+            provider: self.provider.name.clone(),
+            url: url.clone(),
+            detail,
+        };
+        let uri: http::Uri = format!("{url}{}", call.path)
+            .parse()
+            .map_err(|_| network("the management URL does not form a valid URI".to_owned()))?;
+        let auth = kinds::auth_headers(self.provider.kind);
+        let value = if auth.bearer {
+            format!("Bearer {}", self.admin.expose())
+        } else {
+            self.admin.expose().to_owned()
+        };
+        let mut credential = http::HeaderValue::from_str(&value).map_err(|_| {
+            network("the management credential is not a valid header value".to_owned())
+        })?;
+        credential.set_sensitive(true);
+        let body = call.body.as_ref().map(|b| b.to_string().into());
+        let mut request = http::Request::new(OutboundBody::Full(body));
+        *request.method_mut() = call.method;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.insert(auth.header, credential);
+        for (name, value) in auth.extra {
+            headers.insert(*name, http::HeaderValue::from_static(value));
+        }
+        if call.body.is_some() {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+        }
+        let answer = tokio::time::timeout(self.timeout, async {
+            let response = self.upstream.send(request).await?;
+            let status = response.status().as_u16();
+            let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY);
+            let body = http_body_util::BodyExt::collect(limited)
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            Ok::<_, crate::net::upstream::SendError>((status, body))
+        })
+        .await;
+        let (status, body) = match answer {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(error)) => return Err(network(error.detail())),
+            Err(_) => {
+                return Err(ManagementError::Timeout {
+                    provider: self.provider.name.clone(),
+                    action: action.to_owned(),
+                    url,
+                    timeout: self.timeout,
+                })
+            }
+        };
+        if !(200..300).contains(&status) {
+            let error = ProviderError::parse(&body);
+            let message = error
+                .message
+                .or(error.code)
+                .map(|m| crate::keys::ring::mask_secret(self.provider, self.admin, m));
+            return Err(ManagementError::Status {
+                provider: self.provider.name.clone(),
+                action: action.to_owned(),
+                status,
+                message,
+                meaning: meaning(status),
+            });
+        }
+        Ok((status, body))
+    }
+}
