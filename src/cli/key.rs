@@ -52,6 +52,9 @@ pub enum KeyCommand {
         /// How long a minted key may take to start working (tests shorten it).
         #[arg(long, hide = true, value_parser = humantime::parse_duration, default_value = "60s")]
         propagation_wait: std::time::Duration,
+        /// The bound on each management API call (tests shorten it).
+        #[arg(long, hide = true, value_parser = humantime::parse_duration, default_value = "15s")]
+        management_timeout: std::time::Duration,
     },
     /// Check each key against the provider's cheap authenticated endpoint and
     /// give a verdict (ok, rejected, exhausted, inconclusive) with the provider's
@@ -107,6 +110,9 @@ pub enum KeyCommand {
         /// How long a minted replacement may take to start working (tests shorten it).
         #[arg(long, hide = true, value_parser = humantime::parse_duration, default_value = "60s")]
         propagation_wait: std::time::Duration,
+        /// The bound on each management API call (tests shorten it).
+        #[arg(long, hide = true, value_parser = humantime::parse_duration, default_value = "15s")]
+        management_timeout: std::time::Duration,
     },
     /// List keys: id, provider, label, state, fingerprint, age — never the secret.
     List {
@@ -133,7 +139,7 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             no_verify,
             grace,
             mint: false,
-            propagation_wait: _,
+            ..
         } => rotate(
             context,
             &provider,
@@ -150,6 +156,7 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             grace,
             mint: true,
             propagation_wait,
+            management_timeout,
         } => {
             let rotation = key_provider::MintArgs {
                 replace: replace.as_deref(),
@@ -157,6 +164,7 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
                 verify: !no_verify,
                 grace_until: grace_until(context, grace),
                 propagation_wait,
+                call_timeout: management_timeout,
             };
             key_provider::rotate_minted(context, &provider, rotation)
         }
@@ -180,7 +188,7 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
                 .map_err(op_error)
             })?;
             print_promotion(&promotion);
-            key_provider::settle_owed(context, &context.vault(), &kek)
+            key_provider::settle_owed(context, &context.vault(), &kek, None)
         }
         KeyCommand::Rollback { provider } => {
             context.provider(&provider)?;
@@ -216,14 +224,22 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
                 .map_err(op_error)
             })?;
             println!("keygate: {key_id} revoked; a running server stops using it within a second");
-            key_provider::settle_owed(context, &vault, &kek)
+            let must = at_provider.then_some(key_id.as_str());
+            key_provider::settle_owed(context, &vault, &kek, must)
         }
         KeyCommand::Burn {
             key_id,
             force,
             no_verify,
             propagation_wait,
-        } => key_provider::burn(context, &key_id, force, !no_verify, propagation_wait),
+            management_timeout,
+        } => key_provider::burn(
+            context,
+            &key_id,
+            force,
+            !no_verify,
+            (propagation_wait, management_timeout),
+        ),
     }
 }
 
@@ -308,7 +324,7 @@ fn rotate(
     println!(
         "keygate: a running server switches within a second; in-flight requests finish on the old key"
     );
-    key_provider::settle_owed(context, &vault, &kek)
+    key_provider::settle_owed(context, &vault, &kek, None)
 }
 
 pub(super) fn rotate_error(error: rotate::RotateError) -> CliError {

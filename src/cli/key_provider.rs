@@ -10,7 +10,6 @@ use super::key::{op_error, print_promotion, rotate_error, upstream_runtime};
 use super::{read_secret_from_stdin, CliError, Context};
 use crate::keys::burn::{self, Burn, BurnError, Replacement};
 use crate::keys::{cleanup, mint, ops, rotate};
-use crate::net::upstream::Upstream;
 use crate::vault::{Kek, Vault};
 
 /// How long `key burn` waits for a running server to serve the write.
@@ -23,6 +22,7 @@ pub(super) struct MintArgs<'a> {
     pub verify: bool,
     pub grace_until: u64,
     pub propagation_wait: Duration,
+    pub call_timeout: Duration,
 }
 
 /// Prints a minted rotation's steps as they happen.
@@ -83,6 +83,7 @@ pub(super) fn rotate_minted(
         verify: args.verify,
         grace_until: args.grace_until,
         propagation_wait: args.propagation_wait,
+        call_timeout: args.call_timeout,
     };
     let open = rotate::OpenVault {
         vault: &vault,
@@ -99,7 +100,8 @@ pub(super) fn rotate_minted(
     println!(
         "keygate: a running server switches within a second; in-flight requests finish on the old key"
     );
-    settle(context, &runtime, &upstream, &open)
+    drop(runtime);
+    settle_owed(context, &vault, &kek, None)
 }
 
 /// `keygate key burn KEY_ID [--force] [--no-verify]`.
@@ -108,8 +110,9 @@ pub(super) fn burn(
     key_id: &str,
     force: bool,
     verify: bool,
-    propagation_wait: Duration,
+    timing: (Duration, Duration),
 ) -> Result<(), CliError> {
+    let (propagation_wait, call_timeout) = timing;
     let started = Instant::now();
     let kek = context.kek()?;
     let vault = context.vault();
@@ -128,7 +131,10 @@ pub(super) fn burn(
     let replacement = if !needs || force {
         Replacement::Without
     } else if mintable {
-        Replacement::Mint { propagation_wait }
+        Replacement::Mint {
+            propagation_wait,
+            call_timeout,
+        }
     } else {
         let text = read_secret_from_stdin("replacement upstream API key").map_err(|_| {
             CliError::Usage(
@@ -226,32 +232,44 @@ pub(super) fn check_at_provider(
     )))
 }
 
-/// After a key write: deletes at the provider what keygate owes it (minted
-/// keys out of use, keys revoked `--at-provider`), printing a line for each.
-/// Exit status 1 when one failed (it stays `delete pending`, and a running
-/// server keeps retrying).
-pub(super) fn settle_owed(context: &Context, vault: &Vault, kek: &Kek) -> Result<(), CliError> {
+/// After a key write: retires keys whose grace ended and deletes at the
+/// provider what keygate owes it (minted keys out of use, keys revoked
+/// `--at-provider`), printing a line for each. A failure is a warning (the
+/// key stays `delete pending` and is retried), except for `must`, the key
+/// the command was about: then it is the command's error.
+pub(super) fn settle_owed(
+    context: &Context,
+    vault: &Vault,
+    kek: &Kek,
+    must: Option<&str>,
+) -> Result<(), CliError> {
+    let now = crate::unix_now();
+    let loaded = vault.load(kek)?;
+    let expired = loaded.document.keys.iter().any(|k| {
+        k.state == crate::vault::document::KeyState::Previous
+            && k.grace_until.is_some_and(|t| t <= now)
+    });
+    if expired && !loaded.read_only {
+        for id in vault.update(kek, |doc| {
+            Ok::<_, CliError>(ops::expire_grace(doc, crate::unix_now()))
+        })? {
+            println!("keygate: {id} retired: its grace ended");
+        }
+    }
     if cleanup::owed(&vault.load(kek)?.document).is_empty() {
         return Ok(());
     }
     let (runtime, upstream) = upstream_runtime(context)?;
     let open = rotate::OpenVault { vault, kek };
-    settle(context, &runtime, &upstream, &open)
-}
-
-fn settle(
-    context: &Context,
-    runtime: &tokio::runtime::Runtime,
-    upstream: &Upstream,
-    open: &rotate::OpenVault<'_>,
-) -> Result<(), CliError> {
     let settled = runtime
-        .block_on(cleanup::settle_all(open, upstream, &context.config))
+        .block_on(cleanup::settle_all(&open, &upstream, &context.config))
         .map_err(CliError::Vault)?;
     let mut result = Ok(());
     for one in &settled {
-        if let Err(error) = report_settled(one) {
-            result = Err(error);
+        match report_settled(one) {
+            Err(error) if must == Some(one.key_id.as_str()) => result = Err(error),
+            Err(error) => eprintln!("keygate: warning: {error}"),
+            Ok(()) => {}
         }
     }
     result

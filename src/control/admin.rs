@@ -346,6 +346,7 @@ async fn rotate_key(
             verify: body.verify,
             grace_until,
             propagation_wait: mint::PROPAGATION_WAIT,
+            call_timeout: crate::keys::management::CALL_TIMEOUT,
         };
         let result = key_upkeep::mint_logged(shared, rotation).await;
         let outcome = if result.is_ok() { "ok" } else { "failed" };
@@ -458,6 +459,7 @@ async fn burn_key(
         (Some(secret), true, _) => burn::Replacement::Given(secret),
         (None, true, true) => burn::Replacement::Mint {
             propagation_wait: mint::PROPAGATION_WAIT,
+            call_timeout: crate::keys::management::CALL_TIMEOUT,
         },
         (None, true, false) => {
             return Err(burn::BurnError::NeedsReplacement {

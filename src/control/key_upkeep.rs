@@ -205,6 +205,7 @@ pub async fn auto_rotate(shared: &Shared) -> bool {
             grace_until: crate::unix_now()
                 .saturating_add(shared.config.keys.default_grace.as_secs()),
             propagation_wait: mint::PROPAGATION_WAIT,
+            call_timeout: crate::keys::management::CALL_TIMEOUT,
         };
         wrote = true;
         match mint_logged(shared, rotation).await {

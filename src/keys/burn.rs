@@ -26,6 +26,8 @@ pub enum Replacement<'a> {
     Mint {
         /// How long the new key may take to start working.
         propagation_wait: Duration,
+        /// The bound on each management API call.
+        call_timeout: Duration,
     },
     /// Handed in (stdin, the admin API's `secret`).
     Given(&'a Secret),
@@ -123,7 +125,13 @@ pub async fn burn(
     };
     let (replacement, kind) = match (needed, burn.replacement) {
         (false, _) | (true, Replacement::Without) => (None, None),
-        (true, Replacement::Mint { propagation_wait }) => {
+        (
+            true,
+            Replacement::Mint {
+                propagation_wait,
+                call_timeout,
+            },
+        ) => {
             let rotation = MintRotation {
                 provider: burn.provider,
                 label: Some(format!("replaces burnt {}", burn.key_id)),
@@ -131,6 +139,7 @@ pub async fn burn(
                 verify: burn.verify,
                 grace_until: 0,
                 propagation_wait,
+                call_timeout,
             };
             let id = mint::stage_verified(vault, upstream, rotation, &mut report)
                 .await

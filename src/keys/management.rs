@@ -160,6 +160,11 @@ impl<'a> ManagementApi<'a> {
         })
     }
 
+    /// The same API with another bound on each call.
+    pub fn with_timeout(self, timeout: Duration) -> ManagementApi<'a> {
+        ManagementApi { timeout, ..self }
+    }
+
     fn unsupported(&self, action: &str) -> ManagementError {
         ManagementError::Unsupported {
             provider: self.provider.name.clone(),

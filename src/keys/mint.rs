@@ -75,6 +75,8 @@ pub struct MintRotation<'a> {
     pub grace_until: u64,
     /// How long the new key may take to start working ([`PROPAGATION_WAIT`]).
     pub propagation_wait: Duration,
+    /// The bound on each management API call ([`crate::keys::management::CALL_TIMEOUT`]).
+    pub call_timeout: Duration,
 }
 
 /// What a minted rotation reports as it goes, beyond the rotation's own steps.
@@ -169,7 +171,9 @@ pub async fn stage_verified(
                 source,
                 name: name.clone(),
             };
-            let api = ManagementApi::new(upstream, provider, &ready.admin).map_err(api_error)?;
+            let api = ManagementApi::new(upstream, provider, &ready.admin)
+                .map_err(api_error)?
+                .with_timeout(rotation.call_timeout);
             for orphan in orphans(&api, &ready.document, &provider.name)
                 .await
                 .map_err(api_error)?

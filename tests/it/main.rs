@@ -24,6 +24,7 @@ mod limits;
 mod metering;
 mod mint;
 mod process_hardening;
+mod provider_deletes;
 mod providers;
 mod providers_usage;
 mod proxy;

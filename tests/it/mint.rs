@@ -10,39 +10,14 @@
 
 use std::time::Duration;
 
-use crate::support::config::toml_string;
 use crate::support::keygate::Out;
 use crate::support::keys::{key_list, key_of, key_row};
-use crate::support::management::{Api, Management};
+use crate::support::management::{
+    admin_table, set_admin, Api, Management, OPENAI_ADMIN, OPENROUTER_ADMIN, XAI_ADMIN,
+};
 use crate::support::mock::{closed_port_url, Mock};
 use crate::support::provider_answers::Flavor;
 use crate::support::{Env, Keygate, KeygateBuilder, OPENAI_KEY, XAI_KEY};
-
-/// An OpenAI admin key and an xAI management key (obviously fake).
-const OPENAI_ADMIN: &str = "sk-admin-test-Mt4Rw8Ky2Lp6Qz0Xc3Vb7Nd1";
-const XAI_ADMIN: &str = "xai-mgmt-test-Fj5Gh9Tk3Wq7Ls1Pz4Xn8Cd2";
-/// An OpenRouter provisioning key (obviously fake).
-const OPENROUTER_ADMIN: &str = "sk-or-v1-prov-test-Wd3Ks7Hb1Nz5Qy9Jt2Ue6";
-
-/// `[providers.NAME.admin]` pointing at a management mock playing `api`.
-fn admin_table(provider: &str, api: Api, url: &str) -> String {
-    let id = match api {
-        Api::OpenAi => "project = \"proj_test\"\n",
-        Api::Xai => "team = \"team-test\"\n",
-        Api::OpenRouter | Api::Anthropic => "",
-    };
-    format!(
-        "[providers.{provider}.admin]\n{id}url = {}\n",
-        toml_string(url)
-    )
-}
-
-/// `printf ADMIN | keygate admin-key set PROVIDER` (secret registered).
-fn set_admin(kg: &Keygate, provider: &str, admin: &str) {
-    kg.register_secret(admin);
-    kg.run_with(&["admin-key", "set", provider], Some(admin), &[])
-        .assert_ok("admin-key set");
-}
 
 /// `keygate key rotate PROVIDER --mint …` with a short propagation wait.
 fn rotate_mint(kg: &Keygate, provider: &str, extra: &[&str]) -> Out {

@@ -20,8 +20,36 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::config::toml_string;
 use super::mock::{KeyAdder, Seen};
 use super::recording::{full, Recording};
+use super::Keygate;
+
+/// An OpenAI admin key and an xAI management key (obviously fake).
+pub const OPENAI_ADMIN: &str = "sk-admin-test-Mt4Rw8Ky2Lp6Qz0Xc3Vb7Nd1";
+pub const XAI_ADMIN: &str = "xai-mgmt-test-Fj5Gh9Tk3Wq7Ls1Pz4Xn8Cd2";
+/// An OpenRouter provisioning key (obviously fake).
+pub const OPENROUTER_ADMIN: &str = "sk-or-v1-prov-test-Wd3Ks7Hb1Nz5Qy9Jt2Ue6";
+
+/// `[providers.NAME.admin]` pointing at a management mock playing `api`.
+pub fn admin_table(provider: &str, api: Api, url: &str) -> String {
+    let id = match api {
+        Api::OpenAi => "project = \"proj_test\"\n",
+        Api::Xai => "team = \"team-test\"\n",
+        Api::OpenRouter | Api::Anthropic => "",
+    };
+    format!(
+        "[providers.{provider}.admin]\n{id}url = {}\n",
+        toml_string(url)
+    )
+}
+
+/// `printf ADMIN | keygate admin-key set PROVIDER` (secret registered).
+pub fn set_admin(kg: &Keygate, provider: &str, admin: &str) {
+    kg.register_secret(admin);
+    kg.run_with(&["admin-key", "set", provider], Some(admin), &[])
+        .assert_ok("admin-key set");
+}
 
 /// Which provider's management API it plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,13 +109,18 @@ impl Management {
         let server = Recording::start(move |seen: Seen| {
             let (state, admin) = (state.clone(), admin.clone());
             async move {
-                let hang = state.lock().unwrap().hang;
-                if let Some((calls, delay)) = hang {
-                    if hits(calls, &seen) {
-                        tokio::time::sleep(delay).await;
-                    }
+                // The provider acts at once; only its answer is slow (so a
+                // client that gives up still leaves the key created).
+                let hang = state
+                    .lock()
+                    .unwrap()
+                    .hang
+                    .filter(|(calls, _)| hits(*calls, &seen));
+                let response = answer(api, &state, &admin, seen);
+                if let Some((_, delay)) = hang {
+                    tokio::time::sleep(delay).await;
                 }
-                answer(api, &state, &admin, seen)
+                response
             }
         })
         .await;
@@ -169,7 +202,7 @@ impl Management {
         self.server
             .requests()
             .into_iter()
-            .filter(|s| is_removal(s))
+            .filter(is_removal)
             .collect()
     }
 }
@@ -412,15 +445,15 @@ fn answer(
     let n = script.keys.len() + 1;
     let (secret, provider_id) = match api {
         Api::OpenAi => (
-            format!("sk-svcacct-test-mint{n}-Qp4Lw8Zr2Ny6Tc0Vb3"),
+            format!("sk-svcacct-test-Qp4Lw8Zr2Ny6Tc0Vb3-mint{n:02}"),
             format!("svc_acct_test{n}"),
         ),
         Api::Xai => (
-            format!("xai-test-mint{n}-Hk5Ds9Fa1Jq7Wm3Re6Uo"),
+            format!("xai-test-Hk5Ds9Fa1Jq7Wm3Re6Uo-mint{n:02}"),
             format!("apikey-test-{n}"),
         ),
         Api::OpenRouter | Api::Anthropic => (
-            format!("sk-or-v1-test-mint{n}-Gz2Xc8Vb4Nm6Lk0Jh"),
+            format!("sk-or-v1-test-Gz2Xc8Vb4Nm6Lk0Jh-mint{n:02}"),
             format!("hash{n}abcdef"),
         ),
     };
