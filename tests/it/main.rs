@@ -23,6 +23,7 @@ mod lifecycle;
 mod limits;
 mod metering;
 mod mint;
+mod mint_crash;
 mod process_hardening;
 mod provider_deletes;
 mod providers;

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use crate::support::keygate::Out;
 use crate::support::keys::{key_list, key_row};
 use crate::support::management::{
-    admin_table, set_admin, Api, Calls, Management, OPENAI_ADMIN, OPENROUTER_ADMIN, XAI_ADMIN,
+    admin_table, minting_keygate, set_admin, Api, Calls, Management, OPENAI_ADMIN,
+    OPENROUTER_ADMIN, XAI_ADMIN,
 };
 use crate::support::metrics::metric_value;
 use crate::support::mock::Mock;
 use crate::support::provider_answers::Flavor;
-use crate::support::{eventually, Env, Keygate, KeygateBuilder, OPENAI_KEY, XAI_KEY};
+use crate::support::{eventually, Env, Keygate, OPENAI_KEY, XAI_KEY};
 
 /// `keygate key rotate PROVIDER --mint …` with short test timings.
 fn rotate_mint(kg: &Keygate, provider: &str, extra: &[&str]) -> Out {
@@ -156,24 +157,10 @@ async fn openrouter_old_minted_key_is_deleted_within_5s_of_its_grace() {
     old_minted_key_is_deleted_after_its_grace(Api::OpenRouter, "openai", OPENROUTER_ADMIN).await;
 }
 
-/// A keygate (no server) whose openai provider mints at `management`.
-async fn cli_world(management: &Management) -> (Keygate, Mock) {
-    let inference = Mock::start(&[OPENAI_KEY], crate::support::mock::AuthStyle::Bearer).await;
-    let builder = KeygateBuilder::new()
-        .provider("openai", &inference.url(), "bearer")
-        .extra(&admin_table("openai", Api::OpenAi, &management.url()));
-    let kg = Keygate::new(&builder);
-    kg.vault_init();
-    kg.add_key("openai", OPENAI_KEY);
-    management.connect(inference.key_adder());
-    set_admin(&kg, "openai", OPENAI_ADMIN);
-    (kg, inference)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_server_the_next_cli_write_deletes_and_a_failed_delete_stays_pending() {
     let management = Management::start(Api::OpenAi, OPENAI_ADMIN).await;
-    let (kg, _inference) = cli_world(&management).await;
+    let (kg, _inference) = minting_keygate(&management).await;
     rotate_mint(&kg, "openai", &["--grace", "0s"]).assert_ok("rotate --mint 1");
     // The provider refuses deletes for now: the rotation still completes,
     // warns, and the old minted key is listed as delete pending.
@@ -273,7 +260,7 @@ async fn a_failing_delete_is_retried_by_the_server_until_it_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_that_times_out_leaves_an_orphan_the_next_rotation_deletes() {
     let management = Management::start(Api::OpenAi, OPENAI_ADMIN).await;
-    let (kg, _inference) = cli_world(&management).await;
+    let (kg, _inference) = minting_keygate(&management).await;
     // The provider creates the key, but answers only after keygate gave up.
     management.hang(Calls::Creates, Duration::from_secs(2));
     let out = rotate_mint(&kg, "openai", &["--management-timeout", "500ms"]);

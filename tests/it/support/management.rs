@@ -51,6 +51,22 @@ pub fn set_admin(kg: &Keygate, provider: &str, admin: &str) {
         .assert_ok("admin-key set");
 }
 
+/// A keygate (no server) with [`OPENAI_KEY`] whose openai provider mints at
+/// `management` (an OpenAI management mock); created keys are accepted by
+/// the returned inference mock.
+pub async fn minting_keygate(management: &Management) -> (Keygate, super::Mock) {
+    let inference = super::Mock::start(&[super::OPENAI_KEY], super::mock::AuthStyle::Bearer).await;
+    let builder = super::KeygateBuilder::new()
+        .provider("openai", &inference.url(), "bearer")
+        .extra(&admin_table("openai", Api::OpenAi, &management.url()));
+    let kg = Keygate::new(&builder);
+    kg.vault_init();
+    kg.add_key("openai", super::OPENAI_KEY);
+    management.connect(inference.key_adder());
+    set_admin(&kg, "openai", OPENAI_ADMIN);
+    (kg, inference)
+}
+
 /// Which provider's management API it plays.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
