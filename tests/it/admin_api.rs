@@ -3,7 +3,7 @@
 //! fingerprint only; rotate, revoke and reload with the CLI's semantics, live
 //! when the call returns. Every admin response is kept for the leak check.
 
-use crate::support::client::{send_h1, Resp};
+use crate::support::client::Resp;
 use crate::support::env::EnvSetup;
 use crate::support::keys::{key_id, key_list, key_of, upstream_key_now};
 use crate::support::metrics::metric_value;
@@ -17,10 +17,7 @@ const BAD_KEY: &str = "sk-test-bad-Fa7Gy2Nu5Ck9Ql3Wd8Zx1Bm6Vh4Tt";
 
 /// Sends to the admin listener; the response goes into the leak check.
 async fn admin(env: &Env, req: Req) -> Resp {
-    let label = format!("admin API response to {}", req.describe());
-    let resp = send_h1(env.server.admin, req).await;
-    env.server.record(&label, resp.everything());
-    resp
+    env.server.send_admin(req).await
 }
 
 fn authed(req: Req) -> Req {

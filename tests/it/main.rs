@@ -13,6 +13,7 @@ mod admin;
 mod admin_api;
 mod admin_keys;
 mod auth;
+mod burn;
 mod compression;
 mod config_errors;
 mod failing_upstreams;

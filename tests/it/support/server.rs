@@ -41,6 +41,14 @@ impl Server {
         resp
     }
 
+    /// Sends `req` to the admin listener; the response goes into the leak check.
+    pub async fn send_admin(&self, req: Req) -> Resp {
+        let label = format!("admin API response to {}", req.describe());
+        let resp = client::send_h1(self.admin, req).await;
+        self.captures.record(&label, resp.everything());
+        resp
+    }
+
     /// `GET path` on the admin listener.
     pub async fn admin_get(&self, path: &str) -> Resp {
         let resp = client::send_h1(self.admin, Req::get(path)).await;
