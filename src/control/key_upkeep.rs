@@ -193,6 +193,9 @@ pub async fn auto_rotate(shared: &Shared) -> bool {
         })
         .map(|k| (k.provider.clone(), k.id.clone()))
         .collect();
+    if due.is_empty() {
+        tracing::debug!("auto_rotate: no key of a provider keygate can mint for is older than [keys] rotate_after");
+    }
     let mut wrote = false;
     for (provider_name, old) in due {
         let provider = &shared.config.providers[&provider_name];

@@ -578,4 +578,51 @@ mod tests {
         ));
         revoke(&mut doc, "n", None, true, 3).unwrap();
     }
+
+    #[test]
+    fn minted_keys_owe_a_delete_when_they_leave_use_and_burn_is_one_step() {
+        use crate::vault::document::MintRecord;
+        let mut doc = Document::default();
+        add(&mut doc, key("hand", &secret(1), KeyState::Current), 1).unwrap();
+        add(&mut doc, key("m1", &secret(2), KeyState::Pending), 1).unwrap();
+        doc.keys[1].minted = Some(MintRecord {
+            provider_id: "svc_1".into(),
+            name: "keygate-openai-1".into(),
+        });
+        promote(&mut doc, "m1", None, 5, 2).unwrap();
+        expire_grace(&mut doc, 5);
+        assert!(
+            doc.keys[0].at_provider.is_none(),
+            "a hand-added key owes nothing"
+        );
+        add(&mut doc, key("m2", &secret(3), KeyState::Pending), 6).unwrap();
+        promote(&mut doc, "m2", None, 7, 6).unwrap();
+        expire_grace(&mut doc, 7);
+        let owed = doc.keys[1].at_provider.clone().unwrap();
+        assert_eq!(owed.provider_id.as_deref(), Some("svc_1"));
+        assert!(owed.pending() && doc.keys[1].secret.is_none());
+        assert_eq!(doc.keys[1].state_shown(), "retired (delete pending)");
+        settle_at_provider(&mut doc, "m1", Ok(None), 8).unwrap();
+        assert_eq!(doc.keys[1].state_shown(), "retired");
+
+        // Burning a hand-made key: it keeps its secret until found by its hint.
+        add(&mut doc, key("h2", &secret(4), KeyState::Current), 9).unwrap();
+        add(&mut doc, key("r", &secret(5), KeyState::Pending), 9).unwrap();
+        let burnt = burn(&mut doc, "h2", Some("r"), true, 10).unwrap();
+        assert_eq!(burnt.replacement.as_deref(), Some("r"));
+        let h2 = doc.keys.iter().find(|k| k.id == "h2").unwrap();
+        assert_eq!(h2.state, KeyState::Revoked);
+        assert!(h2.secret.is_some() && h2.at_provider.as_ref().unwrap().provider_id.is_none());
+        settle_at_provider(&mut doc, "h2", Ok(Some("key_x".into())), 11).unwrap();
+        let h2 = doc.keys.iter().find(|k| k.id == "h2").unwrap();
+        assert!(h2.secret.is_none(), "wiped once the provider confirmed");
+        let states: Vec<_> = doc.keys.iter().map(|k| (k.id.as_str(), k.state)).collect();
+        assert!(states.contains(&("r", KeyState::Current)));
+        // Without a replacement: fine while another usable key remains, not for the last.
+        burn(&mut doc, "m2", None, true, 12).unwrap();
+        assert!(matches!(
+            burn(&mut doc, "r", None, false, 12),
+            Err(OpError::LastUsableKey { .. })
+        ));
+    }
 }

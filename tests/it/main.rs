@@ -13,6 +13,7 @@ mod admin;
 mod admin_api;
 mod admin_keys;
 mod auth;
+mod auto_rotate;
 mod burn;
 mod compression;
 mod config_errors;
