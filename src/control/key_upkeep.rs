@@ -52,6 +52,43 @@ impl Backoff {
     fn done(&mut self, id: &str) {
         self.next.remove(id);
     }
+
+    /// True when a key never tried yet, or whose pause is over, may be owed.
+    fn any_due(&self) -> bool {
+        self.next.is_empty() || self.next.values().any(|(at, _)| *at <= Instant::now())
+    }
+}
+
+/// What the last look at the vault found, so the vault is decrypted again
+/// only when there may be something to do.
+#[derive(Default)]
+struct LastLook {
+    generation: u64,
+    /// The earliest `grace_until` of a `previous` key.
+    next_grace_end: Option<u64>,
+    /// Keys that still owe their provider a delete.
+    owed: bool,
+}
+
+impl LastLook {
+    fn of(document: &Document, generation: u64) -> LastLook {
+        LastLook {
+            generation,
+            next_grace_end: document
+                .keys
+                .iter()
+                .filter(|k| k.state == KeyState::Previous)
+                .filter_map(|k| k.grace_until)
+                .min(),
+            owed: !cleanup::owed(document).is_empty(),
+        }
+    }
+
+    fn worth_a_look(&self, generation: u64, backoff: &Backoff) -> bool {
+        generation != self.generation
+            || self.next_grace_end.is_some_and(|t| t <= crate::unix_now())
+            || (self.owed && backoff.any_due())
+    }
 }
 
 /// Runs until `shutdown`.
@@ -59,30 +96,45 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backoff = Backoff::default();
+    let mut last = LastLook::default();
     let mut last_auto_rotate: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.requested() => return,
         }
-        if !shared.is_vault_loaded() {
+        let generation = shared.snapshot().generation;
+        let auto_due = shared.config.keys.auto_rotate
+            && last_auto_rotate.is_none_or(|t| t.elapsed() >= AUTO_ROTATE_EVERY);
+        if generation == 0 || !(auto_due || last.worth_a_look(generation, &backoff)) {
             continue;
         }
-        let Ok(document) = load(&shared) else {
+        let Ok(loaded) = ServerVault(&shared).with(|v, k| v.load(k)) else {
             continue;
         };
-        let mut wrote = retire_expired(&shared, &document);
-        wrote |= delete_owed(&shared, &document, &mut backoff).await;
-        if shared.config.keys.auto_rotate
-            && last_auto_rotate.is_none_or(|t| t.elapsed() >= AUTO_ROTATE_EVERY)
-        {
-            last_auto_rotate = Some(Instant::now());
-            wrote |= auto_rotate(&shared).await;
+        let mut wrote = false;
+        if !loaded.read_only {
+            wrote |= retire_expired(&shared, &loaded.document);
+            wrote |= delete_owed(&shared, &loaded.document, &mut backoff).await;
+            if auto_due {
+                last_auto_rotate = Some(Instant::now());
+                wrote |= auto_rotate(&shared).await;
+            }
         }
         if wrote {
             if let Err(error) = tokio::task::block_in_place(|| shared.reload()) {
                 tracing::warn!("vault reload after key upkeep failed: {error}");
             }
+        }
+        // Look again at what the writes left (a delete owed by a key just retired).
+        last = match load(&shared) {
+            Ok(document) if wrote => LastLook::of(&document, 0),
+            _ => LastLook::of(&loaded.document, generation),
+        };
+        if loaded.read_only {
+            // Nothing here can be written: wait for the file to change.
+            last.next_grace_end = None;
+            last.owed = false;
         }
     }
 }
