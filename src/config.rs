@@ -50,6 +50,20 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// A secret in the config (`cluster.redis_url`): read as text, kept as a
+/// [`Secret`](crate::vault::secret::Secret) so `Debug` never shows it.
+fn secret<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<crate::vault::secret::Secret>, D::Error> {
+    Ok(Some(crate::vault::secret::Secret::new(
+        String::deserialize(d)?,
+    )))
+}
+
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum SizeValue {
@@ -315,6 +329,29 @@ struct RawConfig {
     providers: BTreeMap<String, RawProvider>,
     routing: RawRouting,
     metering: MeteringConfig,
+    #[serde(default)]
+    cluster: RawCluster,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    #[serde(default, deserialize_with = "secret")]
+    redis_url: Option<crate::vault::secret::Secret>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    timeout: Option<Duration>,
+}
+
+/// `[cluster]`: what replicas share (docs/design.md §10).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `redis_url`, kept as a secret (it may carry a password); `None`:
+    /// everything stays per replica.
+    pub redis_url: Option<crate::vault::secret::Secret>,
+    /// Where it points, for messages: `host:port/db`, never the password.
+    pub redis_endpoint: String,
+    /// How long one Redis call may take before the replica goes on alone.
+    pub timeout: Duration,
 }
 
 /// The validated configuration.
@@ -338,6 +375,8 @@ pub struct Config {
     pub routing: Routing,
     /// `[metering]`.
     pub metering: MeteringConfig,
+    /// `[cluster]`.
+    pub cluster: ClusterConfig,
 }
 
 /// Where to read configuration from.
@@ -471,6 +510,7 @@ impl Config {
         }
         // A retry buffer larger than the largest body could never fill: clamp
         // it, so lowering max_request_body alone just works.
+        let cluster = cluster(raw.cluster).map_err(semantic)?;
         let mut server = raw.server;
         server.retry_buffer = server.retry_buffer.min(server.max_request_body);
         Ok(Config {
@@ -486,6 +526,7 @@ impl Config {
                 models,
             },
             metering: raw.metering,
+            cluster,
         })
     }
 }
@@ -511,6 +552,38 @@ fn parse_url(text: &str, example: &str) -> Result<(http::Uri, String), String> {
 }
 
 /// The management API a kind has by default (docs/design.md §12).
+/// Checks `[cluster]`: a `redis://` or `rediss://` URL (named in errors by
+/// host only, never with its password).
+fn cluster(raw: RawCluster) -> Result<ClusterConfig, String> {
+    let timeout = raw.timeout.unwrap_or(Duration::from_millis(100));
+    let Some(url) = raw.redis_url else {
+        return Ok(ClusterConfig {
+            redis_url: None,
+            redis_endpoint: String::new(),
+            timeout,
+        });
+    };
+    let text = url.expose();
+    let (scheme, rest) = text
+        .split_once("://")
+        .ok_or("cluster.redis_url is not a URL (redis://HOST:PORT/DB or rediss://…)")?;
+    if scheme != "redis" && scheme != "rediss" {
+        return Err(format!(
+            "cluster.redis_url must start with redis:// or rediss://, not {scheme}://"
+        ));
+    }
+    // What follows the last `@` is the host; what precedes it is a credential.
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    if host.is_empty() || host.starts_with('/') {
+        return Err("cluster.redis_url has no host".to_owned());
+    }
+    Ok(ClusterConfig {
+        redis_endpoint: format!("{scheme}://{host}"),
+        redis_url: Some(url),
+        timeout,
+    })
+}
+
 fn default_admin_url(kind: Kind) -> Option<&'static str> {
     match kind {
         Kind::OpenAi => Some("https://api.openai.com"),
@@ -716,6 +789,32 @@ mod tests {
         assert_eq!(azure.base_path, "/openai");
         assert_eq!(azure.prefix, "/azure");
         assert_eq!(azure.auth, AuthStyle::ApiKey);
+    }
+
+    #[test]
+    fn cluster_url_is_checked_and_never_shown_with_its_password() {
+        let config = Config::from_toml(
+            "[cluster]\nredis_url = \"redis://:s3cret-pw@10.0.0.5:6380/2\"\ntimeout = \"50ms\"",
+        )
+        .unwrap();
+        assert_eq!(config.cluster.redis_endpoint, "redis://10.0.0.5:6380/2");
+        assert_eq!(config.cluster.timeout, Duration::from_millis(50));
+        assert!(!format!("{config:?}").contains("s3cret-pw"));
+        assert!(Config::from_toml("").unwrap().cluster.redis_url.is_none());
+        for (text, expected) in [
+            (
+                "redis_url = \"http://x:1\"",
+                "must start with redis:// or rediss://",
+            ),
+            ("redis_url = \"nonsense\"", "is not a URL"),
+            ("redis_url = \"redis://:pw@\"", "has no host"),
+        ] {
+            let error = Config::from_toml(&format!("[cluster]\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+            assert!(!error.contains("pw@"), "{error}");
+        }
     }
 
     #[test]

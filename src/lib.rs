@@ -33,6 +33,7 @@
 //! - [`cli`]: the commands; the only code that prints to stdout
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod keys;
@@ -41,6 +42,16 @@ pub mod providers;
 pub mod proxy;
 pub mod usage;
 pub mod vault;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it): shared
+/// with other replicas (the cluster's limit windows), unlike
+/// [`keys::health::now_ms`].
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {

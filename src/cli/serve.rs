@@ -88,6 +88,9 @@ pub(super) fn run(
             shared.clone(),
             stopped.clone(),
         ));
+        if let Some(cluster) = shared.cluster.clone() {
+            tokio::spawn(cluster.run(shared.clone(), stopped.clone()));
+        }
         // The ledger stops only after the drain, so its last flush sees every request.
         let (stop_ledger, ledger_stopped) = crate::control::shutdown::channel();
         let ledger_task = tokio::spawn(crate::usage::ledger::run(

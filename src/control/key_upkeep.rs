@@ -212,6 +212,31 @@ fn count(counter: &prometheus::IntCounterVec, provider: &str, result: &str) {
 /// providers keygate can mint for, under the rotation lease (skipped this
 /// round when another process holds it).
 pub async fn auto_rotate(shared: &Shared) -> bool {
+    // Replicas on other hosts: the Redis lease (the vault lock covers one host).
+    let mut cluster_lease = None;
+    if let Some(cluster) = &shared.cluster {
+        use crate::cluster::lease::{self, Taken};
+        match lease::take(cluster, lease::AUTO_ROTATE, Duration::from_secs(600)).await {
+            Taken::Held(lease) => cluster_lease = Some(lease),
+            Taken::Elsewhere => {
+                tracing::info!(
+                    "auto_rotate: another replica holds the rotation lease; skipped this round"
+                );
+                return false;
+            }
+            Taken::Unknown => {
+                tracing::warn!("auto_rotate: Redis did not answer for the rotation lease; going on with the vault's lock alone");
+            }
+        }
+    }
+    let wrote = auto_rotate_leased(shared).await;
+    if let Some(lease) = cluster_lease {
+        lease.release().await;
+    }
+    wrote
+}
+
+async fn auto_rotate_leased(shared: &Shared) -> bool {
     let lease = ServerVault(shared).with(|v, _| v.try_rotation_lease());
     let _lease = match lease {
         Ok(Some(lease)) => lease,

@@ -44,6 +44,11 @@ pub struct Metrics {
     /// `keygate_provider_deletes_total{provider,result}`: keys deleted (or
     /// disabled) at the provider by `serve`, `ok` or `failed`.
     pub provider_deletes: IntCounterVec,
+    /// `keygate_cluster_errors_total{op}`: Redis calls that failed or timed
+    /// out (`connect`, `ping`, `reserve`, `settle`, `publish`, `subscribe`,
+    /// `lease`);
+    /// each one meant this replica went on alone.
+    pub cluster_errors: IntCounterVec,
     /// Per-provider series, resolved once (no label lookup per request).
     providers: std::sync::Arc<std::collections::HashMap<String, ProviderMetrics>>,
 }
@@ -161,6 +166,13 @@ impl Metrics {
             ),
             &["provider", "result"],
         );
+        let cluster_errors = IntCounterVec::new(
+            Opts::new(
+                "keygate_cluster_errors_total",
+                "Redis calls that failed or timed out; the replica went on alone.",
+            ),
+            &["op"],
+        );
         // Names and label sets are constants: construction cannot fail at run time.
         #[allow(clippy::expect_used)]
         let metrics = Metrics {
@@ -178,6 +190,7 @@ impl Metrics {
             client_auth_failures: client_auth_failures.expect("static metric"),
             key_mints: key_mints.expect("static metric"),
             provider_deletes: provider_deletes.expect("static metric"),
+            cluster_errors: cluster_errors.expect("static metric"),
             providers: Default::default(),
             registry,
         };
@@ -196,6 +209,7 @@ impl Metrics {
             Box::new(metrics.client_auth_failures.clone()),
             Box::new(metrics.key_mints.clone()),
             Box::new(metrics.provider_deletes.clone()),
+            Box::new(metrics.cluster_errors.clone()),
         ] {
             // Registering distinct names on a fresh registry cannot collide.
             let _ = metrics.registry.register(collector);
@@ -227,6 +241,19 @@ impl Metrics {
             );
         }
         metrics.providers = std::sync::Arc::new(providers);
+        if config.cluster.redis_url.is_some() {
+            for op in [
+                "connect",
+                "ping",
+                "reserve",
+                "settle",
+                "publish",
+                "subscribe",
+                "lease",
+            ] {
+                metrics.cluster_errors.with_label_values(&[op]).reset();
+            }
+        }
         for result in ["ok", "error"] {
             metrics.vault_reloads.with_label_values(&[result]).reset();
         }

@@ -56,10 +56,19 @@ fn readiness(shared: &Shared) -> Response<ResponseBody> {
         .get(&shared.config.routing.default)
         .is_some_and(|ring| !ring.is_empty());
     let ready = shared.is_vault_loaded() && default_ok;
+    // Redis away does not make a replica unready (it serves on alone), but it says so.
+    let cluster = shared.cluster.as_ref().map(|c| {
+        serde_json::json!({
+            "redis": c.endpoint(),
+            "shared": c.is_up(),
+            "state": if c.is_up() { "shared" } else { "redis unreachable: limits and key health per replica" },
+        })
+    });
     let body = serde_json::json!({
         "ready": ready,
         "vault_generation": snapshot.generation,
         "providers": providers,
+        "cluster": cluster,
     });
     let status = if ready {
         StatusCode::OK

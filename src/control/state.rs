@@ -37,6 +37,8 @@ pub struct Shared {
     pub meter: Arc<Meter>,
     /// Per-client limit state.
     pub limits: Limits,
+    /// What replicas share through Redis (`[cluster] redis_url`), if set.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {
@@ -52,8 +54,16 @@ impl Shared {
             config.metering.max_series,
             config.metering.max_series_per_client,
         );
+        let metrics = Metrics::new(&config);
+        // The URL was checked with the config; an error here names the host only.
+        let cluster = crate::cluster::Cluster::new(&config.cluster, metrics.cluster_errors.clone())
+            .unwrap_or_else(|error| {
+                tracing::warn!("{error}; limits and key health stay per replica");
+                None
+            });
         Ok(Shared {
-            metrics: Metrics::new(&config),
+            metrics,
+            cluster,
             config,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             upstream,

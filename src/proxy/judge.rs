@@ -59,6 +59,14 @@ pub fn judge_answer(
                 key.health
                     .record_rejection(shared.config.keys.suspect_cooldown, now, pick.probe);
             metrics.key_healthy.with_label_values(&labels).set(0);
+            if let (Some(cluster), true) = (&shared.cluster, was_healthy || pick.probe) {
+                cluster.announce(crate::cluster::key_health::News {
+                    from: String::new(),
+                    key_id: key.id.to_string(),
+                    exhausted: false,
+                    cooldown_ms: cooldown.as_millis() as u64,
+                });
+            }
             tracing::warn!(
                 provider = %provider.name,
                 key_id = %key.id,
@@ -78,6 +86,14 @@ pub fn judge_answer(
             let rest = shared.config.keys.exhausted_cooldown;
             let first = key.health.record_exhausted(rest, now, pick.probe);
             metrics.key_healthy.with_label_values(&labels).set(0);
+            if let (Some(cluster), true) = (&shared.cluster, first || pick.probe) {
+                cluster.announce(crate::cluster::key_health::News {
+                    from: String::new(),
+                    key_id: key.id.to_string(),
+                    exhausted: true,
+                    cooldown_ms: rest.as_millis() as u64,
+                });
+            }
             tracing::warn!(
                 provider = %provider.name,
                 key_id = %key.id,

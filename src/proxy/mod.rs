@@ -132,11 +132,28 @@ async fn conduct(
             limits::estimate_tokens(fields.as_ref(), request_bytes)
         }
     };
-    end.hold(
+    let reservation =
         shared
             .limits
-            .admit(&client.name, client.limits, estimate, crate::unix_now())?,
-    );
+            .admit(&client.name, client.limits, estimate, crate::unix_now())?;
+    // Only a limited client pays the Redis round trip.
+    let reservation = match &shared.cluster {
+        Some(cluster) if client.limits.any() => {
+            let spent_before = shared.limits.spent_before_start(&client.name);
+            let now_ms = crate::unix_now_ms();
+            crate::cluster::limits::reserve(
+                cluster,
+                reservation,
+                &client.name,
+                client.limits,
+                spent_before,
+                now_ms,
+            )
+            .await?
+        }
+        _ => reservation,
+    };
+    end.hold(reservation);
     // Ask for the usage chunk on the client's behalf, and hide it from them.
     let mut strip_usage_chunk = false;
     if config.metering.stream_usage

@@ -5,7 +5,9 @@
 //! and settled with the upstream's real usage when the response ends, so
 //! concurrent requests can overspend by at most what is in flight. State is
 //! atomics per client, found once per request (only for limited clients);
-//! in-memory per replica. Never sees a secret.
+//! in-memory per replica, and with `[cluster] redis_url` also shared
+//! ([`crate::cluster::limits`]: this replica's count goes on underneath, and
+//! decides alone while Redis is away). Never sees a secret.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -63,15 +65,42 @@ pub struct Reservation {
     state: Arc<LimitState>,
     estimate: i64,
     minute: u64,
+    /// The request counted against `rpm`.
+    counted_request: bool,
+    /// The same reservation in Redis, when the cluster admitted it.
+    shared: Option<crate::cluster::limits::SharedHold>,
 }
 
 impl Reservation {
+    /// The tokens reserved.
+    pub fn estimate(&self) -> u64 {
+        u64::try_from(self.estimate).unwrap_or(0)
+    }
+
+    /// The cluster admitted it too: settle it there as well.
+    pub fn share(&mut self, hold: crate::cluster::limits::SharedHold) {
+        self.shared = Some(hold);
+    }
+
+    /// Undoes what admitting counted here (the cluster refused the request).
+    pub fn cancel(self) {
+        if self.counted_request && self.state.minute.load(Ordering::Acquire) == self.minute {
+            self.state
+                .requests_this_minute
+                .fetch_sub(1, Ordering::AcqRel);
+        }
+        self.settle(Some(0));
+    }
+
     /// Replaces the estimate with what the upstream reported. `None`: the
     /// answer reported no usage (omitted, cut, unreadable), so the estimate
     /// stays charged — a budget cannot be outrun by streams that never say
     /// what they cost — and is returned, for the ledger to record as
     /// estimated (`None` when nothing was estimated).
-    pub fn settle(self, actual_tokens: Option<u64>) -> Option<u64> {
+    pub fn settle(mut self, actual_tokens: Option<u64>) -> Option<u64> {
+        if let Some(shared) = self.shared.take() {
+            shared.settle(actual_tokens.unwrap_or(self.estimate()));
+        }
         let Some(actual) = actual_tokens else {
             return u64::try_from(self.estimate).ok().filter(|&e| e > 0);
         };
@@ -142,6 +171,8 @@ impl Limits {
                 state,
                 estimate,
                 minute: now / 60,
+                counted_request: false,
+                shared: None,
             });
         }
         let estimate = estimate();
@@ -199,7 +230,15 @@ impl Limits {
             state,
             estimate,
             minute,
+            counted_request: limits.rpm.is_some(),
+            shared: None,
         })
+    }
+
+    /// What the ledger said `client` had spent when this process started
+    /// (seeds the shared budget the first time a replica uses it).
+    pub fn spent_before_start(&self, client: &str) -> u64 {
+        self.spent_before_start.get(client).map_or(0, |v| *v)
     }
 }
 

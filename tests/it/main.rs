@@ -15,6 +15,7 @@ mod admin_keys;
 mod auth;
 mod auto_rotate;
 mod burn;
+mod cluster;
 mod compression;
 mod config_errors;
 mod failing_upstreams;

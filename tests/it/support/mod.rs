@@ -38,6 +38,7 @@ pub mod provider_answers;
 pub mod raw_h2;
 pub mod raw_upstream;
 pub mod recording;
+pub mod redis;
 pub mod responses;
 pub mod server;
 pub mod usage;

@@ -1,0 +1,138 @@
+//! Key health shared by every replica (docs/design.md §10): when this
+//! replica finds a key rejected or out of credit, it says so on the Redis
+//! channel [`CHANNEL`]; every replica that hears it marks the key the same
+//! way at once (so no other replica sends it), and still probes it on its
+//! own before restoring it. The request path only queues the news (no await,
+//! no Redis call); this room publishes and listens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::Cluster;
+use crate::control::shutdown::Shutdown;
+use crate::control::state::Shared;
+
+/// The pub/sub channel.
+pub const CHANNEL: &str = "keygate:key-health";
+
+/// What one replica found about a key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct News {
+    /// The replica that found it.
+    #[serde(default)]
+    pub from: String,
+    /// Key id (not a secret).
+    pub key_id: String,
+    /// `true`: out of credit; `false`: rejected.
+    pub exhausted: bool,
+    /// How long it rests.
+    pub cooldown_ms: u64,
+}
+
+impl Cluster {
+    /// Queues `news` for every other replica (never blocks).
+    pub fn announce(&self, mut news: News) {
+        news.from.clone_from(&self.instance);
+        let _ = self.news.send(news);
+    }
+}
+
+/// Publishes this replica's news and applies the others', until `shutdown`.
+pub(super) async fn exchange(
+    cluster: Arc<Cluster>,
+    shared: Arc<Shared>,
+    mut news: tokio::sync::mpsc::UnboundedReceiver<News>,
+    mut shutdown: Shutdown,
+) {
+    let listener = tokio::spawn(listen(cluster.clone(), shared, shutdown.clone()));
+    loop {
+        let next = tokio::select! {
+            next = news.recv() => next,
+            _ = shutdown.requested() => None,
+        };
+        let Some(next) = next else {
+            break;
+        };
+        let Ok(message) = serde_json::to_string(&next) else {
+            continue;
+        };
+        cluster
+            .call("publish", |mut connection| async move {
+                redis::cmd("PUBLISH")
+                    .arg(CHANNEL)
+                    .arg(message)
+                    .query_async::<i64>(&mut connection)
+                    .await
+            })
+            .await;
+    }
+    listener.abort();
+}
+
+/// Subscribes (again after each failure, once a second) and applies news.
+async fn listen(cluster: Arc<Cluster>, shared: Arc<Shared>, mut shutdown: Shutdown) {
+    loop {
+        match cluster.client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if pubsub.subscribe(CHANNEL).await.is_ok() {
+                    let mut messages = pubsub.on_message();
+                    loop {
+                        let message = tokio::select! {
+                            m = messages.next() => m,
+                            _ = shutdown.requested() => return,
+                        };
+                        let Some(message) = message else {
+                            break;
+                        };
+                        let Ok(text) = message.get_payload::<String>() else {
+                            continue;
+                        };
+                        if let Ok(news) = serde_json::from_str::<News>(&text) {
+                            if news.from != cluster.instance {
+                                apply(&shared, &news);
+                            }
+                        }
+                    }
+                }
+                cluster.failed("subscribe", "the subscription ended");
+            }
+            Err(error) => cluster.failed("subscribe", &format!("{:?}", error.kind())),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.requested() => return,
+        }
+    }
+}
+
+/// Marks the key as another replica found it.
+fn apply(shared: &Shared, news: &News) {
+    let snapshot = shared.snapshot();
+    let now = crate::keys::health::now_ms();
+    let cooldown = Duration::from_millis(news.cooldown_ms);
+    for (provider, ring) in &snapshot.rings {
+        let Some(key) = ring.keys().iter().find(|k| *k.id == *news.key_id) else {
+            continue;
+        };
+        if news.exhausted {
+            key.health.record_exhausted(cooldown, now, false);
+        } else {
+            key.health.record_rejection(cooldown, now, false);
+        }
+        shared
+            .metrics
+            .key_healthy
+            .with_label_values(&[provider.as_str(), &key.id])
+            .set(0);
+        tracing::warn!(
+            provider = %provider,
+            key_id = %key.id,
+            "key {} of {provider} was {} at another replica; skipped here for {cooldown:?}, then probed",
+            key.id,
+            if news.exhausted { "out of credit" } else { "rejected" }
+        );
+    }
+}

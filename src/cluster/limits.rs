@@ -1,0 +1,173 @@
+//! Per-client limits shared by every replica (docs/design.md §10): one Lua
+//! script admits a request against rpm, tpm and the token budget and holds
+//! its estimate (reserve), another charges what the upstream reported when
+//! the response ends (settle). Both run atomically in Redis, so N replicas
+//! admit exactly what one would: no check-then-increment race.
+//!
+//! - Idempotent per request id: a reservation is a member of the client's
+//!   `holds` sorted set (`id|estimate`, scored by its expiry); reserving it
+//!   again admits without counting twice, and a settle runs once (a
+//!   `settled` marker).
+//! - A hold expires after [`HOLD_TTL`] if its replica died before settling,
+//!   so a dead replica cannot pin a budget. A late settle still charges.
+//! - Keys carry the client in a hash tag (`keygate:{app}:…`), so a Redis
+//!   Cluster keeps one client's keys in one slot.
+//!
+//! Only clients with a limit pay the round trip; the local
+//! [`Limits`](crate::usage::limits::Limits) keeps counting every request,
+//! so when Redis is away each replica goes on with its own limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Cluster;
+use crate::proxy::error::ProxyError;
+use crate::usage::limits::{ClientLimits, Reservation};
+
+/// How long a reservation holds its tokens if it is never settled.
+pub const HOLD_TTL: Duration = Duration::from_secs(600);
+
+const RESERVE: &str = r#"
+local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local est, member, now, ttl = tonumber(ARGV[4]), ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+if redis.call('ZSCORE', KEYS[4], member) then return 0 end
+if rpm >= 0 and tonumber(redis.call('GET', KEYS[1]) or '0') >= rpm then return 1 end
+local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+if tpm >= 0 and used > 0 and used + est > tpm then return 2 end
+redis.call('SETNX', KEYS[3], ARGV[8])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+if budget >= 0 then
+  local held = 0
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[4], 0, -1)) do
+    held = held + tonumber(string.match(m, '|(%d+)$'))
+  end
+  if tonumber(redis.call('GET', KEYS[3])) + held + est > budget then return 3 end
+end
+redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], 120000)
+redis.call('INCRBY', KEYS[2], est)
+redis.call('PEXPIRE', KEYS[2], 120000)
+redis.call('ZADD', KEYS[4], now + ttl, member)
+redis.call('PEXPIRE', KEYS[4], ttl * 2)
+return 0
+"#;
+
+const SETTLE: &str = r#"
+redis.call('ZREM', KEYS[3], ARGV[1])
+if not redis.call('SET', KEYS[4], '1', 'NX', 'PX', 3600000) then return 0 end
+redis.call('INCRBY', KEYS[2], ARGV[3])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('INCRBY', KEYS[1], tonumber(ARGV[3]) - tonumber(ARGV[2]))
+end
+return 1
+"#;
+
+/// The part of a reservation that lives in Redis.
+#[derive(Debug)]
+pub struct SharedHold {
+    cluster: Arc<Cluster>,
+    client: Arc<str>,
+    id: String,
+    estimate: u64,
+    minute: u64,
+}
+
+fn key(client: &str, what: &str) -> String {
+    format!("keygate:{{{client}}}:{what}")
+}
+
+impl SharedHold {
+    /// Charges `tokens` (the real usage, or the estimate when the answer
+    /// reported none) in Redis, off the request path.
+    pub fn settle(self, tokens: u64) {
+        tokio::spawn(async move {
+            let member = format!("{}|{}", self.id, self.estimate);
+            let c = &self.client;
+            let keys = [
+                key(c, &format!("tpm:{}", self.minute)),
+                key(c, "spent"),
+                key(c, "holds"),
+                key(c, &format!("settled:{}", self.id)),
+            ];
+            self.cluster
+                .call("settle", |mut connection| async move {
+                    redis::Script::new(SETTLE)
+                        .key(&keys[..])
+                        .arg(&member)
+                        .arg(self.estimate)
+                        .arg(tokens)
+                        .invoke_async::<i64>(&mut connection)
+                        .await
+                })
+                .await;
+        });
+    }
+}
+
+/// Admits `reservation` (already admitted by this replica's own limits)
+/// against the shared limits of `client`. Refused: the local reservation is
+/// undone and the client gets the same 429 as from local limits. Redis
+/// away: the local decision stands.
+pub async fn reserve(
+    cluster: &Arc<Cluster>,
+    mut reservation: Reservation,
+    client: &Arc<str>,
+    limits: ClientLimits,
+    spent_before: u64,
+    now_ms: u64,
+) -> Result<Reservation, ProxyError> {
+    let estimate = reservation.estimate();
+    let minute = now_ms / 60_000;
+    let id = cluster.request_id();
+    let member = format!("{id}|{estimate}");
+    let keys = [
+        key(client, &format!("rpm:{minute}")),
+        key(client, &format!("tpm:{minute}")),
+        key(client, "spent"),
+        key(client, "holds"),
+    ];
+    let limit = |v: Option<u64>| v.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
+    let verdict = cluster
+        .call("reserve", |mut connection| async move {
+            redis::Script::new(RESERVE)
+                .key(&keys[..])
+                .arg(limit(limits.rpm.map(u64::from)))
+                .arg(limit(limits.tpm))
+                .arg(limit(limits.budget_tokens))
+                .arg(estimate)
+                .arg(&member)
+                .arg(now_ms)
+                .arg(HOLD_TTL.as_millis() as u64)
+                .arg(spent_before)
+                .invoke_async::<i64>(&mut connection)
+                .await
+        })
+        .await;
+    let retry_after = Duration::from_secs(60 - (now_ms / 1000) % 60);
+    match verdict {
+        None => Ok(reservation),
+        Some(0) => {
+            reservation.share(SharedHold {
+                cluster: cluster.clone(),
+                client: client.clone(),
+                id,
+                estimate,
+                minute,
+            });
+            Ok(reservation)
+        }
+        Some(3) => {
+            reservation.cancel();
+            Err(ProxyError::ClientBudgetExceeded {
+                client: client.to_string(),
+            })
+        }
+        Some(_) => {
+            reservation.cancel();
+            Err(ProxyError::ClientRateLimited {
+                client: client.to_string(),
+                retry_after,
+            })
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Replicas sharing one Redis (docs/design.md §3 `[cluster]`, §10; README
+//! "Running several replicas"): against a real `redis-server` with a
+//! password, three `keygate serve` processes on one vault admit together
+//! exactly what one would (rpm; a token budget spent by concurrent requests
+//! overshoots by at most one reservation), a key one replica finds rejected
+//! is not sent by another, and Redis killed mid-load fails no request —
+//! limits go on per replica, `keygate_cluster_errors_total` counts it,
+//! `/readyz` says so — and sharing resumes when it is back. The Redis
+//! password never appears in any log, answer or metrics page.
+
+use std::time::Duration;
+
+use crate::support::client::Req;
+use crate::support::keys::key_of;
+use crate::support::metrics::metric_value;
+use crate::support::mock::{AuthStyle, Mock};
+use crate::support::redis::{Redis, REDIS_PASSWORD};
+use crate::support::{
+    chat_body, eventually, Keygate, KeygateBuilder, Server, OPENAI_KEY, OPENAI_KEY_2,
+};
+
+/// A keygate with the openai mock and client `app` limited by `limits`.
+async fn limited(limits: &[&str], keys: &[&str]) -> (Keygate, Mock, String) {
+    let mock = Mock::start(keys, AuthStyle::Bearer).await;
+    let kg = Keygate::new(&KeygateBuilder::new().provider("openai", &mock.url(), "bearer"));
+    kg.register_secret(REDIS_PASSWORD);
+    kg.vault_init();
+    kg.add_key("openai", OPENAI_KEY);
+    let client = kg.add_client("app");
+    if !limits.is_empty() {
+        let mut args = vec!["client", "limits", "app"];
+        args.extend_from_slice(limits);
+        kg.run(&args).assert_ok("client limits");
+    }
+    (kg, mock, client)
+}
+
+/// `n` replicas of `kg` on `redis`, each with its own ledger, all sharing.
+async fn replicas(kg: &Keygate, redis: &Redis, n: usize) -> Vec<Server> {
+    let url = redis.url();
+    let servers: Vec<Server> = (0..n)
+        .map(|i| {
+            let db = kg.dir().join(format!("usage-{i}.sqlite"));
+            kg.serve_with(&[
+                ("KEYGATE_CLUSTER__REDIS_URL", url.as_str()),
+                ("KEYGATE_METERING__DB", db.to_str().unwrap()),
+            ])
+        })
+        .collect();
+    for server in &servers {
+        wait_shared(server, true).await;
+    }
+    servers
+}
+
+/// Waits until `/readyz` says the replica shares through Redis (or not).
+async fn wait_shared(server: &Server, shared: bool) {
+    let seen = eventually(Duration::from_secs(10), || async {
+        let ready = server.admin_get("/readyz").await.json();
+        (ready["cluster"]["shared"] == shared).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "replica never reported shared = {shared}");
+}
+
+fn chat(client: &str, max_tokens: u64) -> Req {
+    let mut body = chat_body("gpt-4o");
+    body["max_tokens"] = serde_json::json!(max_tokens);
+    Req::post("/v1/chat/completions").bearer(client).json(&body)
+}
+
+/// Not within the last seconds of a minute: rpm windows are whole minutes.
+async fn away_from_a_minute_boundary() {
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if second > 50 {
+        tokio::time::sleep(Duration::from_secs(61 - second)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_admit_together_what_one_would() {
+    let redis = Redis::start();
+    let (kg, _mock, client) = limited(&["--rpm", "10"], &[OPENAI_KEY]).await;
+    let servers = replicas(&kg, &redis, 3).await;
+    away_from_a_minute_boundary().await;
+    let mut ok = 0;
+    let mut refused = 0;
+    for n in 0..30 {
+        let resp = servers[n % 3].send(chat(&client, 10)).await;
+        match resp.status.as_u16() {
+            200 => ok += 1,
+            429 => {
+                assert!(
+                    resp.text().contains("client_rate_limited"),
+                    "{}",
+                    resp.text()
+                );
+                refused += 1
+            }
+            other => panic!("unexpected {other}: {}", resp.text()),
+        }
+    }
+    assert_eq!((ok, refused), (10, 20), "rpm 10 over three replicas");
+    for server in &servers {
+        let page = server.admin_get("/metrics").await.text();
+        assert!(!page.contains(REDIS_PASSWORD));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_spent_concurrently_over_three_replicas_overshoots_at_most_one_reservation() {
+    let redis = Redis::start();
+    let (kg, mock, client) = limited(&["--budget-tokens", "300"], &[OPENAI_KEY]).await;
+    let servers = std::sync::Arc::new(replicas(&kg, &redis, 3).await);
+    let mut tasks = Vec::new();
+    for n in 0..50 {
+        let (servers, client) = (servers.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            servers[n % 3].send(chat(&client, 10)).await
+        }));
+    }
+    let (mut spent, mut ok, mut refused, mut estimate) = (0, 0, 0, 0);
+    for task in tasks {
+        let resp = task.await.unwrap();
+        match resp.status.as_u16() {
+            200 => {
+                ok += 1;
+                spent += resp.json()["usage"]["total_tokens"].as_u64().unwrap();
+            }
+            402 | 429 => refused += 1,
+            other => panic!("unexpected {other}: {}", resp.text()),
+        }
+    }
+    // What one request reserves: a quarter of its body's bytes plus max_tokens.
+    if let Some(seen) = mock.requests().first() {
+        estimate = seen.body.len() as u64 / 4 + 10;
+    }
+    assert!(refused > 0 && ok > 5, "ok {ok}, refused {refused}");
+    assert!(
+        spent <= 300 + estimate,
+        "{ok} requests spent {spent} tokens of a 300-token budget (one reservation is {estimate})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rejected_on_one_replica_is_not_sent_by_another() {
+    let redis = Redis::start();
+    // The current key OPENAI_KEY was revoked at the provider; the fallback works.
+    let (kg, mock, client) = limited(&[], &[OPENAI_KEY_2]).await;
+    kg.add_key_with("openai", OPENAI_KEY_2, &["--fallback"]);
+    let servers = replicas(&kg, &redis, 2).await;
+    // Replica A meets the dead key, retries with the fallback, and says so.
+    let mut found = None;
+    for _ in 0..20 {
+        let resp = servers[0].send(chat(&client, 10)).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        found = mock.requests().iter().position(|r| key_of(r) == OPENAI_KEY);
+        if found.is_some() {
+            break;
+        }
+    }
+    let found = found.expect("replica A never tried the dead key");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before = mock.requests().len();
+    for _ in 0..6 {
+        let resp = servers[1].send(chat(&client, 10)).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    let sent_by_b: Vec<String> = mock.requests()[before..].iter().map(key_of).collect();
+    assert!(
+        sent_by_b.iter().all(|k| k != OPENAI_KEY),
+        "replica B sent the key replica A found rejected (at request {found})"
+    );
+    assert!(
+        servers[1].stderr().contains("at another replica"),
+        "replica B did not log the news"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_load_fails_no_request_and_sharing_resumes() {
+    let mut redis = Redis::start();
+    let (kg, _mock, client) = limited(&["--rpm", "100000"], &[OPENAI_KEY]).await;
+    let servers = replicas(&kg, &redis, 2).await;
+    let mut statuses = Vec::new();
+    for n in 0..10 {
+        statuses.push(servers[n % 2].send(chat(&client, 10)).await.status.as_u16());
+    }
+    assert!(
+        !redis
+            .cli(&["KEYS", "keygate:{app}:rpm:*"])
+            .trim()
+            .is_empty(),
+        "no shared counter"
+    );
+    redis.kill();
+    for n in 0..30 {
+        statuses.push(servers[n % 2].send(chat(&client, 10)).await.status.as_u16());
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    for server in &servers {
+        wait_shared(server, false).await;
+        let ready = server.admin_get("/readyz").await;
+        assert_eq!(ready.status, 200, "a replica without Redis still serves");
+        assert!(
+            ready.text().contains("limits and key health per replica"),
+            "{}",
+            ready.text()
+        );
+        let page = server.admin_get("/metrics").await.text();
+        let errors = metric_value(&page, "keygate_cluster_errors_total", &[("op", "reserve")]);
+        assert!(errors.unwrap_or(0.0) >= 1.0, "{page}");
+        assert!(!page.contains(REDIS_PASSWORD));
+    }
+    redis.restart();
+    let resumed = eventually(Duration::from_secs(15), || async {
+        let resp = servers[0].send(chat(&client, 10)).await;
+        assert_eq!(resp.status, 200);
+        (!redis
+            .cli(&["KEYS", "keygate:{app}:rpm:*"])
+            .trim()
+            .is_empty())
+        .then_some(())
+    })
+    .await;
+    assert!(
+        resumed.is_some(),
+        "shared limits did not resume after Redis came back"
+    );
+    wait_shared(&servers[1], true).await;
+}
