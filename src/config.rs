@@ -297,12 +297,70 @@ pub struct Routing {
     pub models: Vec<(String, String)>,
 }
 
+/// Where the usage ledger lives (`[metering] db`).
+#[derive(Debug, Clone)]
+pub enum LedgerDb {
+    /// A SQLite file (per replica).
+    Sqlite(PathBuf),
+    /// One PostgreSQL database for every replica; the URL may carry a
+    /// password, so it is a secret, named by host only.
+    Postgres {
+        /// `postgres://USER:PASSWORD@HOST:PORT/DB`.
+        url: crate::vault::secret::Secret,
+        /// `postgres://HOST:PORT/DB`, for messages.
+        endpoint: String,
+    },
+}
+
+impl LedgerDb {
+    /// Where this replica's own small files go (the served vault generation,
+    /// the key-health report): beside a SQLite ledger, else under `data/`.
+    pub fn local_state(&self) -> PathBuf {
+        match self {
+            LedgerDb::Sqlite(path) => path.clone(),
+            LedgerDb::Postgres { .. } => PathBuf::from("data/usage.postgres"),
+        }
+    }
+}
+
+impl std::fmt::Display for LedgerDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LedgerDb::Sqlite(path) => write!(f, "{}", path.display()),
+            LedgerDb::Postgres { endpoint, .. } => f.write_str(endpoint),
+        }
+    }
+}
+
+fn ledger_db<'de, D: Deserializer<'de>>(d: D) -> Result<LedgerDb, D::Error> {
+    let text = String::deserialize(d)?;
+    let Some(rest) = text
+        .strip_prefix("postgres://")
+        .or_else(|| text.strip_prefix("postgresql://"))
+    else {
+        return Ok(LedgerDb::Sqlite(PathBuf::from(text)));
+    };
+    // What follows the last `@` is the host; what precedes it is a credential.
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = host.split('?').next().unwrap_or_default();
+    if host.is_empty() || host.starts_with('/') {
+        return Err(serde::de::Error::custom(
+            "metering.db: a postgres:// URL needs a host (postgres://USER:PASSWORD@HOST:PORT/DB)",
+        ));
+    }
+    Ok(LedgerDb::Postgres {
+        endpoint: format!("postgres://{host}"),
+        url: crate::vault::secret::Secret::new(text),
+    })
+}
+
 /// `[metering]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeteringConfig {
-    /// The usage ledger (SQLite).
-    pub db: PathBuf,
+    /// The usage ledger: a SQLite file, or a PostgreSQL URL.
+    #[serde(deserialize_with = "ledger_db")]
+    pub db: LedgerDb,
     /// How often counters are flushed to the ledger.
     #[serde(deserialize_with = "duration")]
     pub flush_interval: Duration,

@@ -462,7 +462,7 @@ fn list(context: &Context, provider: Option<&str>, json: bool) -> Result<(), Cli
         .collect();
     let due = |k: &UpstreamKey| k.due_for_rotation(now, rotate_after);
     // What a running server knows about each key's health (none: "-").
-    let health = HealthReport::beside(&context.config.metering.db)
+    let health = HealthReport::beside(&context.config.metering.db.local_state())
         .read()
         .unwrap_or_default();
     let health_of = |k: &UpstreamKey| health.get(&k.id).map(String::as_str);

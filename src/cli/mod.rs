@@ -96,7 +96,7 @@ impl Context {
     /// The vault named by the config.
     pub fn vault(&self) -> Vault {
         Vault::new(&self.config.vault.path)
-            .with_served_record(ServedRecord::beside(&self.config.metering.db))
+            .with_served_record(ServedRecord::beside(&self.config.metering.db.local_state()))
     }
 
     /// The master key, or an error saying how to provide one.

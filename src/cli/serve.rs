@@ -49,7 +49,7 @@ pub(super) fn run(
     let Context { config, master } = context;
     let result = runtime.block_on(async move {
         let config = Arc::new(config);
-        let ledger =
+        let mut ledger =
             Ledger::open(&config.metering.db).map_err(|e| CliError::Runtime(e.to_string()))?;
         let spent = ledger
             .client_totals()

@@ -25,7 +25,7 @@ pub fn totals(
     client: Option<&str>,
     since: std::time::Duration,
 ) -> Result<Vec<UsageRow>, CliError> {
-    let ledger =
+    let mut ledger =
         Ledger::open(&context.config.metering.db).map_err(|e| CliError::Runtime(e.to_string()))?;
     let from = crate::unix_now().saturating_sub(since.as_secs());
     ledger

@@ -595,7 +595,7 @@ fn usage(shared: &Shared, query: &str) -> Result<serde_json::Value, AdminError> 
         }
     }
     let rows = tokio::task::block_in_place(|| {
-        let ledger = crate::usage::ledger::Ledger::open(&shared.config.metering.db)?;
+        let mut ledger = crate::usage::ledger::Ledger::open(&shared.config.metering.db)?;
         ledger.totals(
             client.as_deref(),
             crate::unix_now().saturating_sub(since.as_secs()),

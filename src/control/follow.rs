@@ -18,7 +18,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rotation_warning: Option<std::time::Instant> = None;
     let health_report =
-        crate::keys::health_report::HealthReport::beside(&shared.config.metering.db);
+        crate::keys::health_report::HealthReport::beside(&shared.config.metering.db.local_state());
     let mut last_report = std::time::Instant::now() - Duration::from_secs(60);
     loop {
         // `key list` shows what this server knows about each key's health.

@@ -1,8 +1,12 @@
-//! The durable usage ledger: SQLite at `[metering] db`, one row per client,
-//! provider, model and hour, added to by a background task that drains the
-//! meter every `flush_interval` and once more at shutdown.
+//! The durable usage ledger at `[metering] db`: a SQLite file per replica,
+//! or one PostgreSQL database for the whole fleet (docs/design.md §7, §10).
+//! One row per client, provider, model and hour, added to by a background
+//! task that drains the meter every `flush_interval` and once more at
+//! shutdown; a failed write keeps the drained counts for the next try, so a
+//! database that goes away and comes back loses nothing that was drained.
 //!
-//! Holds names, counts and hours only: never a key or a client key.
+//! Holds names, counts and hours only: never a key or a client key. A
+//! PostgreSQL URL may carry a password: errors name the host only.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,6 +15,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use super::meter::{Meter, UsageDelta, UsageKey};
+use crate::config::LedgerDb;
 use crate::control::shutdown::Shutdown;
 
 /// Why the ledger could not be used.
@@ -23,6 +28,14 @@ pub enum LedgerError {
         path: String,
         /// What SQLite said.
         source: rusqlite::Error,
+    },
+    /// PostgreSQL failed.
+    #[error("usage ledger {endpoint}: {detail}; check [metering] db and that the database accepts this user")]
+    Postgres {
+        /// `postgres://HOST:PORT/DB`, never the password.
+        endpoint: String,
+        /// What the server or the connection said.
+        detail: String,
     },
     /// The directory could not be created.
     #[error("usage ledger {path}: cannot create its directory: {source}")]
@@ -61,8 +74,13 @@ pub struct UsageRow {
 
 /// An open ledger.
 pub struct Ledger {
-    conn: Connection,
+    backend: Backend,
     path: String,
+}
+
+enum Backend {
+    Sqlite(Connection),
+    Postgres(Box<postgres_ledger::Postgres>),
 }
 
 const SCHEMA: &str = "
@@ -91,8 +109,20 @@ const ADDED_COLUMNS: [&str; 2] = [
 ];
 
 impl Ledger {
-    /// Opens (creating) the ledger.
-    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+    /// Opens (creating the file or the table) the ledger `db` names.
+    pub fn open(db: &LedgerDb) -> Result<Ledger, LedgerError> {
+        match db {
+            LedgerDb::Sqlite(path) => Ledger::open_sqlite(path),
+            LedgerDb::Postgres { url, endpoint } => Ok(Ledger {
+                backend: Backend::Postgres(Box::new(postgres_ledger::Postgres::open(
+                    url, endpoint,
+                )?)),
+                path: endpoint.clone(),
+            }),
+        }
+    }
+
+    fn open_sqlite(path: &Path) -> Result<Ledger, LedgerError> {
         let name = path.display().to_string();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| LedgerError::Io {
@@ -127,19 +157,19 @@ impl Ledger {
                     .map_err(sqlite)?;
             }
         }
-        Ok(Ledger { conn, path: name })
-    }
-
-    fn error(&self, source: rusqlite::Error) -> LedgerError {
-        LedgerError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
+        Ok(Ledger {
+            backend: Backend::Sqlite(conn),
+            path: name,
+        })
     }
 
     /// Adds drained counters to the hour `hour` (unix seconds / 3600), in one transaction.
     pub fn add(&mut self, hour: u64, rows: &[(UsageKey, UsageDelta)]) -> Result<(), LedgerError> {
-        let tx = self.conn.transaction().map_err(|e| LedgerError::Sqlite {
+        let conn = match &mut self.backend {
+            Backend::Sqlite(conn) => conn,
+            Backend::Postgres(pg) => return pg.add(hour, rows),
+        };
+        let tx = conn.transaction().map_err(|e| LedgerError::Sqlite {
             path: self.path.clone(),
             source: e,
         })?;
@@ -190,18 +220,25 @@ impl Ledger {
                 })?;
             }
         }
-        tx.commit().map_err(|e| self.error(e))
+        tx.commit().map_err(|e| LedgerError::Sqlite {
+            path: self.path.clone(),
+            source: e,
+        })
     }
 
     /// All-time tokens per client, reported and estimated (budgets survive a
     /// restart, including what streams without usage were charged).
-    pub fn client_totals(&self) -> Result<Vec<(String, u64)>, LedgerError> {
-        let mut stmt = self
-            .conn
+    pub fn client_totals(&mut self) -> Result<Vec<(String, u64)>, LedgerError> {
+        let path = self.path.clone();
+        let conn = match &mut self.backend {
+            Backend::Sqlite(conn) => &*conn,
+            Backend::Postgres(pg) => return pg.client_totals(),
+        };
+        let mut stmt = conn
             .prepare(
                 "SELECT client, SUM(total_tokens) + SUM(estimated_tokens) FROM usage GROUP BY client",
             )
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| sqlite_error(&path, e))?;
         let rows = stmt
             .query_map([], |row| {
                 Ok((
@@ -209,15 +246,23 @@ impl Ledger {
                     u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
                 ))
             })
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| sqlite_error(&path, e))?;
         rows.collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.error(e))
+            .map_err(|e| sqlite_error(&path, e))
     }
 
     /// Totals per client, provider and model since `since` (unix seconds).
-    pub fn totals(&self, client: Option<&str>, since: u64) -> Result<Vec<UsageRow>, LedgerError> {
-        let mut stmt = self
-            .conn
+    pub fn totals(
+        &mut self,
+        client: Option<&str>,
+        since: u64,
+    ) -> Result<Vec<UsageRow>, LedgerError> {
+        let path = self.path.clone();
+        let conn = match &mut self.backend {
+            Backend::Sqlite(conn) => &*conn,
+            Backend::Postgres(pg) => return pg.totals(client, since),
+        };
+        let mut stmt = conn
             .prepare(
                 "SELECT client, provider, model, SUM(requests), SUM(errors), SUM(prompt_tokens),
                         SUM(completion_tokens), SUM(total_tokens), SUM(estimated),
@@ -225,7 +270,7 @@ impl Ledger {
                  FROM usage WHERE hour >= ?1 AND (?2 IS NULL OR client = ?2)
                  GROUP BY client, provider, model ORDER BY client, provider, model",
             )
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| sqlite_error(&path, e))?;
         let hour = i64::try_from(since / 3600).unwrap_or(i64::MAX);
         let rows = stmt
             .query_map(params![hour, client], |row| {
@@ -243,9 +288,16 @@ impl Ledger {
                     estimated_tokens: n(9)?,
                 })
             })
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| sqlite_error(&path, e))?;
         rows.collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.error(e))
+            .map_err(|e| sqlite_error(&path, e))
+    }
+}
+
+fn sqlite_error(path: &str, source: rusqlite::Error) -> LedgerError {
+    LedgerError::Sqlite {
+        path: path.to_owned(),
+        source,
     }
 }
 
@@ -271,6 +323,216 @@ pub async fn run(meter: Arc<Meter>, mut ledger: Ledger, interval: Duration, mut 
         }
         if last {
             return;
+        }
+    }
+}
+
+mod postgres_ledger {
+    //! The PostgreSQL backend: the same table and upserts as SQLite, one
+    //! transaction per flush, and a new connection after any failure (a
+    //! restarted server is simply reconnected to on the next flush).
+
+    use super::{LedgerError, UsageDelta, UsageKey, UsageRow};
+    use crate::vault::secret::Secret;
+
+    const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS usage (
+        hour BIGINT NOT NULL,
+        client TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests BIGINT NOT NULL DEFAULT 0,
+        errors BIGINT NOT NULL DEFAULT 0,
+        incomplete BIGINT NOT NULL DEFAULT 0,
+        prompt_tokens BIGINT NOT NULL DEFAULT 0,
+        completion_tokens BIGINT NOT NULL DEFAULT 0,
+        total_tokens BIGINT NOT NULL DEFAULT 0,
+        request_bytes BIGINT NOT NULL DEFAULT 0,
+        response_bytes BIGINT NOT NULL DEFAULT 0,
+        estimated BIGINT NOT NULL DEFAULT 0,
+        estimated_tokens BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (hour, client, provider, model)
+    )";
+
+    const UPSERT: &str = "INSERT INTO usage (hour, client, provider, model, requests, errors,
+            incomplete, prompt_tokens, completion_tokens, total_tokens, request_bytes,
+            response_bytes, estimated, estimated_tokens)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+         ON CONFLICT (hour, client, provider, model) DO UPDATE SET
+            requests = usage.requests + excluded.requests,
+            errors = usage.errors + excluded.errors,
+            incomplete = usage.incomplete + excluded.incomplete,
+            prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens,
+            completion_tokens = usage.completion_tokens + excluded.completion_tokens,
+            total_tokens = usage.total_tokens + excluded.total_tokens,
+            request_bytes = usage.request_bytes + excluded.request_bytes,
+            response_bytes = usage.response_bytes + excluded.response_bytes,
+            estimated = usage.estimated + excluded.estimated,
+            estimated_tokens = usage.estimated_tokens + excluded.estimated_tokens";
+
+    /// Runs `work` on a thread of its own: the sync client runs a runtime of
+    /// its own, which may not start on a thread that drives tokio tasks.
+    fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| match scope.spawn(work).join() {
+            Ok(value) => value,
+            Err(panic) => std::panic::resume_unwind(panic),
+        })
+    }
+
+    pub(super) struct Postgres {
+        url: Secret,
+        endpoint: String,
+        client: Option<postgres::Client>,
+    }
+
+    impl Postgres {
+        pub(super) fn open(url: &Secret, endpoint: &str) -> Result<Postgres, LedgerError> {
+            let mut pg = Postgres {
+                url: url.clone(),
+                endpoint: endpoint.to_owned(),
+                client: None,
+            };
+            off_runtime(|| pg.client().map(|_| ()))?;
+            Ok(pg)
+        }
+
+        fn error(&mut self, error: &postgres::Error) -> LedgerError {
+            // The next call connects again.
+            self.client = None;
+            let detail = match error.as_db_error() {
+                Some(db) => format!("{} ({})", db.message(), db.code().code()),
+                None => error.to_string(),
+            };
+            LedgerError::Postgres {
+                endpoint: self.endpoint.clone(),
+                detail,
+            }
+        }
+
+        fn client(&mut self) -> Result<&mut postgres::Client, LedgerError> {
+            if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+                let mut client = postgres::Client::connect(self.url.expose(), postgres::NoTls)
+                    .map_err(|e| self.error(&e))?;
+                // Replicas starting together may race to create the table: once more.
+                if client.batch_execute(SCHEMA).is_err() {
+                    client.batch_execute(SCHEMA).map_err(|e| self.error(&e))?;
+                }
+                self.client = Some(client);
+            }
+            self.client.as_mut().ok_or_else(|| LedgerError::Postgres {
+                endpoint: self.endpoint.clone(),
+                detail: "not connected".to_owned(),
+            })
+        }
+
+        pub(super) fn add(
+            &mut self,
+            hour: u64,
+            rows: &[(UsageKey, UsageDelta)],
+        ) -> Result<(), LedgerError> {
+            off_runtime(|| self.add_here(hour, rows))
+        }
+
+        fn add_here(
+            &mut self,
+            hour: u64,
+            rows: &[(UsageKey, UsageDelta)],
+        ) -> Result<(), LedgerError> {
+            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            let result = (|| {
+                let client = self.client()?;
+                let written = (|| {
+                    let mut tx = client.transaction()?;
+                    let statement = tx.prepare(UPSERT)?;
+                    for (key, d) in rows {
+                        tx.execute(
+                            &statement,
+                            &[
+                                &n(hour),
+                                &&*key.client,
+                                &&*key.provider,
+                                &&*key.model,
+                                &n(d.requests),
+                                &n(d.errors),
+                                &n(d.incomplete),
+                                &n(d.prompt_tokens),
+                                &n(d.completion_tokens),
+                                &n(d.total_tokens),
+                                &n(d.request_bytes),
+                                &n(d.response_bytes),
+                                &n(d.estimated),
+                                &n(d.estimated_tokens),
+                            ],
+                        )?;
+                    }
+                    tx.commit()
+                })();
+                Ok::<_, LedgerError>(written)
+            })()?;
+            result.map_err(|e| self.error(&e))
+        }
+
+        pub(super) fn client_totals(&mut self) -> Result<Vec<(String, u64)>, LedgerError> {
+            off_runtime(|| self.client_totals_here())
+        }
+
+        fn client_totals_here(&mut self) -> Result<Vec<(String, u64)>, LedgerError> {
+            let rows = self.client()?.query(
+                "SELECT client, (SUM(total_tokens) + SUM(estimated_tokens))::BIGINT FROM usage GROUP BY client",
+                &[],
+            );
+            let rows = rows.map_err(|e| self.error(&e))?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    (
+                        r.get::<_, String>(0),
+                        u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                    )
+                })
+                .collect())
+        }
+
+        pub(super) fn totals(
+            &mut self,
+            client: Option<&str>,
+            since: u64,
+        ) -> Result<Vec<UsageRow>, LedgerError> {
+            off_runtime(|| self.totals_here(client, since))
+        }
+
+        fn totals_here(
+            &mut self,
+            client: Option<&str>,
+            since: u64,
+        ) -> Result<Vec<UsageRow>, LedgerError> {
+            let hour = i64::try_from(since / 3600).unwrap_or(i64::MAX);
+            let rows = self.client()?.query(
+                "SELECT client, provider, model, SUM(requests)::BIGINT, SUM(errors)::BIGINT,
+                        SUM(prompt_tokens)::BIGINT, SUM(completion_tokens)::BIGINT,
+                        SUM(total_tokens)::BIGINT, SUM(estimated)::BIGINT,
+                        SUM(estimated_tokens)::BIGINT
+                 FROM usage WHERE hour >= $1 AND ($2::TEXT IS NULL OR client = $2)
+                 GROUP BY client, provider, model ORDER BY client, provider, model",
+                &[&hour, &client],
+            );
+            let rows = rows.map_err(|e| self.error(&e))?;
+            let n = |r: &postgres::Row, i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+            Ok(rows
+                .iter()
+                .map(|r| UsageRow {
+                    client: r.get(0),
+                    provider: r.get(1),
+                    model: r.get(2),
+                    requests: n(r, 3),
+                    errors: n(r, 4),
+                    prompt_tokens: n(r, 5),
+                    completion_tokens: n(r, 6),
+                    total_tokens: n(r, 7),
+                    estimated_requests: n(r, 8),
+                    estimated_tokens: n(r, 9),
+                })
+                .collect())
         }
     }
 }

@@ -27,6 +27,7 @@ mod limits;
 mod metering;
 mod mint;
 mod mint_crash;
+mod postgres_ledger;
 mod process_hardening;
 mod provider_deletes;
 mod providers;

@@ -34,6 +34,7 @@ pub mod management;
 pub mod metrics;
 pub mod mock;
 pub mod outcome;
+pub mod postgres;
 pub mod provider_answers;
 pub mod raw_h2;
 pub mod raw_upstream;

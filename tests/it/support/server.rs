@@ -114,6 +114,12 @@ impl Server {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// SIGKILL, as a crash: nothing is drained or flushed.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        self.exited = self.child.wait().ok();
+    }
+
     /// Send SIGTERM and wait (bounded) for the process to exit.
     pub fn terminate(&mut self) -> Option<ExitStatus> {
         self.signal_term();

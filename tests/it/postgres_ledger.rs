@@ -1,0 +1,135 @@
+//! One usage ledger for the fleet (docs/design.md §10 `[metering] db =
+//! "postgres://…"`; README "Running several replicas"): against a real
+//! PostgreSQL with a password, three replicas' usage sums to the mock's token
+//! totals in `keygate usage --json`; a replica killed with SIGKILL loses at
+//! most what came after its last flush; PostgreSQL crashing and coming back
+//! mid-run loses nothing that was drained; the URL's password appears in no
+//! log, answer or metrics page.
+
+use std::time::Duration;
+
+use crate::support::client::Req;
+use crate::support::mock::{AuthStyle, Mock};
+use crate::support::postgres::{Postgres, PG_PASSWORD};
+use crate::support::{chat_body, eventually, Keygate, KeygateBuilder, Server, OPENAI_KEY};
+
+/// Tokens the mock reports per chat completion.
+const TOKENS: u64 = 18;
+
+async fn fleet_keygate() -> (Keygate, Mock, String) {
+    let mock = Mock::start(&[OPENAI_KEY], AuthStyle::Bearer).await;
+    let kg = Keygate::new(&KeygateBuilder::new().provider("openai", &mock.url(), "bearer"));
+    kg.register_secret(PG_PASSWORD);
+    kg.vault_init();
+    kg.add_key("openai", OPENAI_KEY);
+    let client = kg.add_client("app");
+    (kg, mock, client)
+}
+
+fn serve(kg: &Keygate, pg: &Postgres) -> Server {
+    kg.serve_with(&[
+        ("KEYGATE_METERING__DB", pg.url().as_str()),
+        ("KEYGATE_METERING__FLUSH_INTERVAL", "200ms"),
+    ])
+}
+
+/// `(requests, total_tokens)` of client `app` in `keygate usage --json`.
+fn usage(kg: &Keygate, pg: &Postgres) -> (u64, u64) {
+    let out = kg.run_with(
+        &["usage", "--json"],
+        None,
+        &[("KEYGATE_METERING__DB", pg.url().as_str())],
+    );
+    out.assert_ok("usage --json against PostgreSQL");
+    let rows: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    rows.as_array().unwrap().iter().fold((0, 0), |(r, t), row| {
+        (
+            r + row["requests"].as_u64().unwrap_or(0),
+            t + row["total_tokens"].as_u64().unwrap_or(0),
+        )
+    })
+}
+
+async fn send(server: &Server, client: &str, n: usize) {
+    for _ in 0..n {
+        let req = Req::post("/v1/chat/completions")
+            .bearer(client)
+            .json(&chat_body("gpt-4o"));
+        let resp = server.send(req).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+}
+
+async fn wait_for_usage(kg: &Keygate, pg: &Postgres, requests: u64) -> (u64, u64) {
+    eventually(Duration::from_secs(10), || async {
+        let seen = usage(kg, pg);
+        (seen.0 >= requests).then_some(seen)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the ledger never reached {requests} requests: {:?}",
+            usage(kg, pg)
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_write_one_ledger_that_sums_to_the_upstream() {
+    let pg = Postgres::start();
+    let (kg, mock, client) = fleet_keygate().await;
+    let servers: Vec<Server> = (0..3).map(|_| serve(&kg, &pg)).collect();
+    for (n, server) in servers.iter().enumerate() {
+        send(server, &client, 4 + n).await;
+    }
+    let (requests, tokens) = wait_for_usage(&kg, &pg, 15).await;
+    assert_eq!(requests, 15);
+    assert_eq!(mock.requests().len(), 15);
+    assert_eq!(
+        tokens,
+        15 * TOKENS,
+        "the fleet's ledger sums to what the upstream reported"
+    );
+    for server in &servers {
+        let page = server.admin_get("/metrics").await.text();
+        assert!(!page.contains(PG_PASSWORD));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_loses_at_most_its_last_flush_and_a_crashed_database_nothing() {
+    let mut pg = Postgres::start();
+    let (kg, _mock, client) = fleet_keygate().await;
+    let mut one = serve(&kg, &pg);
+    let two = serve(&kg, &pg);
+    send(&one, &client, 6).await;
+    // Several flush intervals pass: all six are acknowledged by PostgreSQL.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    send(&one, &client, 3).await;
+    one.kill();
+    let (after_kill, _) = usage(&kg, &pg);
+    assert!(
+        (6..=9).contains(&after_kill),
+        "a replica killed with SIGKILL lost flushed usage: {after_kill}"
+    );
+
+    // PostgreSQL crashes mid-run; replica two keeps serving and keeps its counts.
+    send(&two, &client, 4).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before_crash = usage(&kg, &pg).0;
+    pg.kill();
+    send(&two, &client, 5).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    pg.restart();
+    let (requests, _) = wait_for_usage(&kg, &pg, before_crash + 5).await;
+    assert_eq!(
+        requests,
+        before_crash + 5,
+        "usage drained during the outage was lost"
+    );
+    assert!(
+        two.stderr()
+            .contains("usage ledger write failed, will retry"),
+        "the outage was not logged"
+    );
+}
