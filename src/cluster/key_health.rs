@@ -18,6 +18,9 @@ use crate::control::state::Shared;
 /// The pub/sub channel.
 pub const CHANNEL: &str = "keygate:key-health";
 
+/// The prefix of the keys that keep recent news until its cooldown ends.
+const KEPT: &str = "keygate:key-health:";
+
 /// What one replica found about a key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct News {
@@ -59,12 +62,22 @@ pub(super) async fn exchange(
         let Ok(message) = serde_json::to_string(&next) else {
             continue;
         };
+        let kept = format!("{KEPT}{}", next.key_id);
+        let ttl = next.cooldown_ms.max(1);
         cluster
             .call("publish", |mut connection| async move {
-                redis::cmd("PUBLISH")
+                redis::pipe()
+                    .cmd("SET")
+                    .arg(kept)
+                    .arg(&message)
+                    .arg("PX")
+                    .arg(ttl)
+                    .ignore()
+                    .cmd("PUBLISH")
                     .arg(CHANNEL)
-                    .arg(message)
-                    .query_async::<i64>(&mut connection)
+                    .arg(&message)
+                    .ignore()
+                    .query_async::<()>(&mut connection)
                     .await
             })
             .await;
@@ -78,6 +91,10 @@ async fn listen(cluster: Arc<Cluster>, shared: Arc<Shared>, mut shutdown: Shutdo
         match cluster.client.get_async_pubsub().await {
             Ok(mut pubsub) => {
                 if pubsub.subscribe(CHANNEL).await.is_ok() {
+                    catch_up(&cluster, &shared).await;
+                    cluster
+                        .subscribed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
                     let mut messages = pubsub.on_message();
                     loop {
                         let message = tokio::select! {
@@ -97,6 +114,9 @@ async fn listen(cluster: Arc<Cluster>, shared: Arc<Shared>, mut shutdown: Shutdo
                         }
                     }
                 }
+                cluster
+                    .subscribed
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 cluster.failed("subscribe", "the subscription ended");
             }
             Err(error) => cluster.failed("subscribe", &format!("{:?}", error.kind())),
@@ -105,6 +125,52 @@ async fn listen(cluster: Arc<Cluster>, shared: Arc<Shared>, mut shutdown: Shutdo
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = shutdown.requested() => return,
         }
+    }
+}
+
+/// Applies the news other replicas kept while this one was not listening.
+async fn catch_up(cluster: &Cluster, shared: &Shared) {
+    let mut cursor = 0u64;
+    loop {
+        let page = cluster
+            .call("subscribe", |mut connection| async move {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{KEPT}*"))
+                    .arg("COUNT")
+                    .arg(100)
+                    .query_async(&mut connection)
+                    .await?;
+                let mut kept = Vec::new();
+                for key in keys {
+                    let (text, ttl): (Option<String>, i64) = redis::pipe()
+                        .cmd("GET")
+                        .arg(&key)
+                        .cmd("PTTL")
+                        .arg(&key)
+                        .query_async(&mut connection)
+                        .await?;
+                    kept.extend(text.map(|t| (t, ttl)));
+                }
+                Ok((next, kept))
+            })
+            .await;
+        let Some((next, kept)) = page else {
+            return;
+        };
+        for (text, ttl) in kept {
+            if let Ok(mut news) = serde_json::from_str::<News>(&text) {
+                if news.from != cluster.instance && ttl > 0 {
+                    news.cooldown_ms = u64::try_from(ttl).unwrap_or(0);
+                    apply(shared, &news);
+                }
+            }
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
     }
 }
 

@@ -30,6 +30,8 @@ pub struct Cluster {
     timeout: Duration,
     errors: prometheus::IntCounterVec,
     up: AtomicBool,
+    /// Listening to the key-health channel.
+    subscribed: AtomicBool,
     /// `host:port/db` for messages, never the password.
     endpoint: String,
     /// Tells this process's own announcements apart from other replicas'.
@@ -75,6 +77,7 @@ impl Cluster {
             timeout: config.timeout,
             errors,
             up: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
             endpoint: config.redis_endpoint.clone(),
             instance: hex::encode(id),
             sequence: AtomicU64::new(0),
@@ -91,6 +94,11 @@ impl Cluster {
     /// True while the last Redis call succeeded.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
+    }
+
+    /// True while this replica hears other replicas' key-health news.
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Relaxed)
     }
 
     /// A request id unique across replicas, for idempotent reservations.

@@ -61,6 +61,7 @@ fn readiness(shared: &Shared) -> Response<ResponseBody> {
         serde_json::json!({
             "redis": c.endpoint(),
             "shared": c.is_up(),
+            "key_health_subscribed": c.is_subscribed(),
             "state": if c.is_up() { "shared" } else { "redis unreachable: limits and key health per replica" },
         })
     });
