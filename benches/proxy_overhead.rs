@@ -29,6 +29,11 @@
 //! callgrind, the user-space instructions keygate and the floor spend per
 //! request and per SSE stream — a measure that noise does not move:
 //! `BENCH_HELD_STREAMS=0 BENCH_CALLGRIND=4000 cargo bench --bench proxy_overhead`.
+//!
+//! With `BENCH_REDIS=1` (and redis-server installed) it also compares a
+//! limited client's requests with limits in memory against limits shared
+//! through Redis (`[cluster] redis_url`): `BENCH_REDIS=1 BENCH_HELD_STREAMS=0
+//! cargo bench --bench proxy_overhead`.
 
 // A benchmark panics loudly on a broken setup; that is its error handling.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -375,6 +380,107 @@ fn keygate_serve(mut command: Command, config: &std::path::Path) -> Command {
     with_workers(command)
 }
 
+/// Shared limits' cost: the client gets a limit it never reaches, then the
+/// same closed loop and single-connection run go through the running keygate
+/// (its own limits, in memory) and through a second one with `[cluster]
+/// redis_url` pointing at a redis-server started here (one Lua call per
+/// request). Needs `redis-server` on PATH.
+async fn redis_rows(
+    config: &std::path::Path,
+    client_key: &str,
+    (local_pid, local_addr): (u32, &str),
+    connections: usize,
+    run_for: Duration,
+) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut redis = Command::new("redis-server");
+    redis
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let Ok(redis) = redis.spawn() else {
+        println!("BENCH_REDIS: redis-server is not installed; skipped");
+        return;
+    };
+    let redis = Proc(redis);
+    keygate(
+        config,
+        &["client", "limits", "bench", "--rpm", "100000000"],
+        None,
+    );
+    std::thread::sleep(Duration::from_millis(700)); // the running keygate reloads
+    let mut serve = keygate_serve(Command::new(keygate_exe()), config);
+    serve
+        .env(
+            "KEYGATE_CLUSTER__REDIS_URL",
+            format!("redis://127.0.0.1:{port}/0"),
+        )
+        .env(
+            "KEYGATE_METERING__DB",
+            config.with_file_name("usage-redis.sqlite"),
+        );
+    let (shared_proc, lines) = spawn_reading(serve, "listener");
+    let shared_addr = addr_after(&lines, "client listener on");
+    std::thread::sleep(Duration::from_millis(1500)); // connected to Redis
+    let local = measure(
+        &format!("http://{local_addr}"),
+        client_key,
+        local_pid,
+        connections,
+        run_for,
+    )
+    .await;
+    let shared = measure(
+        &format!("http://{shared_addr}"),
+        client_key,
+        shared_proc.0.id(),
+        connections,
+        run_for,
+    )
+    .await;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!();
+    println!("limited client: limits in memory vs shared through Redis on loopback");
+    println!(
+        "{:<32} {:>11} {:>11} {:>9}",
+        "", "in memory", "redis", "redis×"
+    );
+    for (name, a, b) in [
+        ("requests/s (N connections)", local.rps, shared.rps),
+        (
+            "p50 latency (1 connection) µs",
+            us(local.single_p50),
+            us(shared.single_p50),
+        ),
+        (
+            "p99 latency (1 connection) µs",
+            us(local.single_p99),
+            us(shared.single_p99),
+        ),
+        (
+            "CPU per request µs",
+            local.cpu_us_per_request.unwrap_or(0.0),
+            shared.cpu_us_per_request.unwrap_or(0.0),
+        ),
+    ] {
+        println!("{name:<32} {a:>11.1} {b:>11.1} {:>8.2}x", b / a.max(1e-12));
+    }
+    drop(shared_proc);
+    drop(redis);
+}
+
 /// The floor in front of the mock, as `command` starts this bench binary.
 fn floor_serve(mut command: Command, mock_addr: &str, client_key: &str) -> Command {
     command
@@ -709,6 +815,18 @@ async fn bench(run_for: Duration, connections: usize) {
         "mock CPU per request: {:.1} µs",
         direct.cpu_us_per_request.unwrap_or(0.0)
     );
+
+    // BENCH_REDIS=1: what shared limits cost ([cluster] redis_url), in one run.
+    if env_or("BENCH_REDIS", 0) == 1 {
+        redis_rows(
+            &config,
+            &client_key,
+            (keygate_pid, &keygate_addr),
+            connections,
+            run_for,
+        )
+        .await;
+    }
 
     let held: usize = env_or("BENCH_HELD_STREAMS", 10_000);
     if held > 0 {

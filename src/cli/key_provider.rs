@@ -118,15 +118,11 @@ pub(super) fn burn(
     let vault = context.vault();
     let document = vault.load(&kek)?.document;
     let key = document
-        .keys
-        .iter()
-        .find(|k| k.id == key_id)
+        .key(key_id)
         .ok_or_else(|| op_error(ops::OpError::UnknownKey(key_id.to_owned())))?;
     let provider = context.provider(&key.provider)?;
     let needs = burn::needs_replacement(&document, key_id).map_err(op_error)?;
-    let mintable = crate::providers::management::can_create(provider.kind)
-        && provider.admin.is_some()
-        && document.admin_key(&provider.name).is_some();
+    let mintable = burn::can_mint(&document, provider);
     let given;
     let replacement = if !needs || force {
         Replacement::Without
@@ -218,9 +214,7 @@ pub(super) fn check_at_provider(
 ) -> Result<(), CliError> {
     let document = vault.load(kek)?.document;
     let key = document
-        .keys
-        .iter()
-        .find(|k| k.id == key_id)
+        .key(key_id)
         .ok_or_else(|| op_error(ops::OpError::UnknownKey(key_id.to_owned())))?;
     let provider = context.provider(&key.provider)?;
     if burn::can_clean_up(&document, provider) {

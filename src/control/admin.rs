@@ -406,7 +406,7 @@ async fn revoke_key(
 ) -> Result<serde_json::Value, AdminError> {
     if body.at_provider {
         let document = load_document(shared)?;
-        let key = document.keys.iter().find(|k| k.id == id).ok_or_else(|| {
+        let key = document.key(id).ok_or_else(|| {
             AdminError::BadRequest(ops::OpError::UnknownKey(id.to_owned()).to_string())
         })?;
         let provider = &shared.config.providers[&key.provider];
@@ -440,7 +440,7 @@ async fn burn_key(
 ) -> Result<serde_json::Value, AdminError> {
     let started = std::time::Instant::now();
     let document = load_document(shared)?;
-    let key = document.keys.iter().find(|k| k.id == id).ok_or_else(|| {
+    let key = document.key(id).ok_or_else(|| {
         AdminError::BadRequest(ops::OpError::UnknownKey(id.to_owned()).to_string())
     })?;
     let provider = &shared.config.providers[&key.provider];
@@ -450,9 +450,7 @@ async fn burn_key(
         .map(ops::upstream_secret)
         .transpose()
         .map_err(|e| AdminError::BadRequest(format!("\"secret\": {e}")))?;
-    let mintable = crate::providers::management::can_create(provider.kind)
-        && provider.admin.is_some()
-        && document.admin_key(&provider.name).is_some();
+    let mintable = burn::can_mint(&document, provider);
     let needs = burn::needs_replacement(&document, id)?;
     let replacement = match (&given, needs && !body.force, mintable) {
         (_, false, _) => burn::Replacement::Without,

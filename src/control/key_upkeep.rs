@@ -18,7 +18,6 @@ use crate::control::shutdown::Shutdown;
 use crate::control::state::{ServerVault, Shared};
 use crate::keys::rotate::VaultAccess;
 use crate::keys::{cleanup, mint, ops};
-use crate::providers::management as kinds;
 use crate::vault::document::{Document, KeyState};
 
 /// How often the key ages are checked with `auto_rotate`.
@@ -262,11 +261,11 @@ async fn auto_rotate_leased(shared: &Shared) -> bool {
         .iter()
         .filter(|k| k.state == KeyState::Current && k.due_for_rotation(now, rotate_after))
         .filter(|k| {
-            shared.config.providers.get(&k.provider).is_some_and(|p| {
-                kinds::can_create(p.kind)
-                    && p.admin.is_some()
-                    && document.admin_key(&p.name).is_some()
-            })
+            shared
+                .config
+                .providers
+                .get(&k.provider)
+                .is_some_and(|p| crate::keys::burn::can_mint(&document, p))
         })
         .map(|k| (k.provider.clone(), k.id.clone()))
         .collect();

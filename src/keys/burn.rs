@@ -49,6 +49,14 @@ pub struct Burn<'a> {
     pub at_provider: bool,
 }
 
+/// True when keygate can create a key at `provider`: a kind with that API,
+/// its `[providers.NAME.admin]`, and a stored credential.
+pub fn can_mint(document: &crate::vault::document::Document, provider: &Provider) -> bool {
+    crate::providers::management::can_create(provider.kind)
+        && provider.admin.is_some()
+        && document.admin_key(&provider.name).is_some()
+}
+
 /// True when keygate can delete or disable `provider`'s keys at the provider:
 /// a kind with that API, its `[providers.NAME.admin]`, and a stored credential.
 pub fn can_clean_up(document: &crate::vault::document::Document, provider: &Provider) -> bool {
@@ -102,9 +110,7 @@ pub fn needs_replacement(
     key_id: &str,
 ) -> Result<bool, OpError> {
     document
-        .keys
-        .iter()
-        .find(|k| k.id == key_id)
+        .key(key_id)
         .map(|k| k.state == KeyState::Current)
         .ok_or_else(|| OpError::UnknownKey(key_id.to_owned()))
 }

@@ -64,7 +64,7 @@ pub async fn settle(
 ) -> Result<Settled, VaultError> {
     let started = Instant::now();
     let document = vault.with(|v, k| v.load(k))?.document;
-    let (provider, outcome) = match document.keys.iter().find(|k| k.id == key_id) {
+    let (provider, outcome) = match document.key(key_id) {
         Some(key) => (
             key.provider.clone(),
             remove_at_provider(&document, key, upstream, config).await,

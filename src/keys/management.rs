@@ -277,21 +277,14 @@ impl<'a> ManagementApi<'a> {
                 http::HeaderValue::from_static("application/json"),
             );
         }
-        let answer = tokio::time::timeout(self.timeout, async {
-            let response = self.upstream.send(request).await?;
-            let status = response.status().as_u16();
-            let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY);
-            let body = http_body_util::BodyExt::collect(limited)
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_default();
-            Ok::<_, crate::net::upstream::SendError>((status, body))
-        })
-        .await;
-        let (status, body) = match answer {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(error)) => return Err(network(error.detail())),
-            Err(_) => {
+        let (status, body) = match self
+            .upstream
+            .exchange(request, MAX_BODY, self.timeout)
+            .await
+        {
+            Some(Ok(answer)) => answer,
+            Some(Err(error)) => return Err(network(error.detail())),
+            None => {
                 return Err(ManagementError::Timeout {
                     provider: self.provider.name.clone(),
                     action: action.to_owned(),

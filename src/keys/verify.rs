@@ -180,21 +180,10 @@ pub async fn verify(
             .headers_mut()
             .insert(*name, http::HeaderValue::from_static(value));
     }
-    let answer = tokio::time::timeout(timeout, async {
-        let response = upstream.send(outbound).await?;
-        let status = response.status().as_u16();
-        let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY);
-        // An unreadable body still leaves the status to judge.
-        let body = http_body_util::BodyExt::collect(limited)
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        Ok::<_, crate::net::upstream::SendError>((status, body))
-    })
-    .await;
+    let answer = upstream.exchange(outbound, MAX_BODY, timeout).await;
     match answer {
-        Ok(Ok((status, body))) => judge(provider, secret, status, &body),
-        Ok(Err(error)) => Check::inconclusive(
+        Some(Ok((status, body))) => judge(provider, secret, status, &body),
+        Some(Err(error)) => Check::inconclusive(
             format!(
                 "network error, upstream unreachable at {}: {}",
                 provider.origin,
@@ -205,7 +194,7 @@ pub async fn verify(
                 provider.name
             ),
         ),
-        Err(_) => Check::inconclusive(
+        None => Check::inconclusive(
             format!(
                 "timeout: {} did not answer within {timeout:?}",
                 provider.origin

@@ -173,6 +173,30 @@ impl Upstream {
         }
     }
 
+    /// One whole exchange for the control plane (`key verify`, the
+    /// management APIs): sends `request` and reads at most `limit` bytes of
+    /// the answer, all within `timeout`. `None`: no answer in time. An
+    /// unreadable body reads as empty (the status still says something).
+    pub async fn exchange(
+        &self,
+        request: Request<OutboundBody>,
+        limit: usize,
+        timeout: std::time::Duration,
+    ) -> Option<Result<(u16, bytes::Bytes), SendError>> {
+        tokio::time::timeout(timeout, async {
+            let response = self.send(request).await?;
+            let status = response.status().as_u16();
+            let limited = http_body_util::Limited::new(response.into_body(), limit);
+            let body = http_body_util::BodyExt::collect(limited)
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            Ok((status, body))
+        })
+        .await
+        .ok()
+    }
+
     fn pool_for(&self, uri: &Uri) -> Option<Arc<OriginPool>> {
         let (scheme, authority) = (uri.scheme()?, uri.authority()?);
         let find = |origins: &Vec<Arc<OriginPool>>| {

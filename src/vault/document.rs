@@ -30,6 +30,11 @@ pub struct Document {
 }
 
 impl Document {
+    /// The upstream key `id`, if any.
+    pub fn key(&self, id: &str) -> Option<&UpstreamKey> {
+        self.keys.iter().find(|k| k.id == id)
+    }
+
     /// The management credential stored for `provider`, if any.
     pub fn admin_key(&self, provider: &str) -> Option<&AdminKey> {
         self.admin_keys.iter().find(|k| k.provider == provider)
