@@ -158,7 +158,15 @@ async fn anthropic_burn_takes_its_replacement_on_stdin_and_disables_the_key_by_i
     set_admin(&kg, "anthropic", ANTHROPIC_ADMIN);
     let old = id_of(&kg, "anthropic", ANTHROPIC_OLD);
 
-    // Anthropic cannot create keys: a current key needs its replacement on stdin.
+    // Anthropic cannot create keys: rotation stays stdin-fed…
+    let out = kg.run(&["key", "rotate", "anthropic", "--mint"]);
+    out.assert_code(2, "rotate --mint for anthropic");
+    assert!(
+        out.stderr.contains("cannot create keys through an API"),
+        "{}",
+        out.stderr
+    );
+    // …and a current key needs its replacement on stdin.
     let out = kg.run(&["key", "burn", &old]);
     out.assert_code(2, "burn without a replacement");
     assert!(
