@@ -341,7 +341,9 @@ fn verify(context: &Context, provider: Option<&str>, json: bool) -> Result<(), C
     }
     let kek = context.kek()?;
     let vault = context.vault();
-    let loaded = vault.load(&kek)?;
+    let mut loaded = vault.load(&kek)?;
+    // A `previous` key whose grace ended is retired: no server uses it, nothing to verify.
+    ops::expire_grace(&mut loaded.document, crate::unix_now());
     let (runtime, upstream) = upstream_runtime(context)?;
     let mut failed = 0;
     let mut accepted = Vec::new();
@@ -451,9 +453,11 @@ fn list(context: &Context, provider: Option<&str>, json: bool) -> Result<(), Cli
     if let Some(provider) = provider {
         context.provider(provider)?;
     }
-    let loaded = context.vault().load(&context.kek()?)?;
+    let mut loaded = context.vault().load(&context.kek()?)?;
     let rotate_after = context.config.keys.rotate_after.as_secs();
     let now = crate::unix_now();
+    // As a server sees it: a `previous` key whose grace ended is retired.
+    ops::expire_grace(&mut loaded.document, now);
     let keys: Vec<&UpstreamKey> = loaded
         .document
         .keys
@@ -479,7 +483,7 @@ fn list(context: &Context, provider: Option<&str>, json: bool) -> Result<(), Cli
         return Ok(());
     }
     println!(
-        "{:<13} {:<10} {:<14} {:<9} {:<9} {:<12} {:<17} {:>5}  {:<17}",
+        "{:<13} {:<10} {:<14} {:<9} {:<9} {:<12} {:<17} {:>5}  {:<17} {:<17}",
         "ID",
         "PROVIDER",
         "LABEL",
@@ -488,11 +492,12 @@ fn list(context: &Context, provider: Option<&str>, json: bool) -> Result<(), Cli
         "FINGERPRINT",
         "CREATED",
         "AGE",
-        "LAST VERIFIED"
+        "LAST VERIFIED",
+        "GRACE ENDS"
     );
     for k in keys {
         println!(
-            "{:<13} {:<10} {:<14} {:<9} {:<9} {:<12} {:<17} {:>5}  {:<17}{}",
+            "{:<13} {:<10} {:<14} {:<9} {:<9} {:<12} {:<17} {:>5}  {:<17} {:<17}{}",
             k.id,
             k.provider,
             k.label.as_deref().unwrap_or("-"),
@@ -503,6 +508,7 @@ fn list(context: &Context, provider: Option<&str>, json: bool) -> Result<(), Cli
             format_age(k.created),
             k.last_verified
                 .map_or_else(|| "never".to_owned(), format_time),
+            k.grace_until.map_or_else(|| "-".to_owned(), format_time),
             if due(k) { "  due for rotation" } else { "" },
         );
     }

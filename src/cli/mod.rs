@@ -55,6 +55,11 @@ enum Command {
     /// kept apart from the inference keys and never sent on a request.
     #[command(subcommand)]
     AdminKey(admin_key::AdminKeyCommand),
+    /// Print a shell completion script (`keygate completions bash > /etc/bash_completion.d/keygate`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// A failed command: what went wrong and which exit code it means.
@@ -125,6 +130,12 @@ impl Context {
 /// Parses `args`, runs the command. `env` is the process environment, passed in
 /// so that nothing below reads it directly.
 pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
+    // Needs no config, vault or key: works before anything is set up.
+    if let Command::Completions { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "keygate", &mut std::io::stdout());
+        return Ok(());
+    }
     let lookup = |name: &str| {
         env.iter()
             .find(|(k, _)| k == name)
@@ -157,6 +168,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         Command::Client(command) => client::run(&context, command),
         Command::Usage(args) => usage::run(&context, args),
         Command::AdminKey(command) => admin_key::run(&context, command),
+        Command::Completions { .. } => Ok(()),
     }
 }
 

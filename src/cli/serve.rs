@@ -81,6 +81,7 @@ pub(super) fn run(
             config = %config.source_name,
             "keygate serving"
         );
+        first_steps(&config, &shared);
 
         let (stop, stopped) = crate::control::shutdown::channel();
         let reloader = tokio::spawn(crate::control::follow::run(shared.clone(), stopped.clone()));
@@ -116,6 +117,27 @@ pub(super) fn run(
     });
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     result
+}
+
+/// On a vault with no upstream key every request is refused: say what
+/// makes keygate useful, with the config file's absolute path.
+fn first_steps(config: &crate::config::Config, shared: &Shared) {
+    if shared
+        .snapshot()
+        .rings
+        .values()
+        .any(|ring| !ring.is_empty())
+    {
+        return;
+    }
+    let flag = std::fs::canonicalize(&config.source_name)
+        .map(|p| format!(" --config {}", p.display()))
+        .unwrap_or_default();
+    let provider = &config.routing.default;
+    announce!("keygate: the vault holds no upstream key yet, so every request is refused (and /readyz is 503). To make it useful, in another shell:");
+    announce!("  printf '%s' \"$PROVIDER_API_KEY\" | keygate{flag} key add {provider}");
+    announce!("  keygate{flag} client add my-app        # prints the kg_ key your app sends");
+    announce!("keygate: a running server picks both up within a second (`keygate` is `cargo run --release --`, or `cargo install --path .`)");
 }
 
 /// Installs the SIGTERM/SIGINT handlers now (so a signal right after the

@@ -20,6 +20,7 @@ mod compression;
 mod config_errors;
 mod failing_upstreams;
 mod fallback;
+mod first_hour;
 mod health;
 mod hostile_clients;
 mod lifecycle;

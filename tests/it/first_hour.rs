@@ -1,0 +1,97 @@
+//! The first hour (the issue "The first hour and the production day"; README
+//! Quickstart): `serve` on an empty vault says what makes it useful, with the
+//! config's absolute path; `key list` and `key verify` show a `previous` key
+//! whose grace ended as retired, as the server does, with a grace-end column;
+//! `keygate completions SHELL` prints a completion script without any setup.
+
+use std::time::Duration;
+
+use crate::support::keys::{key_list, key_row};
+use crate::support::mock::{AuthStyle, Mock};
+use crate::support::{Keygate, KeygateBuilder, OPENAI_KEY, OPENAI_KEY_2};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_an_empty_vault_says_what_to_do_next() {
+    let kg = Keygate::new(&KeygateBuilder::new().provider(
+        "openai",
+        &crate::support::mock::closed_port_url(),
+        "bearer",
+    ));
+    kg.vault_init();
+    let server = kg.serve();
+    let config = std::fs::canonicalize(kg.config_path()).unwrap();
+    let said = crate::support::eventually(Duration::from_secs(5), || async {
+        let out = server.stdout();
+        out.contains("client add my-app").then_some(out)
+    })
+    .await
+    .expect("no first steps printed");
+    assert!(said.contains("holds no upstream key yet"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "keygate --config {} key add openai",
+            config.display()
+        )),
+        "{said}"
+    );
+
+    // With a key, nothing of the kind is said.
+    kg.add_key("openai", OPENAI_KEY);
+    let again = kg.serve();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !again.stdout().contains("holds no upstream key"),
+        "{}",
+        again.stdout()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_key_whose_grace_ended_is_listed_and_verified_as_retired() {
+    let mock = Mock::start(&[OPENAI_KEY_2], AuthStyle::Bearer).await;
+    let kg = Keygate::new(&KeygateBuilder::new().provider("openai", &mock.url(), "bearer"));
+    kg.vault_init();
+    kg.add_key("openai", OPENAI_KEY);
+    kg.run_with(
+        &["key", "rotate", "openai", "--grace", "3s"],
+        Some(OPENAI_KEY_2),
+        &[],
+    )
+    .assert_ok("key rotate");
+    let out = kg.run(&["key", "list"]);
+    assert!(out.stdout.contains("GRACE ENDS"), "{}", out.stdout);
+    assert_eq!(
+        key_row(&key_list(&kg), "openai", OPENAI_KEY)["state"],
+        "previous"
+    );
+    std::thread::sleep(Duration::from_millis(4100));
+    assert_eq!(
+        key_row(&key_list(&kg), "openai", OPENAI_KEY)["state"],
+        "retired",
+        "listed as the server sees it"
+    );
+    // The old key is no longer the mock's, but it is out of use: verify passes.
+    kg.run(&["key", "verify"])
+        .assert_ok("key verify after the grace ended");
+}
+
+#[test]
+fn completions_are_printed_without_any_setup() {
+    let kg = Keygate::with_config_text("this is not toml [");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = kg.run(&["completions", shell]);
+        out.assert_ok(&format!("completions {shell}"));
+        for word in ["burn", "admin-key", "rotate"] {
+            assert!(out.stdout.contains(word), "{shell}: no `{word}`");
+        }
+    }
+    let script = kg.run(&["completions", "bash"]).stdout;
+    let path = kg.dir().join("keygate.bash");
+    std::fs::write(&path, script).unwrap();
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(checked.success(), "the bash script does not parse");
+}
