@@ -758,10 +758,30 @@ fn toml_value(text: &str) -> serde_json::Value {
     }
 }
 
+/// figment's errors, each named by where the value came from: the key in
+/// its file (`server.listne in keygate.toml`), or the environment variable
+/// that set it (`KEYGATE_SERVER__LISTN`), never figment's own labels.
 fn describe(error: figment::Error) -> String {
     error
         .into_iter()
-        .map(|e| e.to_string())
+        .map(|e| {
+            let key = e.path.join(".");
+            let from_env = e
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains("serde_json"));
+            let place = if from_env {
+                let name: Vec<String> = e.path.iter().map(|p| p.to_ascii_uppercase()).collect();
+                format!("environment variable KEYGATE_{}", name.join("__"))
+            } else {
+                match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                    Some(figment::Source::File(path)) => format!("`{key}` in {}", path.display()),
+                    _ if key.is_empty() => "the configuration".to_owned(),
+                    _ => format!("`{key}`"),
+                }
+            };
+            format!("{place}: {}", e.kind)
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }

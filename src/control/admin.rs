@@ -244,15 +244,31 @@ async fn read_body(request: Request<Incoming>) -> Result<bytes::Bytes, AdminErro
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
-    // serde_json's message names the field, never echoes a value.
+    // serde_json's message names the field (unknown, missing, of the wrong
+    // type); a string value it would quote (a key pasted into the wrong
+    // field) is cut out.
     serde_json::from_slice(body).map_err(|e| {
-        AdminError::BadRequest(format!(
-            "invalid JSON body at line {} column {} ({:?})",
-            e.line(),
-            e.column(),
-            e.classify()
-        ))
+        let what = match e.classify() {
+            serde_json::error::Category::Data => without_quoted_string(&e.to_string()),
+            category => format!(
+                "{category:?} error at line {} column {}",
+                e.line(),
+                e.column()
+            ),
+        };
+        AdminError::BadRequest(format!("invalid JSON body: {what}"))
     })
+}
+
+/// `invalid type: string "sk-…", expected a boolean` → `invalid type: string, expected a boolean`.
+fn without_quoted_string(message: &str) -> String {
+    match message.split_once("string \"") {
+        Some((before, rest)) => {
+            let after = rest.rsplit_once('"').map_or("", |(_, after)| after);
+            format!("{before}string{after}")
+        }
+        None => message.to_owned(),
+    }
 }
 
 /// One vault write under the control lock, then a reload so it is live.

@@ -300,3 +300,33 @@ async fn admin_reload_and_revoke_are_live_when_the_call_returns() {
         "{list:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_body_names_the_field_and_never_echoes_a_string() {
+    let env = start_with_token(Env::setup()).await;
+    let resp = admin(
+        &env,
+        authed(Req::post("/admin/keys/openai").json(&serde_json::json!({"secrt": "x"}))),
+    )
+    .await;
+    assert_admin_error(&resp, 400, "bad_request");
+    assert!(
+        resp.text().contains("unknown field `secrt`"),
+        "{}",
+        resp.text()
+    );
+    // A key pasted into a boolean field is not quoted back.
+    let pasted = "sk-test-pasted-Qa8Ws2Ed4Rf6Tg";
+    env.kg.register_secret(pasted);
+    let resp = admin(
+        &env,
+        authed(Req::post("/admin/keys/key_x/revoke").json(&serde_json::json!({"force": pasted}))),
+    )
+    .await;
+    assert_admin_error(&resp, 400, "bad_request");
+    assert!(
+        resp.text().contains("expected a boolean"),
+        "{}",
+        resp.text()
+    );
+}

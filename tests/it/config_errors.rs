@@ -80,3 +80,19 @@ fn unknown_command_line_flag_is_exit_2() {
         out.stderr
     );
 }
+
+#[test]
+fn errors_name_the_key_in_its_file_or_the_environment_variable() {
+    let out = assert_config_error(
+        &base().server("listne", "\"127.0.0.1:0\""),
+        &[],
+        "`server.listne` in ",
+    );
+    assert!(!out.stderr.contains("default.server"), "{}", out.stderr);
+    let out = assert_config_error(
+        &base(),
+        &[("KEYGATE_SERVER__LISTN", "127.0.0.1:0")],
+        "environment variable KEYGATE_SERVER__LISTN",
+    );
+    assert!(!out.stderr.contains("serde_json"), "{}", out.stderr);
+}
