@@ -52,6 +52,13 @@ redis.call('PEXPIRE', KEYS[4], ttl * 2)
 return 0
 "#;
 
+/// The scripts, hashed once (`Script::new` hashes its source; EVALSHA then
+/// sends only the hash, loading the script the first time a server lacks it).
+static RESERVE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RESERVE));
+static SETTLE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(SETTLE));
+
 const SETTLE: &str = r#"
 redis.call('ZREM', KEYS[3], ARGV[1])
 if not redis.call('SET', KEYS[4], '1', 'NX', 'PX', 3600000) then return 0 end
@@ -91,7 +98,7 @@ impl SharedHold {
             ];
             self.cluster
                 .call("settle", |mut connection| async move {
-                    redis::Script::new(SETTLE)
+                    SETTLE_SCRIPT
                         .key(&keys[..])
                         .arg(&member)
                         .arg(self.estimate)
@@ -129,7 +136,7 @@ pub async fn reserve(
     let limit = |v: Option<u64>| v.map_or(-1, |v| i64::try_from(v).unwrap_or(i64::MAX));
     let verdict = cluster
         .call("reserve", |mut connection| async move {
-            redis::Script::new(RESERVE)
+            RESERVE_SCRIPT
                 .key(&keys[..])
                 .arg(limit(limits.rpm.map(u64::from)))
                 .arg(limit(limits.tpm))
