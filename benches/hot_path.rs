@@ -41,6 +41,7 @@ fn fixture() -> (Config, Snapshot, Secret) {
             budget_tokens: None,
             created: 0,
             revoked: None,
+            old_key: None,
         });
         client_key = Some(key);
     }

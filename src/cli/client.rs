@@ -48,6 +48,15 @@ pub enum ClientCommand {
         /// Client name.
         name: String,
     },
+    /// A new key for the client, printed once; the old key stays valid until
+    /// the grace ends (both count as the same client), then is refused.
+    Rotate {
+        /// Client name.
+        name: String,
+        /// How long the old key keeps working (default: [keys] default_grace).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
+    },
 }
 
 pub(super) fn run(context: &Context, command: ClientCommand) -> Result<(), CliError> {
@@ -55,6 +64,7 @@ pub(super) fn run(context: &Context, command: ClientCommand) -> Result<(), CliEr
         ClientCommand::Add { name, limits } => add(context, name, limits),
         ClientCommand::List { json } => list(context, json),
         ClientCommand::Revoke { name } => revoke(context, &name),
+        ClientCommand::Rotate { name, grace } => rotate(context, &name, grace),
         ClientCommand::Limits { name, limits } => set_limits(context, &name, limits),
     }
 }
@@ -96,6 +106,7 @@ fn add(context: &Context, name: String, limits: LimitArgs) -> Result<(), CliErro
             budget_tokens,
             created: crate::unix_now(),
             revoked: None,
+            old_key: None,
         });
         Ok(())
     })?;
@@ -113,13 +124,19 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14}",
-        "NAME", "CREATED", "STATUS", "RPM", "TPM", "BUDGET"
+        "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14}  {:<17}",
+        "NAME", "CREATED", "STATUS", "RPM", "TPM", "BUDGET", "OLD KEY VALID UNTIL"
     );
+    let now = crate::unix_now();
     let limit = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
     for c in clients {
+        let old_key = c
+            .old_key
+            .as_ref()
+            .filter(|o| o.valid_until > now && c.revoked.is_none())
+            .map_or_else(|| "-".to_owned(), |o| format_time(o.valid_until));
         println!(
-            "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14}",
+            "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14}  {:<17}",
             c.name,
             format_time(c.created),
             if c.revoked.is_some() {
@@ -130,6 +147,7 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
             limit(c.rpm.map(|v| v.to_string())),
             limit(c.tpm.map(|v| v.to_string())),
             limit(c.budget_tokens.map(|v| v.to_string())),
+            old_key,
         );
     }
     Ok(())
@@ -151,6 +169,42 @@ fn revoke(context: &Context, name: &str) -> Result<(), CliError> {
         Ok::<(), CliError>(())
     })?;
     println!("keygate: client `{name}` revoked; a running server refuses its key within a second");
+    Ok(())
+}
+
+fn rotate(
+    context: &Context,
+    name: &str,
+    grace: Option<std::time::Duration>,
+) -> Result<(), CliError> {
+    let grace = grace.unwrap_or(context.config.keys.default_grace);
+    let (key, digest) = client_key::generate()
+        .map_err(|e| CliError::Runtime(format!("the OS random number generator failed: {e}")))?;
+    let kek = context.kek()?;
+    let valid_until = crate::unix_now().saturating_add(grace.as_secs());
+    context.vault().update(&kek, |document| {
+        let client = document
+            .clients
+            .iter_mut()
+            .find(|c| c.name == name && c.revoked.is_none())
+            .ok_or_else(|| {
+                CliError::Runtime(format!(
+                    "no active client named `{name}` (see `keygate client list`)"
+                ))
+            })?;
+        // A key still in an earlier grace is refused from now on: two keys at most.
+        client.old_key = Some(crate::vault::document::OldClientKey {
+            key_sha256: std::mem::replace(&mut client.key_sha256, digest.to_hex()),
+            valid_until,
+        });
+        Ok::<(), CliError>(())
+    })?;
+    println!("keygate: client `{name}` has a new key, shown only this once; store it now:");
+    println!("{}", key.expose());
+    println!(
+        "keygate: its old key keeps working until {} UTC ({grace:?}), then is refused",
+        format_time(valid_until)
+    );
     Ok(())
 }
 

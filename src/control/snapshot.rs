@@ -52,34 +52,48 @@ impl Snapshot {
         now: u64,
         previous: Option<&Snapshot>,
     ) -> Snapshot {
-        let clients = document
-            .clients
-            .iter()
-            .filter(|c| c.revoked.is_none())
-            .filter_map(|c| {
-                let digest = ClientKeyDigest::from_hex(&c.key_sha256)?;
-                let sticky = u64::from_le_bytes(digest.0[..8].try_into().ok()?);
-                Some((
+        let mut clients = HashMap::new();
+        let mut revoked_clients = HashSet::new();
+        for c in &document.clients {
+            let Some(digest) = ClientKeyDigest::from_hex(&c.key_sha256) else {
+                continue;
+            };
+            let old = c
+                .old_key
+                .as_ref()
+                .and_then(|o| Some((ClientKeyDigest::from_hex(&o.key_sha256)?, o.valid_until)));
+            if c.revoked.is_some() {
+                revoked_clients.insert(digest);
+                revoked_clients.extend(old.map(|(d, _)| d));
+                continue;
+            }
+            // Both keys of a rotating client stay on the same pool key.
+            let Some(sticky) = digest.0[..8].try_into().ok().map(u64::from_le_bytes) else {
+                continue;
+            };
+            let info = |digest| {
+                Arc::new(ClientInfo {
+                    name: Arc::from(c.name.as_str()),
                     digest,
-                    Arc::new(ClientInfo {
-                        name: Arc::from(c.name.as_str()),
-                        digest,
-                        sticky,
-                        limits: ClientLimits {
-                            rpm: c.rpm,
-                            tpm: c.tpm,
-                            budget_tokens: c.budget_tokens,
-                        },
-                    }),
-                ))
-            })
-            .collect();
-        let revoked_clients = document
-            .clients
-            .iter()
-            .filter(|c| c.revoked.is_some())
-            .filter_map(|c| ClientKeyDigest::from_hex(&c.key_sha256))
-            .collect();
+                    sticky,
+                    limits: ClientLimits {
+                        rpm: c.rpm,
+                        tpm: c.tpm,
+                        budget_tokens: c.budget_tokens,
+                    },
+                })
+            };
+            clients.insert(digest, info(digest));
+            match old {
+                Some((old, until)) if until > now => {
+                    clients.insert(old, info(old));
+                }
+                Some((old, _)) => {
+                    revoked_clients.insert(old);
+                }
+                None => {}
+            }
+        }
         let rings = config
             .providers
             .values()
@@ -91,11 +105,19 @@ impl Snapshot {
                 )
             })
             .collect();
+        // The next moment what is served changes with no write: a key's or a
+        // rotated client key's grace ends.
+        let client_graces = document
+            .clients
+            .iter()
+            .filter(|c| c.revoked.is_none())
+            .filter_map(|c| c.old_key.as_ref().map(|o| o.valid_until));
         let next_expiry = document
             .keys
             .iter()
             .filter(|k| k.state == crate::vault::document::KeyState::Previous)
             .filter_map(|k| k.grace_until)
+            .chain(client_graces)
             .filter(|&t| t > now)
             .min();
         Snapshot {

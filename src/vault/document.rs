@@ -331,6 +331,20 @@ pub struct ClientRecord {
     /// Unix seconds of revocation.
     #[serde(default)]
     pub revoked: Option<u64>,
+    /// After `client rotate`: the previous key, valid until its grace ends.
+    /// Absent otherwise, so older readers still open the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_key: Option<OldClientKey>,
+}
+
+/// A client's previous key during a `client rotate` grace period.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OldClientKey {
+    /// Hex SHA-256 of the old `kg_…` key.
+    pub key_sha256: String,
+    /// Unix seconds; from then on the old key is refused as revoked.
+    pub valid_until: u64,
 }
 
 impl ClientRecord {
@@ -343,6 +357,7 @@ impl ClientRecord {
             "rpm": self.rpm,
             "tpm": self.tpm,
             "budget_tokens": self.budget_tokens,
+            "old_key_valid_until": self.old_key.as_ref().map(|o| o.valid_until),
         })
     }
 }

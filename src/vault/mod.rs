@@ -331,6 +331,7 @@ mod tests {
             budget_tokens: None,
             created: 1,
             revoked: None,
+            old_key: None,
         }
     }
 

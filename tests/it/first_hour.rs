@@ -2,7 +2,9 @@
 //! Quickstart): `serve` on an empty vault says what makes it useful, with the
 //! config's absolute path; `key list` and `key verify` show a `previous` key
 //! whose grace ended as retired, as the server does, with a grace-end column;
-//! `keygate completions SHELL` prints a completion script without any setup.
+//! `keygate completions SHELL` prints a completion script without any setup;
+//! `keygate client rotate` gives a client a second key, both valid until the
+//! grace ends, then the old one is refused as revoked.
 
 use std::time::Duration;
 
@@ -94,4 +96,44 @@ fn completions_are_printed_without_any_setup() {
         .status()
         .unwrap();
     assert!(checked.success(), "the bash script does not parse");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_rotate_keeps_both_keys_until_the_grace_ends() {
+    let env = crate::support::Env::start().await;
+    let old = env.client_key.clone();
+    let new = env.kg.rotate_client("app", &["--grace", "3s"]);
+    assert_ne!(old, new);
+    env.wait_until_live("client rotate").await;
+    let chat = |key: &str| {
+        crate::support::Req::post("/v1/chat/completions")
+            .bearer(key)
+            .json(&crate::support::chat_body("gpt-4o"))
+    };
+    for key in [&old, &new] {
+        let resp = env.server.send(chat(key)).await;
+        assert_eq!(
+            resp.status,
+            200,
+            "both keys work during the grace: {}",
+            resp.text()
+        );
+    }
+    let listing = env.kg.run(&["client", "list"]);
+    assert!(
+        listing.stdout.contains("OLD KEY VALID UNTIL"),
+        "{}",
+        listing.stdout
+    );
+    let rows = env.kg.run(&["client", "list", "--json"]).stdout;
+    assert!(!rows.contains("\"old_key_valid_until\":null"), "{rows}");
+    let refused = crate::support::eventually(Duration::from_secs(8), || async {
+        let resp = env.server.send(chat(&old)).await;
+        (resp.status == 401).then_some(resp)
+    })
+    .await
+    .expect("the old key still works after its grace");
+    assert!(refused.text().contains("revoked"), "{}", refused.text());
+    let resp = env.server.send(chat(&new)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
 }

@@ -308,6 +308,19 @@ impl Keygate {
         key
     }
 
+    /// `keygate client rotate NAME ARGS…`; returns the new `kg_…` key it printed.
+    pub fn rotate_client(&self, name: &str, args: &[&str]) -> String {
+        let mut all = vec!["client", "rotate", name];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        out.assert_ok("client rotate");
+        let key = find_token(&out.stdout, "kg_")
+            .unwrap_or_else(|| panic!("`client rotate` printed no kg_ key: {}", out.stdout));
+        self.register_secret(&key);
+        self.captures.exempt(out.capture, &key);
+        key
+    }
+
     /// Start `keygate serve` and wait for its two listener lines.
     pub fn serve(&self) -> Server {
         self.serve_with(&[])
