@@ -106,12 +106,28 @@ impl Context {
 
     /// The master key, or an error saying how to provide one.
     pub fn kek(&self) -> Result<Kek, CliError> {
+        let absolute =
+            |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
         self.master.resolve()?.ok_or_else(|| {
-            CliError::Runtime(format!(
-                "no master key: {} does not exist and neither KEYGATE_MASTER_KEY nor \
-                 KEYGATE_PASSPHRASE is set; run `keygate vault init` first",
-                self.master.file.display()
-            ))
+            let key_file = absolute(&self.master.file);
+            let vault = absolute(&self.config.vault.path);
+            if vault.exists() {
+                // `vault init` cannot help: only the key it was made with opens it.
+                CliError::Runtime(format!(
+                    "the vault {} exists but its master key file {} is missing and neither \
+                     KEYGATE_MASTER_KEY nor KEYGATE_PASSPHRASE is set: restore the master key \
+                     file from its backup (or set the variable it came from). A new master key \
+                     cannot open this vault",
+                    vault.display(),
+                    key_file.display()
+                ))
+            } else {
+                CliError::Runtime(format!(
+                    "no vault and no master key yet ({} and {} do not exist): run `keygate vault init` first",
+                    vault.display(),
+                    key_file.display()
+                ))
+            }
         })
     }
 

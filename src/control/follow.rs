@@ -20,7 +20,24 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
     let health_report =
         crate::keys::health_report::HealthReport::beside(&shared.config.metering.db.local_state());
     let mut last_report = std::time::Instant::now() - Duration::from_secs(60);
+    let mut warned_master_key_gone = false;
     loop {
+        let gone = shared
+            .control()
+            .master_key_file_missing()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_owned()));
+        match gone {
+            Some(path) if !warned_master_key_gone => {
+                warned_master_key_gone = true;
+                tracing::warn!(
+                    path = %path.display(),
+                    "the master key file {} has disappeared: this server goes on with the key it holds, but no restart or CLI command can open the vault until it is restored from its backup",
+                    path.display()
+                );
+            }
+            None => warned_master_key_gone = false,
+            Some(_) => {}
+        }
         // `key list` shows what this server knows about each key's health.
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = std::time::Instant::now();

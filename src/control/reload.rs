@@ -98,6 +98,13 @@ impl VaultWatch {
         &self.kek
     }
 
+    /// The master key file, when the key came from it and it is gone (the
+    /// server goes on with the key it holds; a restart could not).
+    pub fn master_key_file_missing(&self) -> Option<&std::path::Path> {
+        let from_env = self.master.env_master_key.is_some() || self.master.env_passphrase.is_some();
+        (!from_env && !self.master.file.exists()).then_some(self.master.file.as_path())
+    }
+
     /// True when the vault or master key file changed since the last reload.
     pub fn changed(&self) -> bool {
         (stamp(self.vault.path()), stamp(&self.master.file)) != self.seen

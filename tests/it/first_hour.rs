@@ -4,7 +4,8 @@
 //! whose grace ended as retired, as the server does, with a grace-end column;
 //! `keygate completions SHELL` prints a completion script without any setup;
 //! `keygate client rotate` gives a client a second key, both valid until the
-//! grace ends, then the old one is refused as revoked.
+//! grace ends, then the old one is refused as revoked; a lost master key file
+//! is named (absolute path) with the way back, and a running server warns.
 
 use std::time::Duration;
 
@@ -136,4 +137,41 @@ async fn client_rotate_keeps_both_keys_until_the_grace_ends() {
     assert!(refused.text().contains("revoked"), "{}", refused.text());
     let resp = env.server.send(chat(&new)).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_master_key_file_is_named_with_the_way_back() {
+    let kg = Keygate::new(&KeygateBuilder::new().provider(
+        "openai",
+        &crate::support::mock::closed_port_url(),
+        "bearer",
+    ));
+    kg.vault_init();
+    kg.add_key("openai", OPENAI_KEY);
+    let server = kg.serve();
+    let key_file = std::fs::canonicalize(kg.master_key_path()).unwrap();
+    let backup = std::fs::read(&key_file).unwrap();
+    std::fs::remove_file(&key_file).unwrap();
+    // The running server warns, once, and keeps serving.
+    let warned = crate::support::eventually(Duration::from_secs(5), || async {
+        server.stderr().contains("has disappeared").then_some(())
+    })
+    .await;
+    assert!(warned.is_some(), "{}", server.stderr());
+    assert!(server.stderr().contains(&key_file.display().to_string()));
+    let out = kg.run(&["key", "list"]);
+    out.assert_code(1, "key list without the master key file");
+    assert!(
+        out.stderr
+            .contains("restore the master key file from its backup")
+            && out.stderr.contains(&key_file.display().to_string())
+            && !out.stderr.contains("run `keygate vault init`"),
+        "{}",
+        out.stderr
+    );
+    std::fs::write(&key_file, backup).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    kg.run(&["key", "list"])
+        .assert_ok("key list after the restore");
 }
