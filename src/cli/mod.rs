@@ -6,6 +6,7 @@
 
 mod admin_key;
 mod client;
+mod doctor;
 mod key;
 mod key_provider;
 mod serve;
@@ -55,6 +56,15 @@ enum Command {
     /// kept apart from the inference keys and never sent on a request.
     #[command(subcommand)]
     AdminKey(admin_key::AdminKeyCommand),
+    /// One line per check, each failing one with its fix: config, master key and
+    /// vault, every provider's keys verified live, rotation and grace, listeners,
+    /// admin token, management credentials, Redis and PostgreSQL. Exit 0 when
+    /// nothing failed.
+    Doctor {
+        /// One JSON array of checks instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script (`keygate completions bash > /etc/bash_completion.d/keygate`).
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -185,6 +195,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         Command::Usage(args) => usage::run(&context, args),
         Command::AdminKey(command) => admin_key::run(&context, command),
         Command::Completions { .. } => Ok(()),
+        Command::Doctor { json } => doctor::run(&context, &env, admin_token.is_some(), json),
     }
 }
 

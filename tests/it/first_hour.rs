@@ -175,3 +175,51 @@ async fn a_lost_master_key_file_is_named_with_the_way_back() {
     kg.run(&["key", "list"])
         .assert_ok("key list after the restore");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_everything_and_fails_only_on_what_is_broken() {
+    let mock = Mock::start(&[OPENAI_KEY], AuthStyle::Bearer).await;
+    let kg = Keygate::new(
+        &KeygateBuilder::new()
+            .provider("openai", &mock.url(), "bearer")
+            .provider("xai", &crate::support::mock::closed_port_url(), "bearer"),
+    );
+    kg.vault_init();
+    kg.add_key("openai", OPENAI_KEY);
+    let out = kg.run(&["doctor"]);
+    out.assert_ok("doctor on a working setup");
+    for line in [
+        "ok    config",
+        "ok    master key",
+        "ok    vault",
+        "openai: 1 of 1 usable keys verified working",
+        "warn  keys           xai has no usable key",
+        "warn  admin token",
+    ] {
+        assert!(out.stdout.contains(line), "no `{line}` in:\n{}", out.stdout);
+    }
+    let json = kg.run(&["doctor", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["status"] != "fail"),
+        "{rows}"
+    );
+
+    // The default provider's only key stops working: a failure, with its fix.
+    mock.set_keys(&[OPENAI_KEY_2]);
+    let out = kg.run(&["doctor"]);
+    out.assert_code(1, "doctor with a dead key");
+    assert!(
+        out.stdout.contains("FAIL  keys           openai: 0 of 1 usable keys verified working — fix: keygate key verify openai"),
+        "{}",
+        out.stdout
+    );
+    // No master key: named, exit 1.
+    std::fs::remove_file(kg.master_key_path()).unwrap();
+    let out = kg.run(&["doctor"]);
+    out.assert_code(1, "doctor without the master key");
+    assert!(out.stdout.contains("FAIL  master key"), "{}", out.stdout);
+}
