@@ -1,12 +1,13 @@
 //! A tiny OpenAI-compatible upstream, to try keygate without a real API key.
 //!
 //! Run:
-//!   cargo run --example mock_upstream -- 127.0.0.1:9999 sk-mock-0000000000000000
-//! then point a provider at it (e.g. `KEYGATE_PROVIDERS__OPENAI__BASE_URL=http://127.0.0.1:9999`),
+//!   cargo run --example mock_upstream -- 127.0.0.1:9999 sk-mock-0000000000000000 sk-mock-1111111111111111
+//! (it accepts every key given, so a rotation can be tried), then point a
+//! provider at it (`examples/try-it.toml` does), add a key with
 //! `printf '%s' sk-mock-0000000000000000 | keygate key add openai`, and send
 //! requests through keygate. You will see one line per request here, showing
 //! which upstream key keygate injected (by fingerprint). It answers
-//! `GET /v1/models`, `POST /v1/embeddings` and `POST /v1/chat/completions`
+//! `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/embeddings` and `POST /v1/chat/completions`
 //! (JSON, or SSE with a final usage chunk when `"stream": true`), and 401 with
 //! OpenAI's error JSON for any other key. Like the real APIs, it gzips its
 //! answers when the request accepts gzip (the SDKs send
@@ -28,20 +29,22 @@ use hyper_util::rt::TokioIo;
 async fn main() {
     let mut args = std::env::args().skip(1);
     let addr = args.next().unwrap_or_else(|| "127.0.0.1:9999".to_owned());
-    let key = args
-        .next()
-        .unwrap_or_else(|| "sk-mock-0000000000000000".to_owned());
+    let mut keys: Vec<String> = args.collect();
+    if keys.is_empty() {
+        keys.push("sk-mock-0000000000000000".to_owned());
+    }
     let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
     println!(
-        "mock upstream on http://{} accepting one key",
-        listener.local_addr().unwrap()
+        "mock upstream on http://{} accepting {} key(s)",
+        listener.local_addr().unwrap(),
+        keys.len()
     );
-    serve(listener, key).await;
+    serve(listener, keys).await;
 }
 
-/// Answers on `listener` forever, accepting only `key`.
-pub async fn serve(listener: tokio::net::TcpListener, key: String) {
-    let key: &'static str = Box::leak(key.into_boxed_str());
+/// Answers on `listener` forever, accepting only `keys`.
+pub async fn serve(listener: tokio::net::TcpListener, keys: Vec<String>) {
+    let key: &'static [String] = Box::leak(keys.into_boxed_slice());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -74,7 +77,7 @@ fn respond((status, body, content_type): (u16, String, &str), gzip: bool) -> Res
 
 async fn answer(
     request: Request<Incoming>,
-    key: &str,
+    keys: &[String],
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let presented = request
         .headers()
@@ -104,7 +107,7 @@ async fn answer(
         .rev()
         .collect();
     println!("{method} {path} with key …{tail}");
-    if presented != key {
+    if !keys.contains(&presented) {
         return Ok(respond((401, format!("{{\"error\":{{\"message\":\"Incorrect API key provided: sk-…{tail}.\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":\"invalid_api_key\"}}}}"), "application/json"), gzip));
     }
     let request: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -114,6 +117,7 @@ async fn answer(
         .to_owned();
     Ok(respond(match path.as_str() {
         "/v1/models" => (200, r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","owned_by":"mock"}]}"#.into(), "application/json"),
+        p if p.starts_with("/v1/models/") => (200, format!(r#"{{"id":"{}","object":"model","owned_by":"mock"}}"#, &p["/v1/models/".len()..]), "application/json"),
         "/v1/embeddings" => (200, format!(r#"{{"object":"list","data":[{{"object":"embedding","index":0,"embedding":[0.1,0.2,0.3]}}],"model":"{model}","usage":{{"prompt_tokens":4,"total_tokens":4}}}}"#), "application/json"),
         "/v1/chat/completions" if request["stream"] == true => {
             let mut sse = String::new();

@@ -30,10 +30,17 @@ pub(super) fn run(context: &Context, command: VaultCommand) -> Result<(), CliErr
 fn init(context: &Context) -> Result<(), CliError> {
     let vault = context.vault();
     if vault.exists() {
-        return Err(CliError::Runtime(format!(
-            "a vault already exists at {}; nothing was changed",
-            vault.path().display()
-        )));
+        // After a first `serve` (which creates the vault) the Quickstart's
+        // `vault init` has nothing left to do; say so instead of failing.
+        let absolute =
+            std::path::absolute(vault.path()).unwrap_or_else(|_| vault.path().to_owned());
+        let kek = context.kek()?;
+        vault.load(&kek)?;
+        println!(
+            "keygate: the vault {} already exists and opens with its master key: nothing to do",
+            absolute.display()
+        );
+        return Ok(());
     }
     let (kek, created_key) = ensure_master_key(&context.master)?;
     vault.create(&kek, &Document::default())?;

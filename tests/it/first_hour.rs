@@ -223,3 +223,28 @@ async fn doctor_checks_everything_and_fails_only_on_what_is_broken() {
     out.assert_code(1, "doctor without the master key");
     assert!(out.stdout.contains("FAIL  master key"), "{}", out.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quickstart_works_in_either_order_with_the_try_it_config() {
+    // The README's "Try it" config, as shipped, in a fresh directory.
+    let kg = Keygate::with_config_text(include_str!("../../examples/try-it.toml"));
+    let server = kg.serve(); // creates the vault first, as a first `serve` does
+    drop(server);
+    let out = kg.run(&["vault", "init"]);
+    out.assert_ok("vault init after serve");
+    assert!(out.stdout.contains("nothing to do"), "{}", out.stdout);
+    kg.add_key("openai", OPENAI_KEY);
+    let list = kg.run(&["key", "list"]);
+    list.assert_ok("key list under try-it.toml");
+    assert!(kg.dir().join("data/try-it/keygate.vault").exists());
+    // A vault the master key cannot open is still an error, not "nothing to do".
+    std::fs::write(kg.dir().join("data/try-it/master.key"), "A".repeat(44)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        kg.dir().join("data/try-it/master.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    kg.run(&["vault", "init"])
+        .assert_code(1, "vault init with the wrong master key");
+}

@@ -35,7 +35,10 @@ async fn openai_python_sdk_works_through_keygate() {
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mock_addr = listener.local_addr().unwrap();
-    tokio::spawn(mock_upstream::serve(listener, UPSTREAM_KEY.to_owned()));
+    tokio::spawn(mock_upstream::serve(
+        listener,
+        vec![UPSTREAM_KEY.to_owned()],
+    ));
 
     let kg = Keygate::new(&KeygateBuilder::new().provider(
         "openai",
