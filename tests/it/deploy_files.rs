@@ -1,0 +1,160 @@
+//! The deploy files (README "Deploying"; `deploy/`) agree with keygate's
+//! defaults: the Kubernetes manifests parse, point their probes at `/readyz`
+//! and `/healthz` on the admin port, expose the default ports, mount the
+//! vault and master key read-only with mode 0400, and give a drain longer
+//! than `[server] shutdown_grace`; the systemd unit and the Dockerfile set
+//! the hardening and the paths the docs promise. (No image registry is
+//! reachable here, so the Dockerfile is checked, not built; `systemd-analyze
+//! verify` runs when it is installed.)
+
+use std::time::Duration;
+
+fn defaults() -> keygate::config::Config {
+    keygate::config::Config::from_toml("").expect("the embedded defaults load")
+}
+
+fn manifests() -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string("deploy/kubernetes/keygate.yaml").unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("a manifest parses"))
+        .collect()
+}
+
+fn kind<'a>(docs: &'a [serde_yaml::Value], kind: &str) -> &'a serde_yaml::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in deploy/kubernetes/keygate.yaml"))
+}
+
+#[test]
+fn kubernetes_manifests_agree_with_the_defaults() {
+    let config = defaults();
+    let docs = manifests();
+    for wanted in [
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "ServiceMonitor",
+    ] {
+        kind(&docs, wanted);
+    }
+    let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        Duration::from_secs(grace) > config.server.shutdown_grace,
+        "terminationGracePeriodSeconds {grace} must outlast shutdown_grace {:?}",
+        config.server.shutdown_grace
+    );
+    let container = &pod["containers"][0];
+    let ports: Vec<u64> = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            config.server.listen.port() as u64,
+            config.server.admin_listen.port() as u64
+        ]
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "admin");
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    // Secret volumes: 0400, written as decimal 256 (a bare `0400` is octal to
+    // Kubernetes' YAML 1.1 reader but a string or 400 to YAML 1.2 readers).
+    for volume in ["vault", "master-key"] {
+        let v = pod["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == volume)
+            .unwrap();
+        let mode = &v["secret"]["defaultMode"];
+        assert!(
+            mode.as_u64() == Some(0o400),
+            "{volume}: defaultMode {mode:?}"
+        );
+    }
+    let env: Vec<String> = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    for name in [
+        "KEYGATE_VAULT__PATH",
+        "KEYGATE_VAULT__MASTER_KEY_FILE",
+        "KEYGATE_METERING__DB",
+    ] {
+        assert!(env.iter().any(|e| e == name), "no {name}");
+    }
+    // The environment names are real config keys: they load.
+    let overrides: Vec<(String, String)> = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_owned(),
+                e["value"].as_str()?.to_owned(),
+            ))
+        })
+        .filter(|(k, _)| k.contains("__"))
+        .collect();
+    let sources = keygate::config::Sources {
+        explicit_file: None,
+        default_file: None,
+        env: overrides,
+    };
+    keygate::config::Config::load(&sources).expect("the manifest's environment is a valid config");
+    let monitor = &kind(&docs, "ServiceMonitor")["spec"]["endpoints"][0];
+    assert_eq!(monitor["path"], "/metrics");
+}
+
+#[test]
+fn the_systemd_unit_and_the_dockerfile_carry_the_hardening() {
+    let config = defaults();
+    let unit = std::fs::read_to_string("deploy/systemd/keygate.service").unwrap();
+    for line in [
+        "DynamicUser=yes",
+        "LoadCredential=master.key:",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "StateDirectory=keygate",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "KillSignal=SIGTERM",
+    ] {
+        assert!(
+            unit.lines().any(|l| l.starts_with(line)),
+            "keygate.service lacks `{line}`"
+        );
+    }
+    let stop = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap();
+    assert!(Duration::from_secs(stop) > config.server.shutdown_grace);
+    if let Ok(out) = std::process::Command::new("systemd-analyze")
+        .args(["verify", "deploy/systemd/keygate.service"])
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !text.contains("Unknown key") && !text.contains("Unknown section"),
+            "systemd-analyze verify: {text}"
+        );
+    }
+    let docker = std::fs::read_to_string("deploy/docker/Dockerfile").unwrap();
+    for needle in [
+        "USER 10001",
+        "VOLUME [\"/data\"]",
+        "EXPOSE 8080 8081",
+        "STOPSIGNAL SIGTERM",
+    ] {
+        assert!(docker.contains(needle), "Dockerfile lacks `{needle}`");
+    }
+}
