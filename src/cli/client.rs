@@ -153,18 +153,26 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The active client `name`, for a change.
+fn active_client<'a>(
+    document: &'a mut crate::vault::document::Document,
+    name: &str,
+) -> Result<&'a mut ClientRecord, CliError> {
+    document
+        .clients
+        .iter_mut()
+        .find(|c| c.name == name && c.revoked.is_none())
+        .ok_or_else(|| {
+            CliError::Runtime(format!(
+                "no active client named `{name}` (see `keygate client list`)"
+            ))
+        })
+}
+
 fn revoke(context: &Context, name: &str) -> Result<(), CliError> {
     let kek = context.kek()?;
     context.vault().update(&kek, |document| {
-        let client = document
-            .clients
-            .iter_mut()
-            .find(|c| c.name == name && c.revoked.is_none())
-            .ok_or_else(|| {
-                CliError::Runtime(format!(
-                    "no active client named `{name}` (see `keygate client list`)"
-                ))
-            })?;
+        let client = active_client(document, name)?;
         client.revoked = Some(crate::unix_now());
         Ok::<(), CliError>(())
     })?;
@@ -183,15 +191,7 @@ fn rotate(
     let kek = context.kek()?;
     let valid_until = crate::unix_now().saturating_add(grace.as_secs());
     context.vault().update(&kek, |document| {
-        let client = document
-            .clients
-            .iter_mut()
-            .find(|c| c.name == name && c.revoked.is_none())
-            .ok_or_else(|| {
-                CliError::Runtime(format!(
-                    "no active client named `{name}` (see `keygate client list`)"
-                ))
-            })?;
+        let client = active_client(document, name)?;
         // A key still in an earlier grace is refused from now on: two keys at most.
         client.old_key = Some(crate::vault::document::OldClientKey {
             key_sha256: std::mem::replace(&mut client.key_sha256, digest.to_hex()),
