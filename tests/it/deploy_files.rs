@@ -5,7 +5,9 @@
 //! than `[server] shutdown_grace`; the systemd unit and the Dockerfile set
 //! the hardening and the paths the docs promise. (No image registry is
 //! reachable here, so the Dockerfile is checked, not built; `systemd-analyze
-//! verify` runs when it is installed.)
+//! verify` runs when it is installed.) Every metric the alert rules and the
+//! Grafana dashboard name is exported by a running keygate (scraped here);
+//! `promtool check rules` runs when promtool is installed.
 
 use std::time::Duration;
 
@@ -156,5 +158,91 @@ fn the_systemd_unit_and_the_dockerfile_carry_the_hardening() {
         "STOPSIGNAL SIGTERM",
     ] {
         assert!(docker.contains(needle), "Dockerfile lacks `{needle}`");
+    }
+}
+
+/// Every `keygate_…` metric name in `text` (histogram series by family name).
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while let Some(found) = text[at..].find("keygate_") {
+        let start = at + found;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let name = &text[start..end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        names.insert(family.to_owned());
+        at = end;
+    }
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_in_the_alerts_and_the_dashboard_exists() {
+    use crate::support::mock::{closed_port_url, AuthStyle, Mock};
+    use crate::support::{chat_body, Keygate, KeygateBuilder, Req, OPENAI_KEY, OPENAI_KEY_2};
+    let alerts = std::fs::read_to_string("deploy/prometheus/alerts.yaml").unwrap();
+    let rules: serde_yaml::Value = serde_yaml::from_str(&alerts).expect("alerts.yaml parses");
+    assert!(rules["groups"][0]["rules"].as_sequence().unwrap().len() >= 7);
+    let dashboard = std::fs::read_to_string("deploy/grafana/keygate.json").unwrap();
+    let _: serde_json::Value = serde_json::from_str(&dashboard).expect("keygate.json parses");
+    let wanted: std::collections::BTreeSet<String> = metric_names(&alerts)
+        .into_iter()
+        .chain(metric_names(&dashboard))
+        .collect();
+    assert!(wanted.len() >= 12, "{wanted:?}");
+
+    // A keygate whose series all exist: a rejected key and a fallback, an
+    // admin table (mint and delete counters), a Redis that is not there.
+    let mock = Mock::start(&[OPENAI_KEY_2], AuthStyle::Bearer).await;
+    let kg = Keygate::new(
+        &KeygateBuilder::new()
+            .provider("openai", &mock.url(), "bearer")
+            .extra(&format!(
+                "[providers.openai.admin]\nproject = \"proj_x\"\nurl = \"{}\"\n",
+                closed_port_url()
+            )),
+    );
+    kg.vault_init();
+    kg.add_key("openai", OPENAI_KEY);
+    kg.add_key_with("openai", OPENAI_KEY_2, &["--fallback"]);
+    let client = kg.add_client("app");
+    let server = kg.serve_with(&[("KEYGATE_CLUSTER__REDIS_URL", "redis://127.0.0.1:9/0")]);
+    let resp = server
+        .send(
+            Req::post("/v1/chat/completions")
+                .bearer(&client)
+                .json(&chat_body("gpt-4o")),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let page = server.admin_get("/metrics").await.text();
+    let exported: std::collections::BTreeSet<String> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let missing: Vec<&String> = wanted.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "named in deploy/ but not exported: {missing:?}"
+    );
+
+    if let Ok(out) = std::process::Command::new("promtool")
+        .args(["check", "rules", "deploy/prometheus/alerts.yaml"])
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "promtool: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
