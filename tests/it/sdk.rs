@@ -6,6 +6,10 @@
 //! `KEYGATE_REQUIRE_SDK_TEST=1`, which turns a missing SDK into a failure. On a
 //! developer machine without it the test says so and passes.
 //!
+//! The same world runs the OpenAI Node SDK (`examples/openai_sdk.cjs`; `.ci/run`
+//! installs the `openai` npm package under `target/ci-node` and sets
+//! `NODE_PATH`) and curl (`examples/curl.sh`).
+//!
 //! The Anthropic SDK's flow (`examples/anthropic_sdk.py`) is tested the same
 //! way in `providers_usage.rs`, next to the Anthropic mock it needs.
 
@@ -15,7 +19,7 @@ mod mock_upstream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{Keygate, KeygateBuilder};
+use crate::support::{Keygate, KeygateBuilder, Server};
 
 const UPSTREAM_KEY: &str = "sk-mock-sdk-test-000000000000000000";
 
@@ -103,4 +107,89 @@ async fn openai_python_sdk_works_through_keygate() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// keygate serving in front of the example mock, and a client key.
+async fn example_world() -> (Keygate, Server, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock_addr = listener.local_addr().unwrap();
+    tokio::spawn(mock_upstream::serve(
+        listener,
+        vec![UPSTREAM_KEY.to_owned()],
+    ));
+    let kg = Keygate::new(&KeygateBuilder::new().provider(
+        "openai",
+        &format!("http://{mock_addr}"),
+        "bearer",
+    ));
+    kg.vault_init();
+    kg.add_key("openai", UPSTREAM_KEY);
+    let client_key = kg.add_client("app");
+    let server = kg.serve();
+    (kg, server, client_key)
+}
+
+/// Runs `program args…` with the client key; its stdout, recorded for the leak check.
+async fn run_example(kg: &Keygate, client_key: &str, program: &str, args: Vec<String>) -> String {
+    let (program, key) = (program.to_owned(), client_key.to_owned());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(program)
+            .args(args)
+            .env("KEYGATE_CLIENT_KEY", key)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    kg.record("example stdout", stdout.clone());
+    assert!(
+        out.status.success(),
+        "example failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_node_sdk_works_through_keygate() {
+    let sdk_present = Command::new("node")
+        .args(["-e", "require('openai')"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !sdk_present {
+        assert!(
+            std::env::var("KEYGATE_REQUIRE_SDK_TEST").is_err(),
+            "node with the openai package is required (npm install openai; NODE_PATH)"
+        );
+        eprintln!("SKIPPED: node with the openai package not found");
+        return;
+    }
+    let (kg, server, client_key) = example_world().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/openai_sdk.cjs");
+    let base_url = format!("http://{}/v1", server.client);
+    let stdout = run_example(&kg, &client_key, "node", vec![script.to_owned(), base_url]).await;
+    for line in [
+        "chat: Hello from the mock! | usage: 14",
+        "stream: Hello from the mock! (5 chunks)",
+        "models: gpt-4o-mini",
+        "model: gpt-4o-mini",
+    ] {
+        assert!(stdout.contains(line), "no `{line}` in:\n{stdout}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_works_through_keygate() {
+    let (kg, server, client_key) = example_world().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/curl.sh");
+    let base_url = format!("http://{}/v1", server.client);
+    let stdout = run_example(&kg, &client_key, "sh", vec![script.to_owned(), base_url]).await;
+    assert!(
+        stdout.contains("\"content\":\"Hello from the mock!\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("data: [DONE]"), "{stdout}");
+    // The streamed answer's usage chunk, which keygate asked for, is not shown.
+    assert_eq!(stdout.matches("\"usage\"").count(), 1, "{stdout}");
 }
