@@ -7,7 +7,8 @@
 //! `printf '%s' sk-mock-0000000000000000 | keygate key add openai`, and send
 //! requests through keygate. You will see one line per request here, showing
 //! which upstream key keygate injected (by fingerprint). It answers
-//! `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/embeddings` and `POST /v1/chat/completions`
+//! `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/embeddings`, `POST /v1/responses`
+//! (the Responses API, JSON) and `POST /v1/chat/completions`
 //! (JSON, or SSE with a final usage chunk when `"stream": true`), and 401 with
 //! OpenAI's error JSON for any other key. Like the real APIs, it gzips its
 //! answers when the request accepts gzip (the SDKs send
@@ -130,6 +131,7 @@ async fn answer(
             sse.push_str("data: [DONE]\n\n");
             (200, sse, "text/event-stream")
         }
+        "/v1/responses" => (200, format!(r#"{{"id":"resp_mock","object":"response","created_at":1741476542,"status":"completed","error":null,"incomplete_details":null,"instructions":null,"max_output_tokens":null,"model":"{model}","output":[{{"type":"message","id":"msg_mock","status":"completed","role":"assistant","content":[{{"type":"output_text","text":"Hello from the mock!","annotations":[]}}]}}],"parallel_tool_calls":true,"previous_response_id":null,"reasoning":{{"effort":null,"summary":null}},"store":true,"temperature":1.0,"text":{{"format":{{"type":"text"}}}},"tool_choice":"auto","tools":[],"top_p":1.0,"truncation":"disabled","usage":{{"input_tokens":9,"input_tokens_details":{{"cached_tokens":0}},"output_tokens":5,"output_tokens_details":{{"reasoning_tokens":0}},"total_tokens":14}},"user":null,"metadata":{{}}}}"#), "application/json"),
         "/v1/chat/completions" => (200, format!(r#"{{"id":"chatcmpl-mock","object":"chat.completion","model":"{model}","choices":[{{"index":0,"message":{{"role":"assistant","content":"Hello from the mock!"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":9,"completion_tokens":5,"total_tokens":14}}}}"#), "application/json"),
         _ => (404, r#"{"error":{"message":"Unknown path","type":"invalid_request_error","code":"unknown_url"}}"#.into(), "application/json"),
     }, gzip))

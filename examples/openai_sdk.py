@@ -5,7 +5,7 @@ Run (with keygate serving and a client key from `keygate client add my-app`):
     KEYGATE_CLIENT_KEY=kg_... python3 examples/openai_sdk.py [http://127.0.0.1:8080/v1]
 
 You will see a chat completion, a streamed chat completion (printed as it
-arrives), the model list and an embedding's length, all through keygate: the
+arrives), a Responses API answer, the model list and an embedding's length, all through keygate: the
 SDK only ever holds the kg_ client key; keygate injects the upstream key.
 Exits non-zero on any failure.
 """
@@ -34,6 +34,9 @@ for chunk in client.chat.completions.create(
     elif chunk.usage is not None:
         raise SystemExit("got a usage-only chunk that this client did not ask for")
 print(f" ({chunks} chunks)")
+
+response = client.responses.create(model="gpt-4o-mini", input="Say hello")
+print("responses:", response.output_text, "| usage:", response.usage.total_tokens)
 
 models = client.models.list()
 print("models:", [m.id for m in models.data])

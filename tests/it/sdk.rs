@@ -1,5 +1,5 @@
 //! The official OpenAI Python SDK against keygate (the quickstart's SDK flow):
-//! chat, streaming chat, models and embeddings through a real `keygate serve`,
+//! chat, streaming chat, the Responses API, models and embeddings through a real `keygate serve`,
 //! against the example mock upstream on 127.0.0.1:0.
 //!
 //! Needs `python3` with the `openai` package; `.ci/run` installs it and sets
@@ -8,7 +8,8 @@
 //!
 //! The same world runs the OpenAI Node SDK (`examples/openai_sdk.cjs`; `.ci/run`
 //! installs the `openai` npm package under `target/ci-node` and sets
-//! `NODE_PATH`) and curl (`examples/curl.sh`).
+//! `NODE_PATH`), LangChain's ChatOpenAI (`examples/langchain_chat.py`) and curl
+//! (`examples/curl.sh`).
 //!
 //! The Anthropic SDK's flow (`examples/anthropic_sdk.py`) is tested the same
 //! way in `providers_usage.rs`, next to the Anthropic mock it needs.
@@ -81,6 +82,10 @@ async fn openai_python_sdk_works_through_keygate() {
         stdout.contains("stream: Hello from the mock! (5 chunks)"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("responses: Hello from the mock! | usage: 14"),
+        "{stdout}"
+    );
     assert!(stdout.contains("models: ['gpt-4o-mini']"), "{stdout}");
     assert!(stdout.contains("embedding length: 3"), "{stdout}");
 
@@ -96,13 +101,13 @@ async fn openai_python_sdk_works_through_keygate() {
             .iter()
             .map(|r| r["total_tokens"].as_u64().unwrap())
             .sum();
-        if total == 14 + 14 + 4 {
+        if total == 14 + 14 + 14 + 4 {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "metered {total} tokens, want {}: {}",
-            14 + 14 + 4,
+            14 + 14 + 14 + 4,
             out.stdout
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -192,4 +197,38 @@ async fn curl_works_through_keygate() {
     assert!(stdout.contains("data: [DONE]"), "{stdout}");
     // The streamed answer's usage chunk, which keygate asked for, is not shown.
     assert_eq!(stdout.matches("\"usage\"").count(), 1, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn langchain_chat_openai_works_through_keygate() {
+    let present = Command::new("python3")
+        .args(["-c", "import langchain_openai"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        assert!(
+            std::env::var("KEYGATE_REQUIRE_SDK_TEST").is_err(),
+            "python3 with langchain-openai is required (pip install langchain-openai)"
+        );
+        eprintln!("SKIPPED: python3 with langchain-openai not found");
+        return;
+    }
+    let (kg, server, client_key) = example_world().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/langchain_chat.py");
+    let base_url = format!("http://{}/v1", server.client);
+    let stdout = run_example(
+        &kg,
+        &client_key,
+        "python3",
+        vec![script.to_owned(), base_url],
+    )
+    .await;
+    assert!(
+        stdout.contains("langchain: Hello from the mock!"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("langchain stream: Hello from the mock!"),
+        "{stdout}"
+    );
 }
