@@ -32,6 +32,9 @@ pub struct Metrics {
     pub key_rotations: IntCounterVec,
     /// `keygate_key_age_seconds{provider,key_id,state}`.
     pub key_age: IntGaugeVec,
+    /// `keygate_key_grace_end_timestamp_seconds{provider,key_id}`: when a
+    /// `previous` key's grace ends (unix seconds), for "grace ending" alerts.
+    pub key_grace_end: IntGaugeVec,
     /// `keygate_key_healthy{provider,key_id}`.
     pub key_healthy: IntGaugeVec,
     /// `keygate_tokens_total{client,provider,model,kind}`.
@@ -131,6 +134,13 @@ impl Metrics {
             ),
             &["provider", "key_id", "state"],
         );
+        let key_grace_end = IntGaugeVec::new(
+            Opts::new(
+                "keygate_key_grace_end_timestamp_seconds",
+                "When each previous key's grace ends (unix seconds).",
+            ),
+            &["provider", "key_id"],
+        );
         let key_healthy = IntGaugeVec::new(
             Opts::new(
                 "keygate_key_healthy",
@@ -185,6 +195,7 @@ impl Metrics {
             fallback_retries: fallback_retries.expect("static metric"),
             key_rotations: key_rotations.expect("static metric"),
             key_age: key_age.expect("static metric"),
+            key_grace_end: key_grace_end.expect("static metric"),
             key_healthy: key_healthy.expect("static metric"),
             tokens_total: tokens_total.expect("static metric"),
             client_auth_failures: client_auth_failures.expect("static metric"),
@@ -204,6 +215,7 @@ impl Metrics {
             Box::new(metrics.fallback_retries.clone()),
             Box::new(metrics.key_rotations.clone()),
             Box::new(metrics.key_age.clone()),
+            Box::new(metrics.key_grace_end.clone()),
             Box::new(metrics.key_healthy.clone()),
             Box::new(metrics.tokens_total.clone()),
             Box::new(metrics.client_auth_failures.clone()),
@@ -279,7 +291,13 @@ impl Metrics {
     ) {
         use crate::vault::document::KeyState;
         self.key_age.reset();
+        self.key_grace_end.reset();
         for key in &document.keys {
+            if let (KeyState::Previous, Some(until)) = (key.state, key.grace_until) {
+                self.key_grace_end
+                    .with_label_values(&[&key.provider, &key.id])
+                    .set(i64::try_from(until).unwrap_or(i64::MAX));
+            }
             if key.state.is_usable() || key.state == KeyState::Pending {
                 let age = now.saturating_sub(key.created);
                 self.key_age
