@@ -1,6 +1,7 @@
 //! The control plane: the process-wide [`state`], the [`snapshot`] requests
 //! read and its single writer ([`reload`], looped by [`follow`]), the
-//! admin listener (health [`probes`] and the [`admin`] API), the
+//! admin listener (health [`probes`], the [`admin`] API and the
+//! [`status_page`]), the
 //! [`key_upkeep`] (retiring, deleting at the provider, auto-rotation),
 //! [`metrics`], the [`log_format`], [`shutdown`] and [`core_dumps`] protection.
 
@@ -15,3 +16,4 @@ pub mod reload;
 pub mod shutdown;
 pub mod snapshot;
 pub mod state;
+pub mod status_page;

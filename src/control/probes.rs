@@ -18,6 +18,7 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let response = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/") => super::status_page::page(),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
         (&Method::GET, "/readyz") => readiness(&shared),
         (&Method::GET, "/metrics") => text(

@@ -41,6 +41,7 @@ mod routing;
 mod sdk;
 mod secrets;
 mod skim_bypass;
+mod status_page;
 mod streaming;
 mod tls;
 mod vault_cli;

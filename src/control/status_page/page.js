@@ -1,0 +1,128 @@
+"use strict";
+// keygate's status page: read-only, talks only to this admin listener's
+// /admin/* JSON with the admin token kept in sessionStorage (never in a URL).
+const $ = (id) => document.getElementById(id);
+const TOKEN = "keygate-admin-token";
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  for (const c of children) node.append(c === null || c === undefined ? "" : c);
+  return node;
+}
+
+function ago(unix) {
+  if (!unix) return "never";
+  const s = Math.max(0, Math.floor(Date.now() / 1000) - unix);
+  if (s >= 86400) return Math.floor(s / 86400) + "d ago";
+  if (s >= 3600) return Math.floor(s / 3600) + "h ago";
+  if (s >= 60) return Math.floor(s / 60) + "m ago";
+  return s + "s ago";
+}
+
+function countdown(unix) {
+  if (!unix) return "-";
+  const s = unix - Math.floor(Date.now() / 1000);
+  if (s <= 0) return "ended";
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return (h ? h + "h " : "") + m + "m " + (s % 60) + "s";
+}
+
+async function admin(path) {
+  const token = sessionStorage.getItem(TOKEN) || "";
+  const response = await fetch(path, { headers: { Authorization: "Bearer " + token }, cache: "no-store" });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const error = new Error((body.error && body.error.message) || response.statusText);
+    error.code = body.error && body.error.code;
+    throw error;
+  }
+  return body;
+}
+
+function bar(value, max) {
+  const width = max > 0 ? Math.round((value / max) * 160) : 0;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("width", "170");
+  svg.setAttribute("height", "12");
+  const rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+  rect.setAttribute("width", String(width));
+  rect.setAttribute("height", "12");
+  rect.setAttribute("class", "bar");
+  svg.append(rect);
+  return svg;
+}
+
+function totals(rows) {
+  const byClient = {};
+  for (const r of rows) byClient[r.client] = (byClient[r.client] || 0) + r.total_tokens + r.estimated_tokens;
+  return byClient;
+}
+
+async function refresh() {
+  let keys, clients, hour, day;
+  try {
+    [keys, clients, hour, day] = await Promise.all([
+      admin("/admin/keys"),
+      admin("/admin/clients"),
+      admin("/admin/usage?since=1h"),
+      admin("/admin/usage?since=1d"),
+    ]);
+  } catch (error) {
+    $("data").hidden = true;
+    $("message").hidden = false;
+    $("message").textContent =
+      error.code === "admin_api_off"
+        ? "The admin API is off: set KEYGATE_ADMIN_TOKEN (or the variable [admin] token_env names) and restart keygate serve."
+        : error.code === "invalid_admin_token"
+          ? "Wrong admin token: enter the value of KEYGATE_ADMIN_TOKEN."
+          : "Cannot read the admin API: " + error.message;
+    if (error.code === "invalid_admin_token" || error.code === "admin_api_off") $("login").hidden = false;
+    return;
+  }
+  const ready = await fetch("/readyz", { cache: "no-store" }).then((r) => r.json()).catch(() => ({}));
+  $("message").hidden = true;
+  $("login").hidden = true;
+  $("data").hidden = false;
+  $("generation").textContent = "vault generation " + (ready.vault_generation ?? "?") +
+    (ready.cluster ? " · cluster: " + ready.cluster.state : "");
+  const table = $("keys");
+  table.replaceChildren(el("tr", {}, ...["provider", "key", "label", "state", "health", "age", "grace ends in", "last verified", "reason"].map((h) => el("th", {}, h))));
+  if (keys.length === 0) {
+    table.append(el("tr", {}, el("td", { colspan: "9", class: "empty" },
+      "No upstream key yet: printf '%s' \"$OPENAI_API_KEY\" | keygate key add openai")));
+  }
+  for (const k of keys) {
+    const row = el("tr", { "data-key": k.id },
+      el("td", {}, k.provider), el("td", {}, k.id), el("td", {}, k.label || "-"),
+      el("td", { class: "state " + k.state }, k.state + (k.at_provider && k.at_provider.pending ? " (delete pending)" : "")),
+      el("td", { class: "health " + (k.health || "none") }, k.health || "-"),
+      el("td", {}, ago(k.created).replace(" ago", "") + (k.due_for_rotation ? " · due for rotation" : "")),
+      el("td", {}, countdown(k.grace_until)),
+      el("td", {}, ago(k.last_verified)),
+      el("td", {}, k.reason || "-"));
+    table.append(row);
+  }
+  const usage = $("clients");
+  usage.replaceChildren(el("tr", {}, ...["client", "status", "limits", "tokens, last hour", "", "tokens, last day", ""].map((h) => el("th", {}, h))));
+  const h = totals(hour), d = totals(day);
+  const maxH = Math.max(0, ...Object.values(h)), maxD = Math.max(0, ...Object.values(d));
+  for (const c of clients) {
+    const limits = [c.rpm && c.rpm + " rpm", c.tpm && c.tpm + " tpm", c.budget_tokens && c.budget_tokens + " budget"].filter(Boolean).join(", ") || "none";
+    usage.append(el("tr", { "data-client": c.name },
+      el("td", {}, c.name), el("td", {}, c.revoked ? "revoked" : "active"), el("td", {}, limits),
+      el("td", { class: "num" }, String(h[c.name] || 0)), el("td", {}, bar(h[c.name] || 0, maxH)),
+      el("td", { class: "num" }, String(d[c.name] || 0)), el("td", {}, bar(d[c.name] || 0, maxD))));
+  }
+  $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+}
+
+$("login").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(TOKEN, $("token").value);
+  $("token").value = "";
+  refresh();
+});
+
+if (sessionStorage.getItem(TOKEN)) refresh(); else $("login").hidden = false;
+setInterval(() => { if (sessionStorage.getItem(TOKEN)) refresh(); }, 5000);

@@ -1,0 +1,243 @@
+//! The status page (`GET /` on the admin listener; README "Status page"):
+//! one self-contained page with a Content-Security-Policy that allows only
+//! its own inline script and style (by hash) and no framing, no external
+//! asset and no data of its own; in headless Chromium (when installed —
+//! `.ci/run` installs it and playwright-core) it asks for the token, shows
+//! the keys with their states and health after a rotation and a rejected
+//! key, refuses a wrong token, and explains an admin API that is off.
+
+use std::process::Command;
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use crate::support::client::Req;
+use crate::support::mock::{AuthStyle, Mock};
+use crate::support::{chat_body, Keygate, KeygateBuilder, OPENAI_KEY, OPENAI_KEY_2};
+
+/// The admin token of these tests (obviously fake).
+const TOKEN: &str = "adm-test-Status4Hx8Qp2Lw6Zn1";
+
+fn inline<'a>(html: &'a str, open: &str, close: &str) -> &'a str {
+    let start = html.find(open).expect("inline block") + open.len();
+    let end = start + html[start..].find(close).expect("block end");
+    &html[start..end]
+}
+
+fn hash(text: &str) -> String {
+    format!(
+        "'sha256-{}'",
+        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(text.as_bytes()))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_is_self_contained_and_locked_down() {
+    let kg = Keygate::new(&KeygateBuilder::new().provider(
+        "openai",
+        &crate::support::mock::closed_port_url(),
+        "bearer",
+    ));
+    kg.vault_init();
+    kg.add_key("openai", OPENAI_KEY);
+    let server = kg.serve();
+    let resp = server.admin_get("/").await;
+    assert_eq!(resp.status, 200);
+    let header = |name: &str| {
+        resp.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(header("content-type").starts_with("text/html"));
+    assert_eq!(header("x-frame-options"), "DENY");
+    let policy = header("content-security-policy");
+    let html = resp.text();
+    let script = inline(&html, "<script>", "</script>");
+    let style = inline(&html, "<style>", "</style>");
+    assert!(policy.contains("default-src 'none'"), "{policy}");
+    assert!(
+        policy.contains(&format!("script-src {}", hash(script))),
+        "{policy}"
+    );
+    assert!(
+        policy.contains(&format!("style-src {}", hash(style))),
+        "{policy}"
+    );
+    assert!(policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert!(!policy.contains("unsafe-inline"), "{policy}");
+    // No external asset, and the token only ever in a header.
+    for needle in ["src=\"http", "href=\"http", "<script src", "<link"] {
+        assert!(!html.contains(needle), "the page loads `{needle}`");
+    }
+    assert!(script.contains("sessionStorage") && script.contains("Authorization"));
+    assert!(!script.contains("?token") && !script.contains("&token"));
+    // The page carries no data: no key id, fingerprint or secret in it.
+    let keys = kg.run(&["key", "list", "--json"]).stdout;
+    let id = keys
+        .split("\"id\":\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(!html.contains(&id));
+}
+
+/// Runs `examples`-style browser steps in headless Chromium through
+/// playwright-core; `None` when the browser or the driver is not installed.
+fn browser(script: &str, env: &[(&str, String)]) -> Option<std::process::Output> {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())?;
+    let driver = Command::new("node")
+        .args(["-e", "require('playwright-core')"])
+        .status()
+        .ok()?;
+    if !driver.success() {
+        return None;
+    }
+    let mut command = Command::new("node");
+    command.arg("-e").arg(script).env("CHROMIUM", chromium);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    Some(command.output().expect("node"))
+}
+
+const BROWSER_STEPS: &str = r#"
+const { chromium } = require('playwright-core');
+(async () => {
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM, args: ['--no-sandbox'] });
+  const page = await browser.newPage();
+  const errors = [];
+  // A blocked inline script or style, or any other policy violation, shows here.
+  page.on('console', (m) => { if (m.type() === 'error' && /Content Security Policy|Refused to/.test(m.text())) errors.push(m.text()); });
+  page.on('pageerror', (e) => errors.push(String(e)));
+  await page.goto(process.env.URL);
+  await page.fill('#token', 'wrong-token');
+  await page.click('button[type=submit]');
+  await page.waitForSelector('#message:not([hidden])');
+  const refused = await page.textContent('#message');
+  const shownBeforeLogin = await page.isVisible('#data');
+  await page.fill('#token', process.env.TOKEN);
+  await page.click('button[type=submit]');
+  await page.waitForSelector('#keys tr[data-key]');
+  const rows = await page.$$eval('#keys tr[data-key]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+  const clients = await page.$$eval('#clients tr[data-client]', (trs) => trs.map((tr) => tr.children[0].textContent));
+  await page.screenshot({ path: process.env.SHOT, fullPage: true });
+  console.log(JSON.stringify({ refused, shownBeforeLogin, rows, clients, errors }));
+  await browser.close();
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_real_browser_the_page_shows_every_key_and_refuses_a_wrong_token() {
+    // A rotation (the old key previous, in its grace) and a rejected key.
+    let mock = Mock::start(&[OPENAI_KEY], AuthStyle::Bearer).await;
+    let kg = Keygate::new(&KeygateBuilder::new().provider("openai", &mock.url(), "bearer"));
+    kg.register_secret(TOKEN);
+    kg.vault_init();
+    kg.add_key("openai", OPENAI_KEY);
+    kg.run_with(
+        &["key", "rotate", "openai", "--no-verify", "--grace", "1h"],
+        Some(OPENAI_KEY_2),
+        &[],
+    )
+    .assert_ok("key rotate");
+    let client = kg.add_client("app");
+    let server = kg.serve_with(&[("KEYGATE_ADMIN_TOKEN", TOKEN)]);
+    let resp = server
+        .send(
+            Req::post("/v1/chat/completions")
+                .bearer(&client)
+                .json(&chat_body("gpt-4o")),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let shot = kg.dir().join("status.png");
+    let url = format!("http://{}/", server.admin);
+    let env = [
+        ("URL", url),
+        ("TOKEN", TOKEN.to_owned()),
+        ("SHOT", shot.display().to_string()),
+    ];
+    let out = tokio::task::spawn_blocking(move || browser(BROWSER_STEPS, &env))
+        .await
+        .unwrap();
+    let Some(out) = out else {
+        assert!(
+            std::env::var("KEYGATE_REQUIRE_BROWSER").is_err(),
+            "chromium and playwright-core are required (apt-get install chromium; npm install playwright-core)"
+        );
+        eprintln!("SKIPPED: chromium or playwright-core not installed");
+        return;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    kg.record("browser", stdout.clone());
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(
+        seen["refused"]
+            .as_str()
+            .unwrap()
+            .contains("Wrong admin token"),
+        "{seen}"
+    );
+    assert_eq!(seen["shownBeforeLogin"], false);
+    let rows = seen["rows"].as_array().unwrap();
+    let state = |s: &str| rows.iter().any(|r| r[3] == s);
+    assert!(state("current") && state("previous"), "{seen}");
+    assert!(
+        rows.iter().any(|r| r[4] == "suspect"),
+        "the rejected key shows as suspect: {seen}"
+    );
+    assert!(
+        rows.iter().any(|r| r[6] != "-"),
+        "a grace countdown: {seen}"
+    );
+    assert_eq!(seen["clients"], serde_json::json!(["app"]));
+    assert_eq!(
+        seen["errors"],
+        serde_json::json!([]),
+        "console errors (a CSP violation shows here)"
+    );
+    let png = std::fs::read(&shot).expect("a screenshot");
+    // KEYGATE_STATUS_SHOT=docs/status-page.png keeps a copy (README's picture).
+    if let Ok(keep) = std::env::var("KEYGATE_STATUS_SHOT") {
+        std::fs::write(keep, &png).unwrap();
+    }
+    assert!(png.len() > 1000 && png.starts_with(b"\x89PNG"), "not a PNG");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_admin_api_off_the_page_says_how_to_turn_it_on() {
+    let kg = Keygate::new(&KeygateBuilder::new().provider(
+        "openai",
+        &crate::support::mock::closed_port_url(),
+        "bearer",
+    ));
+    kg.vault_init();
+    let server = kg.serve();
+    // What the page's script reads when it asks.
+    let resp = server
+        .send_admin(Req::get("/admin/keys").bearer("anything"))
+        .await;
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.json()["error"]["code"], "admin_api_off");
+    let html = server.admin_get("/").await.text();
+    assert!(
+        html.contains("The admin API is off: set KEYGATE_ADMIN_TOKEN"),
+        "the page explains it"
+    );
+    assert!(
+        html.contains("No upstream key yet"),
+        "and the empty vault's next step"
+    );
+}
