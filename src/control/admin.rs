@@ -205,6 +205,7 @@ async fn admin_api(
     match (method, segments.as_slice()) {
         (Method::GET, ["keys"]) => list_keys(shared),
         (Method::GET, ["clients"]) => list_clients(shared),
+        (Method::GET, ["providers"]) => list_providers(shared),
         (Method::GET, ["usage"]) => usage(shared, &query),
         (Method::POST, ["reload"]) => {
             tokio::task::block_in_place(|| shared.reload())
@@ -585,8 +586,47 @@ fn list_keys(shared: &Shared) -> Result<serde_json::Value, AdminError> {
 
 fn list_clients(shared: &Shared) -> Result<serde_json::Value, AdminError> {
     let document = load_document(shared)?;
+    let now = crate::unix_now();
     Ok(serde_json::Value::Array(
-        document.clients.iter().map(|c| c.summary()).collect(),
+        document
+            .clients
+            .iter()
+            .map(|c| {
+                let mut summary = c.summary();
+                // This replica's counts, against the limits (the status page's "how close").
+                let (requests, tokens, spent) = shared.limits.counted(&c.name, now);
+                summary["counted"] = serde_json::json!({
+                    "requests_this_minute": requests,
+                    "tokens_this_minute": tokens,
+                    "tokens_spent": spent,
+                });
+                summary
+            })
+            .collect(),
+    ))
+}
+
+/// `GET /admin/providers`: each provider's kind, usable keys, and whether
+/// keygate can manage its keys (admin table, management credential stored).
+fn list_providers(shared: &Shared) -> Result<serde_json::Value, AdminError> {
+    let document = load_document(shared)?;
+    let snapshot = shared.snapshot();
+    Ok(serde_json::Value::Array(
+        shared
+            .config
+            .providers
+            .values()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.name,
+                    "kind": p.kind.as_str(),
+                    "default": p.name == shared.config.routing.default,
+                    "usable_keys": snapshot.rings.get(&p.name).map_or(0, |r| r.len()),
+                    "admin_configured": p.admin.is_some(),
+                    "management_credential": document.admin_key(&p.name).is_some(),
+                })
+            })
+            .collect(),
     ))
 }
 

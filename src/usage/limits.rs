@@ -235,6 +235,29 @@ impl Limits {
         })
     }
 
+    /// What this replica has counted for `client` now: requests and tokens in
+    /// the current minute and tokens spent in all (for the status page).
+    pub fn counted(&self, client: &str, now: u64) -> (u64, u64, u64) {
+        let Some(state) = self.clients.get(client) else {
+            return (0, 0, self.spent_before_start(client));
+        };
+        let this_minute = state.minute.load(Ordering::Acquire) == now / 60;
+        let minute = |v: &AtomicI64| u64::try_from(v.load(Ordering::Acquire)).unwrap_or(0);
+        (
+            if this_minute {
+                state.requests_this_minute.load(Ordering::Acquire)
+            } else {
+                0
+            },
+            if this_minute {
+                minute(&state.tokens_this_minute)
+            } else {
+                0
+            },
+            minute(&state.tokens_spent),
+        )
+    }
+
     /// What the ledger said `client` had spent when this process started
     /// (seeds the shared budget the first time a replica uses it).
     pub fn spent_before_start(&self, client: &str) -> u64 {

@@ -330,3 +330,28 @@ async fn a_bad_body_names_the_field_and_never_echoes_a_string() {
         resp.text()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_and_client_counts_for_the_status_page() {
+    let env = start_with_token(Env::setup()).await;
+    let resp = admin(&env, authed(Req::get("/admin/providers"))).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let providers = resp.json();
+    let openai = providers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "openai")
+        .cloned()
+        .unwrap();
+    assert_eq!(openai["usable_keys"], 1);
+    assert_eq!(openai["default"], true);
+    assert_eq!(openai["management_credential"], false);
+    let chat = env.server.send(env.chat("gpt-4o")).await;
+    assert_eq!(chat.status, 200);
+    let clients = admin(&env, authed(Req::get("/admin/clients"))).await.json();
+    assert!(
+        clients[0]["counted"]["tokens_spent"].as_u64().unwrap() > 0,
+        "{clients}"
+    );
+}

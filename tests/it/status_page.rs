@@ -126,9 +126,10 @@ const { chromium } = require('playwright-core');
   await page.click('button[type=submit]');
   await page.waitForSelector('#keys tr[data-key]');
   const rows = await page.$$eval('#keys tr[data-key]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
-  const clients = await page.$$eval('#clients tr[data-client]', (trs) => trs.map((tr) => tr.children[0].textContent));
+  const clients = await page.$$eval('#clients tr[data-client]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+  const providers = await page.$$eval('#providers tr[data-provider]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
   await page.screenshot({ path: process.env.SHOT, fullPage: true });
-  console.log(JSON.stringify({ refused, shownBeforeLogin, rows, clients, errors }));
+  console.log(JSON.stringify({ refused, shownBeforeLogin, rows, clients, providers, errors }));
   await browser.close();
 })().catch((e) => { console.error(e); process.exit(1); });
 "#;
@@ -148,6 +149,8 @@ async fn in_a_real_browser_the_page_shows_every_key_and_refuses_a_wrong_token() 
     )
     .assert_ok("key rotate");
     let client = kg.add_client("app");
+    kg.run(&["client", "limits", "app", "--rpm", "60"])
+        .assert_ok("client limits");
     let server = kg.serve_with(&[("KEYGATE_ADMIN_TOKEN", TOKEN)]);
     let resp = server
         .send(
@@ -202,7 +205,23 @@ async fn in_a_real_browser_the_page_shows_every_key_and_refuses_a_wrong_token() 
         rows.iter().any(|r| r[6] != "-"),
         "a grace countdown: {seen}"
     );
-    assert_eq!(seen["clients"], serde_json::json!(["app"]));
+    let clients = seen["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 1, "{seen}");
+    assert_eq!(clients[0][0], "app");
+    assert_eq!(
+        clients[0][2], "1/60 rpm",
+        "how close the client is to its limit: {seen}"
+    );
+    let providers = seen["providers"].as_array().unwrap();
+    let openai = providers
+        .iter()
+        .find(|p| p[0] == "openai (default)")
+        .unwrap_or_else(|| panic!("{seen}"));
+    assert_eq!(
+        (&openai[2], &openai[3]),
+        (&serde_json::json!("2"), &serde_json::json!("no")),
+        "{seen}"
+    );
     assert_eq!(
         seen["errors"],
         serde_json::json!([]),

@@ -60,9 +60,10 @@ function totals(rows) {
 }
 
 async function refresh() {
-  let keys, clients, hour, day;
+  let providers, keys, clients, hour, day;
   try {
-    [keys, clients, hour, day] = await Promise.all([
+    [providers, keys, clients, hour, day] = await Promise.all([
+      admin("/admin/providers"),
       admin("/admin/keys"),
       admin("/admin/clients"),
       admin("/admin/usage?since=1h"),
@@ -86,6 +87,15 @@ async function refresh() {
   $("data").hidden = false;
   $("generation").textContent = "vault generation " + (ready.vault_generation ?? "?") +
     (ready.cluster ? " · cluster: " + ready.cluster.state : "");
+  const list = $("providers");
+  list.replaceChildren(el("tr", {}, ...["provider", "kind", "usable keys", "keys created by keygate"].map((h) => el("th", {}, h))));
+  for (const p of providers) {
+    const managed = p.management_credential ? "yes" : p.admin_configured ? "no: `keygate admin-key set " + p.name + "`" : "no";
+    list.append(el("tr", { "data-provider": p.name },
+      el("td", {}, p.name + (p.default ? " (default)" : "")), el("td", {}, p.kind),
+      el("td", { class: p.usable_keys ? "num" : "num none-usable" }, String(p.usable_keys)),
+      el("td", {}, managed)));
+  }
   const table = $("keys");
   table.replaceChildren(el("tr", {}, ...["provider", "key", "label", "state", "health", "age", "grace ends in", "last verified", "reason"].map((h) => el("th", {}, h))));
   if (keys.length === 0) {
@@ -108,7 +118,13 @@ async function refresh() {
   const h = totals(hour), d = totals(day);
   const maxH = Math.max(0, ...Object.values(h)), maxD = Math.max(0, ...Object.values(d));
   for (const c of clients) {
-    const limits = [c.rpm && c.rpm + " rpm", c.tpm && c.tpm + " tpm", c.budget_tokens && c.budget_tokens + " budget"].filter(Boolean).join(", ") || "none";
+    // How close this replica's counts are to each limit.
+    const n = c.counted || {};
+    const limits = [
+      c.rpm && (n.requests_this_minute || 0) + "/" + c.rpm + " rpm",
+      c.tpm && (n.tokens_this_minute || 0) + "/" + c.tpm + " tpm",
+      c.budget_tokens && (n.tokens_spent || 0) + "/" + c.budget_tokens + " budget",
+    ].filter(Boolean).join(", ") || "none";
     usage.append(el("tr", { "data-client": c.name },
       el("td", {}, c.name), el("td", {}, c.revoked ? "revoked" : "active"), el("td", {}, limits),
       el("td", { class: "num" }, String(h[c.name] || 0)), el("td", {}, bar(h[c.name] || 0, maxH)),
