@@ -26,16 +26,12 @@ const UPSTREAM_KEY: &str = "sk-mock-sdk-test-000000000000000000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_sdk_works_through_keygate() {
-    let sdk_present = Command::new("python3")
-        .args(["-c", "import openai"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !sdk_present {
-        assert!(
-            std::env::var("KEYGATE_REQUIRE_SDK_TEST").is_err(),
-            "python3 with the openai package is required (pip install openai)"
-        );
-        eprintln!("SKIPPED: python3 with the openai package not found (pip install openai)");
+    if !sdk_available(
+        "python3",
+        "-c",
+        "import openai",
+        "python3 with the openai package is required (pip install openai)",
+    ) {
         return;
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -158,16 +154,12 @@ async fn run_example(kg: &Keygate, client_key: &str, program: &str, args: Vec<St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_node_sdk_works_through_keygate() {
-    let sdk_present = Command::new("node")
-        .args(["-e", "require('openai')"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !sdk_present {
-        assert!(
-            std::env::var("KEYGATE_REQUIRE_SDK_TEST").is_err(),
-            "node with the openai package is required (npm install openai; NODE_PATH)"
-        );
-        eprintln!("SKIPPED: node with the openai package not found");
+    if !sdk_available(
+        "node",
+        "-e",
+        "require('openai')",
+        "node with the openai package is required (npm install openai; NODE_PATH)",
+    ) {
         return;
     }
     let (kg, server, client_key) = example_world().await;
@@ -201,16 +193,12 @@ async fn curl_works_through_keygate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn langchain_chat_openai_works_through_keygate() {
-    let present = Command::new("python3")
-        .args(["-c", "import langchain_openai"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !present {
-        assert!(
-            std::env::var("KEYGATE_REQUIRE_SDK_TEST").is_err(),
-            "python3 with langchain-openai is required (pip install langchain-openai)"
-        );
-        eprintln!("SKIPPED: python3 with langchain-openai not found");
+    if !sdk_available(
+        "python3",
+        "-c",
+        "import langchain_openai",
+        "python3 with langchain-openai is required (pip install langchain-openai)",
+    ) {
         return;
     }
     let (kg, server, client_key) = example_world().await;
@@ -231,4 +219,21 @@ async fn langchain_chat_openai_works_through_keygate() {
         stdout.contains("langchain stream: Hello from the mock!"),
         "{stdout}"
     );
+}
+
+/// True when `program FLAG CODE` runs (the SDK is installed). Otherwise a
+/// failure under `KEYGATE_REQUIRE_SDK_TEST` (CI installs it), else a skip.
+fn sdk_available(program: &str, flag: &str, code: &str, install: &str) -> bool {
+    let present = Command::new(program)
+        .args([flag, code])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !present {
+        assert!(
+            std::env::var("KEYGATE_REQUIRE_SDK_TEST").is_err(),
+            "{install}"
+        );
+        eprintln!("SKIPPED: {install}");
+    }
+    present
 }
