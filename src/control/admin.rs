@@ -206,6 +206,10 @@ async fn admin_api(
         (Method::GET, ["keys"]) => list_keys(shared),
         (Method::GET, ["clients"]) => list_clients(shared),
         (Method::GET, ["providers"]) => list_providers(shared),
+        (Method::GET, ["activity"]) => Ok(shared
+            .recent
+            .to_json(crate::control::recent::Recent::this_minute())),
+        (Method::GET, ["status"]) => Ok(status(shared)),
         (Method::GET, ["usage"]) => usage(shared, &query),
         (Method::POST, ["reload"]) => {
             tokio::task::block_in_place(|| shared.reload())
@@ -578,6 +582,8 @@ fn list_keys(shared: &Shared) -> Result<serde_json::Value, AdminError> {
                 summary["healthy"] =
                     serde_json::json!(health.map(|h| h.healthy_gauge(now_ms) == 1));
                 summary["health"] = serde_json::json!(health.map(|h| h.state_name(now_ms)));
+                summary["last_refusal"] =
+                    serde_json::json!(health.and_then(|h| h.last_refusal()).as_deref());
                 summary
             })
             .collect(),
@@ -606,11 +612,49 @@ fn list_clients(shared: &Shared) -> Result<serde_json::Value, AdminError> {
     ))
 }
 
-/// `GET /admin/providers`: each provider's kind, usable keys, and whether
-/// keygate can manage its keys (admin table, management credential stored).
+/// `GET /admin/status`: the vault generation served, how the last reload
+/// went, and the cluster's state when Redis is configured.
+fn status(shared: &Shared) -> serde_json::Value {
+    let last_reload = tokio::task::block_in_place(|| shared.control().last_reload().cloned());
+    let cluster = shared.cluster.as_ref().map(|c| {
+        serde_json::json!({
+            "redis": c.endpoint(),
+            "shared": c.is_up(),
+            "key_health_subscribed": c.is_subscribed(),
+        })
+    });
+    serde_json::json!({
+        "vault_generation": shared.snapshot().generation,
+        "last_reload": last_reload,
+        "cluster": cluster,
+    })
+}
+
+/// A rotation under way at `provider`: a key waiting to be verified
+/// (`pending`), else an old key serving as the fallback until its grace ends.
+fn rotation_in_flight(document: &Document, provider: &str, now: u64) -> serde_json::Value {
+    let keys = || document.keys.iter().filter(|k| k.provider == provider);
+    if let Some(pending) = keys().find(|k| k.state == KeyState::Pending) {
+        return serde_json::json!({ "stage": "pending", "key_id": pending.id });
+    }
+    keys()
+        .find(|k| k.state == KeyState::Previous && k.grace_until.is_some_and(|t| t > now))
+        .map_or(serde_json::Value::Null, |previous| {
+            serde_json::json!({
+                "stage": "grace",
+                "key_id": previous.id,
+                "grace_until": previous.grace_until,
+            })
+        })
+}
+
+/// `GET /admin/providers`: each provider's kind, usable keys, whether
+/// keygate can manage its keys (admin table, management credential stored),
+/// and the rotation in flight.
 fn list_providers(shared: &Shared) -> Result<serde_json::Value, AdminError> {
     let document = load_document(shared)?;
     let snapshot = shared.snapshot();
+    let now = crate::unix_now();
     Ok(serde_json::Value::Array(
         shared
             .config
@@ -624,6 +668,7 @@ fn list_providers(shared: &Shared) -> Result<serde_json::Value, AdminError> {
                     "usable_keys": snapshot.rings.get(&p.name).map_or(0, |r| r.len()),
                     "admin_configured": p.admin.is_some(),
                     "management_credential": document.admin_key(&p.name).is_some(),
+                    "rotation": rotation_in_flight(&document, &p.name, now),
                 })
             })
             .collect(),

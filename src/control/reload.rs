@@ -41,6 +41,20 @@ pub enum ReloadError {
     },
 }
 
+/// How the last reload that found something to do went (status page,
+/// `GET /admin/status`). A check that found the vault unchanged is not one.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadOutcome {
+    /// Unix seconds.
+    pub at: u64,
+    /// `ok` or `error`.
+    pub result: &'static str,
+    /// The generation served after it.
+    pub generation: u64,
+    /// Why nothing was published (the same words as the log line; no secret).
+    pub error: Option<String>,
+}
+
 /// Identity of a file's current content, cheap to compare.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp(Option<(SystemTime, u64, u64)>);
@@ -66,6 +80,7 @@ pub struct VaultWatch {
     /// `serve --accept-vault-generation N`: the operator chose to serve an
     /// older vault; checked and recorded on the first load.
     accept: Option<u64>,
+    last: Option<ReloadOutcome>,
 }
 
 impl VaultWatch {
@@ -79,6 +94,7 @@ impl VaultWatch {
             seen: (Stamp(None), Stamp(None)),
             generation: 0,
             accept: None,
+            last: None,
         }
     }
 
@@ -86,6 +102,11 @@ impl VaultWatch {
     pub fn accept_generation(mut self, generation: Option<u64>) -> Self {
         self.accept = generation;
         self
+    }
+
+    /// How the last reload that published or failed went.
+    pub fn last_reload(&self) -> Option<&ReloadOutcome> {
+        self.last.as_ref()
     }
 
     /// The vault file.
@@ -126,6 +147,12 @@ impl VaultWatch {
             Err(_) => "error",
         };
         metrics.vault_reloads.with_label_values(&[label]).inc();
+        self.last = Some(ReloadOutcome {
+            at: crate::unix_now(),
+            result: label,
+            generation: self.generation,
+            error: result.as_ref().err().map(ToString::to_string),
+        });
         result
     }
 

@@ -39,6 +39,8 @@ pub struct Shared {
     pub limits: Limits,
     /// What replicas share through Redis (`[cluster] redis_url`), if set.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Refusals and fallbacks per provider over the last hour (status page).
+    pub recent: crate::control::recent::Recent,
 }
 
 impl Shared {
@@ -62,6 +64,7 @@ impl Shared {
                 None
             });
         Ok(Shared {
+            recent: crate::control::recent::Recent::new(config.providers.keys()),
             metrics,
             cluster,
             config,

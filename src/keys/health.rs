@@ -15,7 +15,9 @@
 //! when a key's secret changes (a new `KeyHealth` is made for it).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwapOption;
 use std::time::{Duration, Instant};
 
 const MAX_COOLDOWN: Duration = Duration::from_secs(3600);
@@ -51,6 +53,38 @@ pub struct KeyHealth {
     probing: AtomicBool,
     /// The last failure was "out of credit", not a rejection.
     exhausted: AtomicBool,
+    /// What the provider said the last time it refused this key (status page).
+    last_refusal: ArcSwapOption<Refusal>,
+}
+
+/// The provider's last "no" to a key: when, the HTTP status, keygate's
+/// reading of it, and the provider's own error code.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Refusal {
+    /// Unix seconds.
+    pub at: u64,
+    /// The upstream's HTTP status.
+    pub status: u16,
+    /// keygate's reading: `rejected`, `exhausted` or `rate_limited`.
+    pub reason: &'static str,
+    /// The provider's `error.code` (else `error.type`), when it is a short
+    /// identifier; anything else is dropped rather than shown.
+    pub code: Option<String>,
+}
+
+/// The longest provider error code kept.
+const MAX_CODE: usize = 64;
+
+impl Refusal {
+    /// Keeps `code` only when it reads as an identifier (`invalid_api_key`,
+    /// `authentication_error`, xAI's `Client specified an invalid argument`):
+    /// it is shown on the status page, so nothing that could carry a key.
+    pub fn code_shown(code: Option<&str>) -> Option<String> {
+        let code = code?.trim();
+        let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, ' ' | '_' | '-' | '.' | ':');
+        (!code.is_empty() && code.len() <= MAX_CODE && code.chars().all(plain))
+            .then(|| code.to_owned())
+    }
 }
 
 impl KeyHealth {
@@ -159,6 +193,17 @@ impl KeyHealth {
         self.last_failed_ms.store(now, Ordering::Relaxed);
     }
 
+    /// Remembers what the provider said when it refused this key (the rare
+    /// path: one small allocation per refusal).
+    pub fn record_refusal(&self, refusal: Refusal) {
+        self.last_refusal.store(Some(Arc::new(refusal)));
+    }
+
+    /// The provider's last refusal of this key, if any.
+    pub fn last_refusal(&self) -> Option<Arc<Refusal>> {
+        self.last_refusal.load_full()
+    }
+
     /// When it last failed (ms, process clock); 0 if never.
     pub fn last_failed(&self) -> u64 {
         self.last_failed_ms.load(Ordering::Relaxed)
@@ -173,6 +218,22 @@ impl KeyHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_identifier_like_codes_are_kept() {
+        assert_eq!(
+            Refusal::code_shown(Some("invalid_api_key")).as_deref(),
+            Some("invalid_api_key")
+        );
+        assert_eq!(
+            Refusal::code_shown(Some("Client specified an invalid argument")).as_deref(),
+            Some("Client specified an invalid argument")
+        );
+        assert_eq!(Refusal::code_shown(Some("sk-ab/cd+ef==")), None);
+        assert_eq!(Refusal::code_shown(Some(&"a".repeat(65))), None);
+        assert_eq!(Refusal::code_shown(Some("  ")), None);
+        assert_eq!(Refusal::code_shown(None), None);
+    }
 
     #[test]
     fn rejection_backs_off_then_allows_one_probe() {

@@ -9,8 +9,10 @@ use std::time::Duration;
 use http::StatusCode;
 
 use crate::config::Provider;
+use crate::control::recent::Recent;
 use crate::control::state::Shared;
-use crate::keys::{health, Pick};
+use crate::keys::health::Refusal;
+use crate::keys::{health, KeyRing, Pick};
 use crate::providers::{KeyVerdict, ProviderError};
 use crate::proxy::error_answer;
 
@@ -21,15 +23,17 @@ use crate::proxy::error_answer;
 pub fn judge_answer(
     shared: &Shared,
     provider: &Provider,
+    ring: &KeyRing,
     pick: &Pick<'_>,
     status: StatusCode,
     error: Option<&error_answer::ErrorAnswer>,
     another_key_left: bool,
 ) -> KeyVerdict {
     let kind = provider.kind;
-    let provider_error = error
-        .filter(|_| kind.reads_body(status.as_u16()))
-        .and_then(error_answer::ErrorAnswer::bytes)
+    let body = error.and_then(error_answer::ErrorAnswer::bytes);
+    let read_to_judge = kind.reads_body(status.as_u16());
+    let provider_error = body
+        .filter(|_| read_to_judge)
         .map(ProviderError::parse)
         .unwrap_or_default();
     let verdict = kind.judge(status.as_u16(), &provider_error);
@@ -131,7 +135,26 @@ pub fn judge_answer(
         .key_rejections
         .with_label_values(&[provider.name.as_str(), &*key.id, verdict.reason()])
         .inc();
+    key.health.record_refusal(Refusal {
+        at: crate::unix_now(),
+        status: status.as_u16(),
+        reason: verdict.reason(),
+        // The body was read either way; parsed here only on a refusal.
+        code: if read_to_judge {
+            shown_code(ring, &provider_error)
+        } else {
+            shown_code(ring, &body.map(ProviderError::parse).unwrap_or_default())
+        },
+    });
+    let recent = shared.recent.provider(&provider.name);
+    let minute = Recent::this_minute();
+    if let Some(recent) = recent {
+        recent.refusals.count(minute);
+    }
     if another_key_left {
+        if let Some(recent) = recent {
+            recent.fallbacks.count(minute);
+        }
         let reason = match verdict {
             KeyVerdict::OutOfCredit => "402",
             KeyVerdict::RateLimited => "429",
@@ -143,6 +166,17 @@ pub fn judge_answer(
             .inc();
     }
     verdict
+}
+
+/// The provider's error code as the status page may show it: an identifier,
+/// and nothing in it that echoes a key of this ring.
+fn shown_code(ring: &KeyRing, error: &ProviderError) -> Option<String> {
+    let code = Refusal::code_shown(error.code.as_deref().or(error.kind.as_deref()))?;
+    let mut bytes = code.into_bytes();
+    if ring.mask_echoes(&mut bytes) {
+        return None;
+    }
+    String::from_utf8(bytes).ok()
 }
 
 /// How long a rate-limited key cools: `Retry-After` (seconds), else

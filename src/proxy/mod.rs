@@ -253,6 +253,7 @@ async fn conduct(
         let verdict = judge::judge_answer(
             shared,
             provider,
+            ring,
             &pick,
             status,
             answer.as_ref().err(),

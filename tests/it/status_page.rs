@@ -4,7 +4,10 @@
 //! asset and no data of its own; in headless Chromium (when installed —
 //! `.ci/run` installs it and playwright-core) it asks for the token, shows
 //! the keys with their states and health after a rotation and a rejected
-//! key, refuses a wrong token, and explains an admin API that is off.
+//! key (its last refusal with the provider's code, the rotation in flight,
+//! the hour's refusal and fallback sparklines, the last reload), refuses a
+//! wrong token, and explains an admin API that is off; the JSON behind the
+//! sparklines and the reload line, including a vault that stops opening.
 
 use std::process::Command;
 
@@ -128,8 +131,9 @@ const { chromium } = require('playwright-core');
   const rows = await page.$$eval('#keys tr[data-key]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
   const clients = await page.$$eval('#clients tr[data-client]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
   const providers = await page.$$eval('#providers tr[data-provider]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+  const meta = await page.textContent('#meta');
   await page.screenshot({ path: process.env.SHOT, fullPage: true });
-  console.log(JSON.stringify({ refused, shownBeforeLogin, rows, clients, providers, errors }));
+  console.log(JSON.stringify({ refused, shownBeforeLogin, rows, clients, providers, meta, errors }));
   await browser.close();
 })().catch((e) => { console.error(e); process.exit(1); });
 "#;
@@ -197,9 +201,20 @@ async fn in_a_real_browser_the_page_shows_every_key_and_refuses_a_wrong_token() 
     let rows = seen["rows"].as_array().unwrap();
     let state = |s: &str| rows.iter().any(|r| r[3] == s);
     assert!(state("current") && state("previous"), "{seen}");
+    let rejected = rows
+        .iter()
+        .find(|r| r[4] == "suspect")
+        .unwrap_or_else(|| panic!("the rejected key shows as suspect: {seen}"));
     assert!(
-        rows.iter().any(|r| r[4] == "suspect"),
-        "the rejected key shows as suspect: {seen}"
+        rejected[8]
+            .as_str()
+            .unwrap()
+            .starts_with("401 invalid_api_key (rejected) "),
+        "its last refusal with the provider's code: {seen}"
+    );
+    assert!(
+        rows.iter().any(|r| r[4] == "healthy" && r[8] == "-"),
+        "the key that works has none: {seen}"
     );
     assert!(
         rows.iter().any(|r| r[6] != "-"),
@@ -221,6 +236,24 @@ async fn in_a_real_browser_the_page_shows_every_key_and_refuses_a_wrong_token() 
         (&openai[2], &openai[3]),
         (&serde_json::json!("2"), &serde_json::json!("no")),
         "{seen}"
+    );
+    let rotation = openai[4].as_str().unwrap();
+    assert!(
+        rotation.contains(" in grace, ends in 59m") || rotation.contains(" in grace, ends in 1h"),
+        "the rotation in flight: {seen}"
+    );
+    assert_eq!(
+        (&openai[5], &openai[6]),
+        (
+            &serde_json::json!("refusals: 1 in the last hour"),
+            &serde_json::json!("fallbacks: 1 in the last hour")
+        ),
+        "the sparklines count the one rejection and its fallback: {seen}"
+    );
+    let meta = seen["meta"].as_str().unwrap();
+    assert!(
+        meta.contains("vault generation ") && meta.contains("last reload") && meta.contains(": ok"),
+        "the vault generation and the last reload: {seen}"
     );
     assert_eq!(
         seen["errors"],
@@ -259,4 +292,130 @@ async fn with_the_admin_api_off_the_page_says_how_to_turn_it_on() {
         html.contains("No upstream key yet"),
         "and the empty vault's next step"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_behind_the_sparklines_and_the_reload_line() {
+    let mock = Mock::start(&[OPENAI_KEY], AuthStyle::Bearer).await;
+    let kg = Keygate::new(&KeygateBuilder::new().provider("openai", &mock.url(), "bearer"));
+    kg.register_secret(TOKEN);
+    kg.vault_init();
+    kg.add_key("openai", OPENAI_KEY);
+    kg.run_with(
+        &["key", "rotate", "openai", "--no-verify", "--grace", "1h"],
+        Some(OPENAI_KEY_2),
+        &[],
+    )
+    .assert_ok("key rotate");
+    let client = kg.add_client("app");
+    let server = kg.serve_with(&[("KEYGATE_ADMIN_TOKEN", TOKEN)]);
+    let admin = |path: &'static str| {
+        let server = &server;
+        async move {
+            let resp = server.send_admin(Req::get(path).bearer(TOKEN)).await;
+            assert_eq!(resp.status, 200, "{path}: {}", resp.text());
+            resp.json()
+        }
+    };
+    let quiet = admin("/admin/activity").await;
+    let sum = |v: &serde_json::Value, series: &str| -> u64 {
+        v["providers"]["openai"][series]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(quiet["minutes"], 60);
+    assert_eq!(
+        quiet["providers"]["openai"]["refusals"]
+            .as_array()
+            .unwrap()
+            .len(),
+        60
+    );
+    assert_eq!((sum(&quiet, "refusals"), sum(&quiet, "fallbacks")), (0, 0));
+
+    // Three requests: the first finds the new key rejected and falls back;
+    // the others skip the suspect key, so nothing more is refused.
+    for _ in 0..3 {
+        let resp = server
+            .send(
+                Req::post("/v1/chat/completions")
+                    .bearer(&client)
+                    .json(&chat_body("gpt-4o")),
+            )
+            .await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    let busy = admin("/admin/activity").await;
+    assert_eq!(
+        (sum(&busy, "refusals"), sum(&busy, "fallbacks")),
+        (1, 1),
+        "{busy}"
+    );
+    let last = busy["providers"]["openai"]["refusals"][59]
+        .as_u64()
+        .unwrap()
+        + busy["providers"]["openai"]["refusals"][58]
+            .as_u64()
+            .unwrap();
+    assert_eq!(
+        last, 1,
+        "counted in this minute (or the one before, at a boundary): {busy}"
+    );
+
+    let keys = admin("/admin/keys").await;
+    let refused: Vec<_> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| !k["last_refusal"].is_null())
+        .collect();
+    assert_eq!(refused.len(), 1, "{keys}");
+    assert_eq!(refused[0]["last_refusal"]["status"], 401);
+    assert_eq!(refused[0]["last_refusal"]["code"], "invalid_api_key");
+    assert_eq!(refused[0]["last_refusal"]["reason"], "rejected");
+    let providers = admin("/admin/providers").await;
+    let openai = providers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "openai")
+        .unwrap();
+    assert_eq!(openai["rotation"]["stage"], "grace", "{providers}");
+
+    // A vault file that does not open: the last reload says so, the
+    // generation served stays, and the next good write clears it.
+    let status = admin("/admin/status").await;
+    let serving = status["vault_generation"].as_u64().unwrap();
+    assert_eq!(status["last_reload"]["result"], "ok", "{status}");
+    assert!(status["cluster"].is_null());
+    let vault = kg.vault_path();
+    let good = std::fs::read(&vault).unwrap();
+    let mut flipped = good.clone();
+    let at = flipped.len() - 24;
+    flipped[at] ^= 1;
+    std::fs::write(&vault, &flipped).unwrap();
+    let failed = crate::support::eventually(std::time::Duration::from_secs(5), || async {
+        let status = admin("/admin/status").await;
+        (status["last_reload"]["result"] == "error").then_some(status)
+    })
+    .await
+    .expect("the failed reload shows in /admin/status");
+    assert_eq!(failed["vault_generation"].as_u64(), Some(serving));
+    assert_eq!(failed["last_reload"]["generation"].as_u64(), Some(serving));
+    assert!(
+        !failed["last_reload"]["error"].as_str().unwrap().is_empty(),
+        "{failed}"
+    );
+    std::fs::write(&vault, &good).unwrap();
+    kg.add_client("app2");
+    let healed = crate::support::eventually(std::time::Duration::from_secs(5), || async {
+        let status = admin("/admin/status").await;
+        (status["last_reload"]["result"] == "ok").then_some(status)
+    })
+    .await
+    .expect("a good write clears it");
+    assert!(healed["vault_generation"].as_u64().unwrap() > serving);
 }

@@ -53,6 +53,33 @@ function bar(value, max) {
   return svg;
 }
 
+// A sparkline of one series (oldest minute first), with its total in the title.
+function sparkline(values, label) {
+  const ns = "http://www.w3.org/2000/svg";
+  const max = Math.max(1, ...values);
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("width", "120");
+  svg.setAttribute("height", "20");
+  svg.setAttribute("class", "spark");
+  svg.setAttribute("data-total", String(values.reduce((a, b) => a + b, 0)));
+  const title = document.createElementNS(ns, "title");
+  title.textContent = label + ": " + svg.getAttribute("data-total") + " in the last hour";
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("points", values.map((v, i) => (i * 2) + "," + (19 - Math.round((v / max) * 18))).join(" "));
+  svg.append(title, line);
+  return svg;
+}
+
+function refusal(r) {
+  if (!r) return "-";
+  return r.status + (r.code ? " " + r.code : "") + " (" + r.reason.replace("_", " ") + ") " + ago(r.at);
+}
+
+function rotation(r) {
+  if (!r) return "-";
+  return r.stage === "pending" ? r.key_id + " pending verification" : r.key_id + " in grace, ends in " + countdown(r.grace_until);
+}
+
 function totals(rows) {
   const byClient = {};
   for (const r of rows) byClient[r.client] = (byClient[r.client] || 0) + r.total_tokens + r.estimated_tokens;
@@ -60,9 +87,11 @@ function totals(rows) {
 }
 
 async function refresh() {
-  let providers, keys, clients, hour, day;
+  let status, activity, providers, keys, clients, hour, day;
   try {
-    [providers, keys, clients, hour, day] = await Promise.all([
+    [status, activity, providers, keys, clients, hour, day] = await Promise.all([
+      admin("/admin/status"),
+      admin("/admin/activity"),
       admin("/admin/providers"),
       admin("/admin/keys"),
       admin("/admin/clients"),
@@ -81,25 +110,33 @@ async function refresh() {
     if (error.code === "invalid_admin_token" || error.code === "admin_api_off") $("login").hidden = false;
     return;
   }
-  const ready = await fetch("/readyz", { cache: "no-store" }).then((r) => r.json()).catch(() => ({}));
   $("message").hidden = true;
   $("login").hidden = true;
   $("data").hidden = false;
-  $("generation").textContent = "vault generation " + (ready.vault_generation ?? "?") +
-    (ready.cluster ? " · cluster: " + ready.cluster.state : "");
+  const reload = status.last_reload;
+  $("generation").textContent = "vault generation " + status.vault_generation;
+  $("reload").textContent = !reload ? "" : " · last reload " + ago(reload.at) + ": " +
+    (reload.result === "ok" ? "ok" : "failed, still serving generation " + reload.generation + " (" + reload.error + ")");
+  $("reload").className = reload && reload.result !== "ok" ? "failed" : "";
+  const cluster = status.cluster;
+  $("cluster").textContent = !cluster ? "" : " · cluster " + cluster.redis + ": " +
+    (cluster.shared ? "shared" : "Redis unreachable, limits and key health per replica");
   const list = $("providers");
-  list.replaceChildren(el("tr", {}, ...["provider", "kind", "usable keys", "keys created by keygate"].map((h) => el("th", {}, h))));
+  list.replaceChildren(el("tr", {}, ...["provider", "kind", "usable keys", "keys created by keygate", "rotation in flight", "refusals, last hour", "fallbacks, last hour"].map((h) => el("th", {}, h))));
   for (const p of providers) {
     const managed = p.management_credential ? "yes" : p.admin_configured ? "no: `keygate admin-key set " + p.name + "`" : "no";
+    const minutes = activity.providers[p.name] || { refusals: [], fallbacks: [] };
     list.append(el("tr", { "data-provider": p.name },
       el("td", {}, p.name + (p.default ? " (default)" : "")), el("td", {}, p.kind),
       el("td", { class: p.usable_keys ? "num" : "num none-usable" }, String(p.usable_keys)),
-      el("td", {}, managed)));
+      el("td", {}, managed), el("td", {}, rotation(p.rotation)),
+      el("td", { class: "refusals" }, sparkline(minutes.refusals, "refusals")),
+      el("td", { class: "fallbacks" }, sparkline(minutes.fallbacks, "fallbacks"))));
   }
   const table = $("keys");
-  table.replaceChildren(el("tr", {}, ...["provider", "key", "label", "state", "health", "age", "grace ends in", "last verified", "reason"].map((h) => el("th", {}, h))));
+  table.replaceChildren(el("tr", {}, ...["provider", "key", "label", "state", "health", "age", "grace ends in", "last verified", "last refusal", "reason"].map((h) => el("th", {}, h))));
   if (keys.length === 0) {
-    table.append(el("tr", {}, el("td", { colspan: "9", class: "empty" },
+    table.append(el("tr", {}, el("td", { colspan: "10", class: "empty" },
       "No upstream key yet: printf '%s' \"$OPENAI_API_KEY\" | keygate key add openai")));
   }
   for (const k of keys) {
@@ -110,6 +147,7 @@ async function refresh() {
       el("td", {}, ago(k.created).replace(" ago", "") + (k.due_for_rotation ? " · due for rotation" : "")),
       el("td", {}, countdown(k.grace_until)),
       el("td", {}, ago(k.last_verified)),
+      el("td", {}, refusal(k.last_refusal)),
       el("td", {}, k.reason || "-"));
     table.append(row);
   }
