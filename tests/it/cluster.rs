@@ -35,15 +35,20 @@ async fn limited(limits: &[&str], keys: &[&str]) -> (Keygate, Mock, String) {
     (kg, mock, client)
 }
 
+/// The replicas' admin token (obviously fake).
+const ADMIN_TOKEN: &str = "adm-test-Cluster7Rq2Vx9Lm4";
+
 /// `n` replicas of `kg` on `redis`, each with its own ledger, all sharing.
 async fn replicas(kg: &Keygate, redis: &Redis, n: usize) -> Vec<Server> {
     let url = redis.url();
+    kg.register_secret(ADMIN_TOKEN);
     let servers: Vec<Server> = (0..n)
         .map(|i| {
             let db = kg.dir().join(format!("usage-{i}.sqlite"));
             kg.serve_with(&[
                 ("KEYGATE_CLUSTER__REDIS_URL", url.as_str()),
                 ("KEYGATE_METERING__DB", db.to_str().unwrap()),
+                ("KEYGATE_ADMIN_TOKEN", ADMIN_TOKEN),
             ])
         })
         .collect();
@@ -216,6 +221,16 @@ async fn redis_killed_mid_load_fails_no_request_and_sharing_resumes() {
             "{}",
             ready.text()
         );
+        // The status page's line for it.
+        let status = server
+            .send_admin(Req::get("/admin/status").bearer(ADMIN_TOKEN))
+            .await
+            .json();
+        assert_eq!(status["cluster"]["shared"], false, "{status}");
+        assert!(status["cluster"]["redis"]
+            .as_str()
+            .unwrap()
+            .starts_with("redis://127.0.0.1:"));
         let page = server.admin_get("/metrics").await.text();
         let errors = metric_value(&page, "keygate_cluster_errors_total", &[("op", "reserve")]);
         assert!(errors.unwrap_or(0.0) >= 1.0, "{page}");
