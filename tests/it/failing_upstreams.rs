@@ -3,16 +3,15 @@
 //! own 502/504 when nothing was sent yet, never dresses a broken stream up as a
 //! complete one, and the next request through it works.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::support::bad_upstream::{
-    drain, hardened, ms, open_h2, read_until, BadUpstream, BodyEnd, End, Script, OK_BODY,
+    drain, hardened, ms, open_h2, read_until, BadUpstream, BodyEnd, End, RefusingPort, Script,
+    OK_BODY,
 };
 use crate::support::client::open_h1;
-use crate::support::mock::closed_port_url;
 use crate::support::{eventually, Env, Req};
 
 /// The standard world with the small timeouts and `openai` pointing at `url`.
@@ -76,12 +75,8 @@ async fn upstream_closing_idle_connections_costs_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connection_is_a_fast_502_and_keygate_recovers_when_the_upstream_returns() {
-    let url = closed_port_url();
-    let addr: SocketAddr = url
-        .trim_start_matches("http://")
-        .parse()
-        .expect("closed port address");
-    let env = env_for(url).await;
+    let port = RefusingPort::new();
+    let env = env_for(port.url()).await;
 
     let t = Instant::now();
     let resp = env.server.send(env.chat("gpt-4o")).await;
@@ -94,7 +89,7 @@ async fn refused_connection_is_a_fast_502_and_keygate_recovers_when_the_upstream
     );
 
     // The upstream comes up on that very port: nothing about the failure sticks.
-    let bad = BadUpstream::start_on(addr).await;
+    let bad = BadUpstream::start_on(port);
     next_request_succeeds(&env, "a refused connection").await;
     assert_eq!(bad.requests(), 1);
 }

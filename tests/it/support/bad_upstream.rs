@@ -100,6 +100,29 @@ struct State {
     tasks: Mutex<Vec<AbortHandle>>,
 }
 
+/// A port on 127.0.0.1 that refuses connections yet stays ours: the socket is
+/// bound but not listening. A port merely closed again could be handed by the
+/// kernel to anyone's next outgoing connection before the test listens on it.
+pub struct RefusingPort {
+    socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl RefusingPort {
+    pub fn new() -> RefusingPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("addr"))
+            .expect("bind the refusing port");
+        let addr = socket.local_addr().expect("refusing port addr");
+        RefusingPort { socket, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 /// A running scriptable upstream on 127.0.0.1; every task stops when dropped.
 pub struct BadUpstream {
     addr: SocketAddr,
@@ -109,12 +132,22 @@ pub struct BadUpstream {
 impl BadUpstream {
     /// Listen on `127.0.0.1:0`.
     pub async fn start() -> BadUpstream {
-        BadUpstream::start_on("127.0.0.1:0".parse().expect("addr")).await
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind bad upstream");
+        BadUpstream::serve_on(listener)
     }
 
-    /// Listen on this address (e.g. a port that refused connections a moment ago).
-    pub async fn start_on(addr: SocketAddr) -> BadUpstream {
-        let listener = TcpListener::bind(addr).await.expect("bind bad upstream");
+    /// Start listening on a port that refused connections until now.
+    pub fn start_on(port: RefusingPort) -> BadUpstream {
+        BadUpstream::serve_on(
+            port.socket
+                .listen(1024)
+                .expect("listen on the reserved port"),
+        )
+    }
+
+    fn serve_on(listener: TcpListener) -> BadUpstream {
         let addr = listener.local_addr().expect("bad upstream addr");
         let state = Arc::new(State::default());
         let st = state.clone();
