@@ -205,7 +205,7 @@ fn run_floor() {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let upstream = keygate::net::upstream::Upstream::new(&config.server).expect("upstream");
+        let upstream = keygate::net::upstream::Upstream::new(&config).expect("upstream");
         // FLOOR_LISTEN: a fixed address, to run the floor in another harness.
         let listen = std::env::var("FLOOR_LISTEN").unwrap_or_else(|_| "127.0.0.1:0".to_owned());
         let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");

@@ -122,6 +122,10 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// Concurrent client connections; the surplus is refused.
     pub max_connections: usize,
+    /// PEM certificates trusted for upstream TLS besides the built-in roots
+    /// (a private CA in front of a self-hosted model server).
+    #[serde(default, deserialize_with = "opt_path")]
+    pub upstream_ca_file: Option<PathBuf>,
     /// TCP connect timeout to an upstream.
     #[serde(deserialize_with = "duration")]
     pub upstream_connect_timeout: Duration,
@@ -196,7 +200,22 @@ struct RawProvider {
     project: Option<String>,
     #[serde(default)]
     allow_client_org_headers: bool,
+    http: Option<UpstreamHttp>,
     admin: Option<RawAdmin>,
+}
+
+/// `[providers.NAME] http`: the HTTP version spoken to the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamHttp {
+    /// Over TLS, HTTP/2 when the server offers it by ALPN, else HTTP/1.1;
+    /// over plain `http://`, HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    H1,
+    /// HTTP/2 only: ALPN `h2` over TLS, prior knowledge (h2c) over `http://`.
+    H2,
 }
 
 /// `[providers.NAME.admin]`: the non-secret half of management access (the
@@ -252,6 +271,8 @@ pub struct Provider {
     pub project: Option<http::HeaderValue>,
     /// Pass the client's own `OpenAI-Organization` / `OpenAI-Project` through.
     pub allow_client_org_headers: bool,
+    /// HTTP version to the upstream.
+    pub http: UpstreamHttp,
     /// `[providers.NAME.admin]`, when configured.
     pub admin: Option<AdminApi>,
 }
@@ -534,6 +555,7 @@ impl Config {
                     organization,
                     project,
                     allow_client_org_headers: p.allow_client_org_headers,
+                    http: p.http.unwrap_or_default(),
                     admin,
                 },
             );

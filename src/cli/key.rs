@@ -277,7 +277,7 @@ pub(super) fn upstream_runtime(
         .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))?;
     let upstream = {
         let _guard = runtime.enter();
-        Upstream::new(&context.config.server).map_err(|e| CliError::Runtime(e.to_string()))?
+        Upstream::new(&context.config)?
     };
     Ok((runtime, upstream))
 }

@@ -89,6 +89,18 @@ pub enum CliError {
     Runtime(String),
 }
 
+impl From<crate::net::upstream::UpstreamError> for CliError {
+    /// A CA file the config names but that holds no certificate is a config
+    /// error (exit 2, naming the key); a TLS setup failure is not.
+    fn from(error: crate::net::upstream::UpstreamError) -> CliError {
+        use crate::net::upstream::UpstreamError;
+        match error {
+            UpstreamError::CaFile { .. } => CliError::Usage(error.to_string()),
+            UpstreamError::Tls(_) => CliError::Runtime(error.to_string()),
+        }
+    }
+}
+
 impl CliError {
     /// 2 for usage and config errors, 1 otherwise.
     pub fn exit_code(&self) -> u8 {

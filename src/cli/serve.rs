@@ -56,15 +56,12 @@ pub(super) fn run(
             .map_err(|e| CliError::Runtime(e.to_string()))?;
         let vault_watch =
             VaultWatch::new(vault, master, kek).accept_generation(accept_vault_generation);
-        let shared = Arc::new(
-            Shared::new(
-                config.clone(),
-                vault_watch,
-                admin_token,
-                Limits::with_spent(spent),
-            )
-            .map_err(|e| CliError::Runtime(e.to_string()))?,
-        );
+        let shared = Arc::new(Shared::new(
+            config.clone(),
+            vault_watch,
+            admin_token,
+            Limits::with_spent(spent),
+        )?);
         tokio::task::block_in_place(|| shared.reload()).map_err(|e| match e {
             reload::ReloadError::Vault(v) => CliError::Vault(v),
             other => CliError::Runtime(other.to_string()),

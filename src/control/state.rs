@@ -51,7 +51,7 @@ impl Shared {
         admin_token: Option<Secret>,
         limits: Limits,
     ) -> Result<Shared, crate::net::upstream::UpstreamError> {
-        let upstream = Upstream::new(&config.server)?;
+        let upstream = Upstream::new(&config)?;
         let meter = Meter::with_max_keys(
             config.metering.max_series,
             config.metering.max_series_per_client,

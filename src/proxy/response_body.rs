@@ -30,7 +30,7 @@ pub enum ResponseStreamError {
     Idle(Duration),
     /// The upstream connection failed mid-body.
     #[error("upstream stream failed: {0}")]
-    Upstream(#[from] hyper::Error),
+    Upstream(#[from] crate::net::upstream::BodyError),
     /// A compressed stream keygate decodes for the client turned out corrupt.
     #[error("upstream stream could not be decoded")]
     Decode,

@@ -118,6 +118,7 @@ fn unreachable_provider() -> &'static Provider {
         organization: None,
         project: None,
         allow_client_org_headers: false,
+        http: crate::config::UpstreamHttp::Auto,
         admin: None,
     })
 }

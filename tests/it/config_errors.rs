@@ -1,6 +1,7 @@
 //! Configuration errors (docs/design.md §3): exit code 2 and a message naming the
 //! offending key, before anything is served.
 
+use crate::support::config::toml_string;
 use crate::support::keygate::Out;
 use crate::support::{Keygate, KeygateBuilder};
 
@@ -95,4 +96,33 @@ fn errors_name_the_key_in_its_file_or_the_environment_variable() {
         "environment variable KEYGATE_SERVER__LISTN",
     );
     assert!(!out.stderr.contains("serde_json"), "{}", out.stderr);
+}
+
+#[test]
+fn unknown_upstream_protocol_is_exit_2_naming_the_key() {
+    assert_config_error(
+        &base().provider_set("openai", "http", "\"h3\""),
+        &[],
+        "http",
+    );
+}
+
+#[test]
+fn an_upstream_ca_file_that_is_missing_or_holds_no_certificate_is_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing.pem");
+    let out = assert_config_error(
+        &base().server("upstream_ca_file", &toml_string(&missing.to_string_lossy())),
+        &[],
+        "upstream_ca_file",
+    );
+    assert!(out.stderr.contains("missing.pem"), "{}", out.stderr);
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").expect("write");
+    let out = assert_config_error(
+        &base().server("upstream_ca_file", &toml_string(&garbage.to_string_lossy())),
+        &[],
+        "upstream_ca_file",
+    );
+    assert!(out.stderr.contains("no PEM certificate"), "{}", out.stderr);
 }

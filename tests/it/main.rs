@@ -44,4 +44,5 @@ mod skim_bypass;
 mod status_page;
 mod streaming;
 mod tls;
+mod upstream_h2;
 mod vault_cli;

@@ -175,6 +175,11 @@ async fn hop_by_hop_headers_and_client_credentials_are_not_forwarded() {
     assert_eq!(status, 200, "{text}");
     assert_eq!(env.openai.hits(), 1);
     let seen = env.openai.last();
+    assert_eq!(
+        seen.version,
+        crate::support::config::upstream_version(),
+        "the protocol the provider's `http` asks for (KEYGATE_TEST_UPSTREAM_HTTP)"
+    );
     for h in [
         "x-foo",
         "keep-alive",

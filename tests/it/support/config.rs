@@ -25,6 +25,15 @@ fn quoted(s: &str) -> String {
 }
 
 /// A TOML basic string.
+/// The HTTP version mock providers see: HTTP/2 in the run with
+/// `KEYGATE_TEST_UPSTREAM_HTTP=h2`, else HTTP/1.1.
+pub fn upstream_version() -> http::Version {
+    match std::env::var("KEYGATE_TEST_UPSTREAM_HTTP").as_deref() {
+        Ok("h2") => http::Version::HTTP_2,
+        _ => http::Version::HTTP_11,
+    }
+}
+
 pub fn toml_string(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
@@ -53,16 +62,22 @@ impl KeygateBuilder {
         }
     }
 
-    /// Add (or replace) `[providers.NAME]` with `base_url`, `auth`, `prefix = "/NAME"`.
+    /// Add (or replace) `[providers.NAME]` with `base_url`, `auth`, `prefix = "/NAME"`
+    /// (and `http = "…"` from `KEYGATE_TEST_UPSTREAM_HTTP`, which `.ci/run`
+    /// sets to `h2` for a second run of the core proxy tests).
     pub fn provider(mut self, name: &str, base_url: &str, auth: &str) -> KeygateBuilder {
         self.providers.retain(|p| p.name != name);
+        let mut settings = vec![
+            ("base_url".into(), quoted(base_url)),
+            ("auth".into(), quoted(auth)),
+            ("prefix".into(), quoted(&format!("/{name}"))),
+        ];
+        if let Ok(http) = std::env::var("KEYGATE_TEST_UPSTREAM_HTTP") {
+            settings.push(("http".into(), quoted(&http)));
+        }
         self.providers.push(ProviderCfg {
             name: name.to_string(),
-            settings: vec![
-                ("base_url".into(), quoted(base_url)),
-                ("auth".into(), quoted(auth)),
-                ("prefix".into(), quoted(&format!("/{name}"))),
-            ],
+            settings,
         });
         self
     }

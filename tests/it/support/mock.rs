@@ -56,6 +56,8 @@ impl AuthStyle {
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub method: Method,
+    /// HTTP/1.1 or HTTP/2, as the request arrived.
+    pub version: http::Version,
     /// Path and query, e.g. `/v1/models?limit=2`.
     pub uri: String,
     pub headers: HeaderMap,
@@ -127,7 +129,79 @@ pub struct Mock {
     addr: SocketAddr,
     state: Arc<State>,
     accept: tokio::task::JoinHandle<()>,
+    /// Bumped by [`Mock::go_away`]: every open connection shuts down gracefully.
+    goaway: Arc<watch::Sender<u64>>,
+    /// `https://` when started with [`Listen::tls`].
+    tls: bool,
 }
+
+/// How a [`Mock`] listens: plain (HTTP/1.1 and h2c), or TLS offering `h2` and
+/// `http/1.1` by ALPN with a certificate for `localhost` from a test CA; and
+/// the HTTP/2 stream limit it announces.
+#[derive(Default)]
+pub struct Listen {
+    tls: Option<Arc<rustls::ServerConfig>>,
+    max_concurrent_streams: Option<u32>,
+}
+
+/// A test CA and a `localhost` server certificate it signed.
+pub struct TestCa {
+    /// The CA certificate (PEM), for `[server] upstream_ca_file`.
+    pub ca_pem: String,
+    server: Arc<rustls::ServerConfig>,
+}
+
+impl TestCa {
+    /// A new CA and a `localhost`/`127.0.0.1` certificate from it; the
+    /// server offers `alpn` (`["h2", "http/1.1"]`, or `["http/1.1"]`).
+    pub fn new(alpn: &[&str]) -> TestCa {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "keygate test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone(), ca.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        server.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        TestCa {
+            ca_pem: ca.pem(),
+            server: Arc::new(server),
+        }
+    }
+}
+
+impl Listen {
+    /// TLS with `ca`'s server certificate.
+    pub fn tls(mut self, ca: &TestCa) -> Listen {
+        self.tls = Some(ca.server.clone());
+        self
+    }
+
+    /// Announce `SETTINGS_MAX_CONCURRENT_STREAMS = n` on HTTP/2 connections.
+    pub fn max_concurrent_streams(mut self, n: u32) -> Listen {
+        self.max_concurrent_streams = Some(n);
+        self
+    }
+}
+
+/// A connection's byte stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// Adds accepted keys to a running [`Mock`] ([`Mock::key_adder`]).
 #[derive(Clone)]
@@ -164,6 +238,11 @@ impl Drop for Release {
 impl Mock {
     /// Start a mock accepting `keys` in the given header style.
     pub async fn start(keys: &[&str], auth: AuthStyle) -> Mock {
+        Mock::start_with(keys, auth, Listen::default()).await
+    }
+
+    /// [`Mock::start`], listening as `listen` says.
+    pub async fn start_with(keys: &[&str], auth: AuthStyle, listen: Listen) -> Mock {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
         let addr = listener.local_addr().expect("mock addr");
         let state = Arc::new(State {
@@ -183,13 +262,21 @@ impl Mock {
             compression: Mutex::new(None),
         });
         let st = state.clone();
+        let (goaway, _) = watch::channel(0u64);
+        let goaway = Arc::new(goaway);
+        let goaways = goaway.clone();
+        let tls = listen.tls.is_some();
         let accept = tokio::spawn(async move {
+            let acceptor = listen.tls.map(tokio_rustls::TlsAcceptor::from);
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = st.clone();
+                let acceptor = acceptor.clone();
+                let mut goaway = goaways.subscribe();
+                let max_streams = listen.max_concurrent_streams;
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let st = st.clone();
@@ -207,9 +294,27 @@ impl Mock {
                             })
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let mut builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    if let Some(n) = max_streams {
+                        builder.http2().max_concurrent_streams(n);
+                    }
+                    let io: Box<dyn Io> = match acceptor {
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => Box::new(tls),
+                            Err(_) => return,
+                        },
+                        None => Box::new(stream),
+                    };
+                    let conn = builder.serve_connection(TokioIo::new(io), svc);
+                    let mut conn = std::pin::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = goaway.changed() => {}
+                    }
+                    // GOAWAY: streams already taken finish, new ones go elsewhere.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
                 });
             }
         });
@@ -217,12 +322,26 @@ impl Mock {
             addr,
             state,
             accept,
+            goaway,
+            tls,
         }
     }
 
-    /// `http://127.0.0.1:PORT`, for a provider's `base_url`.
+    /// `http://127.0.0.1:PORT` (`https://localhost:PORT` with TLS), for a
+    /// provider's `base_url`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    /// Every open connection shuts down gracefully: over HTTP/2 a GOAWAY
+    /// (streams in flight finish, the client must open new ones elsewhere),
+    /// over HTTP/1.1 a close after the exchange in flight.
+    pub fn go_away(&self) {
+        self.goaway.send_modify(|n| *n += 1);
     }
 
     /// Compress every answer (JSON, SSE, errors, canned) with `coding`
@@ -490,6 +609,7 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         let mut seen = st.seen.lock().unwrap();
         seen.push(Seen {
             method: parts.method.clone(),
+            version: parts.version,
             uri: uri.clone(),
             headers: parts.headers.clone(),
             body: body.clone(),

@@ -157,23 +157,47 @@ fn with_base64_forms(secret: &str) -> Vec<String> {
 /// of its base64 form), as messages.
 pub fn find_leaks(secrets: &[String], captures: &[(String, String)]) -> Vec<String> {
     let secrets: Vec<String> = secrets.iter().flat_map(|s| with_base64_forms(s)).collect();
+    // Each text is walked once against a table of every window: the captures
+    // of a long run (hundreds of streams) would otherwise cost windows × bytes.
+    let mut by_window: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+    for (n, secret) in secrets.iter().enumerate() {
+        for w in windows(secret) {
+            by_window.entry(w).or_default().push(n);
+        }
+    }
     let mut leaks = Vec::new();
     for (label, text) in captures {
-        for secret in &secrets {
-            if let Some(w) = windows(secret).into_iter().find(|w| text.contains(w)) {
-                let at = text.find(w).unwrap_or(0);
-                let lo = text[..at]
-                    .char_indices()
-                    .rev()
-                    .nth(80)
-                    .map_or(0, |(i, _)| i);
-                let line_end = text[at..].find('\n').map_or(text.len(), |e| at + e);
-                leaks.push(format!(
-                    "- `{w}` (from a secret ending …{}) in [{label}]: …{}",
-                    &secret[secret.len().saturating_sub(4)..],
-                    &text[lo..line_end.min(at + 200)]
-                ));
+        let mut first: Vec<Option<(usize, &str)>> = vec![None; secrets.len()];
+        for (n, secret) in secrets.iter().enumerate() {
+            if secret.chars().count() <= 8 {
+                first[n] = text.find(secret.as_str()).map(|at| (at, secret.as_str()));
             }
+        }
+        let idx: Vec<usize> = text
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain([text.len()])
+            .collect();
+        for i in 0..idx.len().saturating_sub(8) {
+            let w = &text[idx[i]..idx[i + 8]];
+            for &n in by_window.get(w).into_iter().flatten() {
+                first[n].get_or_insert((idx[i], w));
+            }
+        }
+        for (n, hit) in first.into_iter().enumerate() {
+            let Some((at, w)) = hit else { continue };
+            let secret = &secrets[n];
+            let lo = text[..at]
+                .char_indices()
+                .rev()
+                .nth(80)
+                .map_or(0, |(i, _)| i);
+            let line_end = text[at..].find('\n').map_or(text.len(), |e| at + e);
+            leaks.push(format!(
+                "- `{w}` (from a secret ending …{}) in [{label}]: …{}",
+                &secret[secret.len().saturating_sub(4)..],
+                &text[lo..line_end.min(at + 200)]
+            ));
         }
     }
     leaks

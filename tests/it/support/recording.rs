@@ -63,6 +63,7 @@ impl Recording {
                                 };
                             let seen = Seen {
                                 method: parts.method.clone(),
+                                version: parts.version,
                                 uri: parts.uri.path_and_query().map_or_else(
                                     || parts.uri.path().to_string(),
                                     |p| p.to_string(),
