@@ -6,24 +6,35 @@
 //! `BENCH_KEYGATE_WORKERS=1` runs keygate on one tokio worker thread;
 //! `BENCH_KEYGATE_BIN=/path/to/keygate` measures another build.)
 //!
-//! It starts the mock upstream and keygate (the release binary) as separate
-//! processes on 127.0.0.1 — the mock is this same bench binary re-executed with
-//! `KEYGATE_BENCH_ROLE=mock` — prepares a vault, a key and a client through the
-//! documented CLI, then drives a closed loop (N connections, ~1 KB chat bodies),
-//! a single-connection latency run and SSE streams (12 events), first direct
-//! to the mock, then through keygate. keygate's CPU per request comes from
-//! /proc/<pid>/stat, its RSS from /proc/<pid>/status.
-//!
-//! Beside keygate it runs a *floor* proxy (this bench binary again, with
-//! `KEYGATE_BENCH_ROLE=floor`): hyper's HTTP/1 server and keygate's upstream
+//! It starts the mock upstream (HTTP/1.1 and h2c on one port, at most 100
+//! streams per HTTP/2 connection as a provider's edge allows) and the
+//! proxies as separate processes on 127.0.0.1 — the mock is this same bench
+//! binary re-executed with `KEYGATE_BENCH_ROLE=mock` — prepares a vault, a key
+//! and a client through the documented CLI, then drives, through each target
+//! in turn, a closed loop (N connections, ~1 KB chat bodies), a
+//! single-connection latency run and 500 SSE streams (12 events). The targets:
+//! `direct` (the mock itself), the *floor* (this bench binary again, with
+//! `KEYGATE_BENCH_ROLE=floor`: hyper's HTTP/1 server and keygate's upstream
 //! client with one fixed client key — the plumbing with none of keygate's
-//! stages. keygate's column minus the floor's is what keygate's own work costs.
+//! stages), `nginx` when installed (Debian's `nginx-light`, set up as the
+//! shared harness's `proxies/nginx.sh` sets it up), `keygate h1` and
+//! `keygate h2` (`[providers.openai] http = "h2"`: h2c to the mock). With
+//! `BENCH_UPSTREAM_TLS=1` the mock also serves TLS (a fresh CA, ALPN h2 and
+//! http/1.1) and `kg tls h1` / `kg tls h2` join (`upstream_ca_file`). CPU
+//! per request comes from /proc/<pid>/stat, RSS from /proc/<pid>/status
+//! (a process and its children, for nginx's worker); each keygate column is
+//! also given as a ratio to nginx's.
 //!
-//! Last, it holds `BENCH_HELD_STREAMS` (default 10,000; 0 skips) SSE streams
-//! open at once through keygate — each has had its first event and then waits
-//! — and prints keygate's RSS (then the floor's) while they are all open: the memory a large
-//! number of concurrent long generations costs. Holding 10,000 needs ~20,000
-//! descriptors in keygate; as root the bench raises its limit with `prlimit`.
+//! Then it holds `BENCH_HELD_STREAMS` (default 10,000; 0 skips) SSE streams
+//! open at once through each proxy in turn — each has had its first event
+//! and then waits — and prints, while they are all open, the proxy's RSS, KiB
+//! per stream, descriptors and established sockets to the mock: the memory a
+//! large number of concurrent long generations costs. Holding 10,000 needs
+//! ~20,000 descriptors in a proxy; as root the bench raises its limits with
+//! `prlimit`. `BENCH_SECONDS=0` skips the closed loops (held streams only).
+//!
+//! `BENCH_LONG_REQUESTS=5000000` then sends that many JSON requests through
+//! each keygate and prints its RSS at the start and after each fifth.
 //!
 //! With `BENCH_CALLGRIND=4000` (and valgrind installed) it then counts, under
 //! callgrind, the user-space instructions keygate and the floor spend per
@@ -81,6 +92,14 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 // ---------------------------------------------------------------- the mock
 
+/// Streams the mock allows on one HTTP/2 connection, as a provider's edge
+/// announces in `SETTINGS_MAX_CONCURRENT_STREAMS` (Cloudflare, in front of
+/// api.openai.com, says 100 to 256).
+const MOCK_MAX_STREAMS: u32 = 100;
+
+/// The mock upstream: HTTP/1.1 and h2c (prior knowledge) on one plain port,
+/// and with `MOCK_TLS_CA_OUT=PATH` also TLS (ALPN `h2`, `http/1.1`) on a
+/// second port, with a certificate from a fresh CA whose PEM goes to PATH.
 fn run_mock() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -91,22 +110,85 @@ fn run_mock() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
+        let tls = match std::env::var_os("MOCK_TLS_CA_OUT") {
+            Some(ca_out) => {
+                let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                println!(
+                    "mock tls listening on {}",
+                    tls_listener.local_addr().expect("addr")
+                );
+                Some((tls_listener, mock_tls(std::path::Path::new(&ca_out))))
+            }
+            None => None,
+        };
         println!("mock listening on {}", listener.local_addr().expect("addr"));
+        if let Some((tls_listener, acceptor)) = tls {
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = tls_listener.accept().await else {
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            mock_connection(stream).await;
+                        }
+                    });
+                }
+            });
+        }
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(
-                        TokioIo::new(stream),
-                        hyper::service::service_fn(mock_answer),
-                    )
-                    .await;
-            });
+            tokio::spawn(mock_connection(stream));
         }
     });
+}
+
+async fn mock_connection<S>(stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(MOCK_MAX_STREAMS);
+    let _ = builder
+        .serve_connection(
+            TokioIo::new(stream),
+            hyper::service::service_fn(mock_answer),
+        )
+        .await;
+}
+
+/// A CA (its PEM written to `ca_out`, for keygate's `upstream_ca_file`) and
+/// a `localhost` certificate from it.
+fn mock_tls(ca_out: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca, &ca_key)
+        .expect("cert");
+    std::fs::write(ca_out, ca.pem()).expect("write the CA");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server config");
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(server))
 }
 
 type MockBody = BoxBody<Bytes, Infallible>;
@@ -517,6 +599,10 @@ fn cpu_ticks(pid: u32) -> u64 {
     field(11) + field(12) // utime + stime (fields 14, 15 of the full line)
 }
 
+fn cpu_ticks_tree(pid: u32) -> u64 {
+    process_tree(pid).into_iter().map(cpu_ticks).sum()
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -654,10 +740,10 @@ async fn measure(
     let url = format!("{url_base}/v1/chat/completions");
     // Warm up connections and caches.
     closed_loop(&url, key, connections, Duration::from_millis(500)).await;
-    let ticks_before = cpu_ticks(pid);
+    let ticks_before = cpu_ticks_tree(pid);
     let (count, latencies) = closed_loop(&url, key, connections, run_for).await;
-    let ticks = cpu_ticks(pid) - ticks_before;
-    let rss = rss_kib(pid);
+    let ticks = cpu_ticks_tree(pid) - ticks_before;
+    let rss = rss_tree_kib(pid);
     let (_, single) = closed_loop(&url, key, 1, run_for / 2).await;
     let (first_events, stream_rps, frames) = streams(&url, key, 500).await;
     let ticks_per_second = 100.0; // USER_HZ on Linux
@@ -676,24 +762,60 @@ async fn measure(
     }
 }
 
-async fn bench(run_for: Duration, connections: usize) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut mock_cmd = Command::new(std::env::current_exe().expect("exe"));
-    mock_cmd.env("KEYGATE_BENCH_ROLE", "mock");
-    let (mock, lines) = spawn_reading(mock_cmd, "mock listening");
-    let mock_addr = addr_after(&lines, "mock listening on");
-    let config = dir.path().join("keygate.toml");
+/// One proxy (or the mock itself) the bench drives.
+struct Target {
+    name: &'static str,
+    base: String,
+    key: String,
+    /// Its process; with children (nginx's worker), all are counted.
+    pid: u32,
+}
+
+/// A keygate workspace's config: the vault and ledger in `dir`, `openai` at
+/// `base_url` spoken to as `http`.
+fn keygate_config(
+    dir: &std::path::Path,
+    name: &str,
+    base_url: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let config = dir.join(format!("{name}.toml"));
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_connections = 20000\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nmax_connections = 20000\n{extra_server}\
              [vault]\npath = \"{d}/keygate.vault\"\nmaster_key_file = \"{d}/master.key\"\n\
-             [metering]\ndb = \"{d}/usage.sqlite\"\n\
-             [providers.openai]\nbase_url = \"http://{mock_addr}\"\n",
-            d = dir.path().display()
+             [metering]\ndb = \"{d}/usage-{name}.sqlite\"\n\
+             [providers.openai]\nbase_url = \"{base_url}\"\n{extra_provider}",
+            d = dir.display(),
+            extra_server = extra.split_once("|").map_or("", |(s, _)| s),
+            extra_provider = extra.split_once("|").map_or(extra, |(_, p)| p),
         ),
     )
     .expect("config");
+    config
+}
+
+async fn bench(run_for: Duration, connections: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    raise_descriptor_limit(std::process::id());
+    let tls = env_or("BENCH_UPSTREAM_TLS", 0) == 1;
+    let ca_file = dir.path().join("mock-ca.pem");
+    let mut mock_cmd = Command::new(std::env::current_exe().expect("exe"));
+    mock_cmd.env("KEYGATE_BENCH_ROLE", "mock");
+    if tls {
+        mock_cmd.env("MOCK_TLS_CA_OUT", &ca_file);
+    }
+    let (mock, lines) = spawn_reading(mock_cmd, "mock listening");
+    let mock_addr = addr_after(&lines, "mock listening on");
+    let mock_pid = mock.0.id();
+    let mock_ports: Vec<u16> = lines
+        .iter()
+        .filter(|l| l.starts_with("mock"))
+        .filter_map(|l| l.rsplit(':').next()?.parse().ok())
+        .collect();
+    let plain = format!("http://{mock_addr}");
+    let config = keygate_config(dir.path(), "h1", &plain, "");
     keygate(&config, &["vault", "init"], None);
     keygate(
         &config,
@@ -706,122 +828,107 @@ async fn bench(run_for: Duration, connections: usize) {
         .find(|w| w.starts_with("kg_"))
         .expect("client key")
         .to_owned();
-    let serve = keygate_serve(Command::new(keygate_exe()), &config);
-    let (keygate_proc, lines) = spawn_reading(serve, "listener");
-    let keygate_addr = addr_after(&lines, "client listener on");
-    let keygate_pid = keygate_proc.0.id();
-    let mock_pid = mock.0.id();
+
+    // The keygates: HTTP/1.1 and h2c to the mock (and over TLS, by ALPN,
+    // with BENCH_UPSTREAM_TLS=1), all on the same vault.
+    let mut keygates = vec![
+        ("keygate h1", config.clone()),
+        (
+            "keygate h2",
+            keygate_config(dir.path(), "h2", &plain, "http = \"h2\"\n"),
+        ),
+    ];
+    if tls {
+        let tls_addr = addr_after(&lines, "mock tls listening on");
+        let port = tls_addr.rsplit(':').next().expect("port");
+        let base = format!("https://localhost:{port}");
+        let server = format!("upstream_ca_file = \"{}\"\n|", ca_file.display());
+        keygates.push((
+            "kg tls h1",
+            keygate_config(
+                dir.path(),
+                "tls-h1",
+                &base,
+                &format!("{server}http = \"h1\"\n"),
+            ),
+        ));
+        keygates.push((
+            "kg tls h2",
+            keygate_config(
+                dir.path(),
+                "tls-h2",
+                &base,
+                &format!("{server}http = \"h2\"\n"),
+            ),
+        ));
+    }
+    let mut procs = Vec::new();
+    let mut targets = vec![Target {
+        name: "direct",
+        base: plain.clone(),
+        key: UPSTREAM_KEY.to_owned(),
+        pid: mock_pid,
+    }];
     let floor_cmd = floor_serve(
         Command::new(std::env::current_exe().expect("exe")),
         &mock_addr,
         &client_key,
     );
     let (floor_proc, lines) = spawn_reading(floor_cmd, "floor listening");
-    let floor_addr = addr_after(&lines, "floor listening on");
-    let floor_pid = floor_proc.0.id();
+    targets.push(Target {
+        name: "floor",
+        base: format!("http://{}", addr_after(&lines, "floor listening on")),
+        key: client_key.clone(),
+        pid: floor_proc.0.id(),
+    });
+    procs.push(floor_proc);
+    match nginx_serve(dir.path(), &mock_addr, &client_key) {
+        Some((nginx_proc, addr)) => {
+            targets.push(Target {
+                name: "nginx",
+                base: format!("http://{addr}"),
+                key: client_key.clone(),
+                pid: nginx_proc.0.id(),
+            });
+            procs.push(nginx_proc);
+        }
+        None => println!("nginx is not installed (Debian: nginx-light); its column is left out"),
+    }
+    for (name, config) in &keygates {
+        let (proc, lines) = spawn_reading(
+            keygate_serve(Command::new(keygate_exe()), config),
+            "listener",
+        );
+        targets.push(Target {
+            name,
+            base: format!("http://{}", addr_after(&lines, "client listener on")),
+            key: client_key.clone(),
+            pid: proc.0.id(),
+        });
+        procs.push(proc);
+    }
 
     println!("proxy_overhead: {connections} connections, {}s closed loop, ~1 KB chat bodies, 500 SSE streams of 12 events", run_for.as_secs());
-    let direct = measure(
-        &format!("http://{mock_addr}"),
-        UPSTREAM_KEY,
-        mock_pid,
-        connections,
-        run_for,
-    )
-    .await;
-    let floor = measure(
-        &format!("http://{floor_addr}"),
-        &client_key,
-        floor_pid,
-        connections,
-        run_for,
-    )
-    .await;
-    let proxied = measure(
-        &format!("http://{keygate_addr}"),
-        &client_key,
-        keygate_pid,
-        connections,
-        run_for,
-    )
-    .await;
-
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    println!();
     println!(
         "floor = hyper's HTTP/1 server + keygate's upstream client, one fixed key, nothing else"
     );
-    println!(
-        "{:<32} {:>11} {:>11} {:>11} {:>9} {:>9}",
-        "", "direct", "floor", "keygate", "floor×", "keygate×"
-    );
-    let row = |name: &str, values: [f64; 3], fmt: &dyn Fn(f64) -> String| {
-        let [direct, floor, keygate] = values;
-        println!(
-            "{:<32} {:>11} {:>11} {:>11} {:>8.2}x {:>8.2}x",
-            name,
-            fmt(direct),
-            fmt(floor),
-            fmt(keygate),
-            floor / direct.max(1e-12),
-            keygate / direct.max(1e-12)
-        );
-    };
-    let results = [&direct, &floor, &proxied];
-    let each = |f: &dyn Fn(&Result_) -> f64| results.map(f);
-    let plain = |v: f64| format!("{v:.0}");
-    let ms = |v: f64| format!("{:.3} ms", v / 1e3);
-    row("requests/s (N connections)", each(&|r| r.rps), &plain);
-    row("p50 latency (N connections)", each(&|r| us(r.p50)), &ms);
-    row("p99 latency (N connections)", each(&|r| us(r.p99)), &ms);
-    row("p99.9 latency (N connections)", each(&|r| us(r.p999)), &ms);
-    row(
-        "p50 latency (1 connection)",
-        each(&|r| us(r.single_p50)),
-        &ms,
-    );
-    row(
-        "p99 latency (1 connection)",
-        each(&|r| us(r.single_p99)),
-        &ms,
-    );
-    row(
-        "time to first SSE event p50",
-        each(&|r| us(r.ttfe_p50)),
-        &ms,
-    );
-    row(
-        "SSE streams/s (sequential)",
-        each(&|r| r.stream_rps),
-        &plain,
-    );
-    let [_, floor_frames, keygate_frames] = each(&|r| r.frames_per_stream);
-    println!(
-        "{:<32} {:>11.1} {:>11.1} {:>11.1}",
-        "data frames per stream", direct.frames_per_stream, floor_frames, keygate_frames
-    );
-    println!();
-    for (name, r) in [("floor", &floor), ("keygate", &proxied)] {
-        println!(
-            "{name:<8} added at 1 connection: p50 +{:.0} µs, p99 +{:.0} µs; to the first SSE event: +{:.0} µs; CPU per request {:.1} µs; RSS after the N-connection run {:.1} MiB",
-            us(r.single_p50) - us(direct.single_p50),
-            us(r.single_p99) - us(direct.single_p99),
-            us(r.ttfe_p50) - us(direct.ttfe_p50),
-            r.cpu_us_per_request.unwrap_or(0.0),
-            r.rss_mib.unwrap_or(0.0),
-        );
+    // BENCH_SECONDS=0: only the held streams (and what else is asked for).
+    if !run_for.is_zero() {
+        let mut results = Vec::new();
+        for target in &targets {
+            results
+                .push(measure(&target.base, &target.key, target.pid, connections, run_for).await);
+        }
+        print_table(&targets, &results);
     }
-    println!(
-        "mock CPU per request: {:.1} µs",
-        direct.cpu_us_per_request.unwrap_or(0.0)
-    );
 
     // BENCH_REDIS=1: what shared limits cost ([cluster] redis_url), in one run.
     if env_or("BENCH_REDIS", 0) == 1 {
+        let h1 = targets.iter().find(|t| t.name == "keygate h1").expect("h1");
         redis_rows(
             &config,
             &client_key,
-            (keygate_pid, &keygate_addr),
+            (h1.pid, h1.base.trim_start_matches("http://")),
             connections,
             run_for,
         )
@@ -830,29 +937,60 @@ async fn bench(run_for: Duration, connections: usize) {
 
     let held: usize = env_or("BENCH_HELD_STREAMS", 10_000);
     if held > 0 {
-        for pid in [keygate_pid, floor_pid, mock_pid] {
-            // Two descriptors per stream in a proxy; without root this may
-            // fail, and fewer streams open (the count is printed).
-            let _ = Command::new("prlimit")
-                .args(["--pid", &pid.to_string(), "--nofile=65536:65536"])
-                .status();
-        }
-        for (name, addr, pid) in [
-            ("floor", &floor_addr, floor_pid),
-            ("keygate", &keygate_addr, keygate_pid),
-        ] {
-            let idle = rss_kib(pid);
-            let (open, peak) = held_streams(addr, &client_key, pid, held).await;
+        println!();
+        println!("{held} SSE streams held open at once (each has had its first event), one proxy at a time:");
+        println!(
+            "{:<12} {:>7} {:>10} {:>10} {:>12} {:>12} {:>16}",
+            "", "open", "idle MiB", "RSS MiB", "KiB/stream", "descriptors", "upstream sockets"
+        );
+        raise_descriptor_limit(mock_pid);
+        for target in targets.iter().filter(|t| t.name != "direct") {
+            for pid in process_tree(target.pid) {
+                raise_descriptor_limit(pid);
+            }
+            let idle = rss_tree_kib(target.pid);
+            let addr = target.base.trim_start_matches("http://");
+            let h = held_streams(addr, &target.key, target.pid, &mock_ports, held).await;
             println!(
-                "{open} of {held} SSE streams open at once through {name}: RSS {:.1} MiB (idle {:.1} MiB, {:.1} KiB per open stream)",
-                peak as f64 / 1024.0,
+                "{:<12} {:>7} {:>10.1} {:>10.1} {:>12.1} {:>12} {:>16}",
+                target.name,
+                h.open,
                 idle as f64 / 1024.0,
-                peak.saturating_sub(idle) as f64 / open.max(1) as f64
+                h.rss_kib as f64 / 1024.0,
+                h.rss_kib.saturating_sub(idle) as f64 / h.open.max(1) as f64,
+                h.descriptors,
+                h.upstream_sockets,
             );
+            // Let the proxy see its clients go and close what they held.
+            tokio::time::sleep(Duration::from_secs(3)).await;
         }
     }
-    drop(floor_proc);
-    drop(keygate_proc);
+
+    // BENCH_LONG_REQUESTS=N: N JSON requests through each keygate, RSS on
+    // the way (does memory stay flat over a long run?).
+    let long: usize = env_or("BENCH_LONG_REQUESTS", 0);
+    if long > 0 {
+        println!();
+        for target in targets.iter().filter(|t| t.name.starts_with("keygate")) {
+            let url = format!("{}/v1/chat/completions", target.base);
+            let mut line = format!("{} over {long} requests, RSS MiB:", target.name);
+            let steps = 5;
+            line.push_str(&format!(
+                " start {:.1}",
+                rss_kib(target.pid) as f64 / 1024.0
+            ));
+            for step in 1..=steps {
+                fixed_count(&url, &target.key, false, long / steps).await;
+                line.push_str(&format!(
+                    ", after {} {:.1}",
+                    long / steps * step,
+                    rss_kib(target.pid) as f64 / 1024.0
+                ));
+            }
+            println!("{line}");
+        }
+    }
+    drop(procs);
 
     // BENCH_CALLGRIND=N: instructions per request, counted by valgrind.
     let counted: usize = env_or("BENCH_CALLGRIND", 0);
@@ -860,6 +998,254 @@ async fn bench(run_for: Duration, connections: usize) {
         instructions_per_request(&config, &mock_addr, &client_key, counted).await;
     }
     drop(mock);
+}
+
+/// Every target's row values, then each keygate's ratio to nginx (the
+/// issue's yardstick) and to the direct path.
+fn print_table(targets: &[Target], results: &[Result_]) {
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let direct = &results[0];
+    let nginx = targets.iter().position(|t| t.name == "nginx");
+    type Value<'a> = Box<dyn Fn(&Result_) -> f64 + 'a>;
+    let rows: Vec<(&str, Value)> = vec![
+        ("requests/s (N connections)", Box::new(|r| r.rps)),
+        (
+            "CPU µs per request",
+            Box::new(|r| r.cpu_us_per_request.unwrap_or(0.0)),
+        ),
+        ("p50 µs (N connections)", Box::new(move |r| us(r.p50))),
+        ("p99 µs (N connections)", Box::new(move |r| us(r.p99))),
+        ("p99.9 µs (N connections)", Box::new(move |r| us(r.p999))),
+        ("p50 µs (1 connection)", Box::new(move |r| us(r.single_p50))),
+        ("p99 µs (1 connection)", Box::new(move |r| us(r.single_p99))),
+        (
+            "added p50 µs (1 connection)",
+            Box::new(move |r| us(r.single_p50) - us(direct.single_p50)),
+        ),
+        (
+            "added p99 µs (1 connection)",
+            Box::new(move |r| us(r.single_p99) - us(direct.single_p99)),
+        ),
+        ("first SSE event p50 µs", Box::new(move |r| us(r.ttfe_p50))),
+        (
+            "first event added µs",
+            Box::new(move |r| us(r.ttfe_p50) - us(direct.ttfe_p50)),
+        ),
+        ("SSE streams/s (sequential)", Box::new(|r| r.stream_rps)),
+        ("data frames per stream", Box::new(|r| r.frames_per_stream)),
+        (
+            "RSS MiB after the run",
+            Box::new(|r| r.rss_mib.unwrap_or(0.0)),
+        ),
+    ];
+    println!();
+    let mut head = format!("{:<30}", "");
+    for t in targets {
+        head.push_str(&format!(" {:>11}", t.name));
+    }
+    if nginx.is_some() {
+        for t in targets
+            .iter()
+            .filter(|t| t.name.contains("h1") || t.name.contains("h2"))
+        {
+            head.push_str(&format!(
+                " {:>13}",
+                format!(
+                    "{}÷nginx",
+                    t.name
+                        .trim_start_matches("keygate ")
+                        .trim_start_matches("kg ")
+                )
+            ));
+        }
+    }
+    println!("{head}");
+    for (name, value) in &rows {
+        let mut line = format!("{name:<30}");
+        for r in results {
+            line.push_str(&format!(" {:>11.1}", value(r)));
+        }
+        if let Some(n) = nginx {
+            let base = value(&results[n]);
+            for (t, r) in targets.iter().zip(results) {
+                if t.name.contains("h1") || t.name.contains("h2") {
+                    line.push_str(&format!(" {:>12.2}x", value(r) / base.max(1e-12)));
+                }
+            }
+        }
+        println!("{line}");
+    }
+}
+
+/// nginx (Debian's) set up as the shared harness's `proxies/nginx.sh` sets it
+/// up for the same job: the client key checked by a `map`, the upstream key
+/// set, upstream keep-alive, no response buffering; one worker. Enough
+/// descriptors for the held streams.
+fn nginx_serve(dir: &std::path::Path, mock_addr: &str, client_key: &str) -> Option<(Proc, String)> {
+    Command::new("nginx")
+        .arg("-v")
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = dir.join("nginx");
+    std::fs::create_dir_all(d.join("tmp")).expect("nginx dir");
+    let conf = format!(
+        r#"worker_processes 1;
+worker_rlimit_nofile 65536;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 25000; multi_accept on; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;
+  client_body_buffer_size 64k;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  map_hash_bucket_size 128;
+  map $http_authorization $client_ok {{ "Bearer {client_key}" 1; default 0; }}
+  upstream llm_upstream {{ server {mock_addr}; keepalive 256; keepalive_requests 1000000; }}
+  server {{
+    listen {addr} backlog=4096;
+    default_type application/json;
+    location /v1/ {{
+      if ($client_ok = 0) {{
+        return 401 '{{"error":{{"message":"invalid proxy key","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}}}';
+      }}
+      proxy_pass http://llm_upstream;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer {UPSTREAM_KEY}";
+      proxy_buffering off;
+      proxy_read_timeout 300s;
+    }}
+  }}
+}}
+"#,
+        d = d.display()
+    );
+    let conf_path = d.join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("nginx.conf");
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf_path)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not start: {}",
+            d.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((proc, addr))
+}
+
+/// Two descriptors per held stream in a proxy; as root the bench raises the
+/// limit (without root fewer streams open, and the count is printed).
+fn raise_descriptor_limit(pid: u32) {
+    let _ = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=65536:65536"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// `pid` and its children (nginx's master and worker).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            pids.push(child);
+        }
+    }
+    pids
+}
+
+fn rss_tree_kib(pid: u32) -> u64 {
+    process_tree(pid).into_iter().map(rss_kib).sum()
+}
+
+/// Socket inodes a process tree holds.
+fn socket_inodes(pid: u32) -> std::collections::HashSet<u64> {
+    let mut inodes = std::collections::HashSet::new();
+    for pid in process_tree(pid) {
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                let target = target.to_string_lossy().into_owned();
+                if let Some(inode) = target
+                    .strip_prefix("socket:[")
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(|t| t.parse().ok())
+                {
+                    inodes.insert(inode);
+                }
+            }
+        }
+    }
+    inodes
+}
+
+fn descriptors(pid: u32) -> usize {
+    process_tree(pid)
+        .into_iter()
+        .map(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Established TCP connections the process tree holds to one of `ports`
+/// (the mock's): its upstream sockets.
+fn upstream_sockets(pid: u32, ports: &[u16]) -> usize {
+    let inodes = socket_inodes(pid);
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = f
+                .get(2)
+                .and_then(|r| r.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let established = f.get(3) == Some(&"01");
+            let inode = f.get(9).and_then(|i| i.parse::<u64>().ok());
+            established
+                && remote_port.is_some_and(|p| ports.contains(&p))
+                && inode.is_some_and(|i| inodes.contains(&i))
+        })
+        .count()
 }
 
 /// keygate and the floor, each under callgrind: the user-space instructions
@@ -970,9 +1356,17 @@ async fn fixed_count(url: &str, key: &str, stream: bool, total: usize) {
     }
 }
 
-/// Opens `count` streams through keygate, each read up to its first event and
-/// then left open; returns how many got there and keygate's RSS (KiB) then.
-async fn held_streams(addr: &str, key: &str, pid: u32, count: usize) -> (usize, u64) {
+/// What a proxy holds while its streams are open.
+struct Held {
+    open: usize,
+    rss_kib: u64,
+    descriptors: usize,
+    upstream_sockets: usize,
+}
+
+/// Opens `count` streams through a proxy, each read up to its first event and
+/// then left open; returns how many got there and what the proxy held then.
+async fn held_streams(addr: &str, key: &str, pid: u32, mock_ports: &[u16], count: usize) -> Held {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let body = "{\"model\":\"hold\",\"messages\":[],\"stream\":true,\"stream_options\":{\"include_usage\":true}}";
     let request: Arc<[u8]> = format!(
@@ -1031,7 +1425,12 @@ async fn held_streams(addr: &str, key: &str, pid: u32, count: usize) -> (usize, 
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let result = (opened.load(Ordering::SeqCst), rss_kib(pid));
+    let result = Held {
+        open: opened.load(Ordering::SeqCst),
+        rss_kib: rss_tree_kib(pid),
+        descriptors: descriptors(pid),
+        upstream_sockets: upstream_sockets(pid, mock_ports),
+    };
     for task in tasks {
         task.abort();
     }
