@@ -156,6 +156,14 @@ async fn in_a_real_browser_the_page_shows_every_key_and_refuses_a_wrong_token() 
     kg.run(&["client", "limits", "app", "--rpm", "60"])
         .assert_ok("client limits");
     let server = kg.serve_with(&[("KEYGATE_ADMIN_TOKEN", TOKEN)]);
+    let minute = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 60
+    };
+    let sent_in = minute();
     let resp = server
         .send(
             Req::post("/v1/chat/completions")
@@ -182,6 +190,9 @@ async fn in_a_real_browser_the_page_shows_every_key_and_refuses_a_wrong_token() 
         eprintln!("SKIPPED: chromium or playwright-core not installed");
         return;
     };
+    // rpm counts per clock minute: the request is in the page's count unless
+    // the browser read it in the next minute.
+    let same_minute = minute() == sent_in;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     kg.record("browser", stdout.clone());
     assert!(
@@ -223,8 +234,9 @@ async fn in_a_real_browser_the_page_shows_every_key_and_refuses_a_wrong_token() 
     let clients = seen["clients"].as_array().unwrap();
     assert_eq!(clients.len(), 1, "{seen}");
     assert_eq!(clients[0][0], "app");
-    assert_eq!(
-        clients[0][2], "1/60 rpm",
+    let rpm = clients[0][2].as_str().unwrap_or_default();
+    assert!(
+        rpm == "1/60 rpm" || (!same_minute && rpm == "0/60 rpm"),
         "how close the client is to its limit: {seen}"
     );
     let providers = seen["providers"].as_array().unwrap();
