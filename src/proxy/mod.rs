@@ -47,7 +47,11 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let mut end = RequestEnd::new(shared.clone(), Instant::now());
-    let mut response = match conduct(&shared, request, &mut end).await {
+    // Boxed: the conductor's state (~3.5 KiB) is then freed as soon as the
+    // response head is out, instead of living in hyper's per-connection
+    // slot for as long as a stream is held open (10,000 held streams: ~35
+    // MiB). One allocation per request.
+    let mut response = match Box::pin(conduct(&shared, request, &mut end)).await {
         Ok(response) => response,
         Err(error) => {
             end.error = Some(error.code());
