@@ -3,6 +3,7 @@
 //!
 //! Run: `cargo bench --bench proxy_overhead`
 //! (`BENCH_SECONDS=10 BENCH_CONNECTIONS=64 cargo bench --bench proxy_overhead` to change the load;
+//! `BENCH_ROUNDS=3`: the targets take turns three times, each row a median;
 //! `BENCH_KEYGATE_WORKERS=1` runs keygate on one tokio worker thread;
 //! `BENCH_KEYGATE_BIN=/path/to/keygate` measures another build.)
 //!
@@ -12,7 +13,10 @@
 //! binary re-executed with `KEYGATE_BENCH_ROLE=mock` — prepares a vault, a key
 //! and a client through the documented CLI, then drives, through each target
 //! in turn, a closed loop (N connections, ~1 KB chat bodies), a
-//! single-connection latency run and 500 SSE streams (12 events). The targets:
+//! single-connection latency run, 500 SSE streams (12 events, in one write)
+//! one after another, and the shared harness's paced streams (16 at once,
+//! 10 rounds, an event every 10 ms: first event and frames per stream,
+//! 12 when nothing is held back). The targets:
 //! `direct` (the mock itself), the *floor* (this bench binary again, with
 //! `KEYGATE_BENCH_ROLE=floor`: hyper's HTTP/1 server and keygate's upstream
 //! client with one fixed client key — the plumbing with none of keygate's
@@ -37,9 +41,12 @@
 //! each keygate and prints its RSS at the start and after each fifth.
 //!
 //! With `BENCH_CALLGRIND=4000` (and valgrind installed) it then counts, under
-//! callgrind, the user-space instructions keygate and the floor spend per
-//! request and per SSE stream — a measure that noise does not move:
-//! `BENCH_HELD_STREAMS=0 BENCH_CALLGRIND=4000 cargo bench --bench proxy_overhead`.
+//! callgrind, the user-space instructions the floor, nginx (one process, no
+//! master) and keygate spend per request and per SSE stream — a measure that
+//! noise does not move:
+//! `BENCH_SECONDS=0 BENCH_HELD_STREAMS=0 BENCH_CALLGRIND=4000 cargo bench --bench proxy_overhead`
+//! (`BENCH_CALLGRIND_OUT=DIR`, an empty directory, keeps the dumps for
+//! `callgrind_annotate`).
 //!
 //! With `BENCH_REDIS=1` (and redis-server installed) it also compares a
 //! limited client's requests with limits in memory against limits shared
@@ -221,6 +228,44 @@ impl http_body::Body for HeldStream {
     }
 }
 
+/// Pause between a paced stream's events (the shared harness's `-paced`
+/// model: 10 ms), so each event leaves the mock as its own frame.
+const PACE: Duration = Duration::from_millis(10);
+
+/// A generation as a provider streams it: one event every [`PACE`].
+struct PacedStream {
+    events: std::collections::VecDeque<Bytes>,
+    wait: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for PacedStream {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::ready!(std::future::Future::poll(self.wait.as_mut(), cx));
+        let next = tokio::time::Instant::now() + PACE;
+        self.wait.as_mut().reset(next);
+        std::task::Poll::Ready(
+            self.events
+                .pop_front()
+                .map(|e| Ok(http_body::Frame::data(e))),
+        )
+    }
+}
+
+/// The 12 events of a streamed answer: 11 tokens, then the usage chunk with
+/// `[DONE]`.
+fn sse_events() -> Vec<String> {
+    let mut events: Vec<String> = (0..11)
+        .map(|n| format!("data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{n} \"}}}}],\"usage\":null}}\n\n"))
+        .collect();
+    events.push("data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":11,\"total_tokens\":31}}\n\ndata: [DONE]\n\n".to_owned());
+    events
+}
+
 async fn mock_answer(request: Request<Incoming>) -> Result<Response<MockBody>, Infallible> {
     let authorized = request
         .headers()
@@ -248,15 +293,21 @@ async fn mock_answer(request: Request<Incoming>) -> Result<Response<MockBody>, I
             .body(held.boxed())
             .expect("response"));
     }
-    if memchr::memmem::find(&body, b"\"stream\":true").is_some() {
-        let mut sse = String::new();
-        for n in 0..11 {
-            sse.push_str(&format!("data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"tok{n} \"}}}}],\"usage\":null}}\n\n"));
-        }
-        sse.push_str("data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":11,\"total_tokens\":31}}\n\ndata: [DONE]\n\n");
+    if memchr::memmem::find(&body, b"\"model\":\"gpt-4o-mini-paced\"").is_some() {
+        // The first event leaves at once; the rest one PACE apart.
+        let paced = PacedStream {
+            events: sse_events().into_iter().map(Bytes::from).collect(),
+            wait: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        };
         return Ok(Response::builder()
             .header("content-type", "text/event-stream")
-            .body(full(sse))
+            .body(paced.boxed())
+            .expect("response"));
+    }
+    if memchr::memmem::find(&body, b"\"stream\":true").is_some() {
+        return Ok(Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(full(sse_events().concat()))
             .expect("response"));
     }
     let content = "x".repeat(700);
@@ -624,8 +675,35 @@ struct Result_ {
     ttfe_p50: Duration,
     stream_rps: f64,
     frames_per_stream: f64,
+    paced_first_event: Duration,
+    paced_frames: f64,
     cpu_us_per_request: Option<f64>,
     rss_mib: Option<f64>,
+}
+
+/// Each field's median over the rounds.
+fn median(runs: &[Result_]) -> Result_ {
+    fn mid<T: PartialOrd + Copy>(mut values: Vec<T>) -> T {
+        values.sort_by(|a, b| a.partial_cmp(b).expect("a number"));
+        values[values.len() / 2]
+    }
+    let of = |f: fn(&Result_) -> f64| mid(runs.iter().map(f).collect());
+    let at = |f: fn(&Result_) -> Duration| mid(runs.iter().map(f).collect());
+    Result_ {
+        rps: of(|r| r.rps),
+        p50: at(|r| r.p50),
+        p99: at(|r| r.p99),
+        p999: at(|r| r.p999),
+        single_p50: at(|r| r.single_p50),
+        single_p99: at(|r| r.single_p99),
+        ttfe_p50: at(|r| r.ttfe_p50),
+        stream_rps: of(|r| r.stream_rps),
+        frames_per_stream: of(|r| r.frames_per_stream),
+        paced_first_event: at(|r| r.paced_first_event),
+        paced_frames: of(|r| r.paced_frames),
+        cpu_us_per_request: Some(of(|r| r.cpu_us_per_request.unwrap_or(0.0))),
+        rss_mib: Some(of(|r| r.rss_mib.unwrap_or(0.0))),
+    }
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -639,9 +717,13 @@ fn client() -> HttpClient {
 }
 
 fn chat_body(stream: bool) -> Bytes {
+    chat_body_for("gpt-4o-mini", stream)
+}
+
+fn chat_body_for(model: &str, stream: bool) -> Bytes {
     let prompt = "Summarise the following text in one sentence. ".repeat(16);
     Bytes::from(format!(
-        "{{\"model\":\"gpt-4o-mini\",\"messages\":[{{\"role\":\"system\",\"content\":\"You are terse.\"}},{{\"role\":\"user\",\"content\":\"{prompt}\"}}],\"temperature\":0.2,\"stream\":{stream}{}}}",
+        "{{\"model\":\"{model}\",\"messages\":[{{\"role\":\"system\",\"content\":\"You are terse.\"}},{{\"role\":\"user\",\"content\":\"{prompt}\"}}],\"temperature\":0.2,\"stream\":{stream}{}}}",
         if stream { ",\"stream_options\":{\"include_usage\":true}" } else { "" }
     ))
 }
@@ -700,34 +782,75 @@ async fn closed_loop(
     (all.len(), all)
 }
 
+/// One streamed answer, read frame by frame: when its first data frame came
+/// and how many data frames it came in (a proxy that buffers joins them).
+async fn one_stream(client: &HttpClient, url: &str, key: &str, body: Bytes) -> (Duration, usize) {
+    let t = Instant::now();
+    let request = Request::post(url)
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .expect("request");
+    let mut body = client.request(request).await.expect("response").into_body();
+    let mut first_event = None;
+    let mut frames = 0;
+    while let Some(frame) = body.frame().await {
+        if frame.expect("frame").is_data() {
+            frames += 1;
+            first_event.get_or_insert_with(|| t.elapsed());
+        }
+    }
+    (first_event.unwrap_or_default(), frames)
+}
+
 async fn streams(url: &str, key: &str, count: usize) -> (Vec<Duration>, f64, f64) {
     let client = client();
     let mut first_event = Vec::new();
     let mut frames = 0usize;
     let started = Instant::now();
     for _ in 0..count {
-        let t = Instant::now();
-        let request = Request::post(url)
-            .header("authorization", format!("Bearer {key}"))
-            .header("content-type", "application/json")
-            .body(Full::new(chat_body(true)))
-            .expect("request");
-        let mut body = client.request(request).await.expect("response").into_body();
-        let mut seen_first = false;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.expect("frame");
-            if frame.is_data() {
-                frames += 1;
-                if !seen_first {
-                    first_event.push(t.elapsed());
-                    seen_first = true;
-                }
-            }
-        }
+        let (first, n) = one_stream(&client, url, key, chat_body(true)).await;
+        first_event.push(first);
+        frames += n;
     }
     let rate = count as f64 / started.elapsed().as_secs_f64();
     first_event.sort();
     (first_event, rate, frames as f64 / count as f64)
+}
+
+/// The shared harness's `paced` test: 16 streams at once, 10 rounds, each
+/// event 10 ms after the one before. Returns the first event's p50 and the
+/// data frames per stream (12 when nothing is held back).
+async fn paced_streams(url: &str, key: &str) -> (Duration, f64) {
+    let client = client();
+    let mut first_events = Vec::new();
+    let mut frames = 0usize;
+    for _ in 0..10 {
+        let round: Vec<_> = (0..16)
+            .map(|_| {
+                let (client, url, key) = (client.clone(), url.to_owned(), key.to_owned());
+                tokio::spawn(async move {
+                    one_stream(
+                        &client,
+                        &url,
+                        &key,
+                        chat_body_for("gpt-4o-mini-paced", true),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for task in round {
+            let (first, n) = task.await.expect("task");
+            first_events.push(first);
+            frames += n;
+        }
+    }
+    first_events.sort();
+    (
+        percentile(&first_events, 0.5),
+        frames as f64 / first_events.len() as f64,
+    )
 }
 
 async fn measure(
@@ -746,6 +869,7 @@ async fn measure(
     let rss = rss_tree_kib(pid);
     let (_, single) = closed_loop(&url, key, 1, run_for / 2).await;
     let (first_events, stream_rps, frames) = streams(&url, key, 500).await;
+    let (paced_first_event, paced_frames) = paced_streams(&url, key).await;
     let ticks_per_second = 100.0; // USER_HZ on Linux
     Result_ {
         rps: count as f64 / run_for.as_secs_f64(),
@@ -757,6 +881,8 @@ async fn measure(
         ttfe_p50: percentile(&first_events, 0.5),
         stream_rps,
         frames_per_stream: frames,
+        paced_first_event,
+        paced_frames,
         cpu_us_per_request: Some(ticks as f64 / ticks_per_second * 1e6 / count.max(1) as f64),
         rss_mib: Some(rss as f64 / 1024.0),
     }
@@ -913,12 +1039,18 @@ async fn bench(run_for: Duration, connections: usize) {
         "floor = hyper's HTTP/1 server + keygate's upstream client, one fixed key, nothing else"
     );
     // BENCH_SECONDS=0: only the held streams (and what else is asked for).
+    // BENCH_ROUNDS=N: the targets take turns N times; each row is a median.
     if !run_for.is_zero() {
-        let mut results = Vec::new();
-        for target in &targets {
-            results
-                .push(measure(&target.base, &target.key, target.pid, connections, run_for).await);
+        let rounds: usize = env_or("BENCH_ROUNDS", 1);
+        let mut runs: Vec<Vec<Result_>> = targets.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds.max(1) {
+            for (target, runs) in targets.iter().zip(&mut runs) {
+                runs.push(
+                    measure(&target.base, &target.key, target.pid, connections, run_for).await,
+                );
+            }
         }
+        let results: Vec<Result_> = runs.iter().map(|r| median(r)).collect();
         print_table(&targets, &results);
     }
 
@@ -1034,6 +1166,15 @@ fn print_table(targets: &[Target], results: &[Result_]) {
         ("SSE streams/s (sequential)", Box::new(|r| r.stream_rps)),
         ("data frames per stream", Box::new(|r| r.frames_per_stream)),
         (
+            "paced first event p50 µs",
+            Box::new(move |r| us(r.paced_first_event)),
+        ),
+        (
+            "paced first event added µs",
+            Box::new(move |r| us(r.paced_first_event) - us(direct.paced_first_event)),
+        ),
+        ("paced frames per stream", Box::new(|r| r.paced_frames)),
+        (
             "RSS MiB after the run",
             Box::new(|r| r.rss_mib.unwrap_or(0.0)),
         ),
@@ -1082,6 +1223,18 @@ fn print_table(targets: &[Target], results: &[Result_]) {
 /// set, upstream keep-alive, no response buffering; one worker. Enough
 /// descriptors for the held streams.
 fn nginx_serve(dir: &std::path::Path, mock_addr: &str, client_key: &str) -> Option<(Proc, String)> {
+    nginx_serve_under(Command::new("nginx"), dir, mock_addr, client_key, "")
+}
+
+/// [`nginx_serve`] run by `program` (`nginx` itself, or valgrind with
+/// `nginx` as its last argument), with more `-g` directives.
+fn nginx_serve_under(
+    mut program: Command,
+    dir: &std::path::Path,
+    mock_addr: &str,
+    client_key: &str,
+    directives: &str,
+) -> Option<(Proc, String)> {
     Command::new("nginx")
         .arg("-v")
         .stderr(Stdio::null())
@@ -1131,16 +1284,17 @@ http {{
     );
     let conf_path = d.join("nginx.conf");
     std::fs::write(&conf_path, conf).expect("nginx.conf");
-    let child = Command::new("nginx")
+    let child = program
         .arg("-c")
         .arg(&conf_path)
-        .args(["-g", "daemon off;"])
+        .args(["-g", &format!("daemon off; {directives}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
     let proc = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Under valgrind nginx takes seconds to start.
+    let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect(&addr).is_err() {
         assert!(
             Instant::now() < deadline,
@@ -1263,39 +1417,60 @@ async fn instructions_per_request(
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
+    // BENCH_CALLGRIND_OUT=DIR keeps the dumps for callgrind_annotate.
+    let dumps_dir = std::env::var_os("BENCH_CALLGRIND_OUT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("dumps"));
+    std::fs::create_dir_all(&dumps_dir).expect("dumps dir");
     let mut rows = Vec::new();
-    for name in ["floor", "keygate"] {
-        let out = dir.path().join(name);
+    for name in ["floor", "nginx", "keygate"] {
+        let out = dumps_dir.join(name);
         let mut command = Command::new("valgrind");
         command
             .arg("--tool=callgrind")
             .arg(format!("--callgrind-out-file={}", out.display()));
-        // spawn_reading's "listener" waits for both of keygate's listener lines.
-        let (command, wait_for, marker) = if name == "floor" {
-            command.arg(std::env::current_exe().expect("exe"));
-            let command = floor_serve(command, mock_addr, client_key);
-            (command, "floor listening on", "floor listening on")
-        } else {
-            command.arg(keygate_exe());
-            (
-                keygate_serve(command, config),
-                "listener",
-                "client listener on",
-            )
+        let (proc, url) = match name {
+            "floor" => {
+                command.arg(std::env::current_exe().expect("exe"));
+                let command = floor_serve(command, mock_addr, client_key);
+                let (proc, lines) = spawn_reading(command, "floor listening on");
+                let addr = addr_after(&lines, "floor listening on");
+                (proc, addr)
+            }
+            "nginx" => {
+                // One process (no master), so the one valgrind runs counts it all.
+                command.arg("nginx");
+                let Some(served) = nginx_serve_under(
+                    command,
+                    &dir.path().join("nginx-callgrind"),
+                    mock_addr,
+                    client_key,
+                    "master_process off;",
+                ) else {
+                    continue;
+                };
+                served
+            }
+            _ => {
+                command.arg(keygate_exe());
+                // spawn_reading's "listener" waits for both of keygate's listener lines.
+                let (proc, lines) = spawn_reading(keygate_serve(command, config), "listener");
+                let addr = addr_after(&lines, "client listener on");
+                (proc, addr)
+            }
         };
-        let (proc, lines) = spawn_reading(command, wait_for);
-        let url = format!("http://{}/v1/chat/completions", addr_after(&lines, marker));
+        let url = format!("http://{url}/v1/chat/completions");
         let pid = proc.0.id().to_string();
         let mut per = Vec::new();
         for stream in [false, true] {
             fixed_count(&url, client_key, stream, count / 10).await; // warm-up
             callgrind_control(&["-z", &pid]);
             fixed_count(&url, client_key, stream, count).await;
-            let dumps = std::fs::read_dir(dir.path()).expect("dir").count();
+            let dumps = std::fs::read_dir(&dumps_dir).expect("dir").count();
             callgrind_control(&["-d", &pid]);
-            let dump = dir.path().join(format!("{name}.{}", per.len() + 1));
+            let dump = dumps_dir.join(format!("{name}.{}", per.len() + 1));
             let deadline = Instant::now() + Duration::from_secs(30);
-            while std::fs::read_dir(dir.path()).expect("dir").count() == dumps
+            while std::fs::read_dir(&dumps_dir).expect("dir").count() == dumps
                 && Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1314,15 +1489,25 @@ async fn instructions_per_request(
     }
     println!();
     println!("user-space instructions (callgrind, {count} each after a warm-up, 8 connections):");
-    let [(_, floor), (_, keygate)] = [&rows[0], &rows[1]];
+    let of = |who: &str| rows.iter().find(|(n, _)| *n == who).map(|(_, per)| per);
+    let (Some(floor), Some(keygate)) = (of("floor"), of("keygate")) else {
+        return;
+    };
     for (i, what) in ["per JSON request", "per SSE stream"].iter().enumerate() {
-        println!(
-            "  {what:<18} floor {:>8.0}   keygate {:>8.0}   keygate − floor {:>7.0} ({:.2}x)",
-            floor[i],
+        let mut line = format!("  {what:<18} floor {:>8.0}", floor[i]);
+        if let Some(nginx) = of("nginx") {
+            line.push_str(&format!("   nginx {:>8.0}", nginx[i]));
+        }
+        line.push_str(&format!(
+            "   keygate {:>8.0}   keygate − floor {:>7.0} ({:.2}x)",
             keygate[i],
             keygate[i] - floor[i],
             keygate[i] / floor[i].max(1.0)
-        );
+        ));
+        if let Some(nginx) = of("nginx") {
+            line.push_str(&format!(", ÷ nginx {:.2}x", keygate[i] / nginx[i].max(1.0)));
+        }
+        println!("{line}");
     }
 }
 
