@@ -105,6 +105,15 @@ fn mask_element(bytes: &[u8]) -> Option<(usize, MaskElement)> {
     }
 }
 
+/// Where the next byte that may begin a [`mask_element`] is. Most header
+/// values and bodies hold none, and memchr skips them many bytes at a time
+/// (the byte-by-byte walk was 1.4 % of a request's instructions).
+fn next_mask_start(bytes: &[u8]) -> Option<usize> {
+    let symbol = memchr::memchr3(b'*', b'.', 0xE2, bytes);
+    let escape = memchr::memchr(b'\\', &bytes[..symbol.unwrap_or(bytes.len())]);
+    escape.or(symbol)
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum MaskElement {
     Star,
@@ -251,7 +260,8 @@ impl KeyRing {
     fn masked_echoes(&self, bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
         let mut found = Vec::new();
         let mut at = 0;
-        while at < bytes.len() {
+        while let Some(next) = next_mask_start(&bytes[at..]) {
+            at += next;
             if mask_element(&bytes[at..]).is_none() {
                 at += 1;
                 continue;

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
+use super::UsageMap;
 
 use crate::proxy::error::ProxyError;
 
@@ -121,15 +121,15 @@ impl Reservation {
 /// at start (so a restart does not reset a budget).
 #[derive(Debug, Default)]
 pub struct Limits {
-    clients: DashMap<Arc<str>, Arc<LimitState>>,
-    spent_before_start: DashMap<String, u64>,
+    clients: UsageMap<Arc<str>, Arc<LimitState>>,
+    spent_before_start: UsageMap<String, u64>,
 }
 
 impl Limits {
     /// Limits starting from `spent` tokens per client (from the ledger).
     pub fn with_spent(spent: impl IntoIterator<Item = (String, u64)>) -> Limits {
         Limits {
-            clients: DashMap::new(),
+            clients: UsageMap::default(),
             spent_before_start: spent.into_iter().collect(),
         }
     }

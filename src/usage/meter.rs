@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dashmap::DashMap;
+use super::UsageMap;
 
 /// What usage is aggregated by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -164,10 +164,10 @@ pub const OTHER_MODEL: &str = "(other)";
 
 /// The process's usage counters.
 pub struct Meter {
-    series: DashMap<UsageKey, UsageSeries>,
+    series: UsageMap<UsageKey, UsageSeries>,
     /// How many keys of `series` each client has (only touched when a key
     /// is created, never on the hot path).
-    per_client: DashMap<Arc<str>, usize>,
+    per_client: UsageMap<Arc<str>, usize>,
     max_keys: usize,
     max_keys_per_client: usize,
 }
@@ -183,8 +183,8 @@ impl Meter {
     /// `max_keys_per_client` of one client (then [`OTHER_MODEL`]).
     pub fn with_max_keys(max_keys: usize, max_keys_per_client: usize) -> Self {
         Meter {
-            series: DashMap::new(),
-            per_client: DashMap::new(),
+            series: UsageMap::default(),
+            per_client: UsageMap::default(),
             max_keys,
             max_keys_per_client,
         }

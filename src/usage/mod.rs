@@ -10,3 +10,28 @@ pub mod scan;
 pub mod shapes;
 pub mod sse;
 pub mod tap;
+
+/// The hasher of the usage and limit maps, which every request looks up:
+/// aHash, seeded at random per map like std's SipHash (a client picks the
+/// model names that key them), at a fraction of SipHash's cost.
+#[derive(Clone)]
+pub struct RandomlySeeded(ahash::RandomState);
+
+impl Default for RandomlySeeded {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        let std_seeded = std::collections::hash_map::RandomState::new();
+        let [a, b, c, d] = [0u8, 1, 2, 3].map(|n| std_seeded.hash_one(n));
+        RandomlySeeded(ahash::RandomState::with_seeds(a, b, c, d))
+    }
+}
+
+impl std::hash::BuildHasher for RandomlySeeded {
+    type Hasher = ahash::AHasher;
+    fn build_hasher(&self) -> ahash::AHasher {
+        self.0.build_hasher()
+    }
+}
+
+/// A concurrent map hashed with [`RandomlySeeded`].
+pub type UsageMap<K, V> = dashmap::DashMap<K, V, RandomlySeeded>;
