@@ -234,6 +234,8 @@ const PACE: Duration = Duration::from_millis(10);
 
 /// A generation as a provider streams it: one event every [`PACE`].
 struct PacedStream {
+    /// Sent at once, with the head: a timer would add its tick (~1 ms).
+    first: Option<Bytes>,
     events: std::collections::VecDeque<Bytes>,
     wait: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
@@ -245,6 +247,9 @@ impl http_body::Body for PacedStream {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if let Some(first) = self.first.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(first))));
+        }
         std::task::ready!(std::future::Future::poll(self.wait.as_mut(), cx));
         let next = tokio::time::Instant::now() + PACE;
         self.wait.as_mut().reset(next);
@@ -295,9 +300,12 @@ async fn mock_answer(request: Request<Incoming>) -> Result<Response<MockBody>, I
     }
     if memchr::memmem::find(&body, b"\"model\":\"gpt-4o-mini-paced\"").is_some() {
         // The first event leaves at once; the rest one PACE apart.
+        let mut events: std::collections::VecDeque<Bytes> =
+            sse_events().into_iter().map(Bytes::from).collect();
         let paced = PacedStream {
-            events: sse_events().into_iter().map(Bytes::from).collect(),
-            wait: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            first: events.pop_front(),
+            events,
+            wait: Box::pin(tokio::time::sleep(PACE)),
         };
         return Ok(Response::builder()
             .header("content-type", "text/event-stream")
@@ -432,6 +440,13 @@ async fn floor_forward(
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
+        // nginx's worker outlives a killed master: its children go first.
+        for child in process_tree(self.0.id()).into_iter().skip(1) {
+            let _ = Command::new("kill")
+                .args(["-9", &child.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
