@@ -207,40 +207,33 @@ fn full(bytes: impl Into<Bytes>) -> MockBody {
 /// How long a `"model":"hold"` stream waits after its first event.
 const HOLD: Duration = Duration::from_secs(60);
 
-/// One SSE event, then nothing for [`HOLD`]: a long generation in progress.
-struct HeldStream {
-    first: Option<Bytes>,
-    wait: std::pin::Pin<Box<tokio::time::Sleep>>,
-}
-
-impl http_body::Body for HeldStream {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        if let Some(first) = self.first.take() {
-            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(first))));
-        }
-        // After the wait the stream simply ends (the bench is gone by then).
-        std::future::Future::poll(self.wait.as_mut(), cx).map(|()| None)
-    }
-}
-
 /// Pause between a paced stream's events (the shared harness's `-paced`
 /// model: 10 ms), so each event leaves the mock as its own frame.
 const PACE: Duration = Duration::from_millis(10);
 
-/// A generation as a provider streams it: one event every [`PACE`].
-struct PacedStream {
-    /// Sent at once, with the head: a timer would add its tick (~1 ms).
+/// A generation as a provider streams it: the first event at once, with the
+/// head (a timer would add its ~1 ms tick), then one event every `gap`, then
+/// the end one `gap` after the last. A held stream is a first event and no
+/// more for [`HOLD`].
+struct ScriptedStream {
     first: Option<Bytes>,
     events: std::collections::VecDeque<Bytes>,
+    gap: Duration,
     wait: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
-impl http_body::Body for PacedStream {
+impl ScriptedStream {
+    fn new(mut events: std::collections::VecDeque<Bytes>, gap: Duration) -> Self {
+        ScriptedStream {
+            first: events.pop_front(),
+            events,
+            gap,
+            wait: Box::pin(tokio::time::sleep(gap)),
+        }
+    }
+}
+
+impl http_body::Body for ScriptedStream {
     type Data = Bytes;
     type Error = Infallible;
     fn poll_frame(
@@ -251,7 +244,7 @@ impl http_body::Body for PacedStream {
             return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(first))));
         }
         std::task::ready!(std::future::Future::poll(self.wait.as_mut(), cx));
-        let next = tokio::time::Instant::now() + PACE;
+        let next = tokio::time::Instant::now() + self.gap;
         self.wait.as_mut().reset(next);
         std::task::Poll::Ready(
             self.events
@@ -289,24 +282,17 @@ async fn mock_answer(request: Request<Incoming>) -> Result<Response<MockBody>, I
             .expect("response"));
     }
     if memchr::memmem::find(&body, b"\"model\":\"hold\"").is_some() {
-        let held = HeldStream {
-            first: Some(Bytes::from_static(b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tok\"}}],\"usage\":null}\n\n")),
-            wait: Box::pin(tokio::time::sleep(HOLD)),
-        };
+        let held = ScriptedStream::new(
+            [Bytes::from_static(b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"tok\"}}],\"usage\":null}\n\n")].into(),
+            HOLD,
+        );
         return Ok(Response::builder()
             .header("content-type", "text/event-stream")
             .body(held.boxed())
             .expect("response"));
     }
     if memchr::memmem::find(&body, b"\"model\":\"gpt-4o-mini-paced\"").is_some() {
-        // The first event leaves at once; the rest one PACE apart.
-        let mut events: std::collections::VecDeque<Bytes> =
-            sse_events().into_iter().map(Bytes::from).collect();
-        let paced = PacedStream {
-            first: events.pop_front(),
-            events,
-            wait: Box::pin(tokio::time::sleep(PACE)),
-        };
+        let paced = ScriptedStream::new(sse_events().into_iter().map(Bytes::from).collect(), PACE);
         return Ok(Response::builder()
             .header("content-type", "text/event-stream")
             .body(paced.boxed())

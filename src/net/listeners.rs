@@ -185,12 +185,8 @@ async fn accept_loop<S, F>(
     }
 }
 
-async fn serve_connection<I, S, F>(
-    mut io: I,
-    server: &ServerConfig,
-    mut shutdown: Shutdown,
-    service: S,
-) where
+async fn serve_connection<I, S, F>(mut io: I, server: &ServerConfig, shutdown: Shutdown, service: S)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> + Send + 'static,
@@ -220,14 +216,7 @@ async fn serve_connection<I, S, F>(
             .max_header_list_size(64 * 1024)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .serve_connection(io, service_fn(service));
-        tokio::pin!(connection);
-        tokio::select! {
-            result = connection.as_mut() => log_end(result),
-            _ = shutdown.requested() => {
-                connection.as_mut().graceful_shutdown();
-                log_end(connection.await);
-            }
-        }
+        until_drained(connection, shutdown, |c| c.graceful_shutdown()).await;
     } else {
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -238,13 +227,25 @@ async fn serve_connection<I, S, F>(
             .max_buf_size(64 * 1024)
             .max_header_size(64 * 1024)
             .serve_connection(io, service_fn(service));
-        tokio::pin!(connection);
-        tokio::select! {
-            result = connection.as_mut() => log_end(result),
-            _ = shutdown.requested() => {
-                connection.as_mut().graceful_shutdown();
-                log_end(connection.await);
-            }
+        until_drained(connection, shutdown, |c| c.graceful_shutdown()).await;
+    }
+}
+
+/// Serves `connection` to its end; on shutdown, asks it to finish what is in
+/// flight (`graceful`) and waits for that.
+async fn until_drained<C>(
+    connection: C,
+    mut shutdown: Shutdown,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => log_end(result),
+        _ = shutdown.requested() => {
+            graceful(connection.as_mut());
+            log_end(connection.await);
         }
     }
 }
