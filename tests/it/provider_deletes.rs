@@ -114,7 +114,13 @@ async fn old_minted_key_is_deleted_after_its_grace(api: Api, provider: &str, adm
         "keygate asked to delete a key it did not mint"
     );
 
-    let list = key_list(&env.kg);
+    // The provider has the DELETE; keygate records it in the vault just after.
+    let list = eventually(Duration::from_secs(5), || async {
+        let list = key_list(&env.kg);
+        (key_row(&list, provider, &first.secret)["at_provider"]["pending"] == false).then_some(list)
+    })
+    .await
+    .unwrap_or_else(|| key_list(&env.kg));
     let old = key_row(&list, provider, &first.secret);
     assert_eq!(old["state"], "retired", "{old}");
     assert_eq!(old["at_provider"]["pending"], false, "{old}");
