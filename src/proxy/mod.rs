@@ -49,7 +49,7 @@ pub async fn handle(
     let mut end = RequestEnd::new(shared.clone(), Instant::now());
     // Boxed: the conductor's state (~3.5 KiB) is then freed as soon as the
     // response head is out, instead of living in hyper's per-connection
-    // slot for as long as a stream is held open (10,000 held streams: ~35
+    // slot for as long as a stream is held open (10,000 held streams: 29
     // MiB). One allocation per request.
     let mut response = match Box::pin(conduct(&shared, request, &mut end)).await {
         Ok(response) => response,
