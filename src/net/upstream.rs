@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
-use http::uri::{Authority, Parts, Scheme};
+use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -195,7 +195,6 @@ impl Upstream {
         let Some(pool) = self.pool_for(request.uri()) else {
             return Err(SendError::Connect("the upstream URI has no origin".into()));
         };
-        let absolute = request.uri().clone();
         request
             .headers_mut()
             .insert(http::header::HOST, pool.host.clone());
@@ -215,7 +214,7 @@ impl Upstream {
                             // taken: nothing was sent, so another one may carry it.
                             Some(unsent) if reused => {
                                 request = unsent;
-                                *request.uri_mut() = absolute.clone();
+                                to_absolute_form(request.uri_mut(), &pool);
                             }
                             _ => return Err(SendError::Exchange(failed.into_error())),
                         },
@@ -449,10 +448,23 @@ async fn exchange(
 
 /// URIs on an HTTP/1 connection are sent as path and query only.
 fn to_origin_form(uri: &mut Uri) {
-    let mut parts = Parts::default();
-    parts.path_and_query = uri.path_and_query().cloned();
+    // Moved, not cloned: the path's bytes are shared, not copied.
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.scheme = None;
+    parts.authority = None;
     if let Ok(origin_form) = Uri::from_parts(parts) {
         *uri = origin_form;
+    }
+}
+
+/// Back from [`to_origin_form`], for a request sent again (the next
+/// connection may be HTTP/2, which carries the origin in the request).
+fn to_absolute_form(uri: &mut Uri, pool: &OriginPool) {
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.scheme = Some(pool.scheme.clone());
+    parts.authority = Some(pool.authority.clone());
+    if let Ok(absolute) = Uri::from_parts(parts) {
+        *uri = absolute;
     }
 }
 
