@@ -195,13 +195,14 @@ impl Upstream {
         let Some(pool) = self.pool_for(request.uri()) else {
             return Err(SendError::Connect("the upstream URI has no origin".into()));
         };
-        request
-            .headers_mut()
-            .insert(http::header::HOST, pool.host.clone());
         let mut unprocessed = 0;
         loop {
             match self.route(&pool).await? {
                 Route::H1 { conn, reused } => {
+                    // HTTP/2 carries the origin as `:authority` instead.
+                    request
+                        .headers_mut()
+                        .insert(http::header::HOST, pool.host.clone());
                     to_origin_form(request.uri_mut());
                     match exchange(conn, request).await {
                         Ok((response, conn)) => {

@@ -180,6 +180,9 @@ async fn hop_by_hop_headers_and_client_credentials_are_not_forwarded() {
         crate::support::config::upstream_version(),
         "the protocol the provider's `http` asks for (KEYGATE_TEST_UPSTREAM_HTTP)"
     );
+    // Addressed to the provider (`Host` or `:authority`), not to keygate.
+    let provider_host = env.openai.url().split_once("://").unwrap().1.to_owned();
+    assert_eq!(seen.authority, Some(provider_host), "{}", seen.everything());
     for h in [
         "x-foo",
         "keep-alive",

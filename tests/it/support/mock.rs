@@ -60,8 +60,19 @@ pub struct Seen {
     pub version: http::Version,
     /// Path and query, e.g. `/v1/models?limit=2`.
     pub uri: String,
+    /// The host the request was addressed to: `Host` over HTTP/1.1,
+    /// `:authority` over HTTP/2.
+    pub authority: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
+}
+
+/// [`Seen::authority`] of a request's head.
+pub fn authority_of(parts: &http::request::Parts) -> Option<String> {
+    parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+        let host = parts.headers.get(http::header::HOST)?;
+        Some(String::from_utf8_lossy(host.as_bytes()).into_owned())
+    })
 }
 
 impl Seen {
@@ -611,6 +622,7 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             method: parts.method.clone(),
             version: parts.version,
             uri: uri.clone(),
+            authority: authority_of(&parts),
             headers: parts.headers.clone(),
             body: body.clone(),
         });

@@ -68,6 +68,7 @@ impl Recording {
                                     || parts.uri.path().to_string(),
                                     |p| p.to_string(),
                                 ),
+                                authority: super::mock::authority_of(&parts),
                                 headers: parts.headers,
                                 body,
                             };
