@@ -17,6 +17,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer};
 
+use crate::providers::AdminScope;
 pub use crate::providers::{AuthStyle, Kind};
 
 /// The embedded default configuration (the documented `config/keygate.toml`).
@@ -507,11 +508,19 @@ impl Config {
         };
         let mut providers = BTreeMap::new();
         for (name, p) in raw.providers {
-            let base_url = p.base_url.ok_or_else(|| {
-                semantic(format!(
-                    "providers.{name}.base_url is missing: every provider needs the upstream's URL, e.g. \"https://api.openai.com\""
-                ))
-            })?;
+            let kind = p
+                .kind
+                .or_else(|| Kind::named(&name))
+                .unwrap_or_else(Kind::generic);
+            let base_url = p
+                .base_url
+                .or_else(|| kind.default_base_url().map(str::to_owned))
+                .ok_or_else(|| {
+                    semantic(format!(
+                        "providers.{name}.base_url is missing: every provider of kind {} needs the upstream's URL, e.g. \"https://api.openai.com\"",
+                        kind.as_str()
+                    ))
+                })?;
             let (origin, base_path) = parse_url(&base_url, "https://api.openai.com")
                 .map_err(|why| semantic(format!("providers.{name}.base_url `{base_url}` {why}")))?;
             let prefix = p.prefix.unwrap_or_else(|| format!("/{name}"));
@@ -521,10 +530,6 @@ impl Config {
                     "providers.{name}.prefix `{prefix}` must start with `/`, be non-empty and not be `/v1`"
                 )));
             }
-            let kind = p
-                .kind
-                .or_else(|| Kind::named(&name))
-                .unwrap_or(Kind::Generic);
             let header = |field: &str, value: Option<String>| {
                 value
                     .map(|v| {
@@ -664,22 +669,13 @@ fn cluster(raw: RawCluster) -> Result<ClusterConfig, String> {
     })
 }
 
-fn default_admin_url(kind: Kind) -> Option<&'static str> {
-    match kind {
-        Kind::OpenAi => Some("https://api.openai.com"),
-        Kind::Xai => Some("https://management-api.x.ai"),
-        Kind::OpenRouter => Some("https://openrouter.ai"),
-        Kind::Anthropic => Some("https://api.anthropic.com"),
-        Kind::Azure | Kind::Generic => None,
-    }
-}
-
 /// Validates `[providers.NAME.admin]`: a usable URL (given, or the kind's
 /// default), and the id the kind's management API needs — and only that one,
 /// so a `team` written under OpenAI is caught rather than silently ignored.
 fn admin_api(name: &str, kind: Kind, raw: RawAdmin) -> Result<AdminApi, String> {
     let table = format!("providers.{name}.admin");
-    let default = default_admin_url(kind);
+    let management = kind.management();
+    let default = management.and_then(|m| m.default_url());
     let url = match (raw.url, default) {
         (Some(url), _) => url,
         (None, Some(default)) => default.to_owned(),
@@ -705,25 +701,34 @@ fn admin_api(name: &str, kind: Kind, raw: RawAdmin) -> Result<AdminApi, String> 
     };
     let project = id("project", raw.project)?;
     let team = id("team", raw.team)?;
-    if project.is_some() && kind != Kind::OpenAi {
+    let scope = management.map_or(AdminScope::None, |m| m.scope());
+    let used_by = |wanted: fn(AdminScope) -> bool| -> String {
+        let kinds: Vec<&str> = Kind::all()
+            .filter(|k| k.management().is_some_and(|m| wanted(m.scope())))
+            .map(Kind::as_str)
+            .collect();
+        kinds.join(", ")
+    };
+    if project.is_some() && !matches!(scope, AdminScope::Project(_)) {
         return Err(format!(
-            "{table}.project is only used by kind openai (the project whose service accounts keygate manages); remove it"
+            "{table}.project is only used by kind {} (the project whose service accounts keygate manages); remove it",
+            used_by(|s| matches!(s, AdminScope::Project(_)))
         ));
     }
-    if team.is_some() && kind != Kind::Xai {
+    if team.is_some() && !matches!(scope, AdminScope::Team(_)) {
         return Err(format!(
-            "{table}.team is only used by kind xai (the team whose API keys keygate manages); remove it"
+            "{table}.team is only used by kind {} (the team whose API keys keygate manages); remove it",
+            used_by(|s| matches!(s, AdminScope::Team(_)))
         ));
     }
-    if kind == Kind::OpenAi && project.is_none() {
-        return Err(format!(
-            "{table}.project is missing: OpenAI's Admin API creates keygate's keys as service accounts of a project; set it to the project's id (proj_…, in the project's settings); the Default project cannot hold service accounts"
-        ));
-    }
-    if kind == Kind::Xai && team.is_none() {
-        return Err(format!(
-            "{table}.team is missing: xAI's Management API creates API keys in a team; set it to the team's id (in the xAI console)"
-        ));
+    match scope {
+        AdminScope::Project(why) if project.is_none() => {
+            return Err(format!("{table}.project is missing: {why}"))
+        }
+        AdminScope::Team(why) if team.is_none() => {
+            return Err(format!("{table}.team is missing: {why}"))
+        }
+        _ => {}
     }
     Ok(AdminApi {
         origin,
@@ -844,10 +849,23 @@ mod tests {
 
     #[test]
     fn provider_without_base_url_is_named() {
-        let err = Config::from_toml("[providers.groq]\nauth = \"bearer\"")
+        let err = Config::from_toml("[providers.vllm]\nauth = \"bearer\"")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("providers.groq.base_url"), "{err}");
+        assert!(err.contains("providers.vllm.base_url"), "{err}");
+    }
+
+    #[test]
+    fn a_kind_with_a_known_url_needs_no_base_url() {
+        let config =
+            Config::from_toml("[providers.groq]\n[providers.gem]\nkind = \"gemini\"").unwrap();
+        let groq = &config.providers["groq"];
+        assert_eq!(groq.kind.as_str(), "groq");
+        assert_eq!(groq.origin, "https://api.groq.com");
+        assert_eq!(groq.base_path, "/openai");
+        let gemini = &config.providers["gem"];
+        assert_eq!(gemini.base_path, "/v1beta/openai");
+        assert_eq!(gemini.prefix, "/gem");
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub struct Burn<'a> {
 /// True when keygate can create a key at `provider`: a kind with that API,
 /// its `[providers.NAME.admin]`, and a stored credential.
 pub fn can_mint(document: &crate::vault::document::Document, provider: &Provider) -> bool {
-    crate::providers::management::can_create(provider.kind)
+    provider.kind.can_create()
         && provider.admin.is_some()
         && document.admin_key(&provider.name).is_some()
 }
@@ -60,7 +60,7 @@ pub fn can_mint(document: &crate::vault::document::Document, provider: &Provider
 /// True when keygate can delete or disable `provider`'s keys at the provider:
 /// a kind with that API, its `[providers.NAME.admin]`, and a stored credential.
 pub fn can_clean_up(document: &crate::vault::document::Document, provider: &Provider) -> bool {
-    crate::providers::management::can_remove(provider.kind)
+    provider.kind.can_remove()
         && provider.admin.is_some()
         && document.admin_key(&provider.name).is_some()
 }

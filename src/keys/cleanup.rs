@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::keys::management::{ManagementApi, Removed};
 use crate::keys::rotate::VaultAccess;
 use crate::net::upstream::Upstream;
-use crate::providers::management::{self as kinds, Listing};
+use crate::providers::management::{hint_matches, Listing};
 use crate::vault::document::Document;
 use crate::vault::VaultError;
 
@@ -104,7 +104,7 @@ async fn remove_at_provider(
         .providers
         .get(&key.provider)
         .ok_or_else(|| format!("provider {} is no longer configured", key.provider))?;
-    if !kinds::can_remove(provider.kind) {
+    if !provider.kind.can_remove() {
         return Err(format!(
             "{} (kind {}) has no management API keygate can delete keys with: delete it in the provider's console",
             provider.name,
@@ -119,7 +119,10 @@ async fn remove_at_provider(
     })?;
     let api = ManagementApi::new(upstream, provider, &admin.secret).map_err(|e| e.to_string())?;
     let word = |removed: Removed| match removed {
-        Removed::Now => kinds::removal_word(provider.kind),
+        Removed::Now => provider
+            .kind
+            .management()
+            .map_or("deleted", |m| m.removal_word()),
         Removed::AlreadyGone => "already gone",
     };
     let listing = if key.minted.is_some() {
@@ -141,7 +144,7 @@ async fn remove_at_provider(
         .filter(|l| {
             l.hint
                 .as_deref()
-                .is_some_and(|h| kinds::hint_matches(h, secret.expose()))
+                .is_some_and(|h| hint_matches(h, secret.expose()))
         })
         .collect();
     match matches.as_slice() {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::config::{AdminApi, Provider};
 use crate::net::upstream::Upstream;
-use crate::providers::management::{self as kinds, Call, Listed, Listing};
+use crate::providers::management::{Call, Listed, Listing, ManagementKind};
 use crate::providers::ProviderError;
 use crate::proxy::body::OutboundBody;
 use crate::vault::secret::Secret;
@@ -30,7 +30,7 @@ const MAX_PAGES: usize = 50;
 #[derive(Debug, thiserror::Error)]
 pub enum ManagementError {
     /// No `[providers.NAME.admin]` table.
-    #[error("[providers.{0}.admin] is not configured: add it (project for openai, team for xai; docs/vault-and-config.md) so keygate knows its management API")]
+    #[error("[providers.{0}.admin] is not configured: add it (with the project or team id its management API needs; docs/vault-and-config.md) so keygate knows its management API")]
     NotConfigured(String),
     /// The kind's management API cannot do this.
     #[error("{provider} (kind {kind}) cannot {action} through its management API")]
@@ -136,6 +136,7 @@ pub struct ManagementApi<'a> {
     upstream: &'a Upstream,
     provider: &'a Provider,
     api: &'a AdminApi,
+    kind: &'static dyn ManagementKind,
     admin: &'a Secret,
     timeout: Duration,
 }
@@ -151,10 +152,19 @@ impl<'a> ManagementApi<'a> {
             .admin
             .as_ref()
             .ok_or_else(|| ManagementError::NotConfigured(provider.name.clone()))?;
+        let kind = provider
+            .kind
+            .management()
+            .ok_or_else(|| ManagementError::Unsupported {
+                provider: provider.name.clone(),
+                kind: provider.kind.as_str(),
+                action: "manage keys".to_owned(),
+            })?;
         Ok(ManagementApi {
             upstream,
             provider,
             api,
+            kind,
             admin,
             timeout: CALL_TIMEOUT,
         })
@@ -176,7 +186,9 @@ impl<'a> ManagementApi<'a> {
     /// Creates one inference key named `name`.
     pub async fn create(&self, name: &str) -> Result<Created, ManagementError> {
         let action = format!("create the key {name}");
-        let (call, expected) = kinds::create(self.provider.kind, self.api, name)
+        let (call, expected) = self
+            .kind
+            .create(self.api, name)
             .ok_or_else(|| self.unsupported("create keys"))?;
         let (status, body) = self.send(call, &action).await?;
         let malformed = || ManagementError::Malformed {
@@ -185,8 +197,7 @@ impl<'a> ManagementApi<'a> {
             status,
             expected,
         };
-        let (secret, provider_id) =
-            kinds::read_created(self.provider.kind, &body).ok_or_else(malformed)?;
+        let (secret, provider_id) = self.kind.read_created(&body).ok_or_else(malformed)?;
         let secret = crate::keys::ops::upstream_secret(&secret).map_err(|_| malformed())?;
         Ok(Created {
             secret,
@@ -200,10 +211,14 @@ impl<'a> ManagementApi<'a> {
         let mut entries = Vec::new();
         let mut after: Option<String> = None;
         for _ in 0..MAX_PAGES {
-            let call = kinds::list(self.provider.kind, self.api, listing, after.as_deref())
+            let call = self
+                .kind
+                .list(self.api, listing, after.as_deref())
                 .ok_or_else(|| self.unsupported(action))?;
             let (status, body) = self.send(call, action).await?;
-            let page = kinds::read_list(self.provider.kind, listing, &body, entries.len())
+            let page = self
+                .kind
+                .read_list(listing, &body, entries.len())
                 .ok_or_else(|| ManagementError::Malformed {
                     provider: self.provider.name.clone(),
                     action: action.to_owned(),
@@ -222,7 +237,7 @@ impl<'a> ManagementApi<'a> {
     /// Deletes (Anthropic: disables) the key `id` of `listing`. A 404 means
     /// it is already gone, which is what was wanted.
     pub async fn remove(&self, listing: Listing, id: &str) -> Result<Removed, ManagementError> {
-        let word = kinds::removal_word(self.provider.kind);
+        let word = self.kind.removal_word();
         let action = format!(
             "{} {id}",
             if word == "disabled" {
@@ -231,7 +246,9 @@ impl<'a> ManagementApi<'a> {
                 "delete"
             }
         );
-        let call = kinds::remove(self.provider.kind, self.api, listing, id)
+        let call = self
+            .kind
+            .remove(self.api, listing, id)
             .ok_or_else(|| self.unsupported("delete keys"))?;
         match self.send(call, &action).await {
             Ok(_) => Ok(Removed::Now),
@@ -252,7 +269,7 @@ impl<'a> ManagementApi<'a> {
         let uri: http::Uri = format!("{url}{}", call.path)
             .parse()
             .map_err(|_| network("the management URL does not form a valid URI".to_owned()))?;
-        let auth = kinds::auth_headers(self.provider.kind);
+        let auth = self.kind.auth();
         let value = if auth.bearer {
             format!("Bearer {}", self.admin.expose())
         } else {

@@ -18,7 +18,7 @@ use crate::keys::ops::{OpError, Promotion};
 use crate::keys::rotate::{self, RotateError, Step, VaultAccess};
 use crate::keys::verify::{self, Check, Verdict};
 use crate::net::upstream::Upstream;
-use crate::providers::management::{self as kinds, Listing};
+use crate::providers::management::{Listed, Listing};
 use crate::vault::document::{Document, KeyState, MintRecord};
 use crate::vault::secret::Secret;
 use crate::vault::{Kek, Vault};
@@ -237,7 +237,7 @@ async fn orphans(
     api: &ManagementApi<'_>,
     document: &Document,
     provider: &str,
-) -> Result<Vec<kinds::Listed>, ManagementError> {
+) -> Result<Vec<Listed>, ManagementError> {
     let prefix = name_prefix(provider);
     let known = |id: &str| {
         document
@@ -264,7 +264,7 @@ struct Ready {
 /// Before anything is created: the admin table, the credential, and either
 /// a minted pending key to resume or no pending key at all.
 fn preflight(vault: &Vault, kek: &Kek, provider: &Provider) -> Result<Ready, MintRotateError> {
-    if !kinds::can_create(provider.kind) {
+    if !provider.kind.can_create() {
         return Err(MintError::CannotMint {
             provider: provider.name.clone(),
             kind: provider.kind.as_str(),

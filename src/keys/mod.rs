@@ -17,7 +17,7 @@ pub mod ring;
 pub mod rotate;
 pub mod verify;
 
-pub use ring::{auth_header, KeyRing, Pick, RingKey, Rings, ECHO_WINDOW};
+pub use ring::{KeyRing, Pick, RingKey, Rings, ECHO_WINDOW};
 
 /// Crash injection for the tests of resumability (debug builds only): when
 /// `KEYGATE_TEST_CRASH_AT` names `step`, the process kills itself with

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
-use crate::config::{AuthStyle, Provider};
+use crate::config::Provider;
 use crate::vault::document::{Document, KeyState, UpstreamKey};
 use crate::vault::secret::Secret;
 
@@ -159,7 +159,7 @@ impl KeyRing {
             let Some(secret) = key.secret.as_ref() else {
                 continue;
             };
-            let Some((header_name, header_value)) = auth_header(provider.auth, secret) else {
+            let Some((header_name, header_value)) = provider.auth.header(secret) else {
                 continue;
             };
             let health = previous_ring
@@ -395,27 +395,6 @@ impl KeyRing {
     pub fn pick_would_find(&self, tried: u64) -> bool {
         (0..self.keys.len()).any(|i| tried & (1u64 << i) == 0)
     }
-}
-
-/// The header that carries `secret` in `style`, marked sensitive.
-pub fn auth_header(style: AuthStyle, secret: &Secret) -> Option<(HeaderName, HeaderValue)> {
-    let (name, value) = match style {
-        AuthStyle::Bearer => (
-            http::header::AUTHORIZATION,
-            HeaderValue::try_from(format!("Bearer {}", secret.expose())).ok()?,
-        ),
-        AuthStyle::XApiKey => (
-            HeaderName::from_static("x-api-key"),
-            HeaderValue::try_from(secret.expose()).ok()?,
-        ),
-        AuthStyle::ApiKey => (
-            HeaderName::from_static("api-key"),
-            HeaderValue::try_from(secret.expose()).ok()?,
-        ),
-    };
-    let mut value = value;
-    value.set_sensitive(true);
-    Some((name, value))
 }
 
 /// Masks every fragment of `secret` (and the masked shapes providers echo)

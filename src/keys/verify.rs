@@ -1,5 +1,5 @@
 //! Verification: one authenticated request per key — the cheap endpoint the
-//! provider's kind names ([`crate::providers::Kind::verify_request`]) — and the
+//! provider's kind names ([`crate::providers::ProviderKind::verify_request`]) — and the
 //! answer, status *and* error body, explained in the operator's terms: a
 //! verdict, the provider's own code and message (scrubbed of key fragments),
 //! what it means and what to do. Redirects are never followed.
@@ -13,7 +13,6 @@ use std::time::Duration;
 use http::Method;
 
 use crate::config::Provider;
-use crate::keys::auth_header;
 use crate::net::upstream::Upstream;
 use crate::providers::{KeyVerdict, ProviderError};
 use crate::proxy::body::OutboundBody;
@@ -149,7 +148,7 @@ pub async fn verify(
     secret: &Secret,
     timeout: Duration,
 ) -> Check {
-    let Some((name, value)) = auth_header(provider.auth, secret) else {
+    let Some((name, value)) = provider.auth.header(secret) else {
         return Check {
             verdict: Verdict::Rejected,
             status: None,

@@ -1,22 +1,298 @@
-//! What is known about each real provider, in one place (docs/design.md §11): the
-//! default auth header, the request `key verify` sends, whether the API has
-//! OpenAI's `stream_options`, and the one question the retry loop and `key
-//! verify` both ask — *what does this answer say about the key?* — answered
-//! from the status and, where a provider needs it, the error body.
+//! Everything keygate knows about a provider kind (docs/design.md §11, §13):
+//! each kind is one file here behind one trait, [`ProviderKind`], and the rest
+//! of keygate asks a [`Kind`] — never matches on one. The questions: the auth
+//! header and the key formats, the request `key verify` sends, which paths
+//! take OpenAI's `stream_options`, what an answer says about the key, what a
+//! refusal means in the operator's terms, and the management API (create,
+//! list, delete or disable).
 //!
 //! The rules follow what the providers really send (their docs, their SDKs'
-//! error types, public bug reports): xAI answers a bad key with 400, OpenAI
-//! reports an empty account as a 429 `insufficient_quota`, Anthropic as a 400
-//! "credit balance is too low", OpenRouter as 402, and OpenRouter's 403 is a
-//! moderation refusal, not a key problem. Nothing here does I/O or logs.
+//! error types, public bug reports), each written down in its kind's file.
+//! Nothing here does I/O or logs.
 //!
-//! Over 400 lines by design: everything known about every provider kind is
-//! in this one room (the retry loop, `key verify` and the meter each ask it
-//! one question), so a provider's quirks never leak into the request path.
+//! Adding a kind: one file implementing [`ProviderKind`], one line in
+//! [`KINDS`], its mock in `tests/it/support/provider_answers.rs` and its tests.
 
-use serde::Deserialize;
+use std::fmt;
 
+use http::{HeaderName, HeaderValue};
+
+use crate::vault::secret::Secret;
+
+mod anthropic;
+mod azure;
+mod deepseek;
+mod error_body;
+mod gemini;
+mod generic;
+mod groq;
 pub mod management;
+mod mistral;
+mod openai;
+mod openrouter;
+mod xai;
+
+pub use error_body::ProviderError;
+pub use management::{AdminScope, AuthHeaders, Call, Listed, Listing, Page};
+
+/// Every kind keygate knows, by the name used in config and output.
+static KINDS: [&dyn ProviderKind; 10] = [
+    &openai::OpenAi,
+    &xai::Xai,
+    &anthropic::Anthropic,
+    &azure::Azure,
+    &openrouter::OpenRouter,
+    &generic::Generic,
+    &gemini::Gemini,
+    &mistral::Mistral,
+    &groq::Groq,
+    &deepseek::DeepSeek,
+];
+
+/// The questions the rest of keygate asks of a provider kind. Every method
+/// but the identity has a default that fits an OpenAI-compatible API without
+/// a management API; a kind's file overrides what differs.
+pub trait ProviderKind: Send + Sync + 'static {
+    /// The name used in config (`kind = …`) and output.
+    fn name(&self) -> &'static str;
+
+    /// The provider's name as a user knows it ("OpenAI").
+    fn display_name(&self) -> &'static str;
+
+    /// The upstream's URL when `base_url` is not set (`None`: it must be).
+    fn default_base_url(&self) -> Option<&'static str> {
+        None
+    }
+
+    /// The auth header the API expects when `auth` is not set.
+    fn default_auth(&self) -> AuthStyle {
+        AuthStyle::Bearer
+    }
+
+    /// The shapes of this provider's keys: used to tell a client that it sent
+    /// a provider key by mistake, and by `scan`.
+    fn key_formats(&self) -> &'static [KeyFormat] {
+        &[]
+    }
+
+    /// True when the request to `path` (as keygate forwards it, after the
+    /// provider prefix) may carry OpenAI's `stream_options.include_usage`.
+    /// Other APIs report a stream's usage unasked or refuse the field.
+    fn takes_stream_usage_option(&self, path: &str) -> bool {
+        path.ends_with("/v1/chat/completions") || path.ends_with("/v1/completions")
+    }
+
+    /// The path under `base_url` for a client's `/v1/…` path: the same,
+    /// unless the API's base already names its version.
+    fn upstream_path<'a>(&self, path: &'a str) -> &'a str {
+        path
+    }
+
+    /// The headers through which a request names the account it bills
+    /// (organisation, project): the operator's choice, never the client's.
+    fn account_headers(&self) -> [&'static str; 2] {
+        ["openai-organization", "openai-project"]
+    }
+
+    /// The cheap authenticated request that tells whether a key works.
+    fn verify_request(&self) -> VerifyRequest {
+        VerifyRequest {
+            path: "/v1/models",
+            headers: &[],
+        }
+    }
+
+    /// True when [`ProviderKind::judge_refusal`] needs the error body for
+    /// this status (only then is it read before deciding).
+    fn reads_body(&self, status: u16) -> bool {
+        let _ = status;
+        false
+    }
+
+    /// What a non-2xx answer says about the key (docs/design.md §11).
+    /// `error`: the parsed body, when [`ProviderKind::reads_body`] asked for it.
+    fn judge_refusal(&self, status: u16, error: &ProviderError) -> KeyVerdict;
+
+    /// Where the operator makes or checks a key.
+    fn console(&self) -> &'static str {
+        "the provider's dashboard"
+    }
+
+    /// Where the operator adds credit.
+    fn billing(&self) -> &'static str {
+        "add credit in the provider's billing settings"
+    }
+
+    /// A meaning and a fix for a rejection this kind words in its own way
+    /// (`None`: the general ones apply). `provider`: the config table name.
+    fn explain_rejection(
+        &self,
+        provider: &str,
+        status: u16,
+        error: &ProviderError,
+    ) -> Option<(String, String)> {
+        let _ = (provider, status, error);
+        None
+    }
+
+    /// The management API (docs/design.md §12): `None` when keygate knows none.
+    fn management(&self) -> Option<&'static dyn management::ManagementKind> {
+        None
+    }
+}
+
+/// A provider kind: a cheap copy of a reference to its file's answers.
+#[derive(Clone, Copy)]
+pub struct Kind(&'static dyn ProviderKind);
+
+impl Kind {
+    /// The kind a name stands for, if it is one.
+    pub fn named(name: &str) -> Option<Kind> {
+        KINDS.iter().find(|k| k.name() == name).map(|k| Kind(*k))
+    }
+
+    /// The kind of an OpenAI-compatible server keygate knows nothing else of.
+    pub fn generic() -> Kind {
+        Kind(&generic::Generic)
+    }
+
+    /// Every kind.
+    pub fn all() -> impl Iterator<Item = Kind> {
+        KINDS.iter().map(|k| Kind(*k))
+    }
+
+    /// The name used in config and output.
+    pub fn as_str(self) -> &'static str {
+        self.0.name()
+    }
+
+    /// What an upstream answer says about the key.
+    pub fn judge(self, status: u16, error: &ProviderError) -> KeyVerdict {
+        if (200..300).contains(&status) {
+            return KeyVerdict::Accepted;
+        }
+        self.0.judge_refusal(status, error)
+    }
+
+    /// The management API, when the kind has one keygate knows.
+    pub fn management(self) -> Option<&'static dyn management::ManagementKind> {
+        self.0.management()
+    }
+
+    /// True when keygate can create an inference key at this kind.
+    pub fn can_create(self) -> bool {
+        self.management().is_some_and(|m| m.can_create())
+    }
+
+    /// True when keygate can delete or disable a key at this kind.
+    pub fn can_remove(self) -> bool {
+        self.management().is_some()
+    }
+
+    /// What a refusal means and what to do, in the operator's terms, for
+    /// `key verify` and rotation messages. `provider` is the config table name.
+    pub fn explain(
+        self,
+        provider: &str,
+        status: u16,
+        verdict: KeyVerdict,
+        error: &ProviderError,
+    ) -> Explanation {
+        let (meaning, fix) = self.meaning(provider, status, verdict, error);
+        Explanation { meaning, fix }
+    }
+
+    fn meaning(
+        self,
+        provider: &str,
+        status: u16,
+        verdict: KeyVerdict,
+        error: &ProviderError,
+    ) -> (String, String) {
+        let console = self.0.console();
+        let rotate = format!("then run `keygate key rotate {provider}` with it");
+        match verdict {
+            KeyVerdict::Accepted => ("the upstream accepted the key".into(), String::new()),
+            KeyVerdict::Rejected => {
+                if let Some(kind_says) = self.0.explain_rejection(provider, status, error) {
+                    return kind_says;
+                }
+                if status == 403 {
+                    return (
+                        "the key is refused for this resource: a restricted key, the wrong project or organisation, or a region the provider does not serve".into(),
+                        format!("check the key's permissions at {console}, or create an unrestricted key, {rotate}"),
+                    );
+                }
+                (
+                    "the key is invalid, revoked or mistyped".into(),
+                    format!("create a new key at {console}, {rotate}"),
+                )
+            }
+            KeyVerdict::OutOfCredit => (
+                "the account behind the key is out of credit or over its spending limit; the key itself is valid".into(),
+                format!(
+                    "{}; meanwhile keygate rests this key and serves with the others",
+                    self.0.billing()
+                ),
+            ),
+            KeyVerdict::RateLimited => (
+                "rate limited: this says nothing certain about the key".into(),
+                "retry in a minute; check the account's rate limits if it persists".into(),
+            ),
+            KeyVerdict::Unrelated => match status {
+                300..=399 => (
+                    format!("{status}: the upstream redirected (keygate never follows redirects)"),
+                    format!("check [providers.{provider}] base_url"),
+                ),
+                500..=599 => (
+                    format!("{status}: the upstream had a server error"),
+                    "retry later".into(),
+                ),
+                _ => (
+                    format!("{status}: an unexpected answer to the verify request"),
+                    format!(
+                        "check [providers.{provider}] base_url and kind (now {})",
+                        self.as_str()
+                    ),
+                ),
+            },
+        }
+    }
+}
+
+impl std::ops::Deref for Kind {
+    type Target = dyn ProviderKind;
+    fn deref(&self) -> &Self::Target {
+        self.0
+    }
+}
+
+impl PartialEq for Kind {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name() == other.0.name()
+    }
+}
+
+impl Eq for Kind {}
+
+impl fmt::Debug for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Kind, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Kind::named(&name).ok_or_else(|| {
+            let names: Vec<&str> = KINDS.iter().map(|k| k.name()).collect();
+            serde::de::Error::custom(format!(
+                "unknown kind `{name}`, expected one of {}",
+                names.join(", ")
+            ))
+        })
+    }
+}
 
 /// How a provider expects its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -30,28 +306,30 @@ pub enum AuthStyle {
     ApiKey,
 }
 
-/// What an upstream is. Set per provider (`kind = …`); defaults to the table's
-/// name when that is a kind, else [`Kind::Generic`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum Kind {
-    /// api.openai.com.
-    #[serde(rename = "openai")]
-    OpenAi,
-    /// api.x.ai.
-    #[serde(rename = "xai")]
-    Xai,
-    /// api.anthropic.com (Messages API).
-    #[serde(rename = "anthropic")]
-    Anthropic,
-    /// Azure OpenAI (`api-key` header, `api-version` queries).
-    #[serde(rename = "azure")]
-    Azure,
-    /// openrouter.ai/api.
-    #[serde(rename = "openrouter")]
-    OpenRouter,
-    /// Any other OpenAI-compatible server (vLLM, llama.cpp, Groq, …).
-    #[serde(rename = "generic")]
-    Generic,
+impl AuthStyle {
+    /// The non-standard headers any style carries a key in (besides
+    /// `Authorization`): a client's are never forwarded.
+    pub const KEY_HEADERS: [&'static str; 2] = ["x-api-key", "api-key"];
+
+    /// The header that carries `secret` in this style, marked sensitive.
+    pub fn header(self, secret: &Secret) -> Option<(HeaderName, HeaderValue)> {
+        let (name, mut value) = match self {
+            AuthStyle::Bearer => (
+                http::header::AUTHORIZATION,
+                HeaderValue::try_from(format!("Bearer {}", secret.expose())).ok()?,
+            ),
+            AuthStyle::XApiKey => (
+                HeaderName::from_static("x-api-key"),
+                HeaderValue::try_from(secret.expose()).ok()?,
+            ),
+            AuthStyle::ApiKey => (
+                HeaderName::from_static("api-key"),
+                HeaderValue::try_from(secret.expose()).ok()?,
+            ),
+        };
+        value.set_sensitive(true);
+        Some((name, value))
+    }
 }
 
 /// What an upstream answer says about the key that was sent.
@@ -82,133 +360,6 @@ impl KeyVerdict {
     }
 }
 
-/// The error a provider put in its body, read from whichever shape it uses:
-/// OpenAI / OpenRouter / Azure `{"error":{"message","type","code"}}`,
-/// Anthropic `{"type":"error","error":{"type","message"}}`, xAI's flat
-/// `{"code":"…","error":"…"}`, or plain text.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProviderError {
-    /// `error.code` (OpenAI's `invalid_api_key`, OpenRouter's `402`, xAI's `code`).
-    pub code: Option<String>,
-    /// `error.type` (OpenAI's `insufficient_quota`, Anthropic's `authentication_error`).
-    pub kind: Option<String>,
-    /// The human message, as the provider wrote it (may quote a masked key:
-    /// callers scrub it before showing it).
-    pub message: Option<String>,
-}
-
-/// The longest message kept from an error body.
-const MAX_MESSAGE: usize = 400;
-
-impl ProviderError {
-    /// Reads the provider's error out of a (decoded) body; empty when it has none.
-    pub fn parse(body: &[u8]) -> ProviderError {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Text {
-            Str(String),
-            Num(i64),
-        }
-        impl Text {
-            fn into_string(self) -> String {
-                match self {
-                    Text::Str(s) => s,
-                    Text::Num(n) => n.to_string(),
-                }
-            }
-        }
-        #[derive(Deserialize)]
-        struct Nested {
-            code: Option<Text>,
-            #[serde(rename = "type")]
-            kind: Option<String>,
-            message: Option<String>,
-        }
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum ErrorField {
-            Nested(Nested),
-            Flat(String),
-        }
-        #[derive(Deserialize)]
-        struct Envelope {
-            error: Option<ErrorField>,
-            code: Option<Text>,
-            message: Option<String>,
-        }
-        let clip = |s: String| -> String {
-            let s = s.trim();
-            match s.char_indices().nth(MAX_MESSAGE) {
-                Some((at, _)) => format!("{}…", &s[..at]),
-                None => s.to_owned(),
-            }
-        };
-        match serde_json::from_slice::<Envelope>(body) {
-            Ok(Envelope {
-                error: Some(ErrorField::Nested(e)),
-                ..
-            }) => ProviderError {
-                code: e.code.map(Text::into_string),
-                kind: e.kind,
-                message: e.message.map(clip),
-            },
-            Ok(Envelope {
-                error: Some(ErrorField::Flat(message)),
-                code,
-                ..
-            }) => ProviderError {
-                code: code.map(Text::into_string),
-                kind: None,
-                message: Some(clip(message)),
-            },
-            Ok(Envelope {
-                error: None,
-                code,
-                message,
-            }) => ProviderError {
-                code: code.map(Text::into_string),
-                kind: None,
-                message: message.map(clip),
-            },
-            Err(_) => {
-                let text = String::from_utf8_lossy(body);
-                ProviderError {
-                    message: (!text.trim().is_empty()).then(|| clip(text.into_owned())),
-                    ..ProviderError::default()
-                }
-            }
-        }
-    }
-
-    fn is(&self, value: &str) -> bool {
-        self.code.as_deref() == Some(value) || self.kind.as_deref() == Some(value)
-    }
-
-    fn message_has(&self, needles: &[&str]) -> bool {
-        let Some(message) = &self.message else {
-            return false;
-        };
-        let lower = message.to_ascii_lowercase();
-        needles.iter().any(|n| lower.contains(n))
-    }
-
-    /// xAI and others word an empty account this way.
-    fn about_credit(&self) -> bool {
-        self.message_has(&[
-            "credits",
-            "spending limit",
-            "credit balance",
-            "insufficient_quota",
-            "exceeded your current quota",
-        ])
-    }
-
-    fn about_the_key(&self) -> bool {
-        self.message_has(&["api key", "api-key", "x-api-key"])
-            && self.message_has(&["incorrect", "invalid", "revoked", "expired"])
-    }
-}
-
 /// The request `key verify` sends with each key.
 #[derive(Debug, Clone, Copy)]
 pub struct VerifyRequest {
@@ -216,210 +367,6 @@ pub struct VerifyRequest {
     pub path: &'static str,
     /// Extra headers the API requires.
     pub headers: &'static [(&'static str, &'static str)],
-}
-
-impl Kind {
-    /// The kind a provider table's name stands for, if it is one.
-    pub fn named(name: &str) -> Option<Kind> {
-        Some(match name {
-            "openai" => Kind::OpenAi,
-            "xai" => Kind::Xai,
-            "anthropic" => Kind::Anthropic,
-            "azure" => Kind::Azure,
-            "openrouter" => Kind::OpenRouter,
-            "generic" => Kind::Generic,
-            _ => return None,
-        })
-    }
-
-    /// The name used in config and output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::OpenAi => "openai",
-            Kind::Xai => "xai",
-            Kind::Anthropic => "anthropic",
-            Kind::Azure => "azure",
-            Kind::OpenRouter => "openrouter",
-            Kind::Generic => "generic",
-        }
-    }
-
-    /// The auth header the API expects when `auth` is not set.
-    pub fn default_auth(self) -> AuthStyle {
-        match self {
-            Kind::Anthropic => AuthStyle::XApiKey,
-            Kind::Azure => AuthStyle::ApiKey,
-            _ => AuthStyle::Bearer,
-        }
-    }
-
-    /// True when the API has OpenAI's `stream_options.include_usage` on its
-    /// Chat Completions endpoints (Anthropic's refuses unknown fields).
-    pub fn has_stream_usage_option(self) -> bool {
-        !matches!(self, Kind::Anthropic)
-    }
-
-    /// The cheap authenticated request that tells whether a key works.
-    /// OpenRouter's `/v1/models` needs no key at all, so it asks the
-    /// current-key endpoint instead.
-    pub fn verify_request(self) -> VerifyRequest {
-        match self {
-            Kind::Anthropic => VerifyRequest {
-                path: "/v1/models",
-                headers: &[("anthropic-version", "2023-06-01")],
-            },
-            Kind::OpenRouter => VerifyRequest {
-                path: "/v1/key",
-                headers: &[],
-            },
-            Kind::Azure => VerifyRequest {
-                path: "/models?api-version=2024-10-21",
-                headers: &[],
-            },
-            Kind::OpenAi | Kind::Xai | Kind::Generic => VerifyRequest {
-                path: "/v1/models",
-                headers: &[],
-            },
-        }
-    }
-
-    /// True when [`Kind::judge`] needs the error body for this status (only
-    /// then is it read before deciding).
-    pub fn reads_body(self, status: u16) -> bool {
-        match self {
-            Kind::OpenAi => status == 429,
-            Kind::Xai => matches!(status, 400 | 403 | 429),
-            Kind::Anthropic => status == 400,
-            Kind::Azure | Kind::OpenRouter | Kind::Generic => false,
-        }
-    }
-
-    /// What an upstream answer says about the key (docs/design.md §11's table).
-    /// `error`: the parsed body, when [`Kind::reads_body`] asked for it.
-    pub fn judge(self, status: u16, error: &ProviderError) -> KeyVerdict {
-        use KeyVerdict::*;
-        if (200..300).contains(&status) {
-            return Accepted;
-        }
-        match (self, status) {
-            (Kind::OpenAi, 401 | 403) => Rejected,
-            (Kind::OpenAi, 429) if error.is("insufficient_quota") => OutOfCredit,
-            (Kind::OpenAi, 429) => RateLimited,
-
-            (Kind::Xai, 400) if error.about_the_key() => Rejected,
-            (Kind::Xai, 401) => Rejected,
-            (Kind::Xai, 403 | 429) if error.about_credit() => OutOfCredit,
-            (Kind::Xai, 403) => Rejected,
-            (Kind::Xai, 429) => RateLimited,
-
-            (Kind::Anthropic, 401 | 403) => Rejected,
-            (Kind::Anthropic, 400) if error.message_has(&["credit balance"]) => OutOfCredit,
-            (Kind::Anthropic, 429) => RateLimited,
-
-            (Kind::OpenRouter, 401) => Rejected,
-            (Kind::OpenRouter, 402) => OutOfCredit,
-            (Kind::OpenRouter, 429) => RateLimited,
-
-            (Kind::Azure, 401 | 403) => Rejected,
-            (Kind::Azure, 429) => RateLimited,
-
-            (Kind::Generic, 401 | 403) => Rejected,
-            (Kind::Generic, 402) => OutOfCredit,
-            (Kind::Generic, 429) => RateLimited,
-            _ => Unrelated,
-        }
-    }
-
-    /// What a refusal means and what to do, in the operator's terms, for
-    /// `key verify` and rotation messages. `provider` is the config table name.
-    pub fn explain(
-        self,
-        provider: &str,
-        status: u16,
-        verdict: KeyVerdict,
-        error: &ProviderError,
-    ) -> Explanation {
-        let rotate = format!("then run `keygate key rotate {provider}` with it");
-        let console = match self {
-            Kind::OpenAi => "platform.openai.com/api-keys",
-            Kind::Xai => "console.x.ai",
-            Kind::Anthropic => "console.anthropic.com",
-            Kind::OpenRouter => "openrouter.ai/settings/keys",
-            Kind::Azure => "the Azure portal (Keys and Endpoint)",
-            Kind::Generic => "the provider's dashboard",
-        };
-        let code = error.code.as_deref().or(error.kind.as_deref());
-        let (meaning, fix): (String, String) = match (verdict, code) {
-            (KeyVerdict::Accepted, _) => (
-                "the upstream accepted the key".into(),
-                String::new(),
-            ),
-            (KeyVerdict::Rejected, Some("account_deactivated")) => (
-                "the OpenAI account behind the key is deactivated".into(),
-                "use a key of an active account (or contact OpenAI support)".into(),
-            ),
-            (KeyVerdict::Rejected, Some("mismatched_organization")) => (
-                "the key belongs to another organisation than the OpenAI-Organization header names".into(),
-                format!("set [providers.{provider}] organization to the key's organisation (or remove it), or use a key of that organisation"),
-            ),
-            (KeyVerdict::Rejected, Some("mismatched_project")) => (
-                "the key belongs to another project than the OpenAI-Project header names".into(),
-                format!("set [providers.{provider}] project to the key's project (or remove it), or use a key of that project"),
-            ),
-            (KeyVerdict::Rejected, Some("no_organization")) => (
-                "the key's user is not a member of any organisation".into(),
-                "join or create an organisation on platform.openai.com, then create a key there".into(),
-            ),
-            (KeyVerdict::Rejected, _) if self == Kind::Xai && status == 400 => (
-                "xAI answers a bad key with 400: the key is invalid or revoked".into(),
-                format!("create a new key at {console}, {rotate}"),
-            ),
-            (KeyVerdict::Rejected, Some("permission_error")) => (
-                "the key is valid but not allowed to use this resource".into(),
-                format!("check the key's workspace and permissions at {console}"),
-            ),
-            (KeyVerdict::Rejected, _) if status == 403 => (
-                "the key is refused for this resource: a restricted key, the wrong project or organisation, or a region the provider does not serve".into(),
-                format!("check the key's permissions at {console}, or create an unrestricted key, {rotate}"),
-            ),
-            (KeyVerdict::Rejected, _) => (
-                "the key is invalid, revoked or mistyped".into(),
-                format!("create a new key at {console}, {rotate}"),
-            ),
-            (KeyVerdict::OutOfCredit, _) => {
-                let billing = match self {
-                    Kind::OpenAi => "add credit or raise the budget at platform.openai.com/settings/organization/billing",
-                    Kind::Xai => "buy credits or raise the team's spending limit at console.x.ai",
-                    Kind::Anthropic => "buy credits at console.anthropic.com (Plans & Billing)",
-                    Kind::OpenRouter => "add credits at openrouter.ai/settings/credits, or raise this key's limit",
-                    _ => "add credit in the provider's billing settings",
-                };
-                (
-                    "the account behind the key is out of credit or over its spending limit; the key itself is valid".into(),
-                    format!("{billing}; meanwhile keygate rests this key and serves with the others"),
-                )
-            }
-            (KeyVerdict::RateLimited, _) => (
-                "rate limited: this says nothing certain about the key".into(),
-                "retry in a minute; check the account's rate limits if it persists".into(),
-            ),
-            (KeyVerdict::Unrelated, _) => match status {
-                300..=399 => (
-                    format!("{status}: the upstream redirected (keygate never follows redirects)"),
-                    format!("check [providers.{provider}] base_url"),
-                ),
-                500..=599 => (
-                    format!("{status}: the upstream had a server error"),
-                    "retry later".into(),
-                ),
-                _ => (
-                    format!("{status}: an unexpected answer to the verify request"),
-                    format!("check [providers.{provider}] base_url and kind (now {})", self.as_str()),
-                ),
-            },
-        };
-        Explanation { meaning, fix }
-    }
 }
 
 /// What an answer means, and what to do about it.
@@ -431,93 +378,136 @@ pub struct Explanation {
     pub fix: String,
 }
 
+/// The characters that may follow a key format's prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChars {
+    /// Letters, digits, `-` and `_` (most providers' keys).
+    Token,
+    /// Lower-case hexadecimal digits only.
+    Hex,
+}
+
+impl KeyChars {
+    /// True when `b` may appear in a key of this shape.
+    pub fn allows(self, b: u8) -> bool {
+        match self {
+            KeyChars::Token => b.is_ascii_alphanumeric() || b == b'-' || b == b'_',
+            KeyChars::Hex => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        }
+    }
+}
+
+/// One documented shape of a provider's keys: a public prefix, then
+/// `min..=max` characters of `chars`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyFormat {
+    /// The public prefix (`sk-proj-`, `AIza`).
+    pub prefix: &'static str,
+    /// What such a key is ("project key").
+    pub what: &'static str,
+    /// The fewest characters after the prefix.
+    pub min: usize,
+    /// The most characters after the prefix.
+    pub max: usize,
+    /// What those characters may be.
+    pub chars: KeyChars,
+}
+
+impl KeyFormat {
+    /// True when `text` is a whole key of this shape.
+    pub fn matches(&self, text: &str) -> bool {
+        text.strip_prefix(self.prefix).is_some_and(|rest| {
+            (self.min..=self.max).contains(&rest.len())
+                && rest.bytes().all(|b| self.chars.allows(b))
+        })
+    }
+
+    /// How telling a match is: an exact length beats a range, then the
+    /// longer prefix wins (`sk-ant-` before `sk-`).
+    fn specificity(&self) -> (bool, usize) {
+        (self.min == self.max, self.prefix.len())
+    }
+}
+
+/// The provider (as a user knows it) whose API key `presented` is, by the
+/// documented formats of every kind; the most specific format wins.
+pub fn lookalike(presented: &str) -> Option<&'static str> {
+    KINDS
+        .iter()
+        .flat_map(|kind| kind.key_formats().iter().map(move |f| (kind, f)))
+        .filter(|(_, format)| format.matches(presented))
+        .max_by_key(|(_, format)| format.specificity())
+        .map(|(kind, _)| kind.display_name())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn judge(kind: Kind, status: u16, body: &str) -> KeyVerdict {
-        kind.judge(status, &ProviderError::parse(body.as_bytes()))
+    fn kind(name: &str) -> Kind {
+        Kind::named(name).unwrap()
     }
 
     #[test]
-    fn error_shapes_are_read() {
-        let openai = ProviderError::parse(br#"{"error":{"message":"Incorrect API key provided: sk-ab***wxyz.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#);
-        assert_eq!(openai.code.as_deref(), Some("invalid_api_key"));
-        assert_eq!(openai.kind.as_deref(), Some("invalid_request_error"));
-        let xai = ProviderError::parse(br#"{"code":"Client specified an invalid argument","error":"Incorrect API key provided: xa***yz. You can obtain an API key from https://console.x.ai."}"#);
-        assert_eq!(
-            xai.code.as_deref(),
-            Some("Client specified an invalid argument")
-        );
-        assert!(xai.message.unwrap().starts_with("Incorrect API key"));
-        let anthropic = ProviderError::parse(br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"},"request_id":"req_1"}"#);
-        assert_eq!(anthropic.kind.as_deref(), Some("authentication_error"));
-        let openrouter = ProviderError::parse(
-            br#"{"error":{"message":"Insufficient credits.","code":402,"metadata":{}}}"#,
-        );
-        assert_eq!(openrouter.code.as_deref(), Some("402"));
-        let text = ProviderError::parse(b"Bad Gateway");
-        assert_eq!(text.message.as_deref(), Some("Bad Gateway"));
-        assert_eq!(ProviderError::parse(b""), ProviderError::default());
-        let long = ProviderError::parse("x".repeat(5000).as_bytes());
-        assert!(long.message.unwrap().chars().count() <= MAX_MESSAGE + 1);
+    fn every_kind_is_found_by_its_name_and_names_are_unique() {
+        for k in Kind::all() {
+            assert_eq!(Kind::named(k.as_str()), Some(k));
+        }
+        let mut names: Vec<&str> = Kind::all().map(Kind::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), KINDS.len());
+        assert!(Kind::named("nope").is_none());
+        let err = serde_json::from_str::<Kind>("\"nope\"").unwrap_err();
+        assert!(err.to_string().contains("gemini"), "{err}");
     }
 
     #[test]
-    fn each_kind_tells_a_bad_key_from_an_empty_account_from_a_rate_limit() {
-        use KeyVerdict::*;
-        let quota = r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
-        let rate = r#"{"error":{"message":"Rate limit reached for gpt-4o on requests per min (RPM): Limit 3, Used 3, Requested 1.","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
-        assert_eq!(judge(Kind::OpenAi, 401, ""), Rejected);
-        assert_eq!(judge(Kind::OpenAi, 429, quota), OutOfCredit);
-        assert_eq!(judge(Kind::OpenAi, 429, rate), RateLimited);
-        assert_eq!(judge(Kind::OpenAi, 400, quota), Unrelated);
+    fn two_hundreds_are_accepted_by_every_kind() {
+        for k in Kind::all() {
+            assert_eq!(
+                k.judge(204, &ProviderError::default()),
+                KeyVerdict::Accepted
+            );
+        }
+    }
 
-        let bad = r#"{"code":"Client specified an invalid argument","error":"Incorrect API key provided: xa***yz. You can obtain an API key from https://console.x.ai."}"#;
-        let credits = r#"{"code":"Client specified an invalid argument","error":"Your team 0000 has either used all available credits or reached its monthly spending limit. To continue making API requests, please purchase more credits or raise your spending limit."}"#;
-        let bad_request =
-            r#"{"code":"Client specified an invalid argument","error":"Model not found: grok-9"}"#;
-        assert_eq!(judge(Kind::Xai, 400, bad), Rejected);
-        assert_eq!(judge(Kind::Xai, 400, bad_request), Unrelated);
-        assert_eq!(judge(Kind::Xai, 403, credits), OutOfCredit);
-        assert_eq!(judge(Kind::Xai, 429, credits), OutOfCredit);
-        assert_eq!(judge(Kind::Xai, 429, "{}"), RateLimited);
-        assert_eq!(judge(Kind::Xai, 403, "{}"), Rejected);
-
-        let low = r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#;
-        let extra = r#"{"type":"error","error":{"type":"invalid_request_error","message":"stream_options: Extra inputs are not permitted"}}"#;
-        assert_eq!(judge(Kind::Anthropic, 400, low), OutOfCredit);
-        assert_eq!(judge(Kind::Anthropic, 400, extra), Unrelated);
-        assert_eq!(judge(Kind::Anthropic, 401, ""), Rejected);
-        assert_eq!(judge(Kind::Anthropic, 429, ""), RateLimited);
-
-        assert_eq!(judge(Kind::OpenRouter, 402, ""), OutOfCredit);
-        assert_eq!(
-            judge(Kind::OpenRouter, 403, ""),
-            Unrelated,
-            "moderation refusal"
-        );
-        assert_eq!(judge(Kind::Generic, 402, ""), OutOfCredit);
-        assert_eq!(judge(Kind::Azure, 402, ""), Unrelated);
-        assert_eq!(judge(Kind::Generic, 500, ""), Unrelated);
-        assert_eq!(judge(Kind::Generic, 204, ""), Accepted);
+    #[test]
+    fn provider_keys_are_told_apart_by_their_formats() {
+        let rest = "A1b2C3d4E5f6G7h8I9j0K1l2M3n4";
+        for (key, provider) in [
+            (format!("sk-ant-api03-{rest}"), "Anthropic"),
+            (format!("sk-or-v1-{}", "0a".repeat(32)), "OpenRouter"),
+            (format!("sk-proj-{rest}"), "OpenAI"),
+            (format!("sk-svcacct-{rest}"), "OpenAI"),
+            (format!("sk-{rest}"), "OpenAI"),
+            (format!("xai-{rest}"), "xAI"),
+            (format!("gsk_{rest}"), "Groq"),
+            (format!("AIza{}", "B".repeat(35)), "Google Gemini"),
+            (format!("sk-{}", "0f".repeat(16)), "DeepSeek"),
+        ] {
+            assert_eq!(lookalike(&key), Some(provider), "{key}");
+        }
+        assert_eq!(lookalike("sk-xxx"), None, "a placeholder is no key");
+        assert_eq!(lookalike("hello"), None);
     }
 
     #[test]
     fn explanations_name_the_fix() {
-        let e = |kind: Kind, status: u16, body: &str| {
+        let e = |name: &str, status: u16, body: &str| {
             let error = ProviderError::parse(body.as_bytes());
-            kind.explain("p", status, kind.judge(status, &error), &error)
+            let k = kind(name);
+            k.explain("p", status, k.judge(status, &error), &error)
         };
         let project = e(
-            Kind::OpenAi,
+            "openai",
             401,
             r#"{"error":{"message":"OpenAI-Project header should match project for API key","type":"invalid_request_error","param":null,"code":"mismatched_project"}}"#,
         );
         assert!(project.meaning.contains("another project"), "{project:?}");
         assert!(project.fix.contains("[providers.p] project"), "{project:?}");
         let xai = e(
-            Kind::Xai,
+            "xai",
             400,
             r#"{"code":"x","error":"Incorrect API key provided: xa***yz."}"#,
         );
@@ -525,6 +515,15 @@ mod tests {
         assert!(
             xai.fix.contains("console.x.ai") && xai.fix.contains("keygate key rotate p"),
             "{xai:?}"
+        );
+        let deepseek = e(
+            "deepseek",
+            402,
+            r#"{"error":{"message":"Insufficient Balance","type":"unknown_error","param":null,"code":"invalid_request_error"}}"#,
+        );
+        assert!(
+            deepseek.fix.contains("platform.deepseek.com"),
+            "{deepseek:?}"
         );
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use http::{HeaderMap, HeaderValue};
 
 use crate::control::snapshot::{ClientInfo, Snapshot};
-use crate::proxy::error::{AuthFailure, Lookalike, ProxyError};
+use crate::proxy::error::{AuthFailure, ProxyError};
 use crate::vault::client_key::{self, ClientKeyDigest, ClientKeyError};
 
 /// The client making this request.
@@ -28,7 +28,7 @@ pub fn authenticate(
     let digest = client_key::parse(presented).map_err(|error| {
         ProxyError::InvalidClientKey(match error {
             ClientKeyError::BadChecksum => AuthFailure::BadChecksum,
-            ClientKeyError::Malformed => match lookalike(presented) {
+            ClientKeyError::Malformed => match crate::providers::lookalike(presented) {
                 Some(provider) => AuthFailure::ProviderKey(provider),
                 None => AuthFailure::Malformed,
             },
@@ -90,28 +90,6 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, AuthFailure> {
 fn is_bare_bearer(value: &HeaderValue) -> bool {
     let text = value.as_bytes().trim_ascii();
     text.is_empty() || text.eq_ignore_ascii_case(b"bearer")
-}
-
-/// Which provider's API key `presented` looks like, by its documented public
-/// prefix and a plausible length (so a short placeholder like `sk-xxx` is
-/// just malformed, not a key to rotate). Most specific prefix first.
-fn lookalike(presented: &str) -> Option<Lookalike> {
-    const PREFIXES: [(&str, Lookalike); 4] = [
-        ("sk-ant-", Lookalike::Anthropic),
-        ("sk-or-", Lookalike::OpenRouter),
-        ("sk-", Lookalike::OpenAi),
-        ("xai-", Lookalike::Xai),
-    ];
-    const MIN_REST: usize = 16;
-    let (prefix, provider) = PREFIXES
-        .into_iter()
-        .find(|(prefix, _)| presented.starts_with(prefix))?;
-    let rest = &presented.as_bytes()[prefix.len()..];
-    let plausible = rest.len() >= MIN_REST
-        && rest
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    plausible.then_some(provider)
 }
 
 fn anonymous() -> Arc<ClientInfo> {
@@ -206,12 +184,13 @@ mod tests {
     fn provider_keys_are_recognised_by_prefix() {
         let rest = "A1b2C3d4E5f6G7h8I9j0K1l2M3n4";
         for (prefix, provider) in [
-            ("sk-ant-api03-", Lookalike::Anthropic),
-            ("sk-or-v1-", Lookalike::OpenRouter),
-            ("sk-proj-", Lookalike::OpenAi),
-            ("sk-svcacct-", Lookalike::OpenAi),
-            ("sk-", Lookalike::OpenAi),
-            ("xai-", Lookalike::Xai),
+            ("sk-ant-api03-", "Anthropic"),
+            ("sk-or-v1-", "OpenRouter"),
+            ("sk-proj-", "OpenAI"),
+            ("sk-svcacct-", "OpenAI"),
+            ("sk-", "OpenAI"),
+            ("xai-", "xAI"),
+            ("gsk_", "Groq"),
         ] {
             let presented = format!("Bearer {prefix}{rest}");
             assert_eq!(

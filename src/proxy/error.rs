@@ -247,10 +247,14 @@ fn client_key_message(why: AuthFailure) -> String {
             "The Authorization header has no `Bearer ` scheme, so it carries no keygate client \
              key. {SEND} {NOT_UPSTREAM}"
         ),
-        AuthFailure::ProviderKey(lookalike) => {
-            let provider = lookalike.provider();
+        AuthFailure::ProviderKey(provider) => {
+            // "an OpenAI", "an xAI", "a Groq".
+            let article = match provider.as_bytes().first() {
+                Some(b'A' | b'E' | b'I' | b'O' | b'U' | b'x') => "an",
+                _ => "a",
+            };
             format!(
-                "The key sent looks like an {provider} API key, not a keygate client key. Your app \
+                "The key sent looks like {article} {provider} API key, not a keygate client key. Your app \
                  must send the kg_… key keygate issued to it (from `keygate client add`); keygate \
                  holds the {provider} keys itself. Treat that {provider} key as exposed: it was \
                  handed to the wrong place, so rotate it at {provider}. {SEND}"
@@ -287,12 +291,12 @@ mod tests {
 
     #[test]
     fn each_client_key_refusal_says_what_to_do() {
-        use super::{AuthFailure, Lookalike};
+        use super::AuthFailure;
         let cases = [
             (AuthFailure::Missing, "No keygate client key was sent"),
             (AuthFailure::NoBearerScheme, "no `Bearer ` scheme"),
             (
-                AuthFailure::ProviderKey(Lookalike::Anthropic),
+                AuthFailure::ProviderKey("Anthropic"),
                 "rotate it at Anthropic",
             ),
             (AuthFailure::BadChecksum, "mistyped, cut short"),
@@ -338,8 +342,9 @@ pub enum AuthFailure {
     /// `Authorization` carried something without the `Bearer ` scheme
     /// (`Authorization: kg_…`, `Token …`, `Basic …`).
     NoBearerScheme,
-    /// An upstream provider's API key, sent to keygate by mistake.
-    ProviderKey(Lookalike),
+    /// An upstream provider's API key, sent to keygate by mistake: the
+    /// provider as a user knows it (`crate::providers::lookalike`).
+    ProviderKey(&'static str),
     /// `kg_…` but the checksum does not match: mistyped, cut short or extended.
     BadChecksum,
     /// Not a keygate key at all.
@@ -348,31 +353,6 @@ pub enum AuthFailure {
     Unknown,
     /// A key of a client that was revoked.
     Revoked,
-}
-
-/// The provider a mistakenly sent key looks like (by its public prefix only).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookalike {
-    /// `sk-…`, `sk-proj-…`, `sk-svcacct-…`, `sk-admin-…`.
-    OpenAi,
-    /// `sk-ant-…`.
-    Anthropic,
-    /// `xai-…`.
-    Xai,
-    /// `sk-or-…`.
-    OpenRouter,
-}
-
-impl Lookalike {
-    /// The provider's name as a user knows it.
-    pub fn provider(self) -> &'static str {
-        match self {
-            Lookalike::OpenAi => "OpenAI",
-            Lookalike::Anthropic => "Anthropic",
-            Lookalike::Xai => "xAI",
-            Lookalike::OpenRouter => "OpenRouter",
-        }
-    }
 }
 
 impl AuthFailure {

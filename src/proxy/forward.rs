@@ -15,7 +15,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response, Uri};
 
 use super::response_body::ResponseBody;
-use crate::config::Provider;
+use crate::config::{AuthStyle, Provider};
 use crate::control::metrics::ActiveGuard;
 use crate::keys::{KeyRing, RingKey};
 use crate::net::content_coding;
@@ -47,10 +47,9 @@ fn is_hop_by_hop_or_credential(name: &HeaderName) -> bool {
         return true;
     }
     let name = name.as_str();
-    matches!(
-        name,
-        "keep-alive" | "http2-settings" | "x-api-key" | "api-key"
-    ) || name.starts_with("proxy-")
+    matches!(name, "keep-alive" | "http2-settings")
+        || AuthStyle::KEY_HEADERS.contains(&name)
+        || name.starts_with("proxy-")
 }
 
 /// Removes hop-by-hop headers, headers named in `Connection`, credential
@@ -89,15 +88,16 @@ pub fn outbound_request(
     let mut headers = client_headers.clone();
     keep_end_to_end(&mut headers, &["x-forwarded-host", "forwarded"]);
     // Which organisation and project a key bills is the operator's choice.
+    let [organization_header, project_header] = provider.kind.account_headers();
     if !provider.allow_client_org_headers {
-        headers.remove("openai-organization");
-        headers.remove("openai-project");
+        headers.remove(organization_header);
+        headers.remove(project_header);
     }
     if let Some(organization) = &provider.organization {
-        headers.insert("openai-organization", organization.clone());
+        headers.insert(organization_header, organization.clone());
     }
     if let Some(project) = &provider.project {
-        headers.insert("openai-project", project.clone());
+        headers.insert(project_header, project.clone());
     }
     // Offer only what keygate can decode: the meter and the scrubber read
     // what comes back (DESIGN §4 "Compressed bodies").

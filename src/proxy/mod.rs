@@ -160,10 +160,7 @@ async fn conduct(
     end.hold(reservation);
     // Ask for the usage chunk on the client's behalf, and hide it from them.
     let mut strip_usage_chunk = false;
-    if config.metering.stream_usage
-        && provider.kind.has_stream_usage_option()
-        && crate::usage::meter::has_stream_usage_option(path)
-    {
+    if config.metering.stream_usage && provider.kind.takes_stream_usage_option(path) {
         let rewritten = body
             .buffered()
             .zip(fields.as_ref())
@@ -183,7 +180,7 @@ async fn conduct(
             provider: provider.name.clone(),
         })?;
     let uri = provider
-        .url(path, parts.uri.query())
+        .url(provider.kind.upstream_path(path), parts.uri.query())
         .ok_or_else(|| ProxyError::UnknownRoute(parts.uri.path().to_owned()))?;
 
     // Forward ⇄ retry: each key at most once, and only before any response

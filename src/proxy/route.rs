@@ -112,7 +112,7 @@ fn unreachable_provider() -> &'static Provider {
         name: "none".into(),
         origin: http::Uri::from_static("http://127.0.0.1:9/"),
         base_path: String::new(),
-        kind: crate::providers::Kind::Generic,
+        kind: crate::providers::Kind::generic(),
         auth: crate::config::AuthStyle::Bearer,
         prefix: "/none".into(),
         organization: None,

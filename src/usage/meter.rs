@@ -238,16 +238,6 @@ impl Meter {
     }
 }
 
-/// True for the upstream paths whose API has `stream_options.include_usage`:
-/// OpenAI's Chat Completions and Completions (`path` as keygate forwards it,
-/// after any provider prefix; a base path such as Azure's may come first).
-/// Other APIs report a stream's usage unasked (OpenAI's Responses API in
-/// `response.completed`, Anthropic's Messages in `message_start` and
-/// `message_delta`), and Anthropic refuses a field it does not know with a 400.
-pub fn has_stream_usage_option(path: &str) -> bool {
-    path.ends_with("/v1/chat/completions") || path.ends_with("/v1/completions")
-}
-
 /// With `stream_usage = true`: a streaming request body (`"stream": true`)
 /// that does not already ask for usage, rewritten to ask for it
 /// (`stream_options.include_usage = true`). `None` when nothing changes.
@@ -466,26 +456,6 @@ mod tests {
             r#"{"stream":true} x"#,
         ] {
             assert!(ask_for_usage(sent.as_bytes()).is_none(), "{sent}");
-        }
-    }
-
-    #[test]
-    fn only_chat_and_completions_have_the_stream_usage_option() {
-        for path in [
-            "/v1/chat/completions",
-            "/v1/completions",
-            "/openai/v1/chat/completions",
-        ] {
-            assert!(has_stream_usage_option(path), "{path}");
-        }
-        for path in [
-            "/v1/messages",
-            "/v1/responses",
-            "/v1/embeddings",
-            "/v1/chat/completions/chatcmpl-1",
-            "/v1/models",
-        ] {
-            assert!(!has_stream_usage_option(path), "{path}");
         }
     }
 

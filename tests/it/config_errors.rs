@@ -55,9 +55,9 @@ fn bad_size_is_exit_2_naming_the_key() {
 #[test]
 fn provider_without_base_url_is_exit_2_naming_the_provider() {
     let b = base()
-        .provider("groq", "http://127.0.0.1:9", "bearer")
-        .provider_unset("groq", "base_url");
-    assert_config_error(&b, &[], "groq");
+        .provider("vllm", "http://127.0.0.1:9", "bearer")
+        .provider_unset("vllm", "base_url");
+    assert_config_error(&b, &[], "vllm");
 }
 
 #[test]

@@ -20,6 +20,10 @@ fn kind_of(flavor: Flavor) -> (&'static str, &'static str) {
         Flavor::Xai => ("xai", "bearer"),
         Flavor::Anthropic => ("anthropic", "x-api-key"),
         Flavor::OpenRouter => ("openrouter", "bearer"),
+        Flavor::Gemini => ("gemini", "bearer"),
+        Flavor::Mistral => ("mistral", "bearer"),
+        Flavor::Groq => ("groq", "bearer"),
+        Flavor::DeepSeek => ("deepseek", "bearer"),
     }
 }
 
@@ -30,6 +34,7 @@ fn world(flavor: Flavor) -> EnvSetup {
     Env::setup().config(move |b| {
         b.provider_set("openai", "kind", &format!("\"{kind}\""))
             .provider_set("openai", "auth", &format!("\"{auth}\""))
+            .provider_base_path("openai", flavor.base_path())
     })
 }
 
@@ -51,7 +56,7 @@ async fn metrics(env: &Env) -> String {
 fn chat_attempts_with(mock: &Mock, key: &str) -> usize {
     mock.requests()
         .iter()
-        .filter(|s| s.uri == "/v1/chat/completions" && key_of(s) == key)
+        .filter(|s| s.uri.ends_with("/chat/completions") && key_of(s) == key)
         .count()
 }
 
@@ -167,6 +172,95 @@ async fn openrouter_a_bad_key_an_empty_account_and_a_rate_limit_each_leave_the_p
     ] {
         the_pool_carries_on(Flavor::OpenRouter, standing).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gemini_a_bad_key_an_empty_account_and_a_rate_limit_each_leave_the_pool_serving() {
+    for standing in [
+        KeyStanding::Bad,
+        KeyStanding::OutOfCredit,
+        KeyStanding::RateLimited,
+    ] {
+        the_pool_carries_on(Flavor::Gemini, standing).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mistral_a_bad_key_an_empty_account_and_a_rate_limit_each_leave_the_pool_serving() {
+    for standing in [
+        KeyStanding::Bad,
+        KeyStanding::OutOfCredit,
+        KeyStanding::RateLimited,
+    ] {
+        the_pool_carries_on(Flavor::Mistral, standing).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn groq_a_bad_key_an_empty_account_and_a_rate_limit_each_leave_the_pool_serving() {
+    for standing in [
+        KeyStanding::Bad,
+        KeyStanding::OutOfCredit,
+        KeyStanding::RateLimited,
+    ] {
+        the_pool_carries_on(Flavor::Groq, standing).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deepseek_a_bad_key_an_empty_account_and_a_rate_limit_each_leave_the_pool_serving() {
+    for standing in [
+        KeyStanding::Bad,
+        KeyStanding::OutOfCredit,
+        KeyStanding::RateLimited,
+    ] {
+        the_pool_carries_on(Flavor::DeepSeek, standing).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gemini_a_400_api_key_invalid_is_a_key_rejection_and_its_other_400s_pass_through() {
+    // A single bad key: the client gets keygate's 502 naming the provider,
+    // never Gemini's array-wrapped 400.
+    let env = world(Flavor::Gemini).start().await;
+    env.openai.set_flavor(Flavor::Gemini);
+    env.openai.set_keys(&[]);
+    let resp = env.server.send(env.chat("gemini-2.5-flash")).await;
+    resp.assert_keygate_error(502, "upstream_key_rejected");
+    assert!(!resp.text().contains("API_KEY_INVALID"), "{}", resp.text());
+    // The request went to the versioned base, without the client's /v1.
+    assert_eq!(env.openai.last().uri, "/v1beta/openai/chat/completions");
+    // A 400 about the request is the client's, passed through as Gemini sent it.
+    env.openai.set_keys(&[OPENAI_KEY]);
+    env.openai.push_response(
+        400,
+        &[("content-type", "application/json")],
+        r#"[{"error":{"code":400,"message":"Invalid JSON payload received. Unknown name \"web_search_options\": Cannot find field.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"description":"Unknown name"}]}]}}]"#,
+    );
+    let resp = env.server.send(env.chat("gemini-2.5-flash")).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert!(
+        resp.text().contains("web_search_options"),
+        "{}",
+        resp.text()
+    );
+    let resp = env.server.send(env.chat("gemini-2.5-flash")).await;
+    assert_eq!(resp.status, 200, "the key is still in use: {}", resp.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mistral_streams_are_not_sent_the_stream_usage_option_it_refuses() {
+    let env = world(Flavor::Mistral).start().await;
+    env.openai.set_flavor(Flavor::Mistral);
+    let resp = env
+        .server
+        .send(env.chat_stream("mistral-small-latest"))
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(
+        env.openai.last().json().get("stream_options").is_none(),
+        "keygate must not add stream_options for Mistral (it answers 422)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

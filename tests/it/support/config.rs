@@ -101,6 +101,18 @@ impl KeygateBuilder {
         self
     }
 
+    /// Append `path` to a provider's `base_url` (an API whose base names its
+    /// version, as Gemini's `…/v1beta/openai`).
+    pub fn provider_base_path(mut self, name: &str, path: &str) -> KeygateBuilder {
+        if let Some(p) = self.providers.iter_mut().find(|p| p.name == name) {
+            if let Some((_, v)) = p.settings.iter_mut().find(|(k, _)| k == "base_url") {
+                let url: String = serde_json::from_str(v).expect("base_url is a TOML string");
+                *v = quoted(&format!("{url}{path}"));
+            }
+        }
+        self
+    }
+
     /// The `auth` of a provider, as configured.
     pub fn provider_auth(&self, name: &str) -> Option<String> {
         let p = self.providers.iter().find(|p| p.name == name)?;

@@ -656,7 +656,28 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
         return r;
     }
-    let path = parts.uri.path();
+    // Gemini's OpenAI-compatible API lives under its versioned base; the
+    // others at `/v1/…`.
+    let path = match flavor.base_path() {
+        "" => parts.uri.path(),
+        base => match parts.uri.path().strip_prefix(base) {
+            Some(rest) if matches!(rest, "/chat/completions" | "/models" | "/embeddings") => {
+                match rest {
+                    "/chat/completions" => "/v1/chat/completions",
+                    "/models" => "/v1/models",
+                    _ => "/v1/embeddings",
+                }
+            }
+            _ => return provider_answers::gemini_not_found(),
+        },
+    };
+    // Mistral validates strictly: a field it does not know is a 422.
+    if flavor == Flavor::Mistral && path == "/v1/chat/completions" {
+        let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        if sent.get("stream_options").is_some() {
+            return provider_answers::mistral_extra_forbidden("stream_options");
+        }
+    }
     match (&parts.method, path) {
         (&Method::POST, "/v1/chat/completions") => {
             let tag = st.tag.load(Ordering::SeqCst).then_some(index);

@@ -14,6 +14,21 @@
 //!   needs `anthropic-version`.
 //! - OpenRouter: 401 `{"error":{"message":"User not found.","code":401}}`; 402
 //!   "Insufficient credits…"; 429; `/v1/models` answers without any key.
+//! - Gemini (AI Studio's OpenAI-compatible endpoint, under `/v1beta/openai`):
+//!   Google's error object wrapped in a **one-element array** (as public bug
+//!   reports against that endpoint show): 400 `INVALID_ARGUMENT` with reason
+//!   `API_KEY_INVALID` for a bad key, 402 for a depleted prepaid balance, 429
+//!   `RESOURCE_EXHAUSTED` with a `RetryInfo` detail for a quota.
+//! - Mistral: 401 `{"message":"Unauthorized","request_id":…}`; 402 (a status
+//!   its docs list; no public body, so the mock uses its error object); 429
+//!   `{"object":"error","type":"rate_limited","code":"1300"}`; a request with a
+//!   field it does not know (`stream_options`) is a 422 `extra_forbidden`.
+//! - Groq: 401 `invalid_api_key` "Invalid API Key"; 429 `rate_limit_exceeded`
+//!   with `retry-after` and `x-ratelimit-*` (Go-duration resets). Groq
+//!   documents no out-of-credit answer: the mock's 402 stands for the
+//!   generic reading keygate applies to it.
+//! - DeepSeek: 401 `authentication_error` quoting `****` and the key's last
+//!   four; 402 "Insufficient Balance"; 429 for the account's concurrency cap.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -30,6 +45,21 @@ pub enum Flavor {
     Xai,
     Anthropic,
     OpenRouter,
+    Gemini,
+    Mistral,
+    Groq,
+    DeepSeek,
+}
+
+impl Flavor {
+    /// The path prefix the provider's OpenAI-compatible API lives under
+    /// (Gemini's base names its version; the others answer at `/v1/…`).
+    pub fn base_path(self) -> &'static str {
+        match self {
+            Flavor::Gemini => "/v1beta/openai",
+            _ => "",
+        }
+    }
 }
 
 /// What the mock thinks of a presented key.
@@ -81,6 +111,30 @@ pub fn xai_masked(key: &str) -> String {
 
 fn openai_error(message: &str, kind: &str, code: Option<&str>) -> serde_json::Value {
     serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+}
+
+/// Google's error shape as Gemini's OpenAI-compatible endpoint sends it: a
+/// one-element array around `{"error":{…}}`.
+fn google_error(
+    code: u16,
+    status: &str,
+    message: &str,
+    details: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!([{"error": {"code": code, "message": message, "status": status, "details": details}}])
+}
+
+/// DeepSeek's masking of a presented key: `****` and the last four.
+fn deepseek_masked(key: &str) -> String {
+    let tail: String = key
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("****{tail}")
 }
 
 fn anthropic_error(kind: &str, message: &str) -> serde_json::Value {
@@ -177,6 +231,81 @@ pub fn refusal(flavor: Flavor, standing: KeyStanding, key: &str) -> Response<Bod
             serde_json::json!({"error": {"message": "Rate limit exceeded: limit_rpm/openai/gpt-4o. High demand for openai/gpt-4o on OpenRouter - limited to 20 requests per minute. Please retry shortly.", "code": 429}}),
             &[("retry-after", "20")],
         ),
+        (Flavor::Gemini, KeyStanding::Bad) => json(
+            400,
+            google_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key.", serde_json::json!([
+                {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}},
+                {"@type": "type.googleapis.com/google.rpc.LocalizedMessage", "locale": "en-US", "message": "API key not valid. Please pass a valid API key."}
+            ])),
+            &[],
+        ),
+        (Flavor::Gemini, KeyStanding::OutOfCredit) => json(
+            402,
+            google_error(402, "RESOURCE_EXHAUSTED", "Your prepaid credit balance is depleted. Add credits or enable auto-reload in Google AI Studio to continue.", serde_json::json!([])),
+            &[],
+        ),
+        (Flavor::Gemini, KeyStanding::RateLimited) => json(
+            429,
+            google_error(429, "RESOURCE_EXHAUSTED", "You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.\n* Quota exceeded for metric: generativelanguage.googleapis.com/generate_content_free_tier_requests, limit: 20, model: gemini-2.5-flash\nPlease retry in 20.4s.", serde_json::json!([
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests", "quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier", "quotaValue": "20"}]},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "20s"}
+            ])),
+            &[],
+        ),
+        (Flavor::Mistral, KeyStanding::Bad) => json(
+            401,
+            serde_json::json!({"message": "Unauthorized", "request_id": "c61f2f15feca71626a990e3740f99245"}),
+            &[],
+        ),
+        (Flavor::Mistral, KeyStanding::OutOfCredit) => json(
+            402,
+            serde_json::json!({"object": "error", "message": "Payment required: your workspace has no credit left.", "type": "payment_required", "param": null, "code": "1600"}),
+            &[],
+        ),
+        (Flavor::Mistral, KeyStanding::RateLimited) => json(
+            429,
+            serde_json::json!({"object": "error", "message": "Rate limit exceeded", "type": "rate_limited", "param": null, "code": "1300"}),
+            &[
+                ("retry-after", "20"),
+                ("x-ratelimit-limit-req-minute", "60"),
+                ("x-ratelimit-remaining-req-minute", "0"),
+            ],
+        ),
+        (Flavor::Groq, KeyStanding::Bad) => json(
+            401,
+            serde_json::json!({"error": {"message": "Invalid API Key", "type": "invalid_request_error", "code": "invalid_api_key"}}),
+            &[("x-groq-region", "us-west-1")],
+        ),
+        (Flavor::Groq, KeyStanding::OutOfCredit) => json(
+            402,
+            serde_json::json!({"error": {"message": "Your organization has reached its spend limit. Raise it at https://console.groq.com/settings/billing", "type": "invalid_request_error", "code": "spend_limit_reached"}}),
+            &[],
+        ),
+        (Flavor::Groq, KeyStanding::RateLimited) => json(
+            429,
+            serde_json::json!({"error": {"message": "Rate limit reached for model `llama-3.3-70b-versatile` in organization `org_01mock` service tier `on_demand` on requests per minute (RPM): Limit 30, Used 30, Requested 1. Please try again in 2m59.56s.", "type": "requests", "code": "rate_limit_exceeded"}}),
+            &[
+                ("retry-after", "20"),
+                ("x-ratelimit-limit-requests", "30"),
+                ("x-ratelimit-remaining-requests", "0"),
+                ("x-ratelimit-reset-requests", "2m59.56s"),
+            ],
+        ),
+        (Flavor::DeepSeek, KeyStanding::Bad) => json(
+            401,
+            serde_json::json!({"error": {"message": format!("Authentication Fails, Your api key: {} is invalid", deepseek_masked(key)), "type": "authentication_error", "param": null, "code": "invalid_request_error"}}),
+            &[],
+        ),
+        (Flavor::DeepSeek, KeyStanding::OutOfCredit) => json(
+            402,
+            serde_json::json!({"error": {"message": "Insufficient Balance", "type": "unknown_error", "param": null, "code": "invalid_request_error"}}),
+            &[],
+        ),
+        (Flavor::DeepSeek, KeyStanding::RateLimited) => json(
+            429,
+            serde_json::json!({"error": {"message": "Rate Limit Reached", "type": "rate_limit_error", "param": null, "code": "invalid_request_error"}}),
+            &[],
+        ),
     }
 }
 
@@ -197,6 +326,30 @@ pub fn openrouter_key_info() -> Response<Body> {
     json(
         200,
         serde_json::json!({"data": {"label": "sk-or-v1-0e6...1c96", "limit": null, "limit_remaining": null, "usage": 0.0, "is_free_tier": false, "is_provisioning_key": false}}),
+        &[],
+    )
+}
+
+/// Mistral's answer to a request field it does not know (its API validates
+/// strictly, `stream_options` included).
+pub fn mistral_extra_forbidden(field: &str) -> Response<Body> {
+    json(
+        422,
+        serde_json::json!({"object": "error", "message": {"detail": [{"type": "extra_forbidden", "loc": ["body", field, "include_usage"], "msg": "Extra inputs are not permitted", "input": true}]}, "type": "invalid_request_error", "param": null, "code": null}),
+        &[],
+    )
+}
+
+/// Google's 404 for a path its OpenAI-compatible endpoint does not have.
+pub fn gemini_not_found() -> Response<Body> {
+    json(
+        404,
+        google_error(
+            404,
+            "NOT_FOUND",
+            "The requested URL was not found on this server.",
+            serde_json::json!([]),
+        ),
         &[],
     )
 }

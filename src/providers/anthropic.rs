@@ -1,0 +1,226 @@
+//! Anthropic (api.anthropic.com, the Messages API). Keys go in `x-api-key`
+//! and every request names `anthropic-version`. A bad key is a 401
+//! `authentication_error` or a 403 `permission_error`; an empty account is a
+//! **400** "Your credit balance is too low…"; a rate limit is a 429
+//! `rate_limit_error`. Its Messages API reports a stream's usage unasked and
+//! refuses OpenAI's `stream_options`.
+//!
+//! Management (the Admin API): no key creation; keys are listed with a
+//! `partial_key_hint` and disabled with `{"status":"inactive"}`.
+
+use serde::Deserialize;
+
+use super::management::{
+    cursor, encoded, AuthHeaders, Call, Listed, Listing, ManagementKind, Page,
+};
+use super::{
+    AuthStyle, KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind, VerifyRequest,
+};
+use crate::config::AdminApi;
+
+/// The Anthropic kind.
+pub struct Anthropic;
+
+/// The API version keygate speaks to Anthropic's own endpoints (verify,
+/// management); a client's requests carry their own.
+const VERSION: (&str, &str) = ("anthropic-version", "2023-06-01");
+
+const FORMATS: &[KeyFormat] = &[
+    KeyFormat {
+        prefix: "sk-ant-api03-",
+        what: "API key",
+        min: 16,
+        max: 256,
+        chars: KeyChars::Token,
+    },
+    KeyFormat {
+        prefix: "sk-ant-admin01-",
+        what: "admin key",
+        min: 16,
+        max: 256,
+        chars: KeyChars::Token,
+    },
+    KeyFormat {
+        prefix: "sk-ant-",
+        what: "key",
+        min: 16,
+        max: 256,
+        chars: KeyChars::Token,
+    },
+];
+
+impl ProviderKind for Anthropic {
+    fn name(&self) -> &'static str {
+        "anthropic"
+    }
+
+    fn display_name(&self) -> &'static str {
+        "Anthropic"
+    }
+
+    fn default_base_url(&self) -> Option<&'static str> {
+        Some("https://api.anthropic.com")
+    }
+
+    fn default_auth(&self) -> AuthStyle {
+        AuthStyle::XApiKey
+    }
+
+    fn key_formats(&self) -> &'static [KeyFormat] {
+        FORMATS
+    }
+
+    fn takes_stream_usage_option(&self, _path: &str) -> bool {
+        false
+    }
+
+    fn verify_request(&self) -> VerifyRequest {
+        VerifyRequest {
+            path: "/v1/models",
+            headers: &[VERSION],
+        }
+    }
+
+    fn reads_body(&self, status: u16) -> bool {
+        status == 400
+    }
+
+    fn judge_refusal(&self, status: u16, error: &ProviderError) -> KeyVerdict {
+        match status {
+            401 | 403 => KeyVerdict::Rejected,
+            400 if error.message_has(&["credit balance"]) => KeyVerdict::OutOfCredit,
+            429 => KeyVerdict::RateLimited,
+            _ => KeyVerdict::Unrelated,
+        }
+    }
+
+    fn console(&self) -> &'static str {
+        "console.anthropic.com"
+    }
+
+    fn billing(&self) -> &'static str {
+        "buy credits at console.anthropic.com (Plans & Billing)"
+    }
+
+    fn explain_rejection(
+        &self,
+        _provider: &str,
+        _status: u16,
+        error: &ProviderError,
+    ) -> Option<(String, String)> {
+        error.is("permission_error").then(|| {
+            (
+                "the key is valid but not allowed to use this resource".into(),
+                "check the key's workspace and permissions at console.anthropic.com".into(),
+            )
+        })
+    }
+
+    fn management(&self) -> Option<&'static dyn ManagementKind> {
+        Some(&Anthropic)
+    }
+}
+
+impl ManagementKind for Anthropic {
+    fn default_url(&self) -> Option<&'static str> {
+        Some("https://api.anthropic.com")
+    }
+
+    fn auth(&self) -> AuthHeaders {
+        AuthHeaders {
+            header: "x-api-key",
+            bearer: false,
+            extra: &[VERSION],
+        }
+    }
+
+    fn removal_word(&self) -> &'static str {
+        "disabled"
+    }
+
+    fn list(&self, _api: &AdminApi, listing: Listing, after: Option<&str>) -> Option<Call> {
+        // Keygate mints nothing here, so only hinted listings exist.
+        (listing == Listing::Hinted).then(|| {
+            Call::get(format!(
+                "/v1/organizations/api_keys?limit=100&status=active{}",
+                cursor("after_id", after)
+            ))
+        })
+    }
+
+    fn read_list(&self, _listing: Listing, body: &[u8], _offset: usize) -> Option<Page> {
+        #[derive(Deserialize)]
+        struct Item {
+            id: String,
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            partial_key_hint: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct List {
+            data: Vec<Item>,
+            #[serde(default)]
+            has_more: bool,
+            #[serde(default)]
+            last_id: Option<String>,
+        }
+        let l: List = serde_json::from_slice(body).ok()?;
+        Some(Page {
+            next: l.last_id.filter(|_| l.has_more),
+            entries: l
+                .data
+                .into_iter()
+                .map(|i| Listed {
+                    id: i.id,
+                    name: i.name,
+                    hint: i.partial_key_hint,
+                })
+                .collect(),
+        })
+    }
+
+    fn remove(&self, _api: &AdminApi, _listing: Listing, id: &str) -> Option<Call> {
+        Some(Call::post(
+            format!("/v1/organizations/api_keys/{}", encoded(id)),
+            serde_json::json!({ "status": "inactive" }),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::management::tests::api;
+
+    fn judge(status: u16, body: &str) -> KeyVerdict {
+        super::super::Kind::named("anthropic")
+            .unwrap()
+            .judge(status, &ProviderError::parse(body.as_bytes()))
+    }
+
+    #[test]
+    fn a_bad_key_an_empty_account_and_a_rate_limit_are_told_apart() {
+        let low = r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#;
+        let extra = r#"{"type":"error","error":{"type":"invalid_request_error","message":"stream_options: Extra inputs are not permitted"}}"#;
+        assert_eq!(judge(400, low), KeyVerdict::OutOfCredit);
+        assert_eq!(judge(400, extra), KeyVerdict::Unrelated);
+        assert_eq!(judge(401, ""), KeyVerdict::Rejected);
+        assert_eq!(judge(429, ""), KeyVerdict::RateLimited);
+    }
+
+    #[test]
+    fn keys_are_listed_by_hint_and_disabled() {
+        let listed = br#"{"data":[{"id":"apikey_01","type":"api_key","name":"Dev","partial_key_hint":"sk-ant-api03-R2D...igAA","status":"active"}],"has_more":false,"first_id":"apikey_01","last_id":"apikey_01"}"#;
+        let page = Anthropic.read_list(Listing::Hinted, listed, 0).unwrap();
+        assert!(page.next.is_none());
+        assert_eq!(page.entries[0].id, "apikey_01");
+        let call = Anthropic
+            .remove(&api(), Listing::Hinted, "apikey_01")
+            .unwrap();
+        assert_eq!(call.method, http::Method::POST);
+        assert_eq!(call.body, Some(serde_json::json!({"status": "inactive"})));
+        assert!(!Anthropic.can_create());
+        assert!(Anthropic.read_created(b"{}").is_none());
+    }
+}

@@ -1,0 +1,287 @@
+//! OpenAI (api.openai.com). A bad key is a 401 whatever its `code`
+//! (`invalid_api_key`, `account_deactivated`, `mismatched_organization`,
+//! `mismatched_project`, …) or a 403; an empty account is a **429** whose code
+//! or type is `insufficient_quota`; any other 429 is a rate limit.
+//!
+//! Management (the Admin API): a project's service account is created with
+//! its key in `api_key.value`; the project's API keys are listed with a
+//! `redacted_value`, paged with `after` / `has_more` / `last_id`.
+
+use serde::Deserialize;
+
+use super::management::{
+    cursor, encoded, project, AdminScope, Call, Listed, Listing, ManagementKind, Page,
+};
+use super::{KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind};
+use crate::config::AdminApi;
+
+/// The OpenAI kind.
+pub struct OpenAi;
+
+const FORMATS: &[KeyFormat] = &[
+    KeyFormat {
+        prefix: "sk-proj-",
+        what: "project key",
+        min: 16,
+        max: 256,
+        chars: KeyChars::Token,
+    },
+    KeyFormat {
+        prefix: "sk-svcacct-",
+        what: "service account key",
+        min: 16,
+        max: 256,
+        chars: KeyChars::Token,
+    },
+    KeyFormat {
+        prefix: "sk-admin-",
+        what: "admin key",
+        min: 16,
+        max: 256,
+        chars: KeyChars::Token,
+    },
+    KeyFormat {
+        prefix: "sk-",
+        what: "key",
+        min: 16,
+        max: 256,
+        chars: KeyChars::Token,
+    },
+];
+
+impl ProviderKind for OpenAi {
+    fn name(&self) -> &'static str {
+        "openai"
+    }
+
+    fn display_name(&self) -> &'static str {
+        "OpenAI"
+    }
+
+    fn default_base_url(&self) -> Option<&'static str> {
+        Some("https://api.openai.com")
+    }
+
+    fn key_formats(&self) -> &'static [KeyFormat] {
+        FORMATS
+    }
+
+    fn reads_body(&self, status: u16) -> bool {
+        status == 429
+    }
+
+    fn judge_refusal(&self, status: u16, error: &ProviderError) -> KeyVerdict {
+        match status {
+            401 | 403 => KeyVerdict::Rejected,
+            429 if error.is("insufficient_quota") => KeyVerdict::OutOfCredit,
+            429 => KeyVerdict::RateLimited,
+            _ => KeyVerdict::Unrelated,
+        }
+    }
+
+    fn console(&self) -> &'static str {
+        "platform.openai.com/api-keys"
+    }
+
+    fn billing(&self) -> &'static str {
+        "add credit or raise the budget at platform.openai.com/settings/organization/billing"
+    }
+
+    fn explain_rejection(
+        &self,
+        provider: &str,
+        _status: u16,
+        error: &ProviderError,
+    ) -> Option<(String, String)> {
+        let code = error.code.as_deref().or(error.kind.as_deref())?;
+        Some(match code {
+            "account_deactivated" => (
+                "the OpenAI account behind the key is deactivated".into(),
+                "use a key of an active account (or contact OpenAI support)".into(),
+            ),
+            "mismatched_organization" => (
+                "the key belongs to another organisation than the OpenAI-Organization header names".into(),
+                format!("set [providers.{provider}] organization to the key's organisation (or remove it), or use a key of that organisation"),
+            ),
+            "mismatched_project" => (
+                "the key belongs to another project than the OpenAI-Project header names".into(),
+                format!("set [providers.{provider}] project to the key's project (or remove it), or use a key of that project"),
+            ),
+            "no_organization" => (
+                "the key's user is not a member of any organisation".into(),
+                "join or create an organisation on platform.openai.com, then create a key there".into(),
+            ),
+            _ => return None,
+        })
+    }
+
+    fn management(&self) -> Option<&'static dyn ManagementKind> {
+        Some(&OpenAi)
+    }
+}
+
+impl ManagementKind for OpenAi {
+    fn default_url(&self) -> Option<&'static str> {
+        Some("https://api.openai.com")
+    }
+
+    fn scope(&self) -> AdminScope {
+        AdminScope::Project("OpenAI's Admin API creates keygate's keys as service accounts of a project; set it to the project's id (proj_…, in the project's settings); the Default project cannot hold service accounts")
+    }
+
+    fn can_create(&self) -> bool {
+        true
+    }
+
+    fn create(&self, api: &AdminApi, name: &str) -> Option<(Call, &'static str)> {
+        Some((
+            Call::post(
+                format!(
+                    "/v1/organization/projects/{}/service_accounts",
+                    project(api)
+                ),
+                serde_json::json!({ "name": name }),
+            ),
+            "api_key.value and id",
+        ))
+    }
+
+    fn read_created(&self, body: &[u8]) -> Option<(String, String)> {
+        #[derive(Deserialize)]
+        struct Key {
+            value: String,
+        }
+        #[derive(Deserialize)]
+        struct Created {
+            id: String,
+            api_key: Key,
+        }
+        let a: Created = serde_json::from_slice(body).ok()?;
+        (!a.id.is_empty()).then_some((a.api_key.value, a.id))
+    }
+
+    fn list(&self, api: &AdminApi, listing: Listing, after: Option<&str>) -> Option<Call> {
+        let what = match listing {
+            Listing::Minted => "service_accounts",
+            Listing::Hinted => "api_keys",
+        };
+        Some(Call::get(format!(
+            "/v1/organization/projects/{}/{what}?limit=100{}",
+            project(api),
+            cursor("after", after)
+        )))
+    }
+
+    fn read_list(&self, listing: Listing, body: &[u8], _offset: usize) -> Option<Page> {
+        #[derive(Deserialize)]
+        struct Item {
+            id: String,
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            redacted_value: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct List {
+            data: Vec<Item>,
+            #[serde(default)]
+            has_more: bool,
+            #[serde(default)]
+            last_id: Option<String>,
+        }
+        let l: List = serde_json::from_slice(body).ok()?;
+        Some(Page {
+            next: l.last_id.filter(|_| l.has_more),
+            entries: l
+                .data
+                .into_iter()
+                .map(|i| Listed {
+                    id: i.id,
+                    name: i.name,
+                    hint: i.redacted_value.filter(|_| listing == Listing::Hinted),
+                })
+                .collect(),
+        })
+    }
+
+    fn remove(&self, api: &AdminApi, listing: Listing, id: &str) -> Option<Call> {
+        let what = match listing {
+            Listing::Minted => "service_accounts",
+            Listing::Hinted => "api_keys",
+        };
+        Some(Call::delete(format!(
+            "/v1/organization/projects/{}/{what}/{}",
+            project(api),
+            encoded(id)
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::management::tests::api;
+
+    fn judge(status: u16, body: &str) -> KeyVerdict {
+        super::super::Kind::named("openai")
+            .unwrap()
+            .judge(status, &ProviderError::parse(body.as_bytes()))
+    }
+
+    #[test]
+    fn a_bad_key_an_empty_account_and_a_rate_limit_are_told_apart() {
+        let quota = r#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
+        let rate = r#"{"error":{"message":"Rate limit reached for gpt-4o on requests per min (RPM): Limit 3, Used 3, Requested 1.","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+        assert_eq!(judge(401, ""), KeyVerdict::Rejected);
+        assert_eq!(judge(429, quota), KeyVerdict::OutOfCredit);
+        assert_eq!(judge(429, rate), KeyVerdict::RateLimited);
+        assert_eq!(judge(400, quota), KeyVerdict::Unrelated);
+    }
+
+    #[test]
+    fn only_chat_and_completions_take_the_stream_usage_option() {
+        for path in [
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/openai/v1/chat/completions",
+        ] {
+            assert!(OpenAi.takes_stream_usage_option(path), "{path}");
+        }
+        for path in [
+            "/v1/messages",
+            "/v1/responses",
+            "/v1/embeddings",
+            "/v1/chat/completions/chatcmpl-1",
+            "/v1/models",
+        ] {
+            assert!(!OpenAi.takes_stream_usage_option(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn management_calls_and_answers() {
+        let created = br#"{"object":"organization.project.service_account","id":"svc_acct_abc","name":"n","role":"member","created_at":1,"api_key":{"object":"organization.project.service_account.api_key","value":"sk-svcacct-0123456789abcdef","name":"Secret Key","created_at":1,"id":"key_abc"}}"#;
+        assert_eq!(
+            OpenAi.read_created(created),
+            Some(("sk-svcacct-0123456789abcdef".into(), "svc_acct_abc".into()))
+        );
+        assert!(OpenAi.read_created(b"{\"id\":\"x\"}").is_none());
+        let listed = br#"{"object":"list","data":[{"object":"organization.project.api_key","redacted_value":"sk-abc...wxyz","name":"k","created_at":1,"id":"key_abc"}],"first_id":"key_abc","last_id":"key_abc","has_more":true}"#;
+        let page = OpenAi.read_list(Listing::Hinted, listed, 0).unwrap();
+        assert_eq!(page.next.as_deref(), Some("key_abc"));
+        assert_eq!(page.entries[0].hint.as_deref(), Some("sk-abc...wxyz"));
+        let call = OpenAi.list(&api(), Listing::Minted, Some("svc 1")).unwrap();
+        assert_eq!(
+            call.path,
+            "/v1/organization/projects/proj_x/service_accounts?limit=100&after=svc+1"
+        );
+        let call = OpenAi.remove(&api(), Listing::Hinted, "key_1").unwrap();
+        assert_eq!(
+            (call.method, call.path.as_str()),
+            (
+                http::Method::DELETE,
+                "/v1/organization/projects/proj_x/api_keys/key_1"
+            )
+        );
+    }
+}
