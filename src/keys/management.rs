@@ -11,10 +11,10 @@
 use std::time::Duration;
 
 use crate::config::{AdminApi, Provider};
+use crate::net::outbound_body::OutboundBody;
 use crate::net::upstream::Upstream;
 use crate::providers::management::{Call, Listed, Listing, ManagementKind};
 use crate::providers::ProviderError;
-use crate::proxy::body::OutboundBody;
 use crate::vault::secret::Secret;
 
 /// How long one management API call may take.

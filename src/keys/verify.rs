@@ -13,9 +13,9 @@ use std::time::Duration;
 use http::Method;
 
 use crate::config::Provider;
+use crate::net::outbound_body::OutboundBody;
 use crate::net::upstream::Upstream;
 use crate::providers::{KeyVerdict, ProviderError};
-use crate::proxy::body::OutboundBody;
 use crate::vault::secret::Secret;
 
 /// What the upstream said about a key.

@@ -41,8 +41,8 @@ use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
 use crate::config::{Config, UpstreamHttp};
+use crate::net::outbound_body::OutboundBody;
 use crate::net::upstream_h2::{self, H2Body, H2Conn, H2Connections, H2SendError, StreamLease};
-use crate::proxy::body::OutboundBody;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 type Io = hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;

@@ -29,7 +29,7 @@ use http::{header, HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::proxy::body::{OutboundBody, StreamingBodyError};
+use crate::net::outbound_body::{OutboundBody, StreamingBodyError};
 
 /// Idle connections older than this are closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);

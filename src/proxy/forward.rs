@@ -19,8 +19,8 @@ use crate::config::{AuthStyle, Provider};
 use crate::control::metrics::ActiveGuard;
 use crate::keys::{KeyRing, RingKey};
 use crate::net::content_coding;
+use crate::net::outbound_body::OutboundBody;
 use crate::net::upstream::UpstreamBody;
-use crate::proxy::body::OutboundBody;
 use crate::proxy::error::ProxyError;
 use crate::usage::tap::MeterTap;
 
