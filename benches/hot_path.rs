@@ -146,7 +146,7 @@ fn request_stages(c: &mut Criterion) {
         "request body: skim for model + stream fields (1 KB chat body)",
         |b| {
             b.iter(|| {
-                let fields = keygate::proxy::json_skim::chat_fields(black_box(&chat));
+                let fields = keygate::json_skim::chat_fields(black_box(&chat));
                 keygate::proxy::route::model_of(fields.as_ref()).is_some()
             })
         },
@@ -157,7 +157,7 @@ fn request_stages(c: &mut Criterion) {
         "request body: serde's slow path for the same fields (same body)",
         |b| {
             b.iter(|| {
-                let fields = keygate::proxy::json_skim::parsed_fields(black_box(&chat));
+                let fields = keygate::json_skim::parsed_fields(black_box(&chat));
                 keygate::proxy::route::model_of(fields.as_ref()).is_some()
             })
         },

@@ -14,8 +14,9 @@
 //!
 //! Map of the rooms (folders group them by concern):
 //! - [`config`]: figment layers (embedded defaults → file → `KEYGATE_*`) → typed [`config::Config`]
-//! - [`providers`]: what is known about each provider kind: auth default, verify request,
-//!   usage option, and what an upstream answer says about the key
+//! - [`providers`]: one file per provider kind behind [`providers::ProviderKind`] (auth,
+//!   key formats, verify request, usage option, what an upstream answer says about the
+//!   key), and the management APIs behind `ManagementKind`
 //! - [`net`]: client listeners (h1/h2, TLS, timeouts, drain), the HTTP/1 head guard, the upstream
 //!   pool, content codings (gzip, deflate, br, zstd)
 //! - [`proxy`]: the conductor of one request, and the stages it calls in order —
@@ -25,7 +26,9 @@
 //! - [`keys`]: the key ring and its runtime health; the key lifecycle (ops, the rotation
 //!   service, verification)
 //! - [`usage`]: the meter's counters, the response tap (SSE splitter, usage shapes),
-//!   the SQLite ledger, per-client limits
+//!   the ledger (SQLite or PostgreSQL), per-client limits
+//! - [`cluster`]: what replicas share through Redis: per-client limits and budgets,
+//!   key health news (pub/sub), the auto-rotation lease
 //! - [`control`]: shared state, the snapshot and its single writer (reload, follow),
 //!   the admin listener (probes, admin API), metrics, log format, shutdown, core-dump protection
 //! - [`vault`]: the encrypted file (format, crypto, atomic writes, master key sources,
@@ -36,10 +39,12 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod json_skim;
 pub mod keys;
 pub mod net;
 pub mod providers;
 pub mod proxy;
+pub mod shutdown;
 pub mod usage;
 pub mod vault;
 

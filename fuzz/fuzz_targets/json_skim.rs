@@ -16,7 +16,7 @@
 
 #![no_main]
 
-use keygate::proxy::json_skim::{chat_fields, skim, ChatFields};
+use keygate::json_skim::{chat_fields, skim, ChatFields};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 

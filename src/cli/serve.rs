@@ -80,7 +80,7 @@ pub(super) fn run(
         );
         first_steps(&config, &shared);
 
-        let (stop, stopped) = crate::control::shutdown::channel();
+        let (stop, stopped) = crate::shutdown::channel();
         let reloader = tokio::spawn(crate::control::follow::run(shared.clone(), stopped.clone()));
         let upkeep = tokio::spawn(crate::control::key_upkeep::run(
             shared.clone(),
@@ -90,7 +90,7 @@ pub(super) fn run(
             tokio::spawn(cluster.run(shared.clone(), stopped.clone()));
         }
         // The ledger stops only after the drain, so its last flush sees every request.
-        let (stop_ledger, ledger_stopped) = crate::control::shutdown::channel();
+        let (stop_ledger, ledger_stopped) = crate::shutdown::channel();
         let ledger_task = tokio::spawn(crate::usage::ledger::run(
             shared.meter.clone(),
             ledger,

@@ -12,8 +12,8 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::Cluster;
-use crate::control::shutdown::Shutdown;
 use crate::control::state::Shared;
+use crate::shutdown::Shutdown;
 
 /// The pub/sub channel.
 pub const CHANNEL: &str = "keygate:key-health";

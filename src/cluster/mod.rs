@@ -149,7 +149,7 @@ impl Cluster {
     pub async fn run(
         self: Arc<Self>,
         shared: Arc<crate::control::state::Shared>,
-        mut shutdown: crate::control::shutdown::Shutdown,
+        mut shutdown: crate::shutdown::Shutdown,
     ) {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(2))

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::control::shutdown::Shutdown;
 use crate::control::state::Shared;
+use crate::shutdown::Shutdown;
 
 /// Runs until `shutdown`: polls for changes, reloads on change and on SIGHUP.
 pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {

@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::control::shutdown::Shutdown;
 use crate::control::state::{ServerVault, Shared};
 use crate::keys::rotate::VaultAccess;
 use crate::keys::{cleanup, mint, ops};
+use crate::shutdown::Shutdown;
 use crate::vault::document::{Document, KeyState};
 
 /// How often the key ages are checked with `auto_rotate`.

@@ -3,7 +3,7 @@
 //! admin listener (health [`probes`], the [`admin`] API and the
 //! [`status_page`]), the
 //! [`key_upkeep`] (retiring, deleting at the provider, auto-rotation),
-//! [`metrics`], the last hour's refusals and fallbacks ([`recent`]), the [`log_format`], [`shutdown`] and [`core_dumps`] protection.
+//! [`metrics`], the last hour's refusals and fallbacks ([`recent`]), the [`log_format`] and [`core_dumps`] protection.
 
 pub mod admin;
 pub mod core_dumps;
@@ -14,7 +14,6 @@ pub mod metrics;
 pub mod probes;
 pub mod recent;
 pub mod reload;
-pub mod shutdown;
 pub mod snapshot;
 pub mod state;
 pub mod status_page;

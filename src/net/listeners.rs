@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::control::shutdown::Shutdown;
+use crate::shutdown::Shutdown;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;

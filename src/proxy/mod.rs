@@ -15,7 +15,6 @@ pub mod body;
 pub mod error;
 pub mod error_answer;
 pub mod forward;
-pub mod json_skim;
 pub mod judge;
 pub mod request_end;
 pub mod response_body;
@@ -101,7 +100,7 @@ async fn conduct(
     // estimate and the usage option alike.
     let fields = body
         .buffered()
-        .and_then(|b| crate::proxy::json_skim::chat_fields(b));
+        .and_then(|b| crate::json_skim::chat_fields(b));
     let model = route::model_of(fields.as_ref()).map(|m| Arc::<str>::from(&*m));
     let (provider, path) = match path_match {
         PathMatch::Prefixed(provider, rest) => (provider, rest),

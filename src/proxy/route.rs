@@ -4,7 +4,7 @@
 //! Never at `Host`, `X-Forwarded-Host`, an absolute-form URL's authority or any
 //! body field naming a URL: the upstream is fixed by config.
 
-use crate::proxy::json_skim::ChatFields;
+use crate::json_skim::ChatFields;
 
 use crate::config::{Config, Provider};
 use crate::proxy::error::ProxyError;
@@ -75,7 +75,7 @@ fn normalises_differently(path: &str) -> bool {
 }
 
 /// The JSON body's `model` as the upstream reads it, from the body's
-/// [`crate::proxy::json_skim::chat_fields`] (`None`: not a JSON object, or no
+/// [`crate::json_skim::chat_fields`] (`None`: not a JSON object, or no
 /// string `model`).
 pub fn model_of<'a>(fields: Option<&ChatFields<'a>>) -> Option<std::borrow::Cow<'a, str>> {
     fields?
@@ -150,7 +150,7 @@ mod tests {
 
     /// model_of as the conductor calls it: skim first.
     fn skim_then_model(body: &[u8]) -> Option<String> {
-        let fields = crate::proxy::json_skim::chat_fields(body);
+        let fields = crate::json_skim::chat_fields(body);
         model_of(fields.as_ref()).map(|m| m.into_owned())
     }
 
@@ -232,7 +232,7 @@ mod tests {
                 serde_json::to_string(&top).unwrap(),
                 serde_json::to_string_pretty(&top).unwrap(),
             ] {
-                skimmed += usize::from(crate::proxy::json_skim::skim(text.as_bytes()).is_some());
+                skimmed += usize::from(crate::json_skim::skim(text.as_bytes()).is_some());
                 assert_eq!(
                     skim_then_model(text.as_bytes()),
                     serde_model(text.as_bytes()),

@@ -16,7 +16,7 @@ use rusqlite::{params, Connection};
 
 use super::meter::{Meter, UsageDelta, UsageKey};
 use crate::config::LedgerDb;
-use crate::control::shutdown::Shutdown;
+use crate::shutdown::Shutdown;
 
 /// Why the ledger could not be used.
 #[derive(Debug, thiserror::Error)]

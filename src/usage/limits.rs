@@ -269,8 +269,8 @@ impl Limits {
 /// four bytes of prompt (`len`: the body's bytes), plus its completion cap
 /// (`max_tokens`, `max_completion_tokens` or `max_output_tokens`, the largest
 /// when a body sets several; 256 when it sets none). `fields`: the body's
-/// fields as the upstream reads them ([`crate::proxy::json_skim::chat_fields`]).
-pub fn estimate_tokens(fields: Option<&crate::proxy::json_skim::ChatFields<'_>>, len: u64) -> u64 {
+/// fields as the upstream reads them ([`crate::json_skim::chat_fields`]).
+pub fn estimate_tokens(fields: Option<&crate::json_skim::ChatFields<'_>>, len: u64) -> u64 {
     let cap = |value: Option<&[u8]>| value.and_then(|v| serde_json::from_slice::<u64>(v).ok());
     let completion = fields
         .and_then(|f| {
@@ -331,7 +331,7 @@ mod tests {
     fn estimate_uses_max_tokens() {
         // The completion part of the estimate (the prompt part is len / 4).
         let completion = |body: &[u8]| {
-            let fields = crate::proxy::json_skim::chat_fields(body);
+            let fields = crate::json_skim::chat_fields(body);
             estimate_tokens(fields.as_ref(), body.len() as u64) - body.len() as u64 / 4
         };
         assert_eq!(completion(br#"{"max_tokens":10}"#), 10);

@@ -241,7 +241,7 @@ impl Meter {
 /// With `stream_usage = true`: a streaming request body (`"stream": true`)
 /// that does not already ask for usage, rewritten to ask for it
 /// (`stream_options.include_usage = true`). `None` when nothing changes.
-/// `fields`: the body's fields from [`crate::proxy::json_skim::chat_fields`], read
+/// `fields`: the body's fields from [`crate::json_skim::chat_fields`], read
 /// as the upstream reads them (repeated keys: the last wins; escaped keys
 /// decoded), which settle most bodies (most streams already ask, most bodies
 /// are no stream).
@@ -253,9 +253,9 @@ impl Meter {
 /// one is the one changed.
 pub fn ask_for_usage(
     body: &[u8],
-    fields: &crate::proxy::json_skim::ChatFields<'_>,
+    fields: &crate::json_skim::ChatFields<'_>,
 ) -> Option<bytes::Bytes> {
-    use crate::proxy::json_skim::members;
+    use crate::json_skim::members;
 
     let streams = fields
         .stream
@@ -321,10 +321,10 @@ mod tests {
 
     /// ask_for_usage as the conductor calls it: skim first.
     fn ask_for_usage(body: &[u8]) -> Option<bytes::Bytes> {
-        let fields = crate::proxy::json_skim::chat_fields(body)?;
+        let fields = crate::json_skim::chat_fields(body)?;
         let through_skim = super::ask_for_usage(body, &fields);
         // Without the skim, serde's slow path alone must agree.
-        let parsed = crate::proxy::json_skim::parsed_fields(body);
+        let parsed = crate::json_skim::parsed_fields(body);
         assert_eq!(
             through_skim,
             parsed.and_then(|fields| super::ask_for_usage(body, &fields))
@@ -335,7 +335,7 @@ mod tests {
     #[test]
     fn only_streams_without_include_usage_are_rewritten() {
         // Plain bodies are settled by the skim, not handed on.
-        assert!(crate::proxy::json_skim::skim(br#"{"model":"m","stream":true}"#).is_some());
+        assert!(crate::json_skim::skim(br#"{"model":"m","stream":true}"#).is_some());
         let rewritten = ask_for_usage(br#"{"model":"m","stream":true}"#).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&rewritten).unwrap();
         assert_eq!(json["stream_options"]["include_usage"], true);
