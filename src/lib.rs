@@ -18,9 +18,9 @@
 //!   key formats, verify request, usage option, what an upstream answer says about the
 //!   key), and the management APIs behind `ManagementKind`
 //! - [`net`]: client listeners (h1/h2, TLS, timeouts, drain), the HTTP/1 head guard, the upstream
-//!   pool, content codings (gzip, deflate, br, zstd)
+//!   pool and the outbound body it sends, content codings (gzip, deflate, br, zstd)
 //! - [`proxy`]: the conductor of one request, and the stages it calls in order —
-//!   client auth, routing, request body, JSON skim, the outbound leg, the judge of an
+//!   client auth, routing, request body, the outbound leg, the judge of an
 //!   upstream answer, error answers, the response body, the request's end — and
 //!   `ProxyError`, the one place a failure becomes an HTTP answer
 //! - [`keys`]: the key ring and its runtime health; the key lifecycle (ops, the rotation
@@ -30,7 +30,9 @@
 //! - [`cluster`]: what replicas share through Redis: per-client limits and budgets,
 //!   key health news (pub/sub), the auto-rotation lease
 //! - [`control`]: shared state, the snapshot and its single writer (reload, follow),
-//!   the admin listener (probes, admin API), metrics, log format, shutdown, core-dump protection
+//!   the admin listener (probes, admin API), metrics, log format, core-dump protection
+//! - shared leaves below all of these: [`json_skim`] (the few top-level fields of a
+//!   JSON body, read as the upstream reads them) and [`shutdown`] (one cancellation)
 //! - [`vault`]: the encrypted file (format, crypto, atomic writes, master key sources,
 //!   rollback record), the secret type, the `kg_` client-key format
 //! - [`cli`]: the commands; the only code that prints to stdout
