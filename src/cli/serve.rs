@@ -87,7 +87,16 @@ pub(super) fn run(
             stopped.clone(),
         ));
         if let Some(cluster) = shared.cluster.clone() {
-            tokio::spawn(cluster.run(shared.clone(), stopped.clone()));
+            let for_news = shared.clone();
+            let on_news: crate::cluster::key_health::OnNews = Arc::new(move |news| {
+                for_news.key_events.apply_news(
+                    &for_news.snapshot().rings,
+                    &news.key_id,
+                    news.exhausted,
+                    std::time::Duration::from_millis(news.cooldown_ms),
+                );
+            });
+            tokio::spawn(cluster.run(on_news, stopped.clone()));
         }
         // The ledger stops only after the drain, so its last flush sees every request.
         let (stop_ledger, ledger_stopped) = crate::shutdown::channel();
@@ -102,9 +111,17 @@ pub(super) fn run(
             tracing::info!("shutdown requested: no new connections, draining in-flight requests");
             stop.stop();
         });
-        crate::net::listeners::run(bound, shared, stopped)
-            .await
-            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        let client_shared = shared.clone();
+        let admin_shared = shared.clone();
+        crate::net::listeners::run(
+            bound,
+            &config.server,
+            move |request| crate::proxy::handle(client_shared.clone(), request),
+            move |request| crate::control::probes::handle(admin_shared.clone(), request),
+            stopped,
+        )
+        .await
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
         let _ = reloader.await;
         let _ = upkeep.await;
         stop_ledger.stop();

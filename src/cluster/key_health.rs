@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::Cluster;
-use crate::control::state::Shared;
+use crate::keys::key_events::KeyNews;
 use crate::shutdown::Shutdown;
 
 /// The pub/sub channel.
@@ -43,14 +43,31 @@ impl Cluster {
     }
 }
 
+impl KeyNews for Cluster {
+    fn announce(&self, key_id: &str, exhausted: bool, cooldown: Duration) {
+        Cluster::announce(
+            self,
+            News {
+                from: String::new(),
+                key_id: key_id.to_owned(),
+                exhausted,
+                cooldown_ms: u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX),
+            },
+        );
+    }
+}
+
+/// What this replica does with another's news (marks the key here).
+pub type OnNews = Arc<dyn Fn(&News) + Send + Sync>;
+
 /// Publishes this replica's news and applies the others', until `shutdown`.
 pub(super) async fn exchange(
     cluster: Arc<Cluster>,
-    shared: Arc<Shared>,
+    on_news: OnNews,
     mut news: tokio::sync::mpsc::UnboundedReceiver<News>,
     mut shutdown: Shutdown,
 ) {
-    let listener = tokio::spawn(listen(cluster.clone(), shared, shutdown.clone()));
+    let listener = tokio::spawn(listen(cluster.clone(), on_news, shutdown.clone()));
     loop {
         let next = tokio::select! {
             next = news.recv() => next,
@@ -86,12 +103,12 @@ pub(super) async fn exchange(
 }
 
 /// Subscribes (again after each failure, once a second) and applies news.
-async fn listen(cluster: Arc<Cluster>, shared: Arc<Shared>, mut shutdown: Shutdown) {
+async fn listen(cluster: Arc<Cluster>, on_news: OnNews, mut shutdown: Shutdown) {
     loop {
         match cluster.client.get_async_pubsub().await {
             Ok(mut pubsub) => {
                 if pubsub.subscribe(CHANNEL).await.is_ok() {
-                    catch_up(&cluster, &shared).await;
+                    catch_up(&cluster, &on_news).await;
                     cluster
                         .subscribed
                         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -109,7 +126,7 @@ async fn listen(cluster: Arc<Cluster>, shared: Arc<Shared>, mut shutdown: Shutdo
                         };
                         if let Ok(news) = serde_json::from_str::<News>(&text) {
                             if news.from != cluster.instance {
-                                apply(&shared, &news);
+                                on_news(&news);
                             }
                         }
                     }
@@ -129,7 +146,7 @@ async fn listen(cluster: Arc<Cluster>, shared: Arc<Shared>, mut shutdown: Shutdo
 }
 
 /// Applies the news other replicas kept while this one was not listening.
-async fn catch_up(cluster: &Cluster, shared: &Shared) {
+async fn catch_up(cluster: &Cluster, on_news: &OnNews) {
     let mut cursor = 0u64;
     loop {
         let page = cluster
@@ -163,7 +180,7 @@ async fn catch_up(cluster: &Cluster, shared: &Shared) {
             if let Ok(mut news) = serde_json::from_str::<News>(&text) {
                 if news.from != cluster.instance && ttl > 0 {
                     news.cooldown_ms = u64::try_from(ttl).unwrap_or(0);
-                    apply(shared, &news);
+                    on_news(&news);
                 }
             }
         }
@@ -171,34 +188,5 @@ async fn catch_up(cluster: &Cluster, shared: &Shared) {
             return;
         }
         cursor = next;
-    }
-}
-
-/// Marks the key as another replica found it.
-fn apply(shared: &Shared, news: &News) {
-    let snapshot = shared.snapshot();
-    let now = crate::keys::health::now_ms();
-    let cooldown = Duration::from_millis(news.cooldown_ms);
-    for (provider, ring) in &snapshot.rings {
-        let Some(key) = ring.keys().iter().find(|k| *k.id == *news.key_id) else {
-            continue;
-        };
-        if news.exhausted {
-            key.health.record_exhausted(cooldown, now, false);
-        } else {
-            key.health.record_rejection(cooldown, now, false);
-        }
-        shared
-            .metrics
-            .key_healthy
-            .with_label_values(&[provider.as_str(), &key.id])
-            .set(0);
-        tracing::warn!(
-            provider = %provider,
-            key_id = %key.id,
-            "key {} of {provider} was {} at another replica; skipped here for {cooldown:?}, then probed",
-            key.id,
-            if news.exhausted { "out of credit" } else { "rejected" }
-        );
     }
 }

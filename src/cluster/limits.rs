@@ -21,8 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Cluster;
-use crate::proxy::error::ProxyError;
-use crate::usage::limits::{ClientLimits, Reservation};
+use crate::usage::limits::{ClientLimits, LimitError, Reservation, SharedReservation};
 
 /// How long a reservation holds its tokens if it is never settled.
 pub const HOLD_TTL: Duration = Duration::from_secs(600);
@@ -83,25 +82,26 @@ fn key(client: &str, what: &str) -> String {
     format!("keygate:{{{client}}}:{what}")
 }
 
-impl SharedHold {
+impl SharedReservation for SharedHold {
     /// Charges `tokens` (the real usage, or the estimate when the answer
     /// reported none) in Redis, off the request path.
-    pub fn settle(self, tokens: u64) {
+    fn settle(self: Box<Self>, tokens: u64) {
+        let hold = *self;
         tokio::spawn(async move {
-            let member = format!("{}|{}", self.id, self.estimate);
-            let c = &self.client;
+            let member = format!("{}|{}", hold.id, hold.estimate);
+            let c = &hold.client;
             let keys = [
-                key(c, &format!("tpm:{}", self.minute)),
+                key(c, &format!("tpm:{}", hold.minute)),
                 key(c, "spent"),
                 key(c, "holds"),
-                key(c, &format!("settled:{}", self.id)),
+                key(c, &format!("settled:{}", hold.id)),
             ];
-            self.cluster
+            hold.cluster
                 .call("settle", |mut connection| async move {
                     SETTLE_SCRIPT
                         .key(&keys[..])
                         .arg(&member)
-                        .arg(self.estimate)
+                        .arg(hold.estimate)
                         .arg(tokens)
                         .invoke_async::<i64>(&mut connection)
                         .await
@@ -122,7 +122,7 @@ pub async fn reserve(
     limits: ClientLimits,
     spent_before: u64,
     now_ms: u64,
-) -> Result<Reservation, ProxyError> {
+) -> Result<Reservation, LimitError> {
     let estimate = reservation.estimate();
     let minute = now_ms / 60_000;
     let id = cluster.request_id();
@@ -154,24 +154,24 @@ pub async fn reserve(
     match verdict {
         None => Ok(reservation),
         Some(0) => {
-            reservation.share(SharedHold {
+            reservation.share(Box::new(SharedHold {
                 cluster: cluster.clone(),
                 client: client.clone(),
                 id,
                 estimate,
                 minute,
-            });
+            }));
             Ok(reservation)
         }
         Some(3) => {
             reservation.cancel();
-            Err(ProxyError::ClientBudgetExceeded {
+            Err(LimitError::BudgetExceeded {
                 client: client.to_string(),
             })
         }
         Some(_) => {
             reservation.cancel();
-            Err(ProxyError::ClientRateLimited {
+            Err(LimitError::RateLimited {
                 client: client.to_string(),
                 retry_after,
             })

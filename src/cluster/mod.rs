@@ -148,7 +148,7 @@ impl Cluster {
     /// exchange until `shutdown`.
     pub async fn run(
         self: Arc<Self>,
-        shared: Arc<crate::control::state::Shared>,
+        on_news: key_health::OnNews,
         mut shutdown: crate::shutdown::Shutdown,
     ) {
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -196,7 +196,7 @@ impl Cluster {
         };
         let news = self.news_rx.lock().ok().and_then(|mut n| n.take());
         if let Some(news) = news {
-            key_health::exchange(self.clone(), shared, news, shutdown).await;
+            key_health::exchange(self.clone(), on_news, news, shutdown).await;
         }
         pinger.abort();
     }

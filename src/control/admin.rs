@@ -207,8 +207,9 @@ async fn admin_api(
         (Method::GET, ["clients"]) => list_clients(shared),
         (Method::GET, ["providers"]) => list_providers(shared),
         (Method::GET, ["activity"]) => Ok(shared
+            .key_events
             .recent
-            .to_json(crate::control::recent::Recent::this_minute())),
+            .to_json(crate::keys::recent::Recent::this_minute())),
         (Method::GET, ["status"]) => Ok(status(shared)),
         (Method::GET, ["usage"]) => usage(shared, &query),
         (Method::POST, ["reload"]) => {

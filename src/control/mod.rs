@@ -3,7 +3,7 @@
 //! admin listener (health [`probes`], the [`admin`] API and the
 //! [`status_page`]), the
 //! [`key_upkeep`] (retiring, deleting at the provider, auto-rotation),
-//! [`metrics`], the last hour's refusals and fallbacks ([`recent`]), the [`log_format`] and [`core_dumps`] protection.
+//! [`metrics`], the [`log_format`] and [`core_dumps`] protection.
 
 pub mod admin;
 pub mod core_dumps;
@@ -12,7 +12,6 @@ pub mod key_upkeep;
 pub mod log_format;
 pub mod metrics;
 pub mod probes;
-pub mod recent;
 pub mod reload;
 pub mod snapshot;
 pub mod state;

@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::control::metrics::Metrics;
 use crate::control::reload::{ReloadError, VaultWatch};
 use crate::control::snapshot::Snapshot;
+use crate::keys::key_events::KeyEvents;
 use crate::net::upstream::Upstream;
 use crate::usage::limits::Limits;
 use crate::usage::meter::Meter;
@@ -39,8 +40,9 @@ pub struct Shared {
     pub limits: Limits,
     /// What replicas share through Redis (`[cluster] redis_url`), if set.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
-    /// Refusals and fallbacks per provider over the last hour (status page).
-    pub recent: crate::control::recent::Recent,
+    /// Where verdicts on keys are recorded (health, metrics, the last hour,
+    /// other replicas).
+    pub key_events: KeyEvents,
 }
 
 impl Shared {
@@ -63,8 +65,19 @@ impl Shared {
                 tracing::warn!("{error}; limits and key health stay per replica");
                 None
             });
+        let key_events = KeyEvents {
+            key_healthy: metrics.key_healthy.clone(),
+            key_rejections: metrics.key_rejections.clone(),
+            fallback_retries: metrics.fallback_retries.clone(),
+            recent: crate::keys::recent::Recent::new(config.providers.keys()),
+            news: cluster
+                .clone()
+                .map(|cluster| cluster as Arc<dyn crate::keys::key_events::KeyNews>),
+            suspect_cooldown: config.keys.suspect_cooldown,
+            exhausted_cooldown: config.keys.exhausted_cooldown,
+        };
         Ok(Shared {
-            recent: crate::control::recent::Recent::new(config.providers.keys()),
+            key_events,
             metrics,
             cluster,
             config,

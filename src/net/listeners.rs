@@ -2,8 +2,9 @@
 //! HTTP/1.1 + HTTP/2 (h2c, or h2 by ALPN over rustls), connection limit, header
 //! timeout, and the graceful drain on shutdown.
 //!
-//! Connections hand each request to [`crate::proxy::handle`] (client listener)
-//! or [`crate::control::probes::handle`] (admin listener); nothing here looks inside one.
+//! Connections hand each request to the service the caller gives each
+//! listener (`serve` gives the proxy's conductor to the client listener and
+//! the probes to the admin listener); nothing here looks inside one.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,13 +20,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::shutdown::Shutdown;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ServerConfig;
-use crate::control::state::Shared;
 use crate::net::head_guard::HeadGuard;
-use crate::proxy::response_body::ResponseBody;
+use crate::shutdown::Shutdown;
 
 /// Why the listeners could not start.
 #[derive(Debug, thiserror::Error)]
@@ -85,29 +84,56 @@ pub async fn bind(config: &ServerConfig) -> Result<Bound, ServerError> {
     })
 }
 
-/// Serves until `shutdown` turns true, then drains for up to `shutdown_grace`.
-pub async fn run(bound: Bound, shared: Arc<Shared>, shutdown: Shutdown) -> Result<(), ServerError> {
-    let server = shared.config.server.clone();
-    let tls = tls_acceptor(&server)?;
+/// What a listener hands each request to: a function from the request to
+/// the future of its response (hyper's service, as a plain closure).
+pub trait Service<B>:
+    Fn(Request<Incoming>) -> <Self as Service<B>>::Future + Clone + Send + Sync + 'static
+{
+    /// The response's future.
+    type Future: Future<Output = Result<Response<B>, std::convert::Infallible>> + Send + 'static;
+}
+
+impl<S, F, B> Service<B> for S
+where
+    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, std::convert::Infallible>> + Send + 'static,
+{
+    type Future = F;
+}
+
+/// Serves `client` on the client listener and `admin` on the admin listener
+/// until `shutdown` turns true, then drains for up to `shutdown_grace`.
+pub async fn run<B, C, A>(
+    bound: Bound,
+    server: &ServerConfig,
+    client: C,
+    admin: A,
+    shutdown: Shutdown,
+) -> Result<(), ServerError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    C: Service<B>,
+    A: Service<B>,
+{
+    let tls = tls_acceptor(server)?;
     let connections = Arc::new(Semaphore::new(server.max_connections));
 
-    let client_shared = shared.clone();
     let client_loop = accept_loop(
         bound.client,
         tls,
         connections.clone(),
         server.clone(),
         shutdown.clone(),
-        move |request| crate::proxy::handle(client_shared.clone(), request),
+        client,
     );
-    let admin_shared = shared.clone();
     let admin_loop = accept_loop(
         bound.admin,
         None,
         Arc::new(Semaphore::new(256)),
         server.clone(),
         shutdown.clone(),
-        move |request| crate::control::probes::handle(admin_shared.clone(), request),
+        admin,
     );
     tokio::join!(client_loop, admin_loop);
 
@@ -123,7 +149,7 @@ pub async fn run(bound: Bound, shared: Arc<Shared>, shutdown: Shutdown) -> Resul
     Ok(())
 }
 
-async fn accept_loop<S, F>(
+async fn accept_loop<S, B>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     connections: Arc<Semaphore>,
@@ -131,8 +157,9 @@ async fn accept_loop<S, F>(
     mut shutdown: Shutdown,
     service: S,
 ) where
-    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> + Send + 'static,
+    S: Service<B>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     loop {
         let (stream, peer) = tokio::select! {
@@ -185,11 +212,12 @@ async fn accept_loop<S, F>(
     }
 }
 
-async fn serve_connection<I, S, F>(mut io: I, server: &ServerConfig, shutdown: Shutdown, service: S)
+async fn serve_connection<I, S, B>(mut io: I, server: &ServerConfig, shutdown: Shutdown, service: S)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>> + Send + 'static,
+    S: Service<B>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // hyper's header timeout starts only once an HTTP/1 head is being read;
     // a socket that sends nothing (or half an HTTP/2 preface) would hold a

@@ -333,6 +333,22 @@ mod tests {
     }
 }
 
+impl From<crate::usage::limits::LimitError> for ProxyError {
+    fn from(error: crate::usage::limits::LimitError) -> Self {
+        use crate::usage::limits::LimitError;
+        match error {
+            LimitError::RateLimited {
+                client,
+                retry_after,
+            } => ProxyError::ClientRateLimited {
+                client,
+                retry_after,
+            },
+            LimitError::BudgetExceeded { client } => ProxyError::ClientBudgetExceeded { client },
+        }
+    }
+}
+
 /// Why a request's client key was refused (carried by
 /// [`ProxyError::InvalidClientKey`]; the message is written in `error.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,6 +29,7 @@ use hyper::body::Incoming;
 
 use crate::control::metrics::ActiveGuard;
 use crate::control::state::Shared;
+use crate::keys::key_events::Verdict;
 use crate::keys::{health, KeyRing};
 use crate::net::upstream::SendError;
 use crate::providers::KeyVerdict;
@@ -250,16 +251,22 @@ async fn conduct(
         } else {
             Ok(upstream)
         };
-        let verdict = judge::judge_answer(
-            shared,
-            provider,
+        let judged = judge::read_answer(provider.kind, status, answer.as_ref().err());
+        let error = answer.as_ref().err();
+        shared.key_events.record(
             ring,
             &pick,
-            status,
-            answer.as_ref().err(),
-            another_key_left,
+            &Verdict {
+                provider: &provider.name,
+                verdict: judged.verdict,
+                status: status.as_u16(),
+                error: judged.error.as_ref(),
+                headers: error.map(|e| &e.parts.headers),
+                body: error.and_then(error_answer::ErrorAnswer::bytes),
+                another_key_left,
+            },
         );
-        match verdict {
+        match judged.verdict {
             KeyVerdict::Rejected if !another_key_left => return Err(rejected()),
             KeyVerdict::Rejected | KeyVerdict::OutOfCredit | KeyVerdict::RateLimited
                 if another_key_left =>

@@ -15,8 +15,6 @@ use std::time::Duration;
 
 use super::UsageMap;
 
-use crate::proxy::error::ProxyError;
-
 /// A client's configured limits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClientLimits {
@@ -59,6 +57,32 @@ impl LimitState {
     }
 }
 
+/// Why a client's request was not admitted; the proxy turns it into its 429.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// Over its rpm or tpm this minute.
+    #[error("client {client} is over its rate limit")]
+    RateLimited {
+        /// Client name.
+        client: String,
+        /// When the minute turns.
+        retry_after: Duration,
+    },
+    /// Its token budget is spent.
+    #[error("client {client} has spent its budget")]
+    BudgetExceeded {
+        /// Client name.
+        client: String,
+    },
+}
+
+/// The part of a reservation held somewhere else (the cluster's Redis),
+/// settled with the same real usage when the answer ends.
+pub trait SharedReservation: std::fmt::Debug + Send + Sync {
+    /// Charges `tokens` there (off the request path).
+    fn settle(self: Box<Self>, tokens: u64);
+}
+
 /// Tokens held for one request until its real usage is known.
 #[derive(Debug)]
 pub struct Reservation {
@@ -68,7 +92,7 @@ pub struct Reservation {
     /// The request counted against `rpm`.
     counted_request: bool,
     /// The same reservation in Redis, when the cluster admitted it.
-    shared: Option<crate::cluster::limits::SharedHold>,
+    shared: Option<Box<dyn SharedReservation>>,
 }
 
 impl Reservation {
@@ -78,7 +102,7 @@ impl Reservation {
     }
 
     /// The cluster admitted it too: settle it there as well.
-    pub fn share(&mut self, hold: crate::cluster::limits::SharedHold) {
+    pub fn share(&mut self, hold: Box<dyn SharedReservation>) {
         self.shared = Some(hold);
     }
 
@@ -159,7 +183,7 @@ impl Limits {
         limits: ClientLimits,
         estimate: impl FnOnce() -> u64,
         now: u64,
-    ) -> Result<Reservation, ProxyError> {
+    ) -> Result<Reservation, LimitError> {
         let state = self.state(client);
         if !limits.any() {
             // Spend is tracked for every client, so a budget set later counts
@@ -179,7 +203,7 @@ impl Limits {
         let minute = now / 60;
         state.roll(minute);
         let retry_after = Duration::from_secs(60 - now % 60);
-        let limited = || ProxyError::ClientRateLimited {
+        let limited = || LimitError::RateLimited {
             client: client.to_string(),
             retry_after,
         };
@@ -219,7 +243,7 @@ impl Limits {
                         .fetch_sub(estimate, Ordering::AcqRel);
                 }
                 undo_request();
-                return Err(ProxyError::ClientBudgetExceeded {
+                return Err(LimitError::BudgetExceeded {
                     client: client.to_string(),
                 });
             }
@@ -302,7 +326,7 @@ mod tests {
             assert!(limits.admit(&client(), rpm, || 1, 600).is_ok());
         }
         match limits.admit(&client(), rpm, || 1, 630) {
-            Err(ProxyError::ClientRateLimited { retry_after, .. }) => {
+            Err(LimitError::RateLimited { retry_after, .. }) => {
                 assert_eq!(retry_after, Duration::from_secs(30))
             }
             other => panic!("{other:?}"),
@@ -320,7 +344,7 @@ mod tests {
         let reservation = limits.admit(&client(), budget, || 80, 0).unwrap();
         assert!(matches!(
             limits.admit(&client(), budget, || 80, 0),
-            Err(ProxyError::ClientBudgetExceeded { .. })
+            Err(LimitError::BudgetExceeded { .. })
         ));
         reservation.settle(Some(10)); // spent 910
         assert!(limits.admit(&client(), budget, || 80, 0).is_ok()); // 990

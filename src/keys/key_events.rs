@@ -1,0 +1,252 @@
+//! The key-events sink: what follows from a verdict on a key — its runtime
+//! health, the rejection and fallback metrics, the status page's last hour,
+//! the news other replicas need, and one log line per transition (key ids,
+//! never a secret). The proxy judges an answer (a pure reading, asked of the
+//! provider's kind); this room records it. Other replicas' news lands here too.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use prometheus::{IntCounterVec, IntGaugeVec};
+
+use super::health::{self, Refusal};
+use super::recent::Recent;
+use super::{KeyRing, Pick, Rings};
+use crate::providers::{KeyVerdict, ProviderError};
+
+/// Where a replica tells the others that a key was put aside (the cluster's
+/// Redis news, when there is a cluster).
+pub trait KeyNews: Send + Sync {
+    /// `key_id` was rejected (`exhausted`: out of credit) and rests `cooldown`.
+    fn announce(&self, key_id: &str, exhausted: bool, cooldown: Duration);
+}
+
+/// The handles a verdict is recorded through.
+pub struct KeyEvents {
+    /// `keygate_key_healthy{provider,key_id}`.
+    pub key_healthy: IntGaugeVec,
+    /// `keygate_upstream_key_rejections_total{provider,key_id,reason}`.
+    pub key_rejections: IntCounterVec,
+    /// `keygate_fallback_retries_total{provider,reason}`.
+    pub fallback_retries: IntCounterVec,
+    /// Refusals and fallbacks per provider over the last hour.
+    pub recent: Recent,
+    /// Other replicas, when keygate runs several.
+    pub news: Option<Arc<dyn KeyNews>>,
+    /// How long a rejected key is suspect.
+    pub suspect_cooldown: Duration,
+    /// How long a key out of credit rests.
+    pub exhausted_cooldown: Duration,
+}
+
+/// One judged answer to one attempt.
+pub struct Verdict<'a> {
+    /// The provider's config name.
+    pub provider: &'a str,
+    /// What the answer says about the key.
+    pub verdict: KeyVerdict,
+    /// The upstream status.
+    pub status: u16,
+    /// The error the provider wrote, as read to judge (`None`: not read).
+    pub error: Option<&'a ProviderError>,
+    /// The error answer's headers, when it was one.
+    pub headers: Option<&'a HeaderMap>,
+    /// The error answer's body, when it was one and could be read.
+    pub body: Option<&'a [u8]>,
+    /// Another key will be tried.
+    pub another_key_left: bool,
+}
+
+impl KeyEvents {
+    /// Records what `verdict` means for the key `pick` chose from `ring`.
+    pub fn record(&self, ring: &KeyRing, pick: &Pick<'_>, verdict: &Verdict<'_>) {
+        let key = pick.key;
+        let provider = verdict.provider;
+        let labels = [provider, &*key.id];
+        let now = health::now_ms();
+        let status = verdict.status;
+        let next = if verdict.another_key_left {
+            ", retrying with the next key"
+        } else {
+            ""
+        };
+        match verdict.verdict {
+            KeyVerdict::Accepted | KeyVerdict::Unrelated => {
+                if pick.probe {
+                    if verdict.verdict == KeyVerdict::Accepted && key.health.record_success() {
+                        self.key_healthy.with_label_values(&labels).set(1);
+                        tracing::info!(provider = %provider, key_id = %key.id, "key {} accepted again: healthy", key.id);
+                    } else {
+                        key.health.end_probe();
+                    }
+                }
+                return;
+            }
+            KeyVerdict::Rejected => {
+                let (cooldown, was_healthy) =
+                    key.health
+                        .record_rejection(self.suspect_cooldown, now, pick.probe);
+                self.key_healthy.with_label_values(&labels).set(0);
+                if let (Some(news), true) = (&self.news, was_healthy || pick.probe) {
+                    news.announce(&key.id, false, cooldown);
+                }
+                tracing::warn!(
+                    provider = %provider,
+                    key_id = %key.id,
+                    status,
+                    probe = pick.probe,
+                    first_failure = was_healthy,
+                    cooldown_s = cooldown.as_secs(),
+                    "UPSTREAM REJECTED KEY {} of provider {} ({}); it is suspect for {:?}{}",
+                    key.id,
+                    provider,
+                    status,
+                    cooldown,
+                    next
+                );
+            }
+            KeyVerdict::OutOfCredit => {
+                let rest = self.exhausted_cooldown;
+                let first = key.health.record_exhausted(rest, now, pick.probe);
+                self.key_healthy.with_label_values(&labels).set(0);
+                if let (Some(news), true) = (&self.news, first || pick.probe) {
+                    news.announce(&key.id, true, rest);
+                }
+                tracing::warn!(
+                    provider = %provider,
+                    key_id = %key.id,
+                    status,
+                    probe = pick.probe,
+                    first_failure = first,
+                    rest_s = rest.as_secs(),
+                    "KEY {} of provider {} IS OUT OF CREDIT ({}): the account behind it must be topped up; it rests for {:?}{}",
+                    key.id,
+                    provider,
+                    status,
+                    rest,
+                    next
+                );
+            }
+            KeyVerdict::RateLimited => {
+                if pick.probe {
+                    key.health.end_probe();
+                }
+                if verdict.another_key_left {
+                    let cooling = verdict.headers.map_or(Duration::from_secs(1), retry_after);
+                    key.health.record_rate_limited(cooling, now);
+                    tracing::info!(
+                        provider = %provider,
+                        key_id = %key.id,
+                        cooling_s = cooling.as_secs(),
+                        "upstream rate-limited key {}; cooling it and trying the next key",
+                        key.id
+                    );
+                }
+            }
+        }
+        self.record_refusal(ring, pick, verdict);
+    }
+
+    /// The counts and the key's last refusal, for any verdict that is one.
+    fn record_refusal(&self, ring: &KeyRing, pick: &Pick<'_>, verdict: &Verdict<'_>) {
+        let key = pick.key;
+        let provider = verdict.provider;
+        self.key_rejections
+            .with_label_values(&[provider, &*key.id, verdict.verdict.reason()])
+            .inc();
+        // The body was read either way; parsed here only when the judge did not.
+        let code = match verdict.error {
+            Some(error) => shown_code(ring, error),
+            None => shown_code(
+                ring,
+                &verdict.body.map(ProviderError::parse).unwrap_or_default(),
+            ),
+        };
+        key.health.record_refusal(Refusal {
+            at: crate::unix_now(),
+            status: verdict.status,
+            reason: verdict.verdict.reason(),
+            code,
+        });
+        let recent = self.recent.provider(provider);
+        let minute = Recent::this_minute();
+        if let Some(recent) = recent {
+            recent.refusals.count(minute);
+        }
+        if verdict.another_key_left {
+            if let Some(recent) = recent {
+                recent.fallbacks.count(minute);
+            }
+            let reason = match verdict.verdict {
+                KeyVerdict::OutOfCredit => "402",
+                KeyVerdict::RateLimited => "429",
+                _ => "401",
+            };
+            self.fallback_retries
+                .with_label_values(&[provider, reason])
+                .inc();
+        }
+    }
+
+    /// Another replica put `key_id` aside: mark it so here too.
+    pub fn apply_news(&self, rings: &Rings, key_id: &str, exhausted: bool, cooldown: Duration) {
+        let now = health::now_ms();
+        for (provider, ring) in rings {
+            let Some(key) = ring.keys().iter().find(|k| *k.id == *key_id) else {
+                continue;
+            };
+            if exhausted {
+                key.health.record_exhausted(cooldown, now, false);
+            } else {
+                key.health.record_rejection(cooldown, now, false);
+            }
+            self.key_healthy
+                .with_label_values(&[provider.as_str(), &key.id])
+                .set(0);
+            tracing::warn!(
+                provider = %provider,
+                key_id = %key.id,
+                "key {} of {provider} was {} at another replica; skipped here for {cooldown:?}, then probed",
+                key.id,
+                if exhausted { "out of credit" } else { "rejected" }
+            );
+        }
+    }
+}
+
+/// The provider's error code as the status page may show it: an identifier,
+/// and nothing in it that echoes a key of this ring.
+fn shown_code(ring: &KeyRing, error: &ProviderError) -> Option<String> {
+    let code = Refusal::code_shown(error.code.as_deref().or(error.kind.as_deref()))?;
+    let mut bytes = code.into_bytes();
+    if ring.mask_echoes(&mut bytes) {
+        return None;
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// How long a rate-limited key cools: `Retry-After` (seconds), else
+/// `retry-after-ms`, else OpenAI's `x-ratelimit-reset-requests` duration
+/// (`"1s"`, `"6m0s"`); default 1 s, at most an hour.
+fn retry_after(headers: &HeaderMap) -> Duration {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let cooling = text("retry-after")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .or_else(|| {
+            text("retry-after-ms")
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_millis)
+        })
+        .or_else(|| {
+            text("x-ratelimit-reset-requests").and_then(|v| humantime::parse_duration(v).ok())
+        })
+        .unwrap_or(Duration::from_secs(1));
+    cooling.clamp(Duration::from_secs(1), Duration::from_secs(3600))
+}
