@@ -6,9 +6,10 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use super::admin::text;
 use crate::control::state::Shared;
 use crate::proxy::response_body::ResponseBody;
 
@@ -78,18 +79,4 @@ fn readiness(shared: &Shared) -> Response<ResponseBody> {
         StatusCode::SERVICE_UNAVAILABLE
     };
     text(status, "application/json", body.to_string())
-}
-
-/// A whole answer of `content_type`.
-pub(super) fn text(
-    status: StatusCode,
-    content_type: &'static str,
-    body: String,
-) -> Response<ResponseBody> {
-    let mut response = Response::new(ResponseBody::full(body));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    response
 }

@@ -102,6 +102,14 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// An upstream answer in a coding keygate cannot decode (502): its usage
+    /// and key echoes could not be read.
+    pub fn upstream_encoding(error: crate::net::content_coding::CodingError) -> ProxyError {
+        ProxyError::UpstreamBadEncoding {
+            detail: error.to_string(),
+        }
+    }
+
     /// HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {

@@ -15,7 +15,7 @@ use crate::net::content_coding;
 use crate::net::upstream::UpstreamBody;
 use crate::proxy::error::ProxyError;
 
-use super::forward::{bad_encoding, response_headers};
+use super::headers::response_headers;
 use super::response_body::ResponseBody;
 
 /// Error bodies this small (decoded) are read whole so key echoes can be masked.
@@ -146,7 +146,7 @@ pub fn scrubbed_error_response(
             }
             .into_response();
         }
-        ErrorBody::BadEncoding(error) => return bad_encoding(error).into_response(),
+        ErrorBody::BadEncoding(error) => return ProxyError::upstream_encoding(error).into_response(),
     };
     if ring.mask_echoes(&mut body) {
         tracing::warn!(status, "upstream error body echoed an upstream key; masked");

@@ -4,8 +4,10 @@
 //! → key ring → forward ⇄ retry with the next key when the provider's kind says
 //! the key was rejected, is out of credit or rate limited → stream back.
 //!
-//! Stages are plain functions in their own modules, called here in order; none
-//! calls another. What an upstream answer means for the key is [`judge`]'s. The only loop is forward ⇄ retry, and it only runs before any
+//! Stages are plain functions in their own modules, called here in order;
+//! what several need (which [`headers`] cross, the [`error`] type) sits
+//! below them. What an upstream answer means for the key is [`judge`]'s, a
+//! pure reading; the key's bookkeeping is `keys::key_events`'. The only loop is forward ⇄ retry, and it only runs before any
 //! response byte has gone to the client. The request's end — counters, budget
 //! reservation, metrics, the one log line — is [`request_end`]'s, and runs
 //! when the response body is over.
@@ -15,6 +17,7 @@ pub mod body;
 pub mod error;
 pub mod error_answer;
 pub mod forward;
+pub mod headers;
 pub mod judge;
 pub mod request_end;
 pub mod response_body;

@@ -20,7 +20,7 @@ use crate::net::upstream::UpstreamBody;
 use crate::proxy::request_end::{Ending, RequestEnd};
 use crate::usage::tap::MeterTap;
 
-use super::forward::response_headers;
+use super::headers::response_headers;
 
 /// Why a response stream was cut.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,148 @@
+//! The admin API's read-only answers: keys, clients, providers, the status
+//! and usage — by id and fingerprint, never a secret.
+
+use super::{load_document, AdminError};
+use crate::control::state::Shared;
+use crate::vault::document::{Document, KeyState};
+
+pub(super) fn list_keys(shared: &Shared) -> Result<serde_json::Value, AdminError> {
+    let document = load_document(shared)?;
+    let now = crate::unix_now();
+    let rotate_after = shared.config.keys.rotate_after.as_secs();
+    let snapshot = shared.snapshot();
+    let now_ms = crate::keys::health::now_ms();
+    Ok(serde_json::Value::Array(
+        document
+            .keys
+            .iter()
+            .map(|k| {
+                let health = snapshot
+                    .rings
+                    .get(&k.provider)
+                    .and_then(|r| r.keys().iter().find(|rk| *rk.id == *k.id))
+                    .map(|rk| &rk.health);
+                let mut summary = k.summary(now, rotate_after);
+                summary["healthy"] =
+                    serde_json::json!(health.map(|h| h.healthy_gauge(now_ms) == 1));
+                summary["health"] = serde_json::json!(health.map(|h| h.state_name(now_ms)));
+                summary["last_refusal"] =
+                    serde_json::json!(health.and_then(|h| h.last_refusal()).as_deref());
+                summary
+            })
+            .collect(),
+    ))
+}
+
+pub(super) fn list_clients(shared: &Shared) -> Result<serde_json::Value, AdminError> {
+    let document = load_document(shared)?;
+    let now = crate::unix_now();
+    Ok(serde_json::Value::Array(
+        document
+            .clients
+            .iter()
+            .map(|c| {
+                let mut summary = c.summary();
+                // This replica's counts, against the limits (the status page's "how close").
+                let (requests, tokens, spent) = shared.limits.counted(&c.name, now);
+                summary["counted"] = serde_json::json!({
+                    "requests_this_minute": requests,
+                    "tokens_this_minute": tokens,
+                    "tokens_spent": spent,
+                });
+                summary
+            })
+            .collect(),
+    ))
+}
+
+/// `GET /admin/status`: the vault generation served, how the last reload
+/// went, and the cluster's state when Redis is configured.
+pub(super) fn status(shared: &Shared) -> serde_json::Value {
+    let last_reload = tokio::task::block_in_place(|| shared.control().last_reload().cloned());
+    let cluster = shared.cluster.as_ref().map(|c| {
+        serde_json::json!({
+            "redis": c.endpoint(),
+            "shared": c.is_up(),
+            "key_health_subscribed": c.is_subscribed(),
+        })
+    });
+    serde_json::json!({
+        "vault_generation": shared.snapshot().generation,
+        "last_reload": last_reload,
+        "cluster": cluster,
+    })
+}
+
+/// A rotation under way at `provider`: a key waiting to be verified
+/// (`pending`), else an old key serving as the fallback until its grace ends.
+fn rotation_in_flight(document: &Document, provider: &str, now: u64) -> serde_json::Value {
+    let keys = || document.keys.iter().filter(|k| k.provider == provider);
+    if let Some(pending) = keys().find(|k| k.state == KeyState::Pending) {
+        return serde_json::json!({ "stage": "pending", "key_id": pending.id });
+    }
+    keys()
+        .find(|k| k.state == KeyState::Previous && k.grace_until.is_some_and(|t| t > now))
+        .map_or(serde_json::Value::Null, |previous| {
+            serde_json::json!({
+                "stage": "grace",
+                "key_id": previous.id,
+                "grace_until": previous.grace_until,
+            })
+        })
+}
+
+/// `GET /admin/providers`: each provider's kind, usable keys, whether
+/// keygate can manage its keys (admin table, management credential stored),
+/// and the rotation in flight.
+pub(super) fn list_providers(shared: &Shared) -> Result<serde_json::Value, AdminError> {
+    let document = load_document(shared)?;
+    let snapshot = shared.snapshot();
+    let now = crate::unix_now();
+    Ok(serde_json::Value::Array(
+        shared
+            .config
+            .providers
+            .values()
+            .map(|p| {
+                serde_json::json!({
+                    "name": p.name,
+                    "kind": p.kind.as_str(),
+                    "default": p.name == shared.config.routing.default,
+                    "usable_keys": snapshot.rings.get(&p.name).map_or(0, |r| r.len()),
+                    "admin_configured": p.admin.is_some(),
+                    "management_credential": document.admin_key(&p.name).is_some(),
+                    "rotation": rotation_in_flight(&document, &p.name, now),
+                })
+            })
+            .collect(),
+    ))
+}
+
+/// `GET /admin/usage?client=NAME&since=7d`: the same totals as `keygate usage --json`.
+pub(super) fn usage(shared: &Shared, query: &str) -> Result<serde_json::Value, AdminError> {
+    let mut client = None;
+    let mut since = std::time::Duration::from_secs(7 * 86_400);
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*name {
+            "client" => client = Some(value.into_owned()),
+            "since" => {
+                since = humantime::parse_duration(&value)
+                    .map_err(|e| AdminError::BadRequest(format!("since: {e}")))?
+            }
+            _ => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown query parameter `{name}`"
+                )))
+            }
+        }
+    }
+    let rows = tokio::task::block_in_place(|| {
+        let mut ledger = crate::usage::ledger::Ledger::open(&shared.config.metering.db)?;
+        ledger.totals(
+            client.as_deref(),
+            crate::unix_now().saturating_sub(since.as_secs()),
+        )
+    })
+    .map_err(|e| AdminError::Failed(e.to_string()))?;
+    serde_json::to_value(rows).map_err(|e| AdminError::Failed(e.to_string()))
+}
