@@ -22,8 +22,9 @@ use keygate::config::Config;
 use keygate::control::snapshot::Snapshot;
 use keygate::net::content_coding::{Coding, Decoder};
 use keygate::proxy::body::OutboundBody;
+use keygate::usage::meter::TokenMetrics;
 use keygate::usage::meter::{Outcome, UsageCounters};
-use keygate::usage::tap::{MeterTap, TokenMetrics};
+use keygate::usage::tap::MeterTap;
 use keygate::vault::document::{ClientRecord, Document, KeyState, UpstreamKey};
 use keygate::vault::secret::Secret;
 

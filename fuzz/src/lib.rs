@@ -17,7 +17,8 @@ use std::sync::Arc;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use bytes::Bytes;
-use keygate::usage::tap::{MeterTap, TokenMetrics};
+use keygate::usage::meter::TokenMetrics;
+use keygate::usage::tap::MeterTap;
 use keygate::usage::meter::{Outcome, UsageCounters, UsageDelta};
 use keygate::vault::{Kek, MasterKey};
 

@@ -349,7 +349,7 @@ impl Metrics {
     ) -> crate::usage::meter::UsageMetrics {
         let (client, provider, model) = (&*key.client, &*key.provider, &*key.model);
         crate::usage::meter::UsageMetrics {
-            tokens: crate::usage::tap::TokenMetrics {
+            tokens: crate::usage::meter::TokenMetrics {
                 prompt: self
                     .tokens_total
                     .with_label_values(&[client, provider, model, "prompt"]),

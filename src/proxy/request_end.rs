@@ -18,8 +18,9 @@ use http::StatusCode;
 use crate::control::metrics::ProviderMetrics;
 use crate::control::state::Shared;
 use crate::usage::limits::Reservation;
+use crate::usage::meter::TokenMetrics;
 use crate::usage::meter::{Outcome, UsageCounters};
-use crate::usage::tap::{MeterTap, TokenMetrics};
+use crate::usage::tap::MeterTap;
 
 /// How a response ended, as the access log line's `outcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

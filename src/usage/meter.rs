@@ -127,11 +127,20 @@ impl UsageCounters {
     }
 }
 
+/// Token counters in Prometheus, resolved once per usage key.
+#[derive(Clone)]
+pub struct TokenMetrics {
+    /// `keygate_tokens_total{…,kind="prompt"}`.
+    pub prompt: prometheus::IntCounter,
+    /// `keygate_tokens_total{…,kind="completion"}`.
+    pub completion: prometheus::IntCounter,
+}
+
 /// The Prometheus series of one usage key.
 #[derive(Clone)]
 pub struct UsageMetrics {
     /// `keygate_tokens_total{client,provider,model,kind}`.
-    pub tokens: super::tap::TokenMetrics,
+    pub tokens: TokenMetrics,
     /// `keygate_requests_total{client,provider,status="200"}`, the common answer.
     pub answered_ok: prometheus::IntCounter,
 }
@@ -461,7 +470,7 @@ mod tests {
 
     fn test_metrics(_: &UsageKey) -> UsageMetrics {
         UsageMetrics {
-            tokens: crate::usage::tap::TokenMetrics {
+            tokens: TokenMetrics {
                 prompt: prometheus::IntCounter::new("p", "p").unwrap(),
                 completion: prometheus::IntCounter::new("c", "c").unwrap(),
             },

@@ -16,9 +16,8 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use prometheus::IntCounter;
 
-use super::meter::{Outcome, UsageCounters};
+use super::meter::{Outcome, TokenMetrics, UsageCounters};
 use super::scan::UsageScanner;
 use super::shapes::{self as usage, Usage};
 use super::sse::SseSplitter;
@@ -36,15 +35,6 @@ enum Mode {
         ends: Vec<(usize, bool)>,
     },
     Opaque,
-}
-
-/// Token counters in Prometheus, resolved once per usage key.
-#[derive(Clone)]
-pub struct TokenMetrics {
-    /// `keygate_tokens_total{…,kind="prompt"}`.
-    pub prompt: IntCounter,
-    /// `keygate_tokens_total{…,kind="completion"}`.
-    pub completion: IntCounter,
 }
 
 /// Reads usage out of one response as it streams.
@@ -310,8 +300,8 @@ mod tests {
     fn tap(strip: bool) -> (MeterTap, Arc<UsageCounters>) {
         let counters = Arc::new(UsageCounters::default());
         let metrics = TokenMetrics {
-            prompt: IntCounter::new("p", "p").unwrap(),
-            completion: IntCounter::new("c", "c").unwrap(),
+            prompt: prometheus::IntCounter::new("p", "p").unwrap(),
+            completion: prometheus::IntCounter::new("c", "c").unwrap(),
         };
         let tap = MeterTap::new(
             counters.clone(),
