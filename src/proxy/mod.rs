@@ -34,7 +34,7 @@ use crate::control::metrics::ActiveGuard;
 use crate::control::state::Shared;
 use crate::keys::key_events::Verdict;
 use crate::keys::{health, KeyRing};
-use crate::net::upstream::SendError;
+use crate::net::upstream::{SendError, UpstreamBody};
 use crate::providers::KeyVerdict;
 use crate::proxy::error::ProxyError;
 use crate::usage::limits;
@@ -72,36 +72,107 @@ pub async fn handle(
     Ok(response)
 }
 
+/// One request: admit it (client, path, body, limits), route it to a
+/// provider and its key ring, then attempt it with one key after another
+/// until an answer goes back.
 async fn conduct(
     shared: &Shared,
     request: Request<Incoming>,
     end: &mut RequestEnd,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let config = &shared.config;
     let snapshot = shared.snapshot();
     let (mut parts, incoming) = request.into_parts();
-
-    let client = auth::authenticate(&parts.headers, &snapshot, config.clients.allow_anonymous)?;
+    let client = auth::authenticate(
+        &parts.headers,
+        &snapshot,
+        shared.config.clients.allow_anonymous,
+    )?;
     end.client = Some(client.name.clone());
+    let path_match = route::by_path(&shared.config, parts.uri.path())?;
+    let limits = body_limits(&shared.config);
+    let declared_len = declared_length(&parts.headers);
+    let mut body = body::receive(incoming, declared_len, limits).await?;
+    body::decode_content(&mut body, &mut parts.headers, limits.max)?;
+    end.request_bytes = body
+        .buffered()
+        .map_or(declared_len.unwrap_or(0), |b| b.len() as u64);
 
-    let path_match = route::by_path(config, parts.uri.path())?;
+    let plan = plan(shared, &client.name, path_match, &body, end);
+    admit(shared, &client, plan.estimate, end).await?;
+    if let Some(rewritten) = plan.asks_for_usage {
+        // Ask for the usage chunk on the client's behalf, and hide it from them.
+        body = RequestBody::Buffered(rewritten);
+    }
+    let strip_usage_chunk = plan.strips_usage_chunk;
+    let provider = plan.provider;
+    let ring: &Arc<KeyRing> = snapshot
+        .rings
+        .get(&provider.name)
+        .filter(|ring| !ring.is_empty())
+        .ok_or_else(|| ProxyError::NoUpstreamKey {
+            provider: provider.name.clone(),
+        })?;
+    let uri = provider
+        .url(provider.kind.upstream_path(plan.path), parts.uri.query())
+        .ok_or_else(|| ProxyError::UnknownRoute(parts.uri.path().to_owned()))?;
+    let attempt = Attempt {
+        shared,
+        provider,
+        ring,
+        parts: &parts,
+        uri,
+        sticky: client.sticky,
+        max_body: limits.max,
+        idle: limits.idle,
+    };
+    let (upstream, active) = attempt.until_answered(&mut body, end).await?;
+    let upstream = match upstream {
+        Ok(upstream) => upstream,
+        Err(error) => return Ok(error_answer::scrubbed_error_response(error, ring, active)),
+    };
+    respond(shared, upstream, ring, active, end, strip_usage_chunk)
+}
 
-    let declared_len = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let limits = BodyLimits {
+/// The limits a request body is read under.
+fn body_limits(config: &crate::config::Config) -> BodyLimits {
+    BodyLimits {
         max: config.server.max_request_body,
         retry_buffer: config.server.retry_buffer,
         idle: config.server.body_idle_timeout,
         total: config.server.body_timeout,
-    };
-    let mut body = body::receive(incoming, declared_len, limits).await?;
-    body::decode_content(&mut body, &mut parts.headers, limits.max)?;
+    }
+}
 
-    // The body's fields as the upstream will read them: for routing, the
-    // estimate and the usage option alike.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Where a request goes and what it will cost, from its path and body.
+struct Plan<'a> {
+    provider: &'a crate::config::Provider,
+    /// The `/v1/…` path under the provider.
+    path: &'a str,
+    /// Tokens to hold until the real usage is known.
+    estimate: u64,
+    /// The body rewritten to ask for a stream's usage, when it was.
+    asks_for_usage: Option<bytes::Bytes>,
+    /// The usage chunk keygate asked for is hidden from the client.
+    strips_usage_chunk: bool,
+}
+
+/// Routes the request by path or model, counts it in its usage series, and
+/// reads what the body asks for — as the upstream will read it.
+fn plan<'a>(
+    shared: &'a Shared,
+    client: &Arc<str>,
+    path_match: PathMatch<'a>,
+    body: &RequestBody,
+    end: &mut RequestEnd,
+) -> Plan<'a> {
+    let config = &shared.config;
     let fields = body
         .buffered()
         .and_then(|b| crate::json_skim::chat_fields(b));
@@ -112,12 +183,11 @@ async fn conduct(
     };
     let provider_metrics = shared.metrics.provider(&provider.name);
     end.provider = Some(provider_metrics.clone());
-    let model = model.unwrap_or_else(|| Arc::from("-"));
     let series = shared.meter.series(
         UsageKey {
-            client: client.name.clone(),
+            client: client.clone(),
             provider: provider_metrics.name.clone(),
-            model,
+            model: model.unwrap_or_else(|| Arc::from("-")),
         },
         |key| shared.metrics.usage_series(key),
     );
@@ -126,177 +196,214 @@ async fn conduct(
         series.metrics.tokens,
         series.metrics.answered_ok,
     );
-    end.request_bytes = body
-        .buffered()
-        .map_or(declared_len.unwrap_or(0), |b| b.len() as u64);
-    let request_bytes = end.request_bytes;
     // A request without a body (a `GET`) asks for nothing to be generated.
-    let no_body = body.buffered().is_some_and(|b| b.is_empty());
-    let estimate = || {
-        if no_body {
-            0
-        } else {
-            limits::estimate_tokens(fields.as_ref(), request_bytes)
-        }
+    let estimate = match body.buffered() {
+        Some(b) if b.is_empty() => 0,
+        _ => limits::estimate_tokens(fields.as_ref(), end.request_bytes),
     };
+    let asks_for_usage = (config.metering.stream_usage
+        && provider.kind.takes_stream_usage_option(path))
+    .then(|| {
+        body.buffered()
+            .zip(fields.as_ref())
+            .and_then(|(b, fields)| crate::usage::meter::ask_for_usage(b, fields))
+    })
+    .flatten();
+    Plan {
+        provider,
+        path,
+        estimate,
+        strips_usage_chunk: asks_for_usage.is_some(),
+        asks_for_usage,
+    }
+}
+
+/// Admits the request against the client's limits (here, then across the
+/// cluster for a limited client) and holds its reservation.
+async fn admit(
+    shared: &Shared,
+    client: &crate::control::snapshot::ClientInfo,
+    estimate: u64,
+    end: &mut RequestEnd,
+) -> Result<(), ProxyError> {
     let reservation =
         shared
             .limits
-            .admit(&client.name, client.limits, estimate, crate::unix_now())?;
+            .admit(&client.name, client.limits, || estimate, crate::unix_now())?;
     // Only a limited client pays the Redis round trip.
     let reservation = match &shared.cluster {
         Some(cluster) if client.limits.any() => {
             let spent_before = shared.limits.spent_before_start(&client.name);
-            let now_ms = crate::unix_now_ms();
             crate::cluster::limits::reserve(
                 cluster,
                 reservation,
                 &client.name,
                 client.limits,
                 spent_before,
-                now_ms,
+                crate::unix_now_ms(),
             )
             .await?
         }
         _ => reservation,
     };
     end.hold(reservation);
-    // Ask for the usage chunk on the client's behalf, and hide it from them.
-    let mut strip_usage_chunk = false;
-    if config.metering.stream_usage && provider.kind.takes_stream_usage_option(path) {
-        let rewritten = body
-            .buffered()
-            .zip(fields.as_ref())
-            .and_then(|(b, fields)| crate::usage::meter::ask_for_usage(b, fields));
-        if let Some(rewritten) = rewritten {
-            body = RequestBody::Buffered(rewritten);
-            strip_usage_chunk = true;
+    Ok(())
+}
+
+/// Everything one attempt with one key needs.
+struct Attempt<'a> {
+    shared: &'a Shared,
+    provider: &'a crate::config::Provider,
+    ring: &'a Arc<KeyRing>,
+    parts: &'a http::request::Parts,
+    uri: http::Uri,
+    sticky: u64,
+    max_body: u64,
+    idle: std::time::Duration,
+}
+
+/// An upstream answer to pass on: a success, or an error read whole.
+type Answer = Result<Response<UpstreamBody>, error_answer::ErrorAnswer>;
+
+impl Attempt<'_> {
+    /// Forward ⇄ retry: each key at most once, and only before any response
+    /// byte has gone to the client.
+    async fn until_answered(
+        &self,
+        body: &mut RequestBody,
+        end: &mut RequestEnd,
+    ) -> Result<(Answer, ActiveGuard), ProxyError> {
+        let provider = self.provider;
+        let provider_metrics = self.shared.metrics.provider(&provider.name);
+        let mut tried = 0u64;
+        loop {
+            let rejected = || ProxyError::UpstreamKeyRejected {
+                provider: provider.name.clone(),
+            };
+            let pick = self
+                .ring
+                .pick(self.sticky, tried, health::now_ms())
+                .ok_or_else(rejected)?;
+            let outbound_body = body.next_attempt().ok_or_else(rejected)?;
+            tried |= 1 << pick.index;
+            end.attempts += 1;
+            end.key_id = Some(pick.key.id.clone());
+            let active = ActiveGuard::new(provider_metrics.active.clone());
+            let upstream = self.send(&pick, outbound_body, body).await?;
+            let status = upstream.status();
+            let another_key_left = self.ring.pick_would_find(tried) && body.buffered().is_some();
+            // An error's body is read (it is scrubbed before the client sees
+            // it anyway), so the provider's kind can judge it before anything
+            // is sent.
+            let answer = if status.is_client_error() || status.is_server_error() {
+                Err(error_answer::read_error_body(upstream, self.idle).await)
+            } else {
+                Ok(upstream)
+            };
+            let judged = judge::read_answer(provider.kind, status, answer.as_ref().err());
+            let error = answer.as_ref().err();
+            self.shared.key_events.record(
+                self.ring,
+                &pick,
+                &Verdict {
+                    provider: &provider.name,
+                    verdict: judged.verdict,
+                    status: status.as_u16(),
+                    error: judged.error.as_ref(),
+                    headers: error.map(|e| &e.parts.headers),
+                    body: error.and_then(error_answer::ErrorAnswer::bytes),
+                    another_key_left,
+                },
+            );
+            match judged.verdict {
+                KeyVerdict::Rejected if !another_key_left => return Err(rejected()),
+                KeyVerdict::Rejected | KeyVerdict::OutOfCredit | KeyVerdict::RateLimited
+                    if another_key_left =>
+                {
+                    continue
+                }
+                _ => return Ok((answer, active)),
+            }
         }
     }
-    let active = ActiveGuard::new(provider_metrics.active.clone());
 
-    let ring: &Arc<KeyRing> = snapshot
-        .rings
-        .get(&provider.name)
-        .filter(|ring| !ring.is_empty())
-        .ok_or_else(|| ProxyError::NoUpstreamKey {
-            provider: provider.name.clone(),
-        })?;
-    let uri = provider
-        .url(provider.kind.upstream_path(path), parts.uri.query())
-        .ok_or_else(|| ProxyError::UnknownRoute(parts.uri.path().to_owned()))?;
-
-    // Forward ⇄ retry: each key at most once, and only before any response
-    // byte has gone to the client.
-    let timeout = config.server.upstream_first_byte_timeout;
-    let mut tried = 0u64;
-    loop {
-        let rejected = || ProxyError::UpstreamKeyRejected {
-            provider: provider.name.clone(),
-        };
-        let pick = ring
-            .pick(client.sticky, tried, health::now_ms())
-            .ok_or_else(rejected)?;
+    /// Sends one attempt with `pick`'s key, within the first-byte timeout.
+    async fn send(
+        &self,
+        pick: &crate::keys::Pick<'_>,
+        outbound_body: crate::net::outbound_body::OutboundBody,
+        body: &RequestBody,
+    ) -> Result<Response<UpstreamBody>, ProxyError> {
+        let provider = self.provider;
         let key = pick.key;
-        let outbound_body = body.next_attempt().ok_or_else(rejected)?;
-        tried |= 1 << pick.index;
-        end.attempts += 1;
-        end.key_id = Some(key.id.clone());
-
         let outbound = forward::outbound_request(
             provider,
-            &parts.method,
-            uri.clone(),
-            &parts.headers,
+            &self.parts.method,
+            self.uri.clone(),
+            &self.parts.headers,
             key,
             outbound_body,
         );
+        let timeout = self.shared.config.server.upstream_first_byte_timeout;
         let sent = Instant::now();
-        let upstream = match tokio::time::timeout(timeout, shared.upstream.send(outbound)).await {
-            Ok(Ok(upstream)) => upstream,
-            failed => {
-                if pick.probe {
-                    key.health.end_probe();
+        let failed = match tokio::time::timeout(timeout, self.shared.upstream.send(outbound)).await
+        {
+            Ok(Ok(upstream)) => {
+                self.shared
+                    .metrics
+                    .provider(&provider.name)
+                    .upstream_duration
+                    .observe(sent.elapsed().as_secs_f64());
+                // hyper hands back only `101 Switching Protocols` of the 1xx
+                // answers: keygate does not proxy upgrades, and relaying one
+                // would hand the client a raw connection to the upstream.
+                if !upstream.status().is_informational() {
+                    return Ok(upstream);
                 }
-                return Err(match failed {
-                    Err(_) => ProxyError::UpstreamTimeout {
-                        provider: provider.name.clone(),
-                        after: timeout,
-                    },
-                    Ok(Err(error)) => send_failure(&provider.name, &body, limits.max, &error),
-                    Ok(Ok(_)) => rejected(),
-                });
+                ProxyError::UpstreamUnavailable {
+                    provider: provider.name.clone(),
+                    detail: format!(
+                        "upstream answered {}; keygate does not proxy protocol upgrades",
+                        upstream.status()
+                    ),
+                }
             }
-        };
-        provider_metrics
-            .upstream_duration
-            .observe(sent.elapsed().as_secs_f64());
-        let status = upstream.status();
-        // hyper hands back only `101 Switching Protocols` of the 1xx answers:
-        // keygate does not proxy upgrades, and relaying one would hand the
-        // client a raw connection to the upstream.
-        if status.is_informational() {
-            if pick.probe {
-                key.health.end_probe();
-            }
-            return Err(ProxyError::UpstreamUnavailable {
+            Err(_) => ProxyError::UpstreamTimeout {
                 provider: provider.name.clone(),
-                detail: format!(
-                    "upstream answered {status}; keygate does not proxy protocol upgrades"
-                ),
-            });
-        }
-        let another_key_left = ring.pick_would_find(tried) && body.buffered().is_some();
-        // An error's body is read (it is scrubbed before the client sees it
-        // anyway), so the provider's kind can judge it before anything is sent.
-        let answer = if status.is_client_error() || status.is_server_error() {
-            Err(error_answer::read_error_body(upstream, limits.idle).await)
-        } else {
-            Ok(upstream)
-        };
-        let judged = judge::read_answer(provider.kind, status, answer.as_ref().err());
-        let error = answer.as_ref().err();
-        shared.key_events.record(
-            ring,
-            &pick,
-            &Verdict {
-                provider: &provider.name,
-                verdict: judged.verdict,
-                status: status.as_u16(),
-                error: judged.error.as_ref(),
-                headers: error.map(|e| &e.parts.headers),
-                body: error.and_then(error_answer::ErrorAnswer::bytes),
-                another_key_left,
+                after: timeout,
             },
-        );
-        match judged.verdict {
-            KeyVerdict::Rejected if !another_key_left => return Err(rejected()),
-            KeyVerdict::Rejected | KeyVerdict::OutOfCredit | KeyVerdict::RateLimited
-                if another_key_left =>
-            {
-                continue
-            }
-            _ => {}
-        }
-        let upstream = match answer {
-            Ok(upstream) => upstream,
-            Err(error) => return Ok(error_answer::scrubbed_error_response(error, ring, active)),
+            Ok(Err(error)) => send_failure(&provider.name, body, self.max_body, &error),
         };
-        let tap = end.tap(
-            upstream
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
-            strip_usage_chunk,
-        );
-        return forward::client_response(
-            upstream,
-            ring,
-            config.server.stream_idle_timeout,
-            active,
-            tap,
-        );
+        if pick.probe {
+            key.health.end_probe();
+        }
+        Err(failed)
     }
+}
+
+/// The client's response: the upstream's, streamed and metered.
+fn respond(
+    shared: &Shared,
+    upstream: Response<UpstreamBody>,
+    ring: &Arc<KeyRing>,
+    active: ActiveGuard,
+    end: &mut RequestEnd,
+    strip_usage_chunk: bool,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let tap = end.tap(
+        upstream
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        strip_usage_chunk,
+    );
+    forward::client_response(
+        upstream,
+        ring,
+        shared.config.server.stream_idle_timeout,
+        active,
+        tap,
+    )
 }
 
 fn send_failure(provider: &str, body: &RequestBody, limit: u64, error: &SendError) -> ProxyError {
