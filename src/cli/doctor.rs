@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use super::key::upstream_runtime;
+use super::upstream_runtime;
 use super::{CliError, Context};
 use crate::config::LedgerDb;
 use crate::keys::verify;

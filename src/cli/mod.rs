@@ -1,5 +1,5 @@
-//! The command line (docs/design.md §2): parse, load config, dispatch to one file per
-//! command group. The only code that prints to stdout.
+//! The command line (docs/design.md §2): parse, load config, dispatch to one room
+//! (file, or folder: `key`) per command group. The only code that prints to stdout.
 //!
 //! Every error becomes a [`CliError`], whose exit code (2 usage/config, 1
 //! runtime) and message are chosen here; messages never contain a secret.
@@ -8,7 +8,6 @@ mod admin_key;
 mod client;
 mod doctor;
 mod key;
-mod key_provider;
 mod serve;
 mod usage;
 mod vault;
@@ -18,6 +17,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError, Sources};
+use crate::net::upstream::Upstream;
 use crate::vault::secret::Secret;
 use crate::vault::{Kek, MasterKeySources, ServedRecord, Vault, VaultError};
 
@@ -226,6 +226,21 @@ pub(crate) fn read_secret_from_stdin(what: &str) -> Result<Secret, CliError> {
         )));
     }
     Ok(secret)
+}
+
+/// A small runtime and upstream client for the commands that call the upstream.
+pub(crate) fn upstream_runtime(
+    context: &Context,
+) -> Result<(tokio::runtime::Runtime, Upstream), CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))?;
+    let upstream = {
+        let _guard = runtime.enter();
+        Upstream::new(&context.config)?
+    };
+    Ok((runtime, upstream))
 }
 
 /// `2026-11-24 10:00` in UTC, for tables.

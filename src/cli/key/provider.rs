@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::key::{op_error, print_promotion, rotate_error, upstream_runtime};
-use super::{read_secret_from_stdin, CliError, Context};
+use super::transition::{op_error, print_promotion, rotate_error};
+use crate::cli::{read_secret_from_stdin, upstream_runtime, CliError, Context};
 use crate::keys::burn::{self, Burn, BurnError, Replacement};
 use crate::keys::{cleanup, mint, ops, rotate};
 use crate::vault::{Kek, Vault};

@@ -1,0 +1,107 @@
+//! The durable usage ledger at `[metering] db`: a SQLite file per replica,
+//! or one PostgreSQL database for the whole fleet (docs/design.md §7, §10).
+//! One row per client, provider, model and hour, added to by a background
+//! task that drains the meter every `flush_interval` and once more at
+//! shutdown; a failed write keeps the drained counts for the next try, so a
+//! database that goes away and comes back loses nothing that was drained.
+//!
+//! Holds names, counts and hours only: never a key or a client key. A
+//! PostgreSQL URL may carry a password: errors name the host only.
+//!
+//! This file is the front: it opens the backend `[metering] db` names,
+//! passes each call to it, and runs the flush loop. Below it: `sqlite` and
+//! `postgres` (the same table and upserts in each one's SQL), `usage_row`
+//! (what a query answers) and `error`.
+
+mod error;
+mod postgres;
+mod sqlite;
+mod usage_row;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::meter::{Meter, UsageDelta, UsageKey};
+use crate::config::LedgerDb;
+use crate::shutdown::Shutdown;
+
+pub use self::error::LedgerError;
+pub use self::usage_row::UsageRow;
+
+/// An open ledger.
+pub struct Ledger {
+    backend: Backend,
+}
+
+enum Backend {
+    Sqlite(sqlite::Sqlite),
+    Postgres(Box<postgres::Postgres>),
+}
+
+impl Ledger {
+    /// Opens (creating the file or the table) the ledger `db` names.
+    pub fn open(db: &LedgerDb) -> Result<Ledger, LedgerError> {
+        let backend = match db {
+            LedgerDb::Sqlite(path) => Backend::Sqlite(sqlite::Sqlite::open(path)?),
+            LedgerDb::Postgres { url, endpoint } => {
+                Backend::Postgres(Box::new(postgres::Postgres::open(url, endpoint)?))
+            }
+        };
+        Ok(Ledger { backend })
+    }
+
+    /// Adds drained counters to the hour `hour` (unix seconds / 3600), in one transaction.
+    pub fn add(&mut self, hour: u64, rows: &[(UsageKey, UsageDelta)]) -> Result<(), LedgerError> {
+        match &mut self.backend {
+            Backend::Sqlite(sqlite) => sqlite.add(hour, rows),
+            Backend::Postgres(pg) => pg.add(hour, rows),
+        }
+    }
+
+    /// All-time tokens per client, reported and estimated (budgets survive a
+    /// restart, including what streams without usage were charged).
+    pub fn client_totals(&mut self) -> Result<Vec<(String, u64)>, LedgerError> {
+        match &mut self.backend {
+            Backend::Sqlite(sqlite) => sqlite.client_totals(),
+            Backend::Postgres(pg) => pg.client_totals(),
+        }
+    }
+
+    /// Totals per client, provider and model since `since` (unix seconds).
+    pub fn totals(
+        &mut self,
+        client: Option<&str>,
+        since: u64,
+    ) -> Result<Vec<UsageRow>, LedgerError> {
+        match &mut self.backend {
+            Backend::Sqlite(sqlite) => sqlite.totals(client, since),
+            Backend::Postgres(pg) => pg.totals(client, since),
+        }
+    }
+}
+
+/// Drains `meter` into `ledger` every `interval` until `stop`, then once more.
+/// A failed write keeps the drained counts and retries them next time.
+pub async fn run(meter: Arc<Meter>, mut ledger: Ledger, interval: Duration, mut stop: Shutdown) {
+    let mut pending: Vec<(UsageKey, UsageDelta)> = Vec::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.requested() => true,
+        };
+        pending.extend(meter.drain());
+        if !pending.is_empty() {
+            let hour = crate::unix_now() / 3600;
+            let result = tokio::task::block_in_place(|| ledger.add(hour, &pending));
+            match result {
+                Ok(()) => pending.clear(),
+                Err(error) => tracing::warn!("usage ledger write failed, will retry: {error}"),
+            }
+        }
+        if last {
+            return;
+        }
+    }
+}

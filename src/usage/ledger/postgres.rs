@@ -1,0 +1,206 @@
+//! The PostgreSQL backend, one database for the whole fleet: the same table
+//! and upserts as SQLite, one transaction per flush, and a new connection
+//! after any failure (a restarted server is simply reconnected to on the
+//! next flush).
+
+use super::error::LedgerError;
+use super::usage_row::UsageRow;
+use crate::usage::meter::{UsageDelta, UsageKey};
+use crate::vault::secret::Secret;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS usage (
+    hour BIGINT NOT NULL,
+    client TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests BIGINT NOT NULL DEFAULT 0,
+    errors BIGINT NOT NULL DEFAULT 0,
+    incomplete BIGINT NOT NULL DEFAULT 0,
+    prompt_tokens BIGINT NOT NULL DEFAULT 0,
+    completion_tokens BIGINT NOT NULL DEFAULT 0,
+    total_tokens BIGINT NOT NULL DEFAULT 0,
+    request_bytes BIGINT NOT NULL DEFAULT 0,
+    response_bytes BIGINT NOT NULL DEFAULT 0,
+    estimated BIGINT NOT NULL DEFAULT 0,
+    estimated_tokens BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, client, provider, model)
+)";
+
+const UPSERT: &str = "INSERT INTO usage (hour, client, provider, model, requests, errors,
+        incomplete, prompt_tokens, completion_tokens, total_tokens, request_bytes,
+        response_bytes, estimated, estimated_tokens)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+     ON CONFLICT (hour, client, provider, model) DO UPDATE SET
+        requests = usage.requests + excluded.requests,
+        errors = usage.errors + excluded.errors,
+        incomplete = usage.incomplete + excluded.incomplete,
+        prompt_tokens = usage.prompt_tokens + excluded.prompt_tokens,
+        completion_tokens = usage.completion_tokens + excluded.completion_tokens,
+        total_tokens = usage.total_tokens + excluded.total_tokens,
+        request_bytes = usage.request_bytes + excluded.request_bytes,
+        response_bytes = usage.response_bytes + excluded.response_bytes,
+        estimated = usage.estimated + excluded.estimated,
+        estimated_tokens = usage.estimated_tokens + excluded.estimated_tokens";
+
+/// Runs `work` on a thread of its own: the sync client runs a runtime of
+/// its own, which may not start on a thread that drives tokio tasks.
+fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| match scope.spawn(work).join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+pub(super) struct Postgres {
+    url: Secret,
+    endpoint: String,
+    client: Option<postgres::Client>,
+}
+
+impl Postgres {
+    pub(super) fn open(url: &Secret, endpoint: &str) -> Result<Postgres, LedgerError> {
+        let mut pg = Postgres {
+            url: url.clone(),
+            endpoint: endpoint.to_owned(),
+            client: None,
+        };
+        off_runtime(|| pg.client().map(|_| ()))?;
+        Ok(pg)
+    }
+
+    fn error(&mut self, error: &postgres::Error) -> LedgerError {
+        // The next call connects again.
+        self.client = None;
+        let detail = match error.as_db_error() {
+            Some(db) => format!("{} ({})", db.message(), db.code().code()),
+            None => error.to_string(),
+        };
+        LedgerError::Postgres {
+            endpoint: self.endpoint.clone(),
+            detail,
+        }
+    }
+
+    fn client(&mut self) -> Result<&mut postgres::Client, LedgerError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            let mut client = postgres::Client::connect(self.url.expose(), postgres::NoTls)
+                .map_err(|e| self.error(&e))?;
+            // Replicas starting together may race to create the table: once more.
+            if client.batch_execute(SCHEMA).is_err() {
+                client.batch_execute(SCHEMA).map_err(|e| self.error(&e))?;
+            }
+            self.client = Some(client);
+        }
+        self.client.as_mut().ok_or_else(|| LedgerError::Postgres {
+            endpoint: self.endpoint.clone(),
+            detail: "not connected".to_owned(),
+        })
+    }
+
+    pub(super) fn add(
+        &mut self,
+        hour: u64,
+        rows: &[(UsageKey, UsageDelta)],
+    ) -> Result<(), LedgerError> {
+        off_runtime(|| self.add_here(hour, rows))
+    }
+
+    fn add_here(&mut self, hour: u64, rows: &[(UsageKey, UsageDelta)]) -> Result<(), LedgerError> {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let result = (|| {
+            let client = self.client()?;
+            let written = (|| {
+                let mut tx = client.transaction()?;
+                let statement = tx.prepare(UPSERT)?;
+                for (key, d) in rows {
+                    tx.execute(
+                        &statement,
+                        &[
+                            &n(hour),
+                            &&*key.client,
+                            &&*key.provider,
+                            &&*key.model,
+                            &n(d.requests),
+                            &n(d.errors),
+                            &n(d.incomplete),
+                            &n(d.prompt_tokens),
+                            &n(d.completion_tokens),
+                            &n(d.total_tokens),
+                            &n(d.request_bytes),
+                            &n(d.response_bytes),
+                            &n(d.estimated),
+                            &n(d.estimated_tokens),
+                        ],
+                    )?;
+                }
+                tx.commit()
+            })();
+            Ok::<_, LedgerError>(written)
+        })()?;
+        result.map_err(|e| self.error(&e))
+    }
+
+    pub(super) fn client_totals(&mut self) -> Result<Vec<(String, u64)>, LedgerError> {
+        off_runtime(|| self.client_totals_here())
+    }
+
+    fn client_totals_here(&mut self) -> Result<Vec<(String, u64)>, LedgerError> {
+        let rows = self.client()?.query(
+            "SELECT client, (SUM(total_tokens) + SUM(estimated_tokens))::BIGINT FROM usage GROUP BY client",
+            &[],
+        );
+        let rows = rows.map_err(|e| self.error(&e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, String>(0),
+                    u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+
+    pub(super) fn totals(
+        &mut self,
+        client: Option<&str>,
+        since: u64,
+    ) -> Result<Vec<UsageRow>, LedgerError> {
+        off_runtime(|| self.totals_here(client, since))
+    }
+
+    fn totals_here(
+        &mut self,
+        client: Option<&str>,
+        since: u64,
+    ) -> Result<Vec<UsageRow>, LedgerError> {
+        let hour = i64::try_from(since / 3600).unwrap_or(i64::MAX);
+        let rows = self.client()?.query(
+            "SELECT client, provider, model, SUM(requests)::BIGINT, SUM(errors)::BIGINT,
+                    SUM(prompt_tokens)::BIGINT, SUM(completion_tokens)::BIGINT,
+                    SUM(total_tokens)::BIGINT, SUM(estimated)::BIGINT,
+                    SUM(estimated_tokens)::BIGINT
+             FROM usage WHERE hour >= $1 AND ($2::TEXT IS NULL OR client = $2)
+             GROUP BY client, provider, model ORDER BY client, provider, model",
+            &[&hour, &client],
+        );
+        let rows = rows.map_err(|e| self.error(&e))?;
+        let n = |r: &postgres::Row, i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+        Ok(rows
+            .iter()
+            .map(|r| UsageRow {
+                client: r.get(0),
+                provider: r.get(1),
+                model: r.get(2),
+                requests: n(r, 3),
+                errors: n(r, 4),
+                prompt_tokens: n(r, 5),
+                completion_tokens: n(r, 6),
+                total_tokens: n(r, 7),
+                estimated_requests: n(r, 8),
+                estimated_tokens: n(r, 9),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,217 @@
+//! The SQLite backend: a file per replica, in WAL mode, with the columns
+//! added since the first release added to older files on open; one
+//! transaction per flush.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection};
+
+use super::error::LedgerError;
+use super::usage_row::UsageRow;
+use crate::usage::meter::{UsageDelta, UsageKey};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS usage (
+    hour INTEGER NOT NULL,
+    client TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    incomplete INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    request_bytes INTEGER NOT NULL DEFAULT 0,
+    response_bytes INTEGER NOT NULL DEFAULT 0,
+    estimated INTEGER NOT NULL DEFAULT 0,
+    estimated_tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, client, provider, model)
+);";
+
+/// Columns added after the first release, for ledgers created before them.
+const ADDED_COLUMNS: [&str; 2] = [
+    "estimated INTEGER NOT NULL DEFAULT 0",
+    "estimated_tokens INTEGER NOT NULL DEFAULT 0",
+];
+
+/// An open SQLite ledger.
+pub(super) struct Sqlite {
+    conn: Connection,
+    /// The file, as errors name it.
+    path: String,
+}
+
+impl Sqlite {
+    /// Opens `path`, creating its directory, the file and the table, and
+    /// adding the columns an older file lacks.
+    pub(super) fn open(path: &Path) -> Result<Sqlite, LedgerError> {
+        let name = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| LedgerError::Io {
+                path: name.clone(),
+                source,
+            })?;
+        }
+        let sqlite = |source| LedgerError::Sqlite {
+            path: name.clone(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sqlite)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sqlite)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sqlite)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;
+        conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        let existing = {
+            let mut stmt = conn
+                .prepare("SELECT name FROM pragma_table_info('usage')")
+                .map_err(sqlite)?;
+            let names = stmt
+                .query_map([], |row| row.get::<_, String>(0))
+                .map_err(sqlite)?;
+            names.collect::<Result<Vec<_>, _>>().map_err(sqlite)?
+        };
+        for column in ADDED_COLUMNS {
+            let name = column.split(' ').next().unwrap_or(column);
+            if !existing.iter().any(|e| e == name) {
+                conn.execute_batch(&format!("ALTER TABLE usage ADD COLUMN {column}"))
+                    .map_err(sqlite)?;
+            }
+        }
+        Ok(Sqlite { conn, path: name })
+    }
+
+    /// Adds drained counters to the hour `hour` (unix seconds / 3600), in one transaction.
+    pub(super) fn add(
+        &mut self,
+        hour: u64,
+        rows: &[(UsageKey, UsageDelta)],
+    ) -> Result<(), LedgerError> {
+        let tx = self.conn.transaction().map_err(|e| LedgerError::Sqlite {
+            path: self.path.clone(),
+            source: e,
+        })?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO usage (hour, client, provider, model, requests, errors, incomplete,
+                        prompt_tokens, completion_tokens, total_tokens, request_bytes, response_bytes,
+                        estimated, estimated_tokens)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     ON CONFLICT (hour, client, provider, model) DO UPDATE SET
+                        requests = requests + excluded.requests,
+                        errors = errors + excluded.errors,
+                        incomplete = incomplete + excluded.incomplete,
+                        prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                        completion_tokens = completion_tokens + excluded.completion_tokens,
+                        total_tokens = total_tokens + excluded.total_tokens,
+                        request_bytes = request_bytes + excluded.request_bytes,
+                        response_bytes = response_bytes + excluded.response_bytes,
+                        estimated = estimated + excluded.estimated,
+                        estimated_tokens = estimated_tokens + excluded.estimated_tokens",
+                )
+                .map_err(|e| LedgerError::Sqlite {
+                    path: self.path.clone(),
+                    source: e,
+                })?;
+            for (key, d) in rows {
+                let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                stmt.execute(params![
+                    n(hour),
+                    &*key.client,
+                    &*key.provider,
+                    &*key.model,
+                    n(d.requests),
+                    n(d.errors),
+                    n(d.incomplete),
+                    n(d.prompt_tokens),
+                    n(d.completion_tokens),
+                    n(d.total_tokens),
+                    n(d.request_bytes),
+                    n(d.response_bytes),
+                    n(d.estimated),
+                    n(d.estimated_tokens),
+                ])
+                .map_err(|e| LedgerError::Sqlite {
+                    path: self.path.clone(),
+                    source: e,
+                })?;
+            }
+        }
+        tx.commit().map_err(|e| LedgerError::Sqlite {
+            path: self.path.clone(),
+            source: e,
+        })
+    }
+
+    /// All-time tokens per client, reported and estimated (budgets survive a
+    /// restart, including what streams without usage were charged).
+    pub(super) fn client_totals(&mut self) -> Result<Vec<(String, u64)>, LedgerError> {
+        let path = self.path.clone();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT client, SUM(total_tokens) + SUM(estimated_tokens) FROM usage GROUP BY client",
+            )
+            .map_err(|e| sqlite_error(&path, e))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            })
+            .map_err(|e| sqlite_error(&path, e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sqlite_error(&path, e))
+    }
+
+    /// Totals per client, provider and model since `since` (unix seconds).
+    pub(super) fn totals(
+        &mut self,
+        client: Option<&str>,
+        since: u64,
+    ) -> Result<Vec<UsageRow>, LedgerError> {
+        let path = self.path.clone();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT client, provider, model, SUM(requests), SUM(errors), SUM(prompt_tokens),
+                        SUM(completion_tokens), SUM(total_tokens), SUM(estimated),
+                        SUM(estimated_tokens)
+                 FROM usage WHERE hour >= ?1 AND (?2 IS NULL OR client = ?2)
+                 GROUP BY client, provider, model ORDER BY client, provider, model",
+            )
+            .map_err(|e| sqlite_error(&path, e))?;
+        let hour = i64::try_from(since / 3600).unwrap_or(i64::MAX);
+        let rows = stmt
+            .query_map(params![hour, client], |row| {
+                let n = |i| row.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
+                Ok(UsageRow {
+                    client: row.get(0)?,
+                    provider: row.get(1)?,
+                    model: row.get(2)?,
+                    requests: n(3)?,
+                    errors: n(4)?,
+                    prompt_tokens: n(5)?,
+                    completion_tokens: n(6)?,
+                    total_tokens: n(7)?,
+                    estimated_requests: n(8)?,
+                    estimated_tokens: n(9)?,
+                })
+            })
+            .map_err(|e| sqlite_error(&path, e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sqlite_error(&path, e))
+    }
+}
+
+fn sqlite_error(path: &str, source: rusqlite::Error) -> LedgerError {
+    LedgerError::Sqlite {
+        path: path.to_owned(),
+        source,
+    }
+}

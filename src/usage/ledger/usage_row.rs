@@ -1,0 +1,27 @@
+//! What a ledger query answers with, from either backend: one
+//! [`UsageRow`] per client, provider and model.
+
+/// Totals of one client, provider and model over a period.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UsageRow {
+    /// Client name.
+    pub client: String,
+    /// Provider name.
+    pub provider: String,
+    /// Model.
+    pub model: String,
+    /// Requests.
+    pub requests: u64,
+    /// Errors (status ≥ 400 or cut short).
+    pub errors: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Total tokens, as the upstream reported them.
+    pub total_tokens: u64,
+    /// Answers that reported no usage and were charged by estimate.
+    pub estimated_requests: u64,
+    /// Tokens charged by estimate (not in the counts above; a budget counts both).
+    pub estimated_tokens: u64,
+}
