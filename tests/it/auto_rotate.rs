@@ -7,10 +7,20 @@
 
 use std::time::Duration;
 
-use crate::support::keys::{key_list, key_of, key_row};
+use crate::support::keys::{key_list, key_of, key_row, wait_for_unix_second};
 use crate::support::management::{minting_keygate, Api, Management, OPENAI_ADMIN};
 use crate::support::metrics::metric_value;
 use crate::support::{chat_body, client::Req, eventually, OPENAI_KEY};
+
+/// What `serve` logs as its auto_rotate round ends (src/control/key_upkeep.rs):
+/// a rotation done or failed, skipped for the other process's lease, nothing due.
+const ROUND_ENDS: [&str; 5] = [
+    "is the fallback until its grace ends",
+    "it stays current",
+    "auto_rotate: cannot take the rotation lease",
+    "another process is rotating keys of this vault; skipped this round",
+    "no key of a provider keygate can mint for is older than [keys] rotate_after",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_rotate_a_stale_key_once_without_a_person() {
@@ -20,8 +30,25 @@ async fn two_servers_rotate_a_stale_key_once_without_a_person() {
     // The new key takes a while to work, so the first server's rotation is
     // still under way when the second one starts and looks.
     management.set_propagation(Duration::from_millis(2000));
-    // Older than rotate_after (whole seconds) by the time the servers start.
-    std::thread::sleep(Duration::from_millis(3500));
+    // Older than rotate_after (2s; due once `now - created > 2`, whole
+    // seconds) by the time the servers start: wait until keygate's own
+    // `created` says so, and check that keygate agrees it is due.
+    let added = key_row(&key_list(&kg), "openai", OPENAI_KEY)["created"]
+        .as_u64()
+        .expect("created");
+    wait_for_unix_second(added + 3, Duration::from_secs(4), "rotate_after (2s)").await;
+    let due = kg.run_with(
+        &["key", "list", "--json"],
+        None,
+        &[("KEYGATE_KEYS__ROTATE_AFTER", "2s")],
+    );
+    due.assert_ok("key list --json (rotate_after 2s)");
+    let due: serde_json::Value = serde_json::from_str(due.stdout.trim()).unwrap();
+    assert_eq!(
+        key_row(due.as_array().unwrap(), "openai", OPENAI_KEY)["due_for_rotation"],
+        true,
+        "the hand-added key is not due for rotation yet: {due}"
+    );
     let second_db = kg.dir().join("second-usage.sqlite");
     let second_db = second_db.to_str().unwrap().to_owned();
     let common = [
@@ -51,8 +78,25 @@ async fn two_servers_rotate_a_stale_key_once_without_a_person() {
     for key in management.created() {
         kg.register_secret(&key.secret);
     }
-    // Give the other server every chance to rotate a second time.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Each server runs its start-time auto_rotate round once (then hourly):
+    // wait until both rounds are over — the rotation, a round skipped
+    // because the other held the lease, or one that found nothing due
+    // under the lease — so a second rotation would have happened by now.
+    for (name, server) in [("one", &one), ("two", &two)] {
+        let ended = eventually(Duration::from_secs(15), || async {
+            let logs = server.stderr();
+            ROUND_ENDS
+                .iter()
+                .find(|end| logs.contains(*end))
+                .map(|end| end.to_string())
+        })
+        .await;
+        assert!(
+            ended.is_some(),
+            "server {name} did not finish its start-time auto_rotate round (none of {ROUND_ENDS:?} logged):\n{}",
+            crate::support::keygate::tail(&server.stderr())
+        );
+    }
     let created = management.created();
     for key in &created {
         kg.register_secret(&key.secret);

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use crate::support::keys::{key_list, key_row};
+use crate::support::keys::{key_list, key_row, wait_for_unix_second};
 use crate::support::mock::{AuthStyle, Mock};
 use crate::support::{Keygate, KeygateBuilder, OPENAI_KEY, OPENAI_KEY_2};
 
@@ -38,14 +38,23 @@ async fn serve_on_an_empty_vault_says_what_to_do_next() {
         "{said}"
     );
 
-    // With a key, nothing of the kind is said.
+    // With a key, nothing of the kind is said. `/readyz` answering 200 shows
+    // the start (which prints the first steps before it serves) is over;
+    // stopping the server and reading its stdout to the end shows all of it.
     kg.add_key("openai", OPENAI_KEY);
-    let again = kg.serve();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = kg.serve();
+    let ready = again.admin_get("/readyz").await;
+    assert_eq!(ready.status, 200, "a key is in the vault: {}", ready.text());
+    let status = again.stop_and_read_everything();
+    assert!(status.success(), "`serve` exited with {status:?}");
+    let everything = again.stdout();
     assert!(
-        !again.stdout().contains("holds no upstream key"),
-        "{}",
-        again.stdout()
+        everything.contains("keygate: admin listener on"),
+        "not the whole stdout: {everything}"
+    );
+    assert!(
+        !everything.contains("holds no upstream key"),
+        "{everything}"
     );
 }
 
@@ -63,11 +72,13 @@ async fn a_previous_key_whose_grace_ended_is_listed_and_verified_as_retired() {
     .assert_ok("key rotate");
     let out = kg.run(&["key", "list"]);
     assert!(out.stdout.contains("GRACE ENDS"), "{}", out.stdout);
-    assert_eq!(
-        key_row(&key_list(&kg), "openai", OPENAI_KEY)["state"],
-        "previous"
-    );
-    std::thread::sleep(Duration::from_millis(4100));
+    let row = key_row(&key_list(&kg), "openai", OPENAI_KEY);
+    assert_eq!(row["state"], "previous");
+    // Wait out the grace until the end keygate recorded for it (not a guess).
+    let grace_until = row["grace_until"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a previous key has a grace_until: {row}"));
+    wait_for_unix_second(grace_until, Duration::from_secs(4), "the 3s grace").await;
     assert_eq!(
         key_row(&key_list(&kg), "openai", OPENAI_KEY)["state"],
         "retired",

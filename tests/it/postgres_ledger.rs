@@ -103,8 +103,9 @@ async fn a_killed_replica_loses_at_most_its_last_flush_and_a_crashed_database_no
     let mut one = serve(&kg, &pg);
     let two = serve(&kg, &pg);
     send(&one, &client, 6).await;
-    // Several flush intervals pass: all six are acknowledged by PostgreSQL.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // All six are flushed and acknowledged by PostgreSQL before the next three.
+    let (flushed, _) = wait_for_usage(&kg, &pg, 6).await;
+    assert_eq!(flushed, 6, "six requests were sent");
     send(&one, &client, 3).await;
     one.kill();
     let (after_kill, _) = usage(&kg, &pg);
@@ -115,11 +116,15 @@ async fn a_killed_replica_loses_at_most_its_last_flush_and_a_crashed_database_no
 
     // PostgreSQL crashes mid-run; replica two keeps serving and keeps its counts.
     send(&two, &client, 4).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let before_crash = usage(&kg, &pg).0;
+    // Replica two's four are in the ledger before the crash.
+    let before_crash = wait_for_usage(&kg, &pg, after_kill + 4).await.0;
+    assert_eq!(before_crash, after_kill + 4, "four more requests were sent");
     pg.kill();
     send(&two, &client, 5).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Replica two drained the five and failed to write them (the ledger
+    // writes only when it holds usage): they wait in memory for the restart.
+    two.wait_for_log("usage ledger write failed, will retry")
+        .await;
     pg.restart();
     let (requests, _) = wait_for_usage(&kg, &pg, before_crash + 5).await;
     assert_eq!(

@@ -162,7 +162,13 @@ async fn with_allow_core_dumps_the_core_file_would_hold_the_keys() {
     // does write a core file, and it holds the upstream key in plaintext.
     let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap_or_default();
     if pattern.trim() != "core" {
-        eprintln!("skipped: core_pattern is {pattern:?}, not a file in the working directory");
+        crate::support::skips::skip(
+            "process_hardening::with_allow_core_dumps_the_core_file_would_hold_the_keys",
+            &format!(
+                "/proc/sys/kernel/core_pattern is {:?}, not `core` (a file in the working directory), so no core file to read",
+                pattern.trim()
+            ),
+        );
         return;
     }
     let Env {

@@ -11,7 +11,7 @@ use crate::support::keys::{key_id, key_list, key_of};
 use crate::support::metrics::metric_value;
 use crate::support::mock::Mock;
 use crate::support::provider_answers::{openai_masked, Flavor, KeyStanding};
-use crate::support::{Env, Req, OPENAI_KEY, OPENAI_KEY_2, XAI_KEY};
+use crate::support::{eventually, Env, Req, OPENAI_KEY, OPENAI_KEY_2, XAI_KEY};
 
 /// The `kind` and `auth` keygate is configured with for a flavour of mock.
 fn kind_of(flavor: Flavor) -> (&'static str, &'static str) {
@@ -310,18 +310,43 @@ async fn an_exhausted_key_rests_and_is_probed_once_after_exhausted_cooldown() {
         .await;
     env.openai.set_keys(&[OPENAI_KEY_2]);
     env.openai.set_out_of_credit_keys(&[OPENAI_KEY]);
+    // Before the request that finds the key out of credit: the rest starts later.
+    let before_exhausted = std::time::Instant::now();
     assert_eq!(env.server.send(env.chat("gpt-4o")).await.status, 200);
     assert_eq!(chat_attempts_with(&env.openai, OPENAI_KEY), 1);
     let admin = env.server.admin_get("/metrics").await.text();
     assert!(admin.contains("reason=\"exhausted\""), "{admin}");
     // The account is topped up; after the rest one request probes the key.
+    // Requests keep coming: each goes to the fallback while the key rests,
+    // until one probes it (the upstream sees the key a second time).
     env.openai.set_out_of_credit_keys(&[]);
     env.openai.set_keys(&[OPENAI_KEY, OPENAI_KEY_2]);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let probed_after = eventually(Duration::from_secs(5), || async {
+        let resp = env.server.send(env.chat("gpt-4o")).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        (chat_attempts_with(&env.openai, OPENAI_KEY) > 1).then(|| before_exhausted.elapsed())
+    })
+    .await
+    .expect("the exhausted key was not probed within 5s; its exhausted_cooldown is 1s");
+    // keygate's clock counts whole milliseconds, hence the 1 ms of slack.
+    assert!(
+        probed_after >= Duration::from_millis(999),
+        "probed {probed_after:?} after it was found out of credit, before its 1s exhausted_cooldown ended"
+    );
+    assert_eq!(
+        chat_attempts_with(&env.openai, OPENAI_KEY),
+        2,
+        "one request probes the rested key"
+    );
     for _ in 0..5 {
         assert_eq!(env.server.send(env.chat("gpt-4o")).await.status, 200);
     }
     assert_eq!(key_of(&env.openai.last()), OPENAI_KEY, "healthy again");
+    assert_eq!(
+        chat_attempts_with(&env.openai, OPENAI_KEY),
+        7,
+        "after the probe, the key carries every request again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

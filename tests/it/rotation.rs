@@ -14,7 +14,7 @@ use crate::support::client::REQUEST_TIMEOUT;
 use crate::support::keygate::Out;
 use crate::support::keys::{
     assert_upstream_switches_to, key_id, key_list, key_of, key_row, state_of, upstream_key_now,
-    LIVE_WITHIN,
+    wait_for_unix_second, LIVE_WITHIN,
 };
 use crate::support::metrics::metric_value;
 use crate::support::mock::{chat_completion_body, sse_events, tagged_id, Seen};
@@ -400,7 +400,21 @@ async fn key_list_marks_keys_older_than_rotate_after() {
         .config(|b| b.extra("[keys]\nrotate_after = \"1s\"\n"))
         .start()
         .await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // keygate's rule: due once `now - created > rotate_after` (whole seconds).
+    let row = key_row(&key_list(&env.kg), "openai", OPENAI_KEY);
+    let age = row["age_seconds"].as_u64().expect("age_seconds");
+    assert_eq!(
+        row["due_for_rotation"],
+        age > 1,
+        "due exactly when older than rotate_after (1s): {row}"
+    );
+    let created = row["created"].as_u64().expect("created");
+    wait_for_unix_second(
+        created + 2,
+        Duration::from_secs(3),
+        "the key's 1s rotate_after",
+    )
+    .await;
     let old = key_id(&env.kg, "openai", OPENAI_KEY);
     let out = env.kg.run(&["key", "list"]);
     out.assert_ok("key list");

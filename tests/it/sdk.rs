@@ -4,7 +4,8 @@
 //!
 //! Needs `python3` with the `openai` package; `.ci/run` installs it and sets
 //! `KEYGATE_REQUIRE_SDK_TEST=1`, which turns a missing SDK into a failure. On a
-//! developer machine without it the test says so and passes.
+//! developer machine without it the test passes with a `SKIPPED` line in the
+//! `cargo test` output and in `target/tmp/skipped-tests.txt` (`support/skips.rs`).
 //!
 //! The same world runs the OpenAI Node SDK (`examples/openai_sdk.cjs`; `.ci/run`
 //! installs the `openai` npm package under `target/ci-node` and sets
@@ -17,20 +18,19 @@
 #[path = "../../examples/mock_upstream.rs"]
 mod mock_upstream;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Keygate, KeygateBuilder, Server};
+use crate::support::{skips, Keygate, KeygateBuilder, Server};
 
 const UPSTREAM_KEY: &str = "sk-mock-sdk-test-000000000000000000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_sdk_works_through_keygate() {
     if !sdk_available(
-        "python3",
-        "-c",
-        "import openai",
-        "python3 with the openai package is required (pip install openai)",
+        "sdk::openai_python_sdk_works_through_keygate",
+        &["python3", "-c", "import openai"],
+        "python3 with the openai package (pip install openai)",
     ) {
         return;
     }
@@ -155,10 +155,9 @@ async fn run_example(kg: &Keygate, client_key: &str, program: &str, args: Vec<St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_node_sdk_works_through_keygate() {
     if !sdk_available(
-        "node",
-        "-e",
-        "require('openai')",
-        "node with the openai package is required (npm install openai; NODE_PATH)",
+        "sdk::openai_node_sdk_works_through_keygate",
+        &["node", "-e", "require('openai')"],
+        "node with the openai package (npm install openai; NODE_PATH)",
     ) {
         return;
     }
@@ -194,10 +193,9 @@ async fn curl_works_through_keygate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn langchain_chat_openai_works_through_keygate() {
     if !sdk_available(
-        "python3",
-        "-c",
-        "import langchain_openai",
-        "python3 with langchain-openai is required (pip install langchain-openai)",
+        "sdk::langchain_chat_openai_works_through_keygate",
+        &["python3", "-c", "import langchain_openai"],
+        "python3 with langchain-openai (pip install langchain-openai)",
     ) {
         return;
     }
@@ -221,19 +219,19 @@ async fn langchain_chat_openai_works_through_keygate() {
     );
 }
 
-/// True when `program FLAG CODE` runs (the SDK is installed). Otherwise a
-/// failure under `KEYGATE_REQUIRE_SDK_TEST` (CI installs it), else a skip.
-fn sdk_available(program: &str, flag: &str, code: &str, install: &str) -> bool {
-    let present = Command::new(program)
-        .args([flag, code])
+/// True when `probe` (`program FLAG CODE`) runs: the SDK is installed.
+/// Otherwise a failure under `KEYGATE_REQUIRE_SDK_TEST` (CI installs it),
+/// else `test` says loudly that it skipped ([`skips`]).
+#[track_caller]
+fn sdk_available(test: &str, probe: &[&str; 3], sdk: &str) -> bool {
+    let present = Command::new(probe[0])
+        .args(&probe[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !present {
-        assert!(
-            std::env::var("KEYGATE_REQUIRE_SDK_TEST").is_err(),
-            "{install}"
-        );
-        eprintln!("SKIPPED: {install}");
+        skips::skip_unless_required(test, sdk, "KEYGATE_REQUIRE_SDK_TEST");
     }
     present
 }

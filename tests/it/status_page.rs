@@ -91,23 +91,26 @@ async fn the_page_is_self_contained_and_locked_down() {
 
 /// Runs `examples`-style browser steps in headless Chromium through
 /// playwright-core; `None` when the browser or the driver is not installed.
-fn browser(script: &str, env: &[(&str, String)]) -> Option<std::process::Output> {
+fn browser(script: &str, env: &[(&str, String)]) -> Result<std::process::Output, &'static str> {
     let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
         .into_iter()
-        .find(|p| std::path::Path::new(p).exists())?;
+        .find(|p| std::path::Path::new(p).exists())
+        .ok_or("chromium (apt-get install chromium)")?;
     let driver = Command::new("node")
         .args(["-e", "require('playwright-core')"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .status()
-        .ok()?;
-    if !driver.success() {
-        return None;
+        .is_ok_and(|s| s.success());
+    if !driver {
+        return Err("node with playwright-core (npm install playwright-core; NODE_PATH)");
     }
     let mut command = Command::new("node");
     command.arg("-e").arg(script).env("CHROMIUM", chromium);
     for (k, v) in env {
         command.env(k, v);
     }
-    Some(command.output().expect("node"))
+    Ok(command.output().expect("node"))
 }
 
 const BROWSER_STEPS: &str = r#"
@@ -182,13 +185,16 @@ async fn in_a_real_browser_the_page_shows_every_key_and_refuses_a_wrong_token() 
     let out = tokio::task::spawn_blocking(move || browser(BROWSER_STEPS, &env))
         .await
         .unwrap();
-    let Some(out) = out else {
-        assert!(
-            std::env::var("KEYGATE_REQUIRE_BROWSER").is_err(),
-            "chromium and playwright-core are required (apt-get install chromium; npm install playwright-core)"
-        );
-        eprintln!("SKIPPED: chromium or playwright-core not installed");
-        return;
+    let out = match out {
+        Ok(out) => out,
+        Err(missing) => {
+            crate::support::skips::skip_unless_required(
+                "status_page::in_a_real_browser_the_page_shows_every_key_and_refuses_a_wrong_token",
+                missing,
+                "KEYGATE_REQUIRE_BROWSER",
+            );
+            return;
+        }
     };
     // rpm counts per clock minute: the request is in the page's count unless
     // the browser read it in the next minute.

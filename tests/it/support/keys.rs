@@ -12,6 +12,38 @@ use super::{eventually, Env, Keygate};
 /// polling request itself and a busy 2-core test runner.
 pub const LIVE_WITHIN: Duration = Duration::from_millis(1500);
 
+/// Unix seconds now, on the clock keygate reads for a key's `created` and
+/// `grace_until` (whole seconds, as `key list --json` shows them).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// Waits until the wall clock reaches Unix second `at`, a moment keygate
+/// itself recorded (a key's `created` + an age, its `grace_until`): the
+/// window a test needs is over by keygate's own reckoning, not by a guessed
+/// sleep. Panics naming `what` when `at` is more than `within` away (a wrong
+/// timestamp must fail, not stall the suite), or if the clock never gets there.
+pub async fn wait_for_unix_second(at: u64, within: Duration, what: &str) {
+    let now = unix_now();
+    assert!(
+        at <= now + within.as_secs(),
+        "{what}: Unix second {at} is {}s away, more than the {within:?} expected",
+        at - now
+    );
+    let reached = eventually(within + Duration::from_secs(1), || async {
+        (unix_now() >= at).then_some(())
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "{what}: the clock did not reach Unix second {at} (now {})",
+        unix_now()
+    );
+}
+
 /// `Bearer <key>`, as the upstream sees an openai key.
 pub fn bearer(key: &str) -> Option<String> {
     Some(format!("Bearer {key}"))

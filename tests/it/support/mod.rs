@@ -17,6 +17,8 @@
 //! - Reading results: [`metrics`] is the one `/metrics` parser; [`keys`] tells
 //!   which upstream key is in use (`key list --json`, the key a request
 //!   carried); [`usage`] turns ledger output into rows.
+//! - Skips: [`skips`] is how a test says loudly that a tool it needs (an
+//!   SDK, a browser, promtool) is missing, or fails under `KEYGATE_REQUIRE_*`.
 //!
 //! This file holds the small shared pieces: the fake keys, the leak finder,
 //! bounded polling ([`eventually`]).
@@ -42,6 +44,7 @@ pub mod recording;
 pub mod redis;
 pub mod responses;
 pub mod server;
+pub mod skips;
 pub mod usage;
 pub mod world;
 

@@ -148,6 +148,34 @@ impl Server {
         self.exited = status;
         status
     }
+
+    /// SIGTERM, wait (bounded) for the exit, then for the harness to have
+    /// read the process's stdout and stderr to their end: afterwards
+    /// [`Server::stdout`] and [`Server::stderr`] hold everything it ever
+    /// wrote, so a test can assert that something was *never* printed.
+    /// Panics if the process does not exit or its pipes do not close in time.
+    pub fn stop_and_read_everything(&mut self) -> ExitStatus {
+        let status = self.terminate().unwrap_or_else(|| {
+            panic!(
+                "`serve` did not exit within {SHUTDOWN_TIMEOUT:?} of SIGTERM:\n{}",
+                tail(&self.stderr())
+            )
+        });
+        let deadline = std::time::Instant::now() + SHUTDOWN_TIMEOUT;
+        blocking(|| {
+            while !self.readers.iter().all(JoinHandle::is_finished) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "`serve` exited but its stdout/stderr were not closed within {SHUTDOWN_TIMEOUT:?}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            for r in self.readers.drain(..) {
+                let _ = r.join();
+            }
+        });
+        status
+    }
 }
 
 impl Drop for Server {
