@@ -35,11 +35,3 @@ pub fn forbid() -> Result<(), CoreDumpError> {
         .map_err(|e| CoreDumpError::Dumpable(e.into()))?;
     Ok(())
 }
-
-/// True when the process is non-dumpable (for tests and `doctor`).
-pub fn forbidden() -> bool {
-    matches!(
-        process::dumpable_behavior(),
-        Ok(DumpableBehavior::NotDumpable)
-    )
-}

@@ -88,12 +88,6 @@ impl Upstream {
         })
     }
 
-    /// Open HTTP/2 connections to `origin` (`scheme://authority`), for tests
-    /// and benches that count sockets.
-    pub fn h2_connections(&self, uri: &Uri) -> usize {
-        self.pool_for(uri).map_or(0, |pool| pool.h2.open())
-    }
-
     /// Sends one attempt to the origin of its absolute URI.
     pub async fn send(
         &self,
