@@ -54,7 +54,7 @@ pub enum ClientCommand {
         /// Client name.
         name: String,
         /// How long the old key keeps working (default: [keys] default_grace).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = crate::cli::duration_arg)]
         grace: Option<std::time::Duration>,
     },
 }

@@ -245,13 +245,35 @@ pub(crate) fn upstream_runtime(
 
 /// `2026-11-24 10:00` in UTC, for tables.
 pub(crate) fn format_time(unix: u64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    // A stored value past what a calendar prints (year 9999) is shown as
+    // that last second, never a panic.
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.min(LAST_PRINTABLE));
     let text = humantime::format_rfc3339_seconds(time).to_string();
     text.replace('T', " ")
         .trim_end_matches('Z')
         .get(..16)
         .unwrap_or(&text)
         .to_owned()
+}
+
+/// 9999-12-31 23:59:59 UTC, the last second RFC 3339 can write.
+const LAST_PRINTABLE: u64 = 253_402_300_799;
+
+/// The longest duration a command takes (`--grace`, `--since`, …): ten years.
+/// Longer ones are refused where they are parsed, so no stored time can
+/// overflow a clock or a printer later.
+pub(crate) const MAX_DURATION: std::time::Duration =
+    std::time::Duration::from_secs(10 * 365 * 86_400);
+
+/// A command-line duration (`24h`, `7d`), at most [`MAX_DURATION`].
+pub(crate) fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "{text} is longer than the maximum, 3650d (ten years)"
+        ));
+    }
+    Ok(duration)
 }
 
 /// `3d`, `5h`, `12m` since `unix`.
@@ -277,4 +299,26 @@ fn init_logging(env: &[(String, String)]) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_bounded_where_they_are_parsed() {
+        assert_eq!(
+            duration_arg("24h").unwrap(),
+            std::time::Duration::from_secs(86_400)
+        );
+        let err = duration_arg("99999999999d").unwrap_err();
+        assert!(err.contains("3650d"), "{err}");
+        assert!(duration_arg("soon").is_err());
+    }
+
+    #[test]
+    fn no_stored_time_can_make_a_printer_panic() {
+        assert_eq!(format_time(u64::MAX), "9999-12-31 23:59");
+        assert_eq!(format_time(0), "1970-01-01 00:00");
+    }
 }

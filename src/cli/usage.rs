@@ -12,7 +12,7 @@ pub struct UsageArgs {
     #[arg(long)]
     client: Option<String>,
     /// How far back (humantime: 1h, 7d, 30d).
-    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "7d", value_parser = crate::cli::duration_arg)]
     since: std::time::Duration,
     /// Machine-readable output.
     #[arg(long)]

@@ -20,7 +20,9 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::ArcSwapOption;
 use std::time::{Duration, Instant};
 
-const MAX_COOLDOWN: Duration = Duration::from_secs(3600);
+/// The longest a key is ever put aside for one refusal (a doubled suspect
+/// cooldown, or news from another replica).
+pub const MAX_COOLDOWN: Duration = Duration::from_secs(3600);
 
 /// Milliseconds since this process first asked (monotonic).
 pub fn now_ms() -> u64 {

@@ -189,9 +189,17 @@ impl KeyEvents {
         }
     }
 
-    /// Another replica put `key_id` aside: mark it so here too.
+    /// Another replica put `key_id` aside: mark it so here too — for no
+    /// longer than this replica would itself (news comes from Redis, which
+    /// anyone with its password can write: a cooldown of years would put a
+    /// good key aside for ever).
     pub fn apply_news(&self, rings: &Rings, key_id: &str, exhausted: bool, cooldown: Duration) {
         let now = health::now_ms();
+        let cooldown = cooldown.min(if exhausted {
+            self.exhausted_cooldown
+        } else {
+            health::MAX_COOLDOWN
+        });
         for (provider, ring) in rings {
             let Some(key) = ring.keys().iter().find(|k| *k.id == *key_id) else {
                 continue;
@@ -249,4 +257,67 @@ fn retry_after(headers: &HeaderMap) -> Duration {
         })
         .unwrap_or(Duration::from_secs(1));
     cooling.clamp(Duration::from_secs(1), Duration::from_secs(3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::vault::document::{Document, KeyState, UpstreamKey};
+    use crate::vault::secret::Secret;
+
+    fn events() -> KeyEvents {
+        let gauge = IntGaugeVec::new(prometheus::Opts::new("h", "h"), &["provider", "key_id"]);
+        let counter = |name: &str, labels: &[&str]| {
+            IntCounterVec::new(prometheus::Opts::new(name, name), labels).unwrap()
+        };
+        KeyEvents {
+            key_healthy: gauge.unwrap(),
+            key_rejections: counter("r", &["provider", "key_id", "reason"]),
+            fallback_retries: counter("f", &["provider", "reason"]),
+            recent: Recent::new([&"openai".to_owned()]),
+            news: None,
+            suspect_cooldown: Duration::from_secs(60),
+            exhausted_cooldown: Duration::from_secs(900),
+        }
+    }
+
+    #[test]
+    fn news_from_redis_cannot_put_a_key_aside_for_longer_than_this_replica_would() {
+        let config = Config::from_toml("").unwrap();
+        let secret = Secret::new("sk-test-news-000000000000".to_owned());
+        let document = Document {
+            keys: vec![UpstreamKey::new(
+                "k1".into(),
+                "openai",
+                &secret,
+                None,
+                KeyState::Current,
+                0,
+            )],
+            ..Document::default()
+        };
+        let ring = Arc::new(KeyRing::build(
+            &config.providers["openai"],
+            &document,
+            0,
+            None,
+        ));
+        let rings: Rings = [("openai".to_owned(), ring.clone())].into_iter().collect();
+        let events = events();
+        let poisoned = Duration::from_millis(1_000_000_000_000_000);
+        for exhausted in [true, false] {
+            events.apply_news(&rings, "k1", exhausted, poisoned);
+            let cap = if exhausted {
+                events.exhausted_cooldown
+            } else {
+                health::MAX_COOLDOWN
+            };
+            let later = health::now_ms() + cap.as_millis() as u64 + 1_000;
+            let pick = ring.pick(0, 0, later).expect("a key");
+            assert_eq!(&*pick.key.id, "k1");
+            assert!(pick.probe, "probed once the capped cooldown is over");
+            pick.key.health.end_probe();
+        }
+    }
 }

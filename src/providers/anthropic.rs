@@ -82,13 +82,21 @@ impl ProviderKind for Anthropic {
     }
 
     fn reads_body(&self, status: u16) -> bool {
-        status == 400
+        matches!(status, 400 | 402)
     }
 
     fn judge_refusal(&self, status: u16, error: &ProviderError) -> KeyVerdict {
         match status {
             401 | 403 => KeyVerdict::Rejected,
-            400 if error.message_has(&["credit balance"]) => KeyVerdict::OutOfCredit,
+            // Anthropic's own sentence, at the start: a 400 that quotes a
+            // client's value (an unknown `anthropic-beta`) may contain the
+            // same words further on.
+            400 | 402
+                if error.is("billing_error")
+                    || error.message_starts_with(&["your credit balance is too low"]) =>
+            {
+                KeyVerdict::OutOfCredit
+            }
             429 => KeyVerdict::RateLimited,
             _ => KeyVerdict::Unrelated,
         }
@@ -205,6 +213,9 @@ mod tests {
         let extra = r#"{"type":"error","error":{"type":"invalid_request_error","message":"stream_options: Extra inputs are not permitted"}}"#;
         assert_eq!(judge(400, low), KeyVerdict::OutOfCredit);
         assert_eq!(judge(400, extra), KeyVerdict::Unrelated);
+        // A client's own value quoted back is not the provider's verdict.
+        let beta = r#"{"type":"error","error":{"type":"invalid_request_error","message":"Unexpected value(s) `your credit balance is too low` for the `anthropic-beta` header. Please consult our documentation at docs.anthropic.com or try again without the header."}}"#;
+        assert_eq!(judge(400, beta), KeyVerdict::Unrelated);
         assert_eq!(judge(401, ""), KeyVerdict::Rejected);
         assert_eq!(judge(429, ""), KeyVerdict::RateLimited);
     }

@@ -137,6 +137,17 @@ impl ProviderError {
         self.code.as_deref() == Some(value) || self.kind.as_deref() == Some(value)
     }
 
+    /// True when the message begins with one of `prefixes` (lower case): a
+    /// provider's own wording about the key, which a value the client sent
+    /// (quoted later in the message) cannot imitate.
+    pub fn message_starts_with(&self, prefixes: &[&str]) -> bool {
+        let Some(message) = &self.message else {
+            return false;
+        };
+        let lower = message.trim_start().to_ascii_lowercase();
+        prefixes.iter().any(|p| lower.starts_with(p))
+    }
+
     /// True when the message contains one of `needles` (lower case).
     pub fn message_has(&self, needles: &[&str]) -> bool {
         let Some(message) = &self.message else {

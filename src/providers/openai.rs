@@ -67,11 +67,14 @@ impl ProviderKind for OpenAi {
     }
 
     fn reads_body(&self, status: u16) -> bool {
-        status == 429
+        matches!(status, 403 | 429)
     }
 
     fn judge_refusal(&self, status: u16, error: &ProviderError) -> KeyVerdict {
         match status {
+            // "Project `proj_…` does not have access to model `…`": which
+            // model the client asked for is the client's problem.
+            403 if error.is("model_not_found") => KeyVerdict::Unrelated,
             401 | 403 => KeyVerdict::Rejected,
             429 if error.is("insufficient_quota") => KeyVerdict::OutOfCredit,
             429 => KeyVerdict::RateLimited,
@@ -236,6 +239,9 @@ mod tests {
         assert_eq!(judge(429, quota), KeyVerdict::OutOfCredit);
         assert_eq!(judge(429, rate), KeyVerdict::RateLimited);
         assert_eq!(judge(400, quota), KeyVerdict::Unrelated);
+        let no_access = r#"{"error":{"message":"Project `proj_abc` does not have access to model `o1`","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#;
+        assert_eq!(judge(403, no_access), KeyVerdict::Unrelated);
+        assert_eq!(judge(403, "{}"), KeyVerdict::Rejected);
     }
 
     #[test]

@@ -25,20 +25,20 @@ const FORMATS: &[KeyFormat] = &[KeyFormat {
     chars: KeyChars::Token,
 }];
 
-/// xAI words an empty team this way.
+/// xAI words an empty team this way, at the start of its message (a value
+/// the client sent, quoted later — "Model not found: …" — cannot pass for it).
 fn about_credit(error: &ProviderError) -> bool {
-    error.message_has(&[
-        "credits",
-        "spending limit",
-        "credit balance",
-        "insufficient_quota",
-        "exceeded your current quota",
-    ])
+    error.message_starts_with(&["your team "]) && error.message_has(&["credits", "spending limit"])
 }
 
+/// xAI's own sentence about a bad key, at the start of its message.
 fn about_the_key(error: &ProviderError) -> bool {
-    error.message_has(&["api key", "api-key", "x-api-key"])
-        && error.message_has(&["incorrect", "invalid", "revoked", "expired"])
+    error.message_starts_with(&[
+        "incorrect api key",
+        "invalid api key",
+        "the api key",
+        "api key ",
+    ]) && error.message_has(&["incorrect", "invalid", "revoked", "expired", "not found"])
 }
 
 impl ProviderKind for Xai {
@@ -202,6 +202,11 @@ mod tests {
         assert_eq!(judge(429, credits), OutOfCredit);
         assert_eq!(judge(429, "{}"), RateLimited);
         assert_eq!(judge(403, "{}"), Rejected);
+        // A model name the client chose, quoted back, says nothing of the key.
+        let quoted = r#"{"code":"Client specified an invalid argument","error":"Model not found: incorrect api key invalid"}"#;
+        assert_eq!(judge(400, quoted), Unrelated);
+        let quoted_credit = r#"{"code":"Some resource has been exhausted","error":"Too many requests for model credits-and-spending-limit. Please retry later."}"#;
+        assert_eq!(judge(429, quoted_credit), RateLimited);
     }
 
     #[test]

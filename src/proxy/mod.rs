@@ -38,7 +38,7 @@ use crate::net::upstream::{SendError, UpstreamBody};
 use crate::providers::KeyVerdict;
 use crate::proxy::error::ProxyError;
 use crate::usage::limits;
-use crate::usage::meter::UsageKey;
+use crate::usage::meter::{model_label, UsageKey};
 use body::{BodyLimits, RequestBody};
 use request_end::{Ending, RequestEnd};
 use response_body::ResponseBody;
@@ -176,7 +176,7 @@ fn plan<'a>(
     let fields = body
         .buffered()
         .and_then(|b| crate::json_skim::chat_fields(b));
-    let model = route::model_of(fields.as_ref()).map(|m| Arc::<str>::from(&*m));
+    let model = route::model_of(fields.as_ref());
     let (provider, path) = match path_match {
         PathMatch::Prefixed(provider, rest) => (provider, rest),
         PathMatch::Plain(path) => (route::by_model(config, model.as_deref()), path),
@@ -187,7 +187,7 @@ fn plan<'a>(
         UsageKey {
             client: client.clone(),
             provider: provider_metrics.name.clone(),
-            model: model.unwrap_or_else(|| Arc::from("-")),
+            model: model.map_or_else(|| Arc::from("-"), |m| model_label(&m)),
         },
         |key| shared.metrics.usage_series(key),
     );

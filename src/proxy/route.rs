@@ -44,7 +44,8 @@ fn is_v1(path: &str) -> bool {
 /// path: a `.` or `..` segment, a `\` (a separator to some), an encoded
 /// dot, slash, backslash or percent (`%2e`, `%2f`, `%5c`, and `%25`, which a
 /// second decode turns into any of them), an encoded control byte (`%00`
-/// truncates a path in C code), or a `%` that is no escape at all. keygate
+/// truncates a path in C code), a `.` or `..` segment carrying `;parameters`
+/// (`..;` climbs in servlet containers), or a `%` that is no escape at all. keygate
 /// forwards the path as sent, with the upstream key, so a path the upstream
 /// might read as something else than keygate routed is refused.
 /// No allocation: this runs on every request (the query is not checked:
@@ -70,8 +71,12 @@ fn normalises_differently(path: &str) -> bool {
         }
         at += 3;
     }
-    path.split('/')
-        .any(|segment| segment == "." || segment == "..")
+    // A `;` starts a segment's parameters, which servlet containers drop
+    // before resolving the segment: `..;x` climbs as `..` does.
+    path.split('/').any(|segment| {
+        let name = segment.split(';').next().unwrap_or(segment);
+        name == "." || name == ".."
+    })
 }
 
 /// The JSON body's `model` as the upstream reads it, from the body's
@@ -282,6 +287,9 @@ mod tests {
             "/v1/x%00y",
             "/v1/x%0a",
             "/xai/v1/%2e%2e/x",
+            "/openai/v1/..;/x",
+            "/v1/..;a=b/x",
+            "/v1/.;/x",
         ] {
             assert!(
                 matches!(by_path(&config, path), Err(ProxyError::InvalidPath(_))),
@@ -295,6 +303,8 @@ mod tests {
             "/v1/x%41%7e",
             "/v1/.well",
             "/v1/files/file-abc/content",
+            "/v1/a;b",
+            "/v1/...;x",
         ] {
             assert!(by_path(&config, path).is_ok(), "{path}");
         }

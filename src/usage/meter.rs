@@ -10,6 +10,31 @@ use std::sync::Arc;
 
 use super::UsageMap;
 
+/// The longest model name usage is kept under, in bytes.
+pub const MAX_MODEL_LABEL: usize = 256;
+
+/// The name usage of `model` is kept under — in counters, `/metrics`, the
+/// ledger and `keygate usage` — bounded and printable: at most
+/// [`MAX_MODEL_LABEL`] bytes (cut at a character), each control character
+/// (NUL, a terminal escape, a newline) shown as `?`. The client chooses the
+/// model: a name of a megabyte, or one that a database or a terminal reads
+/// as something else, must cost nothing and mean nothing.
+pub fn model_label(model: &str) -> Arc<str> {
+    let clean = |c: char| !c.is_control();
+    if model.len() <= MAX_MODEL_LABEL && model.chars().all(clean) {
+        return Arc::from(model);
+    }
+    let mut label = String::with_capacity(model.len().min(MAX_MODEL_LABEL));
+    for c in model.chars() {
+        let c = if clean(c) { c } else { '?' };
+        if label.len() + c.len_utf8() > MAX_MODEL_LABEL {
+            break;
+        }
+        label.push(c);
+    }
+    Arc::from(label)
+}
+
 /// What usage is aggregated by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UsageKey {
@@ -300,7 +325,12 @@ pub fn ask_for_usage(
         let end = top.last_value_end?;
         return splice(end..end, br#","stream_options":{"include_usage":true}"#);
     };
-    // Options that are not an object are left alone, for the upstream to judge.
+    // `null` is how a client says "no options" (OpenAI reads it as absent,
+    // and then sends no usage): it becomes the options keygate needs.
+    if body[options.clone()] == *b"null" {
+        return splice(options, br#"{"include_usage":true}"#);
+    }
+    // Other options that are not an object are left alone, for the upstream to judge.
     let inner = members(body, options.start, [b"include_usage"])?;
     let [include_usage] = inner.values;
     match include_usage {
@@ -375,8 +405,17 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&kept).unwrap();
         assert_eq!(json["stream_options"]["x"], 1);
         assert_eq!(json["model"], "m");
-        // Options that are not an object are left alone, as before.
-        assert_eq!(asks(br#"{"stream":true,"stream_options":null}"#), None);
+        // `null` options are no options (OpenAI reads them so): asked for.
+        assert_eq!(
+            asks(br#"{"stream":true,"stream_options":null}"#),
+            Some(true)
+        );
+        assert_eq!(
+            asks(br#"{"stream":true,"stream_options" : null ,"model":"m"}"#),
+            Some(true)
+        );
+        // Other options that are not an object are left alone.
+        assert_eq!(asks(br#"{"stream":true,"stream_options":[]}"#), None);
         assert_eq!(asks(br#"{"stream":"true"}"#), None);
     }
 
@@ -466,6 +505,16 @@ mod tests {
         ] {
             assert!(ask_for_usage(sent.as_bytes()).is_none(), "{sent}");
         }
+    }
+
+    #[test]
+    fn model_labels_are_bounded_and_printable() {
+        assert_eq!(&*model_label("gpt-4o"), "gpt-4o");
+        assert_eq!(&*model_label("gpt\u{0}x"), "gpt?x");
+        assert_eq!(&*model_label("a\u{1b}[31mred\n"), "a?[31mred?");
+        let long = "é".repeat(1000);
+        let label = model_label(&long);
+        assert!(label.len() <= MAX_MODEL_LABEL && label.chars().all(|c| c == 'é'));
     }
 
     fn test_metrics(_: &UsageKey) -> UsageMetrics {

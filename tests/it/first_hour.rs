@@ -259,3 +259,24 @@ async fn the_quickstart_works_in_either_order_with_the_try_it_config() {
     kg.run(&["vault", "init"])
         .assert_code(1, "vault init with the wrong master key");
 }
+
+#[test]
+fn an_absurd_grace_is_refused_where_it_is_parsed_and_nothing_is_written() {
+    let kg = crate::support::Keygate::new(&crate::support::KeygateBuilder::new());
+    kg.vault_init();
+    kg.add_client("app");
+    let out = kg.run(&["client", "rotate", "app", "--grace", "99999999999d"]);
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("3650d"), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    for args in [&["client", "list"][..], &["key", "list"][..]] {
+        let listed = kg.run(args);
+        assert_eq!(listed.code, Some(0), "{args:?}: {}", listed.stderr);
+        assert!(!listed.stderr.contains("panicked"), "{}", listed.stderr);
+    }
+    let rows = kg.run(&["client", "list", "--json"]).stdout;
+    assert!(
+        rows.contains("\"old_key_valid_until\":null"),
+        "no rotation was written: {rows}"
+    );
+}

@@ -951,3 +951,37 @@ async fn raw_upstream_plays_its_script_exactly() {
     assert_eq!(&raw.requests()[0].body[..], b"abcde");
     assert!(raw.requests()[0].request_line.starts_with("POST /v1/x "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hostile_model_name_is_kept_bounded_and_printable_in_metrics_ledger_and_usage() {
+    let w = World::start(Opts {
+        clients: &["app"],
+        ..Opts::default()
+    })
+    .await;
+    // NUL (which PostgreSQL refuses), a terminal escape and a newline, then
+    // 100 KiB more: the client chooses the model name.
+    let hostile = format!("gpt\u{0}x\u{1b}[31mred\n{}", "A".repeat(100 * 1024));
+    let resp = w.server.send(w.chat("app", &hostile)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let label = format!("gpt?x?[31mred?{}", "A".repeat(256 - 14));
+    let rows = w
+        .ledger_until("the hostile request", |rows| !rows.is_empty())
+        .await;
+    let models: Vec<&str> = rows.keys().map(|(_, _, model)| model.as_str()).collect();
+    assert_eq!(models, [label.as_str()], "{models:?}");
+    let page = w.server.admin_get("/metrics").await.text();
+    assert!(
+        page.contains(&format!("model=\"{label}\"")),
+        "no bounded label"
+    );
+    assert!(!page.contains('\u{1b}') && !page.contains('\u{0}'));
+    assert!(page.len() < 200 * 1024, "the 100 KiB name reached /metrics");
+    let printed = w.kg.run(&["usage"]);
+    printed.assert_ok("usage");
+    assert!(
+        !printed.stdout.contains('\u{1b}') && !printed.stdout.contains('\u{0}'),
+        "a terminal escape reached the operator's terminal: {:?}",
+        printed.stdout
+    );
+}

@@ -222,6 +222,9 @@ const ABNORMAL_PATHS: &[&str] = &[
     "/v1/models%00.json",
     "/v1/../v1/models",
     "/openai/v1/%2e%2e/%2e%2e/admin",
+    // Servlet containers drop a segment's `;parameters` before resolving it.
+    "/openai/v1/..;/x",
+    "/v1/.;jsessionid=1/models",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

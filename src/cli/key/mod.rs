@@ -51,17 +51,17 @@ pub enum KeyCommand {
         #[arg(long)]
         no_verify: bool,
         /// How long the old key stays usable as the fallback (default: [keys] default_grace).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = crate::cli::duration_arg)]
         grace: Option<std::time::Duration>,
         /// Create the new key at the provider's management API (needs
         /// `admin-key set PROVIDER` and `[providers.PROVIDER.admin]`); stdin is not read.
         #[arg(long)]
         mint: bool,
         /// How long a minted key may take to start working (tests shorten it).
-        #[arg(long, hide = true, value_parser = humantime::parse_duration, default_value = "60s")]
+        #[arg(long, hide = true, value_parser = crate::cli::duration_arg, default_value = "60s")]
         propagation_wait: std::time::Duration,
         /// The bound on each management API call (tests shorten it).
-        #[arg(long, hide = true, value_parser = humantime::parse_duration, default_value = "15s")]
+        #[arg(long, hide = true, value_parser = crate::cli::duration_arg, default_value = "15s")]
         management_timeout: std::time::Duration,
     },
     /// Check each key against the provider's cheap authenticated endpoint and
@@ -82,7 +82,7 @@ pub enum KeyCommand {
         #[arg(long, value_name = "KEY_ID")]
         replace: Option<String>,
         /// Grace for the demoted key (default: [keys] default_grace).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = crate::cli::duration_arg)]
         grace: Option<std::time::Duration>,
     },
     /// Swap current and previous in one write.
@@ -116,10 +116,10 @@ pub enum KeyCommand {
         #[arg(long)]
         no_verify: bool,
         /// How long a minted replacement may take to start working (tests shorten it).
-        #[arg(long, hide = true, value_parser = humantime::parse_duration, default_value = "60s")]
+        #[arg(long, hide = true, value_parser = crate::cli::duration_arg, default_value = "60s")]
         propagation_wait: std::time::Duration,
         /// The bound on each management API call (tests shorten it).
-        #[arg(long, hide = true, value_parser = humantime::parse_duration, default_value = "15s")]
+        #[arg(long, hide = true, value_parser = crate::cli::duration_arg, default_value = "15s")]
         management_timeout: std::time::Duration,
     },
     /// List keys: id, provider, label, state, fingerprint, age — never the secret.
