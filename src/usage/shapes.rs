@@ -31,8 +31,10 @@ pub struct Usage {
     /// Total tokens: the upstream's own total when it wrote one, else
     /// prompt + completion.
     pub total: u64,
-    /// The counts as written, for [`Usage::merge`].
+    /// The counts as written (capped), for [`Usage::merge`].
     reported: Reported,
+    /// Some count was over [`MAX_ANSWER_TOKENS`] and was cut to it.
+    pub capped: bool,
 }
 
 /// Two usages are equal when they count the same tokens.
@@ -84,8 +86,36 @@ impl Reported {
     }
 }
 
+/// The most tokens one answer is taken to report in any count: far above
+/// any context window (a few million), far below what could overflow a sum.
+/// An upstream that reports more (a bug, or a hostile upstream reporting
+/// `u64::MAX` to wrap a budget) is counted at this cap and flagged.
+pub const MAX_ANSWER_TOKENS: u64 = 100_000_000;
+
 impl From<Reported> for Usage {
     fn from(reported: Reported) -> Self {
+        let cap = |n: Option<u64>| n.map(|n| n.min(MAX_ANSWER_TOKENS));
+        let capped = [
+            reported.prompt_tokens,
+            reported.input_tokens,
+            reported.cache_creation_input_tokens,
+            reported.cache_read_input_tokens,
+            reported.completion_tokens,
+            reported.output_tokens,
+            reported.total_tokens,
+        ]
+        .into_iter()
+        .flatten()
+        .any(|n| n > MAX_ANSWER_TOKENS);
+        let reported = Reported {
+            prompt_tokens: cap(reported.prompt_tokens),
+            input_tokens: cap(reported.input_tokens),
+            cache_creation_input_tokens: cap(reported.cache_creation_input_tokens),
+            cache_read_input_tokens: cap(reported.cache_read_input_tokens),
+            completion_tokens: cap(reported.completion_tokens),
+            output_tokens: cap(reported.output_tokens),
+            total_tokens: cap(reported.total_tokens),
+        };
         // Saturating: an upstream's absurd counts must not wrap or panic.
         let prompt = match reported.prompt_tokens {
             // OpenAI's prompt count includes cached tokens already.
@@ -106,8 +136,10 @@ impl From<Reported> for Usage {
             completion,
             total: reported
                 .total_tokens
-                .unwrap_or(prompt.saturating_add(completion)),
+                .unwrap_or(prompt.saturating_add(completion))
+                .min(MAX_ANSWER_TOKENS.saturating_mul(3)),
             reported,
+            capped,
         }
     }
 }
@@ -115,17 +147,12 @@ impl From<Reported> for Usage {
 impl Usage {
     /// A usage of these counts (all three as if the upstream wrote them).
     pub fn new(prompt: u64, completion: u64, total: u64) -> Usage {
-        Usage {
-            prompt,
-            completion,
-            total,
-            reported: Reported {
-                prompt_tokens: Some(prompt),
-                completion_tokens: Some(completion),
-                total_tokens: Some(total),
-                ..Reported::default()
-            },
-        }
+        Usage::from(Reported {
+            prompt_tokens: Some(prompt),
+            completion_tokens: Some(completion),
+            total_tokens: Some(total),
+            ..Reported::default()
+        })
     }
 
     /// This usage updated by a later report of the same response: the later
@@ -134,7 +161,9 @@ impl Usage {
     /// `message_delta` that reports only the output count). The total is the
     /// latest explicit `total_tokens`, else prompt + completion.
     pub fn merge(self, later: Usage) -> Usage {
-        Usage::from(self.reported.merge(later.reported))
+        let mut merged = Usage::from(self.reported.merge(later.reported));
+        merged.capped |= self.capped || later.capped;
+        merged
     }
 
     /// `later` merged into `seen` (or `later` itself when nothing was seen).
@@ -211,6 +240,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_absurd_count_is_capped_and_flagged_never_wrapped() {
+        let found = find(br#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":9223372036854775808}}"#);
+        let usage = found.usage.unwrap();
+        assert!(usage.capped);
+        assert_eq!(usage.prompt, MAX_ANSWER_TOKENS);
+        assert_eq!(usage.completion, MAX_ANSWER_TOKENS);
+        assert_eq!(usage.total, 2 * MAX_ANSWER_TOKENS);
+        let fine = find(br#"{"usage":{"prompt_tokens":10,"completion_tokens":2}}"#)
+            .usage
+            .unwrap();
+        assert!(!fine.capped);
+        assert!(fine.merge(usage).capped);
+    }
+
+    #[test]
     fn chat_completion_usage() {
         let found = find(br#"{"id":"x","choices":[{"index":0}],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}"#);
         assert_eq!(found.usage, Some(Usage::new(12, 30, 42)));
@@ -238,13 +282,15 @@ mod tests {
     }
 
     #[test]
-    fn absurd_counts_saturate_the_total() {
+    fn absurd_counts_are_capped_not_saturated() {
+        // Saturating at u64::MAX let a budget sum wrap (issue 28 item 3):
+        // each count stops at MAX_ANSWER_TOKENS instead.
         let body = br#"{"prompt_tokens":18446744073709551615,"completion_tokens":1}"#;
         let found = parse_object_prefix(body).map(|(usage, _)| usage.total);
-        assert_eq!(found, Some(u64::MAX));
+        assert_eq!(found, Some(MAX_ANSWER_TOKENS + 1));
         let cache = br#"{"input_tokens":18446744073709551615,"cache_read_input_tokens":5}"#;
         let found = parse_object_prefix(cache).map(|(usage, _)| (usage.prompt, usage.total));
-        assert_eq!(found, Some((u64::MAX, u64::MAX)));
+        assert_eq!(found, Some((MAX_ANSWER_TOKENS + 5, MAX_ANSWER_TOKENS + 5)));
     }
 
     fn counts(json: &[u8]) -> (u64, u64, u64) {

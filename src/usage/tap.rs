@@ -223,6 +223,12 @@ impl MeterTap {
         self.outcome.incomplete = !complete;
         self.outcome.usage = self.usage;
         if let Some(usage) = self.usage {
+            if usage.capped {
+                tracing::warn!(
+                    cap = crate::usage::shapes::MAX_ANSWER_TOKENS,
+                    "the upstream reported more tokens in one answer than any context holds; counted at the cap"
+                );
+            }
             self.metrics.prompt.inc_by(usage.prompt);
             self.metrics.completion.inc_by(usage.completion);
         }

@@ -491,3 +491,38 @@ async fn streams_that_never_report_usage_are_charged_their_estimate_across_a_res
         "after a restart the estimated spend must still count"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_reporting_u64_max_tokens_cannot_wrap_a_budget_or_break_the_ledger() {
+    let mut w = World::start(Opts {
+        clients: &["app"],
+        limits: &[("app", &["--budget-tokens", "1000"])],
+        ..Opts::default()
+    })
+    .await;
+    let absurd = json!({
+        "id": "chatcmpl-absurd", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": u64::MAX, "completion_tokens": u64::MAX, "total_tokens": u64::MAX}
+    });
+    w.openai.push_response(200, &[], &absurd.to_string());
+    let resp = w.server.send(w.chat("app", "gpt-4o")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    // The budget is spent (counted at the cap), not wrapped to zero.
+    let resp = w.server.send(w.chat("app", "gpt-4o")).await;
+    resp.assert_keygate_error(429, "client_budget_exceeded");
+    assert!(
+        w.server.stderr().contains("counted at the cap"),
+        "the anomaly is logged"
+    );
+    w.ledger_until("the capped answer", |rows| !rows.is_empty())
+        .await;
+    // A restart reads the ledger back (SQLite once stored such sums as REAL
+    // and serve then exited 1), and the budget is still spent.
+    w.server.terminate();
+    w.restart();
+    let resp = w.server.send(w.chat("app", "gpt-4o")).await;
+    resp.assert_keygate_error(429, "client_budget_exceeded");
+    let printed = w.kg.run(&["usage"]);
+    printed.assert_ok("usage after the absurd answer");
+}

@@ -158,12 +158,7 @@ impl Sqlite {
             )
             .map_err(|e| sqlite_error(&path, e))?;
         let rows = stmt
-            .query_map([], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
-                ))
-            })
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, count(row, 1)?)))
             .map_err(|e| sqlite_error(&path, e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| sqlite_error(&path, e))
@@ -189,7 +184,7 @@ impl Sqlite {
         let hour = i64::try_from(since / 3600).unwrap_or(i64::MAX);
         let rows = stmt
             .query_map(params![hour, client], |row| {
-                let n = |i| row.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
+                let n = |i| count(row, i);
                 Ok(UsageRow {
                     client: row.get(0)?,
                     provider: row.get(1)?,
@@ -214,4 +209,16 @@ fn sqlite_error(path: &str, source: rusqlite::Error) -> LedgerError {
         path: path.to_owned(),
         source,
     }
+}
+
+/// A summed count as a number of tokens or requests: SQLite turns an
+/// integer sum that overflows into a REAL (an older build let an upstream's
+/// absurd count through), so a REAL is read too, saturating; NULL is 0.
+fn count(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<u64> {
+    Ok(match row.get::<_, rusqlite::types::Value>(index)? {
+        rusqlite::types::Value::Integer(n) => u64::try_from(n).unwrap_or(0),
+        // `as` saturates: NaN is 0, anything past u64::MAX is u64::MAX.
+        rusqlite::types::Value::Real(x) => x as u64,
+        _ => 0,
+    })
 }
