@@ -233,9 +233,17 @@ impl MeterTap {
             self.metrics.completion.inc_by(usage.completion);
         }
         // No usage reported (omitted, cut, unreadable): the admission
-        // estimate stays charged, and the ledger says so.
+        // estimate stays charged, and the ledger says so. A stream cut short
+        // is charged at least its estimate too: its usage may come only at
+        // the end (Anthropic's `message_start` reports 1 output token), so a
+        // client leaving before it must not pay for what it saw so far alone.
         if let Some(reservation) = self.reservation.take() {
-            self.outcome.estimated_tokens = reservation.settle(self.usage.map(|u| u.total));
+            let seen = self.usage.map(|u| u.total);
+            let charged = match seen {
+                Some(seen) if !complete => Some(seen.max(reservation.estimate())),
+                seen => seen,
+            };
+            self.outcome.estimated_tokens = reservation.settle(charged);
         }
         self.counters.record(&self.outcome);
     }
@@ -350,6 +358,39 @@ mod tests {
             );
             assert_eq!(delta.incomplete, 0);
         }
+    }
+
+    #[test]
+    fn a_stream_cut_before_its_last_usage_is_charged_at_least_its_estimate() {
+        use crate::usage::limits::{ClientLimits, Limits};
+        // Anthropic reports input tokens and 1 output token first, the rest
+        // only in the last `message_delta`: a client that leaves before it
+        // saw 26 tokens of usage.
+        const CUT: &[u8] = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n";
+        let limits = Limits::default();
+        let client: Arc<str> = Arc::from("app");
+        let budget = ClientLimits {
+            budget_tokens: Some(10_000),
+            ..ClientLimits::default()
+        };
+        let reservation = limits.admit(&client, budget, || 500, 0).unwrap();
+        let counters = Arc::new(UsageCounters::default());
+        let metrics = TokenMetrics {
+            prompt: prometheus::IntCounter::new("p", "p").unwrap(),
+            completion: prometheus::IntCounter::new("c", "c").unwrap(),
+        };
+        let mut tap = MeterTap::new(
+            counters,
+            metrics,
+            Some("text/event-stream"),
+            false,
+            Outcome::default(),
+            Some(reservation),
+        );
+        tap.on_data(Bytes::from_static(CUT));
+        drop(tap); // the client left
+        let (_, _, spent) = limits.counted("app", 0);
+        assert_eq!(spent, 500, "charged its estimate, not the 26 tokens seen");
     }
 
     #[test]
