@@ -128,7 +128,7 @@ pub fn scrubbed_error_response(
 ) -> Response<ResponseBody> {
     let ErrorAnswer { parts, body } = answer;
     let status = parts.status.as_u16();
-    let mut body = match body {
+    let body = match body {
         ErrorBody::Read(body) => body,
         // Failed or too slow: the status and headers still go through.
         ErrorBody::Unreadable => b"{\"error\":{\"message\":\"upstream error body could not be read\",\"type\":\"upstream_error\",\"code\":\"upstream_unavailable\"}}".to_vec(),
@@ -148,6 +148,7 @@ pub fn scrubbed_error_response(
         }
         ErrorBody::BadEncoding(error) => return ProxyError::upstream_encoding(error).into_response(),
     };
+    let mut body = without_unicode_escapes(body);
     if ring.mask_echoes(&mut body) {
         tracing::warn!(status, "upstream error body echoed an upstream key; masked");
     }
@@ -158,4 +159,18 @@ pub fn scrubbed_error_response(
     *response.headers_mut() = headers;
     drop(active);
     response
+}
+
+/// A JSON body that writes characters as `\uXXXX` escapes, written again
+/// without them, so the scrubber sees a key the way the client's JSON
+/// decoder will (`"\u0073\u006b-…"` is `"sk-…"`). Anything else — no `\u`,
+/// not JSON — is returned as it came.
+fn without_unicode_escapes(body: Vec<u8>) -> Vec<u8> {
+    if memchr::memmem::find(&body, b"\\u").is_none() {
+        return body;
+    }
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(value) => serde_json::to_vec(&value).unwrap_or(body),
+        Err(_) => body,
+    }
 }

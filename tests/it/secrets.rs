@@ -117,6 +117,36 @@ async fn upstream_error_body_echoing_the_key_is_masked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_echoed_as_json_unicode_escapes_is_masked_too() {
+    let env = Env::start().await;
+    // The client's JSON decoder turns `\u0073\u006b…` back into the key.
+    let escaped: String = OPENAI_KEY
+        .chars()
+        .map(|c| format!("\\u{:04x}", c as u32))
+        .collect();
+    let echoed = format!(
+        r#"{{"error":{{"message":"Key {escaped} is not allowed to use this model.","type":"invalid_request_error","param":null,"code":"model_not_allowed"}}}}"#
+    );
+    env.openai.push_response(400, &[], &echoed);
+    let resp = env.server.send(env.chat("gpt-4o")).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    let decoded = resp.json()["error"]["message"].as_str().unwrap().to_owned();
+    let leaks = find_leaks(
+        &[OPENAI_KEY.to_string()],
+        &[
+            ("client response".to_string(), resp.everything()),
+            ("the message as the client decodes it".to_string(), decoded),
+        ],
+    );
+    assert!(
+        leaks.is_empty(),
+        "a key echoed as \\u escapes reached the client:\n{}",
+        leaks.join("\n")
+    );
+    assert!(resp.text().contains("not allowed"), "{}", resp.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_secret_in_upstream_unavailable_errors() {
     let dead = closed_port_url();
     let mut env = Env::setup()
