@@ -117,7 +117,9 @@ async fn remove_at_provider(
             provider.name
         )
     })?;
-    let api = ManagementApi::new(upstream, provider, &admin.secret).map_err(|e| e.to_string())?;
+    let api = ManagementApi::new(upstream, provider, &admin.secret)
+        .map_err(|e| e.to_string())?
+        .scrubbing(document);
     let word = |removed: Removed| match removed {
         Removed::Now => provider
             .kind

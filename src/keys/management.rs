@@ -138,6 +138,9 @@ pub struct ManagementApi<'a> {
     api: &'a AdminApi,
     kind: &'static dyn ManagementKind,
     admin: &'a Secret,
+    /// Every other secret the vault holds: a provider's message may quote
+    /// any of them (a still-live key in a failed DELETE's answer).
+    held: Vec<Secret>,
     timeout: Duration,
 }
 
@@ -166,8 +169,21 @@ impl<'a> ManagementApi<'a> {
             api,
             kind,
             admin,
+            held: Vec::new(),
             timeout: CALL_TIMEOUT,
         })
+    }
+
+    /// The same API, scrubbing its answers of every secret `document` holds
+    /// (inference keys and management credentials), not only its own.
+    pub fn scrubbing(self, document: &crate::vault::document::Document) -> ManagementApi<'a> {
+        let held = document
+            .keys
+            .iter()
+            .filter_map(|k| k.secret.clone())
+            .chain(document.admin_keys.iter().map(|a| a.secret.clone()))
+            .collect();
+        ManagementApi { held, ..self }
     }
 
     /// The same API with another bound on each call.
@@ -312,10 +328,12 @@ impl<'a> ManagementApi<'a> {
         };
         if !(200..300).contains(&status) {
             let error = ProviderError::parse(&body);
-            let message = error
-                .message
-                .or(error.code)
-                .map(|m| crate::keys::ring::mask_secret(self.provider, self.admin, m));
+            let message = error.message.or(error.code).map(|m| {
+                let secrets: Vec<&Secret> = std::iter::once(self.admin)
+                    .chain(self.held.iter())
+                    .collect();
+                crate::keys::ring::mask_secrets(self.provider, &secrets, m)
+            });
             return Err(ManagementError::Status {
                 provider: self.provider.name.clone(),
                 action: action.to_owned(),

@@ -173,7 +173,8 @@ pub async fn stage_verified(
             };
             let api = ManagementApi::new(upstream, provider, &ready.admin)
                 .map_err(api_error)?
-                .with_timeout(rotation.call_timeout);
+                .with_timeout(rotation.call_timeout)
+                .scrubbing(&ready.document);
             for orphan in orphans(&api, &ready.document, &provider.name)
                 .await
                 .map_err(api_error)?

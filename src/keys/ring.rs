@@ -401,15 +401,26 @@ impl KeyRing {
 /// in `text`, with the scrubber the proxy uses on error bodies: for answers
 /// about one key that is not in a ring yet (verification, a management API).
 pub fn mask_secret(provider: &Provider, secret: &Secret, text: String) -> String {
+    mask_secrets(provider, &[secret], text)
+}
+
+/// [`mask_secret`] for several secrets at once (every secret keygate holds,
+/// for a management API's answer).
+pub fn mask_secrets(provider: &Provider, secrets: &[&Secret], text: String) -> String {
     let document = Document {
-        keys: vec![UpstreamKey::new(
-            String::new(),
-            &provider.name,
-            secret,
-            None,
-            KeyState::Current,
-            0,
-        )],
+        keys: secrets
+            .iter()
+            .map(|secret| {
+                UpstreamKey::new(
+                    String::new(),
+                    &provider.name,
+                    secret,
+                    None,
+                    KeyState::Current,
+                    0,
+                )
+            })
+            .collect(),
         ..Document::default()
     };
     let ring = KeyRing::build(provider, &document, 0, None);

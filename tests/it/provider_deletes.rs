@@ -215,6 +215,41 @@ async fn without_a_server_the_next_cli_write_deletes_and_a_failed_delete_stays_p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_delete_quoting_a_live_inference_key_shows_it_nowhere() {
+    let management = Management::start(Api::OpenAi, OPENAI_ADMIN).await;
+    let (kg, _inference) = minting_keygate(&management).await;
+    rotate_mint(&kg, "openai", &["--grace", "0s"]).assert_ok("rotate --mint 1");
+    let first = management.created()[0].clone();
+    // The provider's failure names the key it could not delete — still a
+    // working key, since the delete failed.
+    management.fail(Calls::Deletes, 500);
+    management.quote_in_failures(&first.secret);
+    let out = rotate_mint(&kg, "openai", &["--grace", "0s"]);
+    register_created(&kg, &management);
+    out.assert_ok("rotate --mint 2 with failing deletes");
+    assert!(out.stderr.contains("HTTP 500"), "{}", out.stderr);
+    let listed = kg.run(&["key", "list", "--json"]);
+    let leaks = crate::support::find_leaks(
+        &[first.secret.clone()],
+        &[
+            (
+                "rotate output".to_owned(),
+                format!("{}{}", out.stdout, out.stderr),
+            ),
+            ("key list --json".to_owned(), listed.stdout.clone()),
+        ],
+    );
+    assert!(leaks.is_empty(), "{}", leaks.join("\n"));
+    let row = key_row(&key_list(&kg), "openai", &first.secret);
+    assert!(
+        row["at_provider"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP 500")),
+        "{row}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_delete_is_retried_by_the_server_until_it_succeeds() {
     let management = Management::start(Api::OpenAi, OPENAI_ADMIN).await;
     let table = admin_table("openai", Api::OpenAi, &management.url());

@@ -101,6 +101,9 @@ pub enum Calls {
 struct Script {
     /// Answer this status (with a provider-style error body) to these calls.
     fail: Option<(Calls, u16)>,
+    /// A failure's message quotes this (a still-live key, as a provider
+    /// that names the key it could not delete would).
+    quote: Option<String>,
     /// Answer these calls only after this long.
     hang: Option<(Calls, Duration)>,
     /// How long a created key takes to be accepted by the inference mock.
@@ -164,10 +167,16 @@ impl Management {
         self.script.lock().unwrap().fail = Some((calls, status));
     }
 
+    /// From now on, scripted failures quote `text` in their message.
+    pub fn quote_in_failures(&self, text: &str) {
+        self.script.lock().unwrap().quote = Some(text.to_owned());
+    }
+
     /// Answer normally again.
     pub fn heal(&self) {
         let mut script = self.script.lock().unwrap();
         script.fail = None;
+        script.quote = None;
         script.hang = None;
     }
 
@@ -319,6 +328,10 @@ fn answer(
                 403 => "You do not have permission to manage API keys".to_owned(),
                 429 => "Rate limit reached for requests".to_owned(),
                 _ => "The server had an error processing your request".to_owned(),
+            };
+            let message = match &script.quote {
+                Some(quoted) => format!("{message} (key {quoted})"),
+                None => message,
             };
             return error(status, &message);
         }
