@@ -230,7 +230,7 @@ async fn a_failed_delete_quoting_a_live_inference_key_shows_it_nowhere() {
     assert!(out.stderr.contains("HTTP 500"), "{}", out.stderr);
     let listed = kg.run(&["key", "list", "--json"]);
     let leaks = crate::support::find_leaks(
-        &[first.secret.clone()],
+        std::slice::from_ref(&first.secret),
         &[
             (
                 "rotate output".to_owned(),
