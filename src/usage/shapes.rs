@@ -13,8 +13,9 @@
 //!   `message_delta` the cumulative output count.
 //!
 //! One response may carry several usage objects (an Anthropic stream does), so
-//! the counts are merged field by field: a later object's fields replace
-//! earlier ones, fields it lacks (or sends as `null`) keep what was seen.
+//! the counts are merged field by field: where both carry a field the larger
+//! wins (counts within an answer only grow), fields a later object lacks (or
+//! sends as `null`) keep what was seen.
 //! Accounting only: no framing, no I/O.
 
 use serde::Deserialize;
@@ -69,19 +70,28 @@ struct Reported {
 
 impl Reported {
     /// `later`'s fields where it has them, else `self`'s.
+    /// Counts within one answer only grow (Anthropic's are cumulative; the
+    /// others report once), so where both carry a field the larger wins: a
+    /// later zero (an upstream bug, or a hostile one) cannot undo a count.
     fn merge(self, later: Reported) -> Reported {
+        let larger = |earlier: Option<u64>, later: Option<u64>| match (earlier, later) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => b.or(a),
+        };
         Reported {
-            prompt_tokens: later.prompt_tokens.or(self.prompt_tokens),
-            input_tokens: later.input_tokens.or(self.input_tokens),
-            cache_creation_input_tokens: later
-                .cache_creation_input_tokens
-                .or(self.cache_creation_input_tokens),
-            cache_read_input_tokens: later
-                .cache_read_input_tokens
-                .or(self.cache_read_input_tokens),
-            completion_tokens: later.completion_tokens.or(self.completion_tokens),
-            output_tokens: later.output_tokens.or(self.output_tokens),
-            total_tokens: later.total_tokens.or(self.total_tokens),
+            prompt_tokens: larger(self.prompt_tokens, later.prompt_tokens),
+            input_tokens: larger(self.input_tokens, later.input_tokens),
+            cache_creation_input_tokens: larger(
+                self.cache_creation_input_tokens,
+                later.cache_creation_input_tokens,
+            ),
+            cache_read_input_tokens: larger(
+                self.cache_read_input_tokens,
+                later.cache_read_input_tokens,
+            ),
+            completion_tokens: larger(self.completion_tokens, later.completion_tokens),
+            output_tokens: larger(self.output_tokens, later.output_tokens),
+            total_tokens: larger(self.total_tokens, later.total_tokens),
         }
     }
 }
@@ -155,8 +165,8 @@ impl Usage {
         })
     }
 
-    /// This usage updated by a later report of the same response: the later
-    /// object's fields replace these, fields it lacks keep their value (an
+    /// This usage updated by a later report of the same response: the larger
+    /// of each field both carry, fields the later lacks keep their value (an
     /// Anthropic stream's input count from `message_start` survives the
     /// `message_delta` that reports only the output count). The total is the
     /// latest explicit `total_tokens`, else prompt + completion.
@@ -252,6 +262,18 @@ mod tests {
             .unwrap();
         assert!(!fine.capped);
         assert!(fine.merge(usage).capped);
+    }
+
+    #[test]
+    fn a_later_zero_cannot_undo_a_count() {
+        let real =
+            find(br#"{"usage":{"prompt_tokens":100,"completion_tokens":20,"total_tokens":120}}"#)
+                .usage
+                .unwrap();
+        let zero = find(br#"{"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}"#)
+            .usage
+            .unwrap();
+        assert_eq!(real.merge(zero), Usage::new(100, 20, 120));
     }
 
     #[test]
