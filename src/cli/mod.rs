@@ -196,11 +196,16 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         crate::control::core_dumps::forbid().map_err(|e| CliError::Runtime(e.to_string()))?;
     }
     let admin_token = lookup(&config.admin.token_env);
+    let token_env = config.admin.token_env.clone();
     let context = Context { config, master };
     match cli.command {
         Command::Serve {
             accept_vault_generation,
-        } => serve::run(context, admin_token, accept_vault_generation),
+        } => serve::run(
+            context,
+            long_enough(admin_token, &token_env)?,
+            accept_vault_generation,
+        ),
         Command::Vault(command) => vault::run(&context, command),
         Command::Key(command) => key::run(&context, command),
         Command::Client(command) => client::run(&context, command),
@@ -254,6 +259,22 @@ pub(crate) fn format_time(unix: u64) -> String {
         .get(..16)
         .unwrap_or(&text)
         .to_owned()
+}
+
+/// The fewest characters an admin token may have.
+const MIN_ADMIN_TOKEN: usize = 16;
+
+/// The admin token, refused when it is short enough to guess.
+fn long_enough(token: Option<Secret>, token_env: &str) -> Result<Option<Secret>, CliError> {
+    if let Some(token) = &token {
+        let length = token.expose().chars().count();
+        if length < MIN_ADMIN_TOKEN {
+            return Err(CliError::Usage(format!(
+                "{token_env} is {length} characters: an admin token must have at least {MIN_ADMIN_TOKEN} (make one with `openssl rand -hex 24`)"
+            )));
+        }
+    }
+    Ok(token)
 }
 
 /// 9999-12-31 23:59:59 UTC, the last second RFC 3339 can write.

@@ -79,6 +79,11 @@ pub struct VaultConfig {
 pub struct AdminConfig {
     /// Name of the environment variable holding the admin token.
     pub token_env: String,
+    /// Host names (besides IP literals and `localhost`) the admin listener
+    /// answers to: a page of another site that rebinds its own name to
+    /// keygate's address must not read `/metrics` or `/readyz`.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[keys]`.

@@ -18,6 +18,14 @@ pub async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    if !host_allowed(&request, &shared.config.admin.allowed_hosts) {
+        return Ok(text(
+            StatusCode::MISDIRECTED_REQUEST,
+            "application/json",
+            r#"{"error":{"message":"this Host is not one the admin listener answers to: use its IP address or localhost, or add the name to [admin] allowed_hosts","type":"invalid_request_error","code":"host_not_allowed"}}"#
+                .to_owned(),
+        ));
+    }
     let response = match (request.method(), request.uri().path()) {
         (&Method::GET, "/") => super::status_page::page(),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
@@ -36,6 +44,37 @@ pub async fn handle(
         ),
     };
     Ok(response)
+}
+
+/// True when the request names a host the admin listener answers to: an IP
+/// literal (probes and scrapers address a pod or host by its IP), `localhost`,
+/// or a name in `[admin] allowed_hosts`; a request without a host (HTTP/1.0)
+/// too. A DNS-rebinding page reaches keygate under its own name, which is
+/// none of these, so it cannot read `/metrics` or `/readyz` from a browser.
+fn host_allowed(request: &Request<Incoming>, allowed: &[String]) -> bool {
+    let host = match request.uri().host() {
+        Some(host) => host.to_owned(),
+        None => match request.headers().get(http::header::HOST) {
+            None => return true,
+            Some(value) => match value.to_str() {
+                Ok(value) => value.to_owned(),
+                Err(_) => return false,
+            },
+        },
+    };
+    host_name_allowed(&host, allowed)
+}
+
+/// [`host_allowed`] on the text of a `Host` (`name[:port]`, `[v6]:port`).
+fn host_name_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let name = name.trim_end_matches('.');
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
 }
 
 /// Ready when a vault generation is loaded and the default provider has a
@@ -79,4 +118,31 @@ fn readiness(shared: &Shared) -> Response<ResponseBody> {
         StatusCode::SERVICE_UNAVAILABLE
     };
     text(status, "application/json", body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_name_allowed;
+
+    #[test]
+    fn only_addresses_localhost_and_listed_names_reach_the_admin_listener() {
+        let listed = vec!["keygate.internal".to_owned()];
+        for host in [
+            "127.0.0.1:8081",
+            "10.1.2.3:8081",
+            "[::1]:8081",
+            "localhost:8081",
+            "LOCALHOST",
+            "keygate.internal:8081",
+        ] {
+            assert!(host_name_allowed(host, &listed), "{host}");
+        }
+        for host in [
+            "evil.example:8081",
+            "127.0.0.1.evil.example",
+            "keygate.internal.evil.example",
+        ] {
+            assert!(!host_name_allowed(host, &listed), "{host}");
+        }
+    }
 }

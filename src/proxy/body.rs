@@ -105,6 +105,18 @@ pub async fn receive(
     Ok(RequestBody::Buffered(buffered.freeze()))
 }
 
+/// Drops a UTF-8 byte order mark before a buffered body: JSON has none
+/// (RFC 8259 §8.1), a reader that skips it sees fields keygate's reading
+/// would miss (a stream then went unmetered), and one that refuses it would
+/// refuse the body anyway. Keygate and the upstream read the same bytes.
+pub fn drop_byte_order_mark(body: &mut RequestBody) {
+    if let RequestBody::Buffered(bytes) = body {
+        if bytes.starts_with(b"\xEF\xBB\xBF") {
+            *bytes = bytes.slice(3..);
+        }
+    }
+}
+
 /// Decodes a buffered body the client sent compressed, and drops its
 /// `Content-Encoding` from `headers` (the upstream gets the decoded bytes).
 /// A coding keygate cannot decode is refused (415).

@@ -93,6 +93,7 @@ async fn conduct(
     let declared_len = declared_length(&parts.headers);
     let mut body = body::receive(incoming, declared_len, limits).await?;
     body::decode_content(&mut body, &mut parts.headers, limits.max)?;
+    body::drop_byte_order_mark(&mut body);
     end.request_bytes = body
         .buffered()
         .map_or(declared_len.unwrap_or(0), |b| b.len() as u64);

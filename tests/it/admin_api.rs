@@ -355,3 +355,65 @@ async fn providers_and_client_counts_for_the_status_page() {
         "{clients}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wrong_token_costs_a_quarter_second_and_a_short_token_is_refused_at_start() {
+    let env = start_with_token(Env::setup()).await;
+    let started = std::time::Instant::now();
+    let resp = admin(
+        &env,
+        Req::get("/admin/keys").header("authorization", "Bearer not-the-token-000000"),
+    )
+    .await;
+    assert_admin_error(&resp, 401, "invalid_admin_token");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(250),
+        "a wrong guess was answered in {:?}",
+        started.elapsed()
+    );
+    drop(env);
+    let kg = crate::support::Keygate::new(&crate::support::KeygateBuilder::new());
+    kg.vault_init();
+    let out = kg.run_with(&["serve"], None, &[("KEYGATE_ADMIN_TOKEN", "short-tok")]);
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("KEYGATE_ADMIN_TOKEN is 9 characters") && out.stderr.contains("16"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains("short-tok"),
+        "the token itself is never shown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_listener_answers_only_to_addresses_localhost_and_listed_names() {
+    let env = start_with_token(
+        Env::setup().config(|b| b.extra("[admin]\nallowed_hosts = [\"keygate.internal\"]\n")),
+    )
+    .await;
+    let get =
+        |host: &str| format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let port = env.server.admin.port();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "keygate.internal".to_owned(),
+    ] {
+        let (status, text) =
+            crate::support::client::send_raw(env.server.admin, get(&host).as_bytes()).await;
+        assert_eq!(status, 200, "{host}: {text}");
+    }
+    // A DNS-rebinding page reaches keygate under its own name.
+    for path in ["/metrics", "/readyz", "/admin/keys"] {
+        let raw = format!(
+            "GET {path} HTTP/1.1\r\nHost: attacker.example:{port}\r\nConnection: close\r\n\r\n"
+        );
+        let (status, text) =
+            crate::support::client::send_raw(env.server.admin, raw.as_bytes()).await;
+        assert_eq!(status, 421, "{path}: {text}");
+        assert!(text.contains("host_not_allowed"), "{text}");
+        assert!(!text.contains("keygate_"), "no metric leaked: {text}");
+    }
+}

@@ -18,8 +18,11 @@ use crate::support::{Env, Req};
 
 /// The bodies of the issue, each a streaming chat request for gpt-4o that
 /// does not ask for usage: leading whitespace, and an escaped `stream` key.
-fn evasive_streams() -> [&'static str; 3] {
+fn evasive_streams() -> [&'static str; 4] {
     [
+        // A byte order mark first: keygate drops it, so it and the upstream
+        // read the same body.
+        "\u{feff}{\"model\":\"gpt-4o\",\"stream\":true,\"max_tokens\":10,\"messages\":[]}",
         r#" {"model":"gpt-4o","stream":true,"max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
         r#"{"model":"gpt-4o","str\u0065am":true,"max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
         "\r\n\t{\"model\":\"gpt-4o\",\"stream\":true,\"max_tokens\":10,\"messages\":[]}\n",
