@@ -11,7 +11,7 @@
 use serde::Deserialize;
 
 use super::management::{
-    cursor, encoded, AuthHeaders, Call, Listed, Listing, ManagementKind, Page,
+    cursor, encoded, read_cursor_page, AuthHeaders, Call, Listed, Listing, ManagementKind, Page,
 };
 use super::{
     AuthStyle, KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind, VerifyRequest,
@@ -165,26 +165,10 @@ impl ManagementKind for Anthropic {
             #[serde(default)]
             partial_key_hint: Option<String>,
         }
-        #[derive(Deserialize)]
-        struct List {
-            data: Vec<Item>,
-            #[serde(default)]
-            has_more: bool,
-            #[serde(default)]
-            last_id: Option<String>,
-        }
-        let l: List = serde_json::from_slice(body).ok()?;
-        Some(Page {
-            next: l.last_id.filter(|_| l.has_more),
-            entries: l
-                .data
-                .into_iter()
-                .map(|i| Listed {
-                    id: i.id,
-                    name: i.name,
-                    hint: i.partial_key_hint,
-                })
-                .collect(),
+        read_cursor_page(body, |i: Item| Listed {
+            id: i.id,
+            name: i.name,
+            hint: i.partial_key_hint,
         })
     }
 

@@ -5,7 +5,7 @@
 //! 429; an unknown model a 400 "Model Not Exist". Keys are `sk-` and 32
 //! lower-case hex digits.
 
-use super::{KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind, VerifyRequest};
+use super::{KeyChars, KeyFormat, ProviderKind, VerifyRequest};
 
 /// The DeepSeek kind.
 pub struct DeepSeek;
@@ -42,15 +42,6 @@ impl ProviderKind for DeepSeek {
         }
     }
 
-    fn judge_refusal(&self, status: u16, _error: &ProviderError) -> KeyVerdict {
-        match status {
-            401 | 403 => KeyVerdict::Rejected,
-            402 => KeyVerdict::OutOfCredit,
-            429 => KeyVerdict::RateLimited,
-            _ => KeyVerdict::Unrelated,
-        }
-    }
-
     fn console(&self) -> &'static str {
         "platform.deepseek.com/api_keys"
     }
@@ -63,6 +54,7 @@ impl ProviderKind for DeepSeek {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::{KeyVerdict, ProviderError};
 
     #[test]
     fn insufficient_balance_is_out_of_credit() {

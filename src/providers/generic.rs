@@ -2,7 +2,7 @@
 //! common reading of status codes — 401 or 403 a bad key, 402 no credit,
 //! 429 a rate limit — and nothing else assumed.
 
-use super::{KeyVerdict, ProviderError, ProviderKind};
+use super::ProviderKind;
 
 /// The generic kind.
 pub struct Generic;
@@ -15,20 +15,12 @@ impl ProviderKind for Generic {
     fn display_name(&self) -> &'static str {
         "an OpenAI-compatible provider"
     }
-
-    fn judge_refusal(&self, status: u16, _error: &ProviderError) -> KeyVerdict {
-        match status {
-            401 | 403 => KeyVerdict::Rejected,
-            402 => KeyVerdict::OutOfCredit,
-            429 => KeyVerdict::RateLimited,
-            _ => KeyVerdict::Unrelated,
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::{KeyVerdict, ProviderError};
 
     #[test]
     fn the_common_reading() {

@@ -5,7 +5,7 @@
 //! (cancelled) say nothing about the key. It takes `stream_options` and also
 //! reports a stream's usage in the last chunk's `x_groq.usage`.
 
-use super::{KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind};
+use super::{KeyChars, KeyFormat, ProviderKind};
 
 /// The Groq kind.
 pub struct Groq;
@@ -35,15 +35,6 @@ impl ProviderKind for Groq {
         FORMATS
     }
 
-    fn judge_refusal(&self, status: u16, _error: &ProviderError) -> KeyVerdict {
-        match status {
-            401 | 403 => KeyVerdict::Rejected,
-            402 => KeyVerdict::OutOfCredit,
-            429 => KeyVerdict::RateLimited,
-            _ => KeyVerdict::Unrelated,
-        }
-    }
-
     fn console(&self) -> &'static str {
         "console.groq.com/keys"
     }
@@ -56,6 +47,7 @@ impl ProviderKind for Groq {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::{KeyVerdict, ProviderError};
 
     #[test]
     fn a_bad_key_and_a_rate_limit_and_groqs_own_codes() {

@@ -157,6 +157,28 @@ pub trait ManagementKind: Send + Sync + 'static {
     fn remove(&self, api: &AdminApi, listing: Listing, id: &str) -> Option<Call>;
 }
 
+/// Reads a listing paged by cursor, as OpenAI's and Anthropic's admin APIs
+/// answer: `{"data": [...], "has_more": bool, "last_id": "…"}`, each item
+/// read as `T` and turned into a [`Listed`] by `entry`.
+pub(crate) fn read_cursor_page<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    entry: impl Fn(T) -> Listed,
+) -> Option<Page> {
+    #[derive(serde::Deserialize)]
+    struct List<T> {
+        data: Vec<T>,
+        #[serde(default)]
+        has_more: bool,
+        #[serde(default)]
+        last_id: Option<String>,
+    }
+    let list: List<T> = serde_json::from_slice(body).ok()?;
+    Some(Page {
+        next: list.last_id.filter(|_| list.has_more),
+        entries: list.data.into_iter().map(entry).collect(),
+    })
+}
+
 /// `&NAME=VALUE` for a listing's cursor, percent-encoded; empty without one.
 pub(crate) fn cursor(name: &str, after: Option<&str>) -> String {
     after

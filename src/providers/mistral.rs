@@ -5,7 +5,7 @@
 //! `stream_options` among them, and reports a stream's usage unasked in the
 //! last chunk. Keys have no prefix, so none is recognised by its shape.
 
-use super::{KeyVerdict, ProviderError, ProviderKind};
+use super::ProviderKind;
 
 /// The Mistral kind.
 pub struct Mistral;
@@ -27,15 +27,6 @@ impl ProviderKind for Mistral {
         false
     }
 
-    fn judge_refusal(&self, status: u16, _error: &ProviderError) -> KeyVerdict {
-        match status {
-            401 | 403 => KeyVerdict::Rejected,
-            402 => KeyVerdict::OutOfCredit,
-            429 => KeyVerdict::RateLimited,
-            _ => KeyVerdict::Unrelated,
-        }
-    }
-
     fn console(&self) -> &'static str {
         "console.mistral.ai/api-keys"
     }
@@ -48,6 +39,7 @@ impl ProviderKind for Mistral {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::{KeyVerdict, ProviderError};
 
     #[test]
     fn a_bad_key_no_credit_and_a_rate_limit() {

@@ -111,7 +111,17 @@ pub trait ProviderKind: Send + Sync + 'static {
 
     /// What a non-2xx answer says about the key (docs/design.md §11).
     /// `error`: the parsed body, when [`ProviderKind::reads_body`] asked for it.
-    fn judge_refusal(&self, status: u16, error: &ProviderError) -> KeyVerdict;
+    /// The default is the common reading of the status alone: 401 or 403 a
+    /// bad key, 402 no credit, 429 a rate limit, anything else not the key's.
+    fn judge_refusal(&self, status: u16, error: &ProviderError) -> KeyVerdict {
+        let _ = error;
+        match status {
+            401 | 403 => KeyVerdict::Rejected,
+            402 => KeyVerdict::OutOfCredit,
+            429 => KeyVerdict::RateLimited,
+            _ => KeyVerdict::Unrelated,
+        }
+    }
 
     /// Where the operator makes or checks a key.
     fn console(&self) -> &'static str {

@@ -10,7 +10,8 @@
 use serde::Deserialize;
 
 use super::management::{
-    cursor, encoded, project, AdminScope, Call, Listed, Listing, ManagementKind, Page,
+    cursor, encoded, project, read_cursor_page, AdminScope, Call, Listed, Listing, ManagementKind,
+    Page,
 };
 use super::{KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind};
 use crate::config::AdminApi;
@@ -184,26 +185,10 @@ impl ManagementKind for OpenAi {
             #[serde(default)]
             redacted_value: Option<String>,
         }
-        #[derive(Deserialize)]
-        struct List {
-            data: Vec<Item>,
-            #[serde(default)]
-            has_more: bool,
-            #[serde(default)]
-            last_id: Option<String>,
-        }
-        let l: List = serde_json::from_slice(body).ok()?;
-        Some(Page {
-            next: l.last_id.filter(|_| l.has_more),
-            entries: l
-                .data
-                .into_iter()
-                .map(|i| Listed {
-                    id: i.id,
-                    name: i.name,
-                    hint: i.redacted_value.filter(|_| listing == Listing::Hinted),
-                })
-                .collect(),
+        read_cursor_page(body, |i: Item| Listed {
+            id: i.id,
+            name: i.name,
+            hint: i.redacted_value.filter(|_| listing == Listing::Hinted),
         })
     }
 
