@@ -138,3 +138,42 @@ async fn a_killed_replica_loses_at_most_its_last_flush_and_a_crashed_database_no
         "the outage was not logged"
     );
 }
+
+#[test]
+fn a_row_the_database_refuses_never_keeps_the_others_out() {
+    use keygate::usage::meter::{UsageDelta, UsageKey};
+    use std::sync::Arc;
+    let pg = Postgres::start();
+    let db = keygate::config::LedgerDb::Postgres {
+        url: keygate::vault::secret::Secret::new(pg.url()),
+        endpoint: "postgres://127.0.0.1/keygate".to_owned(),
+    };
+    let mut ledger = keygate::usage::ledger::Ledger::open(&db).expect("open the ledger");
+    let key = |client: &str, model: &str| UsageKey {
+        client: Arc::from(client),
+        provider: Arc::from("openai"),
+        model: Arc::from(model),
+    };
+    let delta = || UsageDelta {
+        requests: 1,
+        total_tokens: 10,
+        ..UsageDelta::default()
+    };
+    // PostgreSQL refuses NUL in text (22021): before, the whole batch was
+    // refused and retried for ever, so no client's usage was recorded.
+    let rows = vec![
+        (key("good", "gpt-4o"), delta()),
+        (key("poison", "gpt\u{0}x"), delta()),
+        (key("also-good", "gpt-4o-mini"), delta()),
+    ];
+    ledger
+        .add(1, &rows)
+        .expect("the rows it accepts are written");
+    let mut totals = ledger.client_totals().expect("totals");
+    totals.sort();
+    assert_eq!(
+        totals,
+        vec![("also-good".to_owned(), 10), ("good".to_owned(), 10)],
+        "the refused row alone is dropped"
+    );
+}

@@ -43,6 +43,47 @@ const UPSERT: &str = "INSERT INTO usage (hour, client, provider, model, requests
         estimated = usage.estimated + excluded.estimated,
         estimated_tokens = usage.estimated_tokens + excluded.estimated_tokens";
 
+/// Upserts `rows` into the hour `hour` in one transaction.
+fn upsert(
+    client: &mut postgres::Client,
+    hour: u64,
+    rows: &[(UsageKey, UsageDelta)],
+) -> Result<(), postgres::Error> {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let mut tx = client.transaction()?;
+    let statement = tx.prepare(UPSERT)?;
+    for (key, d) in rows {
+        tx.execute(
+            &statement,
+            &[
+                &n(hour),
+                &&*key.client,
+                &&*key.provider,
+                &&*key.model,
+                &n(d.requests),
+                &n(d.errors),
+                &n(d.incomplete),
+                &n(d.prompt_tokens),
+                &n(d.completion_tokens),
+                &n(d.total_tokens),
+                &n(d.request_bytes),
+                &n(d.response_bytes),
+                &n(d.estimated),
+                &n(d.estimated_tokens),
+            ],
+        )?;
+    }
+    tx.commit()
+}
+
+/// True for an error the database raised about a value (SQLSTATE class 22:
+/// an invalid byte sequence, a number out of range), not about itself.
+fn is_data_exception(error: &postgres::Error) -> bool {
+    error
+        .as_db_error()
+        .is_some_and(|db| db.code().code().starts_with("22"))
+}
+
 /// Runs `work` on a thread of its own: the sync client runs a runtime of
 /// its own, which may not start on a thread that drives tokio tasks.
 fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
@@ -107,38 +148,30 @@ impl Postgres {
     }
 
     fn add_here(&mut self, hour: u64, rows: &[(UsageKey, UsageDelta)]) -> Result<(), LedgerError> {
-        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let result = (|| {
-            let client = self.client()?;
-            let written = (|| {
-                let mut tx = client.transaction()?;
-                let statement = tx.prepare(UPSERT)?;
-                for (key, d) in rows {
-                    tx.execute(
-                        &statement,
-                        &[
-                            &n(hour),
-                            &&*key.client,
-                            &&*key.provider,
-                            &&*key.model,
-                            &n(d.requests),
-                            &n(d.errors),
-                            &n(d.incomplete),
-                            &n(d.prompt_tokens),
-                            &n(d.completion_tokens),
-                            &n(d.total_tokens),
-                            &n(d.request_bytes),
-                            &n(d.response_bytes),
-                            &n(d.estimated),
-                            &n(d.estimated_tokens),
-                        ],
-                    )?;
+        let written = upsert(self.client()?, hour, rows);
+        match written {
+            Ok(()) => Ok(()),
+            // The database refused a value (SQLSTATE class 22, a data
+            // exception): that row alone is dropped, named in the log, and
+            // the others are written, each in its own transaction — one
+            // request must never keep every client's usage out of the ledger.
+            Err(error) if is_data_exception(&error) => {
+                for row in rows {
+                    match upsert(self.client()?, hour, std::slice::from_ref(row)) {
+                        Ok(()) => {}
+                        Err(error) if is_data_exception(&error) => tracing::warn!(
+                            client = %row.0.client,
+                            provider = %row.0.provider,
+                            "usage ledger: PostgreSQL refused one row ({}); it is dropped, the others are kept",
+                            error.as_db_error().map_or("", |db| db.code().code())
+                        ),
+                        Err(error) => return Err(self.error(&error)),
+                    }
                 }
-                tx.commit()
-            })();
-            Ok::<_, LedgerError>(written)
-        })()?;
-        result.map_err(|e| self.error(&e))
+                Ok(())
+            }
+            Err(error) => Err(self.error(&error)),
+        }
     }
 
     pub(super) fn client_totals(&mut self) -> Result<Vec<(String, u64)>, LedgerError> {
