@@ -125,7 +125,17 @@ pub(super) fn run(
         let _ = reloader.await;
         let _ = upkeep.await;
         stop_ledger.stop();
-        let _ = ledger_task.await;
+        // The last flush gets the grace and no more: a ledger that does not
+        // answer must not keep a stopping replica alive.
+        if tokio::time::timeout(config.server.shutdown_grace, ledger_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace = ?config.server.shutdown_grace,
+                "the usage ledger did not take the last flush within the shutdown grace; stopping without it"
+            );
+        }
         tracing::info!("keygate stopped");
         Ok(())
     });

@@ -177,3 +177,27 @@ fn a_row_the_database_refuses_never_keeps_the_others_out() {
         "the refused row alone is dropped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_postgresql_ledger_exits_cleanly_without_a_panic() {
+    let pg = Postgres::start();
+    let (kg, _mock, client) = fleet_keygate().await;
+    let mut server = serve(&kg, &pg);
+    let resp = server
+        .send(
+            Req::post("/v1/chat/completions")
+                .bearer(&client)
+                .json(&chat_body("gpt-4o")),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let status = server.stop_and_read_everything();
+    assert!(status.success(), "exit {status:?}:\n{}", server.stderr());
+    assert!(
+        !server.stderr().contains("panicked"),
+        "the PostgreSQL client panicked on the way out:\n{}",
+        server.stderr()
+    );
+    // The last flush reached the ledger.
+    assert_eq!(usage(&kg, &pg).0, 1);
+}

@@ -43,6 +43,9 @@ const UPSERT: &str = "INSERT INTO usage (hour, client, provider, model, requests
         estimated = usage.estimated + excluded.estimated,
         estimated_tokens = usage.estimated_tokens + excluded.estimated_tokens";
 
+/// How long connecting may take, and how long sent data may go unacknowledged.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Upserts `rows` into the hour `hour` in one transaction.
 fn upsert(
     client: &mut postgres::Client,
@@ -99,6 +102,17 @@ pub(super) struct Postgres {
     client: Option<postgres::Client>,
 }
 
+/// The sync client runs a runtime of its own, which panics when dropped on
+/// a thread that drives tokio tasks (on SIGTERM, or when `serve` refuses an
+/// older vault before it runs): it is dropped on a thread of its own too.
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            off_runtime(move || drop(client));
+        }
+    }
+}
+
 impl Postgres {
     pub(super) fn open(url: &Secret, endpoint: &str) -> Result<Postgres, LedgerError> {
         let mut pg = Postgres {
@@ -125,7 +139,16 @@ impl Postgres {
 
     fn client(&mut self) -> Result<&mut postgres::Client, LedgerError> {
         if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            let mut client = postgres::Client::connect(self.url.expose(), postgres::NoTls)
+            let mut config: postgres::Config =
+                self.url.expose().parse().map_err(|e| self.error(&e))?;
+            // A database that does not answer is an error in seconds, not a
+            // flush that waits for ever.
+            config
+                .connect_timeout(CONNECT_TIMEOUT)
+                .keepalives_idle(std::time::Duration::from_secs(30))
+                .tcp_user_timeout(CONNECT_TIMEOUT);
+            let mut client = config
+                .connect(postgres::NoTls)
                 .map_err(|e| self.error(&e))?;
             // Replicas starting together may race to create the table: once more.
             if client.batch_execute(SCHEMA).is_err() {
