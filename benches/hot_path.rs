@@ -37,9 +37,7 @@ fn fixture() -> (Config, Snapshot, Secret) {
         document.clients.push(ClientRecord {
             name: format!("client-{n}"),
             key_sha256: digest.to_hex(),
-            rpm: None,
-            tpm: None,
-            budget_tokens: None,
+            limits: Default::default(),
             created: 0,
             revoked: None,
             old_key: None,

@@ -59,11 +59,14 @@ fn document() -> Document {
     doc.clients.push(ClientRecord {
         name: "team-a".into(),
         key_sha256: digest.to_hex(),
-        rpm: Some(60),
-        tpm: Some(100_000),
-        budget_tokens: None,
+        limits: keygate::vault::document::ClientLimits {
+            rpm: Some(60),
+            tpm: Some(100_000),
+            budget_tokens: None,
+        },
         created: 1_700_000_000,
         revoked: None,
+        old_key: None,
     });
     doc
 }

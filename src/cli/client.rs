@@ -4,9 +4,9 @@ use clap::{Args, Subcommand};
 
 use super::{format_time, CliError, Context};
 use crate::vault::client_key;
-use crate::vault::document::ClientRecord;
+use crate::vault::document::{ClientLimits, ClientRecord};
 
-/// `--rpm`, `--tpm`, `--budget-tokens`.
+/// `--rpm`, `--tpm`, `--budget-tokens`: a [`ClientLimits`] from the command line.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
     /// Requests per minute.
@@ -59,6 +59,16 @@ pub enum ClientCommand {
     },
 }
 
+impl From<LimitArgs> for ClientLimits {
+    fn from(args: LimitArgs) -> Self {
+        ClientLimits {
+            rpm: args.rpm,
+            tpm: args.tpm,
+            budget_tokens: args.budget_tokens,
+        }
+    }
+}
+
 pub(super) fn run(context: &Context, command: ClientCommand) -> Result<(), CliError> {
     match command {
         ClientCommand::Add { name, limits } => add(context, name, limits),
@@ -70,11 +80,7 @@ pub(super) fn run(context: &Context, command: ClientCommand) -> Result<(), CliEr
 }
 
 fn add(context: &Context, name: String, limits: LimitArgs) -> Result<(), CliError> {
-    let LimitArgs {
-        rpm,
-        tpm,
-        budget_tokens,
-    } = limits;
+    let limits = ClientLimits::from(limits);
     let valid = !name.is_empty()
         && name.len() <= 64
         && name
@@ -101,9 +107,7 @@ fn add(context: &Context, name: String, limits: LimitArgs) -> Result<(), CliErro
         document.clients.push(ClientRecord {
             name: name.clone(),
             key_sha256: digest.to_hex(),
-            rpm,
-            tpm,
-            budget_tokens,
+            limits,
             created: crate::unix_now(),
             revoked: None,
             old_key: None,
@@ -144,9 +148,9 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
             } else {
                 "active"
             },
-            limit(c.rpm.map(|v| v.to_string())),
-            limit(c.tpm.map(|v| v.to_string())),
-            limit(c.budget_tokens.map(|v| v.to_string())),
+            limit(c.limits.rpm.map(|v| v.to_string())),
+            limit(c.limits.tpm.map(|v| v.to_string())),
+            limit(c.limits.budget_tokens.map(|v| v.to_string())),
             old_key,
         );
     }
@@ -209,12 +213,8 @@ fn rotate(
 }
 
 fn set_limits(context: &Context, name: &str, limits: LimitArgs) -> Result<(), CliError> {
-    let LimitArgs {
-        rpm,
-        tpm,
-        budget_tokens,
-    } = limits;
-    if rpm.is_none() && tpm.is_none() && budget_tokens.is_none() {
+    let change = ClientLimits::from(limits);
+    if change == ClientLimits::default() {
         return Err(CliError::Usage(
             "say which limit to change: --rpm, --tpm and/or --budget-tokens (0 removes one)"
                 .to_owned(),
@@ -227,23 +227,12 @@ fn set_limits(context: &Context, name: &str, limits: LimitArgs) -> Result<(), Cl
             .iter_mut()
             .find(|c| c.name == name && c.revoked.is_none())
             .ok_or_else(|| CliError::Runtime(format!("no active client named `{name}`")))?;
-        if let Some(rpm) = rpm {
-            client.rpm = (rpm > 0).then_some(rpm);
-        }
-        if let Some(tpm) = tpm {
-            client.tpm = (tpm > 0).then_some(tpm);
-        }
-        if let Some(budget) = budget_tokens {
-            client.budget_tokens = (budget > 0).then_some(budget);
-        }
+        client.limits = client.limits.changed_by(change);
         Ok::<_, CliError>(client.clone())
     })?;
-    let show = |v: Option<String>| v.unwrap_or_else(|| "unlimited".to_owned());
     println!(
-        "keygate: client `{name}`: rpm {}, tpm {}, budget {} (live within a second)",
-        show(record.rpm.map(|v| v.to_string())),
-        show(record.tpm.map(|v| v.to_string())),
-        show(record.budget_tokens.map(|v| v.to_string())),
+        "keygate: client `{name}`: {} (live within a second)",
+        record.limits.describe()
     );
     Ok(())
 }

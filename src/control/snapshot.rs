@@ -76,11 +76,7 @@ impl Snapshot {
                     name: Arc::from(c.name.as_str()),
                     digest,
                     sticky,
-                    limits: ClientLimits {
-                        rpm: c.rpm,
-                        tpm: c.tpm,
-                        budget_tokens: c.budget_tokens,
-                    },
+                    limits: c.limits,
                 })
             };
             clients.insert(digest, info(digest));

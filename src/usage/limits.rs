@@ -15,23 +15,8 @@ use std::time::Duration;
 
 use super::UsageMap;
 
-/// A client's configured limits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ClientLimits {
-    /// Requests per minute.
-    pub rpm: Option<u32>,
-    /// Tokens per minute.
-    pub tpm: Option<u64>,
-    /// Total tokens, ever.
-    pub budget_tokens: Option<u64>,
-}
-
-impl ClientLimits {
-    /// True when any limit is set.
-    pub fn any(&self) -> bool {
-        self.rpm.is_some() || self.tpm.is_some() || self.budget_tokens.is_some()
-    }
-}
+/// A client's configured limits (defined with the client's vault record).
+pub use crate::vault::document::ClientLimits;
 
 /// Live counters of one client.
 #[derive(Debug, Default)]

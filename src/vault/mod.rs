@@ -326,9 +326,7 @@ mod tests {
         ClientRecord {
             name: name.to_owned(),
             key_sha256: "00".repeat(32),
-            rpm: None,
-            tpm: None,
-            budget_tokens: None,
+            limits: document::ClientLimits::default(),
             created: 1,
             revoked: None,
             old_key: None,
