@@ -122,8 +122,10 @@ pub struct Context {
 impl Context {
     /// The vault named by the config.
     pub fn vault(&self) -> Vault {
-        Vault::new(&self.config.vault.path)
-            .with_served_record(ServedRecord::beside(&self.config.metering.db.local_state()))
+        Vault::new(&self.config.vault.path).with_served_record(ServedRecord::beside_both(
+            &self.config.metering.db.local_state(),
+            &self.config.vault.path,
+        ))
     }
 
     /// The master key, or an error saying how to provide one.

@@ -207,3 +207,44 @@ async fn with_allow_core_dumps_the_core_file_would_hold_the_keys() {
         "the core file does not hold the key: the control proves nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_older_vault_is_refused_even_after_the_ledger_moved() {
+    let mut env = Env::start().await;
+    let vault = env.kg.vault_path();
+    let old_copy = env.kg.dir().join("vault.backup");
+    std::fs::copy(&vault, &old_copy).unwrap();
+    let old_generation = served_generation(&env).await;
+    env.kg
+        .run(&["client", "revoke", "app"])
+        .assert_ok("client revoke");
+    let revoked = eventually(RELOAD_WAIT, || async {
+        let resp = env.server.send(env.chat("gpt-4o")).await;
+        (resp.status == 401).then_some(())
+    })
+    .await;
+    assert!(revoked.is_some(), "the revocation never reached the server");
+    let new_generation = served_generation(&env).await;
+    env.server.terminate();
+
+    // The older copy is restored and `[metering] db` now points elsewhere,
+    // where no record was ever written: the copy beside the vault remembers.
+    std::fs::copy(&old_copy, &vault).unwrap();
+    let moved = env.kg.dir().join("elsewhere").join("usage.sqlite");
+    let out = env.kg.run_with(
+        &["serve"],
+        None,
+        &[("KEYGATE_METERING__DB", moved.to_str().unwrap())],
+    );
+    out.assert_code(1, "serve on an older vault copy with a moved ledger");
+    for needle in [
+        format!("generation {old_generation}"),
+        format!("generation {new_generation}"),
+    ] {
+        assert!(
+            out.stderr.contains(&needle),
+            "no `{needle}` in:\n{}",
+            out.stderr
+        );
+    }
+}
