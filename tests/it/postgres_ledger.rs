@@ -201,3 +201,42 @@ async fn sigterm_with_a_postgresql_ledger_exits_cleanly_without_a_panic() {
     // The last flush reached the ledger.
     assert_eq!(usage(&kg, &pg).0, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_postgresql_cannot_keep_sigterm_from_ending_serve_within_its_grace() {
+    let pg = Postgres::start();
+    let (kg, _mock, client) = fleet_keygate().await;
+    let mut server = kg.serve_with(&[
+        ("KEYGATE_METERING__DB", pg.url().as_str()),
+        ("KEYGATE_METERING__FLUSH_INTERVAL", "200ms"),
+        ("KEYGATE_SERVER__SHUTDOWN_GRACE", "2s"),
+    ]);
+    let chat = || {
+        Req::post("/v1/chat/completions")
+            .bearer(&client)
+            .json(&chat_body("gpt-4o"))
+    };
+    assert_eq!(server.send(chat()).await.status, 200);
+    let flushed = eventually(Duration::from_secs(5), || async {
+        (usage(&kg, &pg).0 == 1).then_some(())
+    })
+    .await;
+    assert!(
+        flushed.is_some(),
+        "the first request never reached the ledger"
+    );
+    // The database host freezes: its connections stay open and silent.
+    pg.freeze();
+    assert_eq!(server.send(chat()).await.status, 200, "requests go on");
+    tokio::time::sleep(Duration::from_millis(600)).await; // a flush is now stuck
+    let started = std::time::Instant::now();
+    let status = server.stop_and_read_everything();
+    let took = started.elapsed();
+    pg.thaw();
+    assert!(status.success(), "exit {status:?}:\n{}", server.stderr());
+    assert!(
+        took < Duration::from_secs(8),
+        "SIGTERM took {took:?} with a silent database (shutdown_grace 2s):\n{}",
+        server.stderr()
+    );
+}

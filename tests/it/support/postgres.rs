@@ -149,12 +149,47 @@ impl Postgres {
     /// An immediate shutdown (SIGQUIT: every backend dies at once, no
     /// checkpoint, crash recovery on the next start), as a crashed server.
     pub fn kill(&mut self) {
+        // A frozen server takes no signal but SIGCONT: thaw it first, or a
+        // test that failed while it was frozen would hang here for ever.
+        self.thaw();
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-QUIT", &child.id().to_string()])
                 .status();
             let _ = child.wait();
         }
+    }
+
+    /// Stops (`SIGSTOP`) the server and every backend: connections stay
+    /// open and silent, as with a database host that froze.
+    pub fn freeze(&self) {
+        self.signal_all("-STOP");
+    }
+
+    /// Lets a frozen server go on (`SIGCONT`).
+    pub fn thaw(&self) {
+        self.signal_all("-CONT");
+    }
+
+    fn signal_all(&self, signal: &str) {
+        let Some(child) = &self.child else { return };
+        let postmaster = child.id();
+        // The backends are the postmaster's children (their parent in
+        // /proc/PID/stat, the field after the parenthesised name).
+        let mut pids = vec![postmaster.to_string()];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<u32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        let _ = Command::new("kill").arg(signal).args(&pids).status();
     }
 
     /// Starts it again on the same data and port.
