@@ -240,3 +240,42 @@ async fn a_silent_postgresql_cannot_keep_sigterm_from_ending_serve_within_its_gr
         server.stderr()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_gone_silent_is_given_up_and_the_ledger_writes_on_a_new_one() {
+    let pg = Postgres::start();
+    let (kg, _mock, client) = fleet_keygate().await;
+    let server = serve(&kg, &pg);
+    let chat = || {
+        Req::post("/v1/chat/completions")
+            .bearer(&client)
+            .json(&chat_body("gpt-4o"))
+    };
+    assert_eq!(server.send(chat()).await.status, 200);
+    let first = eventually(Duration::from_secs(5), || async {
+        (usage(&kg, &pg).0 == 1).then_some(())
+    })
+    .await;
+    assert!(
+        first.is_some(),
+        "the first request never reached the ledger"
+    );
+    // keygate's connection goes silent; the database still takes new ones.
+    pg.freeze_backends();
+    assert_eq!(server.send(chat()).await.status, 200);
+    let second = eventually(Duration::from_secs(30), || async {
+        (usage(&kg, &pg).0 == 2).then_some(())
+    })
+    .await;
+    pg.thaw();
+    assert!(
+        second.is_some(),
+        "the ledger writer stayed on the silent connection:\n{}",
+        server.stderr()
+    );
+    assert!(
+        server.stderr().contains("no answer within"),
+        "{}",
+        server.stderr()
+    );
+}

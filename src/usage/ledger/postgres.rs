@@ -46,6 +46,10 @@ const UPSERT: &str = "INSERT INTO usage (hour, client, provider, model, requests
 /// How long connecting may take, and how long sent data may go unacknowledged.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How long one call (a flush, a query) may take before its connection is
+/// given up.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Upserts `rows` into the hour `hour` in one transaction.
 fn upsert(
     client: &mut postgres::Client,
@@ -171,8 +175,8 @@ impl Postgres {
     }
 
     fn add_here(&mut self, hour: u64, rows: &[(UsageKey, UsageDelta)]) -> Result<(), LedgerError> {
-        let written = upsert(self.client()?, hour, rows);
-        match written {
+        let batch = rows.to_vec();
+        match self.call(move |client| upsert(client, hour, &batch))? {
             Ok(()) => Ok(()),
             // The database refused a value (SQLSTATE class 22, a data
             // exception): that row alone is dropped, named in the log, and
@@ -180,7 +184,8 @@ impl Postgres {
             // request must never keep every client's usage out of the ledger.
             Err(error) if is_data_exception(&error) => {
                 for row in rows {
-                    match upsert(self.client()?, hour, std::slice::from_ref(row)) {
+                    let one = [row.clone()];
+                    match self.call(move |client| upsert(client, hour, &one))? {
                         Ok(()) => {}
                         Err(error) if is_data_exception(&error) => tracing::warn!(
                             client = %row.0.client,
@@ -197,25 +202,67 @@ impl Postgres {
         }
     }
 
+    /// Runs `work` with the connection on a thread of its own and waits at
+    /// most [`CALL_TIMEOUT`]: a database that accepted the connection and
+    /// then went silent (a frozen host) costs one abandoned thread and
+    /// connection, not the ledger writer. The next call connects again.
+    fn call<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error> + Send + 'static,
+    ) -> Result<Result<T, postgres::Error>, LedgerError> {
+        self.client()?;
+        let Some(mut client) = self.client.take() else {
+            return Err(self.not_connected());
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = work(&mut client);
+            // The client goes back with the answer; when nobody waits any
+            // more, it is dropped here, off every runtime.
+            let _ = tx.send((result, client));
+        });
+        match rx.recv_timeout(CALL_TIMEOUT) {
+            Ok((result, client)) => {
+                self.client = Some(client);
+                Ok(result)
+            }
+            Err(_) => Err(LedgerError::Postgres {
+                endpoint: self.endpoint.clone(),
+                detail: format!(
+                    "no answer within {CALL_TIMEOUT:?}; the connection is given up and the next flush opens a new one"
+                ),
+            }),
+        }
+    }
+
+    fn not_connected(&self) -> LedgerError {
+        LedgerError::Postgres {
+            endpoint: self.endpoint.clone(),
+            detail: "not connected".to_owned(),
+        }
+    }
+
     pub(super) fn client_totals(&mut self) -> Result<Vec<(String, u64)>, LedgerError> {
         off_runtime(|| self.client_totals_here())
     }
 
     fn client_totals_here(&mut self) -> Result<Vec<(String, u64)>, LedgerError> {
-        let rows = self.client()?.query(
-            "SELECT client, (SUM(total_tokens) + SUM(estimated_tokens))::BIGINT FROM usage GROUP BY client",
-            &[],
-        );
-        let rows = rows.map_err(|e| self.error(&e))?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                (
-                    r.get::<_, String>(0),
-                    u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
-                )
-            })
-            .collect())
+        let rows = self.call(|client| {
+            let rows = client.query(
+                "SELECT client, (SUM(total_tokens) + SUM(estimated_tokens))::BIGINT FROM usage GROUP BY client",
+                &[],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    (
+                        r.get::<_, String>(0),
+                        u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
+                    )
+                })
+                .collect())
+        })?;
+        rows.map_err(|e| self.error(&e))
     }
 
     pub(super) fn totals(
@@ -232,31 +279,34 @@ impl Postgres {
         since: u64,
     ) -> Result<Vec<UsageRow>, LedgerError> {
         let hour = i64::try_from(since / 3600).unwrap_or(i64::MAX);
-        let rows = self.client()?.query(
-            "SELECT client, provider, model, SUM(requests)::BIGINT, SUM(errors)::BIGINT,
-                    SUM(prompt_tokens)::BIGINT, SUM(completion_tokens)::BIGINT,
-                    SUM(total_tokens)::BIGINT, SUM(estimated)::BIGINT,
-                    SUM(estimated_tokens)::BIGINT
-             FROM usage WHERE hour >= $1 AND ($2::TEXT IS NULL OR client = $2)
-             GROUP BY client, provider, model ORDER BY client, provider, model",
-            &[&hour, &client],
-        );
-        let rows = rows.map_err(|e| self.error(&e))?;
-        let n = |r: &postgres::Row, i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
-        Ok(rows
-            .iter()
-            .map(|r| UsageRow {
-                client: r.get(0),
-                provider: r.get(1),
-                model: r.get(2),
-                requests: n(r, 3),
-                errors: n(r, 4),
-                prompt_tokens: n(r, 5),
-                completion_tokens: n(r, 6),
-                total_tokens: n(r, 7),
-                estimated_requests: n(r, 8),
-                estimated_tokens: n(r, 9),
-            })
-            .collect())
+        let only: Option<String> = client.map(str::to_owned);
+        let rows = self.call(move |db| {
+            let rows = db.query(
+                "SELECT client, provider, model, SUM(requests)::BIGINT, SUM(errors)::BIGINT,
+                        SUM(prompt_tokens)::BIGINT, SUM(completion_tokens)::BIGINT,
+                        SUM(total_tokens)::BIGINT, SUM(estimated)::BIGINT,
+                        SUM(estimated_tokens)::BIGINT
+                 FROM usage WHERE hour >= $1 AND ($2::TEXT IS NULL OR client = $2)
+                 GROUP BY client, provider, model ORDER BY client, provider, model",
+                &[&hour, &only],
+            )?;
+            let n = |r: &postgres::Row, i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
+            Ok(rows
+                .iter()
+                .map(|r| UsageRow {
+                    client: r.get(0),
+                    provider: r.get(1),
+                    model: r.get(2),
+                    requests: n(r, 3),
+                    errors: n(r, 4),
+                    prompt_tokens: n(r, 5),
+                    completion_tokens: n(r, 6),
+                    total_tokens: n(r, 7),
+                    estimated_requests: n(r, 8),
+                    estimated_tokens: n(r, 9),
+                })
+                .collect())
+        })?;
+        rows.map_err(|e| self.error(&e))
     }
 }

@@ -166,17 +166,30 @@ impl Postgres {
         self.signal_all("-STOP");
     }
 
+    /// Stops every process the server runs now but the server itself: the
+    /// open connections go silent, while new ones (a new backend each) work.
+    pub fn freeze_backends(&self) {
+        self.signal(false, "-STOP");
+    }
+
     /// Lets a frozen server go on (`SIGCONT`).
     pub fn thaw(&self) {
         self.signal_all("-CONT");
     }
 
     fn signal_all(&self, signal: &str) {
+        self.signal(true, signal);
+    }
+
+    fn signal(&self, postmaster_too: bool, signal: &str) {
         let Some(child) = &self.child else { return };
         let postmaster = child.id();
         // The backends are the postmaster's children (their parent in
         // /proc/PID/stat, the field after the parenthesised name).
-        let mut pids = vec![postmaster.to_string()];
+        let mut pids = Vec::new();
+        if postmaster_too {
+            pids.push(postmaster.to_string());
+        }
         for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
                 continue;
@@ -189,7 +202,9 @@ impl Postgres {
                 pids.push(entry.file_name().to_string_lossy().into_owned());
             }
         }
-        let _ = Command::new("kill").arg(signal).args(&pids).status();
+        if !pids.is_empty() {
+            let _ = Command::new("kill").arg(signal).args(&pids).status();
+        }
     }
 
     /// Starts it again on the same data and port.
