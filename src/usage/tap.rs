@@ -37,6 +37,13 @@ enum Mode {
     Opaque,
 }
 
+/// A lower bound of the bytes of stream that carry one output token: an
+/// OpenAI chunk is ~150–200 bytes for about a token, an Anthropic delta ~110
+/// bytes for one to three. A stream cut before its usage is charged at least
+/// what it passed at this rate, so reading a long answer and leaving before
+/// the last event does not make it cheap.
+const STREAM_BYTES_PER_TOKEN: u64 = 200;
+
 /// Reads usage out of one response as it streams.
 pub struct MeterTap {
     counters: Arc<UsageCounters>,
@@ -239,11 +246,21 @@ impl MeterTap {
         // client leaving before it must not pay for what it saw so far alone.
         if let Some(reservation) = self.reservation.take() {
             let seen = self.usage.map(|u| u.total);
+            // What the client was sent of a cut stream counts too, when it
+            // is more: at least a token per `STREAM_BYTES_PER_TOKEN` bytes.
+            let passed = self.outcome.response_bytes / STREAM_BYTES_PER_TOKEN;
             let charged = match seen {
-                Some(seen) if !complete => Some(seen.max(reservation.estimate())),
-                seen => seen,
+                _ if complete => seen,
+                Some(seen) => Some(seen.max(reservation.estimate()).max(passed)),
+                None if passed > reservation.estimate() => Some(passed),
+                None => None,
             };
-            self.outcome.estimated_tokens = reservation.settle(charged);
+            if !complete && seen.is_none() && charged.is_some() {
+                self.outcome.estimated_tokens = charged;
+                reservation.settle(charged);
+            } else {
+                self.outcome.estimated_tokens = reservation.settle(charged);
+            }
         }
         self.counters.record(&self.outcome);
     }
@@ -391,6 +408,32 @@ mod tests {
         drop(tap); // the client left
         let (_, _, spent) = limits.counted("app", 0);
         assert_eq!(spent, 500, "charged its estimate, not the 26 tokens seen");
+
+        // A long answer passed in full, then cut before any usage: charged
+        // for what it passed (a token per 200 bytes at least), not the estimate.
+        let reservation = limits.admit(&client, budget, || 500, 0).unwrap();
+        let counters = Arc::new(UsageCounters::default());
+        let metrics = TokenMetrics {
+            prompt: prometheus::IntCounter::new("p", "p").unwrap(),
+            completion: prometheus::IntCounter::new("c", "c").unwrap(),
+        };
+        let mut tap = MeterTap::new(
+            counters.clone(),
+            metrics,
+            Some("text/event-stream"),
+            false,
+            Outcome::default(),
+            Some(reservation),
+        );
+        let chunk = Bytes::from(
+            "data: {\"choices\":[{\"delta\":{\"content\":\"word \"}}]}\n\n".repeat(10_000),
+        );
+        let passed = chunk.len() as u64;
+        tap.on_data(chunk);
+        drop(tap);
+        let (_, _, spent) = limits.counted("app", 0);
+        assert_eq!(spent, 500 + passed / 200);
+        assert_eq!(counters.drain().estimated_tokens, passed / 200);
     }
 
     #[test]
