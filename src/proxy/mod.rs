@@ -119,6 +119,7 @@ async fn conduct(
     let attempt = Attempt {
         shared,
         provider,
+        metrics: &plan.metrics,
         ring,
         parts: &parts,
         uri,
@@ -154,6 +155,8 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 /// Where a request goes and what it will cost, from its path and body.
 struct Plan<'a> {
     provider: &'a crate::config::Provider,
+    /// Its metrics, resolved once for the request.
+    metrics: crate::control::metrics::ProviderMetrics,
     /// The `/v1/…` path under the provider.
     path: &'a str,
     /// Tokens to hold until the real usage is known.
@@ -212,6 +215,7 @@ fn plan<'a>(
     .flatten();
     Plan {
         provider,
+        metrics: provider_metrics,
         path,
         estimate,
         strips_usage_chunk: asks_for_usage.is_some(),
@@ -255,6 +259,7 @@ async fn admit(
 struct Attempt<'a> {
     shared: &'a Shared,
     provider: &'a crate::config::Provider,
+    metrics: &'a crate::control::metrics::ProviderMetrics,
     ring: &'a Arc<KeyRing>,
     parts: &'a http::request::Parts,
     uri: http::Uri,
@@ -275,7 +280,6 @@ impl Attempt<'_> {
         end: &mut RequestEnd,
     ) -> Result<(Answer, ActiveGuard), ProxyError> {
         let provider = self.provider;
-        let provider_metrics = self.shared.metrics.provider(&provider.name);
         let mut tried = 0u64;
         loop {
             let rejected = || ProxyError::UpstreamKeyRejected {
@@ -289,7 +293,7 @@ impl Attempt<'_> {
             tried |= 1 << pick.index;
             end.attempts += 1;
             end.key_id = Some(pick.key.id.clone());
-            let active = ActiveGuard::new(provider_metrics.active.clone());
+            let active = ActiveGuard::new(self.metrics.active.clone());
             let upstream = self.send(&pick, outbound_body, body).await?;
             let status = upstream.status();
             let another_key_left = self.ring.pick_would_find(tried) && body.buffered().is_some();
@@ -350,9 +354,7 @@ impl Attempt<'_> {
         let failed = match tokio::time::timeout(timeout, self.shared.upstream.send(outbound)).await
         {
             Ok(Ok(upstream)) => {
-                self.shared
-                    .metrics
-                    .provider(&provider.name)
+                self.metrics
                     .upstream_duration
                     .observe(sent.elapsed().as_secs_f64());
                 // hyper hands back only `101 Switching Protocols` of the 1xx

@@ -17,15 +17,14 @@ async fn served_generation(env: &Env) -> u64 {
     env.server.vault_generation().await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_older_vault_restored_across_a_restart_is_refused() {
-    let mut env = Env::start().await;
+/// The client is revoked and the server serves (and records) the newer
+/// vault; it stops; someone restores the older copy, in which the revoked key
+/// would work again. The generations before and after the revocation.
+async fn serve_a_revocation_then_restore_the_older_vault(env: &mut Env) -> (u64, u64) {
     let vault = env.kg.vault_path();
     let old_copy = env.kg.dir().join("vault.backup");
     std::fs::copy(&vault, &old_copy).unwrap();
-    let old_generation = served_generation(&env).await;
-
-    // The client is revoked; the server serves (and records) the newer vault.
+    let old_generation = served_generation(env).await;
     env.kg
         .run(&["client", "revoke", "app"])
         .assert_ok("client revoke");
@@ -35,12 +34,19 @@ async fn an_older_vault_restored_across_a_restart_is_refused() {
     })
     .await;
     assert!(revoked.is_some(), "the revocation never reached the server");
-    let new_generation = served_generation(&env).await;
+    let new_generation = served_generation(env).await;
     assert!(new_generation > old_generation);
     env.server.terminate();
-
-    // Someone restores the older copy: the revoked key would work again.
     std::fs::copy(&old_copy, &vault).unwrap();
+    (old_generation, new_generation)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_older_vault_restored_across_a_restart_is_refused() {
+    let mut env = Env::start().await;
+    let vault = env.kg.vault_path();
+    let (old_generation, new_generation) =
+        serve_a_revocation_then_restore_the_older_vault(&mut env).await;
     let before = std::fs::read(&vault).unwrap();
     let out = env.kg.run(&["serve"]);
     out.assert_code(1, "serve on an older vault copy");
@@ -211,25 +217,10 @@ async fn with_allow_core_dumps_the_core_file_would_hold_the_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_older_vault_is_refused_even_after_the_ledger_moved() {
     let mut env = Env::start().await;
-    let vault = env.kg.vault_path();
-    let old_copy = env.kg.dir().join("vault.backup");
-    std::fs::copy(&vault, &old_copy).unwrap();
-    let old_generation = served_generation(&env).await;
-    env.kg
-        .run(&["client", "revoke", "app"])
-        .assert_ok("client revoke");
-    let revoked = eventually(RELOAD_WAIT, || async {
-        let resp = env.server.send(env.chat("gpt-4o")).await;
-        (resp.status == 401).then_some(())
-    })
-    .await;
-    assert!(revoked.is_some(), "the revocation never reached the server");
-    let new_generation = served_generation(&env).await;
-    env.server.terminate();
-
-    // The older copy is restored and `[metering] db` now points elsewhere,
-    // where no record was ever written: the copy beside the vault remembers.
-    std::fs::copy(&old_copy, &vault).unwrap();
+    let (old_generation, new_generation) =
+        serve_a_revocation_then_restore_the_older_vault(&mut env).await;
+    // `[metering] db` now points elsewhere, where no record was ever
+    // written: the copy beside the vault remembers.
     let moved = env.kg.dir().join("elsewhere").join("usage.sqlite");
     let out = env.kg.run_with(
         &["serve"],
