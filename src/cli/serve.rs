@@ -19,6 +19,24 @@ macro_rules! announce {
     }};
 }
 
+/// Joins the other replicas through Redis, when `[cluster]` names one:
+/// their news about keys is marked on this replica's rings.
+fn start_cluster(shared: &Arc<Shared>, stopped: &crate::shutdown::Shutdown) {
+    let Some(cluster) = shared.cluster.clone() else {
+        return;
+    };
+    let for_news = shared.clone();
+    let on_news: crate::cluster::key_health::OnNews = Arc::new(move |news| {
+        for_news.key_events.apply_news(
+            &for_news.snapshot().rings,
+            &news.key_id,
+            news.exhausted,
+            std::time::Duration::from_millis(news.cooldown_ms),
+        );
+    });
+    tokio::spawn(cluster.run(on_news, stopped.clone()));
+}
+
 pub(super) fn run(
     context: Context,
     admin_token: Option<Secret>,
@@ -86,18 +104,7 @@ pub(super) fn run(
             shared.clone(),
             stopped.clone(),
         ));
-        if let Some(cluster) = shared.cluster.clone() {
-            let for_news = shared.clone();
-            let on_news: crate::cluster::key_health::OnNews = Arc::new(move |news| {
-                for_news.key_events.apply_news(
-                    &for_news.snapshot().rings,
-                    &news.key_id,
-                    news.exhausted,
-                    std::time::Duration::from_millis(news.cooldown_ms),
-                );
-            });
-            tokio::spawn(cluster.run(on_news, stopped.clone()));
-        }
+        start_cluster(&shared, &stopped);
         // The ledger stops only after the drain, so its last flush sees every request.
         let (stop_ledger, ledger_stopped) = crate::shutdown::channel();
         let ledger_task = tokio::spawn(crate::usage::ledger::run(

@@ -26,6 +26,7 @@ mod error_body;
 mod gemini;
 mod generic;
 mod groq;
+mod key_formats;
 pub mod management;
 mod mistral;
 mod openai;
@@ -33,6 +34,7 @@ mod openrouter;
 mod xai;
 
 pub use error_body::ProviderError;
+pub use key_formats::{lookalike, KeyChars, KeyFormat};
 pub use management::{AdminScope, AuthHeaders, Call, Listed, Listing, Page};
 
 /// Every kind keygate knows, by the name used in config and output.
@@ -386,68 +388,6 @@ pub struct Explanation {
     pub meaning: String,
     /// What to do (empty when nothing is needed).
     pub fix: String,
-}
-
-/// The characters that may follow a key format's prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyChars {
-    /// Letters, digits, `-` and `_` (most providers' keys).
-    Token,
-    /// Lower-case hexadecimal digits only.
-    Hex,
-}
-
-impl KeyChars {
-    /// True when `b` may appear in a key of this shape.
-    pub fn allows(self, b: u8) -> bool {
-        match self {
-            KeyChars::Token => b.is_ascii_alphanumeric() || b == b'-' || b == b'_',
-            KeyChars::Hex => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
-        }
-    }
-}
-
-/// One documented shape of a provider's keys: a public prefix, then
-/// `min..=max` characters of `chars`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyFormat {
-    /// The public prefix (`sk-proj-`, `AIza`).
-    pub prefix: &'static str,
-    /// What such a key is ("project key").
-    pub what: &'static str,
-    /// The fewest characters after the prefix.
-    pub min: usize,
-    /// The most characters after the prefix.
-    pub max: usize,
-    /// What those characters may be.
-    pub chars: KeyChars,
-}
-
-impl KeyFormat {
-    /// True when `text` is a whole key of this shape.
-    pub fn matches(&self, text: &str) -> bool {
-        text.strip_prefix(self.prefix).is_some_and(|rest| {
-            (self.min..=self.max).contains(&rest.len())
-                && rest.bytes().all(|b| self.chars.allows(b))
-        })
-    }
-
-    /// How telling a match is: an exact length beats a range, then the
-    /// longer prefix wins (`sk-ant-` before `sk-`).
-    fn specificity(&self) -> (bool, usize) {
-        (self.min == self.max, self.prefix.len())
-    }
-}
-
-/// The provider (as a user knows it) whose API key `presented` is, by the
-/// documented formats of every kind; the most specific format wins.
-pub fn lookalike(presented: &str) -> Option<&'static str> {
-    KINDS
-        .iter()
-        .flat_map(|kind| kind.key_formats().iter().map(move |f| (kind, f)))
-        .filter(|(_, format)| format.matches(presented))
-        .max_by_key(|(_, format)| format.specificity())
-        .map(|(kind, _)| kind.display_name())
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! document contents into an error or a log line.
 
 pub mod client_key;
+pub mod client_record;
 pub mod document;
 
 mod crypto;
