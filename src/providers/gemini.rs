@@ -67,10 +67,7 @@ impl ProviderKind for Gemini {
     fn judge_refusal(&self, status: u16, error: &ProviderError) -> KeyVerdict {
         match status {
             400 if error.reason.as_deref() == Some("API_KEY_INVALID") => KeyVerdict::Rejected,
-            401 | 403 => KeyVerdict::Rejected,
-            402 => KeyVerdict::OutOfCredit,
-            429 => KeyVerdict::RateLimited,
-            _ => KeyVerdict::Unrelated,
+            status => super::common_reading(status),
         }
     }
 

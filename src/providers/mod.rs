@@ -117,12 +117,7 @@ pub trait ProviderKind: Send + Sync + 'static {
     /// bad key, 402 no credit, 429 a rate limit, anything else not the key's.
     fn judge_refusal(&self, status: u16, error: &ProviderError) -> KeyVerdict {
         let _ = error;
-        match status {
-            401 | 403 => KeyVerdict::Rejected,
-            402 => KeyVerdict::OutOfCredit,
-            429 => KeyVerdict::RateLimited,
-            _ => KeyVerdict::Unrelated,
-        }
+        common_reading(status)
     }
 
     /// Where the operator makes or checks a key.
@@ -150,6 +145,17 @@ pub trait ProviderKind: Send + Sync + 'static {
     /// The management API (docs/design.md §12): `None` when keygate knows none.
     fn management(&self) -> Option<&'static dyn management::ManagementKind> {
         None
+    }
+}
+
+/// The common reading of a refusal by its status alone: 401 or 403 a bad
+/// key, 402 no credit, 429 a rate limit, anything else not the key's.
+pub(crate) fn common_reading(status: u16) -> KeyVerdict {
+    match status {
+        401 | 403 => KeyVerdict::Rejected,
+        402 => KeyVerdict::OutOfCredit,
+        429 => KeyVerdict::RateLimited,
+        _ => KeyVerdict::Unrelated,
     }
 }
 

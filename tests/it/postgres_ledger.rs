@@ -26,6 +26,13 @@ async fn fleet_keygate() -> (Keygate, Mock, String) {
     (kg, mock, client)
 }
 
+/// A chat completion as the client `client` (its `kg_` key).
+fn chat(client: &str) -> Req {
+    Req::post("/v1/chat/completions")
+        .bearer(client)
+        .json(&chat_body("gpt-4o"))
+}
+
 fn serve(kg: &Keygate, pg: &Postgres) -> Server {
     kg.serve_with(&[
         ("KEYGATE_METERING__DB", pg.url().as_str()),
@@ -52,10 +59,7 @@ fn usage(kg: &Keygate, pg: &Postgres) -> (u64, u64) {
 
 async fn send(server: &Server, client: &str, n: usize) {
     for _ in 0..n {
-        let req = Req::post("/v1/chat/completions")
-            .bearer(client)
-            .json(&chat_body("gpt-4o"));
-        let resp = server.send(req).await;
+        let resp = server.send(chat(client)).await;
         assert_eq!(resp.status, 200, "{}", resp.text());
     }
 }
@@ -183,13 +187,7 @@ async fn sigterm_with_a_postgresql_ledger_exits_cleanly_without_a_panic() {
     let pg = Postgres::start();
     let (kg, _mock, client) = fleet_keygate().await;
     let mut server = serve(&kg, &pg);
-    let resp = server
-        .send(
-            Req::post("/v1/chat/completions")
-                .bearer(&client)
-                .json(&chat_body("gpt-4o")),
-        )
-        .await;
+    let resp = server.send(chat(&client)).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let status = server.stop_and_read_everything();
     assert!(status.success(), "exit {status:?}:\n{}", server.stderr());
@@ -211,12 +209,7 @@ async fn a_silent_postgresql_cannot_keep_sigterm_from_ending_serve_within_its_gr
         ("KEYGATE_METERING__FLUSH_INTERVAL", "200ms"),
         ("KEYGATE_SERVER__SHUTDOWN_GRACE", "2s"),
     ]);
-    let chat = || {
-        Req::post("/v1/chat/completions")
-            .bearer(&client)
-            .json(&chat_body("gpt-4o"))
-    };
-    assert_eq!(server.send(chat()).await.status, 200);
+    assert_eq!(server.send(chat(&client)).await.status, 200);
     let flushed = eventually(Duration::from_secs(5), || async {
         (usage(&kg, &pg).0 == 1).then_some(())
     })
@@ -227,7 +220,11 @@ async fn a_silent_postgresql_cannot_keep_sigterm_from_ending_serve_within_its_gr
     );
     // The database host freezes: its connections stay open and silent.
     pg.freeze();
-    assert_eq!(server.send(chat()).await.status, 200, "requests go on");
+    assert_eq!(
+        server.send(chat(&client)).await.status,
+        200,
+        "requests go on"
+    );
     tokio::time::sleep(Duration::from_millis(600)).await; // a flush is now stuck
     let started = std::time::Instant::now();
     let status = server.stop_and_read_everything();
@@ -246,12 +243,7 @@ async fn a_connection_gone_silent_is_given_up_and_the_ledger_writes_on_a_new_one
     let pg = Postgres::start();
     let (kg, _mock, client) = fleet_keygate().await;
     let server = serve(&kg, &pg);
-    let chat = || {
-        Req::post("/v1/chat/completions")
-            .bearer(&client)
-            .json(&chat_body("gpt-4o"))
-    };
-    assert_eq!(server.send(chat()).await.status, 200);
+    assert_eq!(server.send(chat(&client)).await.status, 200);
     let first = eventually(Duration::from_secs(5), || async {
         (usage(&kg, &pg).0 == 1).then_some(())
     })
@@ -262,7 +254,7 @@ async fn a_connection_gone_silent_is_given_up_and_the_ledger_writes_on_a_new_one
     );
     // keygate's connection goes silent; the database still takes new ones.
     pg.freeze_backends();
-    assert_eq!(server.send(chat()).await.status, 200);
+    assert_eq!(server.send(chat(&client)).await.status, 200);
     let second = eventually(Duration::from_secs(30), || async {
         (usage(&kg, &pg).0 == 2).then_some(())
     })
