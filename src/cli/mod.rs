@@ -128,6 +128,15 @@ impl Context {
         ))
     }
 
+    /// Where this command's events go: the outbox beside the ledger, where
+    /// the server delivers them.
+    pub fn events(&self) -> crate::events::Events {
+        crate::events::Events::to(std::sync::Arc::new(crate::events::direct::DirectSink::new(
+            &self.config.metering.db,
+            &self.config.notify,
+        )))
+    }
+
     /// The master key, or an error saying how to provide one.
     pub fn kek(&self) -> Result<Kek, CliError> {
         let absolute =

@@ -37,6 +37,79 @@ fn start_cluster(shared: &Arc<Shared>, stopped: &crate::shutdown::Shutdown) {
     tokio::spawn(cluster.run(on_news, stopped.clone()));
 }
 
+/// The `[[notify]]` receivers with their signing keys, read from the
+/// environment: a `secret_env` that is not set stops the start.
+fn notify_receivers(
+    config: &crate::config::Config,
+) -> Result<Vec<crate::events::notify::Receiver>, CliError> {
+    config
+        .notify
+        .iter()
+        .map(|target| {
+            let signing_key = match &target.secret_env {
+                None => None,
+                Some(env) => match std::env::var(env) {
+                    Ok(value) if !value.is_empty() => Some(Secret::new(value)),
+                    _ => {
+                        return Err(CliError::Runtime(format!(
+                            "[[notify]] {}: secret_env names {env}, which is not set: set it to the receiver's signing key, or remove secret_env",
+                            target.name
+                        )))
+                    }
+                },
+            };
+            Ok(crate::events::notify::Receiver {
+                target: target.clone(),
+                signing_key,
+            })
+        })
+        .collect()
+}
+
+/// Starts the events room: the outbox writer, one delivery loop per
+/// `[[notify]]` receiver, and the hourly prune. Returns the writer and its
+/// own trigger: it stops last, after the drain, so the drain's events are kept.
+fn start_events(
+    shared: &Arc<Shared>,
+    receivers: Vec<crate::events::notify::Receiver>,
+    stopped: &crate::shutdown::Shutdown,
+) -> (tokio::task::JoinHandle<()>, crate::shutdown::Trigger) {
+    use crate::events::{notify, queue};
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let targets: Arc<[crate::config::NotifyTarget]> =
+        receivers.iter().map(|r| r.target.clone()).collect();
+    let delivering = notify::Delivering {
+        outbox: shared.outbox.clone(),
+        upstream: shared.upstream.clone(),
+        settings: shared.config.events.clone(),
+        deliveries: shared.metrics.events.deliveries.clone(),
+        depth: shared.metrics.events.outbox_depth.clone(),
+        wake: wake.clone(),
+    };
+    let names = targets.iter().map(|t| t.name.clone()).collect();
+    tokio::spawn(notify::prune(delivering.clone(), names, stopped.clone()));
+    for receiver in receivers {
+        tokio::spawn(notify::deliver(
+            receiver,
+            delivering.clone(),
+            stopped.clone(),
+        ));
+    }
+    let (stop_writer, writer_stopped) = crate::shutdown::channel();
+    let Some(receiver) = shared.take_event_receiver() else {
+        return (tokio::spawn(async {}), stop_writer);
+    };
+    let writer = tokio::spawn(queue::write(
+        receiver,
+        shared.outbox.clone(),
+        targets,
+        shared.metrics.events.dropped.clone(),
+        wake,
+        writer_stopped,
+    ));
+    (writer, stop_writer)
+}
+
 pub(super) fn run(
     context: Context,
     admin_token: Option<Secret>,
@@ -72,6 +145,9 @@ pub(super) fn run(
         let spent = ledger
             .client_totals()
             .map_err(|e| CliError::Runtime(e.to_string()))?;
+        let receivers = notify_receivers(&config)?;
+        let outbox = crate::events::outbox::Outbox::open(&config.metering.db)
+            .map_err(|e| CliError::Runtime(e.to_string()))?;
         let vault_watch =
             VaultWatch::new(vault, master, kek).accept_generation(accept_vault_generation);
         let shared = Arc::new(Shared::new(
@@ -79,6 +155,7 @@ pub(super) fn run(
             vault_watch,
             admin_token,
             Limits::with_spent(spent),
+            outbox,
         )?);
         tokio::task::block_in_place(|| shared.reload()).map_err(|e| match e {
             reload::ReloadError::Vault(v) => CliError::Vault(v),
@@ -105,6 +182,7 @@ pub(super) fn run(
             stopped.clone(),
         ));
         start_cluster(&shared, &stopped);
+        let (events_writer, stop_events_writer) = start_events(&shared, receivers, &stopped);
         // The ledger stops only after the drain, so its last flush sees every request.
         let (stop_ledger, ledger_stopped) = crate::shutdown::channel();
         let ledger_task = tokio::spawn(crate::usage::ledger::run(
@@ -131,6 +209,9 @@ pub(super) fn run(
         .map_err(|e| CliError::Runtime(e.to_string()))?;
         let _ = reloader.await;
         let _ = upkeep.await;
+        // Events raised during the drain reach the outbox before the exit.
+        stop_events_writer.stop();
+        let _ = tokio::time::timeout(config.server.shutdown_grace, events_writer).await;
         stop_ledger.stop();
         // The last flush gets the grace and no more: a ledger that does not
         // answer must not keep a stopping replica alive.

@@ -16,11 +16,13 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
+mod notify_tables;
 mod provider_tables;
 mod sections;
 mod values;
 
 pub use crate::providers::{AuthStyle, Kind};
+pub use notify_tables::{EventsConfig, NotifyFormat, NotifyTarget};
 pub use provider_tables::{AdminApi, Provider, Routing, UpstreamHttp};
 use provider_tables::{RawProvider, RawRouting};
 use sections::RawCluster;
@@ -65,6 +67,9 @@ struct RawConfig {
     metering: MeteringConfig,
     #[serde(default)]
     cluster: RawCluster,
+    events: EventsConfig,
+    #[serde(default)]
+    notify: Vec<notify_tables::RawNotify>,
 }
 
 /// The validated configuration.
@@ -90,6 +95,10 @@ pub struct Config {
     pub metering: MeteringConfig,
     /// `[cluster]`.
     pub cluster: ClusterConfig,
+    /// `[events]`.
+    pub events: EventsConfig,
+    /// `[[notify]]`: where events are delivered.
+    pub notify: Vec<NotifyTarget>,
 }
 
 /// Where to read configuration from.
@@ -174,7 +183,8 @@ impl Config {
         }
         // A retry buffer larger than the largest body could never fill: clamp
         // it, so lowering max_request_body alone just works.
-        let cluster = sections::cluster(raw.cluster).map_err(semantic)?;
+        let cluster = sections::cluster(raw.cluster).map_err(&semantic)?;
+        let notify = notify_tables::notify_targets(raw.notify).map_err(&semantic)?;
         let mut server = raw.server;
         server.retry_buffer = server.retry_buffer.min(server.max_request_body);
         Ok(Config {
@@ -191,6 +201,8 @@ impl Config {
             },
             metering: raw.metering,
             cluster,
+            events: raw.events,
+            notify,
         })
     }
 }

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::control::state::Shared;
+use crate::events::{Event, EventType};
 use crate::shutdown::Shutdown;
+use serde_json::json;
 
 /// Runs until `shutdown`: polls for changes, reloads on change and on SIGHUP.
 pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
@@ -21,6 +23,7 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
         crate::keys::health_report::HealthReport::beside(&shared.config.metering.db.local_state());
     let mut last_report = std::time::Instant::now() - Duration::from_secs(60);
     let mut warned_master_key_gone = false;
+    let mut last_reload_failure: Option<String> = None;
     loop {
         let gone = shared
             .control()
@@ -69,16 +72,30 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
             continue;
         }
         let result = tokio::task::block_in_place(|| shared.reload());
-        if let Err(error) = result {
-            tracing::warn!(
-                serving_generation = shared.snapshot().generation,
-                "vault reload failed, still serving the last good keys: {error}"
-            );
+        match result {
+            Err(error) => {
+                let serving = shared.snapshot().generation;
+                tracing::warn!(
+                    serving_generation = serving,
+                    "vault reload failed, still serving the last good keys: {error}"
+                );
+                // Once per distinct failure, not once per second while it lasts.
+                let text = error.to_string();
+                if last_reload_failure.as_deref() != Some(text.as_str()) {
+                    shared.events.raise(
+                        EventType::VaultReloadFailed,
+                        json!({"serving_generation": serving, "error": text}),
+                    );
+                    last_reload_failure = Some(text);
+                }
+            }
+            Ok(_) => last_reload_failure = None,
         }
     }
 }
 
-/// Logs, once a day, every usable key older than `[keys] rotate_after`.
+/// Logs, once a day, every usable key older than `[keys] rotate_after`, and
+/// raises `key_due_for_rotation` for each such current key.
 fn warn_keys_due_for_rotation(shared: &Shared) {
     let rotate_after = shared.config.keys.rotate_after.as_secs();
     let now = crate::unix_now();
@@ -89,6 +106,16 @@ fn warn_keys_due_for_rotation(shared: &Shared) {
     for key in &loaded.document.keys {
         let age = now.saturating_sub(key.created);
         if key.state.is_usable() && age > rotate_after {
+            if key.state == crate::vault::document::KeyState::Current {
+                // One a day per key, whichever replica or restart raises it first.
+                let day = now / 86_400;
+                shared.events.put(Event::once(
+                    EventType::KeyDueForRotation,
+                    &format!("{} due on day {day}", key.id),
+                    json!({"provider": key.provider, "key_id": key.id, "age_days": age / 86_400,
+                           "rotate_after_days": rotate_after / 86_400}),
+                ));
+            }
             tracing::warn!(
                 provider = %key.provider,
                 key_id = %key.id,

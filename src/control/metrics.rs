@@ -52,6 +52,8 @@ pub struct Metrics {
     /// `lease`);
     /// each one meant this replica went on alone.
     pub cluster_errors: IntCounterVec,
+    /// The events room's series.
+    pub events: EventMetrics,
     /// Per-provider series, resolved once (no label lookup per request).
     providers: std::sync::Arc<std::collections::HashMap<String, ProviderMetrics>>,
 }
@@ -202,6 +204,7 @@ impl Metrics {
             key_mints: key_mints.expect("static metric"),
             provider_deletes: provider_deletes.expect("static metric"),
             cluster_errors: cluster_errors.expect("static metric"),
+            events: EventMetrics::register(&registry),
             providers: Default::default(),
             registry,
         };
@@ -372,6 +375,72 @@ impl Metrics {
         // Encoding to a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The events room's series (docs/events.md).
+#[derive(Clone)]
+pub struct EventMetrics {
+    /// `keygate_events_total{type}`: events raised by this process.
+    pub raised: IntCounterVec,
+    /// `keygate_events_dropped_total`: events lost because the outbox could
+    /// not be written for longer than the queue holds.
+    pub dropped: prometheus::IntCounter,
+    /// `keygate_notify_deliveries_total{result}`: `delivered`, `failed`
+    /// (to be tried again), `given_up`.
+    pub deliveries: IntCounterVec,
+    /// `keygate_notify_outbox_depth`: deliveries pending in the outbox.
+    pub outbox_depth: prometheus::IntGauge,
+    /// `keygate_decoy_uses_total{client}`: requests that presented a decoy key.
+    pub decoy_uses: IntCounterVec,
+}
+
+impl EventMetrics {
+    // Names and label sets are constants: construction cannot fail at run time.
+    #[allow(clippy::expect_used)]
+    fn register(registry: &Registry) -> EventMetrics {
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric");
+            let _ = registry.register(Box::new(metric.clone()));
+            metric
+        };
+        let raised = counter_vec(
+            "keygate_events_total",
+            "Events raised by this process, by type.",
+            &["type"],
+        );
+        let deliveries = counter_vec(
+            "keygate_notify_deliveries_total",
+            "Event deliveries to [[notify]] receivers, by result (delivered, failed and to be retried, given_up).",
+            &["result"],
+        );
+        let decoy_uses = counter_vec(
+            "keygate_decoy_uses_total",
+            "Requests that presented a decoy client key, by decoy.",
+            &["client"],
+        );
+        let dropped = prometheus::IntCounter::new(
+            "keygate_events_dropped_total",
+            "Events lost because the outbox could not be written for longer than the queue holds.",
+        )
+        .expect("static metric");
+        let _ = registry.register(Box::new(dropped.clone()));
+        let outbox_depth = prometheus::IntGauge::new(
+            "keygate_notify_outbox_depth",
+            "Event deliveries pending in the outbox (every receiver).",
+        )
+        .expect("static metric");
+        let _ = registry.register(Box::new(outbox_depth.clone()));
+        for result in ["delivered", "failed", "given_up"] {
+            deliveries.with_label_values(&[result]).reset();
+        }
+        EventMetrics {
+            raised,
+            dropped,
+            deliveries,
+            outbox_depth,
+            decoy_uses,
+        }
     }
 }
 

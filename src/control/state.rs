@@ -13,6 +13,9 @@ use crate::config::Config;
 use crate::control::metrics::Metrics;
 use crate::control::reload::{ReloadError, VaultWatch};
 use crate::control::snapshot::Snapshot;
+use crate::events::outbox::Outbox;
+use crate::events::queue::EventQueue;
+use crate::events::{Event, Events};
 use crate::keys::key_events::KeyEvents;
 use crate::net::upstream::Upstream;
 use crate::usage::limits::Limits;
@@ -43,6 +46,14 @@ pub struct Shared {
     /// Where verdicts on keys are recorded (health, metrics, the last hour,
     /// other replicas).
     pub key_events: KeyEvents,
+    /// Where events are raised (queued for the outbox; never blocks).
+    pub events: Events,
+    /// The queue behind `events` (the status page's last events).
+    pub event_queue: Arc<EventQueue>,
+    /// The durable outbox (`keygate events`, `/admin/events`, deliveries).
+    pub outbox: Arc<Mutex<Outbox>>,
+    /// What the outbox writer drains; taken once by `serve`.
+    event_receiver: Mutex<Option<tokio::sync::mpsc::Receiver<Event>>>,
 }
 
 impl Shared {
@@ -52,6 +63,7 @@ impl Shared {
         vault_watch: VaultWatch,
         admin_token: Option<Secret>,
         limits: Limits,
+        outbox: Outbox,
     ) -> Result<Shared, crate::net::upstream::UpstreamError> {
         let upstream = Upstream::new(&config)?;
         let meter = Meter::with_max_keys(
@@ -65,7 +77,13 @@ impl Shared {
                 tracing::warn!("{error}; limits and key health stay per replica");
                 None
             });
+        let (event_queue, event_receiver) = EventQueue::new(
+            metrics.events.raised.clone(),
+            metrics.events.dropped.clone(),
+        );
+        let events = Events::to(event_queue.clone());
         let key_events = KeyEvents {
+            events: events.clone(),
             key_healthy: metrics.key_healthy.clone(),
             key_rejections: metrics.key_rejections.clone(),
             fallback_retries: metrics.fallback_retries.clone(),
@@ -78,6 +96,10 @@ impl Shared {
         };
         Ok(Shared {
             key_events,
+            events,
+            event_queue,
+            outbox: Arc::new(Mutex::new(outbox)),
+            event_receiver: Mutex::new(Some(event_receiver)),
             metrics,
             cluster,
             config,
@@ -88,6 +110,14 @@ impl Shared {
             meter: Arc::new(meter),
             limits,
         })
+    }
+
+    /// The outbox writer's end of the events queue (the first call only).
+    pub fn take_event_receiver(&self) -> Option<tokio::sync::mpsc::Receiver<Event>> {
+        self.event_receiver
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
     }
 
     /// The control plane's vault access (blocking; not for the request path).
@@ -124,5 +154,9 @@ impl crate::keys::rotate::VaultAccess for ServerVault<'_> {
             let control = self.0.control();
             write(control.vault(), control.kek())
         })
+    }
+
+    fn events(&self) -> &Events {
+        &self.0.events
     }
 }

@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Provider;
+use crate::events::EventType;
 use crate::keys::mint::{self, MintRotateError, MintRotation, MintStep};
 use crate::keys::ops::{self, Burnt, OpError};
 use crate::keys::rotate::{self, RotateError, Rotation, VaultAccess};
@@ -19,6 +20,7 @@ use crate::net::upstream::Upstream;
 use crate::vault::document::KeyState;
 use crate::vault::secret::Secret;
 use crate::vault::VaultError;
+use serde_json::json;
 
 /// Where the burnt key's replacement comes from.
 pub enum Replacement<'a> {
@@ -186,6 +188,16 @@ pub async fn burn(
             )?)
         })
     })?;
+    vault.events().raise(
+        EventType::KeyBurned,
+        json!({
+            "provider": burn.provider.name,
+            "key_id": burnt.burnt,
+            "replacement_key_id": burnt.replacement,
+            "replacement": kind,
+            "deleted_at_provider_next": at_provider,
+        }),
+    );
     Ok(Burned {
         burnt,
         replacement_kind: kind,

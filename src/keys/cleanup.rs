@@ -12,12 +12,14 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::events::EventType;
 use crate::keys::management::{ManagementApi, Removed};
 use crate::keys::rotate::VaultAccess;
 use crate::net::upstream::Upstream;
 use crate::providers::management::{hint_matches, Listing};
 use crate::vault::document::Document;
 use crate::vault::VaultError;
+use serde_json::json;
 
 /// Ids of the keys that still owe their provider a delete.
 pub fn owed(document: &Document) -> Vec<String> {
@@ -84,12 +86,23 @@ pub async fn settle(
             Ok::<_, VaultError>(())
         })
     })?;
-    Ok(Settled {
+    let settled = Settled {
         key_id: key_id.to_owned(),
         provider,
         outcome: outcome.map(|(word, _)| word),
         took: started.elapsed(),
-    })
+    };
+    match &settled.outcome {
+        Ok(word) => vault.events().raise(
+            EventType::KeyDeletedAtProvider,
+            json!({"provider": settled.provider, "key_id": key_id, "outcome": word}),
+        ),
+        Err(error) => vault.events().raise(
+            EventType::KeyDeleteFailed,
+            json!({"provider": settled.provider, "key_id": key_id, "error": error}),
+        ),
+    }
+    Ok(settled)
 }
 
 /// One removal: by the recorded id, or by the key's hint. `Ok((word,

@@ -13,7 +13,9 @@ use prometheus::{IntCounterVec, IntGaugeVec};
 use super::health::{self, Refusal};
 use super::recent::Recent;
 use super::{KeyRing, Pick, Rings};
+use crate::events::EventType;
 use crate::providers::{KeyVerdict, ProviderError};
+use serde_json::json;
 
 /// Where a replica tells the others that a key was put aside (the cluster's
 /// Redis news, when there is a cluster).
@@ -24,6 +26,8 @@ pub trait KeyNews: Send + Sync {
 
 /// The handles a verdict is recorded through.
 pub struct KeyEvents {
+    /// `key_rejected`, `key_exhausted`, `key_recovered` go here.
+    pub events: crate::events::Events,
     /// `keygate_key_healthy{provider,key_id}`.
     pub key_healthy: IntGaugeVec,
     /// `keygate_upstream_key_rejections_total{provider,key_id,reason}`.
@@ -77,6 +81,10 @@ impl KeyEvents {
                     if verdict.verdict == KeyVerdict::Accepted && key.health.record_success() {
                         self.key_healthy.with_label_values(&labels).set(1);
                         tracing::info!(provider = %provider, key_id = %key.id, "key {} accepted again: healthy", key.id);
+                        self.events.raise(
+                            EventType::KeyRecovered,
+                            json!({"provider": provider, "key_id": &*key.id}),
+                        );
                     } else {
                         key.health.end_probe();
                     }
@@ -90,6 +98,13 @@ impl KeyEvents {
                 self.key_healthy.with_label_values(&labels).set(0);
                 if let (Some(news), true) = (&self.news, was_healthy || pick.probe) {
                     news.announce(&key.id, false, cooldown);
+                }
+                if was_healthy {
+                    self.events.raise(
+                        EventType::KeyRejected,
+                        json!({"provider": provider, "key_id": &*key.id, "status": status,
+                               "cooldown_s": cooldown.as_secs(), "another_key_left": verdict.another_key_left}),
+                    );
                 }
                 tracing::warn!(
                     provider = %provider,
@@ -112,6 +127,13 @@ impl KeyEvents {
                 self.key_healthy.with_label_values(&labels).set(0);
                 if let (Some(news), true) = (&self.news, first || pick.probe) {
                     news.announce(&key.id, true, rest);
+                }
+                if first {
+                    self.events.raise(
+                        EventType::KeyExhausted,
+                        json!({"provider": provider, "key_id": &*key.id, "status": status,
+                               "rest_s": rest.as_secs(), "another_key_left": verdict.another_key_left}),
+                    );
                 }
                 tracing::warn!(
                     provider = %provider,
@@ -272,6 +294,7 @@ mod tests {
             IntCounterVec::new(prometheus::Opts::new(name, name), labels).unwrap()
         };
         KeyEvents {
+            events: crate::events::Events::none(),
             key_healthy: gauge.unwrap(),
             key_rejections: counter("r", &["provider", "key_id", "reason"]),
             fallback_retries: counter("f", &["provider", "reason"]),

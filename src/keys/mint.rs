@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use crate::config::Provider;
+use crate::events::EventType;
 use crate::keys::management::{ManagementApi, ManagementError};
 use crate::keys::ops::{OpError, Promotion};
 use crate::keys::rotate::{self, RotateError, Step, VaultAccess};
@@ -22,6 +23,7 @@ use crate::providers::management::{Listed, Listing};
 use crate::vault::document::{Document, KeyState, MintRecord};
 use crate::vault::secret::Secret;
 use crate::vault::{Kek, Vault};
+use serde_json::json;
 
 /// How long a minted key is given to start working before it counts as refused.
 pub const PROPAGATION_WAIT: Duration = Duration::from_secs(60);
@@ -143,9 +145,15 @@ pub async fn rotate(
 ) -> Result<Promotion, MintRotateError> {
     let (replace, verified, grace_until) =
         (rotation.replace, rotation.verify, rotation.grace_until);
-    let pending = stage_verified(vault, upstream, rotation, report).await?;
-    let promotion =
-        vault.with(|v, k| rotate::promote(v, k, &pending, replace, verified, grace_until))?;
+    let provider = rotation.provider.name.clone();
+    let result = match stage_verified(vault, upstream, rotation, report).await {
+        Ok(pending) => vault
+            .with(|v, k| rotate::promote(v, k, &pending, replace, verified, grace_until))
+            .map_err(MintRotateError::from),
+        Err(error) => Err(error),
+    };
+    rotate::tell_rotation(vault.events(), &provider, result.as_ref(), verified, true);
+    let promotion = result?;
     crate::keys::crash_point("promoted");
     Ok(promotion)
 }
@@ -193,6 +201,7 @@ pub async fn stage_verified(
                 provider_id: &created.provider_id,
             });
             crate::keys::crash_point("created");
+            let (record_id, record_name) = (created.provider_id.clone(), name.clone());
             let record = MintRecord {
                 provider_id: created.provider_id.clone(),
                 name,
@@ -200,6 +209,10 @@ pub async fn stage_verified(
             let pending = vault
                 .with(|v, k| stage(v, k, provider, &created.secret, rotation.label, record))?;
             report(MintStep::Rotation(Step::Staged { id: &pending }));
+            vault.events().raise(
+                EventType::KeyMinted,
+                json!({"provider": provider.name, "key_id": pending, "provider_key_id": record_id, "name": record_name}),
+            );
             crate::keys::crash_point("recorded");
             (pending, created.secret)
         }

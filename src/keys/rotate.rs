@@ -11,20 +11,25 @@
 use std::time::Duration;
 
 use crate::config::Provider;
+use crate::events::{EventType, Events};
 use crate::keys::ops::{self, NewKey, OpError, Promotion};
 use crate::keys::verify::{self, Check, Verdict};
 use crate::net::upstream::Upstream;
 use crate::vault::document::{Document, KeyState};
 use crate::vault::secret::Secret;
 use crate::vault::{Kek, Vault, VaultError};
+use serde_json::json;
 
 /// How long the verification request of a rotation may take.
 pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How the rotation service reaches the vault for each of its writes.
+/// How the key services reach the vault for each of their writes, and
+/// where they raise what they did.
 pub trait VaultAccess {
     /// Runs `write` with the vault and its master key.
     fn with<R>(&self, write: impl FnOnce(&Vault, &Kek) -> R) -> R;
+    /// Where rotations, mints, burns and deletes are told.
+    fn events(&self) -> &Events;
 }
 
 /// A vault held open by the caller (the CLI).
@@ -33,11 +38,17 @@ pub struct OpenVault<'a> {
     pub vault: &'a Vault,
     /// Its master key.
     pub kek: &'a Kek,
+    /// The outbox the command writes its events to.
+    pub events: &'a Events,
 }
 
 impl VaultAccess for OpenVault<'_> {
     fn with<R>(&self, write: impl FnOnce(&Vault, &Kek) -> R) -> R {
         write(self.vault, self.kek)
+    }
+
+    fn events(&self) -> &Events {
+        self.events
     }
 }
 
@@ -84,8 +95,40 @@ pub async fn run(
 ) -> Result<Promotion, RotateError> {
     let (replace, grace_until) = (rotation.replace, rotation.grace_until);
     let verified = rotation.verify_with.is_some();
-    let pending = stage_verified(vault, rotation, report).await?;
-    vault.with(|v, k| promote(v, k, &pending, replace, verified, grace_until))
+    let provider = rotation.provider.name.clone();
+    let result = match stage_verified(vault, rotation, report).await {
+        Ok(pending) => vault.with(|v, k| promote(v, k, &pending, replace, verified, grace_until)),
+        Err(error) => Err(error),
+    };
+    tell_rotation(vault.events(), &provider, result.as_ref(), verified, false);
+    result
+}
+
+/// Raises `key_rotated` or `key_rotation_failed` for a rotation's end.
+pub fn tell_rotation(
+    events: &Events,
+    provider: &str,
+    result: Result<&Promotion, &(impl std::fmt::Display + ?Sized)>,
+    verified: bool,
+    minted: bool,
+) {
+    match result {
+        Ok(promotion) => events.raise(
+            EventType::KeyRotated,
+            json!({
+                "provider": provider,
+                "key_id": promotion.promoted,
+                "previous_key_id": promotion.demoted,
+                "retired_key_id": promotion.retired,
+                "verified": verified,
+                "minted": minted,
+            }),
+        ),
+        Err(error) => events.raise(
+            EventType::KeyRotationFailed,
+            json!({"provider": provider, "minted": minted, "error": error.to_string()}),
+        ),
+    }
 }
 
 /// The rotation's first two steps: the new key staged as pending and, unless

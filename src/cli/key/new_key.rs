@@ -77,9 +77,11 @@ pub(super) fn rotate(
             println!("keygate: --no-verify: promoting without asking the upstream")
         }
     };
+    let events = context.events();
     let open = rotate::OpenVault {
         vault: &vault,
         kek: &kek,
+        events: &events,
     };
     let promotion = runtime
         .block_on(rotate::run(&open, rotation, report))

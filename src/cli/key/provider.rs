@@ -85,9 +85,11 @@ pub(super) fn rotate_minted(
         propagation_wait: args.propagation_wait,
         call_timeout: args.call_timeout,
     };
+    let events = context.events();
     let open = rotate::OpenVault {
         vault: &vault,
         kek: &kek,
+        events: &events,
     };
     // One minted rotation at a time per vault, CLI or server.
     let _lease = vault.rotation_lease()?;
@@ -151,9 +153,11 @@ pub(super) fn burn(
         key.state.as_str()
     );
     let (runtime, upstream) = upstream_runtime(context)?;
+    let events = context.events();
     let open = rotate::OpenVault {
         vault: &vault,
         kek: &kek,
+        events: &events,
     };
     let _lease = vault.rotation_lease()?;
     let request = Burn {
@@ -254,7 +258,12 @@ pub(super) fn settle_owed(
         return Ok(());
     }
     let (runtime, upstream) = upstream_runtime(context)?;
-    let open = rotate::OpenVault { vault, kek };
+    let events = context.events();
+    let open = rotate::OpenVault {
+        vault,
+        kek,
+        events: &events,
+    };
     let settled = runtime
         .block_on(cleanup::settle_all(&open, &upstream, &context.config))
         .map_err(CliError::Vault)?;
