@@ -69,11 +69,14 @@ pub struct PgLink {
     client: Option<postgres::Client>,
 }
 
-/// Dropped on a thread of its own too (on SIGTERM the runtime is still running).
+/// Dropped on a thread of its own too (on SIGTERM the runtime is still
+/// running), and not waited for: closing sends PostgreSQL a goodbye and
+/// waits for the server to hang up, which a frozen server never does — the
+/// process must be able to exit anyway.
 impl Drop for PgLink {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            off_runtime(move || drop(client));
+            std::thread::spawn(move || drop(client));
         }
     }
 }

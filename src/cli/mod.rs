@@ -7,6 +7,7 @@
 mod admin_key;
 mod client;
 mod doctor;
+mod events;
 mod key;
 mod serve;
 mod usage;
@@ -52,6 +53,9 @@ enum Command {
     Client(client::ClientCommand),
     /// Per-client, per-model usage totals from the ledger.
     Usage(usage::UsageArgs),
+    /// What keygate raised (rotations, burns, refusals, decoys, leak
+    /// reports…), newest first, with where each delivery to `[[notify]]` stands.
+    Events(events::EventsArgs),
     /// Store, list and remove the providers' management credentials (stdin),
     /// kept apart from the inference keys and never sent on a request.
     #[command(subcommand)]
@@ -221,6 +225,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         Command::Key(command) => key::run(&context, command),
         Command::Client(command) => client::run(&context, command),
         Command::Usage(args) => usage::run(&context, args),
+        Command::Events(args) => events::run(&context, args),
         Command::AdminKey(command) => admin_key::run(&context, command),
         Command::Completions { .. } => Ok(()),
         Command::Doctor { json } => doctor::run(&context, &env, admin_token.is_some(), json),

@@ -19,6 +19,7 @@ mod cluster;
 mod compression;
 mod config_errors;
 mod deploy_files;
+mod events;
 mod failing_upstreams;
 mod fallback;
 mod first_hour;

@@ -217,6 +217,7 @@ async fn admin_api(
             .to_json(crate::keys::recent::Recent::this_minute())),
         (Method::GET, ["status"]) => Ok(status(shared)),
         (Method::GET, ["usage"]) => usage(shared, &query),
+        (Method::GET, ["events"]) => views::events(shared, &query).await,
         (Method::POST, ["reload"]) => {
             tokio::task::block_in_place(|| shared.reload())
                 .map_err(|e| AdminError::Failed(e.to_string()))?;

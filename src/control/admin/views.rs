@@ -146,3 +146,43 @@ pub(super) fn usage(shared: &Shared, query: &str) -> Result<serde_json::Value, A
     .map_err(|e| AdminError::Failed(e.to_string()))?;
     serde_json::to_value(rows).map_err(|e| AdminError::Failed(e.to_string()))
 }
+
+/// `GET /admin/events?since=24h&type=T&limit=100`: the outbox's events,
+/// newest first, with their deliveries.
+pub(super) async fn events(shared: &Shared, query: &str) -> Result<serde_json::Value, AdminError> {
+    let (mut since, mut kind, mut limit) = (std::time::Duration::from_secs(86_400), None, 100u32);
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*name {
+            "since" => {
+                since = humantime::parse_duration(&value)
+                    .map_err(|e| AdminError::BadRequest(format!("since: {e}")))?
+            }
+            "type" => kind = Some(value.into_owned()),
+            "limit" => {
+                limit = value.parse().map_err(|_| {
+                    AdminError::BadRequest("limit: a whole number of events".to_owned())
+                })?
+            }
+            _ => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown query parameter `{name}`"
+                )))
+            }
+        }
+    }
+    let query = crate::events::outbox::Query::new(since, kind.as_deref(), limit)
+        .map_err(AdminError::BadRequest)?;
+    let outbox = shared.outbox.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        outbox
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .list(&query)
+    })
+    .await
+    .map_err(|_| AdminError::Failed("the events listing stopped".to_owned()))?
+    .map_err(|e| AdminError::Failed(e.to_string()))?;
+    Ok(serde_json::Value::Array(
+        listed.iter().map(|e| e.to_json()).collect(),
+    ))
+}

@@ -107,6 +107,90 @@ pub struct StoredEvent {
     pub deliveries: Vec<Delivery>,
 }
 
+impl StoredEvent {
+    /// The event as listed (`keygate events --json`, `GET /admin/events`):
+    /// its own fields, and `deliveries`, one per receiver.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut body = match &self.body {
+            serde_json::Value::Object(map) => map.clone(),
+            _ => serde_json::Map::new(),
+        };
+        let time = |ms: u64| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+            )
+            .to_string()
+        };
+        let deliveries = self
+            .deliveries
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "receiver": d.target,
+                    "state": d.state.as_str(),
+                    "attempts": d.attempts,
+                    "next_attempt": (d.state == DeliveryState::Pending).then(|| time(d.next_at_ms)),
+                    "done": d.done_at_ms.map(time),
+                    "last_error": d.last_error,
+                })
+            })
+            .collect();
+        body.insert(
+            "deliveries".to_owned(),
+            serde_json::Value::Array(deliveries),
+        );
+        serde_json::Value::Object(body)
+    }
+
+    /// One line on where its deliveries stand: `ops: delivered`, `ops:
+    /// pending (2 attempts: …)`; `-` when no receiver wanted it.
+    pub fn delivery_summary(&self) -> String {
+        if self.deliveries.is_empty() {
+            return "-".to_owned();
+        }
+        self.deliveries
+            .iter()
+            .map(|d| match (d.state, &d.last_error) {
+                (DeliveryState::Delivered, _) => format!("{}: delivered", d.target),
+                (state, Some(error)) => format!(
+                    "{}: {} ({} attempts: {error})",
+                    d.target,
+                    state.as_str(),
+                    d.attempts
+                ),
+                (state, None) => format!("{}: {}", d.target, state.as_str()),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl Query {
+    /// Events of the last `since`, of type `kind` (a name), at most `limit`.
+    pub fn new(
+        since: std::time::Duration,
+        kind: Option<&str>,
+        limit: u32,
+    ) -> Result<Query, String> {
+        let kind = match kind {
+            None | Some("") | Some("*") => None,
+            Some(name) => Some(EventType::named(name).ok_or_else(|| {
+                format!(
+                    "`{name}` is not an event type (known: {})",
+                    EventType::ALL.map(EventType::as_str).join(", ")
+                )
+            })?),
+        };
+        let since_ms = crate::unix_now_ms()
+            .saturating_sub(u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        Ok(Query {
+            since_ms,
+            kind,
+            limit,
+        })
+    }
+}
+
 /// A delivery claimed for sending.
 #[derive(Clone, Debug)]
 pub struct Claimed {

@@ -46,6 +46,7 @@ pub mod responses;
 pub mod server;
 pub mod skips;
 pub mod usage;
+pub mod webhook;
 pub mod world;
 
 use std::convert::Infallible;
