@@ -48,7 +48,7 @@ pub struct Shared {
     pub key_events: KeyEvents,
     /// Where events are raised (queued for the outbox; never blocks).
     pub events: Events,
-    /// The queue behind `events` (the status page's last events).
+    /// The queue behind `events`.
     pub event_queue: Arc<EventQueue>,
     /// The durable outbox (`keygate events`, `/admin/events`, deliveries).
     pub outbox: Arc<Mutex<Outbox>>,

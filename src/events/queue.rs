@@ -5,8 +5,6 @@
 //! capacity again; beyond that the oldest are dropped, counted in
 //! `keygate_events_dropped_total` and logged with their type and id — memory
 //! stays bounded whatever the outbox does.
-//!
-//! Also keeps the last events raised here, for the status page.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -23,13 +21,9 @@ use crate::shutdown::Shutdown;
 /// Events waiting for the writer, at most.
 pub const CAPACITY: usize = 10_000;
 
-/// Events the status page shows.
-const RECENT: usize = 20;
-
 /// The server's sink.
 pub struct EventQueue {
     tx: mpsc::Sender<Event>,
-    recent: Mutex<VecDeque<Event>>,
     raised: IntCounterVec,
     dropped: IntCounter,
 }
@@ -44,17 +38,10 @@ impl EventQueue {
         let (tx, rx) = mpsc::channel(CAPACITY);
         let queue = EventQueue {
             tx,
-            recent: Mutex::new(VecDeque::with_capacity(RECENT)),
             raised,
             dropped,
         };
         (Arc::new(queue), rx)
-    }
-
-    /// The last events raised by this process, newest first.
-    pub fn recent(&self) -> Vec<Event> {
-        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.iter().rev().cloned().collect()
     }
 }
 
@@ -62,13 +49,6 @@ impl EventSink for EventQueue {
     fn put(&self, event: Event) {
         self.raised.with_label_values(&[event.kind.as_str()]).inc();
         tracing::info!(event = event.kind.as_str(), event_id = %event.id, "event {} ({})", event.kind.as_str(), event.id);
-        {
-            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-            if recent.len() == RECENT {
-                recent.pop_front();
-            }
-            recent.push_back(event.clone());
-        }
         if let Err(error) = self.tx.try_send(event) {
             let event = match error {
                 mpsc::error::TrySendError::Full(event)

@@ -134,9 +134,10 @@ const { chromium } = require('playwright-core');
   const rows = await page.$$eval('#keys tr[data-key]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
   const clients = await page.$$eval('#clients tr[data-client]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
   const providers = await page.$$eval('#providers tr[data-provider]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+  const events = await page.$$eval('#events tr[data-event]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
   const meta = await page.textContent('#meta');
   await page.screenshot({ path: process.env.SHOT, fullPage: true });
-  console.log(JSON.stringify({ refused, shownBeforeLogin, rows, clients, providers, meta, errors }));
+  console.log(JSON.stringify({ refused, shownBeforeLogin, rows, clients, providers, events, meta, errors }));
   await browser.close();
 })().catch((e) => { console.error(e); process.exit(1); });
 "#;
@@ -237,6 +238,15 @@ async fn in_a_real_browser_the_page_shows_every_key_and_refuses_a_wrong_token() 
         rows.iter().any(|r| r[6] != "-"),
         "a grace countdown: {seen}"
     );
+    // The CLI's rotation and the refusal of the request are the last events.
+    let events = seen["events"].as_array().unwrap();
+    let event = |kind: &str| events.iter().find(|e| e[1] == kind);
+    let rotated = event("key_rotated").unwrap_or_else(|| panic!("{seen}"));
+    assert!(
+        rotated[2].as_str().unwrap().contains("provider openai"),
+        "{seen}"
+    );
+    assert!(event("key_rejected").is_some(), "{seen}");
     let clients = seen["clients"].as_array().unwrap();
     assert_eq!(clients.len(), 1, "{seen}");
     assert_eq!(clients[0][0], "app");

@@ -3,8 +3,8 @@
 //! asset — that asks for the admin token once (kept in `sessionStorage`, sent
 //! as `Authorization: Bearer`, never in a URL) and shows every provider's
 //! rotation in flight and last hour of refusals and fallbacks, every key's
-//! state, health, age, grace and last refusal, every client's tokens, and the
-//! last reload, from the `/admin/*` JSON every five seconds. Read-only.
+//! state, health, age, grace and last refusal, every client's tokens, the
+//! last events with their deliveries, and the last reload, from the `/admin/*` JSON every five seconds. Read-only.
 //!
 //! The Content-Security-Policy allows only the page's own inline script and
 //! style, by their SHA-256, and nothing from anywhere else; the page may not

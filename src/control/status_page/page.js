@@ -87,9 +87,9 @@ function totals(rows) {
 }
 
 async function refresh() {
-  let status, activity, providers, keys, clients, hour, day;
+  let status, activity, providers, keys, clients, hour, day, events;
   try {
-    [status, activity, providers, keys, clients, hour, day] = await Promise.all([
+    [status, activity, providers, keys, clients, hour, day, events] = await Promise.all([
       admin("/admin/status"),
       admin("/admin/activity"),
       admin("/admin/providers"),
@@ -97,6 +97,7 @@ async function refresh() {
       admin("/admin/clients"),
       admin("/admin/usage?since=1h"),
       admin("/admin/usage?since=1d"),
+      admin("/admin/events?since=7d&limit=15"),
     ]);
   } catch (error) {
     $("data").hidden = true;
@@ -167,6 +168,23 @@ async function refresh() {
       el("td", {}, c.name), el("td", {}, c.revoked ? "revoked" : "active"), el("td", {}, limits),
       el("td", { class: "num" }, String(h[c.name] || 0)), el("td", {}, bar(h[c.name] || 0, maxH)),
       el("td", { class: "num" }, String(d[c.name] || 0)), el("td", {}, bar(d[c.name] || 0, maxD))));
+  }
+  const happened = $("events");
+  happened.replaceChildren(el("tr", {}, ...["when", "event", "about", "delivery"].map((h) => el("th", {}, h))));
+  if (events.length === 0) {
+    happened.append(el("tr", {}, el("td", { colspan: "4", class: "empty" }, "No event in the last 7 days.")));
+  }
+  for (const e of events) {
+    const about = Object.entries(e)
+      .filter(([name, value]) => !["id", "type", "time", "deliveries"].includes(name) && value !== null)
+      .map(([name, value]) => name + " " + (typeof value === "string" ? value : JSON.stringify(value)))
+      .join(" · ");
+    const delivery = e.deliveries.length === 0 ? "-" : e.deliveries
+      .map((d) => d.receiver + ": " + d.state.replace("_", " ") + (d.state === "delivered" ? "" : " (" + d.attempts + " attempts)"))
+      .join(", ");
+    happened.append(el("tr", { "data-event": e.id, class: "event " + e.type },
+      el("td", {}, ago(Date.parse(e.time) / 1000)), el("td", {}, e.type), el("td", {}, about),
+      el("td", { class: e.deliveries.some((d) => d.state !== "delivered") ? "failed" : "" }, delivery)));
   }
   $("updated").textContent = "updated " + new Date().toLocaleTimeString();
 }
