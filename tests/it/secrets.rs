@@ -11,11 +11,24 @@ use serde_json::json;
 
 use crate::support::client::{next_data, open_h1};
 use crate::support::mock::closed_port_url;
+use crate::support::webhook::{Webhook, WEBHOOK_TOKEN};
 use crate::support::{chat_body, find_leaks, Env, Req, OPENAI_KEY, XAI_KEY};
+
+/// The `[[notify]]` receiver's signing key (obviously fake).
+const NOTIFY_SECRET: &str = "whsec-test-Lr5Wq9Xe2Bt7Mk3Zc";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_secret_in_logs_cli_output_metrics_or_error_bodies() {
-    let mut env = Env::start().await;
+    // Every event is delivered to a receiver whose deliveries are checked too.
+    let hook = Webhook::start().await;
+    let table = hook.table("ops", "secret_env = \"KEYGATE_NOTIFY_SECRET\"");
+    let mut env = Env::setup()
+        .config(move |b| b.extra(&table))
+        .serve_env("KEYGATE_NOTIFY_SECRET", NOTIFY_SECRET)
+        .start()
+        .await;
+    env.kg.register_secret(NOTIFY_SECRET);
+    env.kg.register_secret(WEBHOOK_TOKEN);
     let key = env.client_key.clone();
     // Successes, in both client auth styles, JSON and streaming.
     assert_eq!(env.server.send(env.chat("gpt-4o")).await.status, 200);
@@ -85,6 +98,20 @@ async fn no_secret_in_logs_cli_output_metrics_or_error_bodies() {
     env.kg
         .run(&["client", "list", "--json"])
         .assert_ok("client list --json");
+    // The refusal above is an event: its delivery and the listings of it.
+    let delivered = crate::support::eventually(Duration::from_secs(10), || async {
+        hook.delivered_of("key_rejected")
+    })
+    .await;
+    assert!(delivered.is_some(), "the key_rejected event was not delivered");
+    env.kg.run(&["events", "--json"]).assert_ok("events --json");
+    env.kg.run(&["events"]).assert_ok("events");
+    for attempt in hook.attempts() {
+        env.kg.record(
+            "a [[notify]] delivery",
+            format!("{:?}\n{}", attempt.seen.headers, String::from_utf8_lossy(&attempt.seen.body)),
+        );
+    }
 
     // Flush whatever serve still logs on the way out, then check everything.
     env.server.terminate();
