@@ -435,3 +435,38 @@ fn broken_notify_tables_stop_the_start_with_a_clear_error() {
         1,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_due_for_rotation_is_told_once_a_day_whatever_the_restarts() {
+    let mock = Mock::start(&[OPENAI_KEY], AuthStyle::Bearer).await;
+    let kg = Keygate::new(
+        &KeygateBuilder::new()
+            .provider("openai", &mock.url(), "bearer")
+            .extra("[keys]\nrotate_after = \"1s\"\n"),
+    );
+    kg.vault_init();
+    kg.add_key("openai", OPENAI_KEY);
+    let id = id_of(&kg, OPENAI_KEY);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let due = || {
+        listed(&kg, &[])
+            .into_iter()
+            .filter(|e| e["type"] == "key_due_for_rotation")
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..2 {
+        let mut server = kg.serve();
+        server.wait_for_log("is due for rotation").await;
+        // The event reaches the outbox before the server stops.
+        server.terminate();
+    }
+    let events = due();
+    assert_eq!(
+        events.len(),
+        1,
+        "two starts on one day raise it once: {events:?}"
+    );
+    assert_eq!(events[0]["key_id"], id.as_str());
+    assert_eq!(events[0]["provider"], "openai");
+    assert_eq!(events[0]["rotate_after_days"], 0);
+}

@@ -100,6 +100,28 @@ async fn a_bad_vault_file_keeps_the_last_good_keys_and_the_next_good_write_is_li
     let settled = reload_errors(&env.server).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(reload_errors(&env.server).await, settled);
+    // Each distinct failure is one `vault_reload_failed` event naming what is
+    // served: the truncated and the flipped copies fail alike (one event),
+    // the older generation otherwise.
+    let out = env
+        .kg
+        .run(&["events", "--type", "vault_reload_failed", "--json"]);
+    out.assert_ok("keygate events --type vault_reload_failed");
+    let events: Vec<serde_json::Value> = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(events.len(), 2, "{}", out.stdout);
+    assert!(events[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("older than the generation"));
+    assert!(events[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("failed authentication"));
+    assert!(
+        events.iter().all(|e| e["serving_generation"] == serving),
+        "{}",
+        out.stdout
+    );
 
     // The operator puts the good file back; the next CLI write is live within a second.
     replace_file(&vault, &good, 0o600);

@@ -103,13 +103,20 @@ async fn no_secret_in_logs_cli_output_metrics_or_error_bodies() {
         hook.delivered_of("key_rejected")
     })
     .await;
-    assert!(delivered.is_some(), "the key_rejected event was not delivered");
+    assert!(
+        delivered.is_some(),
+        "the key_rejected event was not delivered"
+    );
     env.kg.run(&["events", "--json"]).assert_ok("events --json");
     env.kg.run(&["events"]).assert_ok("events");
     for attempt in hook.attempts() {
         env.kg.record(
             "a [[notify]] delivery",
-            format!("{:?}\n{}", attempt.seen.headers, String::from_utf8_lossy(&attempt.seen.body)),
+            format!(
+                "{:?}\n{}",
+                attempt.seen.headers,
+                String::from_utf8_lossy(&attempt.seen.body)
+            ),
         );
     }
 
