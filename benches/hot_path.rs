@@ -278,25 +278,34 @@ fn json_tap(c: &mut Criterion) {
     let mut group = c.benchmark_group("json");
     group.throughput(Throughput::Bytes(body.len() as u64));
     let counters = Arc::new(UsageCounters::default());
-    let prompt = prometheus::IntCounter::new("p", "p").expect("metric");
-    let completion = prometheus::IntCounter::new("c", "c").expect("metric");
-    group.bench_function("usage tap, 1.1 KB chat completion", |b| {
-        b.iter(|| {
-            let mut tap = MeterTap::new(
-                counters.clone(),
-                TokenMetrics {
-                    prompt: prompt.clone(),
-                    completion: completion.clone(),
-                },
-                Some("application/json"),
-                false,
-                Outcome::default(),
-                None,
-            );
-            black_box(tap.on_data(body.clone()));
-            tap.finish(true);
-        })
-    });
+    // Unpriced (no row for the model) against priced: what pricing an
+    // answer adds to the tap (docs/performance.md "Pricing").
+    let unpriced = TokenMetrics::detached(None);
+    let priced = TokenMetrics::detached(Some(keygate::usage::prices::Price {
+        input: 150_000,
+        cached_input: 75_000,
+        output: 600_000,
+        cache_write: 150_000,
+    }));
+    for (name, metrics) in [
+        ("usage tap, 1.1 KB chat completion", &unpriced),
+        ("usage tap, 1.1 KB chat completion, priced", &priced),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut tap = MeterTap::new(
+                    counters.clone(),
+                    metrics.clone(),
+                    Some("application/json"),
+                    false,
+                    Outcome::default(),
+                    None,
+                );
+                black_box(tap.on_data(body.clone()));
+                tap.finish(true);
+            })
+        });
+    }
     group.finish();
 }
 
@@ -332,10 +341,7 @@ fn socket_copy(chunks: &[Bytes], mut tap: Option<MeterTap>) -> usize {
 }
 
 fn new_tap(strip: bool) -> MeterTap {
-    let metrics = TokenMetrics {
-        prompt: prometheus::IntCounter::new("p", "p").expect("metric"),
-        completion: prometheus::IntCounter::new("c", "c").expect("metric"),
-    };
+    let metrics = TokenMetrics::detached(None);
     MeterTap::new(
         Arc::new(UsageCounters::default()),
         metrics,

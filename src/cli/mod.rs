@@ -9,6 +9,7 @@ mod client;
 mod doctor;
 mod events;
 mod key;
+mod prices;
 mod serve;
 mod usage;
 mod vault;
@@ -53,6 +54,9 @@ enum Command {
     Client(client::ClientCommand),
     /// Per-client, per-model usage totals from the ledger.
     Usage(usage::UsageArgs),
+    /// The price table in effect (embedded rows and `[prices]`), per
+    /// million tokens, with where each row came from.
+    Prices(prices::PricesArgs),
     /// What keygate raised (rotations, burns, refusals, decoys, leak
     /// reports…), newest first, with where each delivery to `[[notify]]` stands.
     Events(events::EventsArgs),
@@ -226,6 +230,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         Command::Client(command) => client::run(&context, command),
         Command::Usage(args) => usage::run(&context, args),
         Command::Events(args) => events::run(&context, args),
+        Command::Prices(args) => prices::run(&context, args),
         Command::AdminKey(command) => admin_key::run(&context, command),
         Command::Completions { .. } => Ok(()),
         Command::Doctor { json } => doctor::run(&context, &env, admin_token.is_some(), json),

@@ -41,7 +41,7 @@ pub(super) fn run(context: &Context, args: UsageArgs) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:<20} {:<10} {:<28} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12}",
+        "{:<20} {:<10} {:<28} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>12}",
         "CLIENT",
         "PROVIDER",
         "MODEL",
@@ -50,11 +50,12 @@ pub(super) fn run(context: &Context, args: UsageArgs) -> Result<(), CliError> {
         "PROMPT",
         "COMPLETION",
         "TOTAL",
-        "ESTIMATED"
+        "ESTIMATED",
+        "COST"
     );
     for r in &rows {
         println!(
-            "{:<20} {:<10} {:<28} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12}",
+            "{:<20} {:<10} {:<28} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>12}",
             r.client,
             r.provider,
             r.model,
@@ -63,17 +64,41 @@ pub(super) fn run(context: &Context, args: UsageArgs) -> Result<(), CliError> {
             r.prompt_tokens,
             r.completion_tokens,
             r.total_tokens,
-            estimated(r)
+            estimated(r),
+            cost(r)
         );
     }
     if rows.is_empty() {
         println!("(no usage recorded in this period)");
-    } else if rows.iter().any(|r| r.estimated_requests > 0) {
+        return Ok(());
+    }
+    let total: u64 = rows.iter().map(|r| r.cost_micros).sum();
+    println!("{:>140}", format!("total ${}", dollars(total)));
+    if rows.iter().any(|r| r.estimated_requests > 0) {
         println!(
-            "ESTIMATED: tokens charged by their admission estimate to answers that reported no usage (N/requests); not in TOTAL, counted by budgets"
+            "ESTIMATED: tokens charged by their admission estimate to answers that reported no usage (N/requests); not in TOTAL, counted by budgets and in COST at the output price"
+        );
+    }
+    if rows.iter().any(|r| r.unpriced_requests > 0) {
+        println!(
+            "unpriced: answers whose model has no row in the price table (`keygate prices`), cost 0; add one with [prices.\"KIND/MODEL\"] in the config"
         );
     }
     Ok(())
+}
+
+/// Micro-dollars as dollars with six decimals.
+pub(super) fn dollars(micros: u64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+/// `$0.004512`, with how many answers were unpriced.
+fn cost(row: &UsageRow) -> String {
+    match row.unpriced_requests {
+        0 => format!("${}", dollars(row.cost_micros)),
+        n if n == row.requests => "unpriced".to_owned(),
+        n => format!("${} +{n} unpriced", dollars(row.cost_micros)),
+    }
 }
 
 /// `1234/3`: estimated tokens over the answers charged so; `-` when none.

@@ -70,6 +70,8 @@ struct RawConfig {
     events: EventsConfig,
     #[serde(default)]
     notify: Vec<notify_tables::RawNotify>,
+    #[serde(default)]
+    prices: BTreeMap<String, crate::usage::prices::RawPrice>,
 }
 
 /// The validated configuration.
@@ -99,6 +101,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// `[[notify]]`: where events are delivered.
     pub notify: Vec<NotifyTarget>,
+    /// The embedded price table with `[prices]` on top.
+    pub prices: std::sync::Arc<crate::usage::prices::PriceTable>,
 }
 
 /// Where to read configuration from.
@@ -185,6 +189,8 @@ impl Config {
         // it, so lowering max_request_body alone just works.
         let cluster = sections::cluster(raw.cluster).map_err(&semantic)?;
         let notify = notify_tables::notify_targets(raw.notify).map_err(&semantic)?;
+        let prices =
+            crate::usage::prices::PriceTable::load(&raw.prices, &source_name).map_err(&semantic)?;
         let mut server = raw.server;
         server.retry_buffer = server.retry_buffer.min(server.max_request_body);
         Ok(Config {
@@ -203,6 +209,7 @@ impl Config {
             cluster,
             events: raw.events,
             notify,
+            prices: std::sync::Arc::new(prices),
         })
     }
 }

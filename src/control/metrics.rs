@@ -54,6 +54,10 @@ pub struct Metrics {
     pub cluster_errors: IntCounterVec,
     /// The events room's series.
     pub events: EventMetrics,
+    /// `keygate_cost_dollars_total{client,provider,model}`.
+    pub cost: prometheus::CounterVec,
+    /// `keygate_unpriced_requests_total{provider,model}`.
+    pub unpriced: IntCounterVec,
     /// Per-provider series, resolved once (no label lookup per request).
     providers: std::sync::Arc<std::collections::HashMap<String, ProviderMetrics>>,
 }
@@ -205,6 +209,8 @@ impl Metrics {
             provider_deletes: provider_deletes.expect("static metric"),
             cluster_errors: cluster_errors.expect("static metric"),
             events: EventMetrics::register(&registry),
+            cost: register_cost(&registry),
+            unpriced: register_unpriced(&registry),
             providers: Default::default(),
             registry,
         };
@@ -344,15 +350,20 @@ impl Metrics {
         }
     }
 
-    /// The series of one usage key: `keygate_tokens_total` by kind and
-    /// `keygate_requests_total{status="200"}`, resolved once per key.
+    /// The series of one usage key: `keygate_tokens_total` by kind,
+    /// its cost, and `keygate_requests_total{status="200"}`, resolved once
+    /// per key, with the model's `price`.
     pub fn usage_series(
         &self,
         key: &crate::usage::meter::UsageKey,
+        price: Option<crate::usage::prices::Price>,
     ) -> crate::usage::meter::UsageMetrics {
         let (client, provider, model) = (&*key.client, &*key.provider, &*key.model);
         crate::usage::meter::UsageMetrics {
             tokens: crate::usage::meter::TokenMetrics {
+                price,
+                cost: self.cost.with_label_values(&[client, provider, model]),
+                unpriced: self.unpriced.with_label_values(&[provider, model]),
                 prompt: self
                     .tokens_total
                     .with_label_values(&[client, provider, model, "prompt"]),
@@ -376,6 +387,36 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
+}
+
+// Names and label sets are constants: construction cannot fail at run time.
+#[allow(clippy::expect_used)]
+fn register_cost(registry: &Registry) -> prometheus::CounterVec {
+    let metric = prometheus::CounterVec::new(
+        Opts::new(
+            "keygate_cost_dollars_total",
+            "What answers cost in US dollars, by the price table (docs/design.md §14).",
+        ),
+        &["client", "provider", "model"],
+    )
+    .expect("static metric");
+    let _ = registry.register(Box::new(metric.clone()));
+    metric
+}
+
+// Names and label sets are constants: construction cannot fail at run time.
+#[allow(clippy::expect_used)]
+fn register_unpriced(registry: &Registry) -> IntCounterVec {
+    let metric = IntCounterVec::new(
+        Opts::new(
+            "keygate_unpriced_requests_total",
+            "Answers with usage whose model no price row covers (cost 0).",
+        ),
+        &["provider", "model"],
+    )
+    .expect("static metric");
+    let _ = registry.register(Box::new(metric.clone()));
+    metric
 }
 
 /// The events room's series (docs/events.md).

@@ -35,6 +35,13 @@ impl ProviderKind for Azure {
         }
     }
 
+    /// Azure OpenAI's global deployments are billed at OpenAI's list
+    /// prices; a deployment named other than its model needs a
+    /// `[prices."PROVIDER/DEPLOYMENT"]` row.
+    fn price_list(&self) -> &'static str {
+        "openai"
+    }
+
     fn console(&self) -> &'static str {
         "the Azure portal (Keys and Endpoint)"
     }

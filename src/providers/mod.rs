@@ -146,6 +146,12 @@ pub trait ProviderKind: Send + Sync + 'static {
     fn management(&self) -> Option<&'static dyn management::ManagementKind> {
         None
     }
+
+    /// Whose rows of the price table (§14) price this kind's models: its own
+    /// name, unless it resells another's at that one's list prices.
+    fn price_list(&self) -> &'static str {
+        self.name()
+    }
 }
 
 /// The common reading of a refusal by its status alone: 401 or 403 a bad
@@ -190,6 +196,11 @@ impl Kind {
             return KeyVerdict::Accepted;
         }
         self.0.judge_refusal(status, error)
+    }
+
+    /// The price table's rows for this kind's models (`KIND/MODEL`).
+    pub fn price_list(self) -> &'static str {
+        self.0.price_list()
     }
 
     /// The management API, when the kind has one keygate knows.

@@ -193,7 +193,13 @@ fn plan<'a>(
             provider: provider_metrics.name.clone(),
             model: model.map_or_else(|| Arc::from("-"), |m| model_label(&m)),
         },
-        |key| shared.metrics.usage_series(key),
+        |key| {
+            let price = config
+                .prices
+                .find(&provider.name, provider.kind.price_list(), &key.model)
+                .map(|row| row.price);
+            shared.metrics.usage_series(key, price)
+        },
     );
     end.count_in(
         series.counters,

@@ -59,6 +59,8 @@ pub struct UsageCounters {
     estimated_tokens: AtomicU64,
     request_bytes: AtomicU64,
     response_bytes: AtomicU64,
+    cost_micros: AtomicU64,
+    unpriced: AtomicU64,
 }
 
 /// A drained snapshot of [`UsageCounters`].
@@ -84,6 +86,10 @@ pub struct UsageDelta {
     pub request_bytes: u64,
     /// Response body bytes.
     pub response_bytes: u64,
+    /// What the answers cost, in micro-dollars (estimated charges included).
+    pub cost_micros: u64,
+    /// Answers with usage whose model has no price row.
+    pub unpriced: u64,
 }
 
 impl UsageDelta {
@@ -108,6 +114,10 @@ pub struct Outcome {
     pub request_bytes: u64,
     /// Response body bytes.
     pub response_bytes: u64,
+    /// What it cost, in micro-dollars.
+    pub cost_micros: u64,
+    /// It reported usage, and no price row covers its model.
+    pub unpriced: bool,
 }
 
 impl UsageCounters {
@@ -132,6 +142,8 @@ impl UsageCounters {
         }
         add(&self.request_bytes, outcome.request_bytes);
         add(&self.response_bytes, outcome.response_bytes);
+        add(&self.cost_micros, outcome.cost_micros);
+        add(&self.unpriced, u64::from(outcome.unpriced));
     }
 
     /// Takes everything counted so far, leaving zeros.
@@ -148,17 +160,42 @@ impl UsageCounters {
             estimated_tokens: take(&self.estimated_tokens),
             request_bytes: take(&self.request_bytes),
             response_bytes: take(&self.response_bytes),
+            cost_micros: take(&self.cost_micros),
+            unpriced: take(&self.unpriced),
         }
     }
 }
 
-/// Token counters in Prometheus, resolved once per usage key.
+/// What an answer's usage is counted in and priced by, resolved once per
+/// usage key: token and cost series in Prometheus, and the model's price.
 #[derive(Clone)]
 pub struct TokenMetrics {
     /// `keygate_tokens_total{…,kind="prompt"}`.
     pub prompt: prometheus::IntCounter,
     /// `keygate_tokens_total{…,kind="completion"}`.
     pub completion: prometheus::IntCounter,
+    /// The model's price (`None`: no row prices it).
+    pub price: Option<super::prices::Price>,
+    /// `keygate_cost_dollars_total{client,provider,model}`.
+    pub cost: prometheus::Counter,
+    /// `keygate_unpriced_requests_total{provider,model}`.
+    pub unpriced: prometheus::IntCounter,
+}
+
+impl TokenMetrics {
+    /// Series on no registry, for benchmarks and tests of the tap.
+    // Static names: construction cannot fail.
+    #[allow(clippy::expect_used)]
+    pub fn detached(price: Option<super::prices::Price>) -> TokenMetrics {
+        let counter = |name: &str| prometheus::IntCounter::new(name, name).expect("static metric");
+        TokenMetrics {
+            prompt: counter("prompt"),
+            completion: counter("completion"),
+            price,
+            cost: prometheus::Counter::new("cost", "cost").expect("static metric"),
+            unpriced: counter("unpriced"),
+        }
+    }
 }
 
 /// The Prometheus series of one usage key.
@@ -519,10 +556,7 @@ mod tests {
 
     fn test_metrics(_: &UsageKey) -> UsageMetrics {
         UsageMetrics {
-            tokens: TokenMetrics {
-                prompt: prometheus::IntCounter::new("p", "p").unwrap(),
-                completion: prometheus::IntCounter::new("c", "c").unwrap(),
-            },
+            tokens: TokenMetrics::detached(None),
             answered_ok: prometheus::IntCounter::new("r", "r").unwrap(),
         }
     }

@@ -6,6 +6,7 @@
 pub mod ledger;
 pub mod limits;
 pub mod meter;
+pub mod prices;
 pub mod scan;
 pub mod shapes;
 pub mod sse;

@@ -1,11 +1,14 @@
 //! Token usage in response bodies: the `usage` object of a JSON response or
 //! of an SSE event, in the shapes the providers write (docs/design.md §11):
 //!
-//! - OpenAI Chat Completions, Completions, Embeddings: `prompt_tokens`,
-//!   `completion_tokens`, `total_tokens` (`prompt_tokens` already includes
-//!   cached tokens; their breakdown is nested and not read).
+//! - OpenAI Chat Completions, Completions, Embeddings (and the kinds that
+//!   answer in their shape: xAI, Gemini, Groq, Mistral): `prompt_tokens`,
+//!   `completion_tokens`, `total_tokens`; `prompt_tokens` already includes
+//!   the cached tokens, which `prompt_tokens_details.cached_tokens` counts
+//!   (DeepSeek: `prompt_cache_hit_tokens`).
 //! - OpenAI Responses API: `input_tokens`, `output_tokens`, `total_tokens`, at
-//!   `response.usage` (JSON) or in the `response.completed` event.
+//!   `response.usage` (JSON) or in the `response.completed` event; cached
+//!   tokens in `input_tokens_details.cached_tokens`.
 //! - Anthropic Messages: `input_tokens`, `output_tokens`, and the prompt-cache
 //!   counts `cache_creation_input_tokens` / `cache_read_input_tokens`, which
 //!   Anthropic's `input_tokens` excludes but bills: they count into the prompt.
@@ -32,6 +35,12 @@ pub struct Usage {
     /// Total tokens: the upstream's own total when it wrote one, else
     /// prompt + completion.
     pub total: u64,
+    /// Of `prompt`, the tokens read from the provider's prompt cache (billed
+    /// at the cached-input price).
+    pub cached: u64,
+    /// Of `prompt`, the tokens written to the prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`, billed at the cache-write price).
+    pub cache_write: u64,
     /// The counts as written (capped), for [`Usage::merge`].
     reported: Reported,
     /// Some count was over [`MAX_ANSWER_TOKENS`] and was cut to it.
@@ -66,9 +75,30 @@ struct Reported {
     output_tokens: Option<u64>,
     #[serde(default)]
     total_tokens: Option<u64>,
+    #[serde(default)]
+    prompt_tokens_details: Option<Details>,
+    #[serde(default)]
+    input_tokens_details: Option<Details>,
+    #[serde(default)]
+    prompt_cache_hit_tokens: Option<u64>,
+}
+
+/// `prompt_tokens_details` / `input_tokens_details`: the cached share.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+struct Details {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
 }
 
 impl Reported {
+    /// The cached tokens, in whichever field this provider writes them.
+    fn cached(&self) -> Option<u64> {
+        self.cache_read_input_tokens
+            .or(self.prompt_tokens_details.and_then(|d| d.cached_tokens))
+            .or(self.input_tokens_details.and_then(|d| d.cached_tokens))
+            .or(self.prompt_cache_hit_tokens)
+    }
+
     /// `later`'s fields where it has them, else `self`'s.
     /// Counts within one answer only grow (Anthropic's are cumulative; the
     /// others report once), so where both carry a field the larger wins: a
@@ -92,7 +122,26 @@ impl Reported {
             completion_tokens: larger(self.completion_tokens, later.completion_tokens),
             output_tokens: larger(self.output_tokens, later.output_tokens),
             total_tokens: larger(self.total_tokens, later.total_tokens),
+            prompt_tokens_details: details(self.prompt_tokens_details, later.prompt_tokens_details),
+            input_tokens_details: details(self.input_tokens_details, later.input_tokens_details),
+            prompt_cache_hit_tokens: larger(
+                self.prompt_cache_hit_tokens,
+                later.prompt_cache_hit_tokens,
+            ),
         }
+    }
+}
+
+/// The larger cached count of two details objects (either may be absent).
+fn details(earlier: Option<Details>, later: Option<Details>) -> Option<Details> {
+    match (earlier, later) {
+        (Some(a), Some(b)) => Some(Details {
+            cached_tokens: match (a.cached_tokens, b.cached_tokens) {
+                (Some(x), Some(y)) => Some(x.max(y)),
+                (x, y) => y.or(x),
+            },
+        }),
+        (a, b) => b.or(a),
     }
 }
 
@@ -113,10 +162,16 @@ impl From<Reported> for Usage {
             reported.completion_tokens,
             reported.output_tokens,
             reported.total_tokens,
+            reported.cached(),
         ]
         .into_iter()
         .flatten()
         .any(|n| n > MAX_ANSWER_TOKENS);
+        let cap_details = |d: Option<Details>| {
+            d.map(|d| Details {
+                cached_tokens: cap(d.cached_tokens),
+            })
+        };
         let reported = Reported {
             prompt_tokens: cap(reported.prompt_tokens),
             input_tokens: cap(reported.input_tokens),
@@ -125,6 +180,9 @@ impl From<Reported> for Usage {
             completion_tokens: cap(reported.completion_tokens),
             output_tokens: cap(reported.output_tokens),
             total_tokens: cap(reported.total_tokens),
+            prompt_tokens_details: cap_details(reported.prompt_tokens_details),
+            input_tokens_details: cap_details(reported.input_tokens_details),
+            prompt_cache_hit_tokens: cap(reported.prompt_cache_hit_tokens),
         };
         // Saturating: an upstream's absurd counts must not wrap or panic.
         let prompt = match reported.prompt_tokens {
@@ -141,9 +199,18 @@ impl From<Reported> for Usage {
             .completion_tokens
             .or(reported.output_tokens)
             .unwrap_or(0);
+        // Shares of the prompt, never more than it (a hostile upstream's
+        // cached count cannot make the uncached share negative).
+        let cached = reported.cached().unwrap_or(0).min(prompt);
+        let cache_write = reported
+            .cache_creation_input_tokens
+            .unwrap_or(0)
+            .min(prompt - cached);
         Usage {
             prompt,
             completion,
+            cached,
+            cache_write,
             total: reported
                 .total_tokens
                 .unwrap_or(prompt.saturating_add(completion))
@@ -292,6 +359,45 @@ mod tests {
         assert_eq!(
             find(br#"{"choices":[{"delta":{}}],"usage":null}"#),
             Found::default()
+        );
+    }
+
+    #[test]
+    fn cached_tokens_in_every_providers_field() {
+        let cases: [(&[u8], u64, u64); 5] = [
+            // OpenAI Chat Completions (and xAI, Gemini, Groq).
+            (br#"{"usage":{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,"prompt_tokens_details":{"cached_tokens":1920,"audio_tokens":0}}}"#, 1920, 0),
+            // OpenAI Responses API.
+            (br#"{"response":{"usage":{"input_tokens":2006,"input_tokens_details":{"cached_tokens":1024},"output_tokens":300}}}"#, 1024, 0),
+            // DeepSeek.
+            (br#"{"usage":{"prompt_tokens":2006,"completion_tokens":300,"prompt_cache_hit_tokens":1500,"prompt_cache_miss_tokens":506}}"#, 1500, 0),
+            // Anthropic: reads and writes come on top of input_tokens.
+            (br#"{"usage":{"input_tokens":6,"cache_creation_input_tokens":500,"cache_read_input_tokens":1500,"output_tokens":300}}"#, 1500, 500),
+            // No breakdown: nothing cached.
+            (br#"{"usage":{"prompt_tokens":2006,"completion_tokens":300}}"#, 0, 0),
+        ];
+        for (json, cached, written) in cases {
+            let usage = find(json).usage.unwrap();
+            assert_eq!(
+                (usage.cached, usage.cache_write),
+                (cached, written),
+                "{}",
+                String::from_utf8_lossy(json)
+            );
+            assert!(usage.cached + usage.cache_write <= usage.prompt);
+        }
+        // A cached count past the prompt is cut to it.
+        let odd = find(br#"{"usage":{"prompt_tokens":10,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":99}}}"#).usage.unwrap();
+        assert_eq!(odd.cached, 10);
+        // Anthropic's stream: message_start carries the cache counts, message_delta only output.
+        let start = find(br#"{"type":"message_start","message":{"usage":{"input_tokens":6,"cache_read_input_tokens":1500,"output_tokens":1}}}"#).usage.unwrap();
+        let delta = find(br#"{"type":"message_delta","usage":{"output_tokens":300}}"#)
+            .usage
+            .unwrap();
+        let merged = start.merge(delta);
+        assert_eq!(
+            (merged.prompt, merged.cached, merged.completion),
+            (1506, 1500, 300)
         );
     }
 

@@ -238,6 +238,13 @@ impl MeterTap {
             }
             self.metrics.prompt.inc_by(usage.prompt);
             self.metrics.completion.inc_by(usage.completion);
+            match self.metrics.price {
+                Some(price) => self.outcome.cost_micros = price.cost_micros(&usage),
+                None => {
+                    self.outcome.unpriced = true;
+                    self.metrics.unpriced.inc();
+                }
+            }
         }
         // No usage reported (omitted, cut, unreadable): the admission
         // estimate stays charged, and the ledger says so. A stream cut short
@@ -261,6 +268,15 @@ impl MeterTap {
             } else {
                 self.outcome.estimated_tokens = reservation.settle(charged);
             }
+        }
+        // Tokens charged by estimate are priced as output, the dearer side.
+        if let (Some(tokens), Some(price)) = (self.outcome.estimated_tokens, self.metrics.price) {
+            self.outcome.cost_micros += price.most_micros(0, tokens);
+        }
+        if self.outcome.cost_micros > 0 {
+            self.metrics
+                .cost
+                .inc_by(self.outcome.cost_micros as f64 / 1e6);
         }
         self.counters.record(&self.outcome);
     }
@@ -330,10 +346,7 @@ mod tests {
 
     fn tap(strip: bool) -> (MeterTap, Arc<UsageCounters>) {
         let counters = Arc::new(UsageCounters::default());
-        let metrics = TokenMetrics {
-            prompt: prometheus::IntCounter::new("p", "p").unwrap(),
-            completion: prometheus::IntCounter::new("c", "c").unwrap(),
-        };
+        let metrics = TokenMetrics::detached(None);
         let tap = MeterTap::new(
             counters.clone(),
             metrics,
@@ -392,10 +405,7 @@ mod tests {
         };
         let reservation = limits.admit(&client, budget, || 500, 0).unwrap();
         let counters = Arc::new(UsageCounters::default());
-        let metrics = TokenMetrics {
-            prompt: prometheus::IntCounter::new("p", "p").unwrap(),
-            completion: prometheus::IntCounter::new("c", "c").unwrap(),
-        };
+        let metrics = TokenMetrics::detached(None);
         let mut tap = MeterTap::new(
             counters,
             metrics,
@@ -413,10 +423,7 @@ mod tests {
         // for what it passed (a token per 200 bytes at least), not the estimate.
         let reservation = limits.admit(&client, budget, || 500, 0).unwrap();
         let counters = Arc::new(UsageCounters::default());
-        let metrics = TokenMetrics {
-            prompt: prometheus::IntCounter::new("p", "p").unwrap(),
-            completion: prometheus::IntCounter::new("c", "c").unwrap(),
-        };
+        let metrics = TokenMetrics::detached(None);
         let mut tap = MeterTap::new(
             counters.clone(),
             metrics,

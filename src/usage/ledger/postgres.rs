@@ -25,12 +25,14 @@ CREATE TABLE IF NOT EXISTS usage (
     estimated BIGINT NOT NULL DEFAULT 0,
     estimated_tokens BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (hour, client, provider, model)
-)";
+);
+ALTER TABLE usage ADD COLUMN IF NOT EXISTS cost_micros BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN IF NOT EXISTS unpriced BIGINT NOT NULL DEFAULT 0";
 
 const UPSERT: &str = "INSERT INTO usage (hour, client, provider, model, requests, errors,
         incomplete, prompt_tokens, completion_tokens, total_tokens, request_bytes,
-        response_bytes, estimated, estimated_tokens)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+        response_bytes, estimated, estimated_tokens, cost_micros, unpriced)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
      ON CONFLICT (hour, client, provider, model) DO UPDATE SET
         requests = usage.requests + excluded.requests,
         errors = usage.errors + excluded.errors,
@@ -41,7 +43,9 @@ const UPSERT: &str = "INSERT INTO usage (hour, client, provider, model, requests
         request_bytes = usage.request_bytes + excluded.request_bytes,
         response_bytes = usage.response_bytes + excluded.response_bytes,
         estimated = usage.estimated + excluded.estimated,
-        estimated_tokens = usage.estimated_tokens + excluded.estimated_tokens";
+        estimated_tokens = usage.estimated_tokens + excluded.estimated_tokens,
+        cost_micros = usage.cost_micros + excluded.cost_micros,
+        unpriced = usage.unpriced + excluded.unpriced";
 
 /// Upserts `rows` into the hour `hour` in one transaction.
 fn upsert(
@@ -70,6 +74,8 @@ fn upsert(
                 &n(d.response_bytes),
                 &n(d.estimated),
                 &n(d.estimated_tokens),
+                &n(d.cost_micros),
+                &n(d.unpriced),
             ],
         )?;
     }
@@ -160,7 +166,8 @@ impl Postgres {
                 "SELECT client, provider, model, SUM(requests)::BIGINT, SUM(errors)::BIGINT,
                         SUM(prompt_tokens)::BIGINT, SUM(completion_tokens)::BIGINT,
                         SUM(total_tokens)::BIGINT, SUM(estimated)::BIGINT,
-                        SUM(estimated_tokens)::BIGINT
+                        SUM(estimated_tokens)::BIGINT, SUM(cost_micros)::BIGINT,
+                        SUM(unpriced)::BIGINT
                  FROM usage WHERE hour >= $1 AND ($2::TEXT IS NULL OR client = $2)
                  GROUP BY client, provider, model ORDER BY client, provider, model",
                 &[&hour, &only],
@@ -168,17 +175,22 @@ impl Postgres {
             let n = |r: &postgres::Row, i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
             Ok(rows
                 .iter()
-                .map(|r| UsageRow {
-                    client: r.get(0),
-                    provider: r.get(1),
-                    model: r.get(2),
-                    requests: n(r, 3),
-                    errors: n(r, 4),
-                    prompt_tokens: n(r, 5),
-                    completion_tokens: n(r, 6),
-                    total_tokens: n(r, 7),
-                    estimated_requests: n(r, 8),
-                    estimated_tokens: n(r, 9),
+                .map(|r| {
+                    UsageRow {
+                        client: r.get(0),
+                        provider: r.get(1),
+                        model: r.get(2),
+                        requests: n(r, 3),
+                        errors: n(r, 4),
+                        prompt_tokens: n(r, 5),
+                        completion_tokens: n(r, 6),
+                        total_tokens: n(r, 7),
+                        estimated_requests: n(r, 8),
+                        estimated_tokens: n(r, 9),
+                        unpriced_requests: n(r, 11),
+                        ..UsageRow::default()
+                    }
+                    .with_cost(n(r, 10))
                 })
                 .collect())
         });

@@ -27,13 +27,17 @@ CREATE TABLE IF NOT EXISTS usage (
     response_bytes INTEGER NOT NULL DEFAULT 0,
     estimated INTEGER NOT NULL DEFAULT 0,
     estimated_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_micros INTEGER NOT NULL DEFAULT 0,
+    unpriced INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (hour, client, provider, model)
 );";
 
 /// Columns added after the first release, for ledgers created before them.
-const ADDED_COLUMNS: [&str; 2] = [
+const ADDED_COLUMNS: [&str; 4] = [
     "estimated INTEGER NOT NULL DEFAULT 0",
     "estimated_tokens INTEGER NOT NULL DEFAULT 0",
+    "cost_micros INTEGER NOT NULL DEFAULT 0",
+    "unpriced INTEGER NOT NULL DEFAULT 0",
 ];
 
 /// An open SQLite ledger.
@@ -99,8 +103,8 @@ impl Sqlite {
                 .prepare_cached(
                     "INSERT INTO usage (hour, client, provider, model, requests, errors, incomplete,
                         prompt_tokens, completion_tokens, total_tokens, request_bytes, response_bytes,
-                        estimated, estimated_tokens)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                        estimated, estimated_tokens, cost_micros, unpriced)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
                      ON CONFLICT (hour, client, provider, model) DO UPDATE SET
                         requests = requests + excluded.requests,
                         errors = errors + excluded.errors,
@@ -111,7 +115,9 @@ impl Sqlite {
                         request_bytes = request_bytes + excluded.request_bytes,
                         response_bytes = response_bytes + excluded.response_bytes,
                         estimated = estimated + excluded.estimated,
-                        estimated_tokens = estimated_tokens + excluded.estimated_tokens",
+                        estimated_tokens = estimated_tokens + excluded.estimated_tokens,
+                        cost_micros = cost_micros + excluded.cost_micros,
+                        unpriced = unpriced + excluded.unpriced",
                 )
                 .map_err(|e| LedgerError::Sqlite {
                     path: self.path.clone(),
@@ -134,6 +140,8 @@ impl Sqlite {
                     n(d.response_bytes),
                     n(d.estimated),
                     n(d.estimated_tokens),
+                    n(d.cost_micros),
+                    n(d.unpriced),
                 ])
                 .map_err(|e| LedgerError::Sqlite {
                     path: self.path.clone(),
@@ -176,7 +184,7 @@ impl Sqlite {
             .prepare(
                 "SELECT client, provider, model, SUM(requests), SUM(errors), SUM(prompt_tokens),
                         SUM(completion_tokens), SUM(total_tokens), SUM(estimated),
-                        SUM(estimated_tokens)
+                        SUM(estimated_tokens), SUM(cost_micros), SUM(unpriced)
                  FROM usage WHERE hour >= ?1 AND (?2 IS NULL OR client = ?2)
                  GROUP BY client, provider, model ORDER BY client, provider, model",
             )
@@ -196,7 +204,10 @@ impl Sqlite {
                     total_tokens: n(7)?,
                     estimated_requests: n(8)?,
                     estimated_tokens: n(9)?,
-                })
+                    unpriced_requests: n(11)?,
+                    ..UsageRow::default()
+                }
+                .with_cost(n(10)?))
             })
             .map_err(|e| sqlite_error(&path, e))?;
         rows.collect::<Result<Vec<_>, _>>()

@@ -2,7 +2,7 @@
 //! [`UsageRow`] per client, provider and model.
 
 /// Totals of one client, provider and model over a period.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct UsageRow {
     /// Client name.
     pub client: String,
@@ -24,4 +24,19 @@ pub struct UsageRow {
     pub estimated_requests: u64,
     /// Tokens charged by estimate (not in the counts above; a budget counts both).
     pub estimated_tokens: u64,
+    /// What the answers cost, in micro-dollars (estimated charges included).
+    pub cost_micros: u64,
+    /// The same in US dollars (from `cost_micros`).
+    pub cost_usd: f64,
+    /// Answers whose model no price row covers (cost 0).
+    pub unpriced_requests: u64,
+}
+
+impl UsageRow {
+    /// Sets the cost, in micro-dollars and in dollars.
+    pub fn with_cost(mut self, micros: u64) -> UsageRow {
+        self.cost_micros = micros;
+        self.cost_usd = micros as f64 / 1e6;
+        self
+    }
 }
