@@ -30,6 +30,7 @@ mod limits;
 mod metering;
 mod mint;
 mod mint_crash;
+mod money;
 mod postgres_ledger;
 mod process_hardening;
 mod provider_deletes;

@@ -94,6 +94,21 @@ async fn three_replicas_write_one_ledger_that_sums_to_the_upstream() {
         15 * TOKENS,
         "the fleet's ledger sums to what the upstream reported"
     );
+    // And to what it cost: gpt-4o at $2.50 in and $10 out, 11 + 7 tokens
+    // each: 97.5 µ$, 98 rounded, per answer.
+    let out = kg.run_with(
+        &["usage", "--json"],
+        None,
+        &[("KEYGATE_METERING__DB", pg.url().as_str())],
+    );
+    let rows: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let cost: u64 = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cost_micros"].as_u64().unwrap())
+        .sum();
+    assert_eq!(cost, 15 * 98, "{rows}");
     for server in &servers {
         let page = server.admin_get("/metrics").await.text();
         assert!(!page.contains(PG_PASSWORD));

@@ -233,3 +233,47 @@ fn count(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<u64> {
         _ => 0,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_from_the_first_release_gains_the_new_columns_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.sqlite");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE usage (hour INTEGER NOT NULL, client TEXT NOT NULL,
+                    provider TEXT NOT NULL, model TEXT NOT NULL,
+                    requests INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0,
+                    incomplete INTEGER NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
+                    completion_tokens INTEGER NOT NULL DEFAULT 0, total_tokens INTEGER NOT NULL DEFAULT 0,
+                    request_bytes INTEGER NOT NULL DEFAULT 0, response_bytes INTEGER NOT NULL DEFAULT 0,
+                    PRIMARY KEY (hour, client, provider, model));
+                 INSERT INTO usage (hour, client, provider, model, requests, total_tokens)
+                    VALUES (1, 'app', 'openai', 'gpt-4o', 2, 30);",
+            )
+            .unwrap();
+        }
+        let mut ledger = Sqlite::open(&path).unwrap();
+        let key = UsageKey {
+            client: "app".into(),
+            provider: "openai".into(),
+            model: "gpt-4o".into(),
+        };
+        let delta = UsageDelta {
+            requests: 1,
+            total_tokens: 10,
+            cost_micros: 1234,
+            unpriced: 0,
+            ..UsageDelta::default()
+        };
+        ledger.add(1, &[(key, delta)]).unwrap();
+        let rows = ledger.totals(None, 0).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].requests, rows[0].total_tokens), (3, 40));
+        assert_eq!((rows[0].cost_micros, rows[0].cost_usd), (1234, 0.001234));
+    }
+}
