@@ -37,6 +37,7 @@
 //!   rollback record), the secret type, the `kg_` client-key format
 //! - [`cli`]: the commands; the only code that prints to stdout
 
+pub mod calendar;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -4,9 +4,11 @@ use clap::{Args, Subcommand};
 
 use super::{format_time, CliError, Context};
 use crate::vault::client_key;
+use crate::vault::client_record::{dollars, BudgetPeriod};
 use crate::vault::document::{ClientLimits, ClientRecord};
 
-/// `--rpm`, `--tpm`, `--budget-tokens`: a [`ClientLimits`] from the command line.
+/// `--rpm`, `--tpm`, `--budget-tokens`, `--budget-usd`, `--budget-period`:
+/// a [`ClientLimits`] from the command line.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
     /// Requests per minute.
@@ -15,9 +17,33 @@ pub struct LimitArgs {
     /// Tokens per minute.
     #[arg(long)]
     tpm: Option<u64>,
-    /// Total token budget.
+    /// Token budget (per --budget-period; without one, ever).
     #[arg(long)]
     budget_tokens: Option<u64>,
+    /// Dollar budget, priced by the price table (per --budget-period;
+    /// without one, ever). `0` removes it.
+    #[arg(long, value_name = "USD", value_parser = usd_arg)]
+    budget_usd: Option<u64>,
+    /// When both budgets start over: a duration (30s, 1h, 1d, 7d; windows
+    /// aligned to the Unix epoch, so 1d starts at 00:00 UTC), 1mo (the 1st of
+    /// each month, UTC) or lifetime.
+    #[arg(long, value_name = "PERIOD", value_parser = BudgetPeriod::parse)]
+    budget_period: Option<BudgetPeriod>,
+}
+
+/// Dollars (`50`, `12.5`, `0.25`) as micro-dollars.
+fn usd_arg(text: &str) -> Result<u64, String> {
+    let dollars: f64 = text
+        .trim()
+        .trim_start_matches('$')
+        .parse()
+        .map_err(|_| format!("`{text}` is not an amount of dollars (e.g. 50 or 12.5)"))?;
+    if !dollars.is_finite() || !(0.0..=1e9).contains(&dollars) {
+        return Err(format!(
+            "`{text}`: a budget is between $0 and $1,000,000,000"
+        ));
+    }
+    Ok((dollars * 1e6).round() as u64)
 }
 
 /// Client commands.
@@ -65,6 +91,8 @@ impl From<LimitArgs> for ClientLimits {
             rpm: args.rpm,
             tpm: args.tpm,
             budget_tokens: args.budget_tokens,
+            budget_usd_micros: args.budget_usd,
+            budget_period: args.budget_period,
         }
     }
 }
@@ -128,8 +156,16 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
         return Ok(());
     }
     println!(
-        "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14}  {:<17}",
-        "NAME", "CREATED", "STATUS", "RPM", "TPM", "BUDGET", "OLD KEY VALID UNTIL"
+        "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14} {:>12} {:>9}  {:<17}",
+        "NAME",
+        "CREATED",
+        "STATUS",
+        "RPM",
+        "TPM",
+        "BUDGET",
+        "BUDGET USD",
+        "PERIOD",
+        "OLD KEY VALID UNTIL"
     );
     let now = crate::unix_now();
     let limit = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
@@ -140,7 +176,7 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
             .filter(|o| o.valid_until > now && c.revoked.is_none())
             .map_or_else(|| "-".to_owned(), |o| format_time(o.valid_until));
         println!(
-            "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14}  {:<17}",
+            "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14} {:>12} {:>9}  {:<17}",
             c.name,
             format_time(c.created),
             if c.revoked.is_some() {
@@ -151,6 +187,12 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
             limit(c.limits.rpm.map(|v| v.to_string())),
             limit(c.limits.tpm.map(|v| v.to_string())),
             limit(c.limits.budget_tokens.map(|v| v.to_string())),
+            limit(
+                c.limits
+                    .budget_usd_micros
+                    .map(|v| format!("${}", dollars(v)))
+            ),
+            limit(c.limits.budget_period.map(|p| p.to_string())),
             old_key,
         );
     }
@@ -216,7 +258,7 @@ fn set_limits(context: &Context, name: &str, limits: LimitArgs) -> Result<(), Cl
     let change = ClientLimits::from(limits);
     if change == ClientLimits::default() {
         return Err(CliError::Usage(
-            "say which limit to change: --rpm, --tpm and/or --budget-tokens (0 removes one)"
+            "say which limit to change: --rpm, --tpm, --budget-tokens, --budget-usd and/or --budget-period (0 removes one)"
                 .to_owned(),
         ));
     }

@@ -193,7 +193,7 @@ impl FormatTime for CachedUtcTime {
 /// `YYYY-MM-DDTHH:MM:SS` of a second since the epoch (None past year 9999).
 fn second_prefix(secs: u64) -> Option<[u8; 19]> {
     let days = i64::try_from(secs / 86_400).ok()?;
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = crate::calendar::civil_from_days(days);
     let year = u32::try_from(year).ok().filter(|y| *y <= 9999)?;
     let in_day = (secs % 86_400) as u32;
     let mut text = *b"0000-00-00T00:00:00";
@@ -212,26 +212,6 @@ fn write_digits(out: &mut [u8], mut value: u32) {
         *slot = b'0' + (value % 10) as u8;
         value /= 10;
     }
-}
-
-/// (year, month, day) of a day count since 1970-01-01 in the proleptic
-/// Gregorian calendar (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let shifted_month = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * shifted_month + 2) / 5 + 1) as u32;
-    let month = if shifted_month < 10 {
-        shifted_month + 3
-    } else {
-        shifted_month - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
