@@ -331,6 +331,7 @@ mod tests {
             created: 1,
             revoked: None,
             old_key: None,
+            decoy: false,
         }
     }
 

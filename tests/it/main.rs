@@ -18,6 +18,7 @@ mod burn;
 mod cluster;
 mod compression;
 mod config_errors;
+mod decoys;
 mod deploy_files;
 mod failing_upstreams;
 mod fallback;
