@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::vault::fingerprint_mac::FingerprintMac;
 use crate::vault::secret::Secret;
 
 pub use super::client_record::{ClientLimits, ClientRecord, OldClientKey};
@@ -172,6 +173,13 @@ pub struct UpstreamKey {
     pub secret: Option<Secret>,
     /// Fingerprint kept after the secret is wiped, for `key list`.
     pub fingerprint: String,
+    /// HMAC of the secret under the vault's own key
+    /// ([`crate::vault::fingerprint_mac`]), kept after the secret is wiped, so
+    /// a reported key can be named for ever. Filled by the vault on every
+    /// write for each key that still holds its secret; absent in older
+    /// vaults until then. Never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint_mac: Option<FingerprintMac>,
     /// Lifecycle state.
     pub state: KeyState,
     /// Unix seconds.
@@ -215,6 +223,7 @@ impl UpstreamKey {
             label,
             secret: Some(secret.clone()),
             fingerprint: secret.fingerprint(),
+            fingerprint_mac: None,
             state,
             created: now,
             state_changed: now,
