@@ -25,6 +25,7 @@ mod fallback;
 mod first_hour;
 mod health;
 mod hostile_clients;
+mod leaks;
 mod lifecycle;
 mod limits;
 mod metering;
