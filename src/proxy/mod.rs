@@ -1,8 +1,9 @@
 //! The conductor: one client request, top to bottom.
 //!
-//! snapshot once → authenticate (a decoy's use recorded, [`decoy`]) → route by path → receive body → route by model
-//! → key ring → forward ⇄ retry with the next key when the provider's kind says
-//! the key was rejected, is out of credit or rate limited → stream back.
+//! snapshot once → authenticate (a decoy's use is recorded, [`decoy`]) → route
+//! by path → receive body → route by model → key ring → forward ⇄ retry with
+//! the next key when the provider's kind says the key was rejected, is out of
+//! credit or rate limited → stream back.
 //!
 //! Stages are plain functions in their own modules, called here in order;
 //! what several need (which [`headers`] cross, the [`error`] type) sits
