@@ -41,6 +41,7 @@ fn fixture() -> (Config, Snapshot, Secret) {
             created: 0,
             revoked: None,
             old_key: None,
+            decoy: false,
         });
         client_key = Some(key);
     }

@@ -20,9 +20,10 @@
 //! - [`net`]: client listeners (h1/h2, TLS, timeouts, drain), the HTTP/1 head guard, the upstream
 //!   pool and the outbound body it sends, content codings (gzip, deflate, br, zstd)
 //! - [`proxy`]: the conductor of one request, and the stages it calls in order —
-//!   client auth, routing, request body, the outbound leg, the judge of an
-//!   upstream answer, error answers, the response body, the request's end — and
-//!   `ProxyError`, the one place a failure becomes an HTTP answer
+//!   client auth (and a decoy key's bookkeeping), routing, request body, the
+//!   outbound leg, the judge of an upstream answer, error answers, the response
+//!   body, the request's end — and `ProxyError`, the one place a failure
+//!   becomes an HTTP answer
 //! - [`keys`]: the key ring and its runtime health; the key lifecycle (ops, the rotation
 //!   service, verification)
 //! - [`usage`]: the meter's counters, the response tap (SSE splitter, usage shapes),
@@ -34,7 +35,8 @@
 //! - shared leaves below all of these: [`json_skim`] (the few top-level fields of a
 //!   JSON body, read as the upstream reads them) and [`shutdown`] (one cancellation)
 //! - [`vault`]: the encrypted file (format, crypto, atomic writes, master key sources,
-//!   rollback record), the secret type, the `kg_` client-key format
+//!   rollback record), the secret type, the `kg_` client-key format, the
+//!   `fingerprint_mac` that names every upstream key it ever held
 //! - [`cli`]: the commands; the only code that prints to stdout
 
 pub mod calendar;

@@ -55,6 +55,11 @@ pub enum ClientCommand {
         name: String,
         #[command(flatten)]
         limits: LimitArgs,
+        /// Issue a decoy: a key that is never valid, refused exactly as an
+        /// unknown key is, whose every use raises `decoy_used`. Plant it where
+        /// a thief would look.
+        #[arg(long, conflicts_with_all = ["rpm", "tpm", "budget_tokens"])]
+        decoy: bool,
     },
     /// List clients (never their keys).
     List {
@@ -99,7 +104,11 @@ impl From<LimitArgs> for ClientLimits {
 
 pub(super) fn run(context: &Context, command: ClientCommand) -> Result<(), CliError> {
     match command {
-        ClientCommand::Add { name, limits } => add(context, name, limits),
+        ClientCommand::Add {
+            name,
+            limits,
+            decoy,
+        } => add(context, name, limits, decoy),
         ClientCommand::List { json } => list(context, json),
         ClientCommand::Revoke { name } => revoke(context, &name),
         ClientCommand::Rotate { name, grace } => rotate(context, &name, grace),
@@ -107,7 +116,7 @@ pub(super) fn run(context: &Context, command: ClientCommand) -> Result<(), CliEr
     }
 }
 
-fn add(context: &Context, name: String, limits: LimitArgs) -> Result<(), CliError> {
+fn add(context: &Context, name: String, limits: LimitArgs, decoy: bool) -> Result<(), CliError> {
     let limits = ClientLimits::from(limits);
     let valid = !name.is_empty()
         && name.len() <= 64
@@ -139,10 +148,19 @@ fn add(context: &Context, name: String, limits: LimitArgs) -> Result<(), CliErro
             created: crate::unix_now(),
             revoked: None,
             old_key: None,
+            decoy,
         });
         Ok(())
     })?;
-    println!("keygate: client `{name}` created. Its key is shown only this once; store it now:");
+    if decoy {
+        println!(
+            "keygate: decoy `{name}` created. Its key is never valid; plant it where a thief would look (it is shown only this once):"
+        );
+    } else {
+        println!(
+            "keygate: client `{name}` created. Its key is shown only this once; store it now:"
+        );
+    }
     println!("{}", key.expose());
     Ok(())
 }
@@ -179,10 +197,10 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
             "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14} {:>12} {:>9}  {:<17}",
             c.name,
             format_time(c.created),
-            if c.revoked.is_some() {
-                "revoked"
-            } else {
-                "active"
+            match (c.revoked.is_some(), c.decoy) {
+                (true, _) => "revoked",
+                (false, true) => "DECOY",
+                (false, false) => "active",
             },
             limit(c.limits.rpm.map(|v| v.to_string())),
             limit(c.limits.tpm.map(|v| v.to_string())),
@@ -199,7 +217,7 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-/// The active client `name`, for a change.
+/// The active client `name` (a decoy too), for a revoke.
 fn active_client<'a>(
     document: &'a mut crate::vault::document::Document,
     name: &str,
@@ -215,11 +233,26 @@ fn active_client<'a>(
         })
 }
 
+/// The active real client `name`, for a change a decoy has no use for (a
+/// decoy's key is never valid: it has no limits and nothing to rotate).
+fn real_client<'a>(
+    document: &'a mut crate::vault::document::Document,
+    name: &str,
+) -> Result<&'a mut ClientRecord, CliError> {
+    let client = active_client(document, name)?;
+    if client.decoy {
+        return Err(CliError::Usage(format!(
+            "client `{name}` is a decoy: its key is never valid, so it has no limits and nothing to rotate (revoke it, or add a new decoy)"
+        )));
+    }
+    Ok(client)
+}
+
 fn revoke(context: &Context, name: &str) -> Result<(), CliError> {
     let kek = context.kek()?;
     context.vault().update(&kek, |document| {
         let client = active_client(document, name)?;
-        client.revoked = Some(crate::unix_now());
+        client.revoke(crate::unix_now());
         Ok::<(), CliError>(())
     })?;
     println!("keygate: client `{name}` revoked; a running server refuses its key within a second");
@@ -237,7 +270,7 @@ fn rotate(
     let kek = context.kek()?;
     let valid_until = crate::unix_now().saturating_add(grace.as_secs());
     context.vault().update(&kek, |document| {
-        let client = active_client(document, name)?;
+        let client = real_client(document, name)?;
         // A key still in an earlier grace is refused from now on: two keys at most.
         client.old_key = Some(crate::vault::document::OldClientKey {
             key_sha256: std::mem::replace(&mut client.key_sha256, digest.to_hex()),
@@ -264,11 +297,7 @@ fn set_limits(context: &Context, name: &str, limits: LimitArgs) -> Result<(), Cl
     }
     let kek = context.kek()?;
     let record = context.vault().update(&kek, |document| {
-        let client = document
-            .clients
-            .iter_mut()
-            .find(|c| c.name == name && c.revoked.is_none())
-            .ok_or_else(|| CliError::Runtime(format!("no active client named `{name}`")))?;
+        let client = real_client(document, name)?;
         client.limits = client.limits.changed_by(change);
         Ok::<_, CliError>(client.clone())
     })?;

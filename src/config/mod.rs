@@ -27,8 +27,8 @@ pub use provider_tables::{AdminApi, Provider, Routing, UpstreamHttp};
 use provider_tables::{RawProvider, RawRouting};
 use sections::RawCluster;
 pub use sections::{
-    AdminConfig, ClientsConfig, ClusterConfig, KeysConfig, LedgerDb, MeteringConfig, ServerConfig,
-    VaultConfig,
+    AdminConfig, ClientsConfig, ClusterConfig, KeysConfig, LedgerDb, MeteringConfig, OnLeakReport,
+    ServerConfig, VaultConfig,
 };
 
 /// The embedded default configuration (the documented `config/keygate.toml`).

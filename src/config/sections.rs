@@ -104,6 +104,18 @@ pub struct KeysConfig {
     pub default_grace: Duration,
     /// `serve` mints and rotates keys older than `rotate_after` (docs/design.md §12).
     pub auto_rotate: bool,
+    /// What `POST /admin/leaks` does with a reported key keygate holds.
+    pub on_leak_report: OnLeakReport,
+}
+
+/// `[keys] on_leak_report` (docs/design.md §16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLeakReport {
+    /// Burn a reported upstream key in use; revoke a reported client.
+    Burn,
+    /// Change nothing; raise the event only.
+    Alert,
 }
 
 /// `[clients]`.

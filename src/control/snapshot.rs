@@ -35,6 +35,10 @@ pub struct Snapshot {
     /// Key digests of revoked clients, so a refusal can say "revoked" rather
     /// than "unknown" (never grants access).
     pub revoked_clients: HashSet<ClientKeyDigest>,
+    /// Decoy keys (`client add --decoy`) by digest, with the decoy's name:
+    /// apart from `clients`, so a valid key's lookup is the same with or
+    /// without decoys, and a decoy can never grant access.
+    pub decoys: HashMap<ClientKeyDigest, Arc<str>>,
     /// Key ring per provider name.
     pub rings: Rings,
     /// Unix seconds when a `previous` key's grace ends (the snapshot must be
@@ -54,6 +58,7 @@ impl Snapshot {
     ) -> Snapshot {
         let mut clients = HashMap::new();
         let mut revoked_clients = HashSet::new();
+        let mut decoys = HashMap::new();
         for c in &document.clients {
             let Some(digest) = ClientKeyDigest::from_hex(&c.key_sha256) else {
                 continue;
@@ -65,6 +70,10 @@ impl Snapshot {
             if c.revoked.is_some() {
                 revoked_clients.insert(digest);
                 revoked_clients.extend(old.map(|(d, _)| d));
+                continue;
+            }
+            if c.decoy {
+                decoys.insert(digest, Arc::from(c.name.as_str()));
                 continue;
             }
             // Both keys of a rotating client stay on the same pool key.
@@ -120,6 +129,7 @@ impl Snapshot {
             generation,
             clients,
             revoked_clients,
+            decoys,
             rings,
             next_expiry,
         }

@@ -84,6 +84,12 @@ pub async fn bind(config: &ServerConfig) -> Result<Bound, ServerError> {
     })
 }
 
+/// The address of the peer a request came from, put in each request's
+/// extensions by its connection (what the decoy bookkeeping reports). The
+/// TCP peer: keygate behind a load balancer sees the balancer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
 /// What a listener hands each request to: a function from the request to
 /// the future of its response (hyper's service, as a plain closure).
 pub trait Service<B>:
@@ -186,7 +192,7 @@ async fn accept_loop<S, B>(
         let service = service.clone();
         tokio::spawn(async move {
             match tls {
-                None => serve_connection(stream, &server, shutdown, service).await,
+                None => serve_connection(stream, peer, &server, shutdown, service).await,
                 // Boxed: the TLS state would otherwise make every plain
                 // connection's task as large as a TLS one's.
                 Some(acceptor) => {
@@ -196,7 +202,7 @@ async fn accept_loop<S, B>(
                                 .await;
                         match handshake {
                             Ok(Ok(tls_stream)) => {
-                                serve_connection(tls_stream, &server, shutdown, service).await
+                                serve_connection(tls_stream, peer, &server, shutdown, service).await
                             }
                             Ok(Err(error)) => {
                                 tracing::debug!(%peer, %error, "TLS handshake failed")
@@ -212,8 +218,13 @@ async fn accept_loop<S, B>(
     }
 }
 
-async fn serve_connection<I, S, B>(mut io: I, server: &ServerConfig, shutdown: Shutdown, service: S)
-where
+async fn serve_connection<I, S, B>(
+    mut io: I,
+    peer: SocketAddr,
+    server: &ServerConfig,
+    shutdown: Shutdown,
+    service: S,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<B>,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
@@ -232,6 +243,10 @@ where
     // 24 bytes — after which it keeps a 16 KiB read buffer per connection
     // instead of 8 KiB (what 10,000 held streams cost).
     let http2 = opening == H2_PREFACE;
+    let service = move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(PeerAddr(peer));
+        service(request)
+    };
     let io = TokioIo::new(Replay {
         head: Some(opening),
         inner: io,

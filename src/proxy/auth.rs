@@ -5,7 +5,9 @@
 //! checksum) before any lookup, hashed, looked up by digest and confirmed in
 //! constant time. A refusal says which of a few cases it is ([`AuthFailure`]),
 //! so the app's developer can tell a pasted provider key from a typo from a
-//! revoked key. Never logs or returns the key, nor any part of it.
+//! revoked key — and a decoy's key from an unknown one, for the conductor's
+//! bookkeeping only (it is answered as unknown). Never logs or returns the
+//! key, nor any part of it.
 
 use std::sync::{Arc, OnceLock};
 
@@ -39,14 +41,20 @@ pub fn authenticate(
             return Ok(client.clone());
         }
     }
+    // A refused key costs the same two lookups whatever it is, so a decoy
+    // takes no longer to refuse than an unknown key.
     let revoked = snapshot
         .revoked_clients
         .get(&digest)
         .is_some_and(|known| known.ct_eq(&digest));
-    Err(ProxyError::InvalidClientKey(if revoked {
-        AuthFailure::Revoked
-    } else {
-        AuthFailure::Unknown
+    let decoy = snapshot
+        .decoys
+        .get_key_value(&digest)
+        .filter(|(known, _)| known.ct_eq(&digest));
+    Err(ProxyError::InvalidClientKey(match (revoked, decoy) {
+        (true, _) => AuthFailure::Revoked,
+        (false, Some((_, name))) => AuthFailure::Decoy(name.clone()),
+        (false, None) => AuthFailure::Unknown,
     }))
 }
 
@@ -227,5 +235,25 @@ mod tests {
             authenticate(&with(gone.expose()), &snapshot, false),
             Err(ProxyError::InvalidClientKey(AuthFailure::Revoked))
         ));
+    }
+
+    #[test]
+    fn a_decoy_is_refused_and_named() {
+        let (decoy, decoy_digest) = client_key::generate().unwrap();
+        let (other, _) = client_key::generate().unwrap();
+        let mut snapshot = Snapshot::default();
+        snapshot
+            .decoys
+            .insert(decoy_digest, Arc::from("old-env-file"));
+        let refusal =
+            |key: &str| match authenticate(&headers(&[("x-api-key", key)]), &snapshot, true) {
+                Err(ProxyError::InvalidClientKey(why)) => why,
+                other => panic!("expected a refusal, got {other:?}"),
+            };
+        assert_eq!(
+            refusal(decoy.expose()),
+            AuthFailure::Decoy(Arc::from("old-env-file"))
+        );
+        assert_eq!(refusal(other.expose()), AuthFailure::Unknown);
     }
 }

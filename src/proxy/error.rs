@@ -172,7 +172,7 @@ impl ProxyError {
     /// What the client reads: says what was wrong and what to do.
     fn message(&self) -> String {
         match self {
-            ProxyError::InvalidClientKey(why) => client_key_message(*why),
+            ProxyError::InvalidClientKey(why) => client_key_message(why),
             ProxyError::UpstreamKeyRejected { provider } => format!(
                 "Every upstream API key keygate holds for provider `{provider}` was rejected by the \
                  upstream. The operator should run `keygate key verify {provider}`."
@@ -243,7 +243,7 @@ impl ProxyError {
 /// The 401 text for each [`AuthFailure`]: it is about
 /// the keygate client key (not the upstream key), which case it is, and what
 /// to do. Never quotes what was presented.
-fn client_key_message(why: AuthFailure) -> String {
+fn client_key_message(why: &AuthFailure) -> String {
     const NOT_UPSTREAM: &str = "This is about the keygate client key keygate issued to your app \
          (kg_…, from `keygate client add`), not the upstream provider's API key, which keygate \
          holds itself.";
@@ -255,7 +255,7 @@ fn client_key_message(why: AuthFailure) -> String {
             "The Authorization header has no `Bearer ` scheme, so it carries no keygate client \
              key. {SEND} {NOT_UPSTREAM}"
         ),
-        AuthFailure::ProviderKey(provider) => {
+        &AuthFailure::ProviderKey(provider) => {
             // "an OpenAI", "an xAI", "a Groq".
             let article = match provider.as_bytes().first() {
                 Some(b'A' | b'E' | b'I' | b'O' | b'U' | b'x') => "an",
@@ -277,7 +277,8 @@ fn client_key_message(why: AuthFailure) -> String {
             "The key sent is not a keygate client key (those are kg_ followed by 42 letters and \
              digits). {SEND} {NOT_UPSTREAM}"
         ),
-        AuthFailure::Unknown => format!(
+        // A decoy is told exactly what an unknown key is told.
+        AuthFailure::Unknown | AuthFailure::Decoy(_) => format!(
             "The keygate client key sent is well-formed but unknown to this keygate (issued by \
              another keygate or vault?). Ask the operator for a key (`keygate client add`). \
              {NOT_UPSTREAM}"
@@ -313,7 +314,7 @@ mod tests {
             (AuthFailure::Revoked, "was revoked"),
         ];
         for (why, says) in cases {
-            let err = ProxyError::InvalidClientKey(why);
+            let err = ProxyError::InvalidClientKey(why.clone());
             assert_eq!(
                 (err.status(), err.code()),
                 (StatusCode::UNAUTHORIZED, "invalid_client_key")
@@ -322,6 +323,25 @@ mod tests {
             assert!(message.contains(says), "{why:?}: {message}");
             assert!(message.contains("kg_"), "{why:?}: {message}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_decoy_is_answered_byte_for_byte_as_an_unknown_key() {
+        let read = |why: AuthFailure| async move {
+            let error = ProxyError::InvalidClientKey(why);
+            let response: Response<FullBody> = error.into_response();
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.unwrap().to_bytes();
+            (
+                parts.status,
+                format!("{:?}", parts.headers),
+                body,
+                error.code(),
+            )
+        };
+        let decoy = AuthFailure::Decoy(std::sync::Arc::from("old-env-file"));
+        assert_eq!(decoy.reason(), AuthFailure::Unknown.reason());
+        assert_eq!(read(decoy).await, read(AuthFailure::Unknown).await);
     }
 
     #[tokio::test]
@@ -359,7 +379,7 @@ impl From<crate::usage::limits::LimitError> for ProxyError {
 
 /// Why a request's client key was refused (carried by
 /// [`ProxyError::InvalidClientKey`]; the message is written in `error.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthFailure {
     /// No credential header at all (or an empty one).
     Missing,
@@ -377,6 +397,10 @@ pub enum AuthFailure {
     Unknown,
     /// A key of a client that was revoked.
     Revoked,
+    /// A decoy's key (`client add --decoy`), named for the conductor's
+    /// bookkeeping. Answered, counted and logged exactly as
+    /// [`AuthFailure::Unknown`]: nothing the presenter can see tells them.
+    Decoy(std::sync::Arc<str>),
 }
 
 impl AuthFailure {
@@ -392,14 +416,14 @@ impl AuthFailure {
     ];
 
     /// The `reason` label and log field value.
-    pub fn reason(self) -> &'static str {
+    pub fn reason(&self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing",
             AuthFailure::NoBearerScheme => "no_bearer_scheme",
             AuthFailure::ProviderKey(_) => "provider_key",
             AuthFailure::BadChecksum => "bad_checksum",
             AuthFailure::Malformed => "malformed",
-            AuthFailure::Unknown => "unknown",
+            AuthFailure::Unknown | AuthFailure::Decoy(_) => "unknown",
             AuthFailure::Revoked => "revoked",
         }
     }

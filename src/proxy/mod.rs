@@ -1,8 +1,9 @@
 //! The conductor: one client request, top to bottom.
 //!
-//! snapshot once → authenticate → route by path → receive body → route by model
-//! → key ring → forward ⇄ retry with the next key when the provider's kind says
-//! the key was rejected, is out of credit or rate limited → stream back.
+//! snapshot once → authenticate (a decoy's use is recorded, [`decoy`]) → route
+//! by path → receive body → route by model → key ring → forward ⇄ retry with
+//! the next key when the provider's kind says the key was rejected, is out of
+//! credit or rate limited → stream back.
 //!
 //! Stages are plain functions in their own modules, called here in order;
 //! what several need (which [`headers`] cross, the [`error`] type) sits
@@ -14,6 +15,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod decoy;
 pub mod error;
 pub mod error_answer;
 pub mod forward;
@@ -36,7 +38,7 @@ use crate::keys::key_events::Verdict;
 use crate::keys::{health, KeyRing};
 use crate::net::upstream::{SendError, UpstreamBody};
 use crate::providers::KeyVerdict;
-use crate::proxy::error::ProxyError;
+use crate::proxy::error::{AuthFailure, ProxyError};
 use crate::usage::limits;
 use crate::usage::meter::{model_label, UsageKey};
 use body::{BodyLimits, RequestBody};
@@ -86,7 +88,12 @@ async fn conduct(
         &parts.headers,
         &snapshot,
         shared.config.clients.allow_anonymous,
-    )?;
+    )
+    .inspect_err(|error| {
+        if let ProxyError::InvalidClientKey(AuthFailure::Decoy(name)) = error {
+            decoy::record(shared, &decoy::Sighting::of(name.clone(), &parts));
+        }
+    })?;
     end.client = Some(client.name.clone());
     let path_match = route::by_path(&shared.config, parts.uri.path())?;
     let limits = body_limits(&shared.config);

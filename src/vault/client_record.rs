@@ -187,6 +187,9 @@ pub struct ClientRecord {
     pub revoked: Option<u64>,
     /// After `client rotate`: the previous key, valid until its grace ends.
     pub old_key: Option<OldClientKey>,
+    /// A decoy (`client add --decoy`): its key is never valid; presenting it
+    /// is refused as an unknown key would be, and raises `decoy_used`.
+    pub decoy: bool,
 }
 
 /// A client record as the vault file holds it: the limits inline, unknown
@@ -212,6 +215,14 @@ struct StoredClient {
     revoked: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     old_key: Option<OldClientKey>,
+    /// Absent (not a decoy) in vaults written before decoys, and left out for
+    /// real clients so older readers still open the file.
+    #[serde(default, skip_serializing_if = "is_false")]
+    decoy: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 impl From<StoredClient> for ClientRecord {
@@ -229,6 +240,7 @@ impl From<StoredClient> for ClientRecord {
             created: s.created,
             revoked: s.revoked,
             old_key: s.old_key,
+            decoy: s.decoy,
         }
     }
 }
@@ -246,6 +258,7 @@ impl From<ClientRecord> for StoredClient {
             created: c.created,
             revoked: c.revoked,
             old_key: c.old_key,
+            decoy: c.decoy,
         }
     }
 }
@@ -261,6 +274,12 @@ pub struct OldClientKey {
 }
 
 impl ClientRecord {
+    /// Revokes the client from `now` (unix seconds): its key, and a rotated
+    /// client's old key, are refused as revoked from the next snapshot on.
+    pub fn revoke(&mut self, now: u64) {
+        self.revoked = Some(now);
+    }
+
     /// What `client list --json` and `GET /admin/clients` show (never the key hash).
     pub fn summary(&self) -> serde_json::Value {
         let mut summary = serde_json::json!({
@@ -268,6 +287,7 @@ impl ClientRecord {
             "created": self.created,
             "revoked": self.revoked,
             "old_key_valid_until": self.old_key.as_ref().map(|o| o.valid_until),
+            "decoy": self.decoy,
         });
         if let (Some(fields), Ok(serde_json::Value::Object(limits))) =
             (summary.as_object_mut(), serde_json::to_value(self.limits))

@@ -33,6 +33,12 @@ pub struct DerivedKek {
 pub struct Dek(Zeroizing<[u8; 32]>);
 
 impl Dek {
+    /// This vault's `fingerprint_mac` key: derived from the DEK, so it is
+    /// stable across updates and rekeys and differs between vaults.
+    pub fn fingerprint_key(&self) -> Result<super::fingerprint_mac::FingerprintKey, VaultError> {
+        super::fingerprint_mac::FingerprintKey::derive(&self.0)
+    }
+
     /// A fresh random DEK.
     pub fn generate() -> Result<Self, VaultError> {
         let mut key = Zeroizing::new([0u8; 32]);

@@ -9,9 +9,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::vault::fingerprint_mac::FingerprintMac;
 use crate::vault::secret::Secret;
 
-pub use super::client_record::{ClientLimits, ClientRecord, OldClientKey};
+pub use super::client_record::{BudgetPeriod, ClientLimits, ClientRecord, OldClientKey};
 
 /// The decrypted vault document.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -172,6 +173,13 @@ pub struct UpstreamKey {
     pub secret: Option<Secret>,
     /// Fingerprint kept after the secret is wiped, for `key list`.
     pub fingerprint: String,
+    /// HMAC of the secret under the vault's own key
+    /// ([`crate::vault::fingerprint_mac`]), kept after the secret is wiped, so
+    /// a reported key can be named for ever. Filled by the vault on every
+    /// write for each key that still holds its secret; absent in older
+    /// vaults until then. Never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint_mac: Option<FingerprintMac>,
     /// Lifecycle state.
     pub state: KeyState,
     /// Unix seconds.
@@ -215,6 +223,7 @@ impl UpstreamKey {
             label,
             secret: Some(secret.clone()),
             fingerprint: secret.fingerprint(),
+            fingerprint_mac: None,
             state,
             created: now,
             state_changed: now,
@@ -317,6 +326,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn budget_periods_parse_and_align() {
+        use crate::vault::client_record::BudgetPeriod as P;
+        assert_eq!(P::parse("1mo"), Ok(P::Month));
+        assert_eq!(P::parse("7d"), Ok(P::Seconds(7 * 86_400)));
+        assert_eq!(P::parse("lifetime"), Ok(P::Seconds(0)));
+        assert!(P::parse("1.5s").is_err() && P::parse("soon").is_err() && P::parse("3651d").is_err());
+        // 2026-12-06T05:00:07Z.
+        let now = 1_796_533_207;
+        assert_eq!(P::Seconds(5).window_start(now), now - 2);
+        assert_eq!(P::Seconds(5).window_end(now), now + 3);
+        assert_eq!(P::Seconds(86_400).window_start(now), 1_796_515_200); // 00:00 UTC
+        assert_eq!(P::Month.window_start(now), 1_796_083_200); // the 1st
+        assert_eq!(P::Month.window_end(now), 1_798_761_600);
+        for text in ["30s", "1h", "1d", "7d", "1mo", "90m"] {
+            assert_eq!(P::parse(text).unwrap().to_string(), if text == "90m" { "90m" } else { text });
+        }
+    }
+
+    #[test]
     fn a_client_record_keeps_its_limits_inline_as_the_file_always_had_them() {
         let stored =
             r#"{"name":"app","key_sha256":"ab","rpm":60,"budget_tokens":1000,"created":1}"#;
@@ -325,8 +353,8 @@ mod tests {
             record.limits,
             ClientLimits {
                 rpm: Some(60),
-                tpm: None,
-                budget_tokens: Some(1000)
+                budget_tokens: Some(1000),
+                ..ClientLimits::default()
             }
         );
         let written = serde_json::to_value(&record).unwrap();
@@ -341,9 +369,31 @@ mod tests {
         let changed = record.limits.changed_by(ClientLimits {
             rpm: Some(0),
             tpm: Some(5),
-            budget_tokens: None,
+            ..ClientLimits::default()
         });
         assert_eq!(changed.describe(), "rpm unlimited, tpm 5, budget 1000");
+        // A dollar budget per calendar month, kept under its own names.
+        let monthly = changed.changed_by(ClientLimits {
+            budget_usd_micros: Some(50_000_000),
+            budget_period: Some(BudgetPeriod::Month),
+            ..ClientLimits::default()
+        });
+        assert_eq!(
+            monthly.describe(),
+            "rpm unlimited, tpm 5, budget 1000 tokens, $50.00 per 1mo"
+        );
+        let mut record = record;
+        record.limits = monthly;
+        let written = serde_json::to_value(&record).unwrap();
+        assert_eq!((written["budget_usd_micros"].as_u64(), written["budget_period"].as_str()), (Some(50_000_000), Some("1mo")));
+        let read: ClientRecord = serde_json::from_value(written).unwrap();
+        assert_eq!(read.limits, monthly);
+        // A period of 0 removes the period.
+        let lifetime = monthly.changed_by(ClientLimits {
+            budget_period: Some(BudgetPeriod::Seconds(0)),
+            ..ClientLimits::default()
+        });
+        assert_eq!(lifetime.budget_period, None);
     }
 
     const ADMIN: &str = "sk-admin-test-Qw3Er5Ty7Ui9Op1As2Df4Gh";

@@ -16,6 +16,7 @@ pub mod document;
 
 mod crypto;
 mod file;
+pub mod fingerprint_mac;
 pub use file::WriteLock;
 mod format;
 pub mod master;
@@ -50,6 +51,8 @@ pub struct Loaded {
     /// The file or its directory is not writable (e.g. a read-only Kubernetes
     /// Secret mount): serve it, but do not try to change it.
     pub read_only: bool,
+    /// This vault's `fingerprint_mac` key, to name a reported secret.
+    pub fingerprint_key: fingerprint_mac::FingerprintKey,
 }
 
 /// Why a vault or master key operation failed. `Display` says what was wrong
@@ -209,6 +212,7 @@ impl Vault {
             generation: opened.header.generation,
             kek_id: opened.header.kek_id,
             read_only: file::is_read_only(&self.path),
+            fingerprint_key: opened.dek.fingerprint_key()?,
         })
     }
 
@@ -242,7 +246,12 @@ impl Vault {
         let opened = crypto::open(&self.path, &self.read()?, kek)?;
         self.check_not_rolled_back(opened.header.generation)?;
         let mut doc = self.parse(&opened.plaintext)?;
+        // Before `f`, so a key `f` wipes keeps the MAC of its secret (an older
+        // vault's keys gain theirs here); after, for the keys `f` added.
+        let fingerprints = opened.dek.fingerprint_key()?;
+        fingerprints.fill_missing(&mut doc);
         let value = f(&mut doc)?;
+        fingerprints.fill_missing(&mut doc);
         // Same KEK (the salt is kept) and same DEK; fresh nonces inside seal.
         let next = self.next_generation(opened.header.generation)?;
         let bytes = crypto::seal(next, &opened.kek, &opened.dek, &self.serialise(&doc)?)?;
@@ -331,6 +340,7 @@ mod tests {
             created: 1,
             revoked: None,
             old_key: None,
+            decoy: false,
         }
     }
 
@@ -609,5 +619,100 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    fn upstream(secret: &str) -> document::UpstreamKey {
+        document::UpstreamKey::new(
+            "key_1".to_owned(),
+            "openai",
+            &Secret::new(secret.to_owned()),
+            None,
+            document::KeyState::Current,
+            1,
+        )
+    }
+
+    fn mac_of(vault: &Vault, kek: &Kek) -> fingerprint_mac::FingerprintMac {
+        let loaded = vault.load(kek).unwrap();
+        loaded.document.keys[0].fingerprint_mac.clone().unwrap()
+    }
+
+    #[test]
+    fn a_key_added_gets_its_fingerprint_mac_stable_across_writes_and_rekeys() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = raw();
+        let vault = new_vault(&dir, &kek);
+        let secret = "sk-test-fingerprint-mac-0000000000000001";
+        vault
+            .update(&kek, |doc| {
+                doc.keys.push(upstream(secret));
+                Ok::<_, VaultError>(())
+            })
+            .unwrap();
+        let first = mac_of(&vault, &kek);
+        let loaded = vault.load(&kek).unwrap();
+        assert!(first.ct_eq(&loaded.fingerprint_key.mac(secret)));
+        add(&vault, &kek, "second");
+        assert_eq!(mac_of(&vault, &kek), first);
+        let new = passphrase("another passphrase, long enough");
+        vault.rekey(&kek, &new).unwrap();
+        assert_eq!(mac_of(&vault, &new), first);
+        // Kept once the secret is wiped.
+        vault
+            .update(&new, |doc| {
+                doc.keys[0].secret = None;
+                Ok::<_, VaultError>(())
+            })
+            .unwrap();
+        assert_eq!(mac_of(&vault, &new), first);
+        // Another vault (another data key): another MAC for the same secret.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = new_vault(&other_dir, &kek);
+        other
+            .update(&kek, |doc| {
+                doc.keys.push(upstream(secret));
+                Ok::<_, VaultError>(())
+            })
+            .unwrap();
+        assert!(!mac_of(&other, &kek).ct_eq(&first));
+    }
+
+    #[test]
+    fn a_vault_written_before_fingerprint_macs_gains_them_on_its_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = raw();
+        let vault = Vault::new(dir.path().join("keygate.vault"));
+        // The document of an older keygate: no `fingerprint_mac` anywhere.
+        let secret = "sk-test-fingerprint-mac-0000000000000002";
+        let old = format!(
+            r#"{{"keys":[{{"id":"key_1","provider":"openai","label":null,"secret":"{secret}","fingerprint":"sk-…0002","state":"current","created":1,"state_changed":1}},{{"id":"key_2","provider":"openai","label":null,"secret":null,"fingerprint":"sk-…0003","state":"retired","created":1,"state_changed":2}}],"clients":[]}}"#
+        );
+        let document: Document = serde_json::from_str(&old).unwrap();
+        vault.create(&kek, &document).unwrap();
+        assert!(vault.load(&kek).unwrap().document.keys[0]
+            .fingerprint_mac
+            .is_none());
+        // The write wipes the secret, yet the key keeps the MAC of it.
+        vault
+            .update(&kek, |doc| {
+                doc.keys[0].secret = None;
+                Ok::<_, VaultError>(())
+            })
+            .unwrap();
+        let loaded = vault.load(&kek).unwrap();
+        let mac = loaded.document.keys[0].fingerprint_mac.as_ref().unwrap();
+        assert!(mac.ct_eq(&loaded.fingerprint_key.mac(secret)));
+        // A key whose secret was wiped before cannot gain one.
+        assert!(loaded.document.keys[1].fingerprint_mac.is_none());
+        let text = format!("{:?} {:?}", loaded, loaded.document.keys[0].summary(2, 1));
+        assert!(!text.contains(&mac_hex(mac)), "{text}");
+    }
+
+    fn mac_hex(mac: &fingerprint_mac::FingerprintMac) -> String {
+        serde_json::to_value(mac)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 }

@@ -221,6 +221,7 @@ async fn every_metric_in_the_alerts_and_the_dashboard_exists() {
     )
     .assert_ok("key rotate");
     let client = kg.add_client("app");
+    let decoy = kg.add_decoy("planted");
     let server = kg.serve_with(&[("KEYGATE_CLUSTER__REDIS_URL", "redis://127.0.0.1:9/0")]);
     let resp = server
         .send(
@@ -230,6 +231,15 @@ async fn every_metric_in_the_alerts_and_the_dashboard_exists() {
         )
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
+    // A decoy presented (keygate_decoy_uses_total).
+    let resp = server
+        .send(
+            Req::post("/v1/chat/completions")
+                .bearer(&decoy)
+                .json(&chat_body("gpt-4o")),
+        )
+        .await;
+    assert_eq!(resp.status, 401);
     let page = server.admin_get("/metrics").await.text();
     let exported: std::collections::BTreeSet<String> = page
         .lines()

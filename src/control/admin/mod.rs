@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 mod key_actions;
+mod leaks;
 mod views;
 
 use key_actions::{add_key, burn_key, revoke_key, rotate_key};
@@ -34,6 +35,9 @@ enum AdminError {
     Unauthorized,
     #[error("no such admin route")]
     NotFound,
+    /// A leak report of a key keygate does not hold.
+    #[error("keygate holds no such key (never an upstream key in its vault, nor a client key it issued); nothing was changed")]
+    NotHeld,
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -51,6 +55,7 @@ impl AdminError {
             AdminError::Off => (StatusCode::NOT_FOUND, "admin_api_off"),
             AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "invalid_admin_token"),
             AdminError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            AdminError::NotHeld => (StatusCode::NOT_FOUND, "not_a_held_key"),
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AdminError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
@@ -243,6 +248,7 @@ async fn admin_api(
             };
             burn_key(shared, id, request).await
         }
+        (Method::POST, ["leaks"]) => leaks::report(shared, parse(&body)?).await,
         _ => Err(AdminError::NotFound),
     }
 }

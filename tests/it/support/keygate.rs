@@ -299,7 +299,16 @@ impl Keygate {
 
     /// `keygate client add NAME`; returns the `kg_…` key it printed.
     pub fn add_client(&self, name: &str) -> String {
-        let out = self.run(&["client", "add", name]);
+        self.issue_client(&["client", "add", name])
+    }
+
+    /// `keygate client add NAME --decoy`; returns the decoy `kg_…` key it printed.
+    pub fn add_decoy(&self, name: &str) -> String {
+        self.issue_client(&["client", "add", name, "--decoy"])
+    }
+
+    fn issue_client(&self, args: &[&str]) -> String {
+        let out = self.run(args);
         out.assert_ok("client add");
         let key = find_token(&out.stdout, "kg_")
             .unwrap_or_else(|| panic!("`client add` printed no kg_ key: {}", out.stdout));
