@@ -142,9 +142,14 @@ pub(super) fn run(
         let config = Arc::new(config);
         let mut ledger =
             Ledger::open(&config.metering.db).map_err(|e| CliError::Runtime(e.to_string()))?;
-        let spent = ledger
-            .client_totals()
-            .map_err(|e| CliError::Runtime(e.to_string()))?;
+        let spent = crate::usage::limits::SpentBefore::new(
+            ledger
+                .client_totals()
+                .map_err(|e| CliError::Runtime(e.to_string()))?,
+            ledger
+                .client_hours(crate::unix_now().saturating_sub(crate::usage::limits::HISTORY) / 3600)
+                .map_err(|e| CliError::Runtime(e.to_string()))?,
+        );
         let receivers = notify_receivers(&config)?;
         let outbox = crate::events::outbox::Outbox::open(&config.metering.db)
             .map_err(|e| CliError::Runtime(e.to_string()))?;

@@ -23,11 +23,28 @@ pub enum ProxyError {
         /// When to retry.
         retry_after: Duration,
     },
-    /// Client over its token budget.
-    #[error("client {client} has spent its token budget")]
+    /// Client over a budget (tokens or dollars) for its period.
+    #[error("client {client} has spent its budget")]
     ClientBudgetExceeded {
         /// Client name.
         client: String,
+        /// What is left of its dollar budget, in micro-dollars (the
+        /// `x-keygate-budget-remaining-usd` header), when it has one.
+        remaining_usd_micros: Option<u64>,
+        /// Until its period starts over (`None`: a lifetime budget).
+        retry_after: Option<Duration>,
+    },
+    /// A client with a dollar budget asked for a model no price row covers.
+    #[error("model `{model}` has no price, and client {client} has a dollar budget")]
+    ModelNotPriced {
+        /// Client name.
+        client: String,
+        /// The model asked for.
+        model: String,
+        /// The provider it would go to.
+        provider: String,
+        /// Its price list (a kind's name).
+        price_list: String,
     },
     /// Body larger than `max_request_body`.
     #[error("request body is larger than {limit} bytes")]
@@ -114,6 +131,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::InvalidClientKey(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::ModelNotPriced { .. } => StatusCode::FORBIDDEN,
             ProxyError::ClientRateLimited { .. } | ProxyError::ClientBudgetExceeded { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -137,6 +155,7 @@ impl ProxyError {
             ProxyError::InvalidClientKey(_) => "invalid_client_key",
             ProxyError::ClientRateLimited { .. } => "client_rate_limited",
             ProxyError::ClientBudgetExceeded { .. } => "client_budget_exceeded",
+            ProxyError::ModelNotPriced { .. } => "model_not_priced",
             ProxyError::RequestTooLarge { .. } => "request_too_large",
             ProxyError::BodyTimeout(_) | ProxyError::BodyDeadline(_) => "request_timeout",
             ProxyError::BadRequestBody(_) => "bad_request_body",
@@ -165,6 +184,7 @@ impl ProxyError {
             | ProxyError::InvalidPath(_)
             | ProxyError::UnsupportedRequestEncoding(_)
             | ProxyError::UnknownRoute(_) => "invalid_request_error",
+            ProxyError::ModelNotPriced { .. } => "permission_error",
             _ => "upstream_error",
         }
     }
@@ -190,6 +210,33 @@ impl ProxyError {
             ProxyError::UnknownRoute(path) => format!(
                 "keygate has no route for `{path}`: use /v1/… or /{{provider}}/v1/…"
             ),
+            ProxyError::ModelNotPriced {
+                client,
+                model,
+                provider,
+                price_list,
+            } => format!(
+                "Client `{client}` has a dollar budget, and keygate has no price for model \
+                 `{model}` at provider `{provider}`, so it cannot keep the request within the \
+                 budget. Use a priced model (`keygate prices {provider}`), or the operator adds \
+                 a row: [prices.\"{price_list}/{model}\"] with input and output in dollars per \
+                 million tokens."
+            ),
+            ProxyError::ClientBudgetExceeded {
+                client,
+                retry_after,
+                ..
+            } => match retry_after {
+                Some(after) => format!(
+                    "Client `{client}` has spent its budget for this period; it starts over in \
+                     {}s.",
+                    after.as_secs()
+                ),
+                None => format!(
+                    "Client `{client}` has spent its budget. The operator can raise it with \
+                     `keygate client limits {client}`."
+                ),
+            },
             other => {
                 let mut text = other.to_string();
                 if let Some(first) = text.get_mut(0..1) {
@@ -218,10 +265,25 @@ impl ProxyError {
         );
         let retry_after = match self {
             ProxyError::ClientRateLimited { retry_after, .. } => Some(retry_after.as_secs()),
-            // A spent budget does not refill by itself: ask for a long pause.
-            ProxyError::ClientBudgetExceeded { .. } => Some(3600),
+            // A budget per period refills when the period starts over; a
+            // lifetime budget does not by itself: ask for a long pause.
+            ProxyError::ClientBudgetExceeded { retry_after, .. } => {
+                Some(retry_after.map_or(3600, |after| after.as_secs()))
+            }
             _ => None,
         };
+        if let ProxyError::ClientBudgetExceeded {
+            remaining_usd_micros: Some(micros),
+            ..
+        } = self
+        {
+            let remaining = crate::vault::client_record::dollars(*micros);
+            if let Ok(value) = HeaderValue::from_str(&remaining) {
+                response
+                    .headers_mut()
+                    .insert("x-keygate-budget-remaining-usd", value);
+            }
+        }
         if let Some(secs) = retry_after {
             let secs = secs.max(1);
             response
@@ -372,7 +434,16 @@ impl From<crate::usage::limits::LimitError> for ProxyError {
                 client,
                 retry_after,
             },
-            LimitError::BudgetExceeded { client } => ProxyError::ClientBudgetExceeded { client },
+            LimitError::BudgetExceeded {
+                client,
+                remaining_usd_micros,
+                retry_after,
+                ..
+            } => ProxyError::ClientBudgetExceeded {
+                client,
+                remaining_usd_micros,
+                retry_after,
+            },
         }
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod auth;
 pub mod body;
+mod budget_events;
 pub mod decoy;
 pub mod error;
 pub mod error_answer;
@@ -106,6 +107,14 @@ async fn conduct(
         .map_or(declared_len.unwrap_or(0), |b| b.len() as u64);
 
     let plan = plan(shared, &client.name, path_match, &body, end);
+    if let (Some(model), Some(_)) = (&plan.unpriced_model, client.limits.budget_usd_micros) {
+        return Err(ProxyError::ModelNotPriced {
+            client: client.name.to_string(),
+            model: model.to_string(),
+            provider: plan.provider.name.clone(),
+            price_list: plan.provider.kind.price_list().to_owned(),
+        });
+    }
     admit(shared, &client, plan.estimate, end).await?;
     if let Some(rewritten) = plan.asks_for_usage {
         // Ask for the usage chunk on the client's behalf, and hide it from them.
@@ -166,8 +175,10 @@ struct Plan<'a> {
     metrics: crate::control::metrics::ProviderMetrics,
     /// The `/v1/…` path under the provider.
     path: &'a str,
-    /// Tokens to hold until the real usage is known.
-    estimate: u64,
+    /// Tokens and micro-dollars to hold until the real cost is known.
+    estimate: limits::Estimate,
+    /// The body names a model no price row covers.
+    unpriced_model: Option<Arc<str>>,
     /// The body rewritten to ask for a stream's usage, when it was.
     asks_for_usage: Option<bytes::Bytes>,
     /// The usage chunk keygate asked for is hidden from the client.
@@ -194,11 +205,13 @@ fn plan<'a>(
     };
     let provider_metrics = shared.metrics.provider(&provider.name);
     end.provider = Some(provider_metrics.clone());
+    let named_model = model.is_some();
+    let label = model.map_or_else(|| Arc::from("-"), |m| model_label(&m));
     let series = shared.meter.series(
         UsageKey {
             client: client.clone(),
             provider: provider_metrics.name.clone(),
-            model: model.map_or_else(|| Arc::from("-"), |m| model_label(&m)),
+            model: label.clone(),
         },
         |key| {
             let price = config
@@ -208,15 +221,17 @@ fn plan<'a>(
             shared.metrics.usage_series(key, price)
         },
     );
+    let price = series.metrics.tokens.price;
     end.count_in(
         series.counters,
         series.metrics.tokens,
         series.metrics.answered_ok,
     );
+    let unpriced_model = (named_model && price.is_none()).then_some(label);
     // A request without a body (a `GET`) asks for nothing to be generated.
     let estimate = match body.buffered() {
-        Some(b) if b.is_empty() => 0,
-        _ => limits::estimate_tokens(fields.as_ref(), end.request_bytes),
+        Some(b) if b.is_empty() => limits::Estimate::default(),
+        _ => limits::estimate(fields.as_ref(), end.request_bytes, price),
     };
     let asks_for_usage = (config.metering.stream_usage
         && provider.kind.takes_stream_usage_option(path))
@@ -231,27 +246,31 @@ fn plan<'a>(
         metrics: provider_metrics,
         path,
         estimate,
+        unpriced_model,
         strips_usage_chunk: asks_for_usage.is_some(),
         asks_for_usage,
     }
 }
 
 /// Admits the request against the client's limits (here, then across the
-/// cluster for a limited client) and holds its reservation.
+/// cluster for a limited client) and holds its reservation; a budget
+/// crossing 80 %, or spent, is told once per period.
 async fn admit(
     shared: &Shared,
     client: &crate::control::snapshot::ClientInfo,
-    estimate: u64,
+    estimate: limits::Estimate,
     end: &mut RequestEnd,
 ) -> Result<(), ProxyError> {
-    let reservation =
-        shared
-            .limits
-            .admit(&client.name, client.limits, || estimate, crate::unix_now())?;
+    let now = crate::unix_now();
+    let admitted = shared
+        .limits
+        .admit(&client.name, client.limits, || estimate, now);
     // Only a limited client pays the Redis round trip.
-    let reservation = match &shared.cluster {
-        Some(cluster) if client.limits.any() => {
-            let spent_before = shared.limits.spent_before_start(&client.name);
+    let admitted = match (admitted, &shared.cluster) {
+        (Ok(reservation), Some(cluster)) if client.limits.any() => {
+            let spent_before = shared
+                .limits
+                .spent_before(&client.name, reservation.window());
             crate::cluster::limits::reserve(
                 cluster,
                 reservation,
@@ -260,12 +279,30 @@ async fn admit(
                 spent_before,
                 crate::unix_now_ms(),
             )
-            .await?
+            .await
         }
-        _ => reservation,
+        (admitted, _) => admitted,
     };
-    end.hold(reservation);
-    Ok(())
+    match admitted {
+        Ok(reservation) => {
+            if let Some(crossing) = reservation.crossed {
+                budget_events::threshold(&shared.events, client, crossing);
+            }
+            end.hold(reservation);
+            Ok(())
+        }
+        Err(error) => {
+            if let limits::LimitError::BudgetExceeded {
+                first: true,
+                window,
+                ..
+            } = error
+            {
+                budget_events::exceeded(&shared.events, &shared.limits, client, window, now);
+            }
+            Err(error.into())
+        }
+    }
 }
 
 /// Everything one attempt with one key needs.

@@ -152,7 +152,10 @@ impl RequestEnd {
         }
         // No body reported usage: nothing was spent upstream.
         if let Some(reservation) = self.reservation.take() {
-            reservation.settle(Some(0));
+            reservation.settle(Some(crate::usage::limits::Charge {
+                tokens: 0,
+                micros: 0,
+            }));
         }
         let client = self.client.as_deref().unwrap_or("-");
         let provider = self.provider.as_ref().map_or("-", |p| &*p.name);

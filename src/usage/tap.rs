@@ -22,7 +22,7 @@ use super::scan::UsageScanner;
 use super::shapes::{self as usage, Usage};
 use super::sse::SseSplitter;
 use crate::net::content_coding::Decoder;
-use crate::usage::limits::Reservation;
+use crate::usage::limits::{Charge, Reservation};
 
 enum Mode {
     /// Pass-through: frames go out untouched; a stream counts the usage seen
@@ -251,6 +251,9 @@ impl MeterTap {
         // is charged at least its estimate too: its usage may come only at
         // the end (Anthropic's `message_start` reports 1 output token), so a
         // client leaving before it must not pay for what it saw so far alone.
+        // Tokens charged by estimate are priced as output, the dearer side.
+        let price = self.metrics.price;
+        let estimated_cost = |tokens: u64| price.map_or(0, |p| p.most_micros(0, tokens));
         if let Some(reservation) = self.reservation.take() {
             let seen = self.usage.map(|u| u.total);
             // What the client was sent of a cut stream counts too, when it
@@ -262,16 +265,21 @@ impl MeterTap {
                 None if passed > reservation.estimate() => Some(passed),
                 None => None,
             };
-            if !complete && seen.is_none() && charged.is_some() {
-                self.outcome.estimated_tokens = charged;
-                reservation.settle(charged);
-            } else {
-                self.outcome.estimated_tokens = reservation.settle(charged);
-            }
+            let estimated = !complete && seen.is_none() && charged.is_some();
+            let charge = charged.map(|tokens| Charge {
+                tokens,
+                micros: match self.usage {
+                    Some(usage) if tokens == usage.total => self.outcome.cost_micros,
+                    // A cut stream charged more than it reported.
+                    Some(_) => self.outcome.cost_micros.max(estimated_cost(tokens)),
+                    None => estimated_cost(tokens),
+                },
+            });
+            let kept = reservation.settle(charge);
+            self.outcome.estimated_tokens = if estimated { charged } else { kept };
         }
-        // Tokens charged by estimate are priced as output, the dearer side.
-        if let (Some(tokens), Some(price)) = (self.outcome.estimated_tokens, self.metrics.price) {
-            self.outcome.cost_micros += price.most_micros(0, tokens);
+        if let Some(tokens) = self.outcome.estimated_tokens {
+            self.outcome.cost_micros = self.outcome.cost_micros.max(estimated_cost(tokens));
         }
         if self.outcome.cost_micros > 0 {
             self.metrics
@@ -403,7 +411,17 @@ mod tests {
             budget_tokens: Some(10_000),
             ..ClientLimits::default()
         };
-        let reservation = limits.admit(&client, budget, || 500, 0).unwrap();
+        let reservation = limits
+            .admit(
+                &client,
+                budget,
+                || crate::usage::limits::Estimate {
+                    tokens: 500,
+                    micros: 0,
+                },
+                0,
+            )
+            .unwrap();
         let counters = Arc::new(UsageCounters::default());
         let metrics = TokenMetrics::detached(None);
         let mut tap = MeterTap::new(
@@ -416,12 +434,22 @@ mod tests {
         );
         tap.on_data(Bytes::from_static(CUT));
         drop(tap); // the client left
-        let (_, _, spent) = limits.counted("app", 0);
+        let (_, _, spent, _) = limits.counted("app", 0);
         assert_eq!(spent, 500, "charged its estimate, not the 26 tokens seen");
 
         // A long answer passed in full, then cut before any usage: charged
         // for what it passed (a token per 200 bytes at least), not the estimate.
-        let reservation = limits.admit(&client, budget, || 500, 0).unwrap();
+        let reservation = limits
+            .admit(
+                &client,
+                budget,
+                || crate::usage::limits::Estimate {
+                    tokens: 500,
+                    micros: 0,
+                },
+                0,
+            )
+            .unwrap();
         let counters = Arc::new(UsageCounters::default());
         let metrics = TokenMetrics::detached(None);
         let mut tap = MeterTap::new(
@@ -438,7 +466,7 @@ mod tests {
         let passed = chunk.len() as u64;
         tap.on_data(chunk);
         drop(tap);
-        let (_, _, spent) = limits.counted("app", 0);
+        let (_, _, spent, _) = limits.counted("app", 0);
         assert_eq!(spent, 500 + passed / 200);
         assert_eq!(counters.drain().estimated_tokens, passed / 200);
     }

@@ -331,7 +331,9 @@ mod tests {
         assert_eq!(P::parse("1mo"), Ok(P::Month));
         assert_eq!(P::parse("7d"), Ok(P::Seconds(7 * 86_400)));
         assert_eq!(P::parse("lifetime"), Ok(P::Seconds(0)));
-        assert!(P::parse("1.5s").is_err() && P::parse("soon").is_err() && P::parse("3651d").is_err());
+        assert!(
+            P::parse("1.5s").is_err() && P::parse("soon").is_err() && P::parse("3651d").is_err()
+        );
         // 2026-12-06T05:00:07Z.
         let now = 1_796_533_207;
         assert_eq!(P::Seconds(5).window_start(now), now - 2);
@@ -340,7 +342,10 @@ mod tests {
         assert_eq!(P::Month.window_start(now), 1_796_083_200); // the 1st
         assert_eq!(P::Month.window_end(now), 1_798_761_600);
         for text in ["30s", "1h", "1d", "7d", "1mo", "90m"] {
-            assert_eq!(P::parse(text).unwrap().to_string(), if text == "90m" { "90m" } else { text });
+            assert_eq!(
+                P::parse(text).unwrap().to_string(),
+                if text == "90m" { "90m" } else { text }
+            );
         }
     }
 
@@ -385,7 +390,13 @@ mod tests {
         let mut record = record;
         record.limits = monthly;
         let written = serde_json::to_value(&record).unwrap();
-        assert_eq!((written["budget_usd_micros"].as_u64(), written["budget_period"].as_str()), (Some(50_000_000), Some("1mo")));
+        assert_eq!(
+            (
+                written["budget_usd_micros"].as_u64(),
+                written["budget_period"].as_str()
+            ),
+            (Some(50_000_000), Some("1mo"))
+        );
         let read: ClientRecord = serde_json::from_value(written).unwrap();
         assert_eq!(read.limits, monthly);
         // A period of 0 removes the period.

@@ -43,11 +43,13 @@ pub(super) fn list_clients(shared: &Shared) -> Result<serde_json::Value, AdminEr
             .map(|c| {
                 let mut summary = c.summary();
                 // This replica's counts, against the limits (the status page's "how close").
-                let (requests, tokens, spent) = shared.limits.counted(&c.name, now);
+                let (requests, tokens, spent, micros) = shared.limits.counted(&c.name, now);
                 summary["counted"] = serde_json::json!({
                     "requests_this_minute": requests,
                     "tokens_this_minute": tokens,
                     "tokens_spent": spent,
+                    "usd_spent": micros as f64 / 1e6,
+                    "budget_window_start": c.limits.budget_period.map(|p| p.window_start(now)),
                 });
                 summary
             })

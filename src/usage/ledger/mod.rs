@@ -26,7 +26,7 @@ use crate::config::LedgerDb;
 use crate::shutdown::Shutdown;
 
 pub use self::error::LedgerError;
-pub use self::usage_row::UsageRow;
+pub use self::usage_row::{ClientSpend, UsageRow};
 
 /// An open ledger.
 pub struct Ledger {
@@ -50,20 +50,36 @@ impl Ledger {
         Ok(Ledger { backend })
     }
 
-    /// Adds drained counters to the hour `hour` (unix seconds / 3600), in one transaction.
-    pub fn add(&mut self, hour: u64, rows: &[(UsageKey, UsageDelta)]) -> Result<(), LedgerError> {
+    /// Adds drained counters to the hour `hour` (unix seconds / 3600), in
+    /// one transaction, written at `now_ms`.
+    pub fn add(
+        &mut self,
+        hour: u64,
+        now_ms: u64,
+        rows: &[(UsageKey, UsageDelta)],
+    ) -> Result<(), LedgerError> {
         match &mut self.backend {
-            Backend::Sqlite(sqlite) => sqlite.add(hour, rows),
-            Backend::Postgres(pg) => pg.add(hour, rows),
+            Backend::Sqlite(sqlite) => sqlite.add(hour, now_ms, rows),
+            Backend::Postgres(pg) => pg.add(hour, now_ms, rows),
         }
     }
 
-    /// All-time tokens per client, reported and estimated (budgets survive a
-    /// restart, including what streams without usage were charged).
-    pub fn client_totals(&mut self) -> Result<Vec<(String, u64)>, LedgerError> {
+    /// All-time tokens (reported and estimated) and micro-dollars per
+    /// client: lifetime budgets survive a restart, including what streams
+    /// without usage were charged.
+    pub fn client_totals(&mut self) -> Result<Vec<ClientSpend>, LedgerError> {
         match &mut self.backend {
             Backend::Sqlite(sqlite) => sqlite.client_totals(),
             Backend::Postgres(pg) => pg.client_totals(),
+        }
+    }
+
+    /// Tokens and micro-dollars per client and hour since `since_hour`:
+    /// budgets per period survive a restart.
+    pub fn client_hours(&mut self, since_hour: u64) -> Result<Vec<ClientSpend>, LedgerError> {
+        match &mut self.backend {
+            Backend::Sqlite(sqlite) => sqlite.client_hours(since_hour),
+            Backend::Postgres(pg) => pg.client_hours(since_hour),
         }
     }
 
@@ -93,8 +109,9 @@ pub async fn run(meter: Arc<Meter>, mut ledger: Ledger, interval: Duration, mut 
         };
         pending.extend(meter.drain());
         if !pending.is_empty() {
-            let hour = crate::unix_now() / 3600;
-            let result = tokio::task::block_in_place(|| ledger.add(hour, &pending));
+            let now_ms = crate::unix_now_ms();
+            let result =
+                tokio::task::block_in_place(|| ledger.add(now_ms / 3_600_000, now_ms, &pending));
             match result {
                 Ok(()) => pending.clear(),
                 Err(error) => tracing::warn!("usage ledger write failed, will retry: {error}"),

@@ -3,7 +3,7 @@
 //! (a new connection after any failure, every call bounded in time).
 
 use super::error::LedgerError;
-use super::usage_row::UsageRow;
+use super::usage_row::{ClientSpend, UsageRow};
 use crate::pg_link::{PgError, PgLink};
 use crate::usage::meter::{UsageDelta, UsageKey};
 use crate::vault::secret::Secret;
@@ -27,12 +27,13 @@ CREATE TABLE IF NOT EXISTS usage (
     PRIMARY KEY (hour, client, provider, model)
 );
 ALTER TABLE usage ADD COLUMN IF NOT EXISTS cost_micros BIGINT NOT NULL DEFAULT 0;
-ALTER TABLE usage ADD COLUMN IF NOT EXISTS unpriced BIGINT NOT NULL DEFAULT 0";
+ALTER TABLE usage ADD COLUMN IF NOT EXISTS unpriced BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE usage ADD COLUMN IF NOT EXISTS last_ms BIGINT NOT NULL DEFAULT 0";
 
 const UPSERT: &str = "INSERT INTO usage (hour, client, provider, model, requests, errors,
         incomplete, prompt_tokens, completion_tokens, total_tokens, request_bytes,
-        response_bytes, estimated, estimated_tokens, cost_micros, unpriced)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+        response_bytes, estimated, estimated_tokens, cost_micros, unpriced, last_ms)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
      ON CONFLICT (hour, client, provider, model) DO UPDATE SET
         requests = usage.requests + excluded.requests,
         errors = usage.errors + excluded.errors,
@@ -45,12 +46,14 @@ const UPSERT: &str = "INSERT INTO usage (hour, client, provider, model, requests
         estimated = usage.estimated + excluded.estimated,
         estimated_tokens = usage.estimated_tokens + excluded.estimated_tokens,
         cost_micros = usage.cost_micros + excluded.cost_micros,
-        unpriced = usage.unpriced + excluded.unpriced";
+        unpriced = usage.unpriced + excluded.unpriced,
+        last_ms = GREATEST(usage.last_ms, excluded.last_ms)";
 
 /// Upserts `rows` into the hour `hour` in one transaction.
 fn upsert(
     client: &mut postgres::Client,
     hour: u64,
+    now_ms: u64,
     rows: &[(UsageKey, UsageDelta)],
 ) -> Result<(), postgres::Error> {
     let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
@@ -76,6 +79,7 @@ fn upsert(
                 &n(d.estimated_tokens),
                 &n(d.cost_micros),
                 &n(d.unpriced),
+                &n(now_ms),
             ],
         )?;
     }
@@ -106,10 +110,14 @@ impl Postgres {
     pub(super) fn add(
         &mut self,
         hour: u64,
+        now_ms: u64,
         rows: &[(UsageKey, UsageDelta)],
     ) -> Result<(), LedgerError> {
         let batch = rows.to_vec();
-        match self.link.call(move |client| upsert(client, hour, &batch)) {
+        match self
+            .link
+            .call(move |client| upsert(client, hour, now_ms, &batch))
+        {
             Ok(()) => Ok(()),
             // The database refused a value (SQLSTATE class 22, a data
             // exception): that row alone is dropped, named in the log, and
@@ -118,7 +126,10 @@ impl Postgres {
             Err(error) if error.is_data_exception() => {
                 for row in rows {
                     let one = [row.clone()];
-                    match self.link.call(move |client| upsert(client, hour, &one)) {
+                    match self
+                        .link
+                        .call(move |client| upsert(client, hour, now_ms, &one))
+                    {
                         Ok(()) => {}
                         Err(error) if error.is_data_exception() => tracing::warn!(
                             client = %row.0.client,
@@ -135,19 +146,44 @@ impl Postgres {
         }
     }
 
-    pub(super) fn client_totals(&mut self) -> Result<Vec<(String, u64)>, LedgerError> {
-        let rows = self.link.call(|client| {
-            let rows = client.query(
-                "SELECT client, (SUM(total_tokens) + SUM(estimated_tokens))::BIGINT FROM usage GROUP BY client",
-                &[],
-            )?;
+    pub(super) fn client_totals(&mut self) -> Result<Vec<ClientSpend>, LedgerError> {
+        self.spend(
+            "SELECT client, 0::BIGINT, (SUM(total_tokens) + SUM(estimated_tokens))::BIGINT,
+                    SUM(cost_micros)::BIGINT, MAX(last_ms)::BIGINT
+             FROM usage WHERE $1::BIGINT = $1 GROUP BY client",
+            0,
+        )
+    }
+
+    pub(super) fn client_hours(
+        &mut self,
+        since_hour: u64,
+    ) -> Result<Vec<ClientSpend>, LedgerError> {
+        self.spend(
+            "SELECT client, hour, (SUM(total_tokens) + SUM(estimated_tokens))::BIGINT,
+                    SUM(cost_micros)::BIGINT, MAX(last_ms)::BIGINT
+             FROM usage WHERE hour >= $1 GROUP BY client, hour",
+            since_hour,
+        )
+    }
+
+    fn spend(
+        &mut self,
+        query: &'static str,
+        since_hour: u64,
+    ) -> Result<Vec<ClientSpend>, LedgerError> {
+        let since = i64::try_from(since_hour).unwrap_or(i64::MAX);
+        let rows = self.link.call(move |client| {
+            let rows = client.query(query, &[&since])?;
+            let n = |r: &postgres::Row, i: usize| u64::try_from(r.get::<_, i64>(i)).unwrap_or(0);
             Ok(rows
                 .iter()
-                .map(|r| {
-                    (
-                        r.get::<_, String>(0),
-                        u64::try_from(r.get::<_, i64>(1)).unwrap_or(0),
-                    )
+                .map(|r| ClientSpend {
+                    client: r.get(0),
+                    hour: n(r, 1),
+                    tokens: n(r, 2),
+                    micros: n(r, 3),
+                    last_ms: n(r, 4),
                 })
                 .collect())
         });

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use super::error::LedgerError;
-use super::usage_row::UsageRow;
+use super::usage_row::{ClientSpend, UsageRow};
 use crate::usage::meter::{UsageDelta, UsageKey};
 
 const SCHEMA: &str = "
@@ -29,15 +29,17 @@ CREATE TABLE IF NOT EXISTS usage (
     estimated_tokens INTEGER NOT NULL DEFAULT 0,
     cost_micros INTEGER NOT NULL DEFAULT 0,
     unpriced INTEGER NOT NULL DEFAULT 0,
+    last_ms INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (hour, client, provider, model)
 );";
 
 /// Columns added after the first release, for ledgers created before them.
-const ADDED_COLUMNS: [&str; 4] = [
+const ADDED_COLUMNS: [&str; 5] = [
     "estimated INTEGER NOT NULL DEFAULT 0",
     "estimated_tokens INTEGER NOT NULL DEFAULT 0",
     "cost_micros INTEGER NOT NULL DEFAULT 0",
     "unpriced INTEGER NOT NULL DEFAULT 0",
+    "last_ms INTEGER NOT NULL DEFAULT 0",
 ];
 
 /// An open SQLite ledger.
@@ -92,6 +94,7 @@ impl Sqlite {
     pub(super) fn add(
         &mut self,
         hour: u64,
+        now_ms: u64,
         rows: &[(UsageKey, UsageDelta)],
     ) -> Result<(), LedgerError> {
         let tx = self.conn.transaction().map_err(|e| LedgerError::Sqlite {
@@ -103,8 +106,8 @@ impl Sqlite {
                 .prepare_cached(
                     "INSERT INTO usage (hour, client, provider, model, requests, errors, incomplete,
                         prompt_tokens, completion_tokens, total_tokens, request_bytes, response_bytes,
-                        estimated, estimated_tokens, cost_micros, unpriced)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                        estimated, estimated_tokens, cost_micros, unpriced, last_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
                      ON CONFLICT (hour, client, provider, model) DO UPDATE SET
                         requests = requests + excluded.requests,
                         errors = errors + excluded.errors,
@@ -117,7 +120,8 @@ impl Sqlite {
                         estimated = estimated + excluded.estimated,
                         estimated_tokens = estimated_tokens + excluded.estimated_tokens,
                         cost_micros = cost_micros + excluded.cost_micros,
-                        unpriced = unpriced + excluded.unpriced",
+                        unpriced = unpriced + excluded.unpriced,
+                        last_ms = MAX(last_ms, excluded.last_ms)",
                 )
                 .map_err(|e| LedgerError::Sqlite {
                     path: self.path.clone(),
@@ -142,6 +146,7 @@ impl Sqlite {
                     n(d.estimated_tokens),
                     n(d.cost_micros),
                     n(d.unpriced),
+                    n(now_ms),
                 ])
                 .map_err(|e| LedgerError::Sqlite {
                     path: self.path.clone(),
@@ -155,18 +160,44 @@ impl Sqlite {
         })
     }
 
-    /// All-time tokens per client, reported and estimated (budgets survive a
-    /// restart, including what streams without usage were charged).
-    pub(super) fn client_totals(&mut self) -> Result<Vec<(String, u64)>, LedgerError> {
+    /// All-time tokens (reported and estimated) and micro-dollars per client.
+    pub(super) fn client_totals(&mut self) -> Result<Vec<ClientSpend>, LedgerError> {
+        self.spend(
+            "SELECT client, 0, SUM(total_tokens) + SUM(estimated_tokens), SUM(cost_micros), MAX(last_ms)
+             FROM usage WHERE ?1 = ?1 GROUP BY client",
+            0,
+        )
+    }
+
+    /// Tokens and micro-dollars per client and hour since `since_hour`.
+    pub(super) fn client_hours(
+        &mut self,
+        since_hour: u64,
+    ) -> Result<Vec<ClientSpend>, LedgerError> {
+        self.spend(
+            "SELECT client, hour, SUM(total_tokens) + SUM(estimated_tokens), SUM(cost_micros), MAX(last_ms)
+             FROM usage WHERE hour >= ?1 GROUP BY client, hour",
+            since_hour,
+        )
+    }
+
+    fn spend(&mut self, query: &str, since_hour: u64) -> Result<Vec<ClientSpend>, LedgerError> {
         let path = self.path.clone();
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT client, SUM(total_tokens) + SUM(estimated_tokens) FROM usage GROUP BY client",
-            )
+            .prepare(query)
             .map_err(|e| sqlite_error(&path, e))?;
+        let since = i64::try_from(since_hour).unwrap_or(i64::MAX);
         let rows = stmt
-            .query_map([], |row| Ok((row.get::<_, String>(0)?, count(row, 1)?)))
+            .query_map(params![since], |row| {
+                Ok(ClientSpend {
+                    client: row.get(0)?,
+                    hour: count(row, 1)?,
+                    tokens: count(row, 2)?,
+                    micros: count(row, 3)?,
+                    last_ms: count(row, 4)?,
+                })
+            })
             .map_err(|e| sqlite_error(&path, e))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| sqlite_error(&path, e))
@@ -270,7 +301,7 @@ mod tests {
             unpriced: 0,
             ..UsageDelta::default()
         };
-        ledger.add(1, &[(key, delta)]).unwrap();
+        ledger.add(1, 3_600_500, &[(key, delta)]).unwrap();
         let rows = ledger.totals(None, 0).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].requests, rows[0].total_tokens), (3, 40));

@@ -40,3 +40,19 @@ impl UsageRow {
         self
     }
 }
+
+/// What one client spent: in all (`hour` 0), or in one hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSpend {
+    /// Client name.
+    pub client: String,
+    /// The hour (unix seconds / 3600), or 0 for all time.
+    pub hour: u64,
+    /// Tokens, reported and estimated.
+    pub tokens: u64,
+    /// Micro-dollars.
+    pub micros: u64,
+    /// When the last of it was written (ms since the epoch; 0: before the
+    /// ledger kept it).
+    pub last_ms: u64,
+}
