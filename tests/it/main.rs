@@ -14,6 +14,7 @@ mod admin_api;
 mod admin_keys;
 mod auth;
 mod auto_rotate;
+mod budgets;
 mod burn;
 mod cluster;
 mod compression;

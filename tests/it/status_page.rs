@@ -255,6 +255,9 @@ async fn in_a_real_browser_the_page_shows_every_key_and_refuses_a_wrong_token() 
         rpm == "1/60 rpm" || (!same_minute && rpm == "0/60 rpm"),
         "how close the client is to its limit: {seen}"
     );
+    // Its spend (gpt-4o is priced: $0.0001 once the ledger has the request).
+    let spend = clients[0][7].as_str().unwrap_or_default();
+    assert!(spend == "$0.0001" || spend == "$0.0000", "{seen}");
     let providers = seen["providers"].as_array().unwrap();
     let openai = providers
         .iter()

@@ -153,7 +153,9 @@ async function refresh() {
     table.append(row);
   }
   const usage = $("clients");
-  usage.replaceChildren(el("tr", {}, ...["client", "status", "limits", "tokens, last hour", "", "tokens, last day", ""].map((h) => el("th", {}, h))));
+  usage.replaceChildren(el("tr", {}, ...["client", "status", "limits", "tokens, last hour", "", "tokens, last day", "", "spend, last day"].map((h) => el("th", {}, h))));
+  const spend = {};
+  for (const r of day) spend[r.client] = (spend[r.client] || 0) + (r.cost_usd || 0);
   const h = totals(hour), d = totals(day);
   const maxH = Math.max(0, ...Object.values(h)), maxD = Math.max(0, ...Object.values(d));
   for (const c of clients) {
@@ -163,11 +165,13 @@ async function refresh() {
       c.rpm && (n.requests_this_minute || 0) + "/" + c.rpm + " rpm",
       c.tpm && (n.tokens_this_minute || 0) + "/" + c.tpm + " tpm",
       c.budget_tokens && (n.tokens_spent || 0) + "/" + c.budget_tokens + " budget",
-    ].filter(Boolean).join(", ") || "none";
+      c.budget_usd && "$" + (n.usd_spent || 0).toFixed(2) + "/$" + c.budget_usd.toFixed(2),
+    ].filter(Boolean).join(", ") + (c.budget_period && (c.budget_usd || c.budget_tokens) ? " per " + c.budget_period : "") || "none";
     usage.append(el("tr", { "data-client": c.name },
       el("td", {}, c.name), el("td", {}, c.revoked ? "revoked" : "active"), el("td", {}, limits),
       el("td", { class: "num" }, String(h[c.name] || 0)), el("td", {}, bar(h[c.name] || 0, maxH)),
-      el("td", { class: "num" }, String(d[c.name] || 0)), el("td", {}, bar(d[c.name] || 0, maxD))));
+      el("td", { class: "num" }, String(d[c.name] || 0)), el("td", {}, bar(d[c.name] || 0, maxD)),
+      el("td", { class: "num spend" }, "$" + (spend[c.name] || 0).toFixed(4))));
   }
   const happened = $("events");
   happened.replaceChildren(el("tr", {}, ...["when", "event", "about", "delivery"].map((h) => el("th", {}, h))));
