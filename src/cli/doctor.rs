@@ -82,6 +82,14 @@ pub(super) fn run(
             }
         }
     }
+    if let Some(document) = context
+        .kek()
+        .ok()
+        .and_then(|kek| context.vault().load(&kek).ok())
+        .map(|l| l.document)
+    {
+        inventory_checks(context, &document, &mut report)?;
+    }
     shared_store_checks(context, &mut report)?;
     let failed = report.0.iter().filter(|l| l.status == Status::Fail).count();
     if json {
@@ -313,6 +321,55 @@ fn key_checks(context: &Context, document: &Document, report: &mut Report) -> Re
             ),
             (working == 0).then(|| format!("keygate key verify {}", provider.name)),
         );
+    }
+    Ok(())
+}
+
+/// Orphans (keys keygate created but never recorded) and unmanaged keys at
+/// each provider keygate can list: warnings, with the command that clears them.
+fn inventory_checks(
+    context: &Context,
+    document: &Document,
+    report: &mut Report,
+) -> Result<(), CliError> {
+    use crate::keys::inventory;
+    let listable: Vec<_> = context
+        .config
+        .providers
+        .values()
+        .filter(|p| inventory::can_take(document, p))
+        .collect();
+    if listable.is_empty() {
+        return Ok(());
+    }
+    let (runtime, upstream) = crate::cli::upstream_runtime(context)?;
+    for provider in listable {
+        let name = &provider.name;
+        match runtime.block_on(inventory::take(&upstream, provider, document, None)) {
+            Ok(entries) => {
+                let counts = inventory::Counts::of(&entries);
+                let status = if counts.orphan > 0 || counts.unmanaged > 0 {
+                    Status::Warn
+                } else {
+                    Status::Ok
+                };
+                report.add(
+                    "inventory",
+                    status,
+                    format!(
+                        "{name}: {} keys at the provider, {} managed, {} orphan, {} unmanaged",
+                        entries.len(),
+                        counts.managed,
+                        counts.orphan,
+                        counts.unmanaged
+                    ),
+                    (status == Status::Warn).then(|| {
+                        format!("keygate key inventory {name}, then --delete PROVIDER_KEY_ID what is not needed")
+                    }),
+                );
+            }
+            Err(error) => report.add("inventory", Status::Warn, format!("{name}: {error}"), None),
+        }
     }
     Ok(())
 }

@@ -106,6 +106,10 @@ pub struct KeysConfig {
     pub auto_rotate: bool,
     /// What `POST /admin/leaks` does with a reported key keygate holds.
     pub on_leak_report: OnLeakReport,
+    /// How often `serve` takes the inventory of every provider it can list
+    /// (docs/design.md §15); 0 turns it off.
+    #[serde(deserialize_with = "duration")]
+    pub inventory_interval: Duration,
 }
 
 /// `[keys] on_leak_report` (docs/design.md §16).

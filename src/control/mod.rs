@@ -2,12 +2,14 @@
 //! read and its single writer ([`reload`], looped by [`follow`]), the
 //! admin listener (health [`probes`], the [`admin`] API and the
 //! [`status_page`]), the
-//! [`key_upkeep`] (retiring, deleting at the provider, auto-rotation),
+//! [`key_upkeep`] (retiring, deleting at the provider, auto-rotation), the
+//! daily [`inventory_watch`],
 //! [`metrics`], the [`log_format`] and [`core_dumps`] protection.
 
 pub mod admin;
 pub mod core_dumps;
 pub mod follow;
+pub mod inventory_watch;
 pub mod key_upkeep;
 pub mod log_format;
 pub mod metrics;

@@ -52,6 +52,8 @@ pub struct Shared {
     pub event_queue: Arc<EventQueue>,
     /// The durable outbox (`keygate events`, `/admin/events`, deliveries).
     pub outbox: Arc<Mutex<Outbox>>,
+    /// The last inventory's counts per provider (status page, `/admin/providers`).
+    pub inventory: crate::control::inventory_watch::LastCounts,
     /// What the outbox writer drains; taken once by `serve`.
     event_receiver: Mutex<Option<tokio::sync::mpsc::Receiver<Event>>>,
 }
@@ -100,6 +102,7 @@ impl Shared {
             event_queue,
             outbox: Arc::new(Mutex::new(outbox)),
             event_receiver: Mutex::new(Some(event_receiver)),
+            inventory: Mutex::default(),
             metrics,
             cluster,
             config,

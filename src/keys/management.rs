@@ -78,6 +78,26 @@ pub enum ManagementError {
         /// The cause (hosts and socket errors only).
         detail: String,
     },
+    /// The credential may not list the keys.
+    #[error("the {provider} management API refused to list its keys (HTTP 403): the management credential lacks the permission to list API keys; it needs {permission}")]
+    ListForbidden {
+        /// Provider name.
+        provider: String,
+        /// What it needs, in the provider's words.
+        permission: &'static str,
+    },
+    /// A listing failed after some pages were read.
+    #[error("the {provider} management API failed on page {page} of its key list, after {read} keys were read: {source}; nothing was done")]
+    PartialList {
+        /// Provider name.
+        provider: String,
+        /// The page that failed (1-based).
+        page: usize,
+        /// Keys read before it.
+        read: usize,
+        /// What went wrong.
+        source: Box<ManagementError>,
+    },
     /// A 2xx whose body is not the documented shape.
     #[error("the {provider} management API answered {status} to \"{action}\" without {expected}; check [providers.{provider}.admin] url")]
     Malformed {
@@ -226,12 +246,29 @@ impl<'a> ManagementApi<'a> {
         let action = "list its keys";
         let mut entries = Vec::new();
         let mut after: Option<String> = None;
-        for _ in 0..MAX_PAGES {
+        for page in 1..=MAX_PAGES {
             let call = self
                 .kind
                 .list(self.api, listing, after.as_deref())
                 .ok_or_else(|| self.unsupported(action))?;
-            let (status, body) = self.send(call, action).await?;
+            let (status, body) = match self.send(call, action).await {
+                Ok(answer) => answer,
+                Err(ManagementError::Status { status: 403, .. }) => {
+                    return Err(ManagementError::ListForbidden {
+                        provider: self.provider.name.clone(),
+                        permission: self.kind.list_permission(),
+                    })
+                }
+                Err(error) if page > 1 => {
+                    return Err(ManagementError::PartialList {
+                        provider: self.provider.name.clone(),
+                        page,
+                        read: entries.len(),
+                        source: Box::new(error),
+                    })
+                }
+                Err(error) => return Err(error),
+            };
             let page = self
                 .kind
                 .read_list(listing, &body, entries.len())

@@ -10,6 +10,7 @@ pub mod burn;
 pub mod cleanup;
 pub mod health;
 pub mod health_report;
+pub mod inventory;
 pub mod key_events;
 pub mod management;
 pub mod mint;

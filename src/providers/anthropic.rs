@@ -11,7 +11,8 @@
 use serde::Deserialize;
 
 use super::management::{
-    cursor, encoded, read_cursor_page, AuthHeaders, Call, Listed, Listing, ManagementKind, Page,
+    cursor, encoded, read_cursor_page, unix_seconds, AuthHeaders, Call, Listed, Listing,
+    ManagementKind, Page,
 };
 use super::{
     AuthStyle, KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind, VerifyRequest,
@@ -157,6 +158,17 @@ impl ManagementKind for Anthropic {
     }
 
     fn read_list(&self, _listing: Listing, body: &[u8], _offset: usize) -> Option<Page> {
+        // `{"id": "apikey_…", "name", "partial_key_hint": "sk-ant-api03-R2D...igAA",
+        // "created_at": "2024-10-30T23:58:27.427722Z", "created_by": {"id",
+        // "type"}, "status": "active"|"inactive"|"archived", "workspace_id"}`
+        // — no last use.
+        #[derive(Deserialize)]
+        struct Creator {
+            #[serde(default)]
+            id: Option<String>,
+            #[serde(default, rename = "type")]
+            kind: Option<String>,
+        }
         #[derive(Deserialize)]
         struct Item {
             id: String,
@@ -164,12 +176,32 @@ impl ManagementKind for Anthropic {
             name: Option<String>,
             #[serde(default)]
             partial_key_hint: Option<String>,
+            #[serde(default)]
+            created_at: Option<String>,
+            #[serde(default)]
+            created_by: Option<Creator>,
+            #[serde(default)]
+            status: Option<String>,
         }
         read_cursor_page(body, |i: Item| Listed {
             id: i.id,
             name: i.name,
             hint: i.partial_key_hint,
+            created: i.created_at.as_deref().and_then(unix_seconds),
+            owner: i.created_by.map(|c| {
+                format!(
+                    "created by {} {}",
+                    c.kind.as_deref().unwrap_or("user"),
+                    c.id.as_deref().unwrap_or("?")
+                )
+            }),
+            active: i.status.map(|s| s == "active"),
+            ..Listed::default()
         })
+    }
+
+    fn list_permission(&self) -> &'static str {
+        "an Admin API key (sk-ant-admin…, made by an organization admin in the Console → Settings → Admin keys)"
     }
 
     fn remove(&self, _api: &AdminApi, _listing: Listing, id: &str) -> Option<Call> {

@@ -88,7 +88,7 @@ pub enum Listing {
 }
 
 /// One key (or service account) in a listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listed {
     /// The provider's id.
     pub id: String,
@@ -96,6 +96,28 @@ pub struct Listed {
     pub name: Option<String>,
     /// The redacted form the provider shows (`sk-abc...wxyz`), if any.
     pub hint: Option<String>,
+    /// When it was created (unix seconds), if the provider says.
+    pub created: Option<u64>,
+    /// When it was last used (unix seconds), if the provider says.
+    pub last_used: Option<u64>,
+    /// Who owns it, in the provider's words (`user Ada`, `service account
+    /// keygate-openai-…`), if it says.
+    pub owner: Option<String>,
+    /// The id of what owns it at the provider (OpenAI: the service account
+    /// keygate created), to match it to a key keygate minted.
+    pub owner_id: Option<String>,
+    /// `false` when the provider says it is disabled or archived.
+    pub active: Option<bool>,
+}
+
+/// An RFC 3339 time as unix seconds (the management APIs' `created_at`).
+pub(crate) fn unix_seconds(text: &str) -> Option<u64> {
+    humantime::parse_rfc3339_weak(text.trim_end_matches('Z').split('.').next()?)
+        .or_else(|_| humantime::parse_rfc3339(text))
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
 }
 
 /// One page of a listing, and where the next one starts.
@@ -126,6 +148,12 @@ pub trait ManagementKind: Send + Sync + 'static {
     /// What removing a key does here: `"deleted"` or `"disabled"`.
     fn removal_word(&self) -> &'static str {
         "deleted"
+    }
+
+    /// The permission a credential needs to list the inference keys, as the
+    /// provider's console names it (for a 403 on a listing).
+    fn list_permission(&self) -> &'static str {
+        "permission to list the API keys"
     }
 
     /// True when the API can create an inference key.

@@ -137,6 +137,10 @@ impl ManagementKind for OpenAi {
         true
     }
 
+    fn list_permission(&self) -> &'static str {
+        "an Admin API key (organization settings → Admin keys) with read access to the project's API keys"
+    }
+
     fn create(&self, api: &AdminApi, name: &str) -> Option<(Call, &'static str)> {
         Some((
             Call::post(
@@ -177,6 +181,29 @@ impl ManagementKind for OpenAi {
     }
 
     fn read_list(&self, listing: Listing, body: &[u8], _offset: usize) -> Option<Page> {
+        // A project API key: `{"id": "key_…", "name", "redacted_value":
+        // "sk-abc...wxyz", "created_at": 1711471533, "last_used_at": …|null,
+        // "owner": {"type": "user"|"service_account", "user": {"id","name"}
+        // | "service_account": {"id", "name"}}}`; a service account has no
+        // `redacted_value`.
+        #[derive(Deserialize)]
+        struct Who {
+            #[serde(default)]
+            id: Option<String>,
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            email: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct Owner {
+            #[serde(default, rename = "type")]
+            kind: Option<String>,
+            #[serde(default)]
+            user: Option<Who>,
+            #[serde(default)]
+            service_account: Option<Who>,
+        }
         #[derive(Deserialize)]
         struct Item {
             id: String,
@@ -184,11 +211,32 @@ impl ManagementKind for OpenAi {
             name: Option<String>,
             #[serde(default)]
             redacted_value: Option<String>,
+            #[serde(default)]
+            created_at: Option<u64>,
+            #[serde(default)]
+            last_used_at: Option<u64>,
+            #[serde(default)]
+            owner: Option<Owner>,
         }
-        read_cursor_page(body, |i: Item| Listed {
-            id: i.id,
-            name: i.name,
-            hint: i.redacted_value.filter(|_| listing == Listing::Hinted),
+        read_cursor_page(body, |i: Item| {
+            let owner = i.owner.as_ref();
+            let who = owner.and_then(|o| o.user.as_ref().or(o.service_account.as_ref()));
+            Listed {
+                id: i.id,
+                name: i.name,
+                hint: i.redacted_value.filter(|_| listing == Listing::Hinted),
+                created: i.created_at,
+                last_used: i.last_used_at,
+                owner: owner.map(|o| {
+                    let kind = o.kind.as_deref().unwrap_or("owner").replace('_', " ");
+                    let name = who.and_then(|w| w.name.clone().or(w.email.clone()));
+                    name.map_or_else(|| kind.clone(), |n| format!("{kind} {n}"))
+                }),
+                owner_id: owner
+                    .and_then(|o| o.service_account.as_ref())
+                    .and_then(|w| w.id.clone()),
+                active: None,
+            }
         })
     }
 

@@ -9,7 +9,7 @@
 
 use serde::Deserialize;
 
-use super::management::{encoded, Call, Listed, Listing, ManagementKind, Page};
+use super::management::{encoded, unix_seconds, Call, Listed, Listing, ManagementKind, Page};
 use super::{KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind, VerifyRequest};
 use crate::config::AdminApi;
 
@@ -130,6 +130,10 @@ impl ManagementKind for OpenRouter {
             name: Option<String>,
             #[serde(default)]
             label: Option<String>,
+            #[serde(default)]
+            created_at: Option<String>,
+            #[serde(default)]
+            disabled: Option<bool>,
         }
         #[derive(Deserialize)]
         struct List {
@@ -146,6 +150,9 @@ impl ManagementKind for OpenRouter {
                     id: i.hash,
                     name: i.name,
                     hint: i.label,
+                    created: i.created_at.as_deref().and_then(unix_seconds),
+                    active: i.disabled.map(|d| !d),
+                    ..Listed::default()
                 })
                 .collect(),
         })

@@ -10,7 +10,9 @@
 
 use serde::Deserialize;
 
-use super::management::{encoded, team, AdminScope, Call, Listed, Listing, ManagementKind, Page};
+use super::management::{
+    encoded, team, unix_seconds, AdminScope, Call, Listed, Listing, ManagementKind, Page,
+};
 use super::{KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind};
 use crate::config::AdminApi;
 
@@ -152,6 +154,12 @@ impl ManagementKind for Xai {
             name: Option<String>,
             #[serde(default)]
             redacted_api_key: Option<String>,
+            #[serde(default)]
+            create_time: Option<String>,
+            #[serde(default)]
+            api_key_disabled: Option<bool>,
+            #[serde(default)]
+            api_key_blocked: Option<bool>,
         }
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
@@ -168,6 +176,14 @@ impl ManagementKind for Xai {
                     id: i.api_key_id,
                     name: i.name,
                     hint: i.redacted_api_key,
+                    created: i.create_time.as_deref().and_then(unix_seconds),
+                    active: match (i.api_key_disabled, i.api_key_blocked) {
+                        (None, None) => None,
+                        (disabled, blocked) => {
+                            Some(!disabled.unwrap_or(false) && !blocked.unwrap_or(false))
+                        }
+                    },
+                    ..Listed::default()
                 })
                 .collect(),
         })

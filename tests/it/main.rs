@@ -27,6 +27,7 @@ mod fallback;
 mod first_hour;
 mod health;
 mod hostile_clients;
+mod inventory;
 mod leaks;
 mod lifecycle;
 mod limits;

@@ -1,4 +1,4 @@
-//! `keygate key add | rotate | verify | promote | rollback | revoke | burn | list`
+//! `keygate key add | rotate | verify | promote | rollback | revoke | burn | list | inventory`
 //! (upstream API keys; secrets only from stdin, never printed): the
 //! subcommands and their dispatch, with the vault-only writes (promote,
 //! rollback, revoke) inline.
@@ -10,6 +10,7 @@
 //! share: `--grace` as a deadline, a promotion printed, errors as exit codes).
 
 mod inspect;
+mod inventory;
 mod new_key;
 mod provider;
 mod transition;
@@ -122,6 +123,26 @@ pub enum KeyCommand {
         #[arg(long, hide = true, value_parser = crate::cli::duration_arg, default_value = "15s")]
         management_timeout: std::time::Duration,
     },
+    /// Every key at the provider (through its management API) with keygate's
+    /// reading: managed KEY_ID (STATE), orphan (named as keygate names the
+    /// keys it creates, unknown to the vault) or unmanaged.
+    Inventory {
+        /// Only this provider.
+        provider: Option<String>,
+        /// One JSON array of rows.
+        #[arg(long)]
+        json: bool,
+        /// Mark keys not used (or, never used, not created) for this long.
+        #[arg(long, value_name = "DURATION", value_parser = crate::cli::duration_arg)]
+        unused_for: Option<std::time::Duration>,
+        /// Delete (Anthropic: disable) this unmanaged or orphan key at the
+        /// provider; a managed key still in use is refused.
+        #[arg(long, value_name = "PROVIDER_KEY_ID")]
+        delete: Option<String>,
+        /// Do not ask before --delete.
+        #[arg(long)]
+        yes: bool,
+    },
     /// List keys: id, provider, label, state, fingerprint, age — never the secret.
     List {
         /// Only this provider.
@@ -140,6 +161,22 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             fallback,
         } => add(context, &provider, label, fallback),
         KeyCommand::List { provider, json } => list(context, provider.as_deref(), json),
+        KeyCommand::Inventory {
+            provider,
+            json,
+            unused_for,
+            delete,
+            yes,
+        } => inventory::run(
+            context,
+            inventory::InventoryArgs {
+                provider,
+                json,
+                unused_for,
+                delete,
+                yes,
+            },
+        ),
         KeyCommand::Rotate {
             provider,
             replace,

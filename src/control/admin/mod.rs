@@ -223,6 +223,7 @@ async fn admin_api(
         (Method::GET, ["status"]) => Ok(status(shared)),
         (Method::GET, ["usage"]) => usage(shared, &query),
         (Method::GET, ["events"]) => views::events(shared, &query).await,
+        (Method::GET, ["inventory"]) => views::inventory(shared, &query).await,
         (Method::POST, ["reload"]) => {
             tokio::task::block_in_place(|| shared.reload())
                 .map_err(|e| AdminError::Failed(e.to_string()))?;

@@ -114,6 +114,12 @@ pub(super) fn list_providers(shared: &Shared) -> Result<serde_json::Value, Admin
                     "admin_configured": p.admin.is_some(),
                     "management_credential": document.admin_key(&p.name).is_some(),
                     "rotation": rotation_in_flight(&document, &p.name, now),
+                    "inventory": shared
+                        .inventory
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .get(&p.name)
+                        .cloned(),
                 })
             })
             .collect(),
@@ -187,4 +193,52 @@ pub(super) async fn events(shared: &Shared, query: &str) -> Result<serde_json::V
     Ok(serde_json::Value::Array(
         listed.iter().map(|e| e.to_json()).collect(),
     ))
+}
+
+/// `GET /admin/inventory?provider=NAME&unused_for=90d`: every key at each
+/// provider keygate can list, read now (the JSON of `key inventory --json`).
+pub(super) async fn inventory(
+    shared: &Shared,
+    query: &str,
+) -> Result<serde_json::Value, AdminError> {
+    let (mut only, mut unused_for) = (None, None);
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*name {
+            "provider" => only = Some(value.into_owned()),
+            "unused_for" => {
+                unused_for = Some(
+                    humantime::parse_duration(&value)
+                        .map_err(|e| AdminError::BadRequest(format!("unused_for: {e}")))?
+                        .as_secs(),
+                )
+            }
+            _ => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown query parameter `{name}`"
+                )))
+            }
+        }
+    }
+    let document = load_document(shared)?;
+    let mut rows = Vec::new();
+    for provider in shared.config.providers.values() {
+        if only.as_ref().is_some_and(|o| *o != provider.name) {
+            continue;
+        }
+        if !crate::keys::inventory::can_take(&document, provider) {
+            if only.is_some() {
+                return Err(AdminError::BadRequest(format!(
+                    "keygate cannot list {}'s keys: it needs [providers.{0}.admin] and `keygate admin-key set {0}`",
+                    provider.name
+                )));
+            }
+            continue;
+        }
+        let entries =
+            crate::keys::inventory::take(&shared.upstream, provider, &document, unused_for)
+                .await
+                .map_err(|e| AdminError::Provider(e.to_string()))?;
+        rows.extend(entries.iter().map(|e| e.to_json(&provider.name)));
+    }
+    Ok(serde_json::Value::Array(rows))
 }

@@ -123,7 +123,7 @@ async function refresh() {
   $("cluster").textContent = !cluster ? "" : " · cluster " + cluster.redis + ": " +
     (cluster.shared ? "shared" : "Redis unreachable, limits and key health per replica");
   const list = $("providers");
-  list.replaceChildren(el("tr", {}, ...["provider", "kind", "usable keys", "keys created by keygate", "rotation in flight", "refusals, last hour", "fallbacks, last hour"].map((h) => el("th", {}, h))));
+  list.replaceChildren(el("tr", {}, ...["provider", "kind", "usable keys", "keys created by keygate", "rotation in flight", "refusals, last hour", "fallbacks, last hour", "keys at the provider"].map((h) => el("th", {}, h))));
   for (const p of providers) {
     const managed = p.management_credential ? "yes" : p.admin_configured ? "no: `keygate admin-key set " + p.name + "`" : "no";
     const minutes = activity.providers[p.name] || { refusals: [], fallbacks: [] };
@@ -132,7 +132,10 @@ async function refresh() {
       el("td", { class: p.usable_keys ? "num" : "num none-usable" }, String(p.usable_keys)),
       el("td", {}, managed), el("td", {}, rotation(p.rotation)),
       el("td", { class: "refusals" }, sparkline(minutes.refusals, "refusals")),
-      el("td", { class: "fallbacks" }, sparkline(minutes.fallbacks, "fallbacks"))));
+      el("td", { class: "fallbacks" }, sparkline(minutes.fallbacks, "fallbacks")),
+      el("td", { class: p.inventory && (p.inventory.unmanaged || p.inventory.orphan || p.inventory.error) ? "inventory failed" : "inventory" },
+        !p.inventory ? "-" : p.inventory.error ? "inventory failed: " + p.inventory.error
+          : p.inventory.unmanaged + " unmanaged, " + p.inventory.orphan + " orphan, " + p.inventory.managed + " managed")));
   }
   const table = $("keys");
   table.replaceChildren(el("tr", {}, ...["provider", "key", "label", "state", "health", "age", "grace ends in", "last verified", "last refusal", "reason"].map((h) => el("th", {}, h))));

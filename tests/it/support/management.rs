@@ -95,10 +95,14 @@ pub enum Calls {
     Creates,
     Lists,
     Deletes,
+    /// A listing's pages after the first (`after=` in the query).
+    LaterPages,
 }
 
 #[derive(Default)]
 struct Script {
+    /// OpenAI's API keys are listed this many to a page (default: all).
+    page_size: Option<usize>,
     /// Answer this status (with a provider-style error body) to these calls.
     fail: Option<(Calls, u16)>,
     /// A failure's message quotes this (a still-live key, as a provider
@@ -185,6 +189,12 @@ impl Management {
         self.script.lock().unwrap().hang = Some((calls, delay));
     }
 
+    /// OpenAI's project API keys are listed `n` to a page (`has_more`,
+    /// `last_id`, `after=`), as the real API pages them.
+    pub fn page_size(&self, n: usize) {
+        self.script.lock().unwrap().page_size = Some(n);
+    }
+
     /// Created keys are accepted by the inference mock only after `delay`.
     pub fn set_propagation(&self, delay: Duration) {
         self.script.lock().unwrap().propagation = delay;
@@ -244,6 +254,7 @@ fn hits(calls: Calls, seen: &Seen) -> bool {
         Calls::Creates => seen.method == hyper::Method::POST && !is_removal(seen),
         Calls::Lists => seen.method == hyper::Method::GET,
         Calls::Deletes => is_removal(seen),
+        Calls::LaterPages => seen.method == hyper::Method::GET && seen.uri.contains("after="),
     }
 }
 
@@ -367,17 +378,44 @@ fn answer(
                 "last_id": keys.last().map(|k| k.provider_id.clone()),
                 "has_more": false
             }),
-            Api::OpenAi => serde_json::json!({
-                "object": "list",
-                "data": keys.iter().filter(|k| !k.minted).map(|k| serde_json::json!({
-                    "object": "organization.project.api_key",
-                    "redacted_value": hint(api, &k.secret), "name": k.name,
-                    "created_at": 1_711_471_533, "last_used_at": 1_711_471_534,
-                    "id": k.provider_id,
-                    "owner": {"type": "user", "user": {"object": "organization.project.user", "id": "user_abc", "name": "First Last", "email": "user@example.com", "role": "owner", "added_at": 1_711_471_533}}
-                })).collect::<Vec<_>>(),
-                "first_id": null, "last_id": null, "has_more": false
-            }),
+            Api::OpenAi => {
+                // Every project API key: those of users (made in the console)
+                // and those of service accounts (what keygate mints), paged.
+                let rows: Vec<serde_json::Value> = keys.iter().map(|k| {
+                    let (id, name, owner) = if k.minted {
+                        (format!("key_{}", k.provider_id), "Secret Key".to_owned(), serde_json::json!({"type": "service_account", "service_account": {"object": "organization.project.service_account", "id": k.provider_id, "name": k.name, "role": "member", "created_at": 1_711_471_533}}))
+                    } else {
+                        (k.provider_id.clone(), k.name.clone(), serde_json::json!({"type": "user", "user": {"object": "organization.project.user", "id": "user_abc", "name": "First Last", "email": "user@example.com", "role": "owner", "added_at": 1_711_471_533}}))
+                    };
+                    serde_json::json!({
+                        "object": "organization.project.api_key",
+                        "redacted_value": hint(api, &k.secret), "name": name,
+                        "created_at": 1_711_471_533, "last_used_at": 1_711_471_534,
+                        "id": id, "owner": owner
+                    })
+                }).collect();
+                let after = seen
+                    .uri
+                    .split("after=")
+                    .nth(1)
+                    .map(|a| a.split('&').next().unwrap_or(a).to_owned());
+                let start = after.map_or(0, |a| {
+                    rows.iter()
+                        .position(|r| r["id"] == a.as_str())
+                        .map_or(rows.len(), |i| i + 1)
+                });
+                let size = script.page_size.unwrap_or(usize::MAX);
+                let page: Vec<serde_json::Value> =
+                    rows.iter().skip(start).take(size).cloned().collect();
+                let has_more = start + page.len() < rows.len();
+                serde_json::json!({
+                    "object": "list",
+                    "data": page,
+                    "first_id": page.first().map(|r| r["id"].clone()),
+                    "last_id": page.last().map(|r| r["id"].clone()),
+                    "has_more": has_more
+                })
+            }
             Api::Xai => serde_json::json!({
                 "apiKeys": keys.iter().map(|k| serde_json::json!({
                     "redactedApiKey": hint(api, &k.secret), "userId": "user-1", "name": k.name,
