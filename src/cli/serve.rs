@@ -196,6 +196,7 @@ pub(super) fn run(
         let (stop_ledger, ledger_stopped) = crate::shutdown::channel();
         let ledger_task = tokio::spawn(crate::usage::ledger::run(
             shared.meter.clone(),
+            shared.key_meter.clone(),
             ledger,
             config.metering.flush_interval,
             ledger_stopped,

@@ -17,6 +17,10 @@ pub struct UsageArgs {
     /// Machine-readable output.
     #[arg(long)]
     json: bool,
+    /// Per upstream key instead: what keygate sent with each (answers,
+    /// input, cached input and output tokens, cost).
+    #[arg(long, conflicts_with = "client")]
+    by_key: bool,
 }
 
 /// Reads totals per client, provider and model since `since` ago.
@@ -34,6 +38,9 @@ pub fn totals(
 }
 
 pub(super) fn run(context: &Context, args: UsageArgs) -> Result<(), CliError> {
+    if args.by_key {
+        return by_key(context, args.since, args.json);
+    }
     let rows = totals(context, args.client.as_deref(), args.since)?;
     if args.json {
         let text = serde_json::to_string(&rows).map_err(|e| CliError::Runtime(e.to_string()))?;
@@ -107,4 +114,46 @@ fn estimated(row: &UsageRow) -> String {
         return "-".to_owned();
     }
     format!("{}/{}", row.estimated_tokens, row.estimated_requests)
+}
+
+/// `keygate usage --by-key`: per upstream key since `since` ago.
+fn by_key(context: &Context, since: std::time::Duration, json: bool) -> Result<(), CliError> {
+    let mut ledger =
+        Ledger::open(&context.config.metering.db).map_err(|e| CliError::Runtime(e.to_string()))?;
+    let from = crate::unix_now().saturating_sub(since.as_secs()) / 3600;
+    let rows = ledger
+        .key_totals(from, u64::MAX)
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    if json {
+        let list: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                let mut value = serde_json::to_value(r).unwrap_or_default();
+                value["cost_usd"] = serde_json::json!(r.cost_micros as f64 / 1e6);
+                value
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    println!(
+        "{:<10} {:<16} {:>9} {:>12} {:>12} {:>12} {:>12}",
+        "PROVIDER", "KEY", "REQUESTS", "INPUT", "CACHED", "OUTPUT", "COST"
+    );
+    for r in &rows {
+        println!(
+            "{:<10} {:<16} {:>9} {:>12} {:>12} {:>12} {:>12}",
+            r.provider,
+            r.key_id,
+            r.requests,
+            r.input_tokens,
+            r.cached_tokens,
+            r.output_tokens,
+            format!("${}", dollars(r.cost_micros))
+        );
+    }
+    if rows.is_empty() {
+        println!("(no usage recorded in this period)");
+    }
+    Ok(())
 }

@@ -39,6 +39,8 @@ pub struct Shared {
     pub admin_token: Option<Secret>,
     /// Per-client usage counters, drained by the ledger task.
     pub meter: Arc<Meter>,
+    /// Per-upstream-key usage counters, drained by the ledger task.
+    pub key_meter: Arc<crate::usage::key_meter::KeyMeter>,
     /// Per-client limit state.
     pub limits: Limits,
     /// What replicas share through Redis (`[cluster] redis_url`), if set.
@@ -111,6 +113,7 @@ impl Shared {
             control: Mutex::new(vault_watch),
             admin_token,
             meter: Arc::new(meter),
+            key_meter: Arc::default(),
             limits,
         })
     }

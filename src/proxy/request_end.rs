@@ -119,7 +119,12 @@ impl RequestEnd {
     /// request's counters and reservation (`None` before routing).
     pub fn tap(&mut self, content_type: Option<&str>, strip_usage_chunk: bool) -> Option<MeterTap> {
         let (counters, tokens) = self.usage.as_mut()?.meter.take()?;
-        Some(MeterTap::new(
+        let key = self
+            .provider
+            .as_ref()
+            .zip(self.key_id.as_ref())
+            .map(|(provider, key_id)| self.shared.key_meter.counters(&provider.name, key_id));
+        let tap = MeterTap::new(
             counters,
             tokens,
             content_type,
@@ -129,7 +134,11 @@ impl RequestEnd {
                 ..Outcome::default()
             },
             self.reservation.take(),
-        ))
+        );
+        Some(match key {
+            Some(key) => tap.for_key(key),
+            None => tap,
+        })
     }
 
     /// The response head is ready with `status`.

@@ -3,6 +3,7 @@
 //! ([`tap`], with [`scan`], [`sse`] and the providers' usage [`shapes`]), the
 //! durable [`ledger`], and per-client [`limits`] (reserve, then settle).
 
+pub mod key_meter;
 pub mod ledger;
 pub mod limits;
 pub mod meter;

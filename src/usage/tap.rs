@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::key_meter::KeyCounters;
 use super::meter::{Outcome, TokenMetrics, UsageCounters};
 use super::scan::UsageScanner;
 use super::shapes::{self as usage, Usage};
@@ -47,6 +48,8 @@ const STREAM_BYTES_PER_TOKEN: u64 = 200;
 /// Reads usage out of one response as it streams.
 pub struct MeterTap {
     counters: Arc<UsageCounters>,
+    /// The answering key's counters (per-key usage), when known.
+    key: Option<Arc<KeyCounters>>,
     metrics: TokenMetrics,
     mode: Mode,
     usage: Option<Usage>,
@@ -85,6 +88,7 @@ impl MeterTap {
         };
         MeterTap {
             counters,
+            key: None,
             metrics,
             mode,
             usage: None,
@@ -207,6 +211,12 @@ impl MeterTap {
         })
     }
 
+    /// Also counts the answer against the key that carried it.
+    pub fn for_key(mut self, key: Arc<KeyCounters>) -> Self {
+        self.key = Some(key);
+        self
+    }
+
     /// Records the request; `complete` is false when the stream was cut.
     pub fn finish(&mut self, complete: bool) {
         if self.finished {
@@ -285,6 +295,9 @@ impl MeterTap {
             self.metrics
                 .cost
                 .inc_by(self.outcome.cost_micros as f64 / 1e6);
+        }
+        if let Some(key) = &self.key {
+            key.record(self.usage.as_ref(), self.outcome.cost_micros);
         }
         self.counters.record(&self.outcome);
     }

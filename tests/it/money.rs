@@ -173,3 +173,73 @@ fn a_malformed_price_row_is_a_config_error_naming_it() {
     out.assert_code(2, "serve with a price row without a kind");
     assert!(out.stderr.contains("prices.\"gpt-4o\""), "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_per_key_counts_what_each_key_carried_and_never_a_refused_attempt() {
+    use crate::support::{OPENAI_KEY, OPENAI_KEY_2};
+    let env = Env::setup()
+        .config(|b| b.extra(PRICE_ROW))
+        .key("openai", OPENAI_KEY_2, &["--fallback"])
+        .serve_env("KEYGATE_METERING__FLUSH_INTERVAL", "200ms")
+        .start()
+        .await;
+    env.kg.register_secret(OPENAI_KEY_2);
+    // The current key is refused: each request is sent again with the fallback.
+    env.openai.set_keys(&[OPENAI_KEY_2]);
+    for _ in 0..3 {
+        assert_eq!(env.server.send(env.chat("gpt-test")).await.status, 200);
+    }
+    assert!(env
+        .server
+        .send(env.chat_stream("gpt-test"))
+        .await
+        .text()
+        .contains("[DONE]"));
+    let list = crate::support::keys::key_list(&env.kg);
+    let id = |secret| {
+        crate::support::keys::key_row(&list, "openai", secret)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (refused, carried) = (id(OPENAI_KEY), id(OPENAI_KEY_2));
+    let rows = eventually(Duration::from_secs(5), || async {
+        let out = env.kg.run(&["usage", "--by-key", "--json"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_str(out.stdout.trim()).ok()?;
+        rows.iter()
+            .any(|r| r["key_id"] == carried.as_str() && r["requests"] == 4)
+            .then_some(rows)
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the ledger never held the four answers per key: {}\n{}",
+            env.kg.run(&["usage", "--by-key", "--json"]).stdout,
+            env.server
+                .stderr()
+                .lines()
+                .filter(|l| l.contains("ledger") || l.contains("request "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    let row = rows
+        .iter()
+        .find(|r| r["key_id"] == carried.as_str())
+        .unwrap();
+    assert_eq!(row["provider"], "openai");
+    assert_eq!(
+        (row["input_tokens"].as_u64(), row["output_tokens"].as_u64()),
+        (Some(44), Some(25)),
+        "{row}"
+    );
+    // 3 × 98 + 68 µ$ (JSON 11 + 7, the stream 11 + 4, at $2.50 / $10).
+    assert_eq!(row["cost_micros"], 3 * 98 + 68, "{row}");
+    assert!(
+        rows.iter().all(|r| r["key_id"] != refused.as_str()),
+        "the refused attempts were counted against their key: {rows:?}"
+    );
+    let text = env.kg.run(&["usage", "--by-key"]);
+    text.assert_ok("usage --by-key");
+    assert!(text.stdout.contains(&carried), "{}", text.stdout);
+}

@@ -109,6 +109,15 @@ async fn three_replicas_write_one_ledger_that_sums_to_the_upstream() {
         .map(|r| r["cost_micros"].as_u64().unwrap())
         .sum();
     assert_eq!(cost, 15 * 98, "{rows}");
+    // Per key too: the fleet's one key carried all fifteen.
+    let out = kg.run_with(
+        &["usage", "--by-key", "--json"],
+        None,
+        &[("KEYGATE_METERING__DB", pg.url().as_str())],
+    );
+    let by_key: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(by_key.as_array().map(Vec::len), Some(1), "{by_key}");
+    assert_eq!(by_key[0]["requests"], 15, "{by_key}");
     for server in &servers {
         let page = server.admin_get("/metrics").await.text();
         assert!(!page.contains(PG_PASSWORD));

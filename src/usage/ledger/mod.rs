@@ -14,6 +14,7 @@
 //! (what a query answers) and `error`.
 
 mod error;
+mod key_usage;
 mod postgres;
 mod sqlite;
 mod usage_row;
@@ -21,12 +22,13 @@ mod usage_row;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::key_meter::{KeyDelta, KeyMeter, KeyUsageKey};
 use super::meter::{Meter, UsageDelta, UsageKey};
 use crate::config::LedgerDb;
 use crate::shutdown::Shutdown;
 
 pub use self::error::LedgerError;
-pub use self::usage_row::{ClientSpend, UsageRow};
+pub use self::usage_row::{ClientSpend, KeyUsageRow, UsageRow};
 
 /// An open ledger.
 pub struct Ledger {
@@ -64,6 +66,31 @@ impl Ledger {
         }
     }
 
+    /// Adds drained per-key counters to the hour `hour`, in one transaction.
+    pub fn add_keys(
+        &mut self,
+        hour: u64,
+        rows: &[(KeyUsageKey, KeyDelta)],
+    ) -> Result<(), LedgerError> {
+        match &mut self.backend {
+            Backend::Sqlite(sqlite) => sqlite.add_keys(hour, rows),
+            Backend::Postgres(pg) => pg.add_keys(hour, rows),
+        }
+    }
+
+    /// What keygate sent with each upstream key over the hours
+    /// `[from_hour, to_hour)`.
+    pub fn key_totals(
+        &mut self,
+        from_hour: u64,
+        to_hour: u64,
+    ) -> Result<Vec<KeyUsageRow>, LedgerError> {
+        match &mut self.backend {
+            Backend::Sqlite(sqlite) => sqlite.key_totals(from_hour, to_hour),
+            Backend::Postgres(pg) => pg.key_totals(from_hour, to_hour),
+        }
+    }
+
     /// All-time tokens (reported and estimated) and micro-dollars per
     /// client: lifetime budgets survive a restart, including what streams
     /// without usage were charged.
@@ -96,10 +123,18 @@ impl Ledger {
     }
 }
 
-/// Drains `meter` into `ledger` every `interval` until `stop`, then once more.
-/// A failed write keeps the drained counts and retries them next time.
-pub async fn run(meter: Arc<Meter>, mut ledger: Ledger, interval: Duration, mut stop: Shutdown) {
+/// Drains `meter` and `keys` into `ledger` every `interval` until `stop`,
+/// then once more. A failed write keeps the drained counts and retries them
+/// next time.
+pub async fn run(
+    meter: Arc<Meter>,
+    keys: Arc<KeyMeter>,
+    mut ledger: Ledger,
+    interval: Duration,
+    mut stop: Shutdown,
+) {
     let mut pending: Vec<(UsageKey, UsageDelta)> = Vec::new();
+    let mut pending_keys: Vec<(KeyUsageKey, KeyDelta)> = Vec::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -108,13 +143,23 @@ pub async fn run(meter: Arc<Meter>, mut ledger: Ledger, interval: Duration, mut 
             _ = stop.requested() => true,
         };
         pending.extend(meter.drain());
+        pending_keys.extend(keys.drain());
+        let now_ms = crate::unix_now_ms();
+        let hour = now_ms / 3_600_000;
         if !pending.is_empty() {
-            let now_ms = crate::unix_now_ms();
-            let result =
-                tokio::task::block_in_place(|| ledger.add(now_ms / 3_600_000, now_ms, &pending));
+            let result = tokio::task::block_in_place(|| ledger.add(hour, now_ms, &pending));
             match result {
                 Ok(()) => pending.clear(),
                 Err(error) => tracing::warn!("usage ledger write failed, will retry: {error}"),
+            }
+        }
+        if !pending_keys.is_empty() {
+            let result = tokio::task::block_in_place(|| ledger.add_keys(hour, &pending_keys));
+            match result {
+                Ok(()) => pending_keys.clear(),
+                Err(error) => {
+                    tracing::warn!("usage ledger write (per key) failed, will retry: {error}")
+                }
             }
         }
         if last {

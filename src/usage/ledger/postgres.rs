@@ -3,8 +3,9 @@
 //! (a new connection after any failure, every call bounded in time).
 
 use super::error::LedgerError;
-use super::usage_row::{ClientSpend, UsageRow};
+use super::usage_row::{ClientSpend, KeyUsageRow, UsageRow};
 use crate::pg_link::{PgError, PgLink};
+use crate::usage::key_meter::{KeyDelta, KeyUsageKey};
 use crate::usage::meter::{UsageDelta, UsageKey};
 use crate::vault::secret::Secret;
 
@@ -28,7 +29,18 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 ALTER TABLE usage ADD COLUMN IF NOT EXISTS cost_micros BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE usage ADD COLUMN IF NOT EXISTS unpriced BIGINT NOT NULL DEFAULT 0;
-ALTER TABLE usage ADD COLUMN IF NOT EXISTS last_ms BIGINT NOT NULL DEFAULT 0";
+ALTER TABLE usage ADD COLUMN IF NOT EXISTS last_ms BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS key_usage (
+    hour BIGINT NOT NULL,
+    provider TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    requests BIGINT NOT NULL DEFAULT 0,
+    input_tokens BIGINT NOT NULL DEFAULT 0,
+    cached_tokens BIGINT NOT NULL DEFAULT 0,
+    output_tokens BIGINT NOT NULL DEFAULT 0,
+    cost_micros BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (hour, provider, key_id)
+)";
 
 const UPSERT: &str = "INSERT INTO usage (hour, client, provider, model, requests, errors,
         incomplete, prompt_tokens, completion_tokens, total_tokens, request_bytes,
@@ -144,6 +156,59 @@ impl Postgres {
             }
             Err(error) => Err(self.error(error)),
         }
+    }
+
+    pub(super) fn add_keys(
+        &mut self,
+        hour: u64,
+        rows: &[(KeyUsageKey, KeyDelta)],
+    ) -> Result<(), LedgerError> {
+        let batch = rows.to_vec();
+        let result = self.link.call(move |client| {
+            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            let mut tx = client.transaction()?;
+            let statement = tx.prepare(&super::key_usage::UPSERT.replace('?', "$"))?;
+            for (key, d) in &batch {
+                tx.execute(
+                    &statement,
+                    &[
+                        &n(hour),
+                        &&*key.provider,
+                        &&*key.key_id,
+                        &n(d.requests),
+                        &n(d.input_tokens),
+                        &n(d.cached_tokens),
+                        &n(d.output_tokens),
+                        &n(d.cost_micros),
+                    ],
+                )?;
+            }
+            tx.commit()
+        });
+        result.map_err(|e| self.error(e))
+    }
+
+    pub(super) fn key_totals(
+        &mut self,
+        from_hour: u64,
+        to_hour: u64,
+    ) -> Result<Vec<KeyUsageRow>, LedgerError> {
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let (from, to) = (n(from_hour), n(to_hour));
+        let result = self.link.call(move |client| {
+            let rows = client.query(&super::key_usage::TOTALS.replace('?', "$"), &[&from, &to])?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    super::key_usage::row(
+                        [r.get(2), r.get(3), r.get(4), r.get(5), r.get(6)],
+                        r.get(0),
+                        r.get(1),
+                    )
+                })
+                .collect())
+        });
+        result.map_err(|e| self.error(e))
     }
 
     pub(super) fn client_totals(&mut self) -> Result<Vec<ClientSpend>, LedgerError> {

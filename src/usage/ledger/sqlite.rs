@@ -8,7 +8,8 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use super::error::LedgerError;
-use super::usage_row::{ClientSpend, UsageRow};
+use super::usage_row::{ClientSpend, KeyUsageRow, UsageRow};
+use crate::usage::key_meter::{KeyDelta, KeyUsageKey};
 use crate::usage::meter::{UsageDelta, UsageKey};
 
 const SCHEMA: &str = "
@@ -71,6 +72,8 @@ impl Sqlite {
             .map_err(sqlite)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;
         conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        conn.execute_batch(super::key_usage::SCHEMA)
+            .map_err(sqlite)?;
         let existing = {
             let mut stmt = conn
                 .prepare("SELECT name FROM pragma_table_info('usage')")
@@ -158,6 +161,62 @@ impl Sqlite {
             path: self.path.clone(),
             source: e,
         })
+    }
+
+    /// Adds drained per-key counters to the hour `hour`, in one transaction.
+    pub(super) fn add_keys(
+        &mut self,
+        hour: u64,
+        rows: &[(KeyUsageKey, KeyDelta)],
+    ) -> Result<(), LedgerError> {
+        let path = self.path.clone();
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(super::key_usage::UPSERT)?;
+                let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                for (key, d) in rows {
+                    stmt.execute(params![
+                        n(hour),
+                        &*key.provider,
+                        &*key.key_id,
+                        n(d.requests),
+                        n(d.input_tokens),
+                        n(d.cached_tokens),
+                        n(d.output_tokens),
+                        n(d.cost_micros),
+                    ])?;
+                }
+            }
+            tx.commit()
+        })();
+        result.map_err(|e| sqlite_error(&path, e))
+    }
+
+    /// Per-key totals over the hours `[from_hour, to_hour)`.
+    pub(super) fn key_totals(
+        &mut self,
+        from_hour: u64,
+        to_hour: u64,
+    ) -> Result<Vec<KeyUsageRow>, LedgerError> {
+        let path = self.path.clone();
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare(super::key_usage::TOTALS)
+            .map_err(|e| sqlite_error(&path, e))?;
+        let rows = stmt
+            .query_map(params![n(from_hour), n(to_hour)], |row| {
+                let v = |i| row.get::<_, i64>(i);
+                Ok(super::key_usage::row(
+                    [v(2)?, v(3)?, v(4)?, v(5)?, v(6)?],
+                    row.get(0)?,
+                    row.get(1)?,
+                ))
+            })
+            .map_err(|e| sqlite_error(&path, e))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| sqlite_error(&path, e))
     }
 
     /// All-time tokens (reported and estimated) and micro-dollars per client.

@@ -56,3 +56,22 @@ pub struct ClientSpend {
     /// ledger kept it).
     pub last_ms: u64,
 }
+
+/// What keygate sent with one upstream key over a period.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KeyUsageRow {
+    /// Provider name.
+    pub provider: String,
+    /// keygate's key id.
+    pub key_id: String,
+    /// Answers sent with it.
+    pub requests: u64,
+    /// Input tokens (cached included).
+    pub input_tokens: u64,
+    /// Of them, cached.
+    pub cached_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Micro-dollars.
+    pub cost_micros: u64,
+}
