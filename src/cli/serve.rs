@@ -191,6 +191,10 @@ pub(super) fn run(
             shared.clone(),
             stopped.clone(),
         ));
+        tokio::spawn(crate::control::reconcile_watch::run(
+            shared.clone(),
+            stopped.clone(),
+        ));
         let (events_writer, stop_events_writer) = start_events(&shared, receivers, &stopped);
         // The ledger stops only after the drain, so its last flush sees every request.
         let (stop_ledger, ledger_stopped) = crate::shutdown::channel();

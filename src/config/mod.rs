@@ -28,7 +28,7 @@ use provider_tables::{RawProvider, RawRouting};
 use sections::RawCluster;
 pub use sections::{
     AdminConfig, ClientsConfig, ClusterConfig, KeysConfig, LedgerDb, MeteringConfig, OnLeakReport,
-    ServerConfig, VaultConfig,
+    OnOutsideUse, ServerConfig, VaultConfig,
 };
 
 /// The embedded default configuration (the documented `config/keygate.toml`).

@@ -110,6 +110,30 @@ pub struct KeysConfig {
     /// (docs/design.md §15); 0 turns it off.
     #[serde(deserialize_with = "duration")]
     pub inventory_interval: Duration,
+    /// How often `serve` compares each key's usage at the provider with
+    /// keygate's (docs/design.md §16); 0 turns it off.
+    #[serde(deserialize_with = "duration")]
+    pub reconcile_interval: Duration,
+    /// How far back the comparison looks.
+    #[serde(deserialize_with = "duration")]
+    pub reconcile_window: Duration,
+    /// How late the providers report: the most recent span left out.
+    #[serde(deserialize_with = "duration")]
+    pub reconcile_lag: Duration,
+    /// More requests than this at the provider than keygate sent is outside use.
+    pub outside_use_min_requests: u64,
+    /// What outside use of a key does: raise the event, or also burn the key.
+    pub on_outside_use: OnOutsideUse,
+}
+
+/// `[keys] on_outside_use` (docs/design.md §16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnOutsideUse {
+    /// Raise `key_outside_use` only.
+    Alert,
+    /// Also burn the key, as `key burn` does.
+    Burn,
 }
 
 /// `[keys] on_leak_report` (docs/design.md §16).

@@ -58,6 +58,11 @@ pub struct Metrics {
     pub cost: prometheus::CounterVec,
     /// `keygate_unpriced_requests_total{provider,model}`.
     pub unpriced: IntCounterVec,
+    /// `keygate_key_outside_requests{provider,key_id}`: requests the
+    /// provider counted beyond keygate's in the last comparison.
+    pub outside_requests: IntGaugeVec,
+    /// `keygate_key_outside_use_total{provider,key_id}`: outside use found.
+    pub outside_use: IntCounterVec,
     /// Per-provider series, resolved once (no label lookup per request).
     providers: std::sync::Arc<std::collections::HashMap<String, ProviderMetrics>>,
 }
@@ -211,6 +216,8 @@ impl Metrics {
             events: EventMetrics::register(&registry),
             cost: register_cost(&registry),
             unpriced: register_unpriced(&registry),
+            outside_requests: register_outside_requests(&registry),
+            outside_use: register_outside_use(&registry),
             providers: Default::default(),
             registry,
         };
@@ -413,6 +420,36 @@ fn register_unpriced(registry: &Registry) -> IntCounterVec {
             "Answers with usage whose model no price row covers (cost 0).",
         ),
         &["provider", "model"],
+    )
+    .expect("static metric");
+    let _ = registry.register(Box::new(metric.clone()));
+    metric
+}
+
+// Names and label sets are constants: construction cannot fail at run time.
+#[allow(clippy::expect_used)]
+fn register_outside_requests(registry: &Registry) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(
+        Opts::new(
+            "keygate_key_outside_requests",
+            "Requests the provider counted for a key beyond what keygate sent, in the last comparison (docs/design.md §16).",
+        ),
+        &["provider", "key_id"],
+    )
+    .expect("static metric");
+    let _ = registry.register(Box::new(metric.clone()));
+    metric
+}
+
+// Names and label sets are constants: construction cannot fail at run time.
+#[allow(clippy::expect_used)]
+fn register_outside_use(registry: &Registry) -> IntCounterVec {
+    let metric = IntCounterVec::new(
+        Opts::new(
+            "keygate_key_outside_use_total",
+            "Outside use of a key found: the provider reports more than keygate sent.",
+        ),
+        &["provider", "key_id"],
     )
     .expect("static metric");
     let _ = registry.register(Box::new(metric.clone()));

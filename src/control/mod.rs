@@ -3,7 +3,7 @@
 //! admin listener (health [`probes`], the [`admin`] API and the
 //! [`status_page`]), the
 //! [`key_upkeep`] (retiring, deleting at the provider, auto-rotation), the
-//! daily [`inventory_watch`],
+//! daily [`inventory_watch`], the outside-use check ([`reconcile_watch`]),
 //! [`metrics`], the [`log_format`] and [`core_dumps`] protection.
 
 pub mod admin;
@@ -14,6 +14,7 @@ pub mod key_upkeep;
 pub mod log_format;
 pub mod metrics;
 pub mod probes;
+pub mod reconcile_watch;
 pub mod reload;
 pub mod snapshot;
 pub mod state;

@@ -56,6 +56,8 @@ pub struct Shared {
     pub outbox: Arc<Mutex<Outbox>>,
     /// The last inventory's counts per provider (status page, `/admin/providers`).
     pub inventory: crate::control::inventory_watch::LastCounts,
+    /// The last outside-use findings per provider (status page, `/admin/providers`).
+    pub outside_use: crate::control::reconcile_watch::LastFindings,
     /// What the outbox writer drains; taken once by `serve`.
     event_receiver: Mutex<Option<tokio::sync::mpsc::Receiver<Event>>>,
 }
@@ -105,6 +107,7 @@ impl Shared {
             outbox: Arc::new(Mutex::new(outbox)),
             event_receiver: Mutex::new(Some(event_receiver)),
             inventory: Mutex::default(),
+            outside_use: Mutex::default(),
             metrics,
             cluster,
             config,

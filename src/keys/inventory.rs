@@ -229,6 +229,19 @@ pub async fn take(
         .collect())
 }
 
+/// What the provider reports each of its keys used over `[start, end)`.
+pub async fn key_usage(
+    upstream: &Upstream,
+    provider: &Provider,
+    document: &Document,
+    start: u64,
+    end: u64,
+) -> Result<Vec<crate::providers::management::KeyUsageReport>, InventoryError> {
+    Ok(api(upstream, provider, document)?
+        .key_usage(start, end)
+        .await?)
+}
+
 /// Deletes (Anthropic: disables) `entry` at `provider`: an orphan's whole
 /// service account where the provider has one (OpenAI), else the key.
 pub async fn delete(

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::config::{AdminApi, Provider};
 use crate::net::outbound_body::OutboundBody;
 use crate::net::upstream::Upstream;
-use crate::providers::management::{Call, Listed, Listing, ManagementKind};
+use crate::providers::management::{Call, KeyUsageReport, Listed, Listing, ManagementKind};
 use crate::providers::ProviderError;
 use crate::vault::secret::Secret;
 
@@ -285,6 +285,64 @@ impl<'a> ManagementApi<'a> {
             }
         }
         Ok(entries)
+    }
+
+    /// What the provider reports each of its keys used over `[start, end)`
+    /// (unix seconds, whole hours), summed per key over every bucket and
+    /// page. `Unsupported` when the kind has no per-key usage API.
+    pub async fn key_usage(
+        &self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<KeyUsageReport>, ManagementError> {
+        let action = "report usage per key";
+        let mut totals: Vec<KeyUsageReport> = Vec::new();
+        let mut page: Option<String> = None;
+        for number in 1..=MAX_PAGES {
+            let call = self
+                .kind
+                .key_usage(self.api, start, end, page.as_deref())
+                .ok_or_else(|| self.unsupported(action))?;
+            let (status, body) = match self.send(call, action).await {
+                Ok(answer) => answer,
+                Err(error) if number > 1 => {
+                    return Err(ManagementError::PartialList {
+                        provider: self.provider.name.clone(),
+                        page: number,
+                        read: totals.len(),
+                        source: Box::new(error),
+                    })
+                }
+                Err(error) => return Err(error),
+            };
+            let read =
+                self.kind
+                    .read_key_usage(&body)
+                    .ok_or_else(|| ManagementError::Malformed {
+                        provider: self.provider.name.clone(),
+                        action: action.to_owned(),
+                        status,
+                        expected: "the documented usage report",
+                    })?;
+            for row in read.rows {
+                match totals
+                    .iter_mut()
+                    .find(|t| t.provider_key_id == row.provider_key_id)
+                {
+                    Some(total) => {
+                        total.requests = total.requests.zip(row.requests).map(|(a, b)| a + b);
+                        total.input_tokens += row.input_tokens;
+                        total.output_tokens += row.output_tokens;
+                    }
+                    None => totals.push(row),
+                }
+            }
+            match read.next {
+                Some(next) if page.as_ref() != Some(&next) => page = Some(next),
+                _ => break,
+            }
+        }
+        Ok(totals)
     }
 
     /// Deletes (Anthropic: disables) the key `id` of `listing`. A 404 means

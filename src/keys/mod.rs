@@ -15,6 +15,7 @@ pub mod key_events;
 pub mod management;
 pub mod mint;
 pub mod ops;
+pub mod outside_use;
 pub mod recent;
 pub mod ring;
 pub mod rotate;

@@ -11,8 +11,8 @@
 use serde::Deserialize;
 
 use super::management::{
-    cursor, encoded, read_cursor_page, unix_seconds, AuthHeaders, Call, Listed, Listing,
-    ManagementKind, Page,
+    cursor, encoded, read_cursor_page, rfc3339, unix_seconds, AuthHeaders, Call, KeyUsageReport,
+    Listed, Listing, ManagementKind, Page, UsagePage,
 };
 use super::{
     AuthStyle, KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind, VerifyRequest,
@@ -202,6 +202,78 @@ impl ManagementKind for Anthropic {
 
     fn list_permission(&self) -> &'static str {
         "an Admin API key (sk-ant-admin…, made by an organization admin in the Console → Settings → Admin keys)"
+    }
+
+    fn key_usage(&self, _api: &AdminApi, start: u64, end: u64, page: Option<&str>) -> Option<Call> {
+        // The Messages usage report grouped by API key, hourly buckets (at
+        // most 168 to a page); tokens only, no request count.
+        Some(Call::get(format!(
+            "/v1/organizations/usage_report/messages?starting_at={}&ending_at={}&bucket_width=1h&group_by[]=api_key_id&limit=168{}",
+            encoded(&rfc3339(start)),
+            encoded(&rfc3339(end)),
+            cursor("page", page)
+        )))
+    }
+
+    fn read_key_usage(&self, body: &[u8]) -> Option<UsagePage> {
+        // `{"data":[{"starting_at","ending_at","results":[{"uncached_input_tokens",
+        // "cache_creation":{"ephemeral_1h_input_tokens","ephemeral_5m_input_tokens"},
+        // "cache_read_input_tokens","output_tokens","api_key_id",…}]}],
+        // "has_more","next_page"}`.
+        #[derive(Deserialize, Default)]
+        struct Creation {
+            #[serde(default)]
+            ephemeral_1h_input_tokens: u64,
+            #[serde(default)]
+            ephemeral_5m_input_tokens: u64,
+        }
+        #[derive(Deserialize)]
+        struct Result {
+            #[serde(default)]
+            api_key_id: Option<String>,
+            #[serde(default)]
+            uncached_input_tokens: u64,
+            #[serde(default)]
+            cache_creation: Option<Creation>,
+            #[serde(default)]
+            cache_read_input_tokens: u64,
+            #[serde(default)]
+            output_tokens: u64,
+        }
+        #[derive(Deserialize)]
+        struct Bucket {
+            #[serde(default)]
+            results: Vec<Result>,
+        }
+        #[derive(Deserialize)]
+        struct Report {
+            data: Vec<Bucket>,
+            #[serde(default)]
+            has_more: bool,
+            #[serde(default)]
+            next_page: Option<String>,
+        }
+        let report: Report = serde_json::from_slice(body).ok()?;
+        Some(UsagePage {
+            next: report.next_page.filter(|_| report.has_more),
+            rows: report
+                .data
+                .into_iter()
+                .flat_map(|b| b.results)
+                .filter_map(|r| {
+                    let written = r.cache_creation.unwrap_or_default();
+                    Some(KeyUsageReport {
+                        provider_key_id: r.api_key_id?,
+                        requests: None,
+                        input_tokens: r.uncached_input_tokens
+                            + r.cache_read_input_tokens
+                            + written.ephemeral_1h_input_tokens
+                            + written.ephemeral_5m_input_tokens,
+                        output_tokens: r.output_tokens,
+                    })
+                })
+                .collect(),
+        })
     }
 
     fn remove(&self, _api: &AdminApi, _listing: Listing, id: &str) -> Option<Call> {

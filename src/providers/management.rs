@@ -129,6 +129,28 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// What the provider reports one of its keys used in a period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyUsageReport {
+    /// The provider's key id (OpenAI `key_…`, Anthropic `apikey_…`).
+    pub provider_key_id: String,
+    /// Model requests, where the provider counts them (OpenAI).
+    pub requests: Option<u64>,
+    /// Input tokens, cached and cache writes included.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+}
+
+/// One page of a per-key usage report, and where the next one starts.
+#[derive(Debug, Default)]
+pub struct UsagePage {
+    /// One entry per key and bucket (summed by the caller).
+    pub rows: Vec<KeyUsageReport>,
+    /// The cursor of the next page.
+    pub next: Option<String>,
+}
+
 /// A kind's management API. Listing and removal every such kind has;
 /// creation only some.
 pub trait ManagementKind: Send + Sync + 'static {
@@ -183,6 +205,26 @@ pub trait ManagementKind: Send + Sync + 'static {
 
     /// The call that deletes (or disables) the key `id` found in `listing`.
     fn remove(&self, api: &AdminApi, listing: Listing, id: &str) -> Option<Call>;
+
+    /// The call that reports usage per key over `[start, end)` (unix
+    /// seconds, whole hours) in hourly buckets (`page`: a previous
+    /// [`UsagePage::next`]). `None`: the provider has no per-key usage API.
+    fn key_usage(&self, api: &AdminApi, start: u64, end: u64, page: Option<&str>) -> Option<Call> {
+        let _ = (api, start, end, page);
+        None
+    }
+
+    /// Reads one page of a per-key usage report.
+    fn read_key_usage(&self, body: &[u8]) -> Option<UsagePage> {
+        let _ = body;
+        None
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of unix seconds (the Anthropic reports' bounds).
+pub(crate) fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
 }
 
 /// Reads a listing paged by cursor, as OpenAI's and Anthropic's admin APIs

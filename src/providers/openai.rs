@@ -10,8 +10,8 @@
 use serde::Deserialize;
 
 use super::management::{
-    cursor, encoded, project, read_cursor_page, AdminScope, Call, Listed, Listing, ManagementKind,
-    Page,
+    cursor, encoded, project, read_cursor_page, AdminScope, Call, KeyUsageReport, Listed, Listing,
+    ManagementKind, Page, UsagePage,
 };
 use super::{KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind};
 use crate::config::AdminApi;
@@ -237,6 +237,63 @@ impl ManagementKind for OpenAi {
                     .and_then(|w| w.id.clone()),
                 active: None,
             }
+        })
+    }
+
+    fn key_usage(&self, _api: &AdminApi, start: u64, end: u64, page: Option<&str>) -> Option<Call> {
+        // The organization's completions usage, grouped by API key; 1-hour
+        // buckets take at most 168 to a page.
+        Some(Call::get(format!(
+            "/v1/organization/usage/completions?start_time={start}&end_time={end}&bucket_width=1h&group_by=api_key_id&limit=168{}",
+            cursor("page", page)
+        )))
+    }
+
+    fn read_key_usage(&self, body: &[u8]) -> Option<UsagePage> {
+        // `{"object":"page","data":[{"object":"bucket","start_time","end_time",
+        // "results":[{"object":"organization.usage.completions.result",
+        // "input_tokens","output_tokens","input_cached_tokens",
+        // "num_model_requests","api_key_id",…}]}],"has_more","next_page"}`.
+        #[derive(Deserialize)]
+        struct Result {
+            #[serde(default)]
+            api_key_id: Option<String>,
+            #[serde(default)]
+            input_tokens: u64,
+            #[serde(default)]
+            output_tokens: u64,
+            #[serde(default)]
+            num_model_requests: u64,
+        }
+        #[derive(Deserialize)]
+        struct Bucket {
+            #[serde(default)]
+            results: Vec<Result>,
+        }
+        #[derive(Deserialize)]
+        struct Report {
+            data: Vec<Bucket>,
+            #[serde(default)]
+            has_more: bool,
+            #[serde(default)]
+            next_page: Option<String>,
+        }
+        let report: Report = serde_json::from_slice(body).ok()?;
+        Some(UsagePage {
+            next: report.next_page.filter(|_| report.has_more),
+            rows: report
+                .data
+                .into_iter()
+                .flat_map(|b| b.results)
+                .filter_map(|r| {
+                    Some(KeyUsageReport {
+                        provider_key_id: r.api_key_id?,
+                        requests: Some(r.num_model_requests),
+                        input_tokens: r.input_tokens,
+                        output_tokens: r.output_tokens,
+                    })
+                })
+                .collect(),
         })
     }
 

@@ -35,6 +35,7 @@ mod metering;
 mod mint;
 mod mint_crash;
 mod money;
+mod outside_use;
 mod postgres_ledger;
 mod process_hardening;
 mod provider_deletes;

@@ -13,6 +13,7 @@ mod inspect;
 mod inventory;
 mod new_key;
 mod provider;
+mod reconcile;
 mod transition;
 
 use clap::Subcommand;
@@ -143,6 +144,18 @@ pub enum KeyCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Outside use: each key's usage at the provider (OpenAI, Anthropic)
+    /// against what keygate sent with it, over whole hours.
+    Reconcile {
+        /// Only this provider.
+        provider: Option<String>,
+        /// How far back (humantime: 1h, 24h, 7d).
+        #[arg(long, default_value = "24h", value_parser = crate::cli::duration_arg)]
+        since: std::time::Duration,
+        /// One JSON array of rows.
+        #[arg(long)]
+        json: bool,
+    },
     /// List keys: id, provider, label, state, fingerprint, age — never the secret.
     List {
         /// Only this provider.
@@ -161,6 +174,11 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             fallback,
         } => add(context, &provider, label, fallback),
         KeyCommand::List { provider, json } => list(context, provider.as_deref(), json),
+        KeyCommand::Reconcile {
+            provider,
+            since,
+            json,
+        } => reconcile::run(context, provider.as_deref(), since, json),
         KeyCommand::Inventory {
             provider,
             json,

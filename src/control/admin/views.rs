@@ -120,6 +120,13 @@ pub(super) fn list_providers(shared: &Shared) -> Result<serde_json::Value, Admin
                         .unwrap_or_else(|poisoned| poisoned.into_inner())
                         .get(&p.name)
                         .cloned(),
+                    "outside_use": shared
+                        .outside_use
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .get(&p.name)
+                        .cloned()
+                        .unwrap_or_default(),
                 })
             })
             .collect(),

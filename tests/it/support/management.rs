@@ -97,6 +97,8 @@ pub enum Calls {
     Deletes,
     /// A listing's pages after the first (`after=` in the query).
     LaterPages,
+    /// The per-key usage report.
+    Usage,
 }
 
 #[derive(Default)]
@@ -255,6 +257,7 @@ fn hits(calls: Calls, seen: &Seen) -> bool {
         Calls::Lists => seen.method == hyper::Method::GET,
         Calls::Deletes => is_removal(seen),
         Calls::LaterPages => seen.method == hyper::Method::GET && seen.uri.contains("after="),
+        Calls::Usage => seen.uri.contains("/usage"),
     }
 }
 
@@ -362,6 +365,61 @@ fn answer(
         Api::Anthropic => ("/v1/organizations/api_keys", "/v1/organizations/api_keys/"),
     };
     let openai_keys = "/v1/organization/projects/proj_test/api_keys";
+    // OpenAI's completions usage per API key: one bucket for the window,
+    // what the inference mock served with each key (keygate's traffic and
+    // anyone else's alike), as the provider attributes it.
+    if api == Api::OpenAi
+        && method == hyper::Method::GET
+        && path == "/v1/organization/usage/completions"
+    {
+        if !seen.uri.contains("group_by=api_key_id") {
+            return error(400, "expected group_by=api_key_id in this test");
+        }
+        let query = |name: &str| {
+            seen.uri
+                .split(&format!("{name}="))
+                .nth(1)
+                .and_then(|v| v.split('&').next())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        // All of the mock's traffic happened just now: a window that ends
+        // before now reports none of it.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let adder = script
+            .adder
+            .clone()
+            .filter(|_| query("end_time").is_some_and(|end| end > now));
+        let results: Vec<serde_json::Value> =
+            script
+                .keys
+                .iter()
+                .filter_map(|k| {
+                    let (requests, input, output) = adder.as_ref()?.served(&k.secret);
+                    let id = if k.minted {
+                        format!("key_{}", k.provider_id)
+                    } else {
+                        k.provider_id.clone()
+                    };
+                    (requests > 0).then(|| serde_json::json!({
+                    "object": "organization.usage.completions.result",
+                    "input_tokens": input, "output_tokens": output, "input_cached_tokens": 0,
+                    "input_audio_tokens": 0, "output_audio_tokens": 0,
+                    "num_model_requests": requests, "project_id": null, "user_id": null,
+                    "api_key_id": id, "model": null, "batch": null
+                }))
+                })
+                .collect();
+        let body = serde_json::json!({
+            "object": "page",
+            "data": [{"object": "bucket", "start_time": query("start_time"), "end_time": query("end_time"), "results": results}],
+            "has_more": false,
+            "next_page": null
+        });
+        return full(200, &json, body.to_string());
+    }
     // Listing.
     if method == hyper::Method::GET
         && (path == collection || (api == Api::OpenAi && path == openai_keys))

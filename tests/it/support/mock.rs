@@ -133,6 +133,9 @@ struct State {
     rate_limited: Mutex<HashSet<String>>,
     /// See [`Mock::set_compression`].
     compression: Mutex<Option<&'static str>>,
+    /// Chat completions answered, per key: (requests, input, output tokens),
+    /// as a provider's usage report attributes them ([`KeyAdder::served`]).
+    served: Mutex<std::collections::HashMap<String, (u64, u64, u64)>>,
 }
 
 /// A running mock upstream; stops accepting when dropped.
@@ -228,6 +231,18 @@ impl KeyAdder {
     pub fn remove(&self, key: &str) {
         self.0.keys.lock().unwrap().remove(key);
     }
+
+    /// What the mock served with `key`: chat completions answered (requests,
+    /// input tokens, output tokens) — a provider's per-key usage.
+    pub fn served(&self, key: &str) -> (u64, u64, u64) {
+        self.0
+            .served
+            .lock()
+            .unwrap()
+            .get(key)
+            .copied()
+            .unwrap_or_default()
+    }
 }
 
 /// Lets held streams continue (see [`Mock::hold_streams`]).
@@ -271,6 +286,7 @@ impl Mock {
             out_of_credit: Mutex::new(HashSet::new()),
             rate_limited: Mutex::new(HashSet::new()),
             compression: Mutex::new(None),
+            served: Mutex::default(),
         });
         let st = state.clone();
         let (goaway, _) = watch::channel(0u64);
@@ -681,7 +697,27 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     match (&parts.method, path) {
         (&Method::POST, "/v1/chat/completions") => {
             let tag = st.tag.load(Ordering::SeqCst).then_some(index);
-            chat(st, &body, tag)
+            let answer = chat(st.clone(), &body, tag);
+            if answer.status() == StatusCode::OK {
+                // The provider bills what it answered: the mock's usage
+                // (11 in, 7 out; a stream 11 in, 4 out).
+                let stream = serde_json::from_slice::<serde_json::Value>(&body)
+                    .is_ok_and(|v| v["stream"] == serde_json::Value::Bool(true));
+                let key = parts
+                    .headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v.trim_start_matches("Bearer ").to_owned())
+                    .unwrap_or_default();
+                let mut served = st.served.lock().unwrap();
+                let entry = served.entry(key).or_default();
+                *entry = (
+                    entry.0 + 1,
+                    entry.1 + 11,
+                    entry.2 + if stream { 4 } else { 7 },
+                );
+            }
+            answer
         }
         (&Method::GET, "/v1/models") => full(200, "application/json", models_body()),
         (&Method::GET, "/v1/key") if flavor == Flavor::OpenRouter => {
