@@ -280,7 +280,7 @@ fn json_tap(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(body.len() as u64));
     let counters = Arc::new(UsageCounters::default());
     // Unpriced (no row for the model) against priced: what pricing an
-    // answer adds to the tap (docs/performance.md "Pricing").
+    // answer adds to the tap (docs/performance.md "Pricing: what costing every answer adds").
     let unpriced = TokenMetrics::detached(None);
     let priced = TokenMetrics::detached(Some(keygate::usage::prices::Price {
         input: 150_000,

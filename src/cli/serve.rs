@@ -187,14 +187,16 @@ pub(super) fn run(
             stopped.clone(),
         ));
         start_cluster(&shared, &stopped);
-        tokio::spawn(crate::control::inventory_watch::run(
-            shared.clone(),
-            stopped.clone(),
-        ));
-        tokio::spawn(crate::control::reconcile_watch::run(
-            shared.clone(),
-            stopped.clone(),
-        ));
+        let watches = [
+            tokio::spawn(crate::control::inventory_watch::run(
+                shared.clone(),
+                stopped.clone(),
+            )),
+            tokio::spawn(crate::control::reconcile_watch::run(
+                shared.clone(),
+                stopped.clone(),
+            )),
+        ];
         let (events_writer, stop_events_writer) = start_events(&shared, receivers, &stopped);
         // The ledger stops only after the drain, so its last flush sees every request.
         let (stop_ledger, ledger_stopped) = crate::shutdown::channel();
@@ -223,6 +225,10 @@ pub(super) fn run(
         .map_err(|e| CliError::Runtime(e.to_string()))?;
         let _ = reloader.await;
         let _ = upkeep.await;
+        // A look at the providers under way ends before the runtime does
+        // (its timers must not outlive it), within the grace.
+        let grace = config.server.shutdown_grace;
+        let _ = tokio::time::timeout(grace, futures_util::future::join_all(watches)).await;
         // Events raised during the drain reach the outbox before the exit.
         stop_events_writer.stop();
         let _ = tokio::time::timeout(config.server.shutdown_grace, events_writer).await;

@@ -321,6 +321,21 @@ impl Metrics {
                     .set(i64::try_from(age).unwrap_or(i64::MAX));
             }
         }
+        // Every usable key keygate can check for outside use starts at 0,
+        // so dashboards and alerts see the series before anything is found.
+        for key in document.keys.iter().filter(|k| k.state.is_usable()) {
+            let checkable = config.providers.get(&key.provider).is_some_and(|p| {
+                p.admin
+                    .as_ref()
+                    .zip(p.kind.management())
+                    .is_some_and(|(api, m)| m.key_usage(api, 0, 3600, None).is_some())
+            });
+            if checkable {
+                self.outside_use
+                    .with_label_values(&[&key.provider, &key.id])
+                    .inc_by(0);
+            }
+        }
         self.key_healthy.reset();
         let now_ms = crate::keys::health::now_ms();
         for provider in config.providers.keys() {

@@ -49,17 +49,26 @@ async fn look(shared: &Shared, told: &mut HashSet<(String, u64)>) {
         keys.reconcile_window.as_secs(),
         keys.reconcile_lag.as_secs(),
     );
-    let read = tokio::task::block_in_place(|| {
-        let document = {
-            let control = shared.control();
-            control.vault().load(control.kek()).map(|l| l.document)
-        };
-        let sent = crate::usage::ledger::Ledger::open(&shared.config.metering.db)
-            .and_then(|mut ledger| ledger.key_totals(window.0, window.1));
-        (document, sent)
+    let document = tokio::task::block_in_place(|| {
+        let control = shared.control();
+        control.vault().load(control.kek()).map(|l| l.document)
     });
-    let (Ok(document), Ok(sent)) = read else {
-        tracing::warn!("outside use: cannot read the vault or the ledger; will try again");
+    let Ok(document) = document else { return };
+    // Nothing to compare: the ledger is not even opened.
+    if !shared
+        .config
+        .providers
+        .values()
+        .any(|p| crate::keys::inventory::can_take(&document, p))
+    {
+        return;
+    }
+    let sent = tokio::task::block_in_place(|| {
+        crate::usage::ledger::Ledger::open(&shared.config.metering.db)
+            .and_then(|mut ledger| ledger.key_totals(window.0, window.1))
+    });
+    let Ok(sent) = sent else {
+        tracing::warn!("outside use: cannot read the ledger; will try again");
         return;
     };
     let thresholds = Thresholds {

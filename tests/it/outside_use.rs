@@ -134,8 +134,14 @@ async fn keygates_own_traffic_with_fallbacks_raises_no_alarm() {
         );
     }
     assert!(outside_events(&kg).is_empty());
+    // The series exist (every checkable key starts at 0) and stay at 0.
     let page = server.admin_get("/metrics").await.text();
-    assert!(!page.contains("keygate_key_outside_use_total{"), "{page}");
+    let series: Vec<&str> = page
+        .lines()
+        .filter(|l| l.starts_with("keygate_key_outside_use_total{"))
+        .collect();
+    assert_eq!(series.len(), 2, "{page}");
+    assert!(series.iter().all(|l| l.ends_with(" 0")), "{series:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
