@@ -54,15 +54,28 @@ async fn look(shared: &Shared, told: &mut HashSet<(String, u64)>) {
         control.vault().load(control.kek()).map(|l| l.document)
     });
     let Ok(document) = document else { return };
-    // Nothing to compare: the ledger is not even opened.
-    if !shared
-        .config
-        .providers
-        .values()
-        .any(|p| crate::keys::inventory::can_take(&document, p))
-    {
+    let thresholds = Thresholds {
+        min_requests: keys.outside_use_min_requests,
+    };
+    // The providers first, then keygate's ledger once every replica has
+    // flushed what it sent before (twice the flush interval).
+    let mut sides = Vec::new();
+    for provider in shared.config.providers.values() {
+        if !crate::keys::inventory::can_take(&document, provider) {
+            continue;
+        }
+        match outside_use::provider_side(&shared.upstream, provider, &document, window).await {
+            Ok(side) => sides.push((provider, side)),
+            // A usage API that fails says nothing: no alarm, no burn.
+            Err(error) => {
+                tracing::warn!(provider = %provider.name, "outside use of {}'s keys cannot be checked: {error}", provider.name)
+            }
+        }
+    }
+    if sides.is_empty() {
         return;
     }
+    tokio::time::sleep(shared.config.metering.flush_interval * 2).await;
     let sent = tokio::task::block_in_place(|| {
         crate::usage::ledger::Ledger::open(&shared.config.metering.db)
             .and_then(|mut ledger| ledger.key_totals(window.0, window.1))
@@ -71,30 +84,8 @@ async fn look(shared: &Shared, told: &mut HashSet<(String, u64)>) {
         tracing::warn!("outside use: cannot read the ledger; will try again");
         return;
     };
-    let thresholds = Thresholds {
-        min_requests: keys.outside_use_min_requests,
-    };
-    for provider in shared.config.providers.values() {
-        if !crate::keys::inventory::can_take(&document, provider) {
-            continue;
-        }
-        let compared = match outside_use::reconcile(
-            &shared.upstream,
-            provider,
-            &document,
-            &sent,
-            window,
-            thresholds,
-        )
-        .await
-        {
-            Ok(compared) => compared,
-            Err(error) => {
-                // A usage API that fails says nothing: no alarm, no burn.
-                tracing::warn!(provider = %provider.name, "outside use of {}'s keys cannot be checked: {error}", provider.name);
-                continue;
-            }
-        };
+    for (provider, side) in sides {
+        let compared = outside_use::finish(&side, &document, &sent, thresholds);
         let mut found = Vec::new();
         for c in &compared {
             let labels = [provider.name.as_str(), c.key_id.as_str()];

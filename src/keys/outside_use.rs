@@ -14,7 +14,8 @@
 //! A key keygate cannot map to the provider's id, or a provider without a
 //! per-key usage API, is `not reconcilable`, never clean.
 //!
-//! [`compare`] is pure; [`reconcile`] reads both sides.
+//! [`compare`] is pure; [`provider_side`] reads the provider first, then the
+//! caller reads the ledger (after the flush interval) and [`finish`]es.
 
 use std::collections::HashMap;
 
@@ -174,30 +175,24 @@ pub enum ReconcileError {
     Ledger(#[from] crate::usage::ledger::LedgerError),
 }
 
-/// Compares every key of `provider` that is in use or carried traffic in
-/// the window `[start_hour, end_hour)`, reading the provider's per-key
-/// usage and the ledger's (`keygate`).
-pub async fn reconcile(
+/// What the provider says, read before keygate's own counts: whatever the
+/// provider counted was sent before the ledger is read, so a flush that is
+/// late (here, or in another replica) cannot make keygate's count the
+/// smaller.
+pub struct ProviderSide {
+    provider: String,
+    /// `None`: the provider cannot be checked, and why.
+    reports: Result<(HashMap<String, String>, Vec<KeyUsageReport>), String>,
+}
+
+/// Reads `provider`'s per-key usage over `[start_hour, end_hour)` and maps
+/// its key ids to keygate's (through the inventory).
+pub async fn provider_side(
     upstream: &Upstream,
     provider: &Provider,
     document: &Document,
-    keygate: &[KeyUsageRow],
     (start_hour, end_hour): (u64, u64),
-    thresholds: Thresholds,
-) -> Result<Vec<Comparison>, ReconcileError> {
-    let mut key_ids: Vec<String> = document
-        .keys
-        .iter()
-        .filter(|k| k.provider == provider.name)
-        .filter(|k| {
-            k.state.is_usable()
-                || keygate
-                    .iter()
-                    .any(|r| r.key_id == k.id && r.provider == provider.name)
-        })
-        .map(|k| k.id.clone())
-        .collect();
-    key_ids.sort();
+) -> Result<ProviderSide, ReconcileError> {
     let has_usage_api = provider.kind.management().is_some_and(|m| {
         provider
             .admin
@@ -207,8 +202,8 @@ pub async fn reconcile(
     if !has_usage_api || !inventory::can_take(document, provider) {
         let why = if has_usage_api {
             format!(
-                "no management credential for {}: `keygate admin-key set {}`",
-                provider.name, provider.name
+                "no management credential for {0}: `keygate admin-key set {0}`",
+                provider.name
             )
         } else {
             format!(
@@ -217,20 +212,10 @@ pub async fn reconcile(
                 provider.kind.as_str()
             )
         };
-        return Ok(key_ids
-            .into_iter()
-            .map(|key_id| Comparison {
-                provider: provider.name.clone(),
-                keygate: keygate
-                    .iter()
-                    .find(|r| r.key_id == key_id)
-                    .map_or((0, 0), |r| (r.requests, r.input_tokens + r.output_tokens)),
-                key_id,
-                provider_key_id: None,
-                provider_reports: None,
-                finding: Finding::NotReconcilable(why.clone()),
-            })
-            .collect());
+        return Ok(ProviderSide {
+            provider: provider.name.clone(),
+            reports: Err(why),
+        });
     }
     let entries = inventory::take(upstream, provider, document, None).await?;
     let mapped: HashMap<String, String> = entries
@@ -248,14 +233,52 @@ pub async fn reconcile(
         end_hour * 3600,
     )
     .await?;
-    Ok(compare(
-        &provider.name,
-        &key_ids,
-        keygate,
-        &reports,
-        &mapped,
-        thresholds,
-    ))
+    Ok(ProviderSide {
+        provider: provider.name.clone(),
+        reports: Ok((mapped, reports)),
+    })
+}
+
+/// Compares every key of the provider that is in use or carried traffic,
+/// given what it reported and what keygate sent (`keygate`, the ledger read
+/// after the provider).
+pub fn finish(
+    side: &ProviderSide,
+    document: &Document,
+    keygate: &[KeyUsageRow],
+    thresholds: Thresholds,
+) -> Vec<Comparison> {
+    let provider = side.provider.as_str();
+    let mut key_ids: Vec<String> = document
+        .keys
+        .iter()
+        .filter(|k| k.provider == provider)
+        .filter(|k| {
+            k.state.is_usable()
+                || keygate
+                    .iter()
+                    .any(|r| r.key_id == k.id && r.provider == provider)
+        })
+        .map(|k| k.id.clone())
+        .collect();
+    key_ids.sort();
+    match &side.reports {
+        Ok((mapped, reports)) => compare(provider, &key_ids, keygate, reports, mapped, thresholds),
+        Err(why) => key_ids
+            .into_iter()
+            .map(|key_id| Comparison {
+                provider: provider.to_owned(),
+                keygate: keygate
+                    .iter()
+                    .find(|r| r.key_id == key_id && r.provider == provider)
+                    .map_or((0, 0), |r| (r.requests, r.input_tokens + r.output_tokens)),
+                key_id,
+                provider_key_id: None,
+                provider_reports: None,
+                finding: Finding::NotReconcilable(why.clone()),
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]

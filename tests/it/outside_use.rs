@@ -282,3 +282,56 @@ async fn an_unmappable_key_is_not_reconcilable_and_a_failing_usage_api_raises_no
         "{elsewhere}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgresql_compare_the_fleets_counts_and_alarm_once() {
+    use crate::support::postgres::{Postgres, PG_PASSWORD};
+    let pg = Postgres::start();
+    let (kg, _management, inference, client, minted) = world().await;
+    kg.register_secret(PG_PASSWORD);
+    let url = pg.url();
+    let db = [("KEYGATE_METERING__DB", url.as_str())];
+    let replicas = [serve(&kg, &db), serve(&kg, &db)];
+    // Each replica alone sent fewer than the provider counts for the fleet.
+    for n in 0..12 {
+        assert_eq!(replicas[n % 2].send(chat(&client)).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let env: Vec<(&str, &str)> = [NO_LAG, &db[..]].concat();
+    let out = kg.run_with(&["key", "reconcile", "openai", "--json"], None, &env);
+    out.assert_ok("key reconcile against the fleet's ledger");
+    let rows: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let fleet = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["keygate_requests"] == 12)
+        .unwrap_or_else(|| panic!("no key with the fleet's 12 requests: {rows}"));
+    assert_eq!(fleet["finding"], "clean", "{rows}");
+    straight_to_the_provider(&inference, &minted, 10).await;
+    let events = || {
+        let out = kg.run_with(
+            &["events", "--type", "key_outside_use", "--json"],
+            None,
+            &db,
+        );
+        serde_json::from_str::<serde_json::Value>(out.stdout.trim())
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    eventually(Duration::from_secs(5), || async {
+        (!events().is_empty()).then_some(())
+    })
+    .await
+    .expect("no key_outside_use from either replica");
+    // Both replicas found it; the fleet's outbox holds it once.
+    for replica in &replicas {
+        replica.wait_for_log("OUTSIDE USE of key").await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let told = events();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["keygate_requests"], 12, "{told:?}");
+    assert_eq!(told[0]["provider_requests"], 22);
+}

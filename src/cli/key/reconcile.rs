@@ -22,22 +22,27 @@ pub(super) fn run(
         since.as_secs(),
         keys.reconcile_lag.as_secs(),
     );
-    let sent = Ledger::open(&context.config.metering.db)
-        .and_then(|mut ledger| ledger.key_totals(window.0, window.1))
-        .map_err(|e| CliError::Runtime(e.to_string()))?;
     let thresholds = Thresholds {
         min_requests: keys.outside_use_min_requests,
     };
     let (runtime, upstream) = upstream_runtime(context)?;
-    let mut rows = Vec::new();
+    // The providers first, then the ledger (what they counted was sent before).
+    let mut sides = Vec::new();
     for provider in providers {
-        let compared = runtime
-            .block_on(outside_use::reconcile(
-                &upstream, provider, &document, &sent, window, thresholds,
+        let side = runtime
+            .block_on(outside_use::provider_side(
+                &upstream, provider, &document, window,
             ))
             .map_err(|e| CliError::Runtime(e.to_string()))?;
-        rows.extend(compared);
+        sides.push(side);
     }
+    let sent = Ledger::open(&context.config.metering.db)
+        .and_then(|mut ledger| ledger.key_totals(window.0, window.1))
+        .map_err(|e| CliError::Runtime(e.to_string()))?;
+    let rows: Vec<_> = sides
+        .iter()
+        .flat_map(|side| outside_use::finish(side, &document, &sent, thresholds))
+        .collect();
     if json {
         let list: Vec<_> = rows.iter().map(|c| c.to_json(window)).collect();
         println!("{}", serde_json::Value::Array(list));
