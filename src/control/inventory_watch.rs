@@ -30,14 +30,8 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: Shutdown) {
         if shared.is_vault_loaded() {
             look(&shared, &mut seen).await;
         }
-        let pause = if shared.is_vault_loaded() {
-            every
-        } else {
-            std::time::Duration::from_secs(1)
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = shutdown.requested() => return,
+        if !shared.wait_for_next_look(every, &mut shutdown).await {
+            return;
         }
     }
 }

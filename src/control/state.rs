@@ -147,6 +147,24 @@ impl Shared {
             .reload(&self.config, &self.snapshot, &self.metrics)
     }
 
+    /// Waits until a periodic check's next look: `every` once the vault is
+    /// loaded, a second while it is not. False when `shutdown` came first.
+    pub async fn wait_for_next_look(
+        &self,
+        every: std::time::Duration,
+        shutdown: &mut crate::shutdown::Shutdown,
+    ) -> bool {
+        let pause = if self.is_vault_loaded() {
+            every
+        } else {
+            std::time::Duration::from_secs(1)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => true,
+            _ = shutdown.requested() => false,
+        }
+    }
+
     /// Whether a vault generation was loaded (generations start at 1).
     pub fn is_vault_loaded(&self) -> bool {
         self.snapshot.load().generation > 0

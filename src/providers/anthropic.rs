@@ -11,8 +11,8 @@
 use serde::Deserialize;
 
 use super::management::{
-    cursor, encoded, read_cursor_page, rfc3339, unix_seconds, AuthHeaders, Call, KeyUsageReport,
-    Listed, Listing, ManagementKind, Page, UsagePage,
+    cursor, encoded, read_bucket_report, read_cursor_page, rfc3339, unix_seconds, AuthHeaders,
+    Call, KeyUsageReport, Listed, Listing, ManagementKind, Page, UsagePage,
 };
 use super::{
     AuthStyle, KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind, VerifyRequest,
@@ -240,39 +240,17 @@ impl ManagementKind for Anthropic {
             #[serde(default)]
             output_tokens: u64,
         }
-        #[derive(Deserialize)]
-        struct Bucket {
-            #[serde(default)]
-            results: Vec<Result>,
-        }
-        #[derive(Deserialize)]
-        struct Report {
-            data: Vec<Bucket>,
-            #[serde(default)]
-            has_more: bool,
-            #[serde(default)]
-            next_page: Option<String>,
-        }
-        let report: Report = serde_json::from_slice(body).ok()?;
-        Some(UsagePage {
-            next: report.next_page.filter(|_| report.has_more),
-            rows: report
-                .data
-                .into_iter()
-                .flat_map(|b| b.results)
-                .filter_map(|r| {
-                    let written = r.cache_creation.unwrap_or_default();
-                    Some(KeyUsageReport {
-                        provider_key_id: r.api_key_id?,
-                        requests: None,
-                        input_tokens: r.uncached_input_tokens
-                            + r.cache_read_input_tokens
-                            + written.ephemeral_1h_input_tokens
-                            + written.ephemeral_5m_input_tokens,
-                        output_tokens: r.output_tokens,
-                    })
-                })
-                .collect(),
+        read_bucket_report(body, |r: Result| {
+            let written = r.cache_creation.unwrap_or_default();
+            Some(KeyUsageReport {
+                provider_key_id: r.api_key_id?,
+                requests: None,
+                input_tokens: r.uncached_input_tokens
+                    + r.cache_read_input_tokens
+                    + written.ephemeral_1h_input_tokens
+                    + written.ephemeral_5m_input_tokens,
+                output_tokens: r.output_tokens,
+            })
         })
     }
 
@@ -288,6 +266,38 @@ impl ManagementKind for Anthropic {
 mod tests {
     use super::*;
     use crate::providers::management::tests::api;
+
+    #[test]
+    fn the_usage_report_sums_every_input_kind_per_key_and_counts_no_requests() {
+        // The Admin API's usage report, grouped by API key, as documented.
+        let body = br#"{"data":[{"starting_at":"2026-12-06T05:00:00Z","ending_at":"2026-12-06T06:00:00Z","results":[{"uncached_input_tokens":1500,"cache_creation":{"ephemeral_1h_input_tokens":1000,"ephemeral_5m_input_tokens":500},"cache_read_input_tokens":200,"output_tokens":500,"server_tool_use":{"web_search_requests":10},"api_key_id":"apikey_01Rj2N8SVvo6BePZj99NhmiT","workspace_id":"wrkspc_01JwQvzr7rXLA5AGx3HKfFUJ","model":"claude-sonnet-4-20250514","service_tier":"standard","context_window":"0-200k"},{"uncached_input_tokens":5,"output_tokens":1,"api_key_id":null}]}],"has_more":true,"next_page":"page_MjAyNS0wNS0xNFQwMDowMDowMFo="}"#;
+        let page = Anthropic.read_key_usage(body).unwrap();
+        assert_eq!(
+            page.next.as_deref(),
+            Some("page_MjAyNS0wNS0xNFQwMDowMDowMFo=")
+        );
+        assert_eq!(
+            page.rows.len(),
+            1,
+            "a result without a key id is not a key's"
+        );
+        assert_eq!(
+            page.rows[0].provider_key_id,
+            "apikey_01Rj2N8SVvo6BePZj99NhmiT"
+        );
+        assert_eq!(
+            (
+                page.rows[0].requests,
+                page.rows[0].input_tokens,
+                page.rows[0].output_tokens
+            ),
+            (None, 3200, 500)
+        );
+        let call = Anthropic
+            .key_usage(&api(), 1_796_533_200, 1_796_536_800, None)
+            .unwrap();
+        assert!(call.path.starts_with("/v1/organizations/usage_report/messages?starting_at=2026-12-06T05%3A00%3A00Z&ending_at=2026-12-06T06%3A00%3A00Z&bucket_width=1h&group_by[]=api_key_id"), "{}", call.path);
+    }
 
     fn judge(status: u16, body: &str) -> KeyVerdict {
         super::super::Kind::named("anthropic")

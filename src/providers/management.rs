@@ -221,6 +221,39 @@ pub trait ManagementKind: Send + Sync + 'static {
     }
 }
 
+/// Reads a usage report paged with `has_more` / `next_page`, whose `data`
+/// are time buckets of `results` (as OpenAI's and Anthropic's admin APIs
+/// answer), each result read as `R` and turned into a row by `row` (`None`:
+/// a result without a key id).
+pub(crate) fn read_bucket_report<R: serde::de::DeserializeOwned>(
+    body: &[u8],
+    row: impl Fn(R) -> Option<KeyUsageReport>,
+) -> Option<UsagePage> {
+    #[derive(serde::Deserialize)]
+    struct Bucket<R> {
+        #[serde(default = "Vec::new")]
+        results: Vec<R>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Report<R> {
+        data: Vec<Bucket<R>>,
+        #[serde(default)]
+        has_more: bool,
+        #[serde(default)]
+        next_page: Option<String>,
+    }
+    let report: Report<R> = serde_json::from_slice(body).ok()?;
+    Some(UsagePage {
+        next: report.next_page.filter(|_| report.has_more),
+        rows: report
+            .data
+            .into_iter()
+            .flat_map(|b| b.results)
+            .filter_map(row)
+            .collect(),
+    })
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` of unix seconds (the Anthropic reports' bounds).
 pub(crate) fn rfc3339(secs: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))

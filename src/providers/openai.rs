@@ -10,8 +10,8 @@
 use serde::Deserialize;
 
 use super::management::{
-    cursor, encoded, project, read_cursor_page, AdminScope, Call, KeyUsageReport, Listed, Listing,
-    ManagementKind, Page, UsagePage,
+    cursor, encoded, project, read_bucket_report, read_cursor_page, AdminScope, Call,
+    KeyUsageReport, Listed, Listing, ManagementKind, Page, UsagePage,
 };
 use super::{KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind};
 use crate::config::AdminApi;
@@ -265,35 +265,13 @@ impl ManagementKind for OpenAi {
             #[serde(default)]
             num_model_requests: u64,
         }
-        #[derive(Deserialize)]
-        struct Bucket {
-            #[serde(default)]
-            results: Vec<Result>,
-        }
-        #[derive(Deserialize)]
-        struct Report {
-            data: Vec<Bucket>,
-            #[serde(default)]
-            has_more: bool,
-            #[serde(default)]
-            next_page: Option<String>,
-        }
-        let report: Report = serde_json::from_slice(body).ok()?;
-        Some(UsagePage {
-            next: report.next_page.filter(|_| report.has_more),
-            rows: report
-                .data
-                .into_iter()
-                .flat_map(|b| b.results)
-                .filter_map(|r| {
-                    Some(KeyUsageReport {
-                        provider_key_id: r.api_key_id?,
-                        requests: Some(r.num_model_requests),
-                        input_tokens: r.input_tokens,
-                        output_tokens: r.output_tokens,
-                    })
-                })
-                .collect(),
+        read_bucket_report(body, |r: Result| {
+            Some(KeyUsageReport {
+                provider_key_id: r.api_key_id?,
+                requests: Some(r.num_model_requests),
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+            })
         })
     }
 

@@ -209,12 +209,18 @@ async fn two_replicas_through_redis_share_a_dollar_budget_per_period() {
                 .status
                 .as_u16(),
         );
+        // A settle reaches Redis off the request path: until it lands the
+        // answer's reservation is still held there (as it must be).
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert_eq!(statuses, [200, 200, 429, 429]);
     assert_eq!(mock.requests().len(), 2);
     next_window(100).await;
+    let pause = || tokio::time::sleep(Duration::from_millis(150));
     assert_eq!(servers[1].send(chat(&client, false)).await.status, 200);
+    pause().await;
     assert_eq!(servers[0].send(chat(&client, false)).await.status, 200);
+    pause().await;
     assert_eq!(servers[1].send(chat(&client, false)).await.status, 429);
 }
 

@@ -29,18 +29,7 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 ALTER TABLE usage ADD COLUMN IF NOT EXISTS cost_micros BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE usage ADD COLUMN IF NOT EXISTS unpriced BIGINT NOT NULL DEFAULT 0;
-ALTER TABLE usage ADD COLUMN IF NOT EXISTS last_ms BIGINT NOT NULL DEFAULT 0;
-CREATE TABLE IF NOT EXISTS key_usage (
-    hour BIGINT NOT NULL,
-    provider TEXT NOT NULL,
-    key_id TEXT NOT NULL,
-    requests BIGINT NOT NULL DEFAULT 0,
-    input_tokens BIGINT NOT NULL DEFAULT 0,
-    cached_tokens BIGINT NOT NULL DEFAULT 0,
-    output_tokens BIGINT NOT NULL DEFAULT 0,
-    cost_micros BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (hour, provider, key_id)
-)";
+ALTER TABLE usage ADD COLUMN IF NOT EXISTS last_ms BIGINT NOT NULL DEFAULT 0";
 
 const UPSERT: &str = "INSERT INTO usage (hour, client, provider, model, requests, errors,
         incomplete, prompt_tokens, completion_tokens, total_tokens, request_bytes,
@@ -104,12 +93,14 @@ pub(super) struct Postgres {
 
 impl Postgres {
     pub(super) fn open(url: &Secret, endpoint: &str) -> Result<Postgres, LedgerError> {
-        PgLink::open(url, endpoint, SCHEMA)
-            .map(|link| Postgres { link })
-            .map_err(|e| LedgerError::Postgres {
-                endpoint: endpoint.to_owned(),
-                detail: e.detail,
-            })
+        let error = |e: PgError| LedgerError::Postgres {
+            endpoint: endpoint.to_owned(),
+            detail: e.detail,
+        };
+        let mut link = PgLink::open(url, endpoint, SCHEMA).map_err(error)?;
+        link.call(|client| client.batch_execute(super::key_usage::SCHEMA))
+            .map_err(error)?;
+        Ok(Postgres { link })
     }
 
     fn error(&self, error: PgError) -> LedgerError {
