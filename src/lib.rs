@@ -16,24 +16,29 @@
 //! - [`config`]: figment layers (embedded defaults → file → `KEYGATE_*`) → typed [`config::Config`]
 //! - [`providers`]: one file per provider kind behind [`providers::ProviderKind`] (auth,
 //!   key formats, verify request, usage option, what an upstream answer says about the
-//!   key), and the management APIs behind `ManagementKind`
+//!   key, price list), and the management APIs behind `ManagementKind` (create, list,
+//!   remove, per-key usage reports)
 //! - [`net`]: client listeners (h1/h2, TLS, timeouts, drain), the HTTP/1 head guard, the upstream
 //!   pool and the outbound body it sends, content codings (gzip, deflate, br, zstd)
 //! - [`proxy`]: the conductor of one request, and the stages it calls in order —
 //!   client auth (and a decoy key's bookkeeping), routing, request body, the
 //!   outbound leg, the judge of an upstream answer, error answers, the response
-//!   body, the request's end — and `ProxyError`, the one place a failure
-//!   becomes an HTTP answer
+//!   body, the request's end, admission against limits and budgets — and
+//!   `ProxyError`, the one place a failure becomes an HTTP answer
 //! - [`keys`]: the key ring and its runtime health; the key lifecycle (ops, the rotation
-//!   service, verification)
-//! - [`usage`]: the meter's counters, the response tap (SSE splitter, usage shapes),
-//!   the ledger (SQLite or PostgreSQL), per-client limits
+//!   service, verification); the inventory at the provider and outside use
+//! - [`events`]: what keygate raises, the durable outbox, `[[notify]]` deliveries
+//! - [`usage`]: the meter's counters (per client, per upstream key), the price table,
+//!   the response tap (SSE splitter, usage shapes), the ledger (SQLite or PostgreSQL),
+//!   per-client limits and budgets
 //! - [`cluster`]: what replicas share through Redis: per-client limits and budgets,
 //!   key health news (pub/sub), the auto-rotation lease
 //! - [`control`]: shared state, the snapshot and its single writer (reload, follow),
-//!   the admin listener (probes, admin API), metrics, log format, core-dump protection
+//!   the admin listener (probes, admin API), metrics, the periodic watches (key upkeep,
+//!   inventory, outside use), log format, core-dump protection
 //! - shared leaves below all of these: [`json_skim`] (the few top-level fields of a
-//!   JSON body, read as the upstream reads them) and [`shutdown`] (one cancellation)
+//!   JSON body, read as the upstream reads them), [`shutdown`] (one cancellation),
+//!   [`calendar`] (UTC days and months) and [`pg_link`] (one PostgreSQL connection)
 //! - [`vault`]: the encrypted file (format, crypto, atomic writes, master key sources,
 //!   rollback record), the secret type, the `kg_` client-key format, the
 //!   `fingerprint_mac` that names every upstream key it ever held

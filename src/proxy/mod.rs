@@ -13,9 +13,9 @@
 //! reservation, metrics, the one log line — is [`request_end`]'s, and runs
 //! when the response body is over.
 
+mod admission;
 pub mod auth;
 pub mod body;
-mod budget_events;
 pub mod decoy;
 pub mod error;
 pub mod error_answer;
@@ -115,7 +115,7 @@ async fn conduct(
             price_list: plan.provider.kind.price_list().to_owned(),
         });
     }
-    admit(shared, &client, plan.estimate, end).await?;
+    admission::admit(shared, &client, plan.estimate, end).await?;
     if let Some(rewritten) = plan.asks_for_usage {
         // Ask for the usage chunk on the client's behalf, and hide it from them.
         body = RequestBody::Buffered(rewritten);
@@ -249,59 +249,6 @@ fn plan<'a>(
         unpriced_model,
         strips_usage_chunk: asks_for_usage.is_some(),
         asks_for_usage,
-    }
-}
-
-/// Admits the request against the client's limits (here, then across the
-/// cluster for a limited client) and holds its reservation; a budget
-/// crossing 80 %, or spent, is told once per period.
-async fn admit(
-    shared: &Shared,
-    client: &crate::control::snapshot::ClientInfo,
-    estimate: limits::Estimate,
-    end: &mut RequestEnd,
-) -> Result<(), ProxyError> {
-    let now = crate::unix_now();
-    let admitted = shared
-        .limits
-        .admit(&client.name, client.limits, || estimate, now);
-    // Only a limited client pays the Redis round trip.
-    let admitted = match (admitted, &shared.cluster) {
-        (Ok(reservation), Some(cluster)) if client.limits.any() => {
-            let spent_before = shared
-                .limits
-                .spent_before(&client.name, reservation.window());
-            crate::cluster::limits::reserve(
-                cluster,
-                reservation,
-                &client.name,
-                client.limits,
-                spent_before,
-                crate::unix_now_ms(),
-            )
-            .await
-        }
-        (admitted, _) => admitted,
-    };
-    match admitted {
-        Ok(reservation) => {
-            if let Some(crossing) = reservation.crossed {
-                budget_events::threshold(&shared.events, client, crossing);
-            }
-            end.hold(reservation);
-            Ok(())
-        }
-        Err(error) => {
-            if let limits::LimitError::BudgetExceeded {
-                first: true,
-                window,
-                ..
-            } = error
-            {
-                budget_events::exceeded(&shared.events, &shared.limits, client, window, now);
-            }
-            Err(error.into())
-        }
     }
 }
 

@@ -3,7 +3,8 @@
 //! replicas never take the same row at once; one that dies mid-send leaves a
 //! claim that runs out and another replica takes it up.
 
-use super::{delivery, sql, Claimed, Listed, OutboxError, PutRow, RecordRow, SCHEMA};
+use super::sql::{self, delivery, SCHEMA};
+use super::{Claimed, Listed, OutboxError, PutRow, RecordRow};
 use crate::pg_link::{PgError, PgLink};
 use crate::vault::secret::Secret;
 

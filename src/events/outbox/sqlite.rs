@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension as _};
 
-use super::{delivery, sql, Claimed, Listed, OutboxError, PutRow, RecordRow, SCHEMA};
+use super::sql::{self, delivery, SCHEMA};
+use super::{Claimed, Listed, OutboxError, PutRow, RecordRow};
 
 pub(super) struct Sqlite {
     conn: Connection,

@@ -10,6 +10,10 @@ use prometheus::{
 
 use crate::config::Config;
 
+mod groups;
+
+pub use groups::EventMetrics;
+
 /// The metrics of one keygate process.
 #[derive(Clone)]
 pub struct Metrics {
@@ -214,10 +218,10 @@ impl Metrics {
             provider_deletes: provider_deletes.expect("static metric"),
             cluster_errors: cluster_errors.expect("static metric"),
             events: EventMetrics::register(&registry),
-            cost: register_cost(&registry),
-            unpriced: register_unpriced(&registry),
-            outside_requests: register_outside_requests(&registry),
-            outside_use: register_outside_use(&registry),
+            cost: groups::cost(&registry),
+            unpriced: groups::unpriced(&registry),
+            outside_requests: groups::outside_requests(&registry),
+            outside_use: groups::outside_use(&registry),
             providers: Default::default(),
             registry,
         };
@@ -408,132 +412,6 @@ impl Metrics {
         // Encoding to a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
-    }
-}
-
-// Names and label sets are constants: construction cannot fail at run time.
-#[allow(clippy::expect_used)]
-fn register_cost(registry: &Registry) -> prometheus::CounterVec {
-    let metric = prometheus::CounterVec::new(
-        Opts::new(
-            "keygate_cost_dollars_total",
-            "What answers cost in US dollars, by the price table (docs/design.md §14).",
-        ),
-        &["client", "provider", "model"],
-    )
-    .expect("static metric");
-    let _ = registry.register(Box::new(metric.clone()));
-    metric
-}
-
-// Names and label sets are constants: construction cannot fail at run time.
-#[allow(clippy::expect_used)]
-fn register_unpriced(registry: &Registry) -> IntCounterVec {
-    let metric = IntCounterVec::new(
-        Opts::new(
-            "keygate_unpriced_requests_total",
-            "Answers with usage whose model no price row covers (cost 0).",
-        ),
-        &["provider", "model"],
-    )
-    .expect("static metric");
-    let _ = registry.register(Box::new(metric.clone()));
-    metric
-}
-
-// Names and label sets are constants: construction cannot fail at run time.
-#[allow(clippy::expect_used)]
-fn register_outside_requests(registry: &Registry) -> IntGaugeVec {
-    let metric = IntGaugeVec::new(
-        Opts::new(
-            "keygate_key_outside_requests",
-            "Requests the provider counted for a key beyond what keygate sent, in the last comparison (docs/design.md §16).",
-        ),
-        &["provider", "key_id"],
-    )
-    .expect("static metric");
-    let _ = registry.register(Box::new(metric.clone()));
-    metric
-}
-
-// Names and label sets are constants: construction cannot fail at run time.
-#[allow(clippy::expect_used)]
-fn register_outside_use(registry: &Registry) -> IntCounterVec {
-    let metric = IntCounterVec::new(
-        Opts::new(
-            "keygate_key_outside_use_total",
-            "Outside use of a key found: the provider reports more than keygate sent.",
-        ),
-        &["provider", "key_id"],
-    )
-    .expect("static metric");
-    let _ = registry.register(Box::new(metric.clone()));
-    metric
-}
-
-/// The events room's series (docs/events.md).
-#[derive(Clone)]
-pub struct EventMetrics {
-    /// `keygate_events_total{type}`: events raised by this process.
-    pub raised: IntCounterVec,
-    /// `keygate_events_dropped_total`: events lost because the outbox could
-    /// not be written for longer than the queue holds.
-    pub dropped: prometheus::IntCounter,
-    /// `keygate_notify_deliveries_total{result}`: `delivered`, `failed`
-    /// (to be tried again), `given_up`.
-    pub deliveries: IntCounterVec,
-    /// `keygate_notify_outbox_depth`: deliveries pending in the outbox.
-    pub outbox_depth: prometheus::IntGauge,
-    /// `keygate_decoy_uses_total{client}`: requests that presented a decoy key.
-    pub decoy_uses: IntCounterVec,
-}
-
-impl EventMetrics {
-    // Names and label sets are constants: construction cannot fail at run time.
-    #[allow(clippy::expect_used)]
-    fn register(registry: &Registry) -> EventMetrics {
-        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric");
-            let _ = registry.register(Box::new(metric.clone()));
-            metric
-        };
-        let raised = counter_vec(
-            "keygate_events_total",
-            "Events raised by this process, by type.",
-            &["type"],
-        );
-        let deliveries = counter_vec(
-            "keygate_notify_deliveries_total",
-            "Event deliveries to [[notify]] receivers, by result (delivered, failed and to be retried, given_up).",
-            &["result"],
-        );
-        let decoy_uses = counter_vec(
-            "keygate_decoy_uses_total",
-            "Requests that presented a decoy client key, by decoy.",
-            &["client"],
-        );
-        let dropped = prometheus::IntCounter::new(
-            "keygate_events_dropped_total",
-            "Events lost because the outbox could not be written for longer than the queue holds.",
-        )
-        .expect("static metric");
-        let _ = registry.register(Box::new(dropped.clone()));
-        let outbox_depth = prometheus::IntGauge::new(
-            "keygate_notify_outbox_depth",
-            "Event deliveries pending in the outbox (every receiver).",
-        )
-        .expect("static metric");
-        let _ = registry.register(Box::new(outbox_depth.clone()));
-        for result in ["delivered", "failed", "given_up"] {
-            deliveries.with_label_values(&[result]).reset();
-        }
-        EventMetrics {
-            raised,
-            dropped,
-            deliveries,
-            outbox_depth,
-            decoy_uses,
-        }
     }
 }
 
