@@ -8,6 +8,7 @@
 
 pub mod burn;
 pub mod cleanup;
+pub mod detect;
 pub mod health;
 pub mod health_report;
 pub mod inventory;

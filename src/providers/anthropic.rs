@@ -15,7 +15,8 @@ use super::management::{
     Call, KeyUsageReport, Listed, Listing, ManagementKind, Page, UsagePage,
 };
 use super::{
-    AuthStyle, KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind, VerifyRequest,
+    AuthStyle, ExactFormat, KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind,
+    VerifyRequest,
 };
 use crate::config::AdminApi;
 
@@ -50,6 +51,26 @@ const FORMATS: &[KeyFormat] = &[
     },
 ];
 
+/// Keys as Anthropic issues them: 93 characters and `AA` after the prefix.
+const EXACT: &[ExactFormat] = &[
+    ExactFormat {
+        prefix: "sk-ant-api03-",
+        what: "API key",
+        lengths: &[95],
+        chars: KeyChars::Token,
+        marker: None,
+        ends_with: Some("AA"),
+    },
+    ExactFormat {
+        prefix: "sk-ant-admin01-",
+        what: "Admin API key",
+        lengths: &[95],
+        chars: KeyChars::Token,
+        marker: None,
+        ends_with: Some("AA"),
+    },
+];
+
 impl ProviderKind for Anthropic {
     fn name(&self) -> &'static str {
         "anthropic"
@@ -69,6 +90,10 @@ impl ProviderKind for Anthropic {
 
     fn key_formats(&self) -> &'static [KeyFormat] {
         FORMATS
+    }
+
+    fn exact_formats(&self) -> &'static [ExactFormat] {
+        EXACT
     }
 
     fn takes_stream_usage_option(&self, _path: &str) -> bool {

@@ -5,7 +5,7 @@
 //! 429; an unknown model a 400 "Model Not Exist". Keys are `sk-` and 32
 //! lower-case hex digits.
 
-use super::{KeyChars, KeyFormat, ProviderKind, VerifyRequest};
+use super::{ExactFormat, KeyChars, KeyFormat, ProviderKind, VerifyRequest};
 
 /// The DeepSeek kind.
 pub struct DeepSeek;
@@ -17,6 +17,9 @@ const FORMATS: &[KeyFormat] = &[KeyFormat {
     max: 32,
     chars: KeyChars::Hex,
 }];
+
+/// Keys as DeepSeek issues them: 32 hex digits.
+const EXACT: &[ExactFormat] = &[ExactFormat::plain("sk-", "API key", &[32], KeyChars::Hex)];
 
 impl ProviderKind for DeepSeek {
     fn name(&self) -> &'static str {
@@ -33,6 +36,10 @@ impl ProviderKind for DeepSeek {
 
     fn key_formats(&self) -> &'static [KeyFormat] {
         FORMATS
+    }
+
+    fn exact_formats(&self) -> &'static [ExactFormat] {
+        EXACT
     }
 
     fn verify_request(&self) -> VerifyRequest {

@@ -12,7 +12,9 @@
 //! field, a bad argument) is the client's. The endpoint takes
 //! `stream_options.include_usage`.
 
-use super::{KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind, VerifyRequest};
+use super::{
+    ExactFormat, KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind, VerifyRequest,
+};
 
 /// The Gemini kind.
 pub struct Gemini;
@@ -24,6 +26,14 @@ const FORMATS: &[KeyFormat] = &[KeyFormat {
     max: 35,
     chars: KeyChars::Token,
 }];
+
+/// Google API keys: 35 characters after `AIza`.
+const EXACT: &[ExactFormat] = &[ExactFormat::plain(
+    "AIza",
+    "API key",
+    &[35],
+    KeyChars::Token,
+)];
 
 impl ProviderKind for Gemini {
     fn name(&self) -> &'static str {
@@ -40,6 +50,10 @@ impl ProviderKind for Gemini {
 
     fn key_formats(&self) -> &'static [KeyFormat] {
         FORMATS
+    }
+
+    fn exact_formats(&self) -> &'static [ExactFormat] {
+        EXACT
     }
 
     fn upstream_path<'a>(&self, path: &'a str) -> &'a str {

@@ -5,7 +5,7 @@
 //! (cancelled) say nothing about the key. It takes `stream_options` and also
 //! reports a stream's usage in the last chunk's `x_groq.usage`.
 
-use super::{KeyChars, KeyFormat, ProviderKind};
+use super::{ExactFormat, KeyChars, KeyFormat, ProviderKind};
 
 /// The Groq kind.
 pub struct Groq;
@@ -17,6 +17,14 @@ const FORMATS: &[KeyFormat] = &[KeyFormat {
     max: 256,
     chars: KeyChars::Token,
 }];
+
+/// Keys as Groq issues them: 52 letters and digits.
+const EXACT: &[ExactFormat] = &[ExactFormat::plain(
+    "gsk_",
+    "API key",
+    &[52],
+    KeyChars::Alnum,
+)];
 
 impl ProviderKind for Groq {
     fn name(&self) -> &'static str {
@@ -33,6 +41,10 @@ impl ProviderKind for Groq {
 
     fn key_formats(&self) -> &'static [KeyFormat] {
         FORMATS
+    }
+
+    fn exact_formats(&self) -> &'static [ExactFormat] {
+        EXACT
     }
 
     fn console(&self) -> &'static str {

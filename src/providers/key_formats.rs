@@ -9,6 +9,8 @@ pub enum KeyChars {
     Token,
     /// Lower-case hexadecimal digits only.
     Hex,
+    /// Letters and digits only.
+    Alnum,
 }
 
 impl KeyChars {
@@ -17,6 +19,7 @@ impl KeyChars {
         match self {
             KeyChars::Token => b.is_ascii_alphanumeric() || b == b'-' || b == b'_',
             KeyChars::Hex => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+            KeyChars::Alnum => b.is_ascii_alphanumeric(),
         }
     }
 }
@@ -50,6 +53,59 @@ impl KeyFormat {
     /// longer prefix wins (`sk-ant-` before `sk-`).
     fn specificity(&self) -> (bool, usize) {
         (self.min == self.max, self.prefix.len())
+    }
+}
+
+/// The exact shape of a provider's key as it issues it, for finding keys
+/// in text (`keygate scan`): stricter than [`KeyFormat`], so prose that
+/// starts like a key (`sk-learn`) is not one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExactFormat {
+    /// The public prefix.
+    pub prefix: &'static str,
+    /// What such a key is.
+    pub what: &'static str,
+    /// The lengths the part after the prefix may have.
+    pub lengths: &'static [usize],
+    /// What that part is made of.
+    pub chars: KeyChars,
+    /// A marker it holds, and where it may start in that part
+    /// (OpenAI's `T3BlbkFJ`, "OpenAI" in base64).
+    pub marker: Option<(&'static str, &'static [usize])>,
+    /// What it ends with (Anthropic's `AA`).
+    pub ends_with: Option<&'static str>,
+}
+
+impl ExactFormat {
+    /// A prefix, then exactly `length` characters of `chars`.
+    pub const fn plain(
+        prefix: &'static str,
+        what: &'static str,
+        length: &'static [usize],
+        chars: KeyChars,
+    ) -> ExactFormat {
+        ExactFormat {
+            prefix,
+            what,
+            lengths: length,
+            chars,
+            marker: None,
+            ends_with: None,
+        }
+    }
+
+    /// True when `text` is a whole key of this shape.
+    pub fn matches(&self, text: &str) -> bool {
+        let Some(body) = text.strip_prefix(self.prefix) else {
+            return false;
+        };
+        self.lengths.contains(&body.len())
+            && body.bytes().all(|b| self.chars.allows(b))
+            && self.marker.is_none_or(|(marker, at)| {
+                at.iter()
+                    .any(|&i| body.get(i..i + marker.len()) == Some(marker))
+            })
+            && self.ends_with.is_none_or(|end| body.ends_with(end))
     }
 }
 

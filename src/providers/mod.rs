@@ -34,7 +34,7 @@ mod openrouter;
 mod xai;
 
 pub use error_body::ProviderError;
-pub use key_formats::{lookalike, KeyChars, KeyFormat};
+pub use key_formats::{lookalike, ExactFormat, KeyChars, KeyFormat};
 pub use management::{AdminScope, AuthHeaders, Call, Listed, Listing, Page};
 
 /// Every kind keygate knows, by the name used in config and output.
@@ -147,6 +147,12 @@ pub trait ProviderKind: Send + Sync + 'static {
         None
     }
 
+    /// The exact shapes this kind's keys (and management keys) are issued
+    /// in, for finding them in text (`keygate scan`; §15). Empty: none known.
+    fn exact_formats(&self) -> &'static [key_formats::ExactFormat] {
+        &[]
+    }
+
     /// Whose rows of the price table (§14) price this kind's models: its own
     /// name, unless it resells another's at that one's list prices.
     fn price_list(&self) -> &'static str {
@@ -196,6 +202,16 @@ impl Kind {
             return KeyVerdict::Accepted;
         }
         self.0.judge_refusal(status, error)
+    }
+
+    /// The exact shapes of this kind's keys (`keygate scan`).
+    pub fn exact_formats(self) -> &'static [key_formats::ExactFormat] {
+        self.0.exact_formats()
+    }
+
+    /// The display name (`OpenAI`, `xAI`).
+    pub fn display_name(self) -> &'static str {
+        self.0.display_name()
     }
 
     /// The price table's rows for this kind's models (`KIND/MODEL`).

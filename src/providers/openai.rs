@@ -13,7 +13,7 @@ use super::management::{
     cursor, encoded, project, read_bucket_report, read_cursor_page, AdminScope, Call,
     KeyUsageReport, Listed, Listing, ManagementKind, Page, UsagePage,
 };
-use super::{KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind};
+use super::{ExactFormat, KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind};
 use crate::config::AdminApi;
 
 /// The OpenAI kind.
@@ -50,6 +50,45 @@ const FORMATS: &[KeyFormat] = &[
     },
 ];
 
+/// Keys as OpenAI issues them (the shapes secret scanners use): a project,
+/// service-account or admin key's body is 58 or 74 characters, the marker
+/// `T3BlbkFJ`, 58 or 74 more; a legacy key's 20 letters and digits, the
+/// marker, 20 more.
+const EXACT: &[ExactFormat] = &[
+    ExactFormat {
+        prefix: "sk-proj-",
+        what: "project key",
+        lengths: &[124, 140, 156],
+        chars: KeyChars::Token,
+        marker: Some(("T3BlbkFJ", &[58, 74])),
+        ends_with: None,
+    },
+    ExactFormat {
+        prefix: "sk-svcacct-",
+        what: "service account key",
+        lengths: &[124, 140, 156],
+        chars: KeyChars::Token,
+        marker: Some(("T3BlbkFJ", &[58, 74])),
+        ends_with: None,
+    },
+    ExactFormat {
+        prefix: "sk-admin-",
+        what: "admin key",
+        lengths: &[124, 140, 156],
+        chars: KeyChars::Token,
+        marker: Some(("T3BlbkFJ", &[58, 74])),
+        ends_with: None,
+    },
+    ExactFormat {
+        prefix: "sk-",
+        what: "legacy key",
+        lengths: &[48],
+        chars: KeyChars::Alnum,
+        marker: Some(("T3BlbkFJ", &[20])),
+        ends_with: None,
+    },
+];
+
 impl ProviderKind for OpenAi {
     fn name(&self) -> &'static str {
         "openai"
@@ -65,6 +104,10 @@ impl ProviderKind for OpenAi {
 
     fn key_formats(&self) -> &'static [KeyFormat] {
         FORMATS
+    }
+
+    fn exact_formats(&self) -> &'static [ExactFormat] {
+        EXACT
     }
 
     fn reads_body(&self, status: u16) -> bool {

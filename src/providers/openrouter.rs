@@ -10,7 +10,9 @@
 use serde::Deserialize;
 
 use super::management::{encoded, unix_seconds, Call, Listed, Listing, ManagementKind, Page};
-use super::{KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind, VerifyRequest};
+use super::{
+    ExactFormat, KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind, VerifyRequest,
+};
 use crate::config::AdminApi;
 
 /// The OpenRouter kind.
@@ -36,6 +38,14 @@ const FORMATS: &[KeyFormat] = &[
 /// A full page of the key listing; a shorter one is the last.
 const PAGE: usize = 100;
 
+/// Keys as OpenRouter issues them: 64 hex digits.
+const EXACT: &[ExactFormat] = &[ExactFormat::plain(
+    "sk-or-v1-",
+    "API key",
+    &[64],
+    KeyChars::Hex,
+)];
+
 impl ProviderKind for OpenRouter {
     fn name(&self) -> &'static str {
         "openrouter"
@@ -51,6 +61,10 @@ impl ProviderKind for OpenRouter {
 
     fn key_formats(&self) -> &'static [KeyFormat] {
         FORMATS
+    }
+
+    fn exact_formats(&self) -> &'static [ExactFormat] {
+        EXACT
     }
 
     fn verify_request(&self) -> VerifyRequest {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::management::{
     encoded, team, unix_seconds, AdminScope, Call, Listed, Listing, ManagementKind, Page,
 };
-use super::{KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind};
+use super::{ExactFormat, KeyChars, KeyFormat, KeyVerdict, ProviderError, ProviderKind};
 use crate::config::AdminApi;
 
 /// The xAI kind.
@@ -43,6 +43,14 @@ fn about_the_key(error: &ProviderError) -> bool {
     ]) && error.message_has(&["incorrect", "invalid", "revoked", "expired", "not found"])
 }
 
+/// Keys as xAI issues them: 80 letters and digits.
+const EXACT: &[ExactFormat] = &[ExactFormat::plain(
+    "xai-",
+    "API key",
+    &[80],
+    KeyChars::Alnum,
+)];
+
 impl ProviderKind for Xai {
     fn name(&self) -> &'static str {
         "xai"
@@ -58,6 +66,10 @@ impl ProviderKind for Xai {
 
     fn key_formats(&self) -> &'static [KeyFormat] {
         FORMATS
+    }
+
+    fn exact_formats(&self) -> &'static [ExactFormat] {
+        EXACT
     }
 
     fn reads_body(&self, status: u16) -> bool {
