@@ -10,6 +10,7 @@ mod doctor;
 mod events;
 mod key;
 mod prices;
+mod scan;
 mod serve;
 mod usage;
 mod vault;
@@ -54,6 +55,10 @@ enum Command {
     Client(client::ClientCommand),
     /// Per-client, per-model usage totals from the ledger.
     Usage(usage::UsageArgs),
+    /// Find every key in files (honouring .gitignore) and the environment,
+    /// each named against the vault: vault KEY_ID STATE, client NAME, or
+    /// unknown. Exit 1 when a usable key was found.
+    Scan(scan::ScanArgs),
     /// The price table in effect (embedded rows and `[prices]`), per
     /// million tokens, with where each row came from.
     Prices(prices::PricesArgs),
@@ -231,6 +236,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         Command::Usage(args) => usage::run(&context, args),
         Command::Events(args) => events::run(&context, args),
         Command::Prices(args) => prices::run(&context, args),
+        Command::Scan(args) => scan::run(&context, args),
         Command::AdminKey(command) => admin_key::run(&context, command),
         Command::Completions { .. } => Ok(()),
         Command::Doctor { json } => doctor::run(&context, &env, admin_token.is_some(), json),

@@ -11,6 +11,7 @@ pub mod cleanup;
 pub mod detect;
 pub mod health;
 pub mod health_report;
+pub mod held;
 pub mod inventory;
 pub mod key_events;
 pub mod management;

@@ -45,6 +45,7 @@ mod proxy;
 mod reload;
 mod rotation;
 mod routing;
+mod scan;
 mod sdk;
 mod secrets;
 mod skim_bypass;

@@ -18,9 +18,10 @@ use super::{write, AdminError, BurnBody};
 use crate::config::OnLeakReport;
 use crate::control::state::Shared;
 use crate::events::EventType;
+use crate::keys::held::{self, Held};
 use crate::keys::ops;
-use crate::vault::client_key::{self, ClientKeyDigest};
-use crate::vault::document::{ClientRecord, Document, KeyState, UpstreamKey};
+use crate::vault::client_key::ClientKeyDigest;
+use crate::vault::document::{Document, KeyState};
 use crate::vault::fingerprint_mac::FingerprintKey;
 
 /// Body of `POST /admin/leaks`: exactly one of the two.
@@ -64,21 +65,6 @@ impl LeakBody {
     }
 }
 
-/// A held key a report matched.
-#[derive(Debug, PartialEq)]
-enum Held {
-    Upstream {
-        id: String,
-        provider: String,
-        state: KeyState,
-    },
-    Client {
-        name: String,
-        revoked: bool,
-        decoy: bool,
-    },
-}
-
 /// The held key `report` names, and how it was matched (`fingerprint_mac`
 /// or `sha256`).
 fn find(
@@ -86,43 +72,10 @@ fn find(
     fingerprints: &FingerprintKey,
     report: &Report,
 ) -> Option<(Held, &'static str)> {
-    let digest = match report {
-        Report::Key(key) => {
-            let mac = fingerprints.mac(key);
-            // A key of a vault not written since MACs exist has none yet.
-            let matches = |k: &&UpstreamKey| match (&k.fingerprint_mac, &k.secret) {
-                (Some(held), _) => held.ct_eq(&mac),
-                (None, Some(secret)) => fingerprints.mac(secret.expose()).ct_eq(&mac),
-                (None, None) => false,
-            };
-            if let Some(k) = document.keys.iter().find(matches) {
-                let held = Held::Upstream {
-                    id: k.id.clone(),
-                    provider: k.provider.clone(),
-                    state: k.state,
-                };
-                return Some((held, "fingerprint_mac"));
-            }
-            client_key::digest(key)
-        }
-        Report::Sha256(digest) => *digest,
-    };
-    let issued = |hex: &str| ClientKeyDigest::from_hex(hex).is_some_and(|d| d.ct_eq(&digest));
-    let is_client = |c: &&ClientRecord| {
-        issued(&c.key_sha256) || c.old_key.as_ref().is_some_and(|o| issued(&o.key_sha256))
-    };
-    // The active record first: a name may have been revoked and issued again.
-    let client = document
-        .clients
-        .iter()
-        .filter(is_client)
-        .min_by_key(|c| c.revoked.is_some())?;
-    let held = Held::Client {
-        name: client.name.clone(),
-        revoked: client.revoked.is_some(),
-        decoy: client.decoy,
-    };
-    Some((held, "sha256"))
+    match report {
+        Report::Key(key) => held::by_key(document, fingerprints, key),
+        Report::Sha256(digest) => held::by_client_digest(document, digest).map(|h| (h, "sha256")),
+    }
 }
 
 /// What to do with a matched key.
@@ -270,6 +223,8 @@ fn message(held: &Held, plan: &Plan, state: &str) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::vault::client_key;
+    use crate::vault::document::{ClientRecord, UpstreamKey};
     use crate::vault::secret::Secret;
 
     fn fingerprints() -> FingerprintKey {
