@@ -11,12 +11,23 @@ use crate::keys::inventory::{self, Entry, InventoryError, Reading};
 use crate::keys::management::Removed;
 
 /// What was asked.
-pub(super) struct InventoryArgs {
-    pub provider: Option<String>,
-    pub json: bool,
-    pub unused_for: Option<std::time::Duration>,
-    pub delete: Option<String>,
-    pub yes: bool,
+#[derive(Debug, clap::Args)]
+pub struct InventoryArgs {
+    /// Only this provider.
+    provider: Option<String>,
+    /// One JSON array of rows.
+    #[arg(long)]
+    json: bool,
+    /// Mark keys not used (or, never used, not created) for this long.
+    #[arg(long, value_name = "DURATION", value_parser = crate::cli::duration_arg)]
+    unused_for: Option<std::time::Duration>,
+    /// Delete (Anthropic: disable) this unmanaged or orphan key at the
+    /// provider; a managed key still in use is refused.
+    #[arg(long, value_name = "PROVIDER_KEY_ID")]
+    delete: Option<String>,
+    /// Do not ask before --delete.
+    #[arg(long)]
+    yes: bool,
 }
 
 fn failed(error: InventoryError) -> CliError {

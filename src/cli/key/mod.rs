@@ -127,23 +127,7 @@ pub enum KeyCommand {
     /// Every key at the provider (through its management API) with keygate's
     /// reading: managed KEY_ID (STATE), orphan (named as keygate names the
     /// keys it creates, unknown to the vault) or unmanaged.
-    Inventory {
-        /// Only this provider.
-        provider: Option<String>,
-        /// One JSON array of rows.
-        #[arg(long)]
-        json: bool,
-        /// Mark keys not used (or, never used, not created) for this long.
-        #[arg(long, value_name = "DURATION", value_parser = crate::cli::duration_arg)]
-        unused_for: Option<std::time::Duration>,
-        /// Delete (Anthropic: disable) this unmanaged or orphan key at the
-        /// provider; a managed key still in use is refused.
-        #[arg(long, value_name = "PROVIDER_KEY_ID")]
-        delete: Option<String>,
-        /// Do not ask before --delete.
-        #[arg(long)]
-        yes: bool,
-    },
+    Inventory(inventory::InventoryArgs),
     /// Outside use: each key's usage at the provider (OpenAI, Anthropic)
     /// against what keygate sent with it, over whole hours.
     Reconcile {
@@ -179,22 +163,7 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             since,
             json,
         } => reconcile::run(context, provider.as_deref(), since, json),
-        KeyCommand::Inventory {
-            provider,
-            json,
-            unused_for,
-            delete,
-            yes,
-        } => inventory::run(
-            context,
-            inventory::InventoryArgs {
-                provider,
-                json,
-                unused_for,
-                delete,
-                yes,
-            },
-        ),
+        KeyCommand::Inventory(args) => inventory::run(context, args),
         KeyCommand::Rotate {
             provider,
             replace,
