@@ -102,7 +102,11 @@ fn request_stages(c: &mut Criterion) {
     );
     let ring = snapshot.rings.get("openai").expect("ring").clone();
     c.bench_function("keys: pick a healthy key", |b| {
-        b.iter(|| ring.pick(black_box(7), 0, 1).map(|p| p.index))
+        let want = keygate::keys::Want {
+            sticky: black_box(7),
+            tokens: 100,
+        };
+        b.iter(|| ring.pick(black_box(&want), 0, 1).map(|p| p.index))
     });
     let provider = &config.providers["openai"];
     let key = &ring.keys()[0];

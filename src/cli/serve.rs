@@ -27,12 +27,17 @@ fn start_cluster(shared: &Arc<Shared>, stopped: &crate::shutdown::Shutdown) {
     };
     let for_news = shared.clone();
     let on_news: crate::cluster::key_health::OnNews = Arc::new(move |news| {
-        for_news.key_events.apply_news(
-            &for_news.snapshot().rings,
-            &news.key_id,
-            news.exhausted,
-            std::time::Duration::from_millis(news.cooldown_ms),
-        );
+        let rings = &for_news.snapshot().rings;
+        let rest = std::time::Duration::from_millis(news.cooldown_ms);
+        if news.limited {
+            for_news
+                .key_events
+                .apply_limit_news(rings, &news.key_id, rest);
+        } else {
+            for_news
+                .key_events
+                .apply_news(rings, &news.key_id, news.exhausted, rest);
+        }
     });
     tokio::spawn(cluster.run(on_news, stopped.clone()));
 }

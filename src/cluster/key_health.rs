@@ -33,6 +33,10 @@ pub struct News {
     pub exhausted: bool,
     /// How long it rests.
     pub cooldown_ms: u64,
+    /// `true`: at its rate limit at the provider until `cooldown_ms` (§17),
+    /// not rejected; absent in older replicas' news.
+    #[serde(default)]
+    pub limited: bool,
 }
 
 impl Cluster {
@@ -52,6 +56,20 @@ impl KeyNews for Cluster {
                 key_id: key_id.to_owned(),
                 exhausted,
                 cooldown_ms: u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX),
+                limited: false,
+            },
+        );
+    }
+
+    fn announce_limit(&self, key_id: &str, rest: Duration) {
+        Cluster::announce(
+            self,
+            News {
+                from: String::new(),
+                key_id: key_id.to_owned(),
+                exhausted: false,
+                cooldown_ms: u64::try_from(rest.as_millis()).unwrap_or(u64::MAX),
+                limited: true,
             },
         );
     }

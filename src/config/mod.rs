@@ -23,7 +23,7 @@ mod values;
 
 pub use crate::providers::{AuthStyle, Kind};
 pub use notify_tables::{EventsConfig, NotifyFormat, NotifyTarget};
-pub use provider_tables::{AdminApi, Provider, Routing, UpstreamHttp};
+pub use provider_tables::{AdminApi, Pool, Provider, Routing, UpstreamHttp};
 use provider_tables::{RawProvider, RawRouting};
 use sections::RawCluster;
 pub use sections::{

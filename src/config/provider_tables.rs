@@ -22,6 +22,7 @@ pub(super) struct RawProvider {
     #[serde(default)]
     allow_client_org_headers: bool,
     http: Option<UpstreamHttp>,
+    pool: Option<Pool>,
     admin: Option<RawAdmin>,
 }
 
@@ -37,6 +38,19 @@ pub enum UpstreamHttp {
     H1,
     /// HTTP/2 only: ALPN `h2` over TLS, prior knowledge (h2c) over `http://`.
     H2,
+}
+
+/// `[providers.NAME] pool`: how a provider's current keys share the load
+/// (docs/design.md §17).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    /// The client's own key while the provider says it has room for the
+    /// request, else the key with the most room; a key at 0 waits for its reset.
+    #[default]
+    Headroom,
+    /// The client's own key while it is healthy.
+    Sticky,
 }
 
 /// `[providers.NAME.admin]`: the non-secret half of management access (the
@@ -94,6 +108,8 @@ pub struct Provider {
     pub allow_client_org_headers: bool,
     /// HTTP version to the upstream.
     pub http: UpstreamHttp,
+    /// How its keys share the load.
+    pub pool: Pool,
     /// `[providers.NAME.admin]`, when configured.
     pub admin: Option<AdminApi>,
 }
@@ -276,6 +292,7 @@ pub(super) fn provider(name: String, p: RawProvider) -> Result<Provider, String>
         project,
         allow_client_org_headers: p.allow_client_org_headers,
         http: p.http.unwrap_or_default(),
+        pool: p.pool.unwrap_or_default(),
         admin,
     })
 }

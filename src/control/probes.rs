@@ -30,11 +30,16 @@ pub async fn handle(
         (&Method::GET, "/") => super::status_page::page(),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".to_owned()),
         (&Method::GET, "/readyz") => readiness(&shared),
-        (&Method::GET, "/metrics") => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            shared.metrics.render(),
-        ),
+        (&Method::GET, "/metrics") => {
+            shared
+                .metrics
+                .observe_headroom(&shared.snapshot().rings, crate::keys::health::now_ms());
+            text(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                shared.metrics.render(),
+            )
+        }
         (_, path) if path.starts_with("/admin/") => super::admin::answer(&shared, request).await,
         _ => text(
             StatusCode::NOT_FOUND,

@@ -57,6 +57,8 @@ pub struct KeyHealth {
     exhausted: AtomicBool,
     /// What the provider said the last time it refused this key (status page).
     last_refusal: ArcSwapOption<Refusal>,
+    /// What the provider says is left of the key's rate limits (§17).
+    pub headroom: super::headroom::Headroom,
 }
 
 /// The provider's last "no" to a key: when, the HTTP status, keygate's

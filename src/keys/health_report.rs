@@ -29,6 +29,53 @@ struct Report {
     written: u64,
     /// Key id → `healthy` | `suspect` | `exhausted` | `cooling`.
     keys: BTreeMap<String, String>,
+    /// Key id → what the provider last said is left (§17); absent in
+    /// reports of older servers.
+    #[serde(default)]
+    headroom: BTreeMap<String, Room>,
+}
+
+/// A key's headroom as reported: what is left (when the provider said so,
+/// within its window) and the requests keygate has open on it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Room {
+    /// Requests left.
+    pub requests: Option<u64>,
+    /// Tokens left.
+    pub tokens: Option<u64>,
+    /// Requests open.
+    pub in_flight: u32,
+}
+
+impl Room {
+    /// A key's headroom now.
+    pub fn of(headroom: &super::headroom::Headroom, now_ms: u64) -> Room {
+        Room {
+            requests: headroom.requests(now_ms),
+            tokens: headroom.tokens(now_ms),
+            in_flight: headroom.in_flight(),
+        }
+    }
+
+    /// `480 req, 39k tok left` for tables; `-` when nothing is known.
+    pub fn describe(&self) -> String {
+        let short = |n: u64| match n {
+            0..=9_999 => n.to_string(),
+            10_000..=9_999_999 => format!("{}k", n / 1000),
+            _ => format!("{}M", n / 1_000_000),
+        };
+        let mut parts = Vec::new();
+        if let Some(requests) = self.requests {
+            parts.push(format!("{} req", short(requests)));
+        }
+        if let Some(tokens) = self.tokens {
+            parts.push(format!("{} tok", short(tokens)));
+        }
+        if parts.is_empty() {
+            return "-".to_owned();
+        }
+        format!("{} left", parts.join(", "))
+    }
 }
 
 impl HealthReport {
@@ -46,9 +93,16 @@ impl HealthReport {
             .flat_map(|ring| ring.keys())
             .map(|key| (key.id.to_string(), key.health.state_name(now_ms).to_owned()))
             .collect();
+        let headroom = rings
+            .values()
+            .flat_map(|ring| ring.keys())
+            .map(|key| (key.id.to_string(), Room::of(&key.health.headroom, now_ms)))
+            .filter(|(_, room)| *room != Room::default())
+            .collect();
         let report = Report {
             written: crate::unix_now(),
             keys,
+            headroom,
         };
         let tmp = self.path.with_extension("json.tmp");
         std::fs::write(&tmp, serde_json::to_vec(&report)?)?;
@@ -61,6 +115,16 @@ impl HealthReport {
         let report: Report = serde_json::from_slice(&std::fs::read(&self.path).ok()?).ok()?;
         let age = crate::unix_now().saturating_sub(report.written);
         (age <= FRESH_FOR.as_secs()).then_some(report.keys)
+    }
+
+    /// Key id → headroom, from a fresh report (empty when none is fresh).
+    pub fn read_headroom(&self) -> BTreeMap<String, Room> {
+        std::fs::read(&self.path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Report>(&bytes).ok())
+            .filter(|r| crate::unix_now().saturating_sub(r.written) <= FRESH_FOR.as_secs())
+            .map(|r| r.headroom)
+            .unwrap_or_default()
     }
 
     /// Removes the report (the server is stopping).

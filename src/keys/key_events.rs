@@ -12,7 +12,7 @@ use prometheus::{IntCounterVec, IntGaugeVec};
 
 use super::health::{self, Refusal};
 use super::recent::Recent;
-use super::{KeyRing, Pick, Rings};
+use super::{KeyRing, Pick, RingKey, Rings};
 use crate::events::EventType;
 use crate::providers::{KeyVerdict, ProviderError};
 use serde_json::json;
@@ -22,6 +22,9 @@ use serde_json::json;
 pub trait KeyNews: Send + Sync {
     /// `key_id` was rejected (`exhausted`: out of credit) and rests `cooldown`.
     fn announce(&self, key_id: &str, exhausted: bool, cooldown: Duration);
+
+    /// `key_id` is at its rate limit at the provider for `rest` (§17).
+    fn announce_limit(&self, key_id: &str, rest: Duration);
 }
 
 /// The handles a verdict is recorded through.
@@ -215,6 +218,47 @@ impl KeyEvents {
     /// longer than this replica would itself (news comes from Redis, which
     /// anyone with its password can write: a cooldown of years would put a
     /// good key aside for ever).
+    /// What an answer's headers say is left of `key`'s rate limits (§17),
+    /// kept in its headroom; the key reaching 0 is told to the other
+    /// replicas, so none of them sends it a request before its reset either.
+    pub fn observe_headroom(
+        &self,
+        provider: &crate::config::Provider,
+        key: &RingKey,
+        headers: &HeaderMap,
+    ) {
+        let limits = provider.kind.rate_limits(headers);
+        if limits.requests.is_none() && limits.tokens.is_none() {
+            return;
+        }
+        let Some(rest) = key.health.headroom.observe(&limits, health::now_ms()) else {
+            return;
+        };
+        if let Some(news) = &self.news {
+            news.announce_limit(&key.id, rest);
+        }
+        tracing::info!(
+            provider = %provider.name,
+            key_id = %key.id,
+            rest_ms = u64::try_from(rest.as_millis()).unwrap_or(u64::MAX),
+            "key {} of {} is at its rate limit at the provider: no request goes to it for {rest:?}",
+            key.id,
+            provider.name
+        );
+    }
+
+    /// Another replica found `key_id` at its rate limit for `rest` (at most
+    /// an hour: news comes from Redis, which anyone with its password can write).
+    pub fn apply_limit_news(&self, rings: &Rings, key_id: &str, rest: Duration) {
+        let rest = rest.min(health::MAX_COOLDOWN);
+        let now = health::now_ms();
+        for ring in rings.values() {
+            if let Some(key) = ring.keys().iter().find(|k| *k.id == *key_id) {
+                key.health.headroom.exhausted_for(rest, now);
+            }
+        }
+    }
+
     pub fn apply_news(&self, rings: &Rings, key_id: &str, exhausted: bool, cooldown: Duration) {
         let now = health::now_ms();
         let cooldown = cooldown.min(if exhausted {
@@ -337,7 +381,16 @@ mod tests {
                 health::MAX_COOLDOWN
             };
             let later = health::now_ms() + cap.as_millis() as u64 + 1_000;
-            let pick = ring.pick(0, 0, later).expect("a key");
+            let pick = ring
+                .pick(
+                    &crate::keys::Want {
+                        sticky: 0,
+                        tokens: 0,
+                    },
+                    0,
+                    later,
+                )
+                .expect("a key");
             assert_eq!(&*pick.key.id, "k1");
             assert!(pick.probe, "probed once the capped cooldown is over");
             pick.key.health.end_probe();

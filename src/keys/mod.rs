@@ -9,6 +9,7 @@
 pub mod burn;
 pub mod cleanup;
 pub mod detect;
+pub mod headroom;
 pub mod health;
 pub mod health_report;
 pub mod held;
@@ -18,11 +19,13 @@ pub mod management;
 pub mod mint;
 pub mod ops;
 pub mod outside_use;
+pub mod pool;
 pub mod recent;
 pub mod ring;
 pub mod rotate;
 pub mod verify;
 
+pub use pool::{NoPick, Want};
 pub use ring::{KeyRing, Pick, RingKey, Rings, ECHO_WINDOW};
 
 /// Crash injection for the tests of resumability (debug builds only): when

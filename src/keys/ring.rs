@@ -15,11 +15,13 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
-use crate::config::Provider;
+use crate::config::{Pool, Provider};
 use crate::vault::document::{Document, KeyState, UpstreamKey};
 use crate::vault::secret::Secret;
 
-use super::health::{Availability, KeyHealth};
+use super::headroom::InFlight;
+use super::health::KeyHealth;
+use super::pool::{NoPick, Shares, Want};
 
 /// One usable key, ready to put on the wire.
 #[derive(Debug)]
@@ -36,6 +38,10 @@ pub struct RingKey {
     pub secret: Secret,
     /// Runtime health; carried across vault reloads while the secret is unchanged.
     pub health: Arc<KeyHealth>,
+    /// Shares of new clients (`key set --weight`).
+    pub weight: u32,
+    /// The most requests open on it at once (`key set --max-in-flight`).
+    pub max_in_flight: Option<u32>,
 }
 
 /// Every provider's key ring, by provider name (one vault generation's).
@@ -47,6 +53,10 @@ pub type Rings = std::collections::HashMap<String, std::sync::Arc<KeyRing>>;
 pub struct KeyRing {
     keys: Vec<RingKey>,
     current: usize,
+    /// How the current keys share the load.
+    pool: Pool,
+    /// The current keys' shares of new clients.
+    shares: Shares,
     /// Every 8-byte window of every key, to find echoes in upstream responses.
     /// Looked up once per byte of every response header, so the windows are
     /// `u64`s under unkeyed aHash rather than arrays under SipHash (the set holds only
@@ -122,7 +132,7 @@ enum MaskElement {
 }
 
 /// The key chosen for one attempt.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Pick<'a> {
     /// Position in the ring (bit in the request's tried-mask).
     pub index: usize,
@@ -130,6 +140,8 @@ pub struct Pick<'a> {
     pub key: &'a RingKey,
     /// This attempt probes a suspect key whose cooldown is over.
     pub probe: bool,
+    /// The request open on a key with a `max_in_flight`, until dropped.
+    pub in_flight: Option<InFlight>,
 }
 
 impl KeyRing {
@@ -178,6 +190,8 @@ impl KeyRing {
                 header_value,
                 secret: secret.clone(),
                 health,
+                weight: key.weight.unwrap_or(1),
+                max_in_flight: key.max_in_flight.filter(|max| *max > 0),
             });
         }
         let echo_windows = keys
@@ -195,9 +209,12 @@ impl KeyRing {
         for b in [b'*', b'.', b'\\', 0xE2] {
             key_bytes.remove(b);
         }
+        let weights: Vec<u32> = keys[..current].iter().map(|k| k.weight).collect();
         KeyRing {
             keys,
             current,
+            pool: provider.pool,
+            shares: Shares::new(&weights),
             echo_windows,
             key_bytes,
         }
@@ -343,52 +360,25 @@ impl KeyRing {
         &self.keys
     }
 
-    /// Preference order for a client: current keys starting at the client's own
-    /// (so a pool keeps each client on one key and provider-side prompt caches
-    /// keep working), then `previous`.
-    fn preference(&self, sticky: u64) -> impl Iterator<Item = usize> + '_ {
-        let pool = self.current.max(1);
-        let start = (sticky % pool as u64) as usize;
-        (0..self.current)
-            .map(move |n| (start + n) % pool)
-            .chain(self.current..self.keys.len())
+    /// How many keys are `current` (the pool; they come first).
+    pub(super) fn current_count(&self) -> usize {
+        self.current
     }
 
-    /// The key for the next attempt: the first healthy untried key in
-    /// preference order (a suspect key whose cooldown is over counts, for one
-    /// single-flight probe); when none is, the least recently failed untried key
-    /// anyway — the upstream is the authority, and refusing to call it would
-    /// turn a passing 401 into an outage. `None` when every key was tried.
-    pub fn pick(&self, sticky: u64, tried: u64, now_ms: u64) -> Option<Pick<'_>> {
-        let untried = |i: &usize| tried & (1u64 << i) == 0;
-        for index in self.preference(sticky).filter(untried) {
-            let key = &self.keys[index];
-            match key.health.availability(now_ms) {
-                Availability::Healthy => {
-                    return Some(Pick {
-                        index,
-                        key,
-                        probe: false,
-                    });
-                }
-                Availability::ProbeDue if key.health.try_begin_probe() => {
-                    return Some(Pick {
-                        index,
-                        key,
-                        probe: true,
-                    });
-                }
-                _ => {}
-            }
-        }
-        self.preference(sticky)
-            .filter(untried)
-            .min_by_key(|&i| self.keys[i].health.last_failed())
-            .map(|index| Pick {
-                index,
-                key: &self.keys[index],
-                probe: false,
-            })
+    /// How the pool shares the load.
+    pub(super) fn pool(&self) -> Pool {
+        self.pool
+    }
+
+    /// The current keys' shares of new clients.
+    pub(super) fn shares(&self) -> &Shares {
+        &self.shares
+    }
+
+    /// The key for the next attempt ([`super::pool`]): `Err` when every key
+    /// was tried, or the keys left are at capacity.
+    pub fn pick(&self, want: &Want, tried: u64, now_ms: u64) -> Result<Pick<'_>, NoPick> {
+        super::pool::pick(self, want, tried, now_ms)
     }
 
     /// True when `pick` would offer another key (some key is untried).
@@ -456,7 +446,14 @@ mod tests {
         assert_eq!(ring.len(), 3);
         let mut tried = 0u64;
         let mut order = Vec::new();
-        while let Some(pick) = ring.pick(1, tried, 0) {
+        while let Ok(pick) = ring.pick(
+            &Want {
+                sticky: 1,
+                tokens: 0,
+            },
+            tried,
+            0,
+        ) {
             tried |= 1 << pick.index;
             order.push(pick.key.id.to_string());
         }
@@ -475,10 +472,28 @@ mod tests {
         ring.keys()[0]
             .health
             .record_rejection(std::time::Duration::from_secs(60), 10, false);
-        let first = ring.pick(0, 0, 20).unwrap();
+        let first = ring
+            .pick(
+                &Want {
+                    sticky: 0,
+                    tokens: 0,
+                },
+                0,
+                20,
+            )
+            .unwrap();
         assert_eq!(&*first.key.id, "old");
         // With the fallback tried too, the suspect key is used anyway.
-        let last = ring.pick(0, 1 << first.index, 20).unwrap();
+        let last = ring
+            .pick(
+                &Want {
+                    sticky: 0,
+                    tokens: 0,
+                },
+                1 << first.index,
+                20,
+            )
+            .unwrap();
         assert_eq!(&*last.key.id, "a");
         // Health survives a rebuild from the same secret.
         let rebuilt = KeyRing::build(&config.providers["openai"], &document, 0, Some(&ring));

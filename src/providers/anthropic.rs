@@ -72,6 +72,11 @@ const EXACT: &[ExactFormat] = &[
 ];
 
 impl ProviderKind for Anthropic {
+    /// `anthropic-ratelimit-*` headers, resets as RFC 3339 instants.
+    fn rate_limits(&self, headers: &http::HeaderMap) -> super::RateLimits {
+        super::rate_limits::anthropic_ratelimit(headers, std::time::SystemTime::now())
+    }
+
     fn name(&self) -> &'static str {
         "anthropic"
     }

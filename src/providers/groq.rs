@@ -27,6 +27,11 @@ const EXACT: &[ExactFormat] = &[ExactFormat::plain(
 )];
 
 impl ProviderKind for Groq {
+    /// Groq's `x-ratelimit-*` headers: requests per day, tokens per minute, resets as Go durations (`2m59.56s`).
+    fn rate_limits(&self, headers: &http::HeaderMap) -> super::RateLimits {
+        super::rate_limits::x_ratelimit(headers)
+    }
+
     fn name(&self) -> &'static str {
         "groq"
     }

@@ -31,11 +31,13 @@ pub mod management;
 mod mistral;
 mod openai;
 mod openrouter;
+mod rate_limits;
 mod xai;
 
 pub use error_body::ProviderError;
 pub use key_formats::{lookalike, ExactFormat, KeyChars, KeyFormat};
 pub use management::{AdminScope, AuthHeaders, Call, Listed, Listing, Page};
+pub use rate_limits::{Allowance, RateLimits};
 
 /// Every kind keygate knows, by the name used in config and output.
 static KINDS: [&dyn ProviderKind; 10] = [
@@ -157,6 +159,13 @@ pub trait ProviderKind: Send + Sync + 'static {
     /// name, unless it resells another's at that one's list prices.
     fn price_list(&self) -> &'static str {
         self.name()
+    }
+
+    /// What an answer's headers say is left of the key's rate limits (§17).
+    /// Default: nothing (the kind sends no such headers).
+    fn rate_limits(&self, headers: &http::HeaderMap) -> RateLimits {
+        let _ = headers;
+        RateLimits::default()
     }
 }
 

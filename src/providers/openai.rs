@@ -90,6 +90,11 @@ const EXACT: &[ExactFormat] = &[
 ];
 
 impl ProviderKind for OpenAi {
+    /// OpenAI's `x-ratelimit-*` headers on every answer.
+    fn rate_limits(&self, headers: &http::HeaderMap) -> super::RateLimits {
+        super::rate_limits::x_ratelimit(headers)
+    }
+
     fn name(&self) -> &'static str {
         "openai"
     }

@@ -52,6 +52,11 @@ const EXACT: &[ExactFormat] = &[ExactFormat::plain(
 )];
 
 impl ProviderKind for Xai {
+    /// xAI answers with OpenAI's `x-ratelimit-*` headers.
+    fn rate_limits(&self, headers: &http::HeaderMap) -> super::RateLimits {
+        super::rate_limits::x_ratelimit(headers)
+    }
+
     fn name(&self) -> &'static str {
         "xai"
     }

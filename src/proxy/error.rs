@@ -74,6 +74,16 @@ pub enum ProxyError {
         /// Provider name.
         provider: String,
     },
+    /// Every key of the provider the request could use is at its rate limit
+    /// (the provider said 0 left) or at its `max_in_flight`: no request is
+    /// sent only to come back 429 (docs/design.md §17).
+    #[error("every upstream key of provider {provider} is at its rate limit or its max_in_flight")]
+    KeysAtCapacity {
+        /// Provider name.
+        provider: String,
+        /// When the first of them has room again.
+        retry_after: Duration,
+    },
     /// The provider has no usable key in the vault.
     #[error("provider {provider} has no usable upstream key")]
     NoUpstreamKey {
@@ -132,9 +142,9 @@ impl ProxyError {
         match self {
             ProxyError::InvalidClientKey(_) => StatusCode::UNAUTHORIZED,
             ProxyError::ModelNotPriced { .. } => StatusCode::FORBIDDEN,
-            ProxyError::ClientRateLimited { .. } | ProxyError::ClientBudgetExceeded { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ProxyError::ClientRateLimited { .. }
+            | ProxyError::ClientBudgetExceeded { .. }
+            | ProxyError::KeysAtCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyTimeout(_) | ProxyError::BodyDeadline(_) => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequestBody(_) | ProxyError::InvalidPath(_) => StatusCode::BAD_REQUEST,
@@ -163,6 +173,7 @@ impl ProxyError {
             ProxyError::UnknownRoute(_) => "unknown_route",
             ProxyError::UpstreamKeyRejected { .. } => "upstream_key_rejected",
             ProxyError::NoUpstreamKey { .. } => "no_upstream_key",
+            ProxyError::KeysAtCapacity { .. } => "upstream_keys_at_capacity",
             ProxyError::UpstreamUnavailable { .. } => "upstream_unavailable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamErrorTooLarge { .. } => "upstream_error_too_large",
@@ -174,9 +185,9 @@ impl ProxyError {
     fn kind(&self) -> &'static str {
         match self {
             ProxyError::InvalidClientKey(_) => "authentication_error",
-            ProxyError::ClientRateLimited { .. } | ProxyError::ClientBudgetExceeded { .. } => {
-                "rate_limit_error"
-            }
+            ProxyError::ClientRateLimited { .. }
+            | ProxyError::ClientBudgetExceeded { .. }
+            | ProxyError::KeysAtCapacity { .. } => "rate_limit_error",
             ProxyError::RequestTooLarge { .. }
             | ProxyError::BodyTimeout(_)
             | ProxyError::BodyDeadline(_)
@@ -196,6 +207,16 @@ impl ProxyError {
             ProxyError::UpstreamKeyRejected { provider } => format!(
                 "Every upstream API key keygate holds for provider `{provider}` was rejected by the \
                  upstream. The operator should run `keygate key verify {provider}`."
+            ),
+            ProxyError::KeysAtCapacity {
+                provider,
+                retry_after,
+            } => format!(
+                "Every upstream API key keygate holds for provider `{provider}` is at the rate \
+                 limit the provider reported (or at the number of requests keygate keeps open on \
+                 it); the first has room again in {}s. keygate did not send the request, so it \
+                 cost nothing. Retry after that, or the operator adds keys to the pool.",
+                retry_after.as_secs().max(1)
             ),
             ProxyError::NoUpstreamKey { provider } => format!(
                 "keygate has no usable upstream key for provider `{provider}`. The operator should \
@@ -264,7 +285,8 @@ impl ProxyError {
             HeaderValue::from_static("application/json"),
         );
         let retry_after = match self {
-            ProxyError::ClientRateLimited { retry_after, .. } => Some(retry_after.as_secs()),
+            ProxyError::ClientRateLimited { retry_after, .. }
+            | ProxyError::KeysAtCapacity { retry_after, .. } => Some(retry_after.as_secs()),
             // A budget per period refills when the period starts over; a
             // lifetime budget does not by itself: ask for a long pause.
             ProxyError::ClientBudgetExceeded { retry_after, .. } => {

@@ -9,7 +9,6 @@ use std::time::Duration;
 use http::header::{self};
 use http::Response;
 
-use crate::control::metrics::ActiveGuard;
 use crate::keys::KeyRing;
 use crate::net::content_coding;
 use crate::net::upstream::UpstreamBody;
@@ -124,7 +123,7 @@ async fn collect_decoded(
 pub fn scrubbed_error_response(
     answer: ErrorAnswer,
     ring: &KeyRing,
-    active: ActiveGuard,
+    open: super::response_body::Open,
 ) -> Response<ResponseBody> {
     let ErrorAnswer { parts, body } = answer;
     let status = parts.status.as_u16();
@@ -157,7 +156,7 @@ pub fn scrubbed_error_response(
     let mut headers = response_headers(parts.headers, ring);
     headers.remove(header::CONTENT_ENCODING);
     *response.headers_mut() = headers;
-    drop(active);
+    drop(open);
     response
 }
 

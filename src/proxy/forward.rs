@@ -17,7 +17,6 @@ use http::{Request, Response, Uri};
 use super::headers::{keep_end_to_end, response_headers};
 use super::response_body::ResponseBody;
 use crate::config::Provider;
-use crate::control::metrics::ActiveGuard;
 use crate::keys::{KeyRing, RingKey};
 use crate::net::content_coding;
 use crate::net::outbound_body::OutboundBody;
@@ -77,7 +76,7 @@ pub fn client_response(
     upstream: Response<UpstreamBody>,
     ring: &Arc<KeyRing>,
     stream_idle_timeout: Duration,
-    active: ActiveGuard,
+    open: super::response_body::Open,
     mut tap: Option<MeterTap>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (parts, incoming) = upstream.into_parts();
@@ -93,7 +92,7 @@ pub fn client_response(
         incoming,
         ring.clone(),
         stream_idle_timeout,
-        active,
+        open,
         tap,
     ));
     *response.status_mut() = parts.status;

@@ -36,7 +36,7 @@ use hyper::body::Incoming;
 use crate::control::metrics::ActiveGuard;
 use crate::control::state::Shared;
 use crate::keys::key_events::Verdict;
-use crate::keys::{health, KeyRing};
+use crate::keys::{self, health, KeyRing, NoPick};
 use crate::net::upstream::{SendError, UpstreamBody};
 use crate::providers::KeyVerdict;
 use crate::proxy::error::{AuthFailure, ProxyError};
@@ -44,7 +44,7 @@ use crate::usage::limits;
 use crate::usage::meter::{model_label, UsageKey};
 use body::{BodyLimits, RequestBody};
 use request_end::{Ending, RequestEnd};
-use response_body::ResponseBody;
+use response_body::{Open, ResponseBody};
 use route::PathMatch;
 
 /// Entry point for every request on the client listener.
@@ -139,16 +139,19 @@ async fn conduct(
         ring,
         parts: &parts,
         uri,
-        sticky: client.sticky,
+        want: keys::Want {
+            sticky: client.sticky,
+            tokens: plan.estimate.tokens,
+        },
         max_body: limits.max,
         idle: limits.idle,
     };
-    let (upstream, active) = attempt.until_answered(&mut body, end).await?;
+    let (upstream, open) = attempt.until_answered(&mut body, end).await?;
     let upstream = match upstream {
         Ok(upstream) => upstream,
-        Err(error) => return Ok(error_answer::scrubbed_error_response(error, ring, active)),
+        Err(error) => return Ok(error_answer::scrubbed_error_response(error, ring, open)),
     };
-    respond(shared, upstream, ring, active, end, strip_usage_chunk)
+    respond(shared, upstream, ring, open, end, strip_usage_chunk)
 }
 
 /// The limits a request body is read under.
@@ -260,7 +263,7 @@ struct Attempt<'a> {
     ring: &'a Arc<KeyRing>,
     parts: &'a http::request::Parts,
     uri: http::Uri,
-    sticky: u64,
+    want: keys::Want,
     max_body: u64,
     idle: std::time::Duration,
 }
@@ -275,24 +278,36 @@ impl Attempt<'_> {
         &self,
         body: &mut RequestBody,
         end: &mut RequestEnd,
-    ) -> Result<(Answer, ActiveGuard), ProxyError> {
+    ) -> Result<(Answer, Open), ProxyError> {
         let provider = self.provider;
         let mut tried = 0u64;
         loop {
             let rejected = || ProxyError::UpstreamKeyRejected {
                 provider: provider.name.clone(),
             };
-            let pick = self
-                .ring
-                .pick(self.sticky, tried, health::now_ms())
-                .ok_or_else(rejected)?;
+            let mut pick = match self.ring.pick(&self.want, tried, health::now_ms()) {
+                Ok(pick) => pick,
+                Err(NoPick::AllTried) => return Err(rejected()),
+                Err(NoPick::AtCapacity(retry_after)) => {
+                    return Err(ProxyError::KeysAtCapacity {
+                        provider: provider.name.clone(),
+                        retry_after,
+                    })
+                }
+            };
             let outbound_body = body.next_attempt().ok_or_else(rejected)?;
             tried |= 1 << pick.index;
             end.attempts += 1;
             end.key_id = Some(pick.key.id.clone());
-            let active = ActiveGuard::new(self.metrics.active.clone());
+            let open = Open {
+                active: ActiveGuard::new(self.metrics.active.clone()),
+                key: pick.in_flight.take(),
+            };
             let upstream = self.send(&pick, outbound_body, body).await?;
             let status = upstream.status();
+            self.shared
+                .key_events
+                .observe_headroom(provider, pick.key, upstream.headers());
             let another_key_left = self.ring.pick_would_find(tried) && body.buffered().is_some();
             // An error's body is read (it is scrubbed before the client sees
             // it anyway), so the provider's kind can judge it before anything
@@ -324,7 +339,7 @@ impl Attempt<'_> {
                 {
                     continue
                 }
-                _ => return Ok((answer, active)),
+                _ => return Ok((answer, open)),
             }
         }
     }
@@ -386,7 +401,7 @@ fn respond(
     shared: &Shared,
     upstream: Response<UpstreamBody>,
     ring: &Arc<KeyRing>,
-    active: ActiveGuard,
+    open: Open,
     end: &mut RequestEnd,
     strip_usage_chunk: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -401,7 +416,7 @@ fn respond(
         upstream,
         ring,
         shared.config.server.stream_idle_timeout,
-        active,
+        open,
         tap,
     )
 }

@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::time::Sleep;
 
 use crate::control::metrics::ActiveGuard;
+use crate::keys::headroom::InFlight;
 use crate::keys::KeyRing;
 use crate::net::upstream::UpstreamBody;
 use crate::proxy::request_end::{Ending, RequestEnd};
@@ -44,6 +45,15 @@ pub enum ResponseBody {
     Upstream(Box<UpstreamStream>),
 }
 
+/// What an answer in flight holds open until it ends: its place in
+/// `keygate_active_requests`, and its key's slot under `max_in_flight`.
+pub struct Open {
+    /// The gauge's count.
+    pub active: ActiveGuard,
+    /// The key's open request, when it has a `max_in_flight`.
+    pub key: Option<InFlight>,
+}
+
 /// An upstream body in flight; counted in `keygate_active_requests` until dropped.
 pub struct UpstreamStream {
     incoming: UpstreamBody,
@@ -56,7 +66,7 @@ pub struct UpstreamStream {
     tap: Option<MeterTap>,
     /// The request's end, run when this body ends, is cut, or is dropped.
     end: Option<RequestEnd>,
-    _active: ActiveGuard,
+    _open: Open,
 }
 
 impl UpstreamStream {
@@ -164,7 +174,7 @@ impl ResponseBody {
         incoming: UpstreamBody,
         ring: Arc<KeyRing>,
         idle: Duration,
-        active: ActiveGuard,
+        open: Open,
         tap: Option<MeterTap>,
     ) -> Self {
         ResponseBody::Upstream(Box::new(UpstreamStream {
@@ -175,7 +185,7 @@ impl ResponseBody {
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             tap,
             end: None,
-            _active: active,
+            _open: open,
         }))
     }
 

@@ -124,6 +124,7 @@ fn unreachable_provider() -> &'static Provider {
         project: None,
         allow_client_org_headers: false,
         http: crate::config::UpstreamHttp::Auto,
+        pool: crate::config::Pool::Sticky,
         admin: None,
     })
 }

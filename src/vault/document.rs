@@ -204,6 +204,15 @@ pub struct UpstreamKey {
     /// disable it), and how far it got. Absent when nothing is owed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_provider: Option<ProviderCleanup>,
+    /// How many shares of new clients this key takes in its provider's pool
+    /// (`key set --weight`; absent: 1). Left out when unset, so older readers
+    /// still open the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// The most requests keygate keeps open on this key at once
+    /// (`key set --max-in-flight`; absent: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u32>,
 }
 
 impl UpstreamKey {
@@ -232,6 +241,8 @@ impl UpstreamKey {
             grace_until: None,
             minted: None,
             at_provider: None,
+            weight: None,
+            max_in_flight: None,
         }
     }
 }
@@ -305,6 +316,8 @@ impl UpstreamKey {
             "grace_until": self.grace_until,
             "reason": self.reason,
             "due_for_rotation": self.due_for_rotation(now, rotate_after),
+            "weight": self.weight.unwrap_or(1),
+            "max_in_flight": self.max_in_flight,
             "minted": self.minted.as_ref().map(|m| serde_json::json!({
                 "provider_id": m.provider_id,
                 "name": m.name,

@@ -25,6 +25,7 @@ mod events;
 mod failing_upstreams;
 mod fallback;
 mod first_hour;
+mod headroom;
 mod health;
 mod hostile_clients;
 mod inventory;

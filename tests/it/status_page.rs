@@ -224,18 +224,18 @@ async fn in_a_real_browser_the_page_shows_every_key_and_refuses_a_wrong_token() 
         .find(|r| r[4] == "suspect")
         .unwrap_or_else(|| panic!("the rejected key shows as suspect: {seen}"));
     assert!(
-        rejected[8]
+        rejected[9]
             .as_str()
             .unwrap()
             .starts_with("401 invalid_api_key (rejected) "),
         "its last refusal with the provider's code: {seen}"
     );
     assert!(
-        rows.iter().any(|r| r[4] == "healthy" && r[8] == "-"),
+        rows.iter().any(|r| r[4] == "healthy" && r[9] == "-"),
         "the key that works has none: {seen}"
     );
     assert!(
-        rows.iter().any(|r| r[6] != "-"),
+        rows.iter().any(|r| r[7] != "-"),
         "a grace countdown: {seen}"
     );
     // The CLI's rotation and the refusal of the request are the last events.

@@ -28,12 +28,16 @@ pub(super) fn list(context: &Context, provider: Option<&str>, json: bool) -> Res
         .read()
         .unwrap_or_default();
     let health_of = |k: &UpstreamKey| health.get(&k.id).map(String::as_str);
+    // What the provider last said is left of each key's limits (§17).
+    let headroom = HealthReport::beside(&context.config.metering.db.local_state()).read_headroom();
+    let room_of = |k: &UpstreamKey| headroom.get(&k.id).copied().unwrap_or_default();
     if json {
         let rows: Vec<serde_json::Value> = keys
             .iter()
             .map(|k| {
                 let mut row = k.summary(now, rotate_after);
                 row["health"] = serde_json::json!(health_of(k));
+                row["headroom"] = serde_json::json!(room_of(k));
                 row
             })
             .collect();
@@ -69,6 +73,15 @@ pub(super) fn list(context: &Context, provider: Option<&str>, json: bool) -> Res
             k.grace_until.map_or_else(|| "-".to_owned(), format_time),
             if due(k) { "  due for rotation" } else { "" },
         );
+        let room = room_of(k);
+        if room != Default::default() {
+            println!(
+                "{:<13} headroom: {}, {} open",
+                "",
+                room.describe(),
+                room.in_flight
+            );
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ mod inventory;
 mod new_key;
 mod provider;
 mod reconcile;
+mod settings;
 mod transition;
 
 use clap::Subcommand;
@@ -128,6 +129,9 @@ pub enum KeyCommand {
     /// reading: managed KEY_ID (STATE), orphan (named as keygate names the
     /// keys it creates, unknown to the vault) or unmanaged.
     Inventory(inventory::InventoryArgs),
+    /// A key's place in its provider's pool: --weight (shares of new
+    /// clients) and --max-in-flight (requests open at once).
+    Set(settings::SetArgs),
     /// Outside use: each key's usage at the provider (OpenAI, Anthropic)
     /// against what keygate sent with it, over whole hours.
     Reconcile {
@@ -164,6 +168,7 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             json,
         } => reconcile::run(context, provider.as_deref(), since, json),
         KeyCommand::Inventory(args) => inventory::run(context, args),
+        KeyCommand::Set(args) => settings::run(context, args),
         KeyCommand::Rotate {
             provider,
             replace,

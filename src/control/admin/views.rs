@@ -27,6 +27,9 @@ pub(super) fn list_keys(shared: &Shared) -> Result<serde_json::Value, AdminError
                 summary["health"] = serde_json::json!(health.map(|h| h.state_name(now_ms)));
                 summary["last_refusal"] =
                     serde_json::json!(health.and_then(|h| h.last_refusal()).as_deref());
+                summary["headroom"] =
+                    serde_json::json!(health
+                        .map(|h| { crate::keys::health_report::Room::of(&h.headroom, now_ms) }));
                 summary
             })
             .collect(),

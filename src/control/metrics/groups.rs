@@ -45,6 +45,18 @@ pub(super) fn outside_requests(registry: &Registry) -> IntGaugeVec {
     registered(registry, IntGaugeVec::new(opts, &["provider", "key_id"]))
 }
 
+/// `keygate_key_headroom{provider,key_id,what}`.
+pub(super) fn headroom(registry: &Registry) -> IntGaugeVec {
+    let opts = Opts::new(
+        "keygate_key_headroom",
+        "What the provider last said is left of a key's rate limit in its window, what=\"requests\"|\"tokens\"; absent when it said nothing (docs/design.md §17).",
+    );
+    registered(
+        registry,
+        IntGaugeVec::new(opts, &["provider", "key_id", "what"]),
+    )
+}
+
 /// `keygate_key_outside_use_total{provider,key_id}`.
 pub(super) fn outside_use(registry: &Registry) -> IntCounterVec {
     let opts = Opts::new(

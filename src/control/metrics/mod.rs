@@ -62,6 +62,8 @@ pub struct Metrics {
     pub cost: prometheus::CounterVec,
     /// `keygate_unpriced_requests_total{provider,model}`.
     pub unpriced: IntCounterVec,
+    /// `keygate_key_headroom{provider,key_id,what}`: set when scraped.
+    pub headroom: IntGaugeVec,
     /// `keygate_key_outside_requests{provider,key_id}`: requests the
     /// provider counted beyond keygate's in the last comparison.
     pub outside_requests: IntGaugeVec,
@@ -221,6 +223,7 @@ impl Metrics {
             cost: groups::cost(&registry),
             unpriced: groups::unpriced(&registry),
             outside_requests: groups::outside_requests(&registry),
+            headroom: groups::headroom(&registry),
             outside_use: groups::outside_use(&registry),
             providers: Default::default(),
             registry,
@@ -403,6 +406,27 @@ impl Metrics {
             answered_ok: self
                 .requests_total
                 .with_label_values(&[client, provider, "200"]),
+        }
+    }
+
+    /// Each key's headroom as the provider last said it (§17), read from
+    /// the rings when scraped rather than written on every answer.
+    pub fn observe_headroom(&self, rings: &crate::keys::Rings, now_ms: u64) {
+        self.headroom.reset();
+        for (provider, ring) in rings {
+            for key in ring.keys() {
+                let room = &key.health.headroom;
+                for (what, left) in [
+                    ("requests", room.requests(now_ms)),
+                    ("tokens", room.tokens(now_ms)),
+                ] {
+                    if let Some(left) = left {
+                        self.headroom
+                            .with_label_values(&[provider.as_str(), &key.id, what])
+                            .set(i64::try_from(left).unwrap_or(i64::MAX));
+                    }
+                }
+            }
         }
     }
 

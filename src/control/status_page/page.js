@@ -75,6 +75,16 @@ function refusal(r) {
   return r.status + (r.code ? " " + r.code : "") + " (" + r.reason.replace("_", " ") + ") " + ago(r.at);
 }
 
+// What the provider last said is left of a key's limits (docs/design.md §17).
+function headroom(h) {
+  if (!h) return "-";
+  const parts = [];
+  if (h.requests !== null && h.requests !== undefined) parts.push(h.requests + " req");
+  if (h.tokens !== null && h.tokens !== undefined) parts.push(h.tokens + " tok");
+  const open = h.in_flight ? ", " + h.in_flight + " open" : "";
+  return parts.length ? parts.join(", ") + " left" + open : (h.in_flight ? h.in_flight + " open" : "-");
+}
+
 function rotation(r) {
   if (!r) return "-";
   return r.stage === "pending" ? r.key_id + " pending verification" : r.key_id + " in grace, ends in " + countdown(r.grace_until);
@@ -138,9 +148,9 @@ async function refresh() {
           : p.inventory.unmanaged + " unmanaged, " + p.inventory.orphan + " orphan, " + p.inventory.managed + " managed")));
   }
   const table = $("keys");
-  table.replaceChildren(el("tr", {}, ...["provider", "key", "label", "state", "health", "age", "grace ends in", "last verified", "last refusal", "reason"].map((h) => el("th", {}, h))));
+  table.replaceChildren(el("tr", {}, ...["provider", "key", "label", "state", "health", "headroom", "age", "grace ends in", "last verified", "last refusal", "reason"].map((h) => el("th", {}, h))));
   if (keys.length === 0) {
-    table.append(el("tr", {}, el("td", { colspan: "10", class: "empty" },
+    table.append(el("tr", {}, el("td", { colspan: "11", class: "empty" },
       "No upstream key yet: printf '%s' \"$OPENAI_API_KEY\" | keygate key add openai")));
   }
   for (const k of keys) {
@@ -148,6 +158,7 @@ async function refresh() {
       el("td", {}, k.provider), el("td", {}, k.id), el("td", {}, k.label || "-"),
       el("td", { class: "state " + k.state }, k.state + (k.at_provider && k.at_provider.pending ? " (delete pending)" : "")),
       el("td", { class: "health " + (k.health || "none") }, k.health || "-"),
+      el("td", { class: "headroom" }, headroom(k.headroom)),
       el("td", {}, ago(k.created).replace(" ago", "") + (k.due_for_rotation ? " · due for rotation" : "")),
       el("td", {}, countdown(k.grace_until)),
       el("td", {}, ago(k.last_verified)),

@@ -133,6 +133,12 @@ struct State {
     rate_limited: Mutex<HashSet<String>>,
     /// See [`Mock::set_compression`].
     compression: Mutex<Option<&'static str>>,
+    /// Requests per key per window, as a provider's rate limit
+    /// ([`Mock::set_request_limit`]), and each key's window (start, used).
+    request_limit: Mutex<Option<(u64, Duration)>>,
+    windows: Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
+    /// 429s answered for a key over that limit.
+    limit_refusals: AtomicUsize,
     /// Chat completions answered, per key: (requests, input, output tokens),
     /// as a provider's usage report attributes them ([`KeyAdder::served`]).
     served: Mutex<std::collections::HashMap<String, (u64, u64, u64)>>,
@@ -287,6 +293,9 @@ impl Mock {
             rate_limited: Mutex::new(HashSet::new()),
             compression: Mutex::new(None),
             served: Mutex::default(),
+            request_limit: Mutex::new(None),
+            windows: Mutex::default(),
+            limit_refusals: AtomicUsize::new(0),
         });
         let st = state.clone();
         let (goaway, _) = watch::channel(0u64);
@@ -401,6 +410,19 @@ impl Mock {
     }
 
     /// These keys are real, but over their rate limit.
+    /// Each key may make `per_window` chat completions per `window`, as the
+    /// provider's rate limit: every answer says what is left in the
+    /// provider's own headers (OpenAI's `x-ratelimit-*`, Anthropic's
+    /// `anthropic-ratelimit-*`), and a request over it gets the provider's 429.
+    pub fn set_request_limit(&self, per_window: u64, window: Duration) {
+        *self.state.request_limit.lock().unwrap() = Some((per_window, window));
+    }
+
+    /// How many requests came back 429 for being over [`Mock::set_request_limit`].
+    pub fn limit_refusals(&self) -> usize {
+        self.state.limit_refusals.load(Ordering::SeqCst)
+    }
+
     pub fn set_rate_limited_keys(&self, keys: &[&str]) {
         *self.state.rate_limited.lock().unwrap() = keys.iter().map(|k| k.to_string()).collect();
     }
@@ -591,7 +613,7 @@ fn openai_error(status: u16, message: &str, code: Option<&str>) -> Response<Body
 
 /// `None` when the key is accepted, else the refusal to send, in the words of
 /// the provider the mock stands for.
-fn check_auth(st: &State, headers: &HeaderMap) -> Option<Response<Body>> {
+fn presented_key(st: &State, headers: &HeaderMap) -> String {
     let style = *st.auth.lock().unwrap();
     let presented = match style {
         AuthStyle::Bearer => headers
@@ -607,8 +629,42 @@ fn check_auth(st: &State, headers: &HeaderMap) -> Option<Response<Body>> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
     };
+    presented.unwrap_or_default()
+}
+
+/// Response headers to add, as (name, value).
+type Headers = Vec<(String, String)>;
+
+/// The window's count for the key of this request: `Err(headers)` when it
+/// is over [`Mock::set_request_limit`], else the headers that say what is left.
+fn count_request(st: &State, flavor: Flavor, key: &str) -> Result<Headers, Headers> {
+    let Some((per_window, window)) = *st.request_limit.lock().unwrap() else {
+        return Ok(Vec::new());
+    };
+    let (left, resets_in) = {
+        let mut windows = st.windows.lock().unwrap();
+        let entry = windows
+            .entry(key.to_owned())
+            .or_insert((std::time::Instant::now(), 0));
+        if entry.0.elapsed() >= window {
+            *entry = (std::time::Instant::now(), 0);
+        }
+        let resets_in = window.saturating_sub(entry.0.elapsed());
+        if entry.1 >= per_window {
+            (None, resets_in)
+        } else {
+            entry.1 += 1;
+            (Some(per_window - entry.1), resets_in)
+        }
+    };
+    let headers =
+        provider_answers::rate_limit_headers(flavor, per_window, left.unwrap_or(0), resets_in);
+    left.map(|_| headers.clone()).ok_or(headers)
+}
+
+fn check_auth(st: &State, headers: &HeaderMap) -> Option<Response<Body>> {
     let flavor = *st.flavor.lock().unwrap();
-    let key = presented.unwrap_or_default();
+    let key = presented_key(st, headers);
     let standing = if st.out_of_credit.lock().unwrap().contains(&key) {
         KeyStanding::OutOfCredit
     } else if st.rate_limited.lock().unwrap().contains(&key) {
@@ -619,6 +675,15 @@ fn check_auth(st: &State, headers: &HeaderMap) -> Option<Response<Body>> {
         KeyStanding::Bad
     };
     Some(provider_answers::refusal(flavor, standing, &key))
+}
+
+fn set_headers(response: &mut Response<Body>, headers: &[(String, String)]) {
+    for (name, value) in headers {
+        response.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            HeaderValue::from_str(value).expect("header value"),
+        );
+    }
 }
 
 async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
@@ -696,8 +761,24 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     }
     match (&parts.method, path) {
         (&Method::POST, "/v1/chat/completions") => {
+            let key = presented_key(&st, &parts.headers);
+            let limit_headers = match count_request(&st, flavor, &key) {
+                Ok(headers) => headers,
+                Err(headers) => {
+                    st.limit_refusals.fetch_add(1, Ordering::SeqCst);
+                    let delay = *st.reject_delay.lock().unwrap();
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    let mut refusal =
+                        provider_answers::refusal(flavor, KeyStanding::RateLimited, &key);
+                    set_headers(&mut refusal, &headers);
+                    return refusal;
+                }
+            };
             let tag = st.tag.load(Ordering::SeqCst).then_some(index);
-            let answer = chat(st.clone(), &body, tag);
+            let mut answer = chat(st.clone(), &body, tag);
+            set_headers(&mut answer, &limit_headers);
             if answer.status() == StatusCode::OK {
                 // The provider bills what it answered: the mock's usage
                 // (11 in, 7 out; a stream 11 in, 4 out).

@@ -362,3 +362,42 @@ pub fn openai_style(status: u16, message: &str, code: Option<&str>) -> Response<
         &[],
     )
 }
+
+/// What a provider says is left of a key's request limit, in its own
+/// headers: Anthropic's `anthropic-ratelimit-requests-*` (the reset an RFC
+/// 3339 instant, rounded up to the second as Anthropic sends it), everyone
+/// else's OpenAI-style `x-ratelimit-*` (the reset a Go duration).
+pub fn rate_limit_headers(
+    flavor: Flavor,
+    limit: u64,
+    left: u64,
+    resets_in: std::time::Duration,
+) -> Vec<(String, String)> {
+    let pairs: Vec<(&str, String)> = match flavor {
+        Flavor::Anthropic => {
+            let at =
+                std::time::SystemTime::now() + resets_in + std::time::Duration::from_millis(999);
+            let at = humantime::format_rfc3339_seconds(at).to_string();
+            vec![
+                ("anthropic-ratelimit-requests-limit", limit.to_string()),
+                ("anthropic-ratelimit-requests-remaining", left.to_string()),
+                ("anthropic-ratelimit-requests-reset", at.clone()),
+                ("anthropic-ratelimit-tokens-limit", "400000".to_owned()),
+                ("anthropic-ratelimit-tokens-remaining", "399000".to_owned()),
+                ("anthropic-ratelimit-tokens-reset", at),
+            ]
+        }
+        _ => {
+            let reset = format!("{}ms", resets_in.as_millis().max(1));
+            vec![
+                ("x-ratelimit-limit-requests", limit.to_string()),
+                ("x-ratelimit-remaining-requests", left.to_string()),
+                ("x-ratelimit-reset-requests", reset),
+                ("x-ratelimit-limit-tokens", "400000".to_owned()),
+                ("x-ratelimit-remaining-tokens", "399000".to_owned()),
+                ("x-ratelimit-reset-tokens", "6m0s".to_owned()),
+            ]
+        }
+    };
+    pairs.into_iter().map(|(n, v)| (n.to_owned(), v)).collect()
+}
