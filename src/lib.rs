@@ -38,8 +38,9 @@
 //!   inventory, outside use), log format, core-dump protection
 //! - shared leaves below all of these: [`json_skim`] (the few top-level fields of a
 //!   JSON body, read as the upstream reads them), [`shutdown`] (one cancellation),
-//!   [`calendar`] (UTC days and months) and [`pg_link`] (one PostgreSQL connection)
-//! - [`vault`]: the encrypted file (format, crypto, atomic writes, master key sources,
+//!   [`calendar`] (UTC days and months), [`pg_link`] (one PostgreSQL connection)
+//!   and [`file_owner`] (files keygate creates as root keep the service's owner)
+//! - [`vault`]: the encrypted file (format, crypto, atomic writes, who may read it, master key sources,
 //!   rollback record), the secret type, the `kg_` client-key format, the
 //!   `fingerprint_mac` that names every upstream key it ever held
 //! - [`cli`]: the commands; the only code that prints to stdout
@@ -50,6 +51,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod events;
+pub mod file_owner;
 pub mod json_skim;
 pub mod keys;
 pub mod net;

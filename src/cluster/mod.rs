@@ -6,8 +6,12 @@
 //! (it reconnects by itself) and bounds every call by `[cluster] timeout`.
 //! Redis down or slow never fails a request: the caller goes on with what
 //! the replica knows alone, `keygate_cluster_errors_total{op}` counts it and
-//! `/readyz` says so. The URL may carry a password: it lives in a
-//! [`Secret`](crate::vault::secret::Secret) and messages name the host only.
+//! `/readyz` says so. It never makes a request wait for a Redis known to be
+//! down either (a breaker): after one failed call every call answers "go on
+//! alone" at once, and a single background probe (a ping, at once and then
+//! each second) decides when the replica rejoins. The URL may carry a
+//! password: it lives in a [`Secret`](crate::vault::secret::Secret) and
+//! messages name the host only.
 
 pub mod key_health;
 pub mod lease;
@@ -29,7 +33,11 @@ pub struct Cluster {
     connection: ArcSwapOption<ConnectionManager>,
     timeout: Duration,
     errors: prometheus::IntCounterVec,
+    /// The breaker: true while the last call through Redis succeeded;
+    /// false, calls do not try Redis and only the probe does.
     up: AtomicBool,
+    /// Wakes the probe when a call fails, so a blip costs no more than it must.
+    probe_now: tokio::sync::Notify,
     /// Listening to the key-health channel.
     subscribed: AtomicBool,
     /// `host:port/db` for messages, never the password.
@@ -77,6 +85,7 @@ impl Cluster {
             timeout: config.timeout,
             errors,
             up: AtomicBool::new(false),
+            probe_now: tokio::sync::Notify::new(),
             subscribed: AtomicBool::new(false),
             endpoint: config.redis_endpoint.clone(),
             instance: hex::encode(id),
@@ -108,8 +117,22 @@ impl Cluster {
     }
 
     /// Runs `call` on the shared connection within the timeout. `None`: Redis
-    /// is down, slow or refused it (counted under `op`); go on alone.
+    /// is down, slow or refused it, or is known to be down and was not
+    /// tried (counted under `op` either way); go on alone.
     pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, call: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if !self.is_up() {
+            self.errors.with_label_values(&[op]).inc();
+            return None;
+        }
+        self.attempt(op, call).await
+    }
+
+    /// [`Cluster::call`] without the breaker: the probe's way to Redis.
+    async fn attempt<T, F, Fut>(&self, op: &'static str, call: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -139,6 +162,7 @@ impl Cluster {
     fn failed(&self, op: &'static str, why: &str) {
         self.errors.with_label_values(&[op]).inc();
         if self.up.swap(false, Ordering::Relaxed) {
+            self.probe_now.notify_one();
             tracing::warn!(redis = %self.endpoint, op, "cluster: Redis failed ({why}); this replica goes on alone (limits per replica) until it answers again");
         }
     }
@@ -177,15 +201,20 @@ impl Cluster {
                 _ = shutdown.requested() => return,
             }
         }
-        // A ping a second keeps `/readyz` true to what Redis does now, also
-        // for a replica that has no limited traffic to notice it by.
+        // The probe: a ping a second keeps `/readyz` true to what Redis does
+        // now, also for a replica that has no limited traffic to notice it
+        // by; right after a failed call it pings at once, and while Redis is
+        // down it is the only thing that tries it (one ping at a time).
         let pinger = {
             let cluster = self.clone();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = cluster.probe_now.notified() => {}
+                    }
                     cluster
-                        .call("ping", |mut connection| async move {
+                        .attempt("ping", |mut connection| async move {
                             redis::cmd("PING")
                                 .query_async::<String>(&mut connection)
                                 .await

@@ -1,21 +1,25 @@
-//! The vault's and master key's files on disk: mode checks, the advisory
-//! write lock, and whole-file atomic writes.
+//! The vault's and master key's files on disk: who may read them, the
+//! advisory write lock, and whole-file atomic writes that keep the file's
+//! owner.
 //!
 //! Knows nothing of keys or the format. It must never write a file in place
-//! (always temp file + fsync + rename + fsync directory), never read a file that
-//! group or others can read, and never leave a temp file behind on failure.
+//! (always temp file + fsync + rename + fsync directory), never read a file
+//! someone other than keygate can read ([`super::readers`]), never leave a
+//! temp file behind on failure, and never hand a deployed service's file to
+//! root ([`crate::file_owner`]).
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
 use super::VaultError;
+use crate::file_owner::{self, Owner};
 
-/// Reads a file that must not be group- or other-accessible. `Ok(None)` when
-/// it does not exist. `what` names the file in errors ("master key file").
+/// Reads a file no one but keygate may read ([`super::readers`]). `Ok(None)`
+/// when it does not exist. `what` names the file in errors ("master key file").
 pub fn read_private(
     path: &Path,
     what: &'static str,
@@ -27,16 +31,13 @@ pub fn read_private(
     };
     // fstat the handle we read from (a Kubernetes mount's symlink is already
     // followed), so the mode checked is the mode of the bytes read.
-    let mode = file
-        .metadata()
-        .map_err(|e| io("inspect", what, path, e))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
+    let meta = file.metadata().map_err(|e| io("inspect", what, path, e))?;
+    if let Some(reader) = super::readers::stranger(&file, &meta) {
         return Err(VaultError::InsecureMode {
             what,
             path: path.to_owned(),
-            mode: mode & 0o7777,
+            mode: meta.permissions().mode() & 0o7777,
+            reader,
         });
     }
     let mut bytes = Zeroizing::new(Vec::new());
@@ -45,14 +46,11 @@ pub fn read_private(
     Ok(Some(bytes))
 }
 
-/// Creates the missing parent directories of `path` with mode 0700.
+/// Creates the missing parent directories of `path` with mode 0700 (given,
+/// when keygate runs as root, to the owner of the directory they are made in).
 pub fn create_private_dirs(path: &Path) -> Result<(), VaultError> {
     let dir = parent(path);
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| io("create", "directory", &dir, e))
+    file_owner::create_dirs(&dir, 0o700).map_err(|e| io("create", "directory", &dir, e))
 }
 
 /// True when the file or its directory has no write bit at all — e.g. a
@@ -128,14 +126,32 @@ fn lock_file(
             },
             _ => io("create", what, &path, err),
         })?;
+    // A lock file root made (or makes now) in the service's directory would
+    // leave the service unable to take the lock: give it to the directory's owner.
+    if let Some(owner) = file_owner::for_new_in(&parent(vault)) {
+        owner
+            .give(&file)
+            .map_err(|e| io("give to the directory's owner", what, &path, e))?;
+    }
     Ok((file, path))
 }
 
-/// Replaces `path` with `bytes` atomically: a temp file (mode 0600) in the same
+/// Replaces `path` with `bytes` atomically: a temp file in the same
 /// directory, fsync, rename over `path`, fsync the directory. A reader sees the
-/// old file or the new one, never a mix.
+/// old file or the new one, never a mix. The new file keeps the old one's
+/// owner, group and mode (owner read-write, the group's read bit if it had
+/// it, nothing for others); a new file is 0600, owned as [`file_owner`]
+/// says. A process that is not root cannot keep another user's file theirs:
+/// that is refused (`VaultError::Owner`) before anything is written.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
     let dir = parent(path);
+    let (owner, mode) = match fs::metadata(path) {
+        Ok(meta) => {
+            ensure_owner_kept(path)?;
+            (Some(Owner::of(&meta)), 0o600 | (meta.mode() & 0o040))
+        }
+        Err(_) => (file_owner::for_new_in(&dir), 0o600),
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -143,7 +159,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
     let mut suffix = [0u8; 8];
     getrandom::getrandom(&mut suffix).map_err(|cause| VaultError::Random { cause })?;
     let tmp = dir.join(format!(".{name}.tmp.{}", hex::encode(suffix)));
-    let result = write_new_file(&tmp, "temporary file", bytes).and_then(|()| {
+    let result = write_new_file(&tmp, "temporary file", bytes, mode, owner).and_then(|()| {
         fs::rename(&tmp, path).map_err(|e| io("rename into place", "file", path, e))
     });
     if result.is_err() {
@@ -152,6 +168,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
         return result;
     }
     sync_dir(&dir)
+}
+
+/// Refuses (`VaultError::Owner`) when a rewrite of `path` by this process
+/// could not keep the file's owner: checked before a writer takes the lock,
+/// so a refused command leaves no file of its own behind either.
+pub fn ensure_owner_kept(path: &Path) -> Result<(), VaultError> {
+    let Ok(meta) = fs::metadata(path) else {
+        return Ok(());
+    };
+    let owner = Owner::of(&meta);
+    if owner.can_be_given() {
+        return Ok(());
+    }
+    Err(VaultError::Owner {
+        path: path.to_owned(),
+        uid: owner.uid,
+        gid: owner.gid,
+        me: file_owner::my_uid(),
+    })
 }
 
 /// Removes temp files that writers of `path` left behind when they were
@@ -176,11 +211,19 @@ pub fn remove_stale_temps(path: &Path) {
 /// missing parent directories with mode 0700, and makes it durable.
 pub fn write_new(path: &Path, what: &'static str, bytes: &[u8]) -> Result<(), VaultError> {
     create_private_dirs(path)?;
-    write_new_file(path, what, bytes)?;
+    let owner = file_owner::for_new_in(&parent(path));
+    write_new_file(path, what, bytes, 0o600, owner)?;
     sync_dir(&parent(path))
 }
 
-fn write_new_file(path: &Path, what: &'static str, bytes: &[u8]) -> Result<(), VaultError> {
+/// Creates `path` with `bytes`, `mode` and (when given) `owner`, durably.
+fn write_new_file(
+    path: &Path,
+    what: &'static str,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<Owner>,
+) -> Result<(), VaultError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -194,8 +237,11 @@ fn write_new_file(path: &Path, what: &'static str, bytes: &[u8]) -> Result<(), V
             _ => io("create", what, path, err),
         })?;
     let written = (|| {
-        // The umask may have taken bits off 0600; put them back (never add more).
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        if let Some(owner) = owner {
+            owner.give(&file)?;
+        }
+        // The umask may have taken bits off; put them back.
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.write_all(bytes)?;
         file.sync_all()
     })();
@@ -236,18 +282,53 @@ mod tests {
     use super::*;
 
     #[test]
-    fn atomic_write_replaces_whole_file_with_mode_0600_and_no_leftovers() {
+    fn atomic_write_replaces_whole_file_privately_and_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         fs::write(&path, b"old").unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o604)).unwrap();
         write_atomic(&path, b"new contents").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new contents");
-        assert_eq!(
-            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(mode(&path), 0o600, "others lose their bits");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        write_atomic(&path, b"again").unwrap();
+        assert_eq!(mode(&path), 0o640, "a group's read bit is kept");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn files_root_writes_in_a_service_directory_stay_the_services() {
+        if !file_owner::running_as_root() {
+            return; // only root gives files away
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let service = Owner {
+            uid: 10001,
+            gid: 10002,
+        };
+        std::os::unix::fs::chown(dir.path(), Some(service.uid), Some(service.gid)).unwrap();
+        let owner = |p: &Path| Owner::of(&fs::metadata(p).unwrap());
+        // A new file, a lock file, a rewrite, and new directories.
+        let vault = dir.path().join("keygate.vault");
+        write_atomic(&vault, b"first").unwrap();
+        assert_eq!(owner(&vault), service);
+        drop(lock(&vault).unwrap());
+        assert_eq!(owner(&dir.path().join("keygate.vault.lock")), service);
+        std::os::unix::fs::chown(&vault, Some(10003), Some(10004)).unwrap();
+        write_atomic(&vault, b"second").unwrap();
+        assert_eq!(
+            owner(&vault),
+            Owner {
+                uid: 10003,
+                gid: 10004
+            }
+        );
+        assert_eq!(fs::read(&vault).unwrap(), b"second");
+        let nested = dir.path().join("a/b/master.key");
+        write_new(&nested, "master key file", b"k").unwrap();
+        assert_eq!(owner(&nested), service);
+        assert_eq!(owner(&dir.path().join("a")), service);
     }
 
     #[test]

@@ -290,17 +290,36 @@ mod tests {
     }
 
     #[test]
-    fn group_readable_key_file_is_refused_with_the_fix() {
+    fn a_key_file_others_can_read_is_refused_with_the_fix() {
         let dir = tempfile::tempdir().unwrap();
         let src = sources(&dir);
         src.write_file(&MasterKey::generate()).unwrap();
-        std::fs::set_permissions(&src.file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::set_permissions(&src.file, std::fs::Permissions::from_mode(0o604)).unwrap();
         let err = src.resolve().unwrap_err();
         let text = err.to_string();
         assert!(matches!(err, VaultError::InsecureMode { .. }), "{text}");
         assert!(
-            text.contains("0640") && text.contains("chmod 600"),
+            text.contains("0604") && text.contains("others") && text.contains("chmod 600"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_key_file_readable_by_keygates_own_group_is_used_by_no_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = sources(&dir);
+        src.write_file(&MasterKey::generate()).unwrap();
+        // Kubernetes' Secret file with fsGroup: group-readable, the group
+        // one this process runs in (the one it created the file with).
+        std::fs::set_permissions(&src.file, std::fs::Permissions::from_mode(0o440)).unwrap();
+        assert!(matches!(src.resolve().unwrap(), Some(Kek::Raw(_))));
+        if crate::file_owner::running_as_root() {
+            std::os::unix::fs::chown(&src.file, None, Some(4_000_000_125)).unwrap();
+            let text = src.resolve().unwrap_err().to_string();
+            assert!(
+                text.contains("0440") && text.contains("group 4000000125"),
+                "{text}"
+            );
+        }
     }
 }

@@ -20,6 +20,7 @@ pub mod fingerprint_mac;
 pub use file::WriteLock;
 mod format;
 pub mod master;
+mod readers;
 pub mod secret;
 pub mod served;
 
@@ -73,12 +74,22 @@ pub enum VaultError {
     /// Creating a file that already exists.
     #[error("{what} {path} already exists; keygate never overwrites it — move it away first if you really mean to start over", path = .path.display())]
     AlreadyExists { what: &'static str, path: PathBuf },
-    /// The file is readable by group or others.
-    #[error("{what} {path} has mode {mode:04o}, so group or others can read it; keygate refuses to use it. Fix: chmod 600 {path} (on Kubernetes, set the Secret volume's defaultMode: 0400)", path = .path.display())]
+    /// Someone other than keygate can read the file (`vault::readers`).
+    #[error("{what} {path} has mode {mode:04o}, so {reader} can read it; keygate refuses to use it. Fix: chmod 600 {path}, or leave group read only to a group keygate runs in (on Kubernetes: the Secret volume's defaultMode: 0400 and the pod's fsGroup)", path = .path.display())]
     InsecureMode {
         what: &'static str,
         path: PathBuf,
         mode: u32,
+        /// Who else, in words ("others", "group 1000, which …").
+        reader: String,
+    },
+    /// A rewrite would hand another user's file to this process's user.
+    #[error("{path} belongs to uid {uid} (gid {gid}) and this command runs as uid {me}: rewriting it would make it uid {me}'s, and the service running as uid {uid} could no longer open it. Nothing was written. Run the command as that user (e.g. `sudo -u '#{uid}' -g '#{gid}' keygate …`, or `docker exec`), or as root, which keeps the owner", path = .path.display())]
+    Owner {
+        path: PathBuf,
+        uid: u32,
+        gid: u32,
+        me: u32,
     },
     /// A write was attempted on a vault that cannot be written.
     #[error("vault is read-only at {path}; it can be served but not changed here — make the file and its directory writable by keygate's user, or change the vault where it is writable (on Kubernetes, update the Secret)", path = .path.display())]
@@ -289,7 +300,7 @@ impl Vault {
                 path: self.path.clone(),
             });
         }
-        Ok(())
+        file::ensure_owner_kept(&self.path)
     }
 
     fn next_generation(&self, generation: u64) -> Result<u64, VaultError> {

@@ -84,9 +84,16 @@ impl ServedRecord {
         file::write_atomic(&self.path, format!("{generation}\n").as_bytes())?;
         if let Some(mirror) = &self.mirror {
             // A vault mounted read-only (a Kubernetes Secret, a config map)
-            // has no room for the copy: the record beside the ledger stands.
+            // or in a directory the service may not write has no room for
+            // the copy: the record beside the ledger stands.
             match file::write_atomic(mirror, format!("{generation}\n").as_bytes()) {
                 Ok(()) | Err(VaultError::ReadOnly { .. }) => {}
+                Err(VaultError::Io { source, .. })
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::ReadOnlyFilesystem
+                            | std::io::ErrorKind::PermissionDenied
+                    ) => {}
                 Err(error) => return Err(error),
             }
         }

@@ -1,13 +1,16 @@
 //! The deploy files (README "Deploying"; `deploy/`) agree with keygate's
 //! defaults: the Kubernetes manifests parse, point their probes at `/readyz`
 //! and `/healthz` on the admin port, expose the default ports, mount the
-//! vault and master key read-only with mode 0400, and give a drain longer
-//! than `[server] shutdown_grace`; the systemd unit and the Dockerfile set
-//! the hardening and the paths the docs promise. (No image registry is
-//! reachable here, so the Dockerfile is checked, not built; `systemd-analyze
-//! verify` runs when it is installed.) Every metric the alert rules and the
-//! Grafana dashboard name is exported by a running keygate (scraped here);
-//! `promtool check rules` validates the rules (`.ci/run` installs promtool).
+//! vault and master key read-only with mode 0400, keep the ledger on a
+//! volume claim, and give a drain longer than `[server] shutdown_grace`; the
+//! systemd unit and the Dockerfile set the hardening and the paths the docs
+//! promise; the Docker build context (`.dockerignore`) holds the sources
+//! and no build output, vault, key or ledger. (No image registry is
+//! reachable here, so the image is not built; `deployments.rs` runs each
+//! file's way of running keygate; `systemd-analyze verify` runs when it is
+//! installed.) Every metric the alert rules and the Grafana dashboard name
+//! is exported by a running keygate (scraped here); `promtool check rules`
+//! validates the rules (`.ci/run` installs promtool).
 
 use std::time::Duration;
 
@@ -33,14 +36,15 @@ fn kubernetes_manifests_agree_with_the_defaults() {
     let config = defaults();
     let docs = manifests();
     for wanted in [
-        "Deployment",
+        "StatefulSet",
         "Service",
         "PodDisruptionBudget",
         "ServiceMonitor",
     ] {
         kind(&docs, wanted);
     }
-    let pod = &kind(&docs, "Deployment")["spec"]["template"]["spec"];
+    let workload = kind(&docs, "StatefulSet");
+    let pod = &workload["spec"]["template"]["spec"];
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
     assert!(
         Duration::from_secs(grace) > config.server.shutdown_grace,
@@ -93,6 +97,30 @@ fn kubernetes_manifests_agree_with_the_defaults() {
     ] {
         assert!(env.iter().any(|e| e == name), "no {name}");
     }
+    // The ledger outlives the pod: its volume is a claim, not an emptyDir.
+    let db = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "KEYGATE_METERING__DB")
+        .and_then(|e| e["value"].as_str())
+        .unwrap();
+    let ledger_volume = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| db.starts_with(m["mountPath"].as_str().unwrap()))
+        .map(|m| m["name"].as_str().unwrap())
+        .expect("the ledger is on a volume");
+    let claims = workload["spec"]["volumeClaimTemplates"]
+        .as_sequence()
+        .unwrap();
+    assert!(
+        claims
+            .iter()
+            .any(|c| c["metadata"]["name"] == ledger_volume),
+        "the ledger's volume {ledger_volume} is not a PersistentVolumeClaim"
+    );
     // The environment names are real config keys: they load.
     let overrides: Vec<(String, String)> = container["env"]
         .as_sequence()
@@ -159,6 +187,92 @@ fn the_systemd_unit_and_the_dockerfile_carry_the_hardening() {
     ] {
         assert!(docker.contains(needle), "Dockerfile lacks `{needle}`");
     }
+}
+
+/// True when the `.dockerignore` pattern `pattern` matches the context
+/// path `path` (both `/`-separated): Go's `filepath.Match` per component
+/// (`*`, `?`), and `**` for any number of components.
+fn docker_match(pattern: &[&str], path: &[&str]) -> bool {
+    match (pattern.first(), path.first()) {
+        (None, None) => true,
+        (Some(&"**"), _) => {
+            docker_match(&pattern[1..], path)
+                || (!path.is_empty() && docker_match(pattern, &path[1..]))
+        }
+        (Some(p), Some(c)) => {
+            glob(p.as_bytes(), c.as_bytes()) && docker_match(&pattern[1..], &path[1..])
+        }
+        _ => false,
+    }
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match (p.first(), s.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&p[1..], s) || (!s.is_empty() && glob(p, &s[1..])),
+        (Some(b'?'), Some(_)) => glob(&p[1..], &s[1..]),
+        (Some(a), Some(b)) => a == b && glob(&p[1..], &s[1..]),
+        _ => false,
+    }
+}
+
+/// True when `.dockerignore` leaves `path` out of the build context: a
+/// pattern matches it or one of its parent directories (no `!` patterns).
+fn left_out(patterns: &[String], path: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    patterns.iter().any(|pattern| {
+        let pattern: Vec<&str> = pattern.trim_matches('/').split('/').collect();
+        (1..=parts.len()).any(|n| docker_match(&pattern, &parts[..n]))
+    })
+}
+
+#[test]
+fn the_docker_build_context_holds_the_sources_and_no_secret_or_build_output() {
+    let ignore =
+        std::fs::read_to_string(".dockerignore").expect("a .dockerignore beside Cargo.toml");
+    let patterns: Vec<String> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        patterns.iter().all(|p| !p.starts_with('!')),
+        "re-included paths are not modelled here"
+    );
+    // What a working copy holds after `vault init`, a test run and a fuzz run.
+    for path in [
+        "target/release/keygate",
+        "target/debug/deps/libkeygate.rlib",
+        "data/keygate.vault",
+        "data/master.key",
+        "data/usage.sqlite-wal",
+        "fuzz/target/x86_64-unknown-linux-gnu/release/vault_open",
+        "keygate.vault",
+        "config/master.key",
+        "some/dir/usage.sqlite",
+        ".git/config",
+    ] {
+        assert!(
+            left_out(&patterns, path),
+            "{path} would be sent to the Docker daemon"
+        );
+    }
+    // Everything `cargo build --release --locked` reads is sent.
+    let tracked = std::process::Command::new("git")
+        .args(["ls-files"])
+        .output()
+        .expect("git");
+    let tracked = String::from_utf8(tracked.stdout).unwrap();
+    assert!(tracked.lines().count() > 100, "git ls-files: {tracked}");
+    let dropped: Vec<&str> = tracked
+        .lines()
+        .filter(|f| left_out(&patterns, f) && !f.starts_with("fuzz/corpus/"))
+        .collect();
+    assert!(
+        dropped.is_empty(),
+        "sources left out of the build: {dropped:?}"
+    );
 }
 
 /// Every `keygate_…` metric name in `text` (histogram series by family name).

@@ -21,6 +21,7 @@ mod compression;
 mod config_errors;
 mod decoys;
 mod deploy_files;
+mod deployments;
 mod events;
 mod failing_upstreams;
 mod fallback;

@@ -19,7 +19,7 @@ impl Sqlite {
     pub(super) fn open(path: &Path) -> Result<Sqlite, OutboxError> {
         let name = path.display().to_string();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| OutboxError::Io {
+            crate::file_owner::create_dirs(dir, 0o777).map_err(|source| OutboxError::Io {
                 path: name.clone(),
                 source,
             })?;
@@ -28,7 +28,17 @@ impl Sqlite {
             path: name.clone(),
             source,
         };
+        let created = !path.exists();
         let conn = Connection::open(path).map_err(error)?;
+        // Before the first write: SQLite gives its -wal and -shm files the
+        // main file's owner when run as root, so a root CLI command leaves
+        // files the service can open.
+        if created {
+            crate::file_owner::adopt_new(path).map_err(|source| OutboxError::Io {
+                path: name.clone(),
+                source,
+            })?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(error)?;
         conn.pragma_update(None, "synchronous", "NORMAL")

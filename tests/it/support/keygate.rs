@@ -233,8 +233,11 @@ impl Keygate {
 
     /// Run a CLI command with this stdin and extra environment variables, bounded.
     pub fn run_with(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Out {
+        self.run_command(args, self.command(args, env), stdin)
+    }
+
+    fn run_command(&self, args: &[&str], mut cmd: Command, stdin: Option<&str>) -> Out {
         let label = format!("keygate {}", args.join(" "));
-        let mut cmd = self.command(args, env);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -308,7 +311,12 @@ impl Keygate {
     }
 
     fn issue_client(&self, args: &[&str]) -> String {
-        let out = self.run(args);
+        self.client_key_from(&self.run(args))
+    }
+
+    /// The `kg_…` key a `client add` printed (it must have succeeded),
+    /// remembered as a secret and allowed on that one line.
+    pub fn client_key_from(&self, out: &Out) -> String {
         out.assert_ok("client add");
         let key = find_token(&out.stdout, "kg_")
             .unwrap_or_else(|| panic!("`client add` printed no kg_ key: {}", out.stdout));
@@ -364,6 +372,22 @@ impl Keygate {
             }
         }
         self.start_serve(cmd)
+    }
+
+    /// Start `keygate serve` as a deployment runs it ([`Jail`](super::jail::Jail)).
+    pub fn serve_in(&self, jail: &super::jail::Jail, env: &[(&str, &str)]) -> Server {
+        self.start_serve(jail.wrap(&self.command(&["serve"], env)))
+    }
+
+    /// Run a CLI command as a deployment runs it (`docker exec`, `kubectl exec`).
+    pub fn run_in(
+        &self,
+        jail: &super::jail::Jail,
+        args: &[&str],
+        stdin: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Out {
+        self.run_command(args, jail.wrap(&self.command(args, env)), stdin)
     }
 
     fn start_serve(&self, mut cmd: Command) -> Server {

@@ -1,7 +1,8 @@
 //! The harness, the only place behaviour files import from. A map:
 //!
 //! - Processes: [`keygate`] runs the real binary in a private tempdir
-//!   ([`config`] writes its TOML), [`server`] wraps a running `keygate serve`.
+//!   ([`config`] writes its TOML), [`server`] wraps a running `keygate serve`,
+//!   [`jail`] runs it as a deploy file would (its uid, groups, read-only root).
 //! - Worlds: [`env`] builds the usual one (recording mocks for openai and xai,
 //!   keys in the vault, client `app`); [`world`] the metering one (several
 //!   named clients, the admin token, a short flush interval).
@@ -30,6 +31,7 @@ pub mod bad_upstream;
 pub mod client;
 pub mod config;
 pub mod env;
+pub mod jail;
 pub mod keygate;
 pub mod keys;
 pub mod management;
