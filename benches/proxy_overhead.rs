@@ -46,7 +46,10 @@
 //! noise does not move:
 //! `BENCH_SECONDS=0 BENCH_HELD_STREAMS=0 BENCH_CALLGRIND=4000 cargo bench --bench proxy_overhead`
 //! (`BENCH_CALLGRIND_OUT=DIR`, an empty directory, keeps the dumps for
-//! `callgrind_annotate`).
+//! `callgrind_annotate`). With `BENCH_EVERYTHING=1` a fourth process is
+//! counted: keygate with every feature of the round on
+//! (`benches/everything_on.toml`, a client with limits and a dollar budget,
+//! the mock sending rate-limit headers).
 //!
 //! With `BENCH_REDIS=1` (and redis-server installed) it also compares a
 //! limited client's requests with limits in memory against limits shared
@@ -304,12 +307,24 @@ async fn mock_answer(request: Request<Incoming>) -> Result<Response<MockBody>, I
             .body(full(sse_events().concat()))
             .expect("response"));
     }
+    let limited = std::env::var_os("MOCK_RATE_LIMIT_HEADERS").is_some();
     let content = "x".repeat(700);
     let json = format!("{{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion\",\"created\":1,\"model\":\"gpt-4o-mini\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"{content}\"}},\"finish_reason\":\"stop\"}}],\"usage\":{{\"prompt_tokens\":20,\"completion_tokens\":160,\"total_tokens\":180}}}}");
-    Ok(Response::builder()
-        .header("content-type", "application/json")
-        .body(full(json))
-        .expect("response"))
+    let mut response = Response::builder().header("content-type", "application/json");
+    if limited {
+        // What api.openai.com says on every answer (BENCH_EVERYTHING=1).
+        for (name, value) in [
+            ("x-ratelimit-limit-requests", "10000"),
+            ("x-ratelimit-remaining-requests", "9999"),
+            ("x-ratelimit-reset-requests", "6ms"),
+            ("x-ratelimit-limit-tokens", "30000000"),
+            ("x-ratelimit-remaining-tokens", "29999820"),
+            ("x-ratelimit-reset-tokens", "0s"),
+        ] {
+            response = response.header(name, value);
+        }
+    }
+    Ok(response.body(full(json)).expect("response"))
 }
 
 // ---------------------------------------------------------------- the floor
@@ -930,6 +945,11 @@ async fn bench(run_for: Duration, connections: usize) {
     let ca_file = dir.path().join("mock-ca.pem");
     let mut mock_cmd = Command::new(std::env::current_exe().expect("exe"));
     mock_cmd.env("KEYGATE_BENCH_ROLE", "mock");
+    // BENCH_EVERYTHING=1: the mock says what is left of the key's limits.
+    let everything = env_or("BENCH_EVERYTHING", 0) == 1;
+    if everything {
+        mock_cmd.env("MOCK_RATE_LIMIT_HEADERS", "1");
+    }
     if tls {
         mock_cmd.env("MOCK_TLS_CA_OUT", &ca_file);
     }
@@ -1128,7 +1148,37 @@ async fn bench(run_for: Duration, connections: usize) {
     // BENCH_CALLGRIND=N: instructions per request, counted by valgrind.
     let counted: usize = env_or("BENCH_CALLGRIND", 0);
     if counted > 0 {
-        instructions_per_request(&config, &mock_addr, &client_key, counted).await;
+        // BENCH_EVERYTHING=1: also keygate with every feature of this
+        // round on (benches/everything_on.toml, a client with limits and a
+        // dollar budget), counted in the same run.
+        let all = everything.then(|| {
+            let all = dir.path().join("everything.toml");
+            let base = std::fs::read_to_string(&config).expect("config");
+            let extra = include_str!("everything_on.toml");
+            std::fs::write(&all, format!("{base}\n{extra}")).expect("config");
+            let out = keygate(
+                &all,
+                &[
+                    "client",
+                    "add",
+                    "bench-all",
+                    "--rpm",
+                    "100000000",
+                    "--tpm",
+                    "1000000000",
+                    "--budget-usd",
+                    "1000000",
+                ],
+                None,
+            );
+            let key = out
+                .split_whitespace()
+                .find(|w| w.starts_with("kg_"))
+                .expect("client key")
+                .to_owned();
+            (all, key)
+        });
+        instructions_per_request(&config, &mock_addr, &client_key, all.as_ref(), counted).await;
     }
     drop(mock);
 }
@@ -1411,6 +1461,7 @@ async fn instructions_per_request(
     config: &std::path::Path,
     mock_addr: &str,
     client_key: &str,
+    everything: Option<&(std::path::PathBuf, String)>,
     count: usize,
 ) {
     if Command::new("valgrind").arg("--version").output().is_err() {
@@ -1424,8 +1475,17 @@ async fn instructions_per_request(
         .unwrap_or_else(|| dir.path().join("dumps"));
     std::fs::create_dir_all(&dumps_dir).expect("dumps dir");
     let mut rows = Vec::new();
-    for name in ["floor", "nginx", "keygate"] {
+    let names: &[&str] = if everything.is_some() {
+        &["floor", "nginx", "keygate", "keygate+all"]
+    } else {
+        &["floor", "nginx", "keygate"]
+    };
+    for &name in names {
         let out = dumps_dir.join(name);
+        let (config, client_key) = match (name, everything) {
+            ("keygate+all", Some((all, key))) => (all.as_path(), key.as_str()),
+            _ => (config, client_key),
+        };
         let mut command = Command::new("valgrind");
         command
             .arg("--tool=callgrind")
@@ -1507,6 +1567,14 @@ async fn instructions_per_request(
         ));
         if let Some(nginx) = of("nginx") {
             line.push_str(&format!(", ÷ nginx {:.2}x", keygate[i] / nginx[i].max(1.0)));
+        }
+        if let Some(all) = of("keygate+all") {
+            line.push_str(&format!(
+                "\n  {:<18} keygate with everything on {:>8.0} (+{:.0})",
+                "",
+                all[i],
+                all[i] - keygate[i]
+            ));
         }
         println!("{line}");
     }
