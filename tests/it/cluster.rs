@@ -315,3 +315,31 @@ async fn with_redis_down_a_limited_request_does_not_wait_for_it_and_rejoins_when
         "the replica did not rejoin: no shared counter after Redis came back"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_at_its_rate_limit_on_one_replica_is_not_sent_by_another() {
+    let redis = Redis::start();
+    let (kg, mock, client) = limited(&[], &[OPENAI_KEY, OPENAI_KEY_2]).await;
+    kg.add_key("openai", OPENAI_KEY_2);
+    // Two requests per key per window, said in OpenAI's headers.
+    mock.set_request_limit(2, Duration::from_secs(30));
+    let servers = replicas(&kg, &redis, 2).await;
+    for _ in 0..2 {
+        let resp = servers[0].send(chat(&client, 10)).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    let own = key_of(&mock.requests()[0]);
+    assert_eq!(key_of(&mock.requests()[1]), own, "the client's own key");
+    // Replica A was told 0 left; replica B never saw that answer, only the
+    // news over Redis.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before = mock.requests().len();
+    let resp = servers[1].send(chat(&client, 10)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(mock.limit_refusals(), 0, "replica B sent the key at 0");
+    assert_ne!(
+        key_of(&mock.requests()[before]),
+        own,
+        "replica B sent the client's own key although it is at its limit"
+    );
+}
