@@ -61,21 +61,31 @@ pub fn x_ratelimit(headers: &HeaderMap) -> RateLimits {
 
 /// Anthropic's dialect, at `now`.
 pub fn anthropic_ratelimit(headers: &HeaderMap, now: SystemTime) -> RateLimits {
-    let read = |what: &str| {
+    let read = |remaining: &str, reset: &str| {
         Some(Allowance {
-            remaining: header(headers, &format!("anthropic-ratelimit-{what}-remaining"))?
-                .parse()
-                .ok()?,
-            resets_in: header(headers, &format!("anthropic-ratelimit-{what}-reset"))
+            remaining: header(headers, remaining)?.parse().ok()?,
+            resets_in: header(headers, reset)
                 .and_then(|at| humantime::parse_rfc3339_weak(at).ok())
                 .map(|at| at.duration_since(now).unwrap_or_default()),
         })
     };
     RateLimits {
-        requests: read("requests"),
+        requests: read(
+            "anthropic-ratelimit-requests-remaining",
+            "anthropic-ratelimit-requests-reset",
+        ),
         // The combined limit when the organisation has one, else the input
         // side (what a request's estimate mostly is).
-        tokens: read("tokens").or_else(|| read("input-tokens")),
+        tokens: read(
+            "anthropic-ratelimit-tokens-remaining",
+            "anthropic-ratelimit-tokens-reset",
+        )
+        .or_else(|| {
+            read(
+                "anthropic-ratelimit-input-tokens-remaining",
+                "anthropic-ratelimit-input-tokens-reset",
+            )
+        }),
     }
 }
 
