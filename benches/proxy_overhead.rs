@@ -46,7 +46,9 @@
 //! noise does not move:
 //! `BENCH_SECONDS=0 BENCH_HELD_STREAMS=0 BENCH_CALLGRIND=4000 cargo bench --bench proxy_overhead`
 //! (`BENCH_CALLGRIND_OUT=DIR`, an empty directory, keeps the dumps for
-//! `callgrind_annotate`).
+//! `callgrind_annotate`). `BENCH_CALLGRIND_CLIENTS=100000` then adds that
+//! many clients to the vault (through the library) and counts keygate again:
+//! the cost per request at one client and at many, in one run.
 //!
 //! With `BENCH_REDIS=1` (and redis-server installed) it also compares a
 //! limited client's requests with limits in memory against limits shared
@@ -55,6 +57,9 @@
 
 // A benchmark panics loudly on a broken setup; that is its error handling.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+
+#[path = "support/big_vault.rs"]
+mod big_vault;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write};
@@ -1424,8 +1429,17 @@ async fn instructions_per_request(
         .unwrap_or_else(|| dir.path().join("dumps"));
     std::fs::create_dir_all(&dumps_dir).expect("dumps dir");
     let mut rows = Vec::new();
-    for name in ["floor", "nginx", "keygate"] {
-        let out = dumps_dir.join(name);
+    let many: usize = env_or("BENCH_CALLGRIND_CLIENTS", 0);
+    for name in ["floor", "nginx", "keygate", "keygate, many clients"] {
+        if name == "keygate, many clients" {
+            if many == 0 {
+                continue;
+            }
+            let dir = config.parent().expect("config dir");
+            let kek = big_vault::kek(&dir.join("master.key"));
+            big_vault::fill(&dir.join("keygate.vault"), &kek, "openai", many, 0);
+        }
+        let out = dumps_dir.join(name.replace(", ", "-").replace(' ', "-"));
         let mut command = Command::new("valgrind");
         command
             .arg("--tool=callgrind")
@@ -1469,7 +1483,11 @@ async fn instructions_per_request(
             fixed_count(&url, client_key, stream, count).await;
             let dumps = std::fs::read_dir(&dumps_dir).expect("dir").count();
             callgrind_control(&["-d", &pid]);
-            let dump = dumps_dir.join(format!("{name}.{}", per.len() + 1));
+            let dump = dumps_dir.join(format!(
+                "{}.{}",
+                name.replace(", ", "-").replace(' ', "-"),
+                per.len() + 1
+            ));
             let deadline = Instant::now() + Duration::from_secs(30);
             while std::fs::read_dir(&dumps_dir).expect("dir").count() == dumps
                 && Instant::now() < deadline
@@ -1509,6 +1527,16 @@ async fn instructions_per_request(
             line.push_str(&format!(", ÷ nginx {:.2}x", keygate[i] / nginx[i].max(1.0)));
         }
         println!("{line}");
+    }
+    if let Some(big) = of("keygate, many clients") {
+        for (i, what) in ["per JSON request", "per SSE stream"].iter().enumerate() {
+            println!(
+                "  {what:<18} keygate, 1 client {:>8.0}   with {many} more clients {:>8.0} ({:+.2} %)",
+                keygate[i],
+                big[i],
+                (big[i] / keygate[i].max(1.0) - 1.0) * 100.0
+            );
+        }
     }
 }
 
