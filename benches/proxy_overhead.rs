@@ -49,7 +49,9 @@
 //! `callgrind_annotate`). With `BENCH_EVERYTHING=1` a fourth process is
 //! counted: keygate with every feature of the round on
 //! (`benches/everything_on.toml`, a client with limits and a dollar budget,
-//! the mock sending rate-limit headers).
+//! the mock sending rate-limit headers). `BENCH_CALLGRIND_CLIENTS=100000`
+//! then adds that many clients to the vault (through the library) and counts
+//! keygate again: the cost per request at one client and at many, in one run.
 //!
 //! With `BENCH_REDIS=1` (and redis-server installed) it also compares a
 //! limited client's requests with limits in memory against limits shared
@@ -58,6 +60,9 @@
 
 // A benchmark panics loudly on a broken setup; that is its error handling.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+
+#[path = "support/big_vault.rs"]
+mod big_vault;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write};
@@ -1475,13 +1480,21 @@ async fn instructions_per_request(
         .unwrap_or_else(|| dir.path().join("dumps"));
     std::fs::create_dir_all(&dumps_dir).expect("dumps dir");
     let mut rows = Vec::new();
-    let names: &[&str] = if everything.is_some() {
-        &["floor", "nginx", "keygate", "keygate+all"]
-    } else {
-        &["floor", "nginx", "keygate"]
-    };
-    for &name in names {
-        let out = dumps_dir.join(name);
+    let many: usize = env_or("BENCH_CALLGRIND_CLIENTS", 0);
+    let mut names = vec!["floor", "nginx", "keygate"];
+    if everything.is_some() {
+        names.push("keygate+all");
+    }
+    if many > 0 {
+        names.push("keygate, many clients");
+    }
+    for name in names {
+        if name == "keygate, many clients" {
+            let dir = config.parent().expect("config dir");
+            let kek = big_vault::kek(&dir.join("master.key"));
+            big_vault::fill(&dir.join("keygate.vault"), &kek, "openai", many, 0);
+        }
+        let out = dumps_dir.join(name.replace(", ", "-").replace(' ', "-"));
         let (config, client_key) = match (name, everything) {
             ("keygate+all", Some((all, key))) => (all.as_path(), key.as_str()),
             _ => (config, client_key),
@@ -1529,7 +1542,11 @@ async fn instructions_per_request(
             fixed_count(&url, client_key, stream, count).await;
             let dumps = std::fs::read_dir(&dumps_dir).expect("dir").count();
             callgrind_control(&["-d", &pid]);
-            let dump = dumps_dir.join(format!("{name}.{}", per.len() + 1));
+            let dump = dumps_dir.join(format!(
+                "{}.{}",
+                name.replace(", ", "-").replace(' ', "-"),
+                per.len() + 1
+            ));
             let deadline = Instant::now() + Duration::from_secs(30);
             while std::fs::read_dir(&dumps_dir).expect("dir").count() == dumps
                 && Instant::now() < deadline
@@ -1577,6 +1594,16 @@ async fn instructions_per_request(
             ));
         }
         println!("{line}");
+    }
+    if let Some(big) = of("keygate, many clients") {
+        for (i, what) in ["per JSON request", "per SSE stream"].iter().enumerate() {
+            println!(
+                "  {what:<18} keygate, 1 client {:>8.0}   with {many} more clients {:>8.0} ({:+.2} %)",
+                keygate[i],
+                big[i],
+                (big[i] / keygate[i].max(1.0) - 1.0) * 100.0
+            );
+        }
     }
 }
 

@@ -53,6 +53,8 @@ pub struct ReloadOutcome {
     pub generation: u64,
     /// Why nothing was published (the same words as the log line; no secret).
     pub error: Option<String>,
+    /// How long it took, from reading the file to publishing, in milliseconds.
+    pub took_ms: u64,
 }
 
 /// Identity of a file's current content, cheap to compare.
@@ -140,7 +142,9 @@ impl VaultWatch {
         published: &ArcSwap<Snapshot>,
         metrics: &Metrics,
     ) -> Result<bool, ReloadError> {
+        let started = std::time::Instant::now();
         let result = self.load_and_publish(config, published, metrics);
+        let took_ms = started.elapsed().as_millis() as u64;
         let label = match &result {
             Ok(true) => "ok",
             Ok(false) => return result,
@@ -152,7 +156,9 @@ impl VaultWatch {
             result: label,
             generation: self.generation,
             error: result.as_ref().err().map(ToString::to_string),
+            took_ms,
         });
+
         result
     }
 
@@ -162,6 +168,7 @@ impl VaultWatch {
         published: &ArcSwap<Snapshot>,
         metrics: &Metrics,
     ) -> Result<bool, ReloadError> {
+        let started = std::time::Instant::now();
         self.seen = (stamp(self.vault.path()), stamp(&self.master.file));
         let loaded = match self.vault.load(&self.kek) {
             Err(VaultError::WrongMasterKey { .. }) => {
@@ -230,6 +237,7 @@ impl VaultWatch {
             clients = snapshot.clients.len(),
             usable_keys = usable,
             read_only = loaded.read_only,
+            took_ms = started.elapsed().as_millis() as u64,
             "vault loaded"
         );
         published.store(Arc::new(snapshot));

@@ -25,6 +25,37 @@ pub struct ClientInfo {
     pub limits: ClientLimits,
 }
 
+/// A client record as `GET /admin/clients` lists it, read from the snapshot
+/// so that a listing never decrypts the vault. Revoked clients and decoys are
+/// listed too, though they are never in [`Snapshot::clients`].
+#[derive(Debug)]
+pub struct ListedClient {
+    /// Name and limits (shared with the lookup table for active clients).
+    pub info: Arc<ClientInfo>,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds of revocation.
+    pub revoked: Option<u64>,
+    /// While a rotated client's old key is valid: until when.
+    pub old_key_valid_until: Option<u64>,
+    /// A decoy (its key is never valid).
+    pub decoy: bool,
+}
+
+impl ListedClient {
+    /// The row `GET /admin/clients` shows (the same fields as `client list --json`).
+    pub fn summary(&self) -> serde_json::Value {
+        crate::vault::client_record::summary(
+            &self.info.name,
+            self.created,
+            self.revoked,
+            self.old_key_valid_until,
+            self.decoy,
+            &self.info.limits,
+        )
+    }
+}
+
 /// One vault generation, ready for the hot path.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -39,6 +70,9 @@ pub struct Snapshot {
     /// apart from `clients`, so a valid key's lookup is the same with or
     /// without decoys, and a decoy can never grant access.
     pub decoys: HashMap<ClientKeyDigest, Arc<str>>,
+    /// Every client record, by name (ties in the vault's order): the admin
+    /// API's listing, paged by name.
+    pub roster: Vec<ListedClient>,
     /// Key ring per provider name.
     pub rings: Rings,
     /// Unix seconds when a `previous` key's grace ends (the snapshot must be
@@ -59,8 +93,32 @@ impl Snapshot {
         let mut clients = HashMap::new();
         let mut revoked_clients = HashSet::new();
         let mut decoys = HashMap::new();
+        let mut roster = Vec::with_capacity(document.clients.len());
         for c in &document.clients {
-            let Some(digest) = ClientKeyDigest::from_hex(&c.key_sha256) else {
+            let digest = ClientKeyDigest::from_hex(&c.key_sha256);
+            // Both keys of a rotating client stay on the same pool key.
+            let sticky = digest.map_or(0, |d| {
+                let mut first = [0u8; 8];
+                first.copy_from_slice(&d.0[..8]);
+                u64::from_le_bytes(first)
+            });
+            let info = |digest| {
+                Arc::new(ClientInfo {
+                    name: Arc::from(c.name.as_str()),
+                    digest,
+                    sticky,
+                    limits: c.limits,
+                })
+            };
+            let listed = info(digest.unwrap_or(ClientKeyDigest([0; 32])));
+            roster.push(ListedClient {
+                info: listed.clone(),
+                created: c.created,
+                revoked: c.revoked,
+                old_key_valid_until: c.old_key.as_ref().map(|o| o.valid_until),
+                decoy: c.decoy,
+            });
+            let Some(digest) = digest else {
                 continue;
             };
             let old = c
@@ -73,22 +131,10 @@ impl Snapshot {
                 continue;
             }
             if c.decoy {
-                decoys.insert(digest, Arc::from(c.name.as_str()));
+                decoys.insert(digest, listed.name.clone());
                 continue;
             }
-            // Both keys of a rotating client stay on the same pool key.
-            let Some(sticky) = digest.0[..8].try_into().ok().map(u64::from_le_bytes) else {
-                continue;
-            };
-            let info = |digest| {
-                Arc::new(ClientInfo {
-                    name: Arc::from(c.name.as_str()),
-                    digest,
-                    sticky,
-                    limits: c.limits,
-                })
-            };
-            clients.insert(digest, info(digest));
+            clients.insert(digest, listed);
             match old {
                 Some((old, until)) if until > now => {
                     clients.insert(old, info(old));
@@ -99,6 +145,8 @@ impl Snapshot {
                 None => {}
             }
         }
+        // Stable: a name's records keep the vault's order.
+        roster.sort_by(|a, b| a.info.name.cmp(&b.info.name));
         let rings = config
             .providers
             .values()
@@ -130,6 +178,7 @@ impl Snapshot {
             clients,
             revoked_clients,
             decoys,
+            roster,
             rings,
             next_expiry,
         }

@@ -282,22 +282,41 @@ impl ClientRecord {
 
     /// What `client list --json` and `GET /admin/clients` show (never the key hash).
     pub fn summary(&self) -> serde_json::Value {
-        let mut summary = serde_json::json!({
-            "name": self.name,
-            "created": self.created,
-            "revoked": self.revoked,
-            "old_key_valid_until": self.old_key.as_ref().map(|o| o.valid_until),
-            "decoy": self.decoy,
-        });
-        if let (Some(fields), Ok(serde_json::Value::Object(limits))) =
-            (summary.as_object_mut(), serde_json::to_value(self.limits))
-        {
-            fields.extend(limits);
-            fields.insert(
-                "budget_usd".to_owned(),
-                serde_json::json!(self.limits.budget_usd_micros.map(|m| m as f64 / 1e6)),
-            );
-        }
-        summary
+        summary(
+            &self.name,
+            self.created,
+            self.revoked,
+            self.old_key.as_ref().map(|o| o.valid_until),
+            self.decoy,
+            &self.limits,
+        )
     }
+}
+
+/// A client's row in `client list --json` and `GET /admin/clients`: the one
+/// definition of its fields, whether read from the vault or from the
+/// server's snapshot.
+pub fn summary(
+    name: &str,
+    created: u64,
+    revoked: Option<u64>,
+    old_key_valid_until: Option<u64>,
+    decoy: bool,
+    limits: &ClientLimits,
+) -> serde_json::Value {
+    let mut summary = serde_json::json!({
+        "name": name,
+        "created": created,
+        "revoked": revoked,
+        "old_key_valid_until": old_key_valid_until,
+        "decoy": decoy,
+    });
+    let budget_usd = limits.budget_usd_micros.map(|m| m as f64 / 1e6);
+    if let (Some(fields), Ok(serde_json::Value::Object(limits))) =
+        (summary.as_object_mut(), serde_json::to_value(limits))
+    {
+        fields.extend(limits);
+        fields.insert("budget_usd".to_owned(), serde_json::json!(budget_usd));
+    }
+    summary
 }

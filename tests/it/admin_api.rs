@@ -417,3 +417,47 @@ async fn the_admin_listener_answers_only_to_addresses_localhost_and_listed_names
         assert!(!text.contains("keygate_"), "no metric leaked: {text}");
     }
 }
+
+/// The names on one `GET /admin/clients` page.
+async fn client_page(env: &Env, query: &str) -> Vec<String> {
+    let resp = admin(env, authed(Req::get(&format!("/admin/clients{query}")))).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.json()
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {}", resp.text()))
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_clients_are_paged_by_name_and_a_name_is_never_split() {
+    let env = start_with_token(Env::setup()).await;
+    for args in [
+        &["client", "add", "zed"][..],
+        &["client", "add", "dup"],
+        &["client", "revoke", "dup"],
+        &["client", "add", "dup"],
+        &["client", "add", "c-2"],
+        &["client", "add", "c-1"],
+    ] {
+        env.kg.run(args).assert_ok("client change");
+    }
+    // Listed at once (the listing catches up with the vault on its own).
+    assert_eq!(
+        client_page(&env, "").await,
+        ["app", "c-1", "c-2", "dup", "dup", "zed"]
+    );
+    assert_eq!(client_page(&env, "?limit=2").await, ["app", "c-1"]);
+    // The revoked `dup` and its successor stay on one page.
+    assert_eq!(
+        client_page(&env, "?limit=2&after=c-1").await,
+        ["c-2", "dup", "dup"]
+    );
+    assert_eq!(client_page(&env, "?limit=2&after=dup").await, ["zed"]);
+    assert!(client_page(&env, "?limit=2&after=zed").await.is_empty());
+    for bad in ["?limit=0", "?limit=many", "?limit=10001", "?page=2"] {
+        let resp = admin(&env, authed(Req::get(&format!("/admin/clients{bad}")))).await;
+        assert_admin_error(&resp, 400, "bad_request");
+    }
+}

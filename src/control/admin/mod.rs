@@ -228,7 +228,7 @@ async fn admin_api(
     let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     match (method, segments.as_slice()) {
         (Method::GET, ["keys"]) => list_keys(shared),
-        (Method::GET, ["clients"]) => list_clients(shared),
+        (Method::GET, ["clients"]) => list_clients(shared, &query),
         (Method::GET, ["providers"]) => list_providers(shared),
         (Method::GET, ["activity"]) => Ok(shared
             .key_events

@@ -36,23 +36,68 @@ pub(super) fn list_keys(shared: &Shared) -> Result<serde_json::Value, AdminError
     ))
 }
 
-pub(super) fn list_clients(shared: &Shared) -> Result<serde_json::Value, AdminError> {
-    let document = load_document(shared)?;
+/// Rows of `GET /admin/clients` when no `limit` is given.
+pub(super) const CLIENTS_PAGE: usize = 1000;
+/// The most rows one `GET /admin/clients` answers with.
+const CLIENTS_PAGE_MAX: usize = 10_000;
+
+/// `GET /admin/clients?limit=N&after=NAME`: one page of clients by name,
+/// from the snapshot being served (a listing never decrypts the vault, so
+/// it costs the page, not the vault). The next page starts `after` the last
+/// name shown; a name's records (a revoked one and its successor) are never
+/// split across pages.
+pub(super) fn list_clients(shared: &Shared, query: &str) -> Result<serde_json::Value, AdminError> {
+    let (mut limit, mut after) = (CLIENTS_PAGE, None);
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match &*name {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=CLIENTS_PAGE_MAX).contains(n))
+                    .ok_or_else(|| {
+                        AdminError::BadRequest(format!(
+                            "limit: a whole number of clients from 1 to {CLIENTS_PAGE_MAX}"
+                        ))
+                    })?
+            }
+            "after" => after = Some(value.into_owned()),
+            _ => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown query parameter `{name}`"
+                )))
+            }
+        }
+    }
+    // A change the reloader has not polled yet is listed all the same.
+    tokio::task::block_in_place(|| {
+        if shared.control().changed() {
+            let _ = shared.reload();
+        }
+    });
+    let snapshot = shared.snapshot();
+    let roster = &snapshot.roster;
+    let start = after.map_or(0, |after| {
+        roster.partition_point(|c| *c.info.name <= *after.as_str())
+    });
+    let mut end = (start + limit).min(roster.len());
+    while end > start && end < roster.len() && roster[end].info.name == roster[end - 1].info.name {
+        end += 1;
+    }
     let now = crate::unix_now();
     Ok(serde_json::Value::Array(
-        document
-            .clients
+        roster[start..end]
             .iter()
             .map(|c| {
                 let mut summary = c.summary();
                 // This replica's counts, against the limits (the status page's "how close").
-                let (requests, tokens, spent, micros) = shared.limits.counted(&c.name, now);
+                let (requests, tokens, spent, micros) = shared.limits.counted(&c.info.name, now);
                 summary["counted"] = serde_json::json!({
                     "requests_this_minute": requests,
                     "tokens_this_minute": tokens,
                     "tokens_spent": spent,
                     "usd_spent": micros as f64 / 1e6,
-                    "budget_window_start": c.limits.budget_period.map(|p| p.window_start(now)),
+                    "budget_window_start": c.info.limits.budget_period.map(|p| p.window_start(now)),
                 });
                 summary
             })

@@ -3,6 +3,9 @@
 // /admin/* JSON with the admin token kept in sessionStorage (never in a URL).
 const $ = (id) => document.getElementById(id);
 const TOKEN = "keygate-admin-token";
+// The clients table shows one page of the admin API's listing (by name).
+const CLIENTS_PAGE = 100;
+let clientsAfter = null;
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -104,7 +107,7 @@ async function refresh() {
       admin("/admin/activity"),
       admin("/admin/providers"),
       admin("/admin/keys"),
-      admin("/admin/clients"),
+      admin("/admin/clients?limit=" + CLIENTS_PAGE + (clientsAfter === null ? "" : "&after=" + encodeURIComponent(clientsAfter))),
       admin("/admin/usage?since=1h"),
       admin("/admin/usage?since=1d"),
       admin("/admin/events?since=7d&limit=15"),
@@ -187,6 +190,9 @@ async function refresh() {
       el("td", { class: "num" }, String(d[c.name] || 0)), el("td", {}, bar(d[c.name] || 0, maxD)),
       el("td", { class: "num spend" }, "$" + (spend[c.name] || 0).toFixed(4))));
   }
+  $("clients-first").hidden = clientsAfter === null;
+  $("clients-next").hidden = clients.length < CLIENTS_PAGE;
+  $("clients-next").dataset.after = clients.length ? clients[clients.length - 1].name : "";
   const happened = $("events");
   happened.replaceChildren(el("tr", {}, ...["when", "event", "about", "delivery"].map((h) => el("th", {}, h))));
   if (events.length === 0) {
@@ -206,6 +212,15 @@ async function refresh() {
   }
   $("updated").textContent = "updated " + new Date().toLocaleTimeString();
 }
+
+$("clients-next").addEventListener("click", () => {
+  clientsAfter = $("clients-next").dataset.after;
+  refresh();
+});
+$("clients-first").addEventListener("click", () => {
+  clientsAfter = null;
+  refresh();
+});
 
 $("login").addEventListener("submit", (event) => {
   event.preventDefault();
