@@ -105,7 +105,7 @@ pub(super) fn run(
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        say!("{}", serde_json::Value::Array(rows));
     } else {
         for line in &report.0 {
             let fix = line
@@ -113,7 +113,7 @@ pub(super) fn run(
                 .as_ref()
                 .map(|f| format!(" — fix: {f}"))
                 .unwrap_or_default();
-            println!(
+            say!(
                 "{:<5} {:<14} {}{fix}",
                 line.status.word(),
                 line.check,

@@ -3,6 +3,27 @@
 //!
 //! Every error becomes a [`CliError`], whose exit code (2 usage/config, 1
 //! runtime) and message are chosen here; messages never contain a secret.
+//! Output goes through [`say!`] and [`note!`] ([`stdout`]), which never panic.
+
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+/// `println!` for the CLI: a line on standard output that never panics
+/// (a closed pipe drops it; see [`stdout`]).
+macro_rules! say {
+    () => {
+        $crate::cli::stdout::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::stdout::line(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` for the CLI: a line on standard error that never panics.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::cli::stdout::note_line(format_args!($($arg)*))
+    };
+}
 
 mod admin_key;
 mod client;
@@ -10,8 +31,12 @@ mod doctor;
 mod events;
 mod key;
 mod prices;
+// Not yet moved to `say!` (its owners are still at work there): the one
+// command whose output a closed pipe can still turn into a panic.
+#[allow(clippy::print_stdout, clippy::print_stderr)]
 mod scan;
 mod serve;
+pub(crate) mod stdout;
 mod usage;
 mod vault;
 
@@ -195,8 +220,11 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
     // Needs no config, vault or key: works before anything is set up.
     if let Command::Completions { shell } = cli.command {
         let mut command = <Cli as clap::CommandFactory>::command();
-        clap_complete::generate(shell, &mut command, "keygate", &mut std::io::stdout());
-        return Ok(());
+        // Into memory first: the generator panics when its writer fails.
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command, "keygate", &mut script);
+        stdout::bytes(&script);
+        return stdout::finish();
     }
     let lookup = |name: &str| {
         env.iter()
@@ -222,7 +250,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
     let admin_token = lookup(&config.admin.token_env);
     let token_env = config.admin.token_env.clone();
     let context = Context { config, master };
-    match cli.command {
+    let done = match cli.command {
         Command::Serve {
             accept_vault_generation,
         } => serve::run(
@@ -240,7 +268,8 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         Command::AdminKey(command) => admin_key::run(&context, command),
         Command::Completions { .. } => Ok(()),
         Command::Doctor { json } => doctor::run(&context, &env, admin_token.is_some(), json),
-    }
+    };
+    done.and_then(|()| stdout::finish())
 }
 
 /// Reads a secret from stdin, telling a human at a terminal what to do.
@@ -248,7 +277,7 @@ pub(crate) fn read_secret_from_stdin(what: &str) -> Result<Secret, CliError> {
     use std::io::IsTerminal;
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        eprintln!("Paste the {what}, then press Enter and Ctrl-D (it is not echoed to any log):");
+        note!("Paste the {what}, then press Enter and Ctrl-D (it is not echoed to any log):");
     }
     let secret = Secret::read_from(stdin.lock())
         .map_err(|e| CliError::Runtime(format!("cannot read the {what} from stdin: {e}")))?;

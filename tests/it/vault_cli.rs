@@ -289,3 +289,109 @@ fn client_add_prints_a_well_formed_key_once_and_lists_never_show_it() {
     assert!(out.stdout.contains("beta"), "{}", out.stdout);
     assert_eq!(find_token(&out.stdout, "kg_"), None, "{}", out.stdout);
 }
+
+#[test]
+fn client_add_and_rotate_print_the_key_alone_on_stdout_for_scripts() {
+    let kg = Keygate::new(&KeygateBuilder::new());
+    kg.vault_init();
+    // `KEY=$(keygate client add app)` captures the key and nothing else.
+    let out = kg.run(&["client", "add", "app"]);
+    out.assert_ok("client add");
+    let key = kg.issued_key(&out);
+    assert_eq!(out.stdout, format!("{key}\n"));
+    assert!(
+        out.stderr.contains("client `app` created"),
+        "the words for a person are on stderr: {}",
+        out.stderr
+    );
+    let out = kg.run(&["client", "add", "bot", "--json"]);
+    out.assert_ok("client add --json");
+    let key = kg.issued_key(&out);
+    let line: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON value ({e}): {}", out.stdout));
+    assert_eq!(
+        line,
+        serde_json::json!({"name": "bot", "key": key, "decoy": false})
+    );
+
+    let out = kg.run(&["client", "rotate", "app", "--grace", "1h"]);
+    out.assert_ok("client rotate");
+    let new = kg.issued_key(&out);
+    assert_eq!(out.stdout, format!("{new}\n"));
+    assert!(
+        out.stderr.contains("old key keeps working until"),
+        "{}",
+        out.stderr
+    );
+    let out = kg.run(&["client", "rotate", "bot", "--json"]);
+    out.assert_ok("client rotate --json");
+    let new = kg.issued_key(&out);
+    let line: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!((&line["name"], &line["key"]), (&"bot".into(), &new.into()));
+    let listed: serde_json::Value =
+        serde_json::from_str(&kg.run(&["client", "list", "--json"]).stdout).unwrap();
+    let bot = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "bot")
+        .unwrap();
+    assert_eq!(
+        line["old_key_valid_until"], bot["old_key_valid_until"],
+        "{listed}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_never_panics_and_a_key_nobody_got_is_taken_back() {
+    let kg = keygate_with_a_key();
+    kg.add_client("app");
+    let clients = || -> serde_json::Value {
+        serde_json::from_str(&kg.run(&["client", "list", "--json"]).stdout).unwrap()
+    };
+    let before = clients();
+
+    // `keygate client add late | head -0`: the key could not be handed
+    // over, so the client is not left behind holding it.
+    let out = kg.run_with_stdout_closed(&["client", "add", "late"]);
+    out.assert_code(1, "client add into a closed pipe");
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("client `late` was not created"),
+        "{}",
+        out.stderr
+    );
+    // `keygate client rotate app | head -0`: the old key stays the key.
+    let out = kg.run_with_stdout_closed(&["client", "rotate", "app"]);
+    out.assert_code(1, "client rotate into a closed pipe");
+    assert!(
+        out.stderr.contains("client `app` was not rotated"),
+        "{}",
+        out.stderr
+    );
+    let after = clients();
+    assert_eq!(
+        after.as_array().map(Vec::len),
+        before.as_array().map(Vec::len),
+        "{after}"
+    );
+    assert!(
+        after[0]["old_key_valid_until"].is_null(),
+        "the rotation was undone: {after}"
+    );
+    kg.add_client("late");
+
+    // Everything else: as quiet as `| head` expects, exit 0, no panic.
+    for args in [
+        &["key", "list"][..],
+        &["key", "list", "--json"],
+        &["client", "list"],
+        &["prices"],
+        &["completions", "bash"],
+        &["key", "--help"],
+    ] {
+        let out = kg.run_with_stdout_closed(args);
+        out.assert_code(0, &format!("{args:?} into a closed pipe"));
+        assert!(!out.stderr.contains("panicked"), "{args:?}: {}", out.stderr);
+    }
+}

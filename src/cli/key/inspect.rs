@@ -41,10 +41,10 @@ pub(super) fn list(context: &Context, provider: Option<&str>, json: bool) -> Res
                 row
             })
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        say!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!(
+    say!(
         "{:<13} {:<10} {:<14} {:<9} {:<9} {:<12} {:<17} {:>5}  {:<17} {:<17}",
         "ID",
         "PROVIDER",
@@ -58,7 +58,7 @@ pub(super) fn list(context: &Context, provider: Option<&str>, json: bool) -> Res
         "GRACE ENDS"
     );
     for k in keys {
-        println!(
+        say!(
             "{:<13} {:<10} {:<14} {:<9} {:<9} {:<12} {:<17} {:>5}  {:<17} {:<17}{}",
             k.id,
             k.provider,
@@ -75,7 +75,7 @@ pub(super) fn list(context: &Context, provider: Option<&str>, json: bool) -> Res
         );
         let room = room_of(k);
         if room != Default::default() {
-            println!(
+            say!(
                 "{:<13} headroom: {}, {} open",
                 "",
                 room.describe(),
@@ -126,7 +126,7 @@ pub(super) fn verify(
             rows.push(check.to_json(&key.id, &key.provider, key.label.as_deref()));
         } else {
             let mark = if check.is_ok() { "ok    " } else { "FAILED" };
-            println!(
+            say!(
                 "{mark} {} {:<8} {:<9} {}: {}",
                 key.id,
                 key.provider,
@@ -142,7 +142,7 @@ pub(super) fn verify(
         }
     }
     if json {
-        println!("{}", serde_json::Value::Array(rows));
+        say!("{}", serde_json::Value::Array(rows));
     }
     if checked == 0 {
         return Err(CliError::Runtime(

@@ -234,7 +234,7 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             let (current, previous) = context.vault().update(&kek, |doc| {
                 ops::rollback(doc, &provider, grace_until, crate::unix_now()).map_err(op_error)
             })?;
-            println!("keygate: rolled back {provider}: {current} is current again, {previous} is the fallback");
+            say!("keygate: rolled back {provider}: {current} is current again, {previous} is the fallback");
             Ok(())
         }
         KeyCommand::Revoke {
@@ -260,7 +260,7 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
                 )
                 .map_err(op_error)
             })?;
-            println!("keygate: {key_id} revoked; a running server stops using it within a second");
+            say!("keygate: {key_id} revoked; a running server stops using it within a second");
             let must = at_provider.then_some(key_id.as_str());
             provider::settle_owed(context, &vault, &kek, must)
         }

@@ -249,8 +249,8 @@ impl Keygate {
                 let _ = sin.write_all(input.as_bytes());
             }
             drop(sin);
-            let out = reader(child.stdout.take().expect("stdout"));
-            let err = reader(child.stderr.take().expect("stderr"));
+            let out = reader_thread(child.stdout.take().expect("stdout"));
+            let err = reader_thread(child.stderr.take().expect("stderr"));
             let status = wait_bounded(&mut child, CLI_TIMEOUT);
             let stdout = out.join().unwrap_or_default();
             let stderr = err.join().unwrap_or_default();
@@ -318,11 +318,7 @@ impl Keygate {
     /// remembered as a secret and allowed on that one line.
     pub fn client_key_from(&self, out: &Out) -> String {
         out.assert_ok("client add");
-        let key = find_token(&out.stdout, "kg_")
-            .unwrap_or_else(|| panic!("`client add` printed no kg_ key: {}", out.stdout));
-        self.register_secret(&key);
-        self.captures.exempt(out.capture, &key);
-        key
+        self.issued_key(out)
     }
 
     /// `keygate client rotate NAME ARGS…`; returns the new `kg_…` key it printed.
@@ -331,11 +327,49 @@ impl Keygate {
         all.extend_from_slice(args);
         let out = self.run(&all);
         out.assert_ok("client rotate");
+        self.issued_key(&out)
+    }
+
+    /// The `kg_` key a command printed once on stdout (`client add`,
+    /// `client rotate`), remembered as a secret that may appear on that one
+    /// line of its output and nowhere else.
+    pub fn issued_key(&self, out: &Out) -> String {
         let key = find_token(&out.stdout, "kg_")
-            .unwrap_or_else(|| panic!("`client rotate` printed no kg_ key: {}", out.stdout));
+            .unwrap_or_else(|| panic!("no kg_ key on stdout: {}", out.stdout));
         self.register_secret(&key);
         self.captures.exempt(out.capture, &key);
         key
+    }
+
+    /// Run a CLI command whose standard output is a pipe nobody reads any
+    /// more (`keygate … | head -0`); its stdout is empty here.
+    pub fn run_with_stdout_closed(&self, args: &[&str]) -> Out {
+        let label = format!("keygate {} | (closed)", args.join(" "));
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let mut cmd = self.command(args, &[]);
+        cmd.stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped());
+        blocking(|| {
+            let mut child = cmd.spawn().expect("spawn keygate");
+            // The parent's copy of the write end goes with `cmd`.
+            drop(cmd);
+            let err = reader_thread(child.stderr.take().expect("stderr"));
+            let status = wait_bounded(&mut child, CLI_TIMEOUT);
+            let stderr = err.join().unwrap_or_default();
+            let capture = self
+                .captures
+                .record(&label, format!("--- stderr\n{stderr}"));
+            let status =
+                status.unwrap_or_else(|| panic!("`{label}` did not finish: {}", tail(&stderr)));
+            Out {
+                code: status.code(),
+                stdout: String::new(),
+                stderr,
+                capture,
+            }
+        })
     }
 
     /// Start `keygate serve` and wait for its two listener lines.
@@ -475,7 +509,7 @@ impl Drop for Keygate {
     }
 }
 
-fn reader(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
+fn reader_thread(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = r.read_to_end(&mut buf);
