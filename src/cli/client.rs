@@ -7,6 +7,7 @@
 
 use clap::{Args, Subcommand};
 
+use super::table::{Align, Table};
 use super::{format_time, stdout, CliError, Context};
 use crate::vault::client_key;
 use crate::vault::client_record::{dollars, BudgetPeriod};
@@ -237,18 +238,17 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
         say!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    say!(
-        "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14} {:>12} {:>9}  {:<17}",
-        "NAME",
-        "CREATED",
-        "STATUS",
-        "RPM",
-        "TPM",
-        "BUDGET",
-        "BUDGET USD",
-        "PERIOD",
-        "OLD KEY VALID UNTIL"
-    );
+    let mut table = Table::new(&[
+        ("NAME", Align::Left),
+        ("CREATED", Align::Left),
+        ("STATUS", Align::Left),
+        ("RPM", Align::Right),
+        ("TPM", Align::Right),
+        ("BUDGET", Align::Right),
+        ("BUDGET USD", Align::Right),
+        ("PERIOD", Align::Right),
+        ("OLD KEY VALID UNTIL", Align::Left),
+    ]);
     let now = crate::unix_now();
     let limit = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
     for c in clients {
@@ -257,26 +257,29 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
             .as_ref()
             .filter(|o| o.valid_until > now && c.revoked.is_none())
             .map_or_else(|| "-".to_owned(), |o| format_time(o.valid_until));
-        say!(
-            "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14} {:>12} {:>9}  {:<17}",
-            c.name,
+        let status = match (c.revoked.is_some(), c.decoy) {
+            (true, _) => "revoked",
+            (false, true) => "DECOY",
+            (false, false) => "active",
+        };
+        table.row(vec![
+            c.name.clone(),
             format_time(c.created),
-            match (c.revoked.is_some(), c.decoy) {
-                (true, _) => "revoked",
-                (false, true) => "DECOY",
-                (false, false) => "active",
-            },
+            status.to_owned(),
             limit(c.limits.rpm.map(|v| v.to_string())),
             limit(c.limits.tpm.map(|v| v.to_string())),
             limit(c.limits.budget_tokens.map(|v| v.to_string())),
             limit(
                 c.limits
                     .budget_usd_micros
-                    .map(|v| format!("${}", dollars(v)))
+                    .map(|v| format!("${}", dollars(v))),
             ),
             limit(c.limits.budget_period.map(|p| p.to_string())),
             old_key,
-        );
+        ]);
+    }
+    for line in table.lines() {
+        say!("{line}");
     }
     Ok(())
 }

@@ -37,6 +37,7 @@ mod prices;
 mod scan;
 mod serve;
 pub(crate) mod stdout;
+mod table;
 mod usage;
 mod vault;
 

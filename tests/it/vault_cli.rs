@@ -395,3 +395,47 @@ fn a_closed_stdout_never_panics_and_a_key_nobody_got_is_taken_back() {
         assert!(!out.stderr.contains("panicked"), "{args:?}: {}", out.stderr);
     }
 }
+
+#[test]
+fn key_list_shows_the_keys_in_play_and_recent_ones_in_aligned_columns() {
+    let kg = Keygate::new(&KeygateBuilder::new());
+    kg.vault_init();
+    let long = "a-label-far-longer-than-fourteen-characters";
+    let kept = kg.add_key_with("openai", OPENAI_KEY, &["--label", long]);
+    let gone = kg.add_key_with("openai", OPENAI_KEY_2, &["--label", "b"]);
+    kg.run(&["key", "revoke", &gone]).assert_ok("key revoke");
+
+    let out = kg.run(&["key", "list"]);
+    out.assert_ok("key list");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    // Every row's STATE and HEALTH start under their headers.
+    for header in ["STATE", "HEALTH"] {
+        let at = lines[0].find(header).unwrap();
+        for row in &lines[1..] {
+            let cell = row[at..].split_whitespace().next().unwrap_or_default();
+            assert!(
+                matches!(cell, "current" | "revoked" | "-"),
+                "`{header}` column misaligned:\n{}",
+                out.stdout
+            );
+        }
+    }
+
+    // A key out of use for longer than --recent (default 24h) is left out,
+    // and stderr says how to see it; --all lists the whole history.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = kg.run(&["key", "list", "--recent", "1s"]);
+    out.assert_ok("key list --recent 1s");
+    assert!(out.stdout.contains(&kept), "{}", out.stdout);
+    assert!(!out.stdout.contains(&gone), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("1 key(s) out of use") && out.stderr.contains("--all"),
+        "{}",
+        out.stderr
+    );
+    let json = kg.run(&["key", "list", "--json", "--recent", "1s"]).stdout;
+    assert!(json.contains(&kept) && !json.contains(&gone), "{json}");
+    let all = kg.run(&["key", "list", "--all"]).stdout;
+    assert!(all.contains(&kept) && all.contains(&gone), "{all}");
+}
