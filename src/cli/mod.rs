@@ -36,6 +36,7 @@ mod prices;
 #[allow(clippy::print_stdout, clippy::print_stderr)]
 mod scan;
 mod serve;
+mod stdin;
 pub(crate) mod stdout;
 mod table;
 mod usage;
@@ -49,6 +50,7 @@ use crate::config::{Config, ConfigError, Sources};
 use crate::net::upstream::Upstream;
 use crate::vault::secret::Secret;
 use crate::vault::{Kek, MasterKeySources, ServedRecord, Vault, VaultError};
+pub(crate) use stdin::read_secret_from_stdin;
 
 /// keygate: an authenticating reverse proxy for LLM APIs.
 #[derive(Debug, Parser)]
@@ -271,23 +273,6 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         Command::Doctor { json } => doctor::run(&context, &env, admin_token.is_some(), json),
     };
     done.and_then(|()| stdout::finish())
-}
-
-/// Reads a secret from stdin, telling a human at a terminal what to do.
-pub(crate) fn read_secret_from_stdin(what: &str) -> Result<Secret, CliError> {
-    use std::io::IsTerminal;
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        note!("Paste the {what}, then press Enter and Ctrl-D (it is not echoed to any log):");
-    }
-    let secret = Secret::read_from(stdin.lock())
-        .map_err(|e| CliError::Runtime(format!("cannot read the {what} from stdin: {e}")))?;
-    if secret.is_blank() {
-        return Err(CliError::Usage(format!(
-            "no {what} on stdin: pipe it in, e.g. `printf '%s' \"$KEY\" | keygate …`"
-        )));
-    }
-    Ok(secret)
 }
 
 /// A small runtime and upstream client for the commands that call the upstream.

@@ -439,3 +439,25 @@ fn key_list_shows_the_keys_in_play_and_recent_ones_in_aligned_columns() {
     let all = kg.run(&["key", "list", "--all"]).stdout;
     assert!(all.contains(&kept) && all.contains(&gone), "{all}");
 }
+
+#[test]
+fn key_add_at_a_terminal_does_not_show_the_pasted_key() {
+    let kg = Keygate::new(&KeygateBuilder::new());
+    kg.vault_init();
+    kg.register_secret(OPENAI_KEY);
+    let (code, shown) = kg.run_at_terminal(
+        &["key", "add", "openai"],
+        "Paste the upstream API key",
+        OPENAI_KEY,
+        "stty -a",
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("added key_"), "{shown}");
+    assert!(!shown.contains(OPENAI_KEY), "the key was echoed: {shown}");
+    // The terminal's echo is back on afterwards (stty prints `-echo` when off).
+    let flags: Vec<&str> = shown.split_whitespace().collect();
+    assert!(
+        flags.contains(&"echo") && !flags.contains(&"-echo"),
+        "{shown}"
+    );
+}
