@@ -36,6 +36,7 @@ mod prices;
 #[allow(clippy::print_stdout, clippy::print_stderr)]
 mod scan;
 mod serve;
+mod start_checks;
 mod stdin;
 pub(crate) mod stdout;
 mod table;
@@ -258,8 +259,9 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
             accept_vault_generation,
         } => serve::run(
             context,
-            long_enough(admin_token, &token_env)?,
+            start_checks::admin_token(admin_token, &token_env)?,
             accept_vault_generation,
+            &env,
         ),
         Command::Vault(command) => vault::run(&context, command),
         Command::Key(command) => key::run(&context, command),
@@ -270,7 +272,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         Command::Scan(args) => scan::run(&context, args),
         Command::AdminKey(command) => admin_key::run(&context, command),
         Command::Completions { .. } => Ok(()),
-        Command::Doctor { json } => doctor::run(&context, &env, admin_token.is_some(), json),
+        Command::Doctor { json } => doctor::run(&context, &env, admin_token, json),
     };
     done.and_then(|()| stdout::finish())
 }
@@ -301,22 +303,6 @@ pub(crate) fn format_time(unix: u64) -> String {
         .get(..16)
         .unwrap_or(&text)
         .to_owned()
-}
-
-/// The fewest characters an admin token may have.
-const MIN_ADMIN_TOKEN: usize = 16;
-
-/// The admin token, refused when it is short enough to guess.
-fn long_enough(token: Option<Secret>, token_env: &str) -> Result<Option<Secret>, CliError> {
-    if let Some(token) = &token {
-        let length = token.expose().chars().count();
-        if length < MIN_ADMIN_TOKEN {
-            return Err(CliError::Usage(format!(
-                "{token_env} is {length} characters: an admin token must have at least {MIN_ADMIN_TOKEN} (make one with `openssl rand -hex 24`)"
-            )));
-        }
-    }
-    Ok(token)
 }
 
 /// 9999-12-31 23:59:59 UTC, the last second RFC 3339 can write.

@@ -280,3 +280,66 @@ fn an_absurd_grace_is_refused_where_it_is_parsed_and_nothing_is_written() {
         "no rotation was written: {rows}"
     );
 }
+
+/// A setup `serve` refuses at start: the config, the environment, and the
+/// words both `serve` and `doctor`'s failed check say.
+struct Refused {
+    config: KeygateBuilder,
+    env: &'static [(&'static str, &'static str)],
+    check: &'static str,
+    words: &'static str,
+}
+
+/// `serve` refuses to start on each of these; `doctor` fails on each, with
+/// the same words, instead of passing a setup that cannot serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_fails_on_what_serve_refuses_at_start() {
+    let mock = Mock::start(&[OPENAI_KEY], AuthStyle::Bearer).await;
+    let working = || KeygateBuilder::new().provider("openai", &mock.url(), "bearer");
+    let cases = [
+        Refused {
+            config: working().extra(
+                "[[notify]]\nurl = \"http://127.0.0.1:9/hook\"\nsecret_env = \"KG_TEST_SIGNING\"\n",
+            ),
+            env: &[],
+            check: "FAIL  notify",
+            words: "KG_TEST_SIGNING, which is not set",
+        },
+        Refused {
+            config: working()
+                .server("tls_cert", "\"no-such-cert.pem\"")
+                .server("tls_key", "\"no-such-key.pem\""),
+            env: &[],
+            check: "FAIL  tls",
+            words: "cannot load TLS certificate from no-such-cert.pem",
+        },
+        Refused {
+            config: working(),
+            env: &[("KEYGATE_ADMIN_TOKEN", "qz7-vx3-mm")],
+            check: "FAIL  admin token",
+            words: "KEYGATE_ADMIN_TOKEN is 10 characters",
+        },
+    ];
+    for case in cases {
+        let kg = Keygate::new(&case.config);
+        kg.vault_init();
+        kg.add_key("openai", OPENAI_KEY);
+        let serve = kg.run_with(&["serve"], None, case.env);
+        assert_ne!(serve.code, Some(0), "serve started: {}", serve.stderr);
+        assert!(
+            serve.stderr.contains(case.words),
+            "{}: {}",
+            case.words,
+            serve.stderr
+        );
+        let doctor = kg.run_with(&["doctor"], None, case.env);
+        doctor.assert_code(1, case.check);
+        assert!(
+            doctor.stdout.contains(case.check) && doctor.stdout.contains(case.words),
+            "no `{}` … `{}` in:\n{}",
+            case.check,
+            case.words,
+            doctor.stdout
+        );
+    }
+}
