@@ -206,9 +206,16 @@ async fn doctor_checks_everything_and_fails_only_on_what_is_broken() {
         "openai: 1 of 1 usable keys verified working",
         "warn  keys           xai has no usable key",
         "warn  admin token",
+        // Offered by the embedded defaults, never set up: said, not warned.
+        "ok    keys           anthropic: not set up",
     ] {
         assert!(out.stdout.contains(line), "no `{line}` in:\n{}", out.stdout);
     }
+    assert!(
+        !out.stdout.contains("anthropic has no usable key"),
+        "{}",
+        out.stdout
+    );
     let json = kg.run(&["doctor", "--json"]);
     let rows: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
     assert!(

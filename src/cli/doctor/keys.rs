@@ -1,7 +1,8 @@
-//! The keys: every provider has a usable key that the provider accepts
-//! (verified live), keys due for rotation and graces about to end,
-//! management credentials where `auto_rotate` needs them, and the keys at
-//! each provider keygate can list.
+//! The keys: every provider the operator set up has a usable key that the
+//! provider accepts (verified live), keys due for rotation and graces about
+//! to end, management credentials where `auto_rotate` needs them, and the
+//! keys at each provider keygate can list. A provider the embedded defaults
+//! only offer (`Config::is_set_up`) is said to be not set up, not warned about.
 
 use std::time::Duration;
 
@@ -26,6 +27,19 @@ pub(super) fn key_checks(
             .filter(|k| !(k.state == KeyState::Previous && k.grace_until.is_some_and(|t| t <= now)))
             .collect();
         let default = provider.name == context.config.routing.default;
+        let has_keys = document.keys.iter().any(|k| k.provider == provider.name);
+        if !context.config.is_set_up(&provider.name, has_keys) {
+            report.add(
+                "keys",
+                Status::Ok,
+                format!(
+                    "{}: not set up (offered by the embedded defaults, no key in the vault): nothing to check",
+                    provider.name
+                ),
+                None,
+            );
+            continue;
+        }
         if usable.is_empty() {
             report.add(
                 "keys",
