@@ -4,7 +4,7 @@
 //! whose grace ended as retired, as the server does, with a grace-end column;
 //! `keygate completions SHELL` prints a completion script without any setup;
 //! `keygate client rotate` gives a client a second key, both valid until the
-//! grace ends, then the old one is refused as revoked; a lost master key file
+//! grace ends, then the old one is refused as rotated; a lost master key file
 //! is named (absolute path) with the way back, and a running server warns.
 
 use std::time::Duration;
@@ -145,7 +145,23 @@ async fn client_rotate_keeps_both_keys_until_the_grace_ends() {
     })
     .await
     .expect("the old key still works after its grace");
-    assert!(refused.text().contains("revoked"), "{}", refused.text());
+    // Said as it is: the key was rotated, not revoked (the client is fine).
+    let said = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(said.contains("key was rotated"), "{said}");
+    assert!(!said.contains("revoked"), "{said}");
+    let metrics = env.server.admin_get("/metrics").await.text();
+    assert_eq!(
+        crate::support::metrics::metric_value(
+            &metrics,
+            "keygate_client_auth_failures_total",
+            &[("reason", "rotated")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
     let resp = env.server.send(chat(&new)).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
 }
