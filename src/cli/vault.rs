@@ -80,7 +80,7 @@ fn rekey(context: &Context, from_stdin: bool) -> Result<(), CliError> {
         let passphrase = read_secret_from_stdin("new passphrase")?;
         vault.rekey(&old, &Kek::Passphrase(passphrase))?;
         say!(
-            "keygate: vault {} re-keyed under the new passphrase; set KEYGATE_PASSPHRASE to it before the next start",
+            "keygate: vault {} re-keyed under the new passphrase; set KEYGATE_PASSPHRASE to it before the next start, and keep it wherever the old one was kept: from now on only the new passphrase opens the vault",
             vault.path().display()
         );
         return Ok(());
@@ -110,6 +110,10 @@ fn rekey(context: &Context, from_stdin: bool) -> Result<(), CliError> {
     say!(
         "keygate: vault {} re-keyed; the new master key is in {} (a running `keygate serve` picks it up by itself)",
         vault.path().display(),
+        context.master.file.display()
+    );
+    say!(
+        "keygate: back up {} now: from now on only the new master key opens the vault (keep the old key's backup as long as you keep vault backups made before this rekey)",
         context.master.file.display()
     );
     if context.master.env_master_key.is_some() {

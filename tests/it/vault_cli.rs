@@ -461,3 +461,29 @@ fn key_add_at_a_terminal_does_not_show_the_pasted_key() {
         "{shown}"
     );
 }
+
+#[test]
+fn vault_rekey_says_to_back_up_the_new_master_key_the_only_one_that_opens_the_vault() {
+    let kg = keygate_with_a_key();
+    let key_file = kg.master_key_path();
+    let old = std::fs::read(&key_file).unwrap();
+    let out = kg.run(&["vault", "rekey"]);
+    out.assert_ok("vault rekey");
+    let new = std::fs::read(&key_file).unwrap();
+    kg.register_secret(String::from_utf8_lossy(&new).trim());
+    assert_ne!(old, new, "a new master key file");
+    assert!(
+        out.stdout
+            .contains(&format!("back up {} now", key_file.display())),
+        "{}",
+        out.stdout
+    );
+    kg.run(&["key", "list"])
+        .assert_ok("key list with the new master key");
+    // The old key's backup no longer opens this vault.
+    std::fs::write(&key_file, &old).unwrap();
+    chmod(&key_file, 0o600);
+    let out = kg.run(&["key", "list"]);
+    out.assert_code(1, "key list with the old master key");
+    assert!(out.stderr.contains(WRONG_KEY_MSG), "{}", out.stderr);
+}
