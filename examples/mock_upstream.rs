@@ -13,7 +13,8 @@
 //! OpenAI's error JSON for any other key. Like the real APIs, it gzips its
 //! answers when the request accepts gzip (the SDKs send
 //! `Accept-Encoding: gzip, deflate`), so keygate's metering of compressed
-//! answers is exercised by the SDK test too.
+//! answers is exercised by the SDK test too. It has no management API, so
+//! `key rotate --mint` and `key inventory` cannot be tried on it.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 

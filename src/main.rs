@@ -20,7 +20,9 @@ fn main() -> ExitCode {
     match keygate::cli::run(cli, std::env::vars().collect()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("keygate: error: {error}");
+            // Not `eprintln!`: it panics when standard error is closed.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "keygate: error: {error}");
             ExitCode::from(error.exit_code())
         }
     }

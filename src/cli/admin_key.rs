@@ -67,19 +67,19 @@ fn set(context: &Context, provider: &str) -> Result<(), CliError> {
         Ok::<_, CliError>(document.set_admin_key(provider, secret, crate::unix_now()))
     })?;
     match replaced {
-        Some(old) => println!(
+        Some(old) => say!(
             "keygate: stored the {provider} management credential ({fingerprint}), replacing the one stored {} ({})",
             format_time(old.added),
             old.fingerprint
         ),
-        None => println!("keygate: stored the {provider} management credential ({fingerprint})"),
+        None => say!("keygate: stored the {provider} management credential ({fingerprint})"),
     }
     if configured.admin.is_none() {
-        println!(
+        say!(
             "keygate: [providers.{provider}.admin] is not configured yet; add it (docs/vault-and-config.md) before keygate can use this credential"
         );
     }
-    println!(
+    say!(
         "keygate: it is kept apart from the inference keys and is never sent on a client's request"
     );
     Ok(())
@@ -142,16 +142,19 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
                 value
             })
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        say!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
     if rows.is_empty() {
-        println!("keygate: no management credential stored and no [providers.NAME.admin] configured (see `keygate admin-key set --help`)");
+        say!("keygate: no management credential stored and no [providers.NAME.admin] configured (see `keygate admin-key set --help`)");
         return Ok(());
     }
-    println!(
+    say!(
         "{:<12} {:<12} {:<17} {:<17} MANAGEMENT API",
-        "PROVIDER", "FINGERPRINT", "ADDED", "LAST USED"
+        "PROVIDER",
+        "FINGERPRINT",
+        "ADDED",
+        "LAST USED"
     );
     for row in rows {
         let api = match (&row.api, row.provider_configured) {
@@ -167,9 +170,12 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
             ),
             None => ("none (set it)".to_owned(), "-".to_owned(), "-".to_owned()),
         };
-        println!(
+        say!(
             "{:<12} {:<12} {:<17} {:<17} {api}",
-            row.provider, fingerprint, added, last_used
+            row.provider,
+            fingerprint,
+            added,
+            last_used
         );
     }
     Ok(())
@@ -189,7 +195,7 @@ fn remove(context: &Context, provider: &str) -> Result<(), CliError> {
             ))),
         }
     })?;
-    println!(
+    say!(
         "keygate: removed the {provider} management credential ({}) from the vault; revoke it in the provider's console too if it is no longer needed",
         removed.fingerprint
     );

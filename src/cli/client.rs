@@ -1,11 +1,18 @@
-//! `keygate client add | list | limits | revoke`.
+//! `keygate client add | list | limits | revoke | rotate`.
+//!
+//! `add` and `rotate` make a key that exists nowhere else: it is written to
+//! standard output alone (or in `--json`) before anything else is said, and
+//! when it cannot be written there the vault change is undone, so no client
+//! is left holding a key nobody has. What is said to a person goes to stderr.
 
 use clap::{Args, Subcommand};
 
-use super::{format_time, CliError, Context};
+use super::table::{Align, Table};
+use super::{format_time, stdout, CliError, Context};
 use crate::vault::client_key;
 use crate::vault::client_record::{dollars, BudgetPeriod};
 use crate::vault::document::{ClientLimits, ClientRecord};
+use crate::vault::secret::Secret;
 
 /// `--rpm`, `--tpm`, `--budget-tokens`, `--budget-usd`, `--budget-period`:
 /// a [`ClientLimits`] from the command line.
@@ -60,6 +67,9 @@ pub enum ClientCommand {
         /// a thief would look.
         #[arg(long, conflicts_with_all = ["rpm", "tpm", "budget_tokens"])]
         decoy: bool,
+        /// Print `{"name", "key", "decoy"}` as one JSON line instead of the key alone.
+        #[arg(long)]
+        json: bool,
     },
     /// List clients (never their keys).
     List {
@@ -87,6 +97,10 @@ pub enum ClientCommand {
         /// How long the old key keeps working (default: [keys] default_grace).
         #[arg(long, value_parser = crate::cli::duration_arg)]
         grace: Option<std::time::Duration>,
+        /// Print `{"name", "key", "old_key_valid_until"}` as one JSON line
+        /// instead of the key alone.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -108,15 +122,22 @@ pub(super) fn run(context: &Context, command: ClientCommand) -> Result<(), CliEr
             name,
             limits,
             decoy,
-        } => add(context, name, limits, decoy),
+            json,
+        } => add(context, name, limits, decoy, json),
         ClientCommand::List { json } => list(context, json),
         ClientCommand::Revoke { name } => revoke(context, &name),
-        ClientCommand::Rotate { name, grace } => rotate(context, &name, grace),
+        ClientCommand::Rotate { name, grace, json } => rotate(context, &name, grace, json),
         ClientCommand::Limits { name, limits } => set_limits(context, &name, limits),
     }
 }
 
-fn add(context: &Context, name: String, limits: LimitArgs, decoy: bool) -> Result<(), CliError> {
+fn add(
+    context: &Context,
+    name: String,
+    limits: LimitArgs,
+    decoy: bool,
+    json: bool,
+) -> Result<(), CliError> {
     let limits = ClientLimits::from(limits);
     let valid = !name.is_empty()
         && name.len() <= 64
@@ -131,7 +152,8 @@ fn add(context: &Context, name: String, limits: LimitArgs, decoy: bool) -> Resul
     let (key, digest) = client_key::generate()
         .map_err(|e| CliError::Runtime(format!("the OS random number generator failed: {e}")))?;
     let kek = context.kek()?;
-    context.vault().update(&kek, |document| {
+    let vault = context.vault();
+    vault.update(&kek, |document| {
         if document
             .clients
             .iter()
@@ -152,17 +174,60 @@ fn add(context: &Context, name: String, limits: LimitArgs, decoy: bool) -> Resul
         });
         Ok(())
     })?;
-    if decoy {
-        println!(
-            "keygate: decoy `{name}` created. Its key is never valid; plant it where a thief would look (it is shown only this once):"
-        );
+    let shown = if json {
+        key_json(&name, &key, ("decoy", decoy.to_string()))
     } else {
-        println!(
-            "keygate: client `{name}` created. Its key is shown only this once; store it now:"
-        );
+        key.clone()
+    };
+    if let Err(error) = stdout::secret(shown.expose()) {
+        let undone = vault.update(&kek, |document| {
+            document
+                .clients
+                .retain(|c| !(c.name == name && c.key_sha256 == digest.to_hex()));
+            Ok::<(), CliError>(())
+        });
+        return Err(lost_key(
+            &error,
+            &format!("client `{name}`"),
+            "created",
+            undone,
+        ));
     }
-    println!("{}", key.expose());
+    if decoy {
+        note!("keygate: decoy `{name}` created. Its key (on standard output) is never valid; plant it where a thief would look. It is shown only this once.");
+    } else {
+        note!("keygate: client `{name}` created. Its key (on standard output) is shown only this once; store it now.");
+    }
     Ok(())
+}
+
+/// `{"name": …, "key": …, FIELD: VALUE}` on one line, built straight into a
+/// [`Secret`] so no plain copy of the key is left behind (a `kg_` key is
+/// letters, digits and `_`: nothing in it needs escaping).
+fn key_json(name: &str, key: &Secret, (field, value): (&str, String)) -> Secret {
+    Secret::new(format!(
+        "{{\"name\":{},\"key\":\"{}\",\"{field}\":{value}}}",
+        serde_json::Value::from(name),
+        key.expose()
+    ))
+}
+
+/// The error for a new key that never reached standard output: the change
+/// that made it was undone (or, if even that failed, what to do about it).
+fn lost_key(
+    error: &std::io::Error,
+    client: &str,
+    done: &str,
+    undone: Result<(), CliError>,
+) -> CliError {
+    match undone {
+        Ok(()) => CliError::Runtime(format!(
+            "cannot write the new key to standard output ({error}), so nobody has it: {client} was not {done} (the change was undone). Run the command again with its output going where it can be read"
+        )),
+        Err(undo) => CliError::Runtime(format!(
+            "cannot write the new key to standard output ({error}), and undoing the change failed ({undo}): {client} was {done} with a key nobody has; revoke or rotate it"
+        )),
+    }
 }
 
 fn list(context: &Context, json: bool) -> Result<(), CliError> {
@@ -170,21 +235,20 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
     let clients = &loaded.document.clients;
     if json {
         let rows: Vec<serde_json::Value> = clients.iter().map(|c| c.summary()).collect();
-        println!("{}", serde_json::Value::Array(rows));
+        say!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!(
-        "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14} {:>12} {:>9}  {:<17}",
-        "NAME",
-        "CREATED",
-        "STATUS",
-        "RPM",
-        "TPM",
-        "BUDGET",
-        "BUDGET USD",
-        "PERIOD",
-        "OLD KEY VALID UNTIL"
-    );
+    let mut table = Table::new(&[
+        ("NAME", Align::Left),
+        ("CREATED", Align::Left),
+        ("STATUS", Align::Left),
+        ("RPM", Align::Right),
+        ("TPM", Align::Right),
+        ("BUDGET", Align::Right),
+        ("BUDGET USD", Align::Right),
+        ("PERIOD", Align::Right),
+        ("OLD KEY VALID UNTIL", Align::Left),
+    ]);
     let now = crate::unix_now();
     let limit = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
     for c in clients {
@@ -193,26 +257,29 @@ fn list(context: &Context, json: bool) -> Result<(), CliError> {
             .as_ref()
             .filter(|o| o.valid_until > now && c.revoked.is_none())
             .map_or_else(|| "-".to_owned(), |o| format_time(o.valid_until));
-        println!(
-            "{:<24} {:<17} {:<8} {:>8} {:>10} {:>14} {:>12} {:>9}  {:<17}",
-            c.name,
+        let status = match (c.revoked.is_some(), c.decoy) {
+            (true, _) => "revoked",
+            (false, true) => "DECOY",
+            (false, false) => "active",
+        };
+        table.row(vec![
+            c.name.clone(),
             format_time(c.created),
-            match (c.revoked.is_some(), c.decoy) {
-                (true, _) => "revoked",
-                (false, true) => "DECOY",
-                (false, false) => "active",
-            },
+            status.to_owned(),
             limit(c.limits.rpm.map(|v| v.to_string())),
             limit(c.limits.tpm.map(|v| v.to_string())),
             limit(c.limits.budget_tokens.map(|v| v.to_string())),
             limit(
                 c.limits
                     .budget_usd_micros
-                    .map(|v| format!("${}", dollars(v)))
+                    .map(|v| format!("${}", dollars(v))),
             ),
             limit(c.limits.budget_period.map(|p| p.to_string())),
             old_key,
-        );
+        ]);
+    }
+    for line in table.lines() {
+        say!("{line}");
     }
     Ok(())
 }
@@ -255,7 +322,7 @@ fn revoke(context: &Context, name: &str) -> Result<(), CliError> {
         client.revoke(crate::unix_now());
         Ok::<(), CliError>(())
     })?;
-    println!("keygate: client `{name}` revoked; a running server refuses its key within a second");
+    say!("keygate: client `{name}` revoked; a running server refuses its key within a second");
     Ok(())
 }
 
@@ -263,25 +330,52 @@ fn rotate(
     context: &Context,
     name: &str,
     grace: Option<std::time::Duration>,
+    json: bool,
 ) -> Result<(), CliError> {
     let grace = grace.unwrap_or(context.config.keys.default_grace);
     let (key, digest) = client_key::generate()
         .map_err(|e| CliError::Runtime(format!("the OS random number generator failed: {e}")))?;
     let kek = context.kek()?;
+    let vault = context.vault();
     let valid_until = crate::unix_now().saturating_add(grace.as_secs());
-    context.vault().update(&kek, |document| {
+    let before = vault.update(&kek, |document| {
         let client = real_client(document, name)?;
+        let before = (client.key_sha256.clone(), client.old_key.clone());
         // A key still in an earlier grace is refused from now on: two keys at most.
         client.old_key = Some(crate::vault::document::OldClientKey {
             key_sha256: std::mem::replace(&mut client.key_sha256, digest.to_hex()),
             valid_until,
         });
-        Ok::<(), CliError>(())
+        Ok::<_, CliError>(before)
     })?;
-    println!("keygate: client `{name}` has a new key, shown only this once; store it now:");
-    println!("{}", key.expose());
-    println!(
-        "keygate: its old key keeps working until {} UTC ({grace:?}), then is refused",
+    let shown = if json {
+        key_json(name, &key, ("old_key_valid_until", valid_until.to_string()))
+    } else {
+        key.clone()
+    };
+    if let Err(error) = stdout::secret(shown.expose()) {
+        let (old_key_sha256, old_key) = before;
+        let undone = vault.update(&kek, |document| {
+            // Only this rotation's own key is taken back.
+            if let Some(client) = document
+                .clients
+                .iter_mut()
+                .find(|c| c.name == name && c.key_sha256 == digest.to_hex())
+            {
+                client.key_sha256 = old_key_sha256;
+                client.old_key = old_key;
+            }
+            Ok::<(), CliError>(())
+        });
+        return Err(lost_key(
+            &error,
+            &format!("client `{name}`"),
+            "rotated",
+            undone,
+        ));
+    }
+    note!(
+        "keygate: client `{name}` has a new key (on standard output), shown only this once; store it now. Its old key keeps working until {} UTC ({grace:?}), then is refused",
         format_time(valid_until)
     );
     Ok(())
@@ -301,7 +395,7 @@ fn set_limits(context: &Context, name: &str, limits: LimitArgs) -> Result<(), Cl
         client.limits = client.limits.changed_by(change);
         Ok::<_, CliError>(client.clone())
     })?;
-    println!(
+    say!(
         "keygate: client `{name}`: {} (live within a second)",
         record.limits.describe()
     );

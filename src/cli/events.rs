@@ -33,16 +33,19 @@ pub(super) fn run(context: &Context, args: EventsArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Runtime(e.to_string()))?;
     if args.json {
         let list: Vec<_> = events.iter().map(|e| e.to_json()).collect();
-        println!("{}", serde_json::Value::Array(list));
+        say!("{}", serde_json::Value::Array(list));
         return Ok(());
     }
     if events.is_empty() {
-        println!("(no events in this period)");
+        say!("(no events in this period)");
         return Ok(());
     }
-    println!(
+    say!(
         "{:<24} {:<24} {:<36} {:<40} DELIVERY",
-        "TIME", "TYPE", "ID", "DETAILS"
+        "TIME",
+        "TYPE",
+        "ID",
+        "DETAILS"
     );
     for event in &events {
         let body = &event.body;
@@ -59,7 +62,7 @@ pub(super) fn run(context: &Context, args: EventsArgs) -> Result<(), CliError> {
             })
             .collect::<Vec<_>>()
             .join(" ");
-        println!(
+        say!(
             "{:<24} {:<24} {:<36} {:<40} {}",
             body["time"].as_str().unwrap_or_default(),
             body["type"].as_str().unwrap_or_default(),

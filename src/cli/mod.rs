@@ -3,6 +3,27 @@
 //!
 //! Every error becomes a [`CliError`], whose exit code (2 usage/config, 1
 //! runtime) and message are chosen here; messages never contain a secret.
+//! Output goes through [`say!`] and [`note!`] ([`stdout`]), which never panic.
+
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+/// `println!` for the CLI: a line on standard output that never panics
+/// (a closed pipe drops it; see [`stdout`]).
+macro_rules! say {
+    () => {
+        $crate::cli::stdout::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::stdout::line(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` for the CLI: a line on standard error that never panics.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        $crate::cli::stdout::note_line(format_args!($($arg)*))
+    };
+}
 
 mod admin_key;
 mod client;
@@ -10,8 +31,15 @@ mod doctor;
 mod events;
 mod key;
 mod prices;
+// Not yet moved to `say!` (its owners are still at work there): the one
+// command whose output a closed pipe can still turn into a panic.
+#[allow(clippy::print_stdout, clippy::print_stderr)]
 mod scan;
 mod serve;
+mod start_checks;
+mod stdin;
+pub(crate) mod stdout;
+mod table;
 mod usage;
 mod vault;
 
@@ -23,6 +51,7 @@ use crate::config::{Config, ConfigError, Sources};
 use crate::net::upstream::Upstream;
 use crate::vault::secret::Secret;
 use crate::vault::{Kek, MasterKeySources, ServedRecord, Vault, VaultError};
+pub(crate) use stdin::read_secret_from_stdin;
 
 /// keygate: an authenticating reverse proxy for LLM APIs.
 #[derive(Debug, Parser)]
@@ -195,8 +224,11 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
     // Needs no config, vault or key: works before anything is set up.
     if let Command::Completions { shell } = cli.command {
         let mut command = <Cli as clap::CommandFactory>::command();
-        clap_complete::generate(shell, &mut command, "keygate", &mut std::io::stdout());
-        return Ok(());
+        // Into memory first: the generator panics when its writer fails.
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command, "keygate", &mut script);
+        stdout::bytes(&script);
+        return stdout::finish();
     }
     let lookup = |name: &str| {
         env.iter()
@@ -222,13 +254,14 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
     let admin_token = lookup(&config.admin.token_env);
     let token_env = config.admin.token_env.clone();
     let context = Context { config, master };
-    match cli.command {
+    let done = match cli.command {
         Command::Serve {
             accept_vault_generation,
         } => serve::run(
             context,
-            long_enough(admin_token, &token_env)?,
+            start_checks::admin_token(admin_token, &token_env)?,
             accept_vault_generation,
+            &env,
         ),
         Command::Vault(command) => vault::run(&context, command),
         Command::Key(command) => key::run(&context, command),
@@ -239,25 +272,9 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         Command::Scan(args) => scan::run(&context, args),
         Command::AdminKey(command) => admin_key::run(&context, command),
         Command::Completions { .. } => Ok(()),
-        Command::Doctor { json } => doctor::run(&context, &env, admin_token.is_some(), json),
-    }
-}
-
-/// Reads a secret from stdin, telling a human at a terminal what to do.
-pub(crate) fn read_secret_from_stdin(what: &str) -> Result<Secret, CliError> {
-    use std::io::IsTerminal;
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprintln!("Paste the {what}, then press Enter and Ctrl-D (it is not echoed to any log):");
-    }
-    let secret = Secret::read_from(stdin.lock())
-        .map_err(|e| CliError::Runtime(format!("cannot read the {what} from stdin: {e}")))?;
-    if secret.is_blank() {
-        return Err(CliError::Usage(format!(
-            "no {what} on stdin: pipe it in, e.g. `printf '%s' \"$KEY\" | keygate …`"
-        )));
-    }
-    Ok(secret)
+        Command::Doctor { json } => doctor::run(&context, &env, admin_token, json),
+    };
+    done.and_then(|()| stdout::finish())
 }
 
 /// A small runtime and upstream client for the commands that call the upstream.
@@ -286,22 +303,6 @@ pub(crate) fn format_time(unix: u64) -> String {
         .get(..16)
         .unwrap_or(&text)
         .to_owned()
-}
-
-/// The fewest characters an admin token may have.
-const MIN_ADMIN_TOKEN: usize = 16;
-
-/// The admin token, refused when it is short enough to guess.
-fn long_enough(token: Option<Secret>, token_env: &str) -> Result<Option<Secret>, CliError> {
-    if let Some(token) = &token {
-        let length = token.expose().chars().count();
-        if length < MIN_ADMIN_TOKEN {
-            return Err(CliError::Usage(format!(
-                "{token_env} is {length} characters: an admin token must have at least {MIN_ADMIN_TOKEN} (make one with `openssl rand -hex 24`)"
-            )));
-        }
-    }
-    Ok(token)
 }
 
 /// 9999-12-31 23:59:59 UTC, the last second RFC 3339 can write.

@@ -57,20 +57,24 @@ pub(super) fn run(context: &Context, args: PricesArgs) -> Result<(), CliError> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        say!("{}", serde_json::Value::Array(list));
         return Ok(());
     }
-    println!("US dollars per million tokens; a model matches its exact name, else the longest listed prefix");
-    println!(
+    say!("US dollars per million tokens; a model matches its exact name, else the longest listed prefix");
+    say!(
         "{:<40} {:>9} {:>9} {:>9} {:>11}  FROM",
-        "KIND/MODEL", "INPUT", "CACHED", "OUTPUT", "CACHE WRITE"
+        "KIND/MODEL",
+        "INPUT",
+        "CACHED",
+        "OUTPUT",
+        "CACHE WRITE"
     );
     for row in &rows {
         let from = match (&row.raw.date, row.origin.as_str()) {
             (Some(date), "embedded") => format!("embedded {date}"),
             (_, origin) => origin.to_owned(),
         };
-        println!(
+        say!(
             "{:<40} {:>9} {:>9} {:>9} {:>11}  {from}",
             row.key,
             row.raw.input,
@@ -82,7 +86,7 @@ pub(super) fn run(context: &Context, args: PricesArgs) -> Result<(), CliError> {
         );
     }
     if rows.is_empty() {
-        println!("(no row: add [prices.\"KIND/MODEL\"] with input and output to the config)");
+        say!("(no row: add [prices.\"KIND/MODEL\"] with input and output to the config)");
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{vault::ensure_master_key, CliError, Context};
+use super::{start_checks, vault::ensure_master_key, CliError, Context};
 use crate::control::reload::{self, VaultWatch};
 use crate::control::state::Shared;
 use crate::usage::ledger::Ledger;
@@ -40,35 +40,6 @@ fn start_cluster(shared: &Arc<Shared>, stopped: &crate::shutdown::Shutdown) {
         }
     });
     tokio::spawn(cluster.run(on_news, stopped.clone()));
-}
-
-/// The `[[notify]]` receivers with their signing keys, read from the
-/// environment: a `secret_env` that is not set stops the start.
-fn notify_receivers(
-    config: &crate::config::Config,
-) -> Result<Vec<crate::events::notify::Receiver>, CliError> {
-    config
-        .notify
-        .iter()
-        .map(|target| {
-            let signing_key = match &target.secret_env {
-                None => None,
-                Some(env) => match std::env::var(env) {
-                    Ok(value) if !value.is_empty() => Some(Secret::new(value)),
-                    _ => {
-                        return Err(CliError::Runtime(format!(
-                            "[[notify]] {}: secret_env names {env}, which is not set: set it to the receiver's signing key, or remove secret_env",
-                            target.name
-                        )))
-                    }
-                },
-            };
-            Ok(crate::events::notify::Receiver {
-                target: target.clone(),
-                signing_key,
-            })
-        })
-        .collect()
 }
 
 /// Starts the events room: the outbox writer, one delivery loop per
@@ -119,7 +90,11 @@ pub(super) fn run(
     context: Context,
     admin_token: Option<Secret>,
     accept_vault_generation: Option<u64>,
+    env: &[(String, String)],
 ) -> Result<(), CliError> {
+    // What needs no vault is checked first, so a broken setup creates nothing.
+    let receivers = start_checks::notify_receivers(&context.config, env)?;
+    start_checks::tls(&context.config)?;
     let vault = context.vault();
     let kek = if vault.exists() {
         context.kek()?
@@ -155,7 +130,6 @@ pub(super) fn run(
                 .client_hours(crate::unix_now().saturating_sub(crate::usage::limits::HISTORY) / 3600)
                 .map_err(|e| CliError::Runtime(e.to_string()))?,
         );
-        let receivers = notify_receivers(&config)?;
         let outbox = crate::events::outbox::Outbox::open(&config.metering.db)
             .map_err(|e| CliError::Runtime(e.to_string()))?;
         let vault_watch =

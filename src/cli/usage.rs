@@ -44,10 +44,10 @@ pub(super) fn run(context: &Context, args: UsageArgs) -> Result<(), CliError> {
     let rows = totals(context, args.client.as_deref(), args.since)?;
     if args.json {
         let text = serde_json::to_string(&rows).map_err(|e| CliError::Runtime(e.to_string()))?;
-        println!("{text}");
+        say!("{text}");
         return Ok(());
     }
-    println!(
+    say!(
         "{:<20} {:<10} {:<28} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>12}",
         "CLIENT",
         "PROVIDER",
@@ -61,7 +61,7 @@ pub(super) fn run(context: &Context, args: UsageArgs) -> Result<(), CliError> {
         "COST"
     );
     for r in &rows {
-        println!(
+        say!(
             "{:<20} {:<10} {:<28} {:>9} {:>7} {:>12} {:>12} {:>12} {:>12} {:>12}",
             r.client,
             r.provider,
@@ -76,18 +76,18 @@ pub(super) fn run(context: &Context, args: UsageArgs) -> Result<(), CliError> {
         );
     }
     if rows.is_empty() {
-        println!("(no usage recorded in this period)");
+        say!("(no usage recorded in this period)");
         return Ok(());
     }
     let total: u64 = rows.iter().map(|r| r.cost_micros).sum();
-    println!("{:>140}", format!("total ${}", dollars(total)));
+    say!("{:>140}", format!("total ${}", dollars(total)));
     if rows.iter().any(|r| r.estimated_requests > 0) {
-        println!(
+        say!(
             "ESTIMATED: tokens charged by their admission estimate to answers that reported no usage (N/requests); not in TOTAL, counted by budgets and in COST at the output price"
         );
     }
     if rows.iter().any(|r| r.unpriced_requests > 0) {
-        println!(
+        say!(
             "unpriced: answers whose model has no row in the price table (`keygate prices`), cost 0; add one with [prices.\"KIND/MODEL\"] in the config"
         );
     }
@@ -133,15 +133,21 @@ fn by_key(context: &Context, since: std::time::Duration, json: bool) -> Result<(
                 value
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        say!("{}", serde_json::Value::Array(list));
         return Ok(());
     }
-    println!(
+    say!(
         "{:<10} {:<16} {:>9} {:>12} {:>12} {:>12} {:>12}",
-        "PROVIDER", "KEY", "REQUESTS", "INPUT", "CACHED", "OUTPUT", "COST"
+        "PROVIDER",
+        "KEY",
+        "REQUESTS",
+        "INPUT",
+        "CACHED",
+        "OUTPUT",
+        "COST"
     );
     for r in &rows {
-        println!(
+        say!(
             "{:<10} {:<16} {:>9} {:>12} {:>12} {:>12} {:>12}",
             r.provider,
             r.key_id,
@@ -153,7 +159,7 @@ fn by_key(context: &Context, since: std::time::Duration, json: bool) -> Result<(
         );
     }
     if rows.is_empty() {
-        println!("(no usage recorded in this period)");
+        say!("(no usage recorded in this period)");
     }
     Ok(())
 }

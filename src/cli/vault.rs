@@ -36,7 +36,7 @@ fn init(context: &Context) -> Result<(), CliError> {
             std::path::absolute(vault.path()).unwrap_or_else(|_| vault.path().to_owned());
         let kek = context.kek()?;
         vault.load(&kek)?;
-        println!(
+        say!(
             "keygate: the vault {} already exists and opens with its master key: nothing to do",
             absolute.display()
         );
@@ -44,12 +44,12 @@ fn init(context: &Context) -> Result<(), CliError> {
     }
     let (kek, created_key) = ensure_master_key(&context.master)?;
     vault.create(&kek, &Document::default())?;
-    println!(
+    say!(
         "keygate: created an empty vault at {}",
         vault.path().display()
     );
     if created_key {
-        println!(
+        say!(
             "keygate: created a new master key file at {} (mode 0600) — back it up: without it the vault cannot be opened",
             context.master.file.display()
         );
@@ -79,8 +79,8 @@ fn rekey(context: &Context, from_stdin: bool) -> Result<(), CliError> {
         }
         let passphrase = read_secret_from_stdin("new passphrase")?;
         vault.rekey(&old, &Kek::Passphrase(passphrase))?;
-        println!(
-            "keygate: vault {} re-keyed under the new passphrase; set KEYGATE_PASSPHRASE to it before the next start",
+        say!(
+            "keygate: vault {} re-keyed under the new passphrase; set KEYGATE_PASSPHRASE to it before the next start, and keep it wherever the old one was kept: from now on only the new passphrase opens the vault",
             vault.path().display()
         );
         return Ok(());
@@ -107,13 +107,17 @@ fn rekey(context: &Context, from_stdin: bool) -> Result<(), CliError> {
             context.master.file.display()
         ))
     })?;
-    println!(
+    say!(
         "keygate: vault {} re-keyed; the new master key is in {} (a running `keygate serve` picks it up by itself)",
         vault.path().display(),
         context.master.file.display()
     );
+    say!(
+        "keygate: back up {} now: from now on only the new master key opens the vault (keep the old key's backup as long as you keep vault backups made before this rekey)",
+        context.master.file.display()
+    );
     if context.master.env_master_key.is_some() {
-        println!(
+        say!(
             "keygate: KEYGATE_MASTER_KEY is set and takes precedence: replace its value with the contents of {} and restart",
             context.master.file.display()
         );

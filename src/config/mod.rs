@@ -135,26 +135,45 @@ impl Config {
         let raw: RawConfig = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
-        Config::validate(raw, source_name)
+        let shipped = as_shipped(&figment, raw.providers.keys());
+        Config::validate(raw, source_name, &shipped)
     }
 
     /// Loads from a TOML string layered over the defaults (tests, examples).
     pub fn from_toml(toml: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = Figment::from(Toml::string(DEFAULT_TOML))
-            .merge(Toml::string(toml))
+        let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(toml));
+        let raw: RawConfig = figment
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
-        Config::validate(raw, "inline TOML".to_owned())
+        let shipped = as_shipped(&figment, raw.providers.keys());
+        Config::validate(raw, "inline TOML".to_owned(), &shipped)
     }
 
-    fn validate(raw: RawConfig, source_name: String) -> Result<Config, ConfigError> {
+    /// Whether the operator set provider `name` up: its table is theirs
+    /// (written or changed by the config file or the environment), it is
+    /// `routing.default`, or `has_keys` — the vault holds a key of it, in any
+    /// state. A provider the embedded defaults merely offer (`xai`,
+    /// `anthropic`) is none of these, and `doctor` and the status page say it
+    /// is not set up instead of warning that it has no key.
+    pub fn is_set_up(&self, name: &str, has_keys: bool) -> bool {
+        has_keys
+            || name == self.routing.default
+            || self.providers.get(name).is_some_and(|p| !p.as_shipped)
+    }
+
+    fn validate(
+        raw: RawConfig,
+        source_name: String,
+        shipped: &[String],
+    ) -> Result<Config, ConfigError> {
         let semantic = |message: String| ConfigError::Semantic {
             source_name: source_name.clone(),
             message,
         };
         let mut providers = BTreeMap::new();
         for (name, raw_provider) in raw.providers {
-            let provider = provider_tables::provider(name, raw_provider).map_err(&semantic)?;
+            let mut provider = provider_tables::provider(name, raw_provider).map_err(&semantic)?;
+            provider.as_shipped = shipped.contains(&provider.name);
             providers.insert(provider.name.clone(), provider);
         }
         if !providers.contains_key(&raw.routing.default) {
@@ -212,6 +231,24 @@ impl Config {
             prices: std::sync::Arc::new(prices),
         })
     }
+}
+
+/// The provider tables among `names` whose every key is as the embedded
+/// defaults ship it, after every layer of `merged` (the file and the
+/// environment) — compared as values, so a copy of the shipped file still
+/// counts as shipped.
+fn as_shipped<'a>(merged: &Figment, names: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let shipped = Figment::from(Toml::string(DEFAULT_TOML));
+    names
+        .filter(|name| {
+            let path = format!("providers.{name}");
+            !name.contains('.')
+                && shipped
+                    .find_value(&path)
+                    .is_ok_and(|own| merged.find_value(&path).is_ok_and(|now| now == own))
+        })
+        .cloned()
+        .collect()
 }
 
 /// `KEYGATE_SERVER__LISTEN=…` → `server.listen`. Only names with `__` are config
@@ -306,6 +343,36 @@ mod tests {
         assert_eq!(config.server.retry_buffer, 8 * 1024 * 1024);
         assert_eq!(config.routing.default, "openai");
         assert_eq!(config.providers["xai"].prefix, "/xai");
+    }
+
+    #[test]
+    fn a_provider_the_defaults_only_offer_is_not_set_up_until_the_operator_touches_it() {
+        let config = Config::from_toml("").unwrap();
+        assert!(config.providers["xai"].as_shipped);
+        assert!(!config.is_set_up("xai", false), "offered, no key");
+        assert!(config.is_set_up("xai", true), "a key in the vault");
+        assert!(config.is_set_up("openai", false), "the default route");
+        // A copy of the shipped file changes nothing; one key changed does.
+        assert!(!Config::from_toml(DEFAULT_TOML)
+            .unwrap()
+            .is_set_up("xai", false));
+        let changed = Config::from_toml(
+            "[providers.xai]
+base_url = \"http://127.0.0.1:9\"",
+        )
+        .unwrap();
+        assert!(changed.is_set_up("xai", false));
+        assert!(!changed.is_set_up("anthropic", false));
+        let sources = Sources {
+            env: vec![(
+                "KEYGATE_PROVIDERS__ANTHROPIC__PREFIX".into(),
+                "/claude".into(),
+            )],
+            ..Sources::default()
+        };
+        assert!(Config::load(&sources)
+            .unwrap()
+            .is_set_up("anthropic", false));
     }
 
     #[test]

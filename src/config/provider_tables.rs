@@ -112,6 +112,10 @@ pub struct Provider {
     pub pool: Pool,
     /// `[providers.NAME.admin]`, when configured.
     pub admin: Option<AdminApi>,
+    /// The table is the embedded defaults' own, which neither the config
+    /// file nor the environment changed: a provider keygate offers, not
+    /// necessarily one the operator uses ([`super::Config::is_set_up`]).
+    pub as_shipped: bool,
 }
 
 impl Provider {
@@ -294,5 +298,6 @@ pub(super) fn provider(name: String, p: RawProvider) -> Result<Provider, String>
         http: p.http.unwrap_or_default(),
         pool: p.pool.unwrap_or_default(),
         admin,
+        as_shipped: false,
     })
 }

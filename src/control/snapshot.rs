@@ -3,7 +3,7 @@
 //! a vault document. Only the reloader ([`crate::control::reload`]) builds and
 //! publishes one; requests only read it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -56,6 +56,16 @@ impl ListedClient {
     }
 }
 
+/// Why a client key this vault issued no longer works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfUse {
+    /// Its client was revoked (`client revoke`, a leak report).
+    Revoked,
+    /// Its client was given a newer key (`client rotate`) and this one's
+    /// grace has ended.
+    Rotated,
+}
+
 /// One vault generation, ready for the hot path.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -63,9 +73,10 @@ pub struct Snapshot {
     pub generation: u64,
     /// Active clients by key digest.
     pub clients: HashMap<ClientKeyDigest, Arc<ClientInfo>>,
-    /// Key digests of revoked clients, so a refusal can say "revoked" rather
-    /// than "unknown" (never grants access).
-    pub revoked_clients: HashSet<ClientKeyDigest>,
+    /// Key digests of clients that were revoked and of rotated clients' old
+    /// keys past their grace, so a refusal can say which rather than
+    /// "unknown" (never grants access).
+    pub out_of_use: HashMap<ClientKeyDigest, OutOfUse>,
     /// Decoy keys (`client add --decoy`) by digest, with the decoy's name:
     /// apart from `clients`, so a valid key's lookup is the same with or
     /// without decoys, and a decoy can never grant access.
@@ -91,7 +102,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
     ) -> Snapshot {
         let mut clients = HashMap::new();
-        let mut revoked_clients = HashSet::new();
+        let mut out_of_use = HashMap::new();
         let mut decoys = HashMap::new();
         let mut roster = Vec::with_capacity(document.clients.len());
         for c in &document.clients {
@@ -126,8 +137,8 @@ impl Snapshot {
                 .as_ref()
                 .and_then(|o| Some((ClientKeyDigest::from_hex(&o.key_sha256)?, o.valid_until)));
             if c.revoked.is_some() {
-                revoked_clients.insert(digest);
-                revoked_clients.extend(old.map(|(d, _)| d));
+                out_of_use.insert(digest, OutOfUse::Revoked);
+                out_of_use.extend(old.map(|(d, _)| (d, OutOfUse::Revoked)));
                 continue;
             }
             if c.decoy {
@@ -140,7 +151,7 @@ impl Snapshot {
                     clients.insert(old, info(old));
                 }
                 Some((old, _)) => {
-                    revoked_clients.insert(old);
+                    out_of_use.insert(old, OutOfUse::Rotated);
                 }
                 None => {}
             }
@@ -176,7 +187,7 @@ impl Snapshot {
         Snapshot {
             generation,
             clients,
-            revoked_clients,
+            out_of_use,
             decoys,
             roster,
             rings,

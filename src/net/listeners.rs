@@ -394,6 +394,12 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Replay<I> {
     }
 }
 
+/// Whether the inbound TLS certificate and key load (when configured), as
+/// [`run`] will load them: for a check before the start (`serve`, `doctor`).
+pub fn check_tls(server: &ServerConfig) -> Result<(), ServerError> {
+    tls_acceptor(server).map(|_| ())
+}
+
 fn tls_acceptor(server: &ServerConfig) -> Result<Option<TlsAcceptor>, ServerError> {
     let (Some(cert_path), Some(key_path)) = (&server.tls_cert, &server.tls_key) else {
         return Ok(None);

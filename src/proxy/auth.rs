@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use http::{HeaderMap, HeaderValue};
 
-use crate::control::snapshot::{ClientInfo, Snapshot};
+use crate::control::snapshot::{ClientInfo, OutOfUse, Snapshot};
 use crate::proxy::error::{AuthFailure, ProxyError};
 use crate::vault::client_key::{self, ClientKeyDigest, ClientKeyError};
 
@@ -43,18 +43,20 @@ pub fn authenticate(
     }
     // A refused key costs the same two lookups whatever it is, so a decoy
     // takes no longer to refuse than an unknown key.
-    let revoked = snapshot
-        .revoked_clients
-        .get(&digest)
-        .is_some_and(|known| known.ct_eq(&digest));
+    let out_of_use = snapshot
+        .out_of_use
+        .get_key_value(&digest)
+        .filter(|(known, _)| known.ct_eq(&digest))
+        .map(|(_, why)| *why);
     let decoy = snapshot
         .decoys
         .get_key_value(&digest)
         .filter(|(known, _)| known.ct_eq(&digest));
-    Err(ProxyError::InvalidClientKey(match (revoked, decoy) {
-        (true, _) => AuthFailure::Revoked,
-        (false, Some((_, name))) => AuthFailure::Decoy(name.clone()),
-        (false, None) => AuthFailure::Unknown,
+    Err(ProxyError::InvalidClientKey(match (out_of_use, decoy) {
+        (Some(OutOfUse::Revoked), _) => AuthFailure::Revoked,
+        (Some(OutOfUse::Rotated), _) => AuthFailure::Rotated,
+        (None, Some((_, name))) => AuthFailure::Decoy(name.clone()),
+        (None, None) => AuthFailure::Unknown,
     }))
 }
 
@@ -210,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn revoked_and_live_keys_are_told_apart() {
+    fn live_revoked_and_rotated_keys_are_told_apart() {
         let (live, live_digest) = client_key::generate().unwrap();
         let (gone, gone_digest) = client_key::generate().unwrap();
         let mut snapshot = Snapshot::default();
@@ -223,7 +225,11 @@ mod tests {
                 limits: crate::usage::limits::ClientLimits::default(),
             }),
         );
-        snapshot.revoked_clients.insert(gone_digest);
+        snapshot.out_of_use.insert(gone_digest, OutOfUse::Revoked);
+        let (replaced, replaced_digest) = client_key::generate().unwrap();
+        snapshot
+            .out_of_use
+            .insert(replaced_digest, OutOfUse::Rotated);
         let with = |key: &str| headers(&[("api-key", key)]);
         assert_eq!(
             &*authenticate(&with(live.expose()), &snapshot, false)
@@ -234,6 +240,10 @@ mod tests {
         assert!(matches!(
             authenticate(&with(gone.expose()), &snapshot, false),
             Err(ProxyError::InvalidClientKey(AuthFailure::Revoked))
+        ));
+        assert!(matches!(
+            authenticate(&with(replaced.expose()), &snapshot, false),
+            Err(ProxyError::InvalidClientKey(AuthFailure::Rotated))
         ));
     }
 

@@ -371,6 +371,11 @@ fn client_key_message(why: &AuthFailure) -> String {
             "The keygate client key sent was revoked. Ask the operator for a new one \
              (`keygate client add`). {NOT_UPSTREAM}"
         ),
+        AuthFailure::Rotated => format!(
+            "This keygate client key was rotated: its client has a newer key (`keygate client \
+             rotate`), and this one's grace period is over. Send the new key (ask the operator \
+             for it). {NOT_UPSTREAM}"
+        ),
     }
 }
 
@@ -396,6 +401,7 @@ mod tests {
             (AuthFailure::Malformed, "not a keygate client key"),
             (AuthFailure::Unknown, "unknown to this keygate"),
             (AuthFailure::Revoked, "was revoked"),
+            (AuthFailure::Rotated, "client key was rotated"),
         ];
         for (why, says) in cases {
             let err = ProxyError::InvalidClientKey(why.clone());
@@ -490,6 +496,8 @@ pub enum AuthFailure {
     Unknown,
     /// A key of a client that was revoked.
     Revoked,
+    /// A rotated client's old key, after its grace (`client rotate`).
+    Rotated,
     /// A decoy's key (`client add --decoy`), named for the conductor's
     /// bookkeeping. Answered, counted and logged exactly as
     /// [`AuthFailure::Unknown`]: nothing the presenter can see tells them.
@@ -498,7 +506,7 @@ pub enum AuthFailure {
 
 impl AuthFailure {
     /// Every `reason` label value of `keygate_client_auth_failures_total`.
-    pub const REASONS: [&'static str; 7] = [
+    pub const REASONS: [&'static str; 8] = [
         "missing",
         "no_bearer_scheme",
         "provider_key",
@@ -506,6 +514,7 @@ impl AuthFailure {
         "malformed",
         "unknown",
         "revoked",
+        "rotated",
     ];
 
     /// The `reason` label and log field value.
@@ -518,6 +527,7 @@ impl AuthFailure {
             AuthFailure::Malformed => "malformed",
             AuthFailure::Unknown | AuthFailure::Decoy(_) => "unknown",
             AuthFailure::Revoked => "revoked",
+            AuthFailure::Rotated => "rotated",
         }
     }
 }

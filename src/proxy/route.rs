@@ -126,6 +126,7 @@ fn unreachable_provider() -> &'static Provider {
         http: crate::config::UpstreamHttp::Auto,
         pool: crate::config::Pool::Sticky,
         admin: None,
+        as_shipped: false,
     })
 }
 

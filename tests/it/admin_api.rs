@@ -212,7 +212,9 @@ async fn admin_rotate_verifies_promotes_and_is_live_when_the_call_returns() {
         "{page}"
     );
 
-    // A key the upstream refuses: 409, nothing changes.
+    // A key the upstream refuses: 422 `key_rejected` (409 `conflict` means
+    // another rotation holds the lease: worth retrying, this is not), and
+    // nothing changes.
     env.kg.register_secret(BAD_KEY);
     let resp = admin(
         &env,
@@ -220,7 +222,7 @@ async fn admin_rotate_verifies_promotes_and_is_live_when_the_call_returns() {
             .json(&serde_json::json!({"secret": BAD_KEY, "verify": true})),
     )
     .await;
-    assert_admin_error(&resp, 409, "conflict");
+    assert_admin_error(&resp, 422, "key_rejected");
     assert!(resp.text().contains("401"), "{}", resp.text());
     assert_no_secret(&resp, &[BAD_KEY, OPENAI_KEY_2, TOKEN]);
     assert_eq!(upstream_key_now(&env).await, OPENAI_KEY_2);

@@ -4,7 +4,7 @@
 //! whose grace ended as retired, as the server does, with a grace-end column;
 //! `keygate completions SHELL` prints a completion script without any setup;
 //! `keygate client rotate` gives a client a second key, both valid until the
-//! grace ends, then the old one is refused as revoked; a lost master key file
+//! grace ends, then the old one is refused as rotated; a lost master key file
 //! is named (absolute path) with the way back, and a running server warns.
 
 use std::time::Duration;
@@ -145,7 +145,23 @@ async fn client_rotate_keeps_both_keys_until_the_grace_ends() {
     })
     .await
     .expect("the old key still works after its grace");
-    assert!(refused.text().contains("revoked"), "{}", refused.text());
+    // Said as it is: the key was rotated, not revoked (the client is fine).
+    let said = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(said.contains("key was rotated"), "{said}");
+    assert!(!said.contains("revoked"), "{said}");
+    let metrics = env.server.admin_get("/metrics").await.text();
+    assert_eq!(
+        crate::support::metrics::metric_value(
+            &metrics,
+            "keygate_client_auth_failures_total",
+            &[("reason", "rotated")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
     let resp = env.server.send(chat(&new)).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
 }
@@ -206,9 +222,16 @@ async fn doctor_checks_everything_and_fails_only_on_what_is_broken() {
         "openai: 1 of 1 usable keys verified working",
         "warn  keys           xai has no usable key",
         "warn  admin token",
+        // Offered by the embedded defaults, never set up: said, not warned.
+        "ok    keys           anthropic: not set up",
     ] {
         assert!(out.stdout.contains(line), "no `{line}` in:\n{}", out.stdout);
     }
+    assert!(
+        !out.stdout.contains("anthropic has no usable key"),
+        "{}",
+        out.stdout
+    );
     let json = kg.run(&["doctor", "--json"]);
     let rows: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
     assert!(
@@ -279,4 +302,67 @@ fn an_absurd_grace_is_refused_where_it_is_parsed_and_nothing_is_written() {
         rows.contains("\"old_key_valid_until\":null"),
         "no rotation was written: {rows}"
     );
+}
+
+/// A setup `serve` refuses at start: the config, the environment, and the
+/// words both `serve` and `doctor`'s failed check say.
+struct Refused {
+    config: KeygateBuilder,
+    env: &'static [(&'static str, &'static str)],
+    check: &'static str,
+    words: &'static str,
+}
+
+/// `serve` refuses to start on each of these; `doctor` fails on each, with
+/// the same words, instead of passing a setup that cannot serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_fails_on_what_serve_refuses_at_start() {
+    let mock = Mock::start(&[OPENAI_KEY], AuthStyle::Bearer).await;
+    let working = || KeygateBuilder::new().provider("openai", &mock.url(), "bearer");
+    let cases = [
+        Refused {
+            config: working().extra(
+                "[[notify]]\nurl = \"http://127.0.0.1:9/hook\"\nsecret_env = \"KG_TEST_SIGNING\"\n",
+            ),
+            env: &[],
+            check: "FAIL  notify",
+            words: "KG_TEST_SIGNING, which is not set",
+        },
+        Refused {
+            config: working()
+                .server("tls_cert", "\"no-such-cert.pem\"")
+                .server("tls_key", "\"no-such-key.pem\""),
+            env: &[],
+            check: "FAIL  tls",
+            words: "cannot load TLS certificate from no-such-cert.pem",
+        },
+        Refused {
+            config: working(),
+            env: &[("KEYGATE_ADMIN_TOKEN", "qz7-vx3-mm")],
+            check: "FAIL  admin token",
+            words: "KEYGATE_ADMIN_TOKEN is 10 characters",
+        },
+    ];
+    for case in cases {
+        let kg = Keygate::new(&case.config);
+        kg.vault_init();
+        kg.add_key("openai", OPENAI_KEY);
+        let serve = kg.run_with(&["serve"], None, case.env);
+        assert_ne!(serve.code, Some(0), "serve started: {}", serve.stderr);
+        assert!(
+            serve.stderr.contains(case.words),
+            "{}: {}",
+            case.words,
+            serve.stderr
+        );
+        let doctor = kg.run_with(&["doctor"], None, case.env);
+        doctor.assert_code(1, case.check);
+        assert!(
+            doctor.stdout.contains(case.check) && doctor.stdout.contains(case.words),
+            "no `{}` … `{}` in:\n{}",
+            case.check,
+            case.words,
+            doctor.stdout
+        );
+    }
 }

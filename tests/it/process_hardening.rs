@@ -62,6 +62,25 @@ async fn an_older_vault_restored_across_a_restart_is_refused() {
         );
     }
 
+    // `doctor` fails where `serve` does, with the same way back.
+    let doctor = env.kg.run(&["doctor"]);
+    doctor.assert_code(1, "doctor on an older vault copy");
+    let vault_line = doctor
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("FAIL  vault"))
+        .unwrap_or_else(|| panic!("no failed vault check:\n{}", doctor.stdout));
+    for needle in [
+        format!("generation {old_generation}"),
+        format!("generation {new_generation}"),
+        format!("--accept-vault-generation {old_generation}"),
+    ] {
+        assert!(
+            vault_line.contains(&needle),
+            "no `{needle}` in {vault_line}"
+        );
+    }
+
     // The CLI refuses to write on top of it (its key would never be served).
     let add = env.kg.run(&["client", "add", "late"]);
     add.assert_code(1, "client add on an older vault copy");

@@ -134,10 +134,11 @@ const { chromium } = require('playwright-core');
   const rows = await page.$$eval('#keys tr[data-key]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
   const clients = await page.$$eval('#clients tr[data-client]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
   const providers = await page.$$eval('#providers tr[data-provider]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
+  const usableClass = await page.$$eval('#providers tr[data-provider]', (trs) => Object.fromEntries(trs.map((tr) => [tr.dataset.provider, tr.children[2].className])));
   const events = await page.$$eval('#events tr[data-event]', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
   const meta = await page.textContent('#meta');
   await page.screenshot({ path: process.env.SHOT, fullPage: true });
-  console.log(JSON.stringify({ refused, shownBeforeLogin, rows, clients, providers, events, meta, errors }));
+  console.log(JSON.stringify({ refused, shownBeforeLogin, rows, clients, providers, usableClass, events, meta, errors }));
   await browser.close();
 })().catch((e) => { console.error(e); process.exit(1); });
 "#;
@@ -268,6 +269,17 @@ async fn in_a_real_browser_the_page_shows_every_key_and_refuses_a_wrong_token() 
         (&serde_json::json!("2"), &serde_json::json!("no")),
         "{seen}"
     );
+    // xai and anthropic come from the embedded defaults and were never set
+    // up: grey "not set up", not a red 0 like a provider that lost its keys.
+    for offered in ["xai", "anthropic"] {
+        let row = providers
+            .iter()
+            .find(|p| p[0] == offered)
+            .unwrap_or_else(|| panic!("{offered}: {seen}"));
+        assert_eq!(row[2], "not set up", "{seen}");
+        assert_eq!(seen["usableClass"][offered], "num not-set-up", "{seen}");
+    }
+    assert_eq!(seen["usableClass"]["openai"], "num", "{seen}");
     let rotation = openai[4].as_str().unwrap();
     assert!(
         rotation.contains(" in grace, ends in 59m") || rotation.contains(" in grace, ends in 1h"),
@@ -415,6 +427,19 @@ async fn the_json_behind_the_sparklines_and_the_reload_line() {
         .find(|p| p["name"] == "openai")
         .unwrap();
     assert_eq!(openai["rotation"]["stage"], "grace", "{providers}");
+    let set_up = |name: &str| {
+        providers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["set_up"].clone())
+    };
+    assert_eq!(
+        (set_up("openai"), set_up("xai"), set_up("anthropic")),
+        (Some(true.into()), Some(false.into()), Some(false.into())),
+        "only the default route and providers the operator configured or gave keys are set up: {providers}"
+    );
 
     // A vault file that does not open: the last reload says so, the
     // generation served stays, and the next good write clears it.

@@ -289,3 +289,201 @@ fn client_add_prints_a_well_formed_key_once_and_lists_never_show_it() {
     assert!(out.stdout.contains("beta"), "{}", out.stdout);
     assert_eq!(find_token(&out.stdout, "kg_"), None, "{}", out.stdout);
 }
+
+#[test]
+fn client_add_and_rotate_print_the_key_alone_on_stdout_for_scripts() {
+    let kg = Keygate::new(&KeygateBuilder::new());
+    kg.vault_init();
+    // `KEY=$(keygate client add app)` captures the key and nothing else.
+    let out = kg.run(&["client", "add", "app"]);
+    out.assert_ok("client add");
+    let key = kg.issued_key(&out);
+    assert_eq!(out.stdout, format!("{key}\n"));
+    assert!(
+        out.stderr.contains("client `app` created"),
+        "the words for a person are on stderr: {}",
+        out.stderr
+    );
+    let out = kg.run(&["client", "add", "bot", "--json"]);
+    out.assert_ok("client add --json");
+    let key = kg.issued_key(&out);
+    let line: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON value ({e}): {}", out.stdout));
+    assert_eq!(
+        line,
+        serde_json::json!({"name": "bot", "key": key, "decoy": false})
+    );
+
+    let out = kg.run(&["client", "rotate", "app", "--grace", "1h"]);
+    out.assert_ok("client rotate");
+    let new = kg.issued_key(&out);
+    assert_eq!(out.stdout, format!("{new}\n"));
+    assert!(
+        out.stderr.contains("old key keeps working until"),
+        "{}",
+        out.stderr
+    );
+    let out = kg.run(&["client", "rotate", "bot", "--json"]);
+    out.assert_ok("client rotate --json");
+    let new = kg.issued_key(&out);
+    let line: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!((&line["name"], &line["key"]), (&"bot".into(), &new.into()));
+    let listed: serde_json::Value =
+        serde_json::from_str(&kg.run(&["client", "list", "--json"]).stdout).unwrap();
+    let bot = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "bot")
+        .unwrap();
+    assert_eq!(
+        line["old_key_valid_until"], bot["old_key_valid_until"],
+        "{listed}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_never_panics_and_a_key_nobody_got_is_taken_back() {
+    let kg = keygate_with_a_key();
+    kg.add_client("app");
+    let clients = || -> serde_json::Value {
+        serde_json::from_str(&kg.run(&["client", "list", "--json"]).stdout).unwrap()
+    };
+    let before = clients();
+
+    // `keygate client add late | head -0`: the key could not be handed
+    // over, so the client is not left behind holding it.
+    let out = kg.run_with_stdout_closed(&["client", "add", "late"]);
+    out.assert_code(1, "client add into a closed pipe");
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("client `late` was not created"),
+        "{}",
+        out.stderr
+    );
+    // `keygate client rotate app | head -0`: the old key stays the key.
+    let out = kg.run_with_stdout_closed(&["client", "rotate", "app"]);
+    out.assert_code(1, "client rotate into a closed pipe");
+    assert!(
+        out.stderr.contains("client `app` was not rotated"),
+        "{}",
+        out.stderr
+    );
+    let after = clients();
+    assert_eq!(
+        after.as_array().map(Vec::len),
+        before.as_array().map(Vec::len),
+        "{after}"
+    );
+    assert!(
+        after[0]["old_key_valid_until"].is_null(),
+        "the rotation was undone: {after}"
+    );
+    kg.add_client("late");
+
+    // Everything else: as quiet as `| head` expects, exit 0, no panic.
+    for args in [
+        &["key", "list"][..],
+        &["key", "list", "--json"],
+        &["client", "list"],
+        &["prices"],
+        &["completions", "bash"],
+        &["key", "--help"],
+    ] {
+        let out = kg.run_with_stdout_closed(args);
+        out.assert_code(0, &format!("{args:?} into a closed pipe"));
+        assert!(!out.stderr.contains("panicked"), "{args:?}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn key_list_shows_the_keys_in_play_and_recent_ones_in_aligned_columns() {
+    let kg = Keygate::new(&KeygateBuilder::new());
+    kg.vault_init();
+    let long = "a-label-far-longer-than-fourteen-characters";
+    let kept = kg.add_key_with("openai", OPENAI_KEY, &["--label", long]);
+    let gone = kg.add_key_with("openai", OPENAI_KEY_2, &["--label", "b"]);
+    kg.run(&["key", "revoke", &gone]).assert_ok("key revoke");
+
+    let out = kg.run(&["key", "list"]);
+    out.assert_ok("key list");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    // Every row's STATE and HEALTH start under their headers.
+    for header in ["STATE", "HEALTH"] {
+        let at = lines[0].find(header).unwrap();
+        for row in &lines[1..] {
+            let cell = row[at..].split_whitespace().next().unwrap_or_default();
+            assert!(
+                matches!(cell, "current" | "revoked" | "-"),
+                "`{header}` column misaligned:\n{}",
+                out.stdout
+            );
+        }
+    }
+
+    // A key out of use for longer than --recent (default 24h) is left out,
+    // and stderr says how to see it; --all lists the whole history.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = kg.run(&["key", "list", "--recent", "1s"]);
+    out.assert_ok("key list --recent 1s");
+    assert!(out.stdout.contains(&kept), "{}", out.stdout);
+    assert!(!out.stdout.contains(&gone), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("1 key(s) out of use") && out.stderr.contains("--all"),
+        "{}",
+        out.stderr
+    );
+    let json = kg.run(&["key", "list", "--json", "--recent", "1s"]).stdout;
+    assert!(json.contains(&kept) && !json.contains(&gone), "{json}");
+    let all = kg.run(&["key", "list", "--all"]).stdout;
+    assert!(all.contains(&kept) && all.contains(&gone), "{all}");
+}
+
+#[test]
+fn key_add_at_a_terminal_does_not_show_the_pasted_key() {
+    let kg = Keygate::new(&KeygateBuilder::new());
+    kg.vault_init();
+    kg.register_secret(OPENAI_KEY);
+    let (code, shown) = kg.run_at_terminal(
+        &["key", "add", "openai"],
+        "Paste the upstream API key",
+        OPENAI_KEY,
+        "stty -a",
+    );
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("added key_"), "{shown}");
+    assert!(!shown.contains(OPENAI_KEY), "the key was echoed: {shown}");
+    // The terminal's echo is back on afterwards (stty prints `-echo` when off).
+    let flags: Vec<&str> = shown.split_whitespace().collect();
+    assert!(
+        flags.contains(&"echo") && !flags.contains(&"-echo"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn vault_rekey_says_to_back_up_the_new_master_key_the_only_one_that_opens_the_vault() {
+    let kg = keygate_with_a_key();
+    let key_file = kg.master_key_path();
+    let old = std::fs::read(&key_file).unwrap();
+    let out = kg.run(&["vault", "rekey"]);
+    out.assert_ok("vault rekey");
+    let new = std::fs::read(&key_file).unwrap();
+    kg.register_secret(String::from_utf8_lossy(&new).trim());
+    assert_ne!(old, new, "a new master key file");
+    assert!(
+        out.stdout
+            .contains(&format!("back up {} now", key_file.display())),
+        "{}",
+        out.stdout
+    );
+    kg.run(&["key", "list"])
+        .assert_ok("key list with the new master key");
+    // The old key's backup no longer opens this vault.
+    std::fs::write(&key_file, &old).unwrap();
+    chmod(&key_file, 0o600);
+    let out = kg.run(&["key", "list"]);
+    out.assert_code(1, "key list with the old master key");
+    assert!(out.stderr.contains(WRONG_KEY_MSG), "{}", out.stderr);
+}

@@ -87,16 +87,22 @@ pub(super) fn run(context: &Context, args: InventoryArgs) -> Result<(), CliError
             .iter()
             .flat_map(|(p, entries)| entries.iter().map(|e| e.to_json(&p.name)))
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        say!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
     if providers.is_empty() {
-        println!("(no provider keygate can list: each needs [providers.NAME.admin] and `keygate admin-key set NAME`)");
+        say!("(no provider keygate can list: each needs [providers.NAME.admin] and `keygate admin-key set NAME`)");
         return Ok(());
     }
-    println!(
+    say!(
         "{:<10} {:<36} {:<28} {:<8} {:<17} {:<17} {:<28} READING",
-        "PROVIDER", "PROVIDER KEY ID", "NAME", "SHOWS", "CREATED", "LAST USED", "OWNER"
+        "PROVIDER",
+        "PROVIDER KEY ID",
+        "NAME",
+        "SHOWS",
+        "CREATED",
+        "LAST USED",
+        "OWNER"
     );
     for (provider, entries) in &all {
         for e in entries {
@@ -109,7 +115,7 @@ pub(super) fn run(context: &Context, args: InventoryArgs) -> Result<(), CliError
             if l.active == Some(false) {
                 reading.push_str(", inactive at the provider");
             }
-            println!(
+            say!(
                 "{:<10} {:<36} {:<28} {:<8} {:<17} {:<17} {:<28} {reading}",
                 provider.name,
                 l.id,
@@ -123,7 +129,7 @@ pub(super) fn run(context: &Context, args: InventoryArgs) -> Result<(), CliError
             );
         }
         let count = |word| entries.iter().filter(|e| e.reading.word() == word).count();
-        println!(
+        say!(
             "{:<10} {} keys: {} managed, {} orphan, {} unmanaged",
             provider.name,
             entries.len(),
@@ -155,7 +161,9 @@ fn delete(
         }
     }
     if !yes {
-        eprint!(
+        use std::io::Write as _;
+        let _ = write!(
+            std::io::stderr(),
             "keygate: {} {id} ({}) at {}? Type yes to go on: ",
             provider
                 .kind
@@ -195,6 +203,6 @@ fn delete(
             "outcome": word,
         }),
     );
-    println!("keygate: {id} at {}: {word}", provider.name);
+    say!("keygate: {id} at {}: {word}", provider.name);
     Ok(())
 }

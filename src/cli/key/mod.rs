@@ -4,24 +4,26 @@
 //! rollback, revoke) inline.
 //!
 //! Below it: `new_key` (`add`, and `rotate` with a key from stdin),
-//! `inspect` (`list`, `verify`), `provider` (what reaches the provider's
+//! `list`, `verify`, `provider` (what reaches the provider's
 //! management API: `rotate --mint`, `burn`, `revoke --at-provider`, and
 //! settling what keygate owes a provider), and `transition` (what they all
 //! share: `--grace` as a deadline, a promotion printed, errors as exit codes).
 
-mod inspect;
 mod inventory;
+mod list;
 mod new_key;
 mod provider;
 mod reconcile;
 mod settings;
 mod transition;
+mod verify;
 
 use clap::Subcommand;
 
-use self::inspect::{list, verify};
+use self::list::list;
 use self::new_key::{add, rotate};
 use self::transition::{grace_until, op_error, print_promotion};
+use self::verify::verify;
 use super::{CliError, Context};
 use crate::keys::ops;
 
@@ -144,14 +146,10 @@ pub enum KeyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List keys: id, provider, label, state, fingerprint, age — never the secret.
-    List {
-        /// Only this provider.
-        provider: Option<String>,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    /// List keys: id, provider, label, state, fingerprint, age — never the
+    /// secret. Keys in use, pending or owed a delete, and keys out of use
+    /// for less than --recent (24h); --all for every key ever held.
+    List(list::ListArgs),
 }
 
 pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError> {
@@ -161,7 +159,7 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             label,
             fallback,
         } => add(context, &provider, label, fallback),
-        KeyCommand::List { provider, json } => list(context, provider.as_deref(), json),
+        KeyCommand::List(args) => list(context, args),
         KeyCommand::Reconcile {
             provider,
             since,
@@ -234,7 +232,7 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
             let (current, previous) = context.vault().update(&kek, |doc| {
                 ops::rollback(doc, &provider, grace_until, crate::unix_now()).map_err(op_error)
             })?;
-            println!("keygate: rolled back {provider}: {current} is current again, {previous} is the fallback");
+            say!("keygate: rolled back {provider}: {current} is current again, {previous} is the fallback");
             Ok(())
         }
         KeyCommand::Revoke {
@@ -260,7 +258,7 @@ pub(super) fn run(context: &Context, command: KeyCommand) -> Result<(), CliError
                 )
                 .map_err(op_error)
             })?;
-            println!("keygate: {key_id} revoked; a running server stops using it within a second");
+            say!("keygate: {key_id} revoked; a running server stops using it within a second");
             let must = at_provider.then_some(key_id.as_str());
             provider::settle_owed(context, &vault, &kek, must)
         }

@@ -38,7 +38,7 @@ pub(super) fn add(
         };
         ops::add_now(document, key).map_err(op_error)
     })?;
-    println!(
+    say!(
         "keygate: added {id} ({}) to {provider} as {}",
         secret.fingerprint(),
         state.as_str()
@@ -70,11 +70,11 @@ pub(super) fn rotate(
     let fingerprint = secret.fingerprint();
     let report = |step: rotate::Step<'_>| match step {
         rotate::Step::Staged { id } => {
-            println!("keygate: {id} ({fingerprint}) added to {provider} as pending")
+            say!("keygate: {id} ({fingerprint}) added to {provider} as pending")
         }
-        rotate::Step::Checked { id, check } => println!("keygate: {id}: {}", check.describe()),
+        rotate::Step::Checked { id, check } => say!("keygate: {id}: {}", check.describe()),
         rotate::Step::Unverified => {
-            println!("keygate: --no-verify: promoting without asking the upstream")
+            say!("keygate: --no-verify: promoting without asking the upstream")
         }
     };
     let events = context.events();
@@ -87,7 +87,7 @@ pub(super) fn rotate(
         .block_on(rotate::run(&open, rotation, report))
         .map_err(rotate_error)?;
     print_promotion(&promotion);
-    println!(
+    say!(
         "keygate: a running server switches within a second; in-flight requests finish on the old key"
     );
     settle_owed(context, &vault, &kek, None)

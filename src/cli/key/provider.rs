@@ -28,25 +28,25 @@ pub(super) struct MintArgs<'a> {
 /// Prints a minted rotation's steps as they happen.
 fn print_mint_step(provider: &str, step: mint::MintStep<'_>) {
     match step {
-        mint::MintStep::Resumed { id } => println!(
+        mint::MintStep::Resumed { id } => say!(
             "keygate: resuming the interrupted rotation of {provider}: {id} (minted) is pending"
         ),
-        mint::MintStep::OrphanDeleted { name, provider_id } => println!(
+        mint::MintStep::OrphanDeleted { name, provider_id } => say!(
             "keygate: deleted {name} (provider id {provider_id}) at {provider}: an earlier run created it but never recorded it"
         ),
         mint::MintStep::Created { name, provider_id } => {
-            println!("keygate: created {name} at {provider} (provider id {provider_id})")
+            say!("keygate: created {name} at {provider} (provider id {provider_id})")
         }
         mint::MintStep::Rotation(rotate::Step::Staged { id }) => {
-            println!("keygate: {id} added to {provider} as pending")
+            say!("keygate: {id} added to {provider} as pending")
         }
         mint::MintStep::Rotation(rotate::Step::Checked { id, check }) => {
-            println!("keygate: {id}: {}", check.describe())
+            say!("keygate: {id}: {}", check.describe())
         }
         mint::MintStep::Rotation(rotate::Step::Unverified) => {
-            println!("keygate: --no-verify: promoting without asking the upstream")
+            say!("keygate: --no-verify: promoting without asking the upstream")
         }
-        mint::MintStep::Waiting { check, after } => println!(
+        mint::MintStep::Waiting { check, after } => say!(
             "keygate: the new key does not work yet ({}); trying again in {after:?}",
             check.verdict.as_str()
         ),
@@ -99,7 +99,7 @@ pub(super) fn rotate_minted(
         }))
         .map_err(mint_error)?;
     print_promotion(&promotion);
-    println!(
+    say!(
         "keygate: a running server switches within a second; in-flight requests finish on the old key"
     );
     drop(runtime);
@@ -147,7 +147,7 @@ pub(super) fn burn(
         Replacement::Given(&given)
     };
     let at_provider = burn::can_clean_up(&document, provider);
-    println!(
+    say!(
         "keygate: burning {key_id} ({}, {})",
         provider.name,
         key.state.as_str()
@@ -177,16 +177,16 @@ pub(super) fn burn(
             other => CliError::Runtime(other.to_string()),
         })?;
     match (&burned.burnt.replacement, burned.replacement_kind) {
-        (Some(new), Some(kind)) => println!(
+        (Some(new), Some(kind)) => say!(
             "keygate: {new} ({kind}) is current, ready after {}",
             millis(burned.replacement_took)
         ),
-        _ => println!(
+        _ => say!(
             "keygate: no replacement needed: other usable keys of {} remain",
             provider.name
         ),
     }
-    println!(
+    say!(
         "keygate: {key_id} revoked: out of keygate's use, no grace (vault write {})",
         millis(burned.write_took)
     );
@@ -198,13 +198,13 @@ pub(super) fn burn(
             .map_err(CliError::Vault)?;
         provider_half = report_settled(&settled);
     } else {
-        println!(
+        say!(
             "keygate: keygate cannot reach {}'s management API ({}): delete the key in the provider's console now",
             provider.name,
             if provider.admin.is_none() { "no [providers.NAME.admin]" } else { "no management credential, or its kind has no such API" }
         );
     }
-    println!("keygate: burn done in {}", millis(started.elapsed()));
+    say!("keygate: burn done in {}", millis(started.elapsed()));
     provider_half
 }
 
@@ -251,7 +251,7 @@ pub(super) fn settle_owed(
         for id in vault.update(kek, |doc| {
             Ok::<_, CliError>(ops::expire_grace(doc, crate::unix_now()))
         })? {
-            println!("keygate: {id} retired: its grace ended");
+            say!("keygate: {id} retired: its grace ended");
         }
     }
     if cleanup::owed(&vault.load(kek)?.document).is_empty() {
@@ -271,7 +271,7 @@ pub(super) fn settle_owed(
     for one in &settled {
         match report_settled(one) {
             Err(error) if must == Some(one.key_id.as_str()) => result = Err(error),
-            Err(error) => eprintln!("keygate: warning: {error}"),
+            Err(error) => note!("keygate: warning: {error}"),
             Ok(()) => {}
         }
     }
@@ -281,7 +281,7 @@ pub(super) fn settle_owed(
 fn report_settled(settled: &cleanup::Settled) -> Result<(), CliError> {
     match &settled.outcome {
         Ok(word) => {
-            println!(
+            say!(
                 "keygate: {} {word} at {} ({})",
                 settled.key_id,
                 settled.provider,
@@ -307,7 +307,7 @@ fn wait_for_server(vault: &Vault) -> Result<(), CliError> {
     let started = Instant::now();
     while started.elapsed() < PICKUP_WAIT {
         if record.highest().unwrap_or(0) >= written {
-            println!(
+            say!(
                 "keygate: the running server serves the new keys ({} after the write)",
                 millis(started.elapsed())
             );
@@ -315,7 +315,7 @@ fn wait_for_server(vault: &Vault) -> Result<(), CliError> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    println!(
+    say!(
         "keygate: no running server picked up the write within {PICKUP_WAIT:?} (none running here?): any server that loads this vault never uses the burnt key"
     );
     Ok(())

@@ -45,10 +45,10 @@ pub(super) fn run(
         .collect();
     if json {
         let list: Vec<_> = rows.iter().map(|c| c.to_json(window)).collect();
-        println!("{}", serde_json::Value::Array(list));
+        say!("{}", serde_json::Value::Array(list));
         return Ok(());
     }
-    println!(
+    say!(
         "{:<10} {:<16} {:<32} {:>12} {:>12} {:>12} {:>12}  FINDING",
         "PROVIDER",
         "KEY",
@@ -68,7 +68,7 @@ pub(super) fn run(
             ),
             Finding::NotReconcilable(why) => format!("not reconcilable: {why}"),
         };
-        println!(
+        say!(
             "{:<10} {:<16} {:<32} {:>12} {:>12} {:>12} {:>12}  {finding}",
             c.provider,
             c.key_id,
@@ -80,7 +80,7 @@ pub(super) fn run(
         );
     }
     if rows.is_empty() {
-        println!("(no key in use and no traffic in this window)");
+        say!("(no key in use and no traffic in this window)");
     }
     Ok(())
 }

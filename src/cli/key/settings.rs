@@ -46,7 +46,7 @@ pub(super) fn run(context: &Context, args: SetArgs) -> Result<(), CliError> {
         }
         Ok::<_, CliError>((key.weight.unwrap_or(1), key.max_in_flight))
     })?;
-    println!(
+    say!(
         "keygate: {}: weight {weight}, max in flight {}",
         args.key_id,
         max_in_flight.map_or_else(|| "unlimited".to_owned(), |n| n.to_string())

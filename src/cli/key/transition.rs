@@ -35,11 +35,11 @@ pub(super) fn grace_until(context: &Context, grace: Option<std::time::Duration>)
 
 /// What a promotion moved, one line per key.
 pub(super) fn print_promotion(promotion: &ops::Promotion) {
-    println!("keygate: {} is now current", promotion.promoted);
+    say!("keygate: {} is now current", promotion.promoted);
     if let Some(demoted) = &promotion.demoted {
-        println!("keygate: {demoted} is now previous (the fallback) until its grace ends");
+        say!("keygate: {demoted} is now previous (the fallback) until its grace ends");
     }
     if let Some(retired) = &promotion.retired {
-        println!("keygate: {retired} retired (secret wiped)");
+        say!("keygate: {retired} retired (secret wiped)");
     }
 }

@@ -40,8 +40,18 @@ enum AdminError {
     NotHeld,
     #[error("{0}")]
     BadRequest(String),
+    /// Another rotation holds the lease, or the vault's state forbids the
+    /// change (a rotation half done, the last usable key).
     #[error("{0}")]
     Conflict(String),
+    /// The new key of a rotation, refused by the provider when verified
+    /// (`key_rejected`) or valid but out of credit (`key_exhausted`).
+    #[error("{1}")]
+    NewKey(&'static str, String),
+    /// Verifying the new key said nothing certain (the provider rate
+    /// limited, failing or unreachable): it stays pending.
+    #[error("{0}")]
+    Unverified(String),
     #[error("{0}")]
     Failed(String),
     /// The provider's management API failed.
@@ -58,6 +68,8 @@ impl AdminError {
             AdminError::NotHeld => (StatusCode::NOT_FOUND, "not_a_held_key"),
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AdminError::NewKey(code, _) => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            AdminError::Unverified(_) => (StatusCode::BAD_GATEWAY, "verification_inconclusive"),
             AdminError::Failed(_) => (StatusCode::INTERNAL_SERVER_ERROR, "failed"),
             AdminError::Provider(_) => (StatusCode::BAD_GATEWAY, "management_api_error"),
         };
@@ -71,7 +83,11 @@ impl AdminError {
 impl From<ops::OpError> for AdminError {
     fn from(error: ops::OpError) -> Self {
         match error {
-            ops::OpError::UnknownKey(_) => AdminError::BadRequest(error.to_string()),
+            // What the request named or sent is wrong (the CLI's usage errors).
+            ops::OpError::UnknownKey(_)
+            | ops::OpError::MalformedSecret
+            | ops::OpError::NotCurrent(_)
+            | ops::OpError::AmbiguousReplace { .. } => AdminError::BadRequest(error.to_string()),
             other => AdminError::Conflict(other.to_string()),
         }
     }
@@ -87,10 +103,8 @@ impl From<rotate::RotateError> for AdminError {
     fn from(error: rotate::RotateError) -> Self {
         match error {
             rotate::RotateError::Op(op) => op.into(),
-            rotate::RotateError::Rejected { .. }
-            | rotate::RotateError::Exhausted { .. }
-            | rotate::RotateError::Inconclusive { .. } => AdminError::Conflict(error.to_string()),
-            other => AdminError::Failed(other.to_string()),
+            other => verdict(&other, other.to_string())
+                .unwrap_or_else(|| AdminError::Failed(other.to_string())),
         }
     }
 }
@@ -120,12 +134,25 @@ impl From<burn::BurnError> for AdminError {
                 mint::MintRotateError::Mint(mint::MintError::Api { .. }) => {
                     AdminError::Provider(error.to_string())
                 }
+                mint::MintRotateError::Rotate(ref rotate) => verdict(rotate, error.to_string())
+                    .unwrap_or_else(|| AdminError::Conflict(error.to_string())),
                 _ => AdminError::Conflict(error.to_string()),
             },
             other @ burn::BurnError::NeedsReplacement { .. } => {
                 AdminError::BadRequest(other.to_string())
             }
         }
+    }
+}
+
+/// What the provider said of a new key when it was verified, as the answer
+/// it means (`message` is the whole error's); `None` for any other failure.
+fn verdict(error: &rotate::RotateError, message: String) -> Option<AdminError> {
+    match error {
+        rotate::RotateError::Rejected { .. } => Some(AdminError::NewKey("key_rejected", message)),
+        rotate::RotateError::Exhausted { .. } => Some(AdminError::NewKey("key_exhausted", message)),
+        rotate::RotateError::Inconclusive { .. } => Some(AdminError::Unverified(message)),
+        _ => None,
     }
 }
 

@@ -159,6 +159,11 @@ pub(super) fn list_providers(shared: &Shared) -> Result<serde_json::Value, Admin
                     "kind": p.kind.as_str(),
                     "default": p.name == shared.config.routing.default,
                     "usable_keys": snapshot.rings.get(&p.name).map_or(0, |r| r.len()),
+                    // A provider the embedded defaults only offer is not a problem.
+                    "set_up": shared.config.is_set_up(
+                        &p.name,
+                        document.keys.iter().any(|k| k.provider == p.name)
+                    ),
                     "admin_configured": p.admin.is_some(),
                     "management_credential": document.admin_key(&p.name).is_some(),
                     "rotation": rotation_in_flight(&document, &p.name, now),

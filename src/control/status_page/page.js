@@ -142,7 +142,9 @@ async function refresh() {
     const minutes = activity.providers[p.name] || { refusals: [], fallbacks: [] };
     list.append(el("tr", { "data-provider": p.name },
       el("td", {}, p.name + (p.default ? " (default)" : "")), el("td", {}, p.kind),
-      el("td", { class: p.usable_keys ? "num" : "num none-usable" }, String(p.usable_keys)),
+      // Red only for a provider someone set up; one the defaults merely offer is grey.
+      el("td", { class: p.usable_keys ? "num" : p.set_up ? "num none-usable" : "num not-set-up" },
+        p.usable_keys || p.set_up ? String(p.usable_keys) : "not set up"),
       el("td", {}, managed), el("td", {}, rotation(p.rotation)),
       el("td", { class: "refusals" }, sparkline(minutes.refusals, "refusals")),
       el("td", { class: "fallbacks" }, sparkline(minutes.fallbacks, "fallbacks")),

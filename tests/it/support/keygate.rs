@@ -249,8 +249,8 @@ impl Keygate {
                 let _ = sin.write_all(input.as_bytes());
             }
             drop(sin);
-            let out = reader(child.stdout.take().expect("stdout"));
-            let err = reader(child.stderr.take().expect("stderr"));
+            let out = reader_thread(child.stdout.take().expect("stdout"));
+            let err = reader_thread(child.stderr.take().expect("stderr"));
             let status = wait_bounded(&mut child, CLI_TIMEOUT);
             let stdout = out.join().unwrap_or_default();
             let stderr = err.join().unwrap_or_default();
@@ -318,11 +318,7 @@ impl Keygate {
     /// remembered as a secret and allowed on that one line.
     pub fn client_key_from(&self, out: &Out) -> String {
         out.assert_ok("client add");
-        let key = find_token(&out.stdout, "kg_")
-            .unwrap_or_else(|| panic!("`client add` printed no kg_ key: {}", out.stdout));
-        self.register_secret(&key);
-        self.captures.exempt(out.capture, &key);
-        key
+        self.issued_key(out)
     }
 
     /// `keygate client rotate NAME ARGS…`; returns the new `kg_…` key it printed.
@@ -331,11 +327,121 @@ impl Keygate {
         all.extend_from_slice(args);
         let out = self.run(&all);
         out.assert_ok("client rotate");
+        self.issued_key(&out)
+    }
+
+    /// The `kg_` key a command printed once on stdout (`client add`,
+    /// `client rotate`), remembered as a secret that may appear on that one
+    /// line of its output and nowhere else.
+    pub fn issued_key(&self, out: &Out) -> String {
         let key = find_token(&out.stdout, "kg_")
-            .unwrap_or_else(|| panic!("`client rotate` printed no kg_ key: {}", out.stdout));
+            .unwrap_or_else(|| panic!("no kg_ key on stdout: {}", out.stdout));
         self.register_secret(&key);
         self.captures.exempt(out.capture, &key);
         key
+    }
+
+    /// Run a CLI command at a terminal — a pseudo-terminal made by
+    /// util-linux's `script` — typing `typed` and Enter once `prompt` shows,
+    /// then the shell command `then` at the same terminal. Returns the exit
+    /// code of `then` and everything the terminal showed (kept for the leak
+    /// check).
+    pub fn run_at_terminal(
+        &self,
+        args: &[&str],
+        prompt: &str,
+        typed: &str,
+        then: &str,
+    ) -> (Option<i32>, String) {
+        let inner = self.command(args, &[("RUST_LOG", "warn")]);
+        let quote =
+            |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+        let line = std::iter::once(inner.get_program())
+            .chain(inner.get_args())
+            .map(quote)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &format!("{line}; {then}"), "/dev/null"])
+            .env_clear()
+            .current_dir(self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in inner.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        let label = format!("keygate {} (at a terminal)", args.join(" "));
+        blocking(|| {
+            let mut child = cmd.spawn().expect("spawn script (util-linux)");
+            let shown = Arc::new(Mutex::new(String::new()));
+            let mut out = child.stdout.take().expect("stdout");
+            let copy = shown.clone();
+            let reading = std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = out.read(&mut buf) {
+                    copy.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+            let err = reader_thread(child.stderr.take().expect("stderr"));
+            let deadline = Instant::now() + CLI_TIMEOUT;
+            while !shown.lock().unwrap().contains(prompt) {
+                assert!(
+                    Instant::now() < deadline,
+                    "no `{prompt}` at the terminal: {}",
+                    shown.lock().unwrap()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let mut keyboard = child.stdin.take().expect("stdin");
+            let _ = keyboard.write_all(format!("{typed}\n").as_bytes());
+            drop(keyboard);
+            let status = wait_bounded(&mut child, CLI_TIMEOUT);
+            let _ = reading.join();
+            let stderr = err.join().unwrap_or_default();
+            let text = shown.lock().unwrap().clone();
+            self.captures.record(
+                &label,
+                format!("--- terminal\n{text}\n--- stderr\n{stderr}"),
+            );
+            let status = status.unwrap_or_else(|| panic!("`{label}` did not finish: {text}"));
+            (status.code(), text)
+        })
+    }
+
+    /// Run a CLI command whose standard output is a pipe nobody reads any
+    /// more (`keygate … | head -0`); its stdout is empty here.
+    pub fn run_with_stdout_closed(&self, args: &[&str]) -> Out {
+        let label = format!("keygate {} | (closed)", args.join(" "));
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let mut cmd = self.command(args, &[]);
+        cmd.stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped());
+        blocking(|| {
+            let mut child = cmd.spawn().expect("spawn keygate");
+            // The parent's copy of the write end goes with `cmd`.
+            drop(cmd);
+            let err = reader_thread(child.stderr.take().expect("stderr"));
+            let status = wait_bounded(&mut child, CLI_TIMEOUT);
+            let stderr = err.join().unwrap_or_default();
+            let capture = self
+                .captures
+                .record(&label, format!("--- stderr\n{stderr}"));
+            let status =
+                status.unwrap_or_else(|| panic!("`{label}` did not finish: {}", tail(&stderr)));
+            Out {
+                code: status.code(),
+                stdout: String::new(),
+                stderr,
+                capture,
+            }
+        })
     }
 
     /// Start `keygate serve` and wait for its two listener lines.
@@ -475,7 +581,7 @@ impl Drop for Keygate {
     }
 }
 
-fn reader(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
+fn reader_thread(mut r: impl Read + Send + 'static) -> JoinHandle<String> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = r.read_to_end(&mut buf);
