@@ -31,9 +31,6 @@ mod doctor;
 mod events;
 mod key;
 mod prices;
-// Not yet moved to `say!` (its owners are still at work there): the one
-// command whose output a closed pipe can still turn into a panic.
-#[allow(clippy::print_stdout, clippy::print_stderr)]
 mod scan;
 mod serve;
 mod start_checks;

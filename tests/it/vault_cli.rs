@@ -345,7 +345,7 @@ fn client_add_and_rotate_print_the_key_alone_on_stdout_for_scripts() {
 #[test]
 fn a_closed_stdout_never_panics_and_a_key_nobody_got_is_taken_back() {
     let kg = keygate_with_a_key();
-    kg.add_client("app");
+    let client = kg.add_client("app");
     let clients = || -> serde_json::Value {
         serde_json::from_str(&kg.run(&["client", "list", "--json"]).stdout).unwrap()
     };
@@ -394,6 +394,12 @@ fn a_closed_stdout_never_panics_and_a_key_nobody_got_is_taken_back() {
         out.assert_code(0, &format!("{args:?} into a closed pipe"));
         assert!(!out.stderr.contains("panicked"), "{args:?}: {}", out.stderr);
     }
+    // A scan that finds a key: exit 1 (a usable key), not a panic's 101.
+    let tree = tempfile::tempdir().unwrap();
+    std::fs::write(tree.path().join("a.env"), format!("KEY={client}\n")).unwrap();
+    let out = kg.run_with_stdout_closed(&["scan", tree.path().to_str().unwrap()]);
+    out.assert_code(1, "scan into a closed pipe");
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
 
 #[test]

@@ -160,9 +160,7 @@ fn name(context: &Context, hits: Vec<Hit>) -> Vec<Finding> {
         .ok()
         .and_then(|kek| context.vault().load(&kek).ok());
     if vault.is_none() {
-        eprintln!(
-            "keygate: the vault cannot be opened: findings cannot be named and read as unknown"
-        );
+        note!("keygate: the vault cannot be opened: findings cannot be named and read as unknown");
     }
     hits.into_iter()
         .map(|hit| Finding {

@@ -14,7 +14,7 @@ const CLIENT_RULE: &str = "keygate-client-key";
 /// The table: location, whose key and what, masked key, reading.
 pub fn table(findings: &[Finding], skipped: usize) {
     if findings.is_empty() {
-        println!("(no key found)");
+        say!("(no key found)");
     }
     let rows: Vec<[String; 4]> = findings
         .iter()
@@ -30,10 +30,10 @@ pub fn table(findings: &[Finding], skipped: usize) {
     let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
     let (w0, w1, w2) = (width(0), width(1), width(2));
     for [location, what, masked, reading] in &rows {
-        println!("{location:<w0$}  {what:<w1$}  {masked:<w2$}  {reading}");
+        say!("{location:<w0$}  {what:<w1$}  {masked:<w2$}  {reading}");
     }
     if skipped > 0 {
-        println!("({skipped} binary, oversized or unreadable file(s) skipped)");
+        say!("({skipped} binary, oversized or unreadable file(s) skipped)");
     }
 }
 
@@ -67,7 +67,7 @@ pub fn json(findings: &[Finding]) {
             row
         })
         .collect();
-    println!("{}", Value::Array(rows));
+    say!("{}", Value::Array(rows));
 }
 
 /// The rule a finding falls under: its kind's, or keygate's client keys'.
@@ -158,7 +158,7 @@ pub fn sarif(findings: &[Finding]) {
             "results": results,
         }],
     });
-    println!("{log}");
+    say!("{log}");
 }
 
 /// A SARIF physical location; the path as a relative URI reference.

@@ -146,7 +146,7 @@ fn add_live(
             };
             ops::add_now(document, new).map_err(|e| CliError::Runtime(e.to_string()))
         })?;
-        eprintln!(
+        note!(
             "keygate: imported {} as {id} into {} (retire it at the provider with `keygate key burn {id}`)",
             finding.masked, provider.name
         );
