@@ -258,57 +258,62 @@ impl RequestEnd {
         ending: Ending,
     ) {
         use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
-        use opentelemetry::KeyValue;
+        use opentelemetry::{KeyValue, Value};
         let now = std::time::SystemTime::now();
         let start = now.checked_sub(self.started.elapsed()).unwrap_or(now);
+        // Sampled first: a request left out costs no attribute at all.
+        let mut span = tracer
+            .span_builder("keygate.request")
+            .with_kind(SpanKind::Server)
+            .with_start_time(start)
+            .start(tracer);
+        if !span.is_recording() {
+            return;
+        }
         let traced = self.traced.as_ref();
-        let model = traced.and_then(|t| t.model.as_deref());
+        let model = traced.and_then(|t| t.model.clone());
         let operation = traced.and_then(|t| t.operation);
-        let name = match (operation, model) {
-            (Some(operation), Some(model)) => format!("{operation} {model}"),
-            (Some(operation), None) => operation.to_owned(),
-            _ => "keygate.request".to_owned(),
-        };
+        match (operation, &model) {
+            (Some(operation), Some(model)) => span.update_name(format!("{operation} {model}")),
+            (Some(operation), None) => span.update_name(operation),
+            _ => {}
+        }
         let mut attributes = Vec::with_capacity(16);
-        let mut put = |key: &'static str, value: Option<opentelemetry::Value>| {
+        let mut put = |key: &'static str, value: Option<Value>| {
             if let Some(value) = value {
                 attributes.push(KeyValue::new(key, value));
             }
         };
-        let text = |value: Option<&str>| value.map(|v| opentelemetry::Value::from(v.to_owned()));
-        let count = |value: Option<u64>| {
-            value.map(|v| opentelemetry::Value::from(i64::try_from(v).unwrap_or(i64::MAX)))
-        };
-        let provider = self.provider.as_ref().map(|p| &*p.name);
+        // Names and ids are shared (`Arc<str>`) or static: nothing is copied.
+        let count = |value: u64| Some(Value::I64(i64::try_from(value).unwrap_or(i64::MAX)));
+        let provider = self.provider.as_ref().map(|p| p.name.clone());
         let kind = provider
+            .as_deref()
             .and_then(|name| self.shared.config.providers.get(name))
-            .map(|p| p.kind.as_str());
-        put("gen_ai.system", text(kind));
-        put("gen_ai.operation.name", text(operation));
-        put("gen_ai.request.model", text(model));
-        put("gen_ai.usage.input_tokens", count(self.tokens.map(|t| t.0)));
-        put(
-            "gen_ai.usage.output_tokens",
-            count(self.tokens.map(|t| t.1)),
-        );
+            .map(|p| Value::from(p.kind.as_str()));
+        put("gen_ai.system", kind);
+        put("gen_ai.operation.name", operation.map(Value::from));
+        put("gen_ai.request.model", model.map(Value::from));
+        if let Some((input, output)) = self.tokens {
+            put("gen_ai.usage.input_tokens", count(input));
+            put("gen_ai.usage.output_tokens", count(output));
+        }
         put(
             "http.response.status_code",
-            count(Some(u64::from(status.as_u16()))),
+            count(u64::from(status.as_u16())),
         );
-        put("keygate.client", text(self.client.as_deref()));
-        put("keygate.provider", text(provider));
-        put("keygate.key_id", text(self.key_id.as_deref()));
-        put("keygate.attempts", count(Some(u64::from(self.attempts))));
-        put("keygate.fallback_reason", text(self.fallback_reason));
-        put("keygate.auth_failure", text(self.auth_failure));
-        put("keygate.outcome", text(Some(ending.name())));
-        put("error.type", text(self.error));
-        let mut span = tracer
-            .span_builder(name)
-            .with_kind(SpanKind::Server)
-            .with_start_time(start)
-            .with_attributes(attributes)
-            .start(tracer);
+        put("keygate.client", self.client.clone().map(Value::from));
+        put("keygate.provider", provider.map(Value::from));
+        put("keygate.key_id", self.key_id.clone().map(Value::from));
+        put("keygate.attempts", count(u64::from(self.attempts)));
+        put(
+            "keygate.fallback_reason",
+            self.fallback_reason.map(Value::from),
+        );
+        put("keygate.auth_failure", self.auth_failure.map(Value::from));
+        put("keygate.outcome", Some(Value::from(ending.name())));
+        put("error.type", self.error.map(Value::from));
+        span.set_attributes(attributes);
         if status.is_server_error() || matches!(ending, Ending::Cut(_)) {
             span.set_status(Status::error(self.error.unwrap_or("upstream error")));
         }
@@ -337,5 +342,26 @@ impl Drop for RequestEnd {
     fn drop(&mut self) {
         // Dropped before its end was run: the client went away mid-body.
         self.finish(Ending::ClientGone);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::operation_of;
+
+    #[test]
+    fn the_path_names_the_genai_operation() {
+        for (path, operation) in [
+            ("/v1/chat/completions", Some("chat")),
+            ("/chat/completions/", Some("chat")),
+            ("/v1/messages", Some("chat")),
+            ("/v1/responses", Some("chat")),
+            ("/v1/completions", Some("text_completion")),
+            ("/v1/embeddings", Some("embeddings")),
+            ("/v1/models", None),
+            ("/v1/responses/resp_123", None),
+        ] {
+            assert_eq!(operation_of(path), operation, "{path}");
+        }
     }
 }
