@@ -3,13 +3,14 @@
 //! and `[telemetry] otlp_endpoint` sends OpenTelemetry traces over OTLP/HTTP
 //! to a real receiver here, decoded with the official protobuf definitions —
 //! a span per request with the GenAI attributes and keygate's own, spans for
-//! rotations, never a secret (the receiver's bytes join the leak check), and
+//! rotations and management API calls, never a secret (the receiver's bytes join the leak check), and
 //! a collector that is down or hangs never slows a request.
 
 use std::time::{Duration, Instant};
 
 use crate::support::client::Req;
 use crate::support::keys::key_id;
+use crate::support::management::{admin_table, set_admin, Api, Management, OPENAI_ADMIN};
 use crate::support::mock::closed_port_url;
 use crate::support::otlp::{Collector, ReceivedSpan};
 use crate::support::{Env, KeygateBuilder, OPENAI_KEY, OPENAI_KEY_2};
@@ -23,6 +24,7 @@ const TOKEN: &str = "kgadm-otel-Wq3Zx7Lv1Np5Rt9Yb2";
 /// OTLP span kinds.
 const SERVER: i32 = 2;
 const INTERNAL: i32 = 1;
+const CLIENT: i32 = 3;
 
 fn traced(collector: &Collector, extra: &str) -> impl FnOnce(KeygateBuilder) -> KeygateBuilder {
     let table = collector.table(extra);
@@ -143,40 +145,102 @@ async fn eventually_spans(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_rotation_is_a_span_even_when_no_request_is_sampled() {
+async fn rotations_and_management_calls_are_spans_even_when_no_request_is_sampled() {
     let collector = Collector::start().await;
+    let management = Management::start(Api::OpenAi, OPENAI_ADMIN).await;
+    let tables = format!(
+        "{}\n{}",
+        admin_table("openai", Api::OpenAi, &management.url()),
+        collector.table("sample_ratio = 0.0")
+    );
     let env = Env::setup()
-        .config(traced(&collector, "sample_ratio = 0.0"))
+        .config(move |b| b.extra(&tables))
         .serve_env(QUICK_EXPORT.0, QUICK_EXPORT.1)
         .serve_env("KEYGATE_ADMIN_TOKEN", TOKEN)
         .start()
         .await;
     env.kg.register_secret(TOKEN);
     env.kg.register_secret(OPENAI_KEY_2);
+    management.connect(env.openai.key_adder());
+    set_admin(&env.kg, "openai", OPENAI_ADMIN);
     assert_eq!(env.server.send(env.chat("gpt-4o")).await.status, 200);
+    let rotate = |body: serde_json::Value| {
+        Req::post("/admin/keys/openai/rotate")
+            .bearer(TOKEN)
+            .json(&body)
+    };
+
+    // A rotation with a key given.
     let old = key_id(&env.kg, "openai", OPENAI_KEY);
     let resp = env
         .server
-        .send_admin(
-            Req::post("/admin/keys/openai/rotate")
-                .bearer(TOKEN)
-                .json(&serde_json::json!({"secret": OPENAI_KEY_2, "verify": false})),
-        )
+        .send_admin(rotate(
+            serde_json::json!({"secret": OPENAI_KEY_2, "verify": false}),
+        ))
         .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
-    let new = key_id(&env.kg, "openai", OPENAI_KEY_2);
-
+    let given = key_id(&env.kg, "openai", OPENAI_KEY_2);
     let spans = collector.wait_for("keygate.rotation", 1).await;
     let rotation = &spans[0];
     assert_eq!(rotation.kind, INTERNAL);
     assert_eq!(rotation.attr("keygate.provider"), "openai");
     assert_eq!(rotation.attr("keygate.minted"), false);
-    assert_eq!(rotation.attr("keygate.key_id"), serde_json::json!(new));
+    assert_eq!(rotation.attr("keygate.key_id"), serde_json::json!(given));
     assert_eq!(
         rotation.attr("keygate.previous_key_id"),
         serde_json::json!(old)
     );
-    // sample_ratio 0: the request (which ended before the rotation began)
+
+    // A minted rotation: its calls to the management API are its children.
+    let resp = env
+        .server
+        .send_admin(rotate(serde_json::json!({"mint": true, "grace": "1h"})))
+        .await;
+    for key in management.created() {
+        env.kg.register_secret(&key.secret);
+    }
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let promoted = resp.json()["promoted"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let spans = collector.wait_for("keygate.rotation", 2).await;
+    let minted = spans
+        .iter()
+        .find(|s| s.attr("keygate.minted") == true)
+        .unwrap_or_else(|| panic!("no minted rotation: {spans:#?}"));
+    assert_eq!(minted.attr("keygate.key_id"), serde_json::json!(promoted));
+    assert_eq!(
+        minted.attr("keygate.previous_key_id"),
+        serde_json::json!(given)
+    );
+    let calls = collector.wait_for("keygate.management_call", 2).await;
+    for call in &calls {
+        assert_eq!(call.kind, CLIENT, "{call:#?}");
+        assert_eq!(call.attr("keygate.provider"), "openai");
+        assert_eq!(
+            (&call.trace_id, &call.parent_span_id),
+            (&minted.trace_id, &minted.span_id),
+            "a management call of the rotation is its child: {call:#?}"
+        );
+    }
+    let create = calls
+        .iter()
+        .find(|c| c.attr("http.request.method") == "POST")
+        .unwrap_or_else(|| panic!("no create call: {calls:#?}"));
+    let status = create.attr("http.response.status_code").as_i64();
+    assert!(
+        status.is_some_and(|s| (200..300).contains(&s)),
+        "{create:#?}"
+    );
+    assert!(
+        create
+            .attr("keygate.action")
+            .as_str()
+            .is_some_and(|a| a.starts_with("create the key keygate-openai-")),
+        "{create:#?}"
+    );
+    // sample_ratio 0: the request (which ended before the rotations began)
     // was not exported.
     assert!(
         collector.spans().iter().all(|s| s.kind != SERVER),
