@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use crate::config::{AdminApi, Provider};
+use crate::keys::trace::ManagementCallTrace;
 use crate::net::outbound_body::OutboundBody;
 use crate::net::upstream::Upstream;
 use crate::providers::management::{Call, KeyUsageReport, Listed, Listing, ManagementKind};
@@ -368,37 +369,17 @@ impl<'a> ManagementApi<'a> {
         }
     }
 
-    /// Sends one call inside its span (`keygate.management_call`; a child
-    /// of the rotation it is part of; docs/operations.md "Traces").
+    /// Sends one call inside its span (`keygate.management_call`, a child of
+    /// the rotation it is part of; docs/operations.md "Traces").
     async fn send(&self, call: Call, action: &str) -> Result<(u16, bytes::Bytes), ManagementError> {
-        use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
-        use opentelemetry::KeyValue;
-        let tracer = opentelemetry::global::tracer("keygate");
-        let mut span = tracer
-            .span_builder("keygate.management_call")
-            .with_kind(SpanKind::Client)
-            .with_attributes([
-                KeyValue::new("keygate.provider", self.provider.name.clone()),
-                KeyValue::new("keygate.action", action.to_owned()),
-                KeyValue::new("http.request.method", call.method.to_string()),
-                KeyValue::new("keygate.management_url", self.api.url()),
-            ])
-            .start(&tracer);
+        let url = self.api.url();
+        let span = ManagementCallTrace::start(&self.provider.name, action, &call.method, &url);
         let result = self.exchange(call, action).await;
         let status = match &result {
             Ok((status, _)) | Err(ManagementError::Status { status, .. }) => Some(*status),
             Err(_) => None,
         };
-        if let Some(status) = status {
-            span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
-        }
-        if let Err(error) = &result {
-            span.set_status(Status::error(error.to_string()));
-        }
-        span.end();
+        span.end(status, result.as_ref().err());
         result
     }
 

@@ -146,7 +146,7 @@ pub async fn rotate(
     let (replace, verified, grace_until) =
         (rotation.replace, rotation.verify, rotation.grace_until);
     let provider = rotation.provider.name.clone();
-    let trace = rotate::RotationTrace::start(&provider, true);
+    let trace = crate::keys::trace::RotationTrace::start(&provider, true);
     let result = match trace
         .around(stage_verified(vault, upstream, rotation, report))
         .await

@@ -96,7 +96,7 @@ pub async fn run(
     let (replace, grace_until) = (rotation.replace, rotation.grace_until);
     let verified = rotation.verify_with.is_some();
     let provider = rotation.provider.name.clone();
-    let trace = RotationTrace::start(&provider, false);
+    let trace = crate::keys::trace::RotationTrace::start(&provider, false);
     let result = match trace.around(stage_verified(vault, rotation, report)).await {
         Ok(pending) => vault.with(|v, k| promote(v, k, &pending, replace, verified, grace_until)),
         Err(error) => Err(error),
@@ -104,58 +104,6 @@ pub async fn run(
     trace.end(result.as_ref());
     tell_rotation(vault.events(), &provider, result.as_ref(), verified, false);
     result
-}
-
-/// A rotation's span (`keygate.rotation`; docs/operations.md "Traces"),
-/// through the OpenTelemetry API's global tracer: a no-op unless `serve`
-/// exports traces. The management API calls made inside [`Self::around`]
-/// are its children.
-pub struct RotationTrace(opentelemetry::Context);
-
-impl RotationTrace {
-    /// Starts the span of a rotation of `provider`'s key.
-    pub fn start(provider: &str, minted: bool) -> RotationTrace {
-        use opentelemetry::trace::{SpanKind, Tracer as _};
-        let tracer = opentelemetry::global::tracer("keygate");
-        let span = tracer
-            .span_builder("keygate.rotation")
-            .with_kind(SpanKind::Internal)
-            .with_attributes([
-                opentelemetry::KeyValue::new("keygate.provider", provider.to_owned()),
-                opentelemetry::KeyValue::new("keygate.minted", minted),
-            ])
-            .start(&tracer);
-        use opentelemetry::trace::TraceContextExt as _;
-        RotationTrace(opentelemetry::Context::current_with_span(span))
-    }
-
-    /// `work`, run inside the rotation's span.
-    pub fn around<F: std::future::Future>(
-        &self,
-        work: F,
-    ) -> opentelemetry::context::WithContext<F> {
-        opentelemetry::context::FutureExt::with_context(work, self.0.clone())
-    }
-
-    /// Ends the span with the keys it moved, or the error.
-    pub fn end(self, result: Result<&Promotion, &(impl std::fmt::Display + ?Sized)>) {
-        use opentelemetry::trace::{Status, TraceContextExt as _};
-        use opentelemetry::KeyValue;
-        let span = self.0.span();
-        match result {
-            Ok(promotion) => {
-                span.set_attribute(KeyValue::new("keygate.key_id", promotion.promoted.clone()));
-                if let Some(demoted) = &promotion.demoted {
-                    span.set_attribute(KeyValue::new("keygate.previous_key_id", demoted.clone()));
-                }
-                if let Some(retired) = &promotion.retired {
-                    span.set_attribute(KeyValue::new("keygate.retired_key_id", retired.clone()));
-                }
-            }
-            Err(error) => span.set_status(Status::error(error.to_string())),
-        }
-        span.end();
-    }
 }
 
 /// Raises `key_rotated` or `key_rotation_failed` for a rotation's end.
