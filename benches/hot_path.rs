@@ -358,7 +358,8 @@ fn new_tap(strip: bool) -> MeterTap {
 }
 
 /// The per-request log line at the default `info`, into a sink: the stock
-/// formatter against keygate's (the same text, see `log_format`).
+/// formatter against keygate's (the same text, see `log_format`), and
+/// keygate's JSON line (`log_format = "json"`).
 fn access_log(c: &mut Criterion) {
     fn line() {
         tracing::info!(
@@ -385,6 +386,12 @@ fn access_log(c: &mut Criterion) {
         .finish();
     tracing::subscriber::with_default(fast, || {
         group.bench_function("keygate's formatter", |b| b.iter(line));
+    });
+    let json = keygate::control::log_format::json_builder()
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::with_default(json, || {
+        group.bench_function("keygate's JSON formatter", |b| b.iter(line));
     });
     group.finish();
 }

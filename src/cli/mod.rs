@@ -244,7 +244,7 @@ pub fn run(cli: Cli, env: Vec<(String, String)>) -> Result<(), CliError> {
         env_passphrase: lookup("KEYGATE_PASSPHRASE"),
         file: config.vault.master_key_file.clone(),
     };
-    init_logging(&env);
+    init_logging(&env, config.server.log_format);
     if !config.server.allow_core_dumps {
         crate::control::core_dumps::forbid().map_err(|e| CliError::Runtime(e.to_string()))?;
     }
@@ -333,18 +333,25 @@ pub(crate) fn format_age(unix: u64) -> String {
     }
 }
 
-/// Logs go to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_logging(env: &[(String, String)]) {
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`), as text or
+/// one JSON object per line (`[server] log_format`).
+fn init_logging(env: &[(String, String)], format: crate::config::LogFormat) {
     let directives = env
         .iter()
         .find(|(k, _)| k == "RUST_LOG")
         .map_or("info", |(_, v)| v.as_str());
     let filter = tracing_subscriber::EnvFilter::try_new(directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = crate::control::log_format::builder()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = match format {
+        crate::config::LogFormat::Text => crate::control::log_format::builder()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        crate::config::LogFormat::Json => crate::control::log_format::json_builder()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
 }
 
 #[cfg(test)]

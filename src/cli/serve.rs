@@ -134,13 +134,17 @@ pub(super) fn run(
             .map_err(|e| CliError::Runtime(e.to_string()))?;
         let vault_watch =
             VaultWatch::new(vault, master, kek).accept_generation(accept_vault_generation);
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             config.clone(),
             vault_watch,
             admin_token,
             Limits::with_spent(spent),
             outbox,
-        )?);
+        )?;
+        shared.telemetry =
+            crate::control::telemetry::Telemetry::start(&config.telemetry, &shared.upstream)
+                .map_err(|e| CliError::Runtime(e.to_string()))?;
+        let shared = Arc::new(shared);
         tokio::task::block_in_place(|| shared.reload()).map_err(|e| match e {
             reload::ReloadError::Vault(v) => CliError::Vault(v),
             other => CliError::Runtime(other.to_string()),
@@ -222,6 +226,10 @@ pub(super) fn run(
                 grace = ?config.server.shutdown_grace,
                 "the usage ledger did not take the last flush within the shutdown grace; stopping without it"
             );
+        }
+        // The spans of the drain reach the collector, if it answers soon.
+        if let Some(telemetry) = &shared.telemetry {
+            telemetry.shutdown().await;
         }
         tracing::info!("keygate stopped");
         Ok(())

@@ -19,6 +19,7 @@ use serde::Deserialize;
 mod notify_tables;
 mod provider_tables;
 mod sections;
+mod telemetry_table;
 mod values;
 
 pub use crate::providers::{AuthStyle, Kind};
@@ -30,6 +31,7 @@ pub use sections::{
     AdminConfig, ClientsConfig, ClusterConfig, KeysConfig, LedgerDb, MeteringConfig, OnLeakReport,
     OnOutsideUse, ServerConfig, VaultConfig,
 };
+pub use telemetry_table::{LogFormat, TelemetryConfig};
 
 /// The embedded default configuration (the documented `config/keygate.toml`).
 pub const DEFAULT_TOML: &str = include_str!("../../config/keygate.toml");
@@ -72,6 +74,8 @@ struct RawConfig {
     notify: Vec<notify_tables::RawNotify>,
     #[serde(default)]
     prices: BTreeMap<String, crate::usage::prices::RawPrice>,
+    #[serde(default)]
+    telemetry: telemetry_table::RawTelemetry,
 }
 
 /// The validated configuration.
@@ -103,6 +107,8 @@ pub struct Config {
     pub notify: Vec<NotifyTarget>,
     /// The embedded price table with `[prices]` on top.
     pub prices: std::sync::Arc<crate::usage::prices::PriceTable>,
+    /// `[telemetry]`: OpenTelemetry traces.
+    pub telemetry: TelemetryConfig,
 }
 
 /// Where to read configuration from.
@@ -208,6 +214,7 @@ impl Config {
         // it, so lowering max_request_body alone just works.
         let cluster = sections::cluster(raw.cluster).map_err(&semantic)?;
         let notify = notify_tables::notify_targets(raw.notify).map_err(&semantic)?;
+        let telemetry = telemetry_table::telemetry(raw.telemetry).map_err(&semantic)?;
         let prices =
             crate::usage::prices::PriceTable::load(&raw.prices, &source_name).map_err(&semantic)?;
         let mut server = raw.server;
@@ -229,6 +236,7 @@ impl Config {
             events: raw.events,
             notify,
             prices: std::sync::Arc::new(prices),
+            telemetry,
         })
     }
 }

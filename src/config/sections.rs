@@ -61,6 +61,9 @@ pub struct ServerConfig {
     /// Leave core dumps and same-user ptrace possible (debugging only: a core
     /// file would hold every upstream key in plaintext).
     pub allow_core_dumps: bool,
+    /// Log lines as text (default) or one JSON object per line.
+    #[serde(default)]
+    pub log_format: super::LogFormat,
 }
 
 /// `[vault]`.

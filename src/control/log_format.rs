@@ -13,6 +13,9 @@
 //!   the same byte for byte — escaping included.
 //! - [`CachedUtcTime`] keeps the `YYYY-MM-DDTHH:MM:SS` prefix of the current
 //!   second per thread and writes only the microseconds afresh.
+//!
+//! `[server] log_format = "json"` writes the same fields as one JSON object
+//! per line instead ([`json`], through [`json_builder`]), as cheaply.
 
 use std::cell::Cell;
 use std::fmt;
@@ -22,6 +25,8 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::field::{RecordFields, VisitOutput};
 use tracing_subscriber::fmt::format::{DefaultVisitor, FormatFields, Writer};
 use tracing_subscriber::fmt::time::FormatTime;
+
+pub mod json;
 
 /// The stock `fmt` subscriber as keygate configures it: no colours, and
 /// these two pieces in place of the stock field formatter and timer. The
@@ -34,6 +39,16 @@ pub fn builder() -> tracing_subscriber::fmt::SubscriberBuilder<
         .with_ansi(false)
         .fmt_fields(FastFields)
         .with_timer(CachedUtcTime)
+}
+
+/// The stock `fmt` subscriber writing one JSON object per line ([`json`]).
+/// The writer and filter are the caller's.
+pub fn json_builder() -> tracing_subscriber::fmt::SubscriberBuilder<json::JsonFields, json::JsonLine>
+{
+    tracing_subscriber::fmt()
+        .with_ansi(false)
+        .fmt_fields(json::JsonFields)
+        .event_format(json::JsonLine)
 }
 
 /// Formats event and span fields exactly as `DefaultFields` does, without
@@ -308,6 +323,87 @@ mod tests {
         let span = tracing::info_span!("drain", in_flight = 3u64, name = "listener \"a\"");
         let _entered = span.enter();
         tracing::warn!(left = 0u64, "inside a span");
+    }
+
+    fn render_json() -> String {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = json_builder()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, emit_events);
+        out.text()
+    }
+
+    #[test]
+    fn json_lines_carry_the_text_lines_fields() {
+        let text = render(true);
+        let json = render_json();
+        let lines: Vec<serde_json::Value> = json
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect();
+        assert_eq!(lines.len(), text.lines().count(), "{json}");
+        let request = &lines[0];
+        assert_eq!(request["level"], "INFO");
+        assert_eq!(request["target"], "keygate::control::log_format::tests");
+        assert_eq!(request["message"], "request");
+        for (name, value) in [
+            ("client", serde_json::json!("app-one")),
+            ("provider", serde_json::json!("openai")),
+            ("status", serde_json::json!(200)),
+            ("latency_us", serde_json::json!(1234)),
+            ("key_id", serde_json::json!("key_20261202")),
+            ("attempts", serde_json::json!(2)),
+            ("error", serde_json::json!("-")),
+        ] {
+            assert_eq!(request[name], value, "{name} in {request}");
+            assert!(text.lines().next().is_some_and(|l| l.contains(name)));
+        }
+        let timestamp = request["timestamp"].as_str().unwrap_or_default();
+        assert!(
+            timestamp.len() == 27 && timestamp.ends_with('Z') && &timestamp[10..11] == "T",
+            "{timestamp}"
+        );
+        // Every awkward value comes back as it was logged.
+        let awkward = &lines[2];
+        assert_eq!(awkward["quoted"], "say \"hi\"");
+        assert_eq!(awkward["backslash"], r"C:\keys");
+        assert_eq!(awkward["control"], "line\nbreak\ttab\u{1b}[0m");
+        assert_eq!(awkward["unicode"], "naïve ☃");
+        assert_eq!(awkward["empty"], "");
+        assert_eq!(awkward["negative"], -42);
+        assert_eq!(awkward["min"], i64::MIN);
+        assert_eq!(awkward["max"], u64::MAX);
+        assert_eq!(awkward["float"], 0.1 + 0.2);
+        assert_eq!(awkward["whole"], 3.0);
+        assert_eq!(awkward["type"], "raw");
+        assert_eq!(awkward["debugged"], "Some(\"x\")");
+        assert_eq!(awkward["shown"], "plain");
+        assert_eq!(
+            awkward["message"],
+            "message with args and \u{1b}[1m escapes"
+        );
+        assert!(!json.contains('\u{1b}'), "an escape byte went out raw");
+        let wide = json.lines().nth(2).unwrap_or_default();
+        assert!(wide.contains(&format!("\"wide\":{}", u128::MAX)), "{wide}");
+        assert_eq!(
+            lines[3]["error"], "upstream \"went\" away \u{1b}[31m",
+            "{}",
+            lines[3]
+        );
+        // A line inside a span names the span and its fields.
+        let inside = &lines[7];
+        assert_eq!(inside["message"], "inside a span");
+        assert_eq!(inside["left"], 0);
+        assert_eq!(inside["spans"][0]["in_flight"], 3, "{inside}");
+        let raw = json.lines().nth(7).unwrap_or_default();
+        assert!(
+            raw.ends_with(r#","spans":[{"name":"drain","in_flight":3,"name":"listener \"a\""}]}"#),
+            "{raw}"
+        );
+        assert!(lines[0].get("spans").is_none());
     }
 
     fn render(fast: bool) -> String {

@@ -4,7 +4,8 @@
 //! [`status_page`]), the
 //! [`key_upkeep`] (retiring, deleting at the provider, auto-rotation), the
 //! daily [`inventory_watch`], the outside-use check ([`reconcile_watch`]),
-//! [`metrics`], the [`log_format`] and [`core_dumps`] protection.
+//! [`metrics`], the [`log_format`], OpenTelemetry traces ([`telemetry`])
+//! and [`core_dumps`] protection.
 
 pub mod admin;
 pub mod core_dumps;
@@ -19,3 +20,4 @@ pub mod reload;
 pub mod snapshot;
 pub mod state;
 pub mod status_page;
+pub mod telemetry;

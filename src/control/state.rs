@@ -58,6 +58,9 @@ pub struct Shared {
     pub inventory: crate::control::inventory_watch::LastCounts,
     /// The last outside-use findings per provider (status page, `/admin/providers`).
     pub outside_use: crate::control::reconcile_watch::LastFindings,
+    /// OpenTelemetry traces (`[telemetry] otlp_endpoint`), once `serve`
+    /// started them; `None`: no spans at all.
+    pub telemetry: Option<crate::control::telemetry::Telemetry>,
     /// What the outbox writer drains; taken once by `serve`.
     event_receiver: Mutex<Option<tokio::sync::mpsc::Receiver<Event>>>,
 }
@@ -108,6 +111,7 @@ impl Shared {
             event_receiver: Mutex::new(Some(event_receiver)),
             inventory: Mutex::default(),
             outside_use: Mutex::default(),
+            telemetry: None,
             metrics,
             cluster,
             config,

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use crate::config::{AdminApi, Provider};
+use crate::keys::trace::ManagementCallTrace;
 use crate::net::outbound_body::OutboundBody;
 use crate::net::upstream::Upstream;
 use crate::providers::management::{Call, KeyUsageReport, Listed, Listing, ManagementKind};
@@ -368,9 +369,27 @@ impl<'a> ManagementApi<'a> {
         }
     }
 
+    /// Sends one call inside its span (`keygate.management_call`, a child of
+    /// the rotation it is part of; docs/operations.md "Traces").
+    async fn send(&self, call: Call, action: &str) -> Result<(u16, bytes::Bytes), ManagementError> {
+        let url = self.api.url();
+        let span = ManagementCallTrace::start(&self.provider.name, action, &call.method, &url);
+        let result = self.exchange(call, action).await;
+        let status = match &result {
+            Ok((status, _)) | Err(ManagementError::Status { status, .. }) => Some(*status),
+            Err(_) => None,
+        };
+        span.end(status, result.as_ref().err());
+        result
+    }
+
     /// Sends one call; a non-2xx answer is an error with the provider's
     /// message, scrubbed of the credential.
-    async fn send(&self, call: Call, action: &str) -> Result<(u16, bytes::Bytes), ManagementError> {
+    async fn exchange(
+        &self,
+        call: Call,
+        action: &str,
+    ) -> Result<(u16, bytes::Bytes), ManagementError> {
         let url = self.api.url();
         let network = |detail: String| ManagementError::Network {
             provider: self.provider.name.clone(),

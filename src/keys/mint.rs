@@ -146,12 +146,17 @@ pub async fn rotate(
     let (replace, verified, grace_until) =
         (rotation.replace, rotation.verify, rotation.grace_until);
     let provider = rotation.provider.name.clone();
-    let result = match stage_verified(vault, upstream, rotation, report).await {
+    let trace = crate::keys::trace::RotationTrace::start(&provider, true);
+    let result = match trace
+        .around(stage_verified(vault, upstream, rotation, report))
+        .await
+    {
         Ok(pending) => vault
             .with(|v, k| rotate::promote(v, k, &pending, replace, verified, grace_until))
             .map_err(MintRotateError::from),
         Err(error) => Err(error),
     };
+    trace.end(result.as_ref());
     rotate::tell_rotation(vault.events(), &provider, result.as_ref(), verified, true);
     let promotion = result?;
     crate::keys::crash_point("promoted");

@@ -3,8 +3,9 @@
 //! rotation service shared by the CLI and the admin API ([`rotate`]), keys
 //! keygate creates at the provider ([`mint`]) through its management API
 //! ([`management`]), the leak response ([`burn`]), what keygate still owes a
-//! provider for keys out of use ([`cleanup`]), and verification against the
-//! provider ([`verify`]).
+//! provider for keys out of use ([`cleanup`]), verification against the
+//! provider ([`verify`]), and the spans of rotations and management calls
+//! ([`trace`]).
 
 pub mod burn;
 pub mod cleanup;
@@ -23,6 +24,7 @@ pub mod pool;
 pub mod recent;
 pub mod ring;
 pub mod rotate;
+pub mod trace;
 pub mod verify;
 
 pub use pool::{NoPick, Want};

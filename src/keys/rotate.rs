@@ -96,10 +96,12 @@ pub async fn run(
     let (replace, grace_until) = (rotation.replace, rotation.grace_until);
     let verified = rotation.verify_with.is_some();
     let provider = rotation.provider.name.clone();
-    let result = match stage_verified(vault, rotation, report).await {
+    let trace = crate::keys::trace::RotationTrace::start(&provider, false);
+    let result = match trace.around(stage_verified(vault, rotation, report)).await {
         Ok(pending) => vault.with(|v, k| promote(v, k, &pending, replace, verified, grace_until)),
         Err(error) => Err(error),
     };
+    trace.end(result.as_ref());
     tell_rotation(vault.events(), &provider, result.as_ref(), verified, false);
     result
 }

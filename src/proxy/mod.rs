@@ -210,6 +210,7 @@ fn plan<'a>(
     end.provider = Some(provider_metrics.clone());
     let named_model = model.is_some();
     let label = model.map_or_else(|| Arc::from("-"), |m| model_label(&m));
+    end.routed(named_model.then_some(&label), path);
     let series = shared.meter.series(
         UsageKey {
             client: client.clone(),
@@ -337,7 +338,8 @@ impl Attempt<'_> {
                 KeyVerdict::Rejected | KeyVerdict::OutOfCredit | KeyVerdict::RateLimited
                     if another_key_left =>
                 {
-                    continue
+                    end.fallback_reason = Some(judged.verdict.reason());
+                    continue;
                 }
                 _ => return Ok((answer, open)),
             }

@@ -9,6 +9,10 @@
 //! is made from them ([`RequestEnd::tap`]); the tap settles them as the body
 //! ends, and this value then writes the line. Key ids and names only, never a
 //! secret.
+//!
+//! With `[telemetry] otlp_endpoint` set, the end also records the request's
+//! span ([`RequestEnd::trace`]): started when the conductor started, ended
+//! now, with the GenAI semantic conventions' attributes and keygate's own.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -63,9 +67,22 @@ pub struct RequestEnd {
     pub auth_failure: Option<&'static str>,
     /// Request body bytes.
     pub request_bytes: u64,
+    /// Why the request went again with another key (the last reason:
+    /// `rejected`, `exhausted`, `rate_limited`).
+    pub fallback_reason: Option<&'static str>,
+    /// Input and output tokens the answer reported, once its body ended.
+    pub tokens: Option<(u64, u64)>,
+    /// What traces alone need: the model asked for and the operation.
+    traced: Option<Traced>,
     usage: Option<Usage>,
     reservation: Option<Reservation>,
     done: bool,
+}
+
+/// What only the request's span carries (kept only while traces are on).
+struct Traced {
+    model: Option<Arc<str>>,
+    operation: Option<&'static str>,
 }
 
 /// The usage series of this request's client, provider and model.
@@ -91,6 +108,9 @@ impl RequestEnd {
             error: None,
             auth_failure: None,
             request_bytes: 0,
+            fallback_reason: None,
+            tokens: None,
+            traced: None,
             usage: None,
             reservation: None,
             done: false,
@@ -108,6 +128,18 @@ impl RequestEnd {
             meter: Some((counters, tokens)),
             answered_ok,
         });
+    }
+
+    /// Where the request was routed: the model its body named, and its
+    /// path under the provider (for the span's operation). Kept only when
+    /// traces are on.
+    pub fn routed(&mut self, model: Option<&Arc<str>>, path: &str) {
+        if self.shared.telemetry.is_some() {
+            self.traced = Some(Traced {
+                model: model.cloned(),
+                operation: operation_of(path),
+            });
+        }
     }
 
     /// Tokens reserved against the client's limits, until settled.
@@ -213,6 +245,96 @@ impl RequestEnd {
             outcome = (ending != Ending::Complete).then(|| ending.name()),
             "request"
         );
+        if let Some(telemetry) = &self.shared.telemetry {
+            self.trace(telemetry.tracer(), status, ending);
+        }
+    }
+
+    /// Records the request's span: from the conductor's start to now.
+    fn trace(
+        &self,
+        tracer: &opentelemetry_sdk::trace::SdkTracer,
+        status: StatusCode,
+        ending: Ending,
+    ) {
+        use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
+        use opentelemetry::{KeyValue, Value};
+        let now = std::time::SystemTime::now();
+        let start = now.checked_sub(self.started.elapsed()).unwrap_or(now);
+        // Sampled first: a request left out costs no attribute at all.
+        let mut span = tracer
+            .span_builder("keygate.request")
+            .with_kind(SpanKind::Server)
+            .with_start_time(start)
+            .start(tracer);
+        if !span.is_recording() {
+            return;
+        }
+        let traced = self.traced.as_ref();
+        let model = traced.and_then(|t| t.model.clone());
+        let operation = traced.and_then(|t| t.operation);
+        match (operation, &model) {
+            (Some(operation), Some(model)) => span.update_name(format!("{operation} {model}")),
+            (Some(operation), None) => span.update_name(operation),
+            _ => {}
+        }
+        let mut attributes = Vec::with_capacity(16);
+        let mut put = |key: &'static str, value: Option<Value>| {
+            if let Some(value) = value {
+                attributes.push(KeyValue::new(key, value));
+            }
+        };
+        // Names and ids are shared (`Arc<str>`) or static: nothing is copied.
+        let count = |value: u64| Some(Value::I64(i64::try_from(value).unwrap_or(i64::MAX)));
+        let provider = self.provider.as_ref().map(|p| p.name.clone());
+        let kind = provider
+            .as_deref()
+            .and_then(|name| self.shared.config.providers.get(name))
+            .map(|p| Value::from(p.kind.as_str()));
+        put("gen_ai.system", kind);
+        put("gen_ai.operation.name", operation.map(Value::from));
+        put("gen_ai.request.model", model.map(Value::from));
+        if let Some((input, output)) = self.tokens {
+            put("gen_ai.usage.input_tokens", count(input));
+            put("gen_ai.usage.output_tokens", count(output));
+        }
+        put(
+            "http.response.status_code",
+            count(u64::from(status.as_u16())),
+        );
+        put("keygate.client", self.client.clone().map(Value::from));
+        put("keygate.provider", provider.map(Value::from));
+        put("keygate.key_id", self.key_id.clone().map(Value::from));
+        put("keygate.attempts", count(u64::from(self.attempts)));
+        put(
+            "keygate.fallback_reason",
+            self.fallback_reason.map(Value::from),
+        );
+        put("keygate.auth_failure", self.auth_failure.map(Value::from));
+        put("keygate.outcome", Some(Value::from(ending.name())));
+        put("error.type", self.error.map(Value::from));
+        span.set_attributes(attributes);
+        if status.is_server_error() || matches!(ending, Ending::Cut(_)) {
+            span.set_status(Status::error(self.error.unwrap_or("upstream error")));
+        }
+        span.end_with_timestamp(now);
+    }
+}
+
+/// The GenAI operation (`gen_ai.operation.name`) of a path under a provider.
+fn operation_of(path: &str) -> Option<&'static str> {
+    let path = path.trim_end_matches('/');
+    if path.ends_with("/chat/completions")
+        || path.ends_with("/messages")
+        || path.ends_with("/responses")
+    {
+        Some("chat")
+    } else if path.ends_with("/completions") {
+        Some("text_completion")
+    } else if path.ends_with("/embeddings") {
+        Some("embeddings")
+    } else {
+        None
     }
 }
 
@@ -220,5 +342,26 @@ impl Drop for RequestEnd {
     fn drop(&mut self) {
         // Dropped before its end was run: the client went away mid-body.
         self.finish(Ending::ClientGone);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::operation_of;
+
+    #[test]
+    fn the_path_names_the_genai_operation() {
+        for (path, operation) in [
+            ("/v1/chat/completions", Some("chat")),
+            ("/chat/completions/", Some("chat")),
+            ("/v1/messages", Some("chat")),
+            ("/v1/responses", Some("chat")),
+            ("/v1/completions", Some("text_completion")),
+            ("/v1/embeddings", Some("embeddings")),
+            ("/v1/models", None),
+            ("/v1/responses/resp_123", None),
+        ] {
+            assert_eq!(operation_of(path), operation, "{path}");
+        }
     }
 }

@@ -76,6 +76,7 @@ impl UpstreamStream {
             tap.finish(ending == Ending::Complete);
         }
         if let Some(mut end) = self.end.take() {
+            end.tokens = self.tap.as_ref().and_then(MeterTap::tokens);
             end.finish(ending);
         }
     }

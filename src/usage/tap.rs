@@ -217,6 +217,12 @@ impl MeterTap {
         self
     }
 
+    /// Input and output tokens the answer reported, once [`MeterTap::finish`]
+    /// read them.
+    pub fn tokens(&self) -> Option<(u64, u64)> {
+        self.usage.map(|usage| (usage.prompt, usage.completion))
+    }
+
     /// Records the request; `complete` is false when the stream was cut.
     pub fn finish(&mut self, complete: bool) {
         if self.finished {

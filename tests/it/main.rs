@@ -54,6 +54,7 @@ mod secrets;
 mod skim_bypass;
 mod status_page;
 mod streaming;
+mod telemetry;
 mod tls;
 mod upstream_h2;
 mod vault_cli;

@@ -11,7 +11,9 @@
 //!   Responses API on [`recording`]'s small server; [`provider_answers`] holds
 //!   what real providers answer; [`raw_upstream`] plays byte-exact scripts;
 //!   [`bad_upstream`] misbehaves at the TCP and HTTP level; [`management`]
-//!   mocks the providers' key-creating management APIs.
+//!   mocks the providers' key-creating management APIs; [`otlp`] is an
+//!   OpenTelemetry collector (OTLP/HTTP traces, decoded with the official
+//!   protobuf definitions).
 //! - Clients: [`client`] talks HTTP/1.1 and h2c to keygate (and raw bytes);
 //!   [`raw_h2`] writes HTTP/2 frames and HPACK by hand; [`outcome`] reports
 //!   what a client saw for one request without panicking.
@@ -37,6 +39,7 @@ pub mod keys;
 pub mod management;
 pub mod metrics;
 pub mod mock;
+pub mod otlp;
 pub mod outcome;
 pub mod postgres;
 pub mod provider_answers;
