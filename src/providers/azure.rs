@@ -8,6 +8,10 @@ use super::{AuthStyle, KeyVerdict, ProviderError, ProviderKind, VerifyRequest};
 pub struct Azure;
 
 impl ProviderKind for Azure {
+    fn gen_ai_system(&self) -> &'static str {
+        "az.ai.openai"
+    }
+
     /// Azure OpenAI's `x-ratelimit-remaining-requests` / `-tokens` (it sends no reset headers).
     fn rate_limits(&self, headers: &http::HeaderMap) -> super::RateLimits {
         super::rate_limits::x_ratelimit(headers)

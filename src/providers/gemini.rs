@@ -36,6 +36,10 @@ const EXACT: &[ExactFormat] = &[ExactFormat::plain(
 )];
 
 impl ProviderKind for Gemini {
+    fn gen_ai_system(&self) -> &'static str {
+        "gcp.gemini"
+    }
+
     fn name(&self) -> &'static str {
         "gemini"
     }

@@ -11,6 +11,10 @@ use super::ProviderKind;
 pub struct Mistral;
 
 impl ProviderKind for Mistral {
+    fn gen_ai_system(&self) -> &'static str {
+        "mistral_ai"
+    }
+
     fn name(&self) -> &'static str {
         "mistral"
     }

@@ -161,6 +161,12 @@ pub trait ProviderKind: Send + Sync + 'static {
         self.name()
     }
 
+    /// The OpenTelemetry GenAI `gen_ai.system` value for this kind (the
+    /// semantic conventions' well-known names; default: the kind's name).
+    fn gen_ai_system(&self) -> &'static str {
+        self.name()
+    }
+
     /// What an answer's headers say is left of the key's rate limits (§17).
     /// Default: nothing (the kind sends no such headers).
     fn rate_limits(&self, headers: &http::HeaderMap) -> RateLimits {

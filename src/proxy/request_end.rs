@@ -290,7 +290,7 @@ impl RequestEnd {
         let kind = provider
             .as_deref()
             .and_then(|name| self.shared.config.providers.get(name))
-            .map(|p| Value::from(p.kind.as_str()));
+            .map(|p| Value::from(p.kind.gen_ai_system()));
         put("gen_ai.system", kind);
         put("gen_ai.operation.name", operation.map(Value::from));
         put("gen_ai.request.model", model.map(Value::from));
