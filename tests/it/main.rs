@@ -46,6 +46,7 @@ mod reload;
 mod rotation;
 mod routing;
 mod scan;
+mod scan_git;
 mod sdk;
 mod secrets;
 mod skim_bypass;
