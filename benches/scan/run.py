@@ -144,18 +144,22 @@ def score(rows, seeded, bait_at=None, labels=True):
     """Recall and false positives of one tool's findings against the
     seeded places."""
     hit, by_shape, wrong_label, false = set(), {}, [], []
-    for place, label, _ in rows:
+    for place, label, finding in rows:
         record = seeded.get(place)
         if record is None:
             false.append((place, label))
             continue
         hit.add(place)
-        if labels and label != f"{record['provider']} {record['what']}":
-            wrong_label.append({"place": list(place), "found": label, "seeded": record["shape"]})
+        column = finding.get("column", record["column"]) if labels else record["column"]
+        if labels and (label != f"{record['provider']} {record['what']}" or column != record["column"]):
+            wrong_label.append({"place": list(place), "found": label, "column": column,
+                                "seeded": record["shape"], "seeded_column": record["column"]})
+    by_context = {}
     for place, record in seeded.items():
-        shape = by_shape.setdefault(record["shape"], [0, 0])
-        shape[1] += 1
-        shape[0] += place in hit
+        for tally, name in ((by_shape, record["shape"]), (by_context, record["context"])):
+            counts = tally.setdefault(name, [0, 0])
+            counts[1] += 1
+            counts[0] += place in hit
     missed = [{"place": list(p), "shape": r["shape"], "context": r["context"], "fate": r.get("fate")}
               for p, r in seeded.items() if p not in hit]
     false_by = {}
@@ -174,6 +178,7 @@ def score(rows, seeded, bait_at=None, labels=True):
         "missed": missed,
         "wrong_label": wrong_label,
         "recall_by_shape": {k: f"{v[0]}/{v[1]}" for k, v in sorted(by_shape.items())},
+        "recall_by_context": {k: f"{v[0]}/{v[1]}" for k, v in sorted(by_context.items())},
     }
 
 
@@ -245,6 +250,7 @@ def bench(args, keygate, work):
     run = median_run(runs)
     run.update(score(keygate_findings(out / "keygate-tree-0.json", "tree/"), seeded, bait_at))
     run["mb_per_s"] = round(tree["bytes"] / run["wall_s"] / 1e6, 1)
+    run["mb_per_cpu_s"] = round(tree["bytes"] / max(run.get("cpu_s", 0), 0.01) / 1e6, 1)
     tools["keygate scan (tree)"] = run
 
     if ds:
@@ -268,12 +274,14 @@ def bench(args, keygate, work):
             run = median_run(runs)
             run.update(score(keygate_findings(out / "keygate-share-0.json", "tree/"), share_seeded, bait_at))
             run["mb_per_s"] = round(share_bytes / run["wall_s"] / 1e6, 1)
+            run["mb_per_cpu_s"] = round(share_bytes / max(run.get("cpu_s", 0), 0.01) / 1e6, 1)
             tools[f"keygate scan{suffix}"] = run
         run = timed("detect-secrets scan", [ds, "scan", "--all-files"] + dirs, material / "tree",
                     out / "detect-secrets-tree.json")
         run.update(score(detect_secrets_findings(out / "detect-secrets-tree.json"), share_seeded, bait_at,
                          labels=False))
         run["mb_per_s"] = round(share_bytes / run["wall_s"] / 1e6, 2)
+        run["mb_per_cpu_s"] = round(share_bytes / max(run.get("cpu_s", 0), 0.01) / 1e6, 2)
         tools[f"detect-secrets scan --all-files{suffix}"] = run
 
     helptext = subprocess.run([keygate, "scan", "--help"], capture_output=True, text=True).stdout
@@ -286,6 +294,7 @@ def bench(args, keygate, work):
         run.update(score(rows, seeded_git))
         run["findings_without_commit"] = sum(1 for p, _, _ in rows if len(p) == 2)
         run["mb_per_s"] = round(history["blob_bytes"] / run["wall_s"] / 1e6, 1)
+        run["mb_per_cpu_s"] = round(history["blob_bytes"] / max(run.get("cpu_s", 0), 0.01) / 1e6, 1)
         tools["keygate scan --git (history)"] = run
     else:
         results["history"] = "this keygate has no `scan --git`: history not measured"
@@ -304,16 +313,18 @@ def print_table(results):
     print(f"{results['keygate_version']}; {results.get('detect_secrets_version', 'detect-secrets not run')}; "
           f"{results['host_cpus']} CPUs, load average {results['load_average_at_start'][0]} at the start, "
           f"{results['load_average_at_end'][0]} at the end; {results['date']}\n")
-    print("| tool | wall | MB/s | CPU | max RSS | recall | false positives (lines) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| tool | wall | MB/s | CPU | MB per CPU-s | max RSS | recall | false positives (lines) |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results["tools"].items():
         print(f"| {name} | {r['wall_s']:.1f} s | {r['mb_per_s']} | {r.get('cpu_s', '?')} s | "
+              f"{r.get('mb_per_cpu_s', '?')} | "
               f"{r.get('max_rss_mib', '?')} MiB | {r['found']}/{r['seeded']} ({100 * r['recall']:.1f} %) | "
               f"{r['false_positives']} ({r['false_positive_lines']}) |")
     if "history" in results:
         print(f"\n{results['history']}")
     for name, r in results["tools"].items():
         print(f"\n{name}: recall by shape {r['recall_by_shape']}")
+        print(f"  by context {r['recall_by_context']}")
         for label, v in list(r["false_positives_by_label_and_bait"].items())[:12]:
             print(f"  false positive: {label}: {v['count']}")
         for miss in r["missed"][:10]:
