@@ -108,7 +108,7 @@ pub(super) fn vault_checks(context: &Context, report: &mut Report) -> Option<Doc
     report.add(
         "master key",
         Status::Ok,
-        "found, mode 0600 or stricter".to_owned(),
+        "found, readable by keygate alone (its user, or its own group)".to_owned(),
         None,
     );
     match start_checks::vault(context, &kek) {
