@@ -113,11 +113,12 @@ fn request_stages(c: &mut Criterion) {
     c.bench_function("forward: upstream URI + outbound header rewrite", |b| {
         b.iter(|| {
             let uri = provider.url("/v1/chat/completions", None).expect("uri");
+            let headers =
+                keygate::proxy::forward::outbound_headers(provider, black_box(&headers).clone());
             keygate::proxy::forward::outbound_request(
-                provider,
                 &Method::POST,
                 uri,
-                black_box(&headers),
+                headers,
                 key,
                 OutboundBody::Full(None),
             )

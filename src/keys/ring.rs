@@ -61,7 +61,7 @@ pub struct KeyRing {
     /// Looked up once per byte of every response header, so the windows are
     /// `u64`s under unkeyed aHash rather than arrays under SipHash (the set holds only
     /// key windows, so lookups of attacker-chosen bytes cannot slow it).
-    echo_windows: HashSet<u64, std::hash::BuildHasherDefault<ahash::AHasher>>,
+    echo_windows: EchoWindows,
     /// Every byte value that occurs in some key: what the visible ends of a
     /// masked echo (`sk-ab****wxyz`) can be made of.
     key_bytes: ByteSet,
@@ -86,6 +86,47 @@ impl ByteSet {
 }
 
 /// An 8-byte window as the number the echo set holds.
+/// The set of every key's 8-byte windows, with a bit filter in front: a
+/// response header's every byte is looked up, almost always for nothing,
+/// and one multiply and bit test answers most of those without hashing.
+#[derive(Debug, Default)]
+struct EchoWindows {
+    set: HashSet<u64, std::hash::BuildHasherDefault<ahash::AHasher>>,
+    /// One bit per slot, ~64 slots per window (a false hit rate near 1/64).
+    filter: Vec<u64>,
+    /// 64 minus log2 of the filter's bit count.
+    shift: u32,
+}
+
+impl EchoWindows {
+    fn new(windows: impl Iterator<Item = u64>) -> EchoWindows {
+        let set: HashSet<u64, _> = windows.collect();
+        let bits = (set.len() * 64).next_power_of_two().max(4096);
+        let mut filter = vec![0u64; bits / 64];
+        let shift = 64 - bits.trailing_zeros();
+        for &window in &set {
+            let slot = Self::slot(window, shift);
+            filter[slot / 64] |= 1 << (slot % 64);
+        }
+        EchoWindows { set, filter, shift }
+    }
+
+    fn slot(window: u64, shift: u32) -> usize {
+        (window.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize
+    }
+
+    fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    fn contains(&self, window: u64) -> bool {
+        let Some(word) = self.filter.get(Self::slot(window, self.shift) / 64) else {
+            return false;
+        };
+        word & (1 << (Self::slot(window, self.shift) % 64)) != 0 && self.set.contains(&window)
+    }
+}
+
 fn echo_window(window: &[u8]) -> Option<u64> {
     <[u8; ECHO_WINDOW]>::try_from(window)
         .ok()
@@ -194,11 +235,11 @@ impl KeyRing {
                 max_in_flight: key.max_in_flight.filter(|max| *max > 0),
             });
         }
-        let echo_windows = keys
-            .iter()
-            .flat_map(|k| k.secret.expose().as_bytes().windows(ECHO_WINDOW))
-            .filter_map(echo_window)
-            .collect();
+        let echo_windows = EchoWindows::new(
+            keys.iter()
+                .flat_map(|k| k.secret.expose().as_bytes().windows(ECHO_WINDOW))
+                .filter_map(echo_window),
+        );
         let mut key_bytes = ByteSet::default();
         for key in &keys {
             for &b in key.secret.expose().as_bytes() {
@@ -250,7 +291,7 @@ impl KeyRing {
             let Some(window) = echo_window(window) else {
                 continue;
             };
-            if self.echo_windows.contains(&window) {
+            if self.echo_windows.contains(window) {
                 masked_until = start + ECHO_WINDOW;
                 masked = true;
             }
@@ -262,12 +303,20 @@ impl KeyRing {
     }
 
     /// True when `bytes` holds a fragment of a key, or a masked echo of one.
+    /// One pass over the bytes (every response header value goes through
+    /// here): each window looked up, and the mask search only when a byte
+    /// that may begin a mask was seen.
     pub fn contains_echo(&self, bytes: &[u8]) -> bool {
-        bytes
-            .windows(ECHO_WINDOW)
-            .filter_map(echo_window)
-            .any(|w| self.echo_windows.contains(&w))
-            || (!self.keys.is_empty() && !self.masked_echoes(bytes).is_empty())
+        let mut may_be_masked = false;
+        for (at, &byte) in bytes.iter().enumerate() {
+            may_be_masked |= matches!(byte, b'*' | b'.' | b'\\' | 0xE2);
+            if let Some(window) = bytes.get(at..at + ECHO_WINDOW).and_then(echo_window) {
+                if self.echo_windows.contains(window) {
+                    return true;
+                }
+            }
+        }
+        may_be_masked && !self.keys.is_empty() && !self.masked_echoes(bytes).is_empty()
     }
 
     /// The byte ranges of masked echoes in `bytes`: a mask (a run holding a

@@ -278,15 +278,16 @@ async fn serve_connection<I, S, B>(
 /// flight (`graceful`) and waits for that.
 async fn until_drained<C>(
     connection: C,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
 {
     tokio::pin!(connection);
     tokio::select! {
+        biased;
         result = connection.as_mut() => log_end(result),
-        _ = shutdown.requested() => {
+        _ = shutdown.watch() => {
             graceful(connection.as_mut());
             log_end(connection.await);
         }

@@ -35,57 +35,80 @@ pub struct RateLimits {
     pub tokens: Option<Allowance>,
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+/// The values of the headers named `prefix` + one of `names`, in one pass
+/// over `headers` (the first value of each; `None` when absent or not text).
+/// Every answer is read, and most carry none of these: a pass comparing
+/// prefixes costs a fraction of one hashed lookup per name (callgrind).
+fn values<'a, const N: usize>(
+    headers: &'a HeaderMap,
+    prefix: &str,
+    names: [&str; N],
+) -> [Option<&'a str>; N] {
+    let mut found = [None; N];
+    for (name, value) in headers {
+        let Some(rest) = name.as_str().strip_prefix(prefix) else {
+            continue;
+        };
+        if let Some(slot) = names.iter().position(|n| *n == rest) {
+            if found[slot].is_none() {
+                found[slot] = value.to_str().ok().map(str::trim);
+            }
+        }
+    }
+    found
 }
 
 /// OpenAI's dialect.
 pub fn x_ratelimit(headers: &HeaderMap) -> RateLimits {
-    let read = |remaining: &str, reset: &str| {
+    let [remaining_requests, reset_requests, remaining_tokens, reset_tokens] = values(
+        headers,
+        "x-ratelimit-",
+        [
+            "remaining-requests",
+            "reset-requests",
+            "remaining-tokens",
+            "reset-tokens",
+        ],
+    );
+    let read = |remaining: Option<&str>, reset: Option<&str>| {
         Some(Allowance {
-            remaining: header(headers, remaining)?.parse().ok()?,
-            resets_in: header(headers, reset).and_then(go_duration),
+            remaining: remaining?.parse().ok()?,
+            resets_in: reset.and_then(go_duration),
         })
     };
     RateLimits {
-        requests: read(
-            "x-ratelimit-remaining-requests",
-            "x-ratelimit-reset-requests",
-        ),
-        tokens: read("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+        requests: read(remaining_requests, reset_requests),
+        tokens: read(remaining_tokens, reset_tokens),
     }
 }
 
 /// Anthropic's dialect, at `now`.
 pub fn anthropic_ratelimit(headers: &HeaderMap, now: SystemTime) -> RateLimits {
-    let read = |remaining: &str, reset: &str| {
+    let [requests, requests_reset, tokens, tokens_reset, input, input_reset] = values(
+        headers,
+        "anthropic-ratelimit-",
+        [
+            "requests-remaining",
+            "requests-reset",
+            "tokens-remaining",
+            "tokens-reset",
+            "input-tokens-remaining",
+            "input-tokens-reset",
+        ],
+    );
+    let read = |remaining: Option<&str>, reset: Option<&str>| {
         Some(Allowance {
-            remaining: header(headers, remaining)?.parse().ok()?,
-            resets_in: header(headers, reset)
+            remaining: remaining?.parse().ok()?,
+            resets_in: reset
                 .and_then(|at| humantime::parse_rfc3339_weak(at).ok())
                 .map(|at| at.duration_since(now).unwrap_or_default()),
         })
     };
     RateLimits {
-        requests: read(
-            "anthropic-ratelimit-requests-remaining",
-            "anthropic-ratelimit-requests-reset",
-        ),
+        requests: read(requests, requests_reset),
         // The combined limit when the organisation has one, else the input
         // side (what a request's estimate mostly is).
-        tokens: read(
-            "anthropic-ratelimit-tokens-remaining",
-            "anthropic-ratelimit-tokens-reset",
-        )
-        .or_else(|| {
-            read(
-                "anthropic-ratelimit-input-tokens-remaining",
-                "anthropic-ratelimit-input-tokens-reset",
-            )
-        }),
+        tokens: read(tokens, tokens_reset).or_else(|| read(input, input_reset)),
     }
 }
 
@@ -167,6 +190,19 @@ mod tests {
             Some(Duration::from_secs(360))
         );
         assert_eq!(x_ratelimit(&HeaderMap::new()), RateLimits::default());
+    }
+
+    #[test]
+    fn the_first_value_counts_and_other_names_are_ignored() {
+        let mut map = headers(&[
+            ("x-ratelimit-remaining-requests", " 7 "),
+            ("x-ratelimit-remaining-requests-extra", "1"),
+            ("anthropic-ratelimit-requests-remaining", "9"),
+        ]);
+        map.append("x-ratelimit-remaining-requests", "3".parse().unwrap());
+        let limits = x_ratelimit(&map);
+        assert_eq!(limits.requests.map(|a| a.remaining), Some(7));
+        assert_eq!(limits.tokens, None);
     }
 
     #[test]

@@ -24,17 +24,11 @@ use crate::net::upstream::UpstreamBody;
 use crate::proxy::error::ProxyError;
 use crate::usage::tap::MeterTap;
 
-/// The outbound request for one attempt with `key`.
-pub fn outbound_request(
-    provider: &Provider,
-    method: &http::Method,
-    uri: Uri,
-    client_headers: &HeaderMap,
-    key: &RingKey,
-    body: OutboundBody,
-) -> Request<OutboundBody> {
-    // Cloned per attempt: a retry starts again from the client's headers.
-    let mut headers = client_headers.clone();
+/// The client's headers as every attempt sends them, but for the key:
+/// client credentials and hop-by-hop headers out, the operator's account
+/// headers in, and only codings keygate can decode offered. Prepared once
+/// per request; each attempt then adds its key ([`outbound_request`]).
+pub fn outbound_headers(provider: &Provider, mut headers: HeaderMap) -> HeaderMap {
     keep_end_to_end(&mut headers, &["x-forwarded-host", "forwarded"]);
     // Which organisation and project a key bills is the operator's choice.
     let [organization_header, project_header] = provider.kind.account_headers();
@@ -54,6 +48,18 @@ pub fn outbound_request(
         Some(offer) => headers.insert(header::ACCEPT_ENCODING, offer),
         None => headers.remove(header::ACCEPT_ENCODING),
     };
+    headers
+}
+
+/// The outbound request for one attempt with `key`, from the headers
+/// [`outbound_headers`] prepared.
+pub fn outbound_request(
+    method: &http::Method,
+    uri: Uri,
+    mut headers: HeaderMap,
+    key: &RingKey,
+    body: OutboundBody,
+) -> Request<OutboundBody> {
     headers.insert(key.header_name.clone(), key.header_value.clone());
     let mut request = Request::new(body);
     *request.method_mut() = method.clone();

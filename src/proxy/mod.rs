@@ -132,12 +132,13 @@ async fn conduct(
     let uri = provider
         .url(provider.kind.upstream_path(plan.path), parts.uri.query())
         .ok_or_else(|| ProxyError::UnknownRoute(parts.uri.path().to_owned()))?;
-    let attempt = Attempt {
+    let mut attempt = Attempt {
         shared,
         provider,
         metrics: &plan.metrics,
         ring,
-        parts: &parts,
+        method: &parts.method,
+        headers: forward::outbound_headers(provider, std::mem::take(&mut parts.headers)),
         uri,
         want: keys::Want {
             sticky: client.sticky,
@@ -262,7 +263,10 @@ struct Attempt<'a> {
     provider: &'a crate::config::Provider,
     metrics: &'a crate::control::metrics::ProviderMetrics,
     ring: &'a Arc<KeyRing>,
-    parts: &'a http::request::Parts,
+    method: &'a http::Method,
+    /// The headers every attempt sends ([`forward::outbound_headers`]);
+    /// the last attempt possible takes them instead of a copy.
+    headers: http::HeaderMap,
     uri: http::Uri,
     want: keys::Want,
     max_body: u64,
@@ -276,7 +280,7 @@ impl Attempt<'_> {
     /// Forward ⇄ retry: each key at most once, and only before any response
     /// byte has gone to the client.
     async fn until_answered(
-        &self,
+        &mut self,
         body: &mut RequestBody,
         end: &mut RequestEnd,
     ) -> Result<(Answer, Open), ProxyError> {
@@ -304,12 +308,21 @@ impl Attempt<'_> {
                 active: ActiveGuard::new(self.metrics.active.clone()),
                 key: pick.in_flight.take(),
             };
-            let upstream = self.send(&pick, outbound_body, body).await?;
+            let may_retry = self.ring.pick_would_find(tried) && body.buffered().is_some();
+            let headers = if may_retry {
+                self.headers.clone()
+            } else {
+                std::mem::take(&mut self.headers)
+            };
+            let upstream = self.send(&pick, headers, outbound_body, body).await?;
             let status = upstream.status();
             self.shared
                 .key_events
                 .observe_headroom(provider, pick.key, upstream.headers());
-            let another_key_left = self.ring.pick_would_find(tried) && body.buffered().is_some();
+            // Asked again: the body may have outgrown the retry buffer on
+            // its way up. Never true when the headers were given away.
+            let another_key_left =
+                may_retry && self.ring.pick_would_find(tried) && body.buffered().is_some();
             // An error's body is read (it is scrubbed before the client sees
             // it anyway), so the provider's kind can judge it before anything
             // is sent.
@@ -350,19 +363,14 @@ impl Attempt<'_> {
     async fn send(
         &self,
         pick: &crate::keys::Pick<'_>,
+        headers: http::HeaderMap,
         outbound_body: crate::net::outbound_body::OutboundBody,
         body: &RequestBody,
     ) -> Result<Response<UpstreamBody>, ProxyError> {
         let provider = self.provider;
         let key = pick.key;
-        let outbound = forward::outbound_request(
-            provider,
-            &self.parts.method,
-            self.uri.clone(),
-            &self.parts.headers,
-            key,
-            outbound_body,
-        );
+        let outbound =
+            forward::outbound_request(self.method, self.uri.clone(), headers, key, outbound_body);
         let timeout = self.shared.config.server.upstream_first_byte_timeout;
         let sent = Instant::now();
         let failed = match tokio::time::timeout(timeout, self.shared.upstream.send(outbound)).await
