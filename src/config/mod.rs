@@ -462,6 +462,32 @@ base_url = \"http://127.0.0.1:9\"",
     }
 
     #[test]
+    fn a_request_url_is_the_same_whether_the_clients_path_is_reused_or_not() {
+        let config = Config::from_toml(
+            "[providers.openai]\nbase_url = \"http://127.0.0.1:9/\"\n[providers.groq]\n",
+        )
+        .unwrap();
+        for (provider, sent, path) in [
+            ("openai", "/v1/chat/completions?x=1", "/v1/chat/completions"),
+            ("openai", "/openai/v1/models", "/v1/models"),
+            ("groq", "/v1/chat/completions?a=b&c", "/v1/chat/completions"),
+        ] {
+            let provider = &config.providers[provider];
+            let sent: http::uri::PathAndQuery = sent.parse().unwrap();
+            assert_eq!(
+                provider.url_of_request(path, Some(&sent)),
+                provider.url(path, sent.query()),
+                "{sent}"
+            );
+        }
+        let openai = &config.providers["openai"];
+        assert_eq!(
+            openai.url_of_request("/v1/models", None).unwrap(),
+            "http://127.0.0.1:9/v1/models"
+        );
+    }
+
+    #[test]
     fn cluster_url_is_checked_and_never_shown_with_its_password() {
         let config = Config::from_toml(
             "[cluster]\nredis_url = \"redis://:s3cret-pw@10.0.0.5:6380/2\"\ntimeout = \"50ms\"",

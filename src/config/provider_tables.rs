@@ -123,6 +123,31 @@ impl Provider {
     /// `path` (the client's `/v1/…` path, or keygate's own) and `query`.
     /// Nothing a client sends picks the host.
     pub fn url(&self, path: &str, query: Option<&str>) -> Option<http::Uri> {
+        self.url_parsed(path, query)
+    }
+
+    /// [`Provider::url`] for a client's request with its path and query as
+    /// hyper parsed them: when the upstream takes that path as it is (no
+    /// base path, no rewrite), they are reused rather than copied and
+    /// parsed again (every request goes through here).
+    pub fn url_of_request(
+        &self,
+        path: &str,
+        client: Option<&http::uri::PathAndQuery>,
+    ) -> Option<http::Uri> {
+        match client {
+            Some(sent) if self.base_path.is_empty() && sent.path() == path => {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(self.origin.scheme()?.clone());
+                parts.authority = Some(self.origin.authority()?.clone());
+                parts.path_and_query = Some(sent.clone());
+                http::Uri::from_parts(parts).ok()
+            }
+            _ => self.url_parsed(path, client.and_then(|sent| sent.query())),
+        }
+    }
+
+    fn url_parsed(&self, path: &str, query: Option<&str>) -> Option<http::Uri> {
         let mut path_and_query = String::with_capacity(
             self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
         );

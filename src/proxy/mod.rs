@@ -130,7 +130,10 @@ async fn conduct(
             provider: provider.name.clone(),
         })?;
     let uri = provider
-        .url(provider.kind.upstream_path(plan.path), parts.uri.query())
+        .url_of_request(
+            provider.kind.upstream_path(plan.path),
+            parts.uri.path_and_query(),
+        )
         .ok_or_else(|| ProxyError::UnknownRoute(parts.uri.path().to_owned()))?;
     let mut attempt = Attempt {
         shared,
