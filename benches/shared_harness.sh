@@ -10,6 +10,11 @@
 # are read (the shared mock sends none, so the read finds nothing). Its key is
 # the CLIENT_KEY of every target of the run.
 #
+# HARNESS_PLAIN=1 adds keygate as `proxies/keygate.sh` sets it up (no
+# limits, no notify) under its own client key, to price "everything on";
+# HARNESS_TARGETS (default "direct nginx") and HARNESS_TESTS (default all)
+# narrow a run.
+#
 # Needs: `../shared/bench/build.sh core`, `apt-get install haproxy`, and a
 # release build (KEYGATE_BIN, default target/release/keygate).
 set -euo pipefail
@@ -64,7 +69,13 @@ RUST_LOG=warn exec "$KEYGATE_BIN" --config "$ws/keygate.toml" serve
 SERVE
 chmod 700 "$ws/serve.sh"
 
+tests=()
+[[ -n "${HARNESS_TESTS:-}" ]] && tests=(--tests "$HARNESS_TESTS")
+targets=(--target "haproxy|http://127.0.0.1:18082|$bench/proxies/haproxy.sh 127.0.0.1:18082|${tests[*]}")
+if [[ -n "${HARNESS_PLAIN:-}" ]]; then
+  plain_key="$(KEYGATE_BIN="$KEYGATE_BIN" "$bench/proxies/keygate.sh" prepare)"
+  targets+=(--target "keygate|http://127.0.0.1:18090|env KEYGATE_BIN=$KEYGATE_BIN $bench/proxies/keygate.sh serve $listen|--key $plain_key ${tests[*]}")
+fi
+targets+=(--target "keygate-all|http://127.0.0.1:18090|$ws/serve.sh|${tests[*]}")
 cd "$bench"
-./compare.sh --rounds "$rounds" --targets "direct nginx" \
-  --target "haproxy|http://127.0.0.1:18082|$bench/proxies/haproxy.sh 127.0.0.1:18082" \
-  --target "keygate-all|http://127.0.0.1:18090|$ws/serve.sh"
+./compare.sh --rounds "$rounds" --targets "${HARNESS_TARGETS:-direct nginx}" "${targets[@]}"

@@ -5,7 +5,10 @@
 //! Run: `cargo bench --bench vault_scale`
 //! (`VAULT_CLIENTS=3000 VAULT_KEYS=10` for a smaller vault, `VAULT_ROUNDS=9`
 //! for the medians, `VAULT_LOAD_SECONDS=10` for each load run,
-//! `BENCH_KEYGATE_BIN=/path/to/keygate` to measure another build.)
+//! `BENCH_KEYGATE_BIN=/path/to/keygate` to measure another build;
+//! `VAULT_PROFILE_DIR=DIR` writes the big workspace into DIR, an empty
+//! directory, measures `client add` and stops, leaving it there to be
+//! profiled: `perf record -g keygate --config DIR/keygate.toml client add x`.)
 //!
 //! It prints:
 //! - `client add`: the CLI process, wall time, median of `VAULT_ROUNDS`, and
@@ -353,11 +356,13 @@ async fn bench() {
     let empty_rss = rss_mib(server.proc.0.id());
     drop(server);
 
-    // The big vault.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = workspace(dir.path(), mock);
-    let vault_path = dir.path().join("keygate.vault");
-    let kek = big_vault::kek(&dir.path().join("master.key"));
+    // The big vault (kept in VAULT_PROFILE_DIR when that is set).
+    let temp = tempfile::tempdir().expect("tempdir");
+    let profile_dir = std::env::var_os("VAULT_PROFILE_DIR").map(std::path::PathBuf::from);
+    let dir = profile_dir.as_deref().unwrap_or(temp.path());
+    let config = workspace(dir, mock);
+    let vault_path = dir.join("keygate.vault");
+    let kek = big_vault::kek(&dir.join("master.key"));
     let started = Instant::now();
     big_vault::fill(&vault_path, &kek, "openai", clients, keys);
     let size = std::fs::metadata(&vault_path).expect("vault").len();
@@ -393,6 +398,10 @@ async fn bench() {
         median(load),
         median(update)
     );
+    if profile_dir.is_some() {
+        println!("workspace kept: {}", config.display());
+        return;
+    }
 
     let server = serve(&config);
     let pid = server.proc.0.id();
@@ -437,7 +446,7 @@ async fn bench() {
     for i in 0..20 {
         tokio::time::sleep(gap).await;
         let path = vault_path.clone();
-        let kek_file = dir.path().join("master.key");
+        let kek_file = dir.join("master.key");
         tokio::task::spawn_blocking(move || {
             let kek = big_vault::kek(&kek_file);
             keygate::vault::Vault::new(&path)
