@@ -137,7 +137,14 @@ fn keygate_exe() -> std::ffi::OsString {
 
 /// Runs one keygate command; returns its stdout.
 fn keygate(config: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(keygate_exe())
+    keygate_at(0, config, args)
+}
+
+/// [`keygate`] under `nice -n NICE` (0: as is).
+fn keygate_at(nice: u8, config: &std::path::Path, args: &[&str]) -> String {
+    let mut command = Command::new("nice");
+    command.arg("-n").arg(nice.to_string()).arg(keygate_exe());
+    let out = command
         .arg("--config")
         .arg(config)
         .args(args)
@@ -451,22 +458,9 @@ async fn bench() {
         // stalled the load generator's threads as well).
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
-            let out = Command::new("nice")
-                .args(["-n", "10"])
-                .arg(keygate_exe())
-                .arg("--config")
-                .arg(&config)
-                .args(["client", "limits", &format!("bulk-{i}"), "--rpm"])
-                .arg((1000 + i).to_string())
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .output()
-                .expect("keygate client limits");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let name = format!("bulk-{i}");
+            let rpm = (1000 + i).to_string();
+            keygate_at(10, &config, &["client", "limits", &name, "--rpm", &rpm]);
         })
         .await
         .expect("change task");

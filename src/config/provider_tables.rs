@@ -123,7 +123,22 @@ impl Provider {
     /// `path` (the client's `/v1/…` path, or keygate's own) and `query`.
     /// Nothing a client sends picks the host.
     pub fn url(&self, path: &str, query: Option<&str>) -> Option<http::Uri> {
-        self.url_parsed(path, query)
+        let mut path_and_query = String::with_capacity(
+            self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
+        path_and_query.push_str(&self.base_path);
+        path_and_query.push_str(path);
+        if let Some(query) = query {
+            path_and_query.push('?');
+            path_and_query.push_str(query);
+        }
+        let origin = self.origin.clone().into_parts();
+        http::Uri::builder()
+            .scheme(origin.scheme?)
+            .authority(origin.authority?)
+            .path_and_query(path_and_query)
+            .build()
+            .ok()
     }
 
     /// [`Provider::url`] for a client's request with its path and query as
@@ -143,27 +158,8 @@ impl Provider {
                 parts.path_and_query = Some(sent.clone());
                 http::Uri::from_parts(parts).ok()
             }
-            _ => self.url_parsed(path, client.and_then(|sent| sent.query())),
+            _ => self.url(path, client.and_then(|sent| sent.query())),
         }
-    }
-
-    fn url_parsed(&self, path: &str, query: Option<&str>) -> Option<http::Uri> {
-        let mut path_and_query = String::with_capacity(
-            self.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
-        );
-        path_and_query.push_str(&self.base_path);
-        path_and_query.push_str(path);
-        if let Some(query) = query {
-            path_and_query.push('?');
-            path_and_query.push_str(query);
-        }
-        let origin = self.origin.clone().into_parts();
-        http::Uri::builder()
-            .scheme(origin.scheme?)
-            .authority(origin.authority?)
-            .path_and_query(path_and_query)
-            .build()
-            .ok()
     }
 }
 

@@ -120,10 +120,11 @@ impl EchoWindows {
     }
 
     fn contains(&self, window: u64) -> bool {
-        let Some(word) = self.filter.get(Self::slot(window, self.shift) / 64) else {
-            return false;
-        };
-        word & (1 << (Self::slot(window, self.shift) % 64)) != 0 && self.set.contains(&window)
+        let slot = Self::slot(window, self.shift);
+        self.filter
+            .get(slot / 64)
+            .is_some_and(|word| word & (1 << (slot % 64)) != 0)
+            && self.set.contains(&window)
     }
 }
 
